@@ -1,0 +1,33 @@
+# Hull: containers and VMs from one CLI. See README.md.
+PREFIX ?= /usr/local
+OUT := out/bin
+DOTNET ?= dotnet
+
+.PHONY: all setup build install test bench demo clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+# The NativeAOT binaries: hull (CLI, OCI runtime as hull-oci, container init) and hulld.
+build:
+	$(DOTNET) publish src/Hull/Hull.csproj -c Release -o $(OUT) --nologo -v q
+	ln -sf hull $(OUT)/hull-oci
+
+install: build
+	install -m 0755 $(OUT)/hull $(PREFIX)/bin/hull
+	ln -sf hull $(PREFIX)/bin/hull-oci
+
+test: setup build
+	bash scripts/test.sh
+
+bench: setup build
+	bash bench/run.sh
+
+# Hull's main job on the built-in default: a busybox container.
+demo: setup build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf out artifacts src/*/bin src/*/obj tests/*/bin tests/*/obj

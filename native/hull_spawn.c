@@ -1,0 +1,282 @@
+/*
+ * hull_spawn.c - the only native code in Hull.
+ *
+ * A .NET process is multi-threaded, and the child of a clone() must not run
+ * managed code (the runtime would wait for GC threads the child does not
+ * have). So the child of every spawn runs just this file: raw system calls
+ * only, no libc calls that touch TLS (errno), no allocation.
+ *
+ * Invariants:
+ *  - The child shares the parent's memory (CLONE_VM) and runs on its own
+ *    mmap'd stack. Everything it reads (struct hull_spawn, argv, envp) lives
+ *    in unmanaged memory that the caller keeps alive until hull_spawn_finish
+ *    returns.
+ *  - All signals are blocked in the calling thread around clone3, so no
+ *    runtime signal handler can run on the child's stack. The child resets
+ *    every handler to SIG_DFL, then installs the caller's requested mask.
+ *  - After clone3 the parent must not change any field the child reads.
+ *  - The child reports a failure as one {stage, errno} record on the
+ *    close-on-exec error pipe and exits 127; a successful execve closes the
+ *    pipe, which is how hull_spawn_finish learns the outcome.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
+#include <string.h>
+#include <stdlib.h>
+#include <pthread.h>
+#include <sys/wait.h>
+
+#if !defined(__x86_64__)
+#error "hull_spawn.c supports x86_64 only"
+#endif
+
+#define HULL_MAX_FDS 64
+#define HULL_MAX_NS 16
+#define HULL_STACK_SIZE (64 * 1024)
+
+/* Stages reported with an errno when the child fails. Keep in sync with SpawnStage.cs. */
+enum {
+    ST_SYNC_READ = 1,
+    ST_SETNS = 2,
+    ST_CGROUP_JOIN = 3,
+    ST_TIMENS = 4,
+    ST_FD_MAP = 5,
+    ST_SIGNALS = 6,
+    ST_EXEC = 7,
+    ST_SETSID = 8,
+    ST_CHDIR = 9,
+};
+
+struct hull_spawn {
+    uint64_t clone_flags;         /* CLONE_NEW* flags for clone3 */
+    int32_t cgroup_fd;            /* cgroup2 directory for CLONE_INTO_CGROUP, or -1 */
+    int32_t sync_fd;              /* child waits for one byte (or EOF) here first, or -1 */
+    int32_t sync_close_fd;        /* the parent's end of the sync pipe: the child closes its copy first */
+    int32_t error_fd;             /* write end of the close-on-exec error pipe */
+    int32_t exec_fd;              /* execveat(exec_fd, "", AT_EMPTY_PATH) if >= 0 */
+    const char *path;             /* else execve(path) */
+    char *const *argv;
+    char *const *envp;
+    int32_t parent_pidns_fd;      /* joined by the calling thread around clone3, or -1 */
+    int32_t parent_own_pidns_fd;  /* the caller's pid_for_children, restored after clone3 */
+    int32_t n_setns;              /* namespaces the child joins, in order */
+    int32_t setns_fd[HULL_MAX_NS];
+    int32_t setns_type[HULL_MAX_NS];
+    int32_t n_join;               /* files the child writes "0" to (cgroup v1 "tasks") */
+    int32_t join_fd[HULL_MAX_NS];
+    const char *timens_offsets;   /* if set: unshare(CLONE_NEWTIME), write to /proc/self/timens_offsets */
+    int32_t n_fds;                /* fd map: fd_src[i] becomes fd_dst[i] in the child */
+    int32_t fd_src[HULL_MAX_FDS];
+    int32_t fd_dst[HULL_MAX_FDS];
+    int32_t setsid;               /* call setsid() in the child */
+    int32_t exit_signal;          /* normally SIGCHLD */
+    const char *chdir;            /* chdir in the child before exec, or NULL */
+    uint64_t sigmask;             /* mask installed in the child before exec */
+    /* filled by hull_spawn_start */
+    int32_t pid;
+    int32_t pidfd;
+    int32_t error_read_fd;
+    void *stack;
+};
+
+static inline long raw1(long n, long a) {
+    long r; __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a) : "rcx", "r11", "memory"); return r;
+}
+static inline long raw2(long n, long a, long b) {
+    long r; __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b) : "rcx", "r11", "memory"); return r;
+}
+static inline long raw3(long n, long a, long b, long c) {
+    long r; __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory"); return r;
+}
+static inline long raw4(long n, long a, long b, long c, long d) {
+    long r; register long r10 __asm__("r10") = d;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory"); return r;
+}
+static inline long raw5(long n, long a, long b, long c, long d, long e) {
+    long r; register long r10 __asm__("r10") = d; register long r8 __asm__("r8") = e;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory"); return r;
+}
+
+struct k_sigaction { void *handler; unsigned long flags; void *restorer; uint64_t mask; };
+
+static void child_fail(const struct hull_spawn *s, int stage, long err) {
+    int32_t rec[2] = { stage, (int32_t)-err };
+    raw3(SYS_write, s->error_fd, (long)rec, sizeof rec);
+    raw1(SYS_exit_group, 127);
+}
+
+static long str_len(const char *p) { long n = 0; while (p[n]) n++; return n; }
+
+/* Runs in the child, on the private stack. Never returns. */
+static int child_main(struct hull_spawn *s) {
+    long r;
+    /* 1. Reset every signal handler the runtime installed, while all signals are still blocked. */
+    struct k_sigaction dfl = { SIG_DFL, 0, 0, 0 };
+    for (int sig = 1; sig <= 64; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        raw4(SYS_rt_sigaction, sig, (long)&dfl, 0, 8);
+    }
+    /* 2. Wait for the parent (uid/gid maps, cgroup setup). */
+    if (s->sync_fd >= 0) {
+        if (s->sync_close_fd >= 0) raw1(SYS_close, s->sync_close_fd);
+        char b;
+        do r = raw3(SYS_read, s->sync_fd, (long)&b, 1); while (r == -EINTR);
+        if (r < 0) child_fail(s, ST_SYNC_READ, r);
+        if (r == 0) raw1(SYS_exit_group, 126); /* parent gave up: exit quietly */
+    }
+    /* 3. Join the cgroup (v1): writing "0" moves only this single thread, which avoids the global rwsem. */
+    for (int i = 0; i < s->n_join; i++) {
+        r = raw3(SYS_write, s->join_fd[i], (long)"0", 1);
+        if (r < 0) child_fail(s, ST_CGROUP_JOIN, r);
+    }
+    /* 4. Join namespaces given by path, in the caller's order (user first when present). */
+    for (int i = 0; i < s->n_setns; i++) {
+        r = raw2(SYS_setns, s->setns_fd[i], s->setns_type[i]);
+        if (r < 0) child_fail(s, ST_SETNS, r);
+    }
+    /* 5. A new time namespace with offsets: takes effect at execve. */
+    if (s->timens_offsets) {
+        r = raw1(SYS_unshare, 0x00000080 /* CLONE_NEWTIME */);
+        if (r < 0) child_fail(s, ST_TIMENS, r);
+        long fd = raw3(SYS_open, (long)"/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC, 0);
+        if (fd < 0) child_fail(s, ST_TIMENS, fd);
+        r = raw3(SYS_write, fd, (long)s->timens_offsets, str_len(s->timens_offsets));
+        if (r < 0) child_fail(s, ST_TIMENS, r);
+        raw1(SYS_close, fd);
+    }
+    /* 6. Map fds: first move every source above the highest target, then dup2 into place. */
+    int hi = 3;
+    for (int i = 0; i < s->n_fds; i++) if (s->fd_dst[i] >= hi) hi = s->fd_dst[i] + 1;
+    for (int i = 0; i < s->n_fds; i++) if (s->fd_src[i] >= hi) hi = s->fd_src[i] + 1;
+    int tmp[HULL_MAX_FDS];
+    for (int i = 0; i < s->n_fds; i++) {
+        r = raw3(SYS_fcntl, s->fd_src[i], F_DUPFD_CLOEXEC, hi);
+        if (r < 0) child_fail(s, ST_FD_MAP, r);
+        tmp[i] = (int)r;
+    }
+    for (int i = 0; i < s->n_fds; i++) {
+        r = raw3(SYS_dup3, tmp[i], s->fd_dst[i], 0);
+        if (r < 0) child_fail(s, ST_FD_MAP, r);
+    }
+    if (s->setsid) {
+        r = raw1(SYS_setsid, 0);
+        if (r < 0) child_fail(s, ST_SETSID, r);
+    }
+    if (s->chdir) {
+        r = raw1(SYS_chdir, (long)s->chdir);
+        if (r < 0) child_fail(s, ST_CHDIR, r);
+    }
+    /* 7. Install the requested signal mask, then exec. */
+    uint64_t mask = s->sigmask;
+    r = raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, 8);
+    if (r < 0) child_fail(s, ST_SIGNALS, r);
+    if (s->exec_fd >= 0)
+        r = raw5(SYS_execveat, s->exec_fd, (long)"", (long)s->argv, (long)s->envp, AT_EMPTY_PATH);
+    else
+        r = raw3(SYS_execve, (long)s->path, (long)s->argv, (long)s->envp);
+    child_fail(s, ST_EXEC, r);
+    return 127;
+}
+
+/* clone3 onto a new stack; the child calls child_main(s) and exit_groups with its result. */
+static long clone3_run(struct clone_args *ca, struct hull_spawn *s) {
+    long ret;
+    register long r12 __asm__("r12") = (long)child_main;
+    register long r13 __asm__("r13") = (long)s;
+    __asm__ volatile(
+        "syscall\n\t"
+        "test %%rax, %%rax\n\t"
+        "jnz 1f\n\t"
+        "xor %%ebp, %%ebp\n\t"
+        "mov %%r13, %%rdi\n\t"
+        "call *%%r12\n\t"
+        "mov %%eax, %%edi\n\t"
+        "mov $231, %%eax\n\t"   /* exit_group */
+        "syscall\n\t"
+        "hlt\n"
+        "1:\n\t"
+        : "=a"(ret)
+        : "a"((long)SYS_clone3), "D"((long)ca), "S"((long)sizeof *ca), "r"(r12), "r"(r13)
+        : "rcx", "r11", "memory");
+    return ret;
+}
+
+/* Starts the child. Returns 0 and fills pid/pidfd, or a negative errno. */
+int hull_spawn_start(struct hull_spawn *s) {
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) < 0) return -errno;
+    s->error_fd = ep[1];
+    s->error_read_fd = ep[0];
+    s->stack = mmap(NULL, HULL_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (s->stack == MAP_FAILED) { int e = errno; close(ep[0]); close(ep[1]); s->stack = NULL; return -e; }
+
+    struct clone_args ca;
+    memset(&ca, 0, sizeof ca);
+    int pidfd = -1;
+    ca.flags = s->clone_flags | CLONE_VM | CLONE_PIDFD;
+    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    ca.exit_signal = s->exit_signal ? s->exit_signal : SIGCHLD;
+    ca.stack = (uint64_t)(uintptr_t)s->stack;
+    ca.stack_size = HULL_STACK_SIZE;
+    if (s->cgroup_fd >= 0) { ca.flags |= CLONE_INTO_CGROUP; ca.cgroup = (uint64_t)s->cgroup_fd; }
+
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = 0;
+    if (s->parent_pidns_fd >= 0 && setns(s->parent_pidns_fd, CLONE_NEWPID) < 0) err = -errno;
+    long pid = err ? err : clone3_run(&ca, s);
+    if (s->parent_pidns_fd >= 0 && s->parent_own_pidns_fd >= 0) setns(s->parent_own_pidns_fd, CLONE_NEWPID);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    /* The child may still be reading *s (shared memory): from here on the parent writes only pid, pidfd, stack. */
+    close(ep[1]);
+    if (pid < 0) {
+        close(ep[0]); s->error_read_fd = -1;
+        munmap(s->stack, HULL_STACK_SIZE); s->stack = NULL;
+        return (int)pid;
+    }
+    s->pid = (int32_t)pid;
+    s->pidfd = pidfd;
+    return 0;
+}
+
+/*
+ * Waits until the child has exec'd (the error pipe closes) or failed.
+ * Returns 0 when the pipe closed without a record (exec succeeded, or the
+ * child left quietly because the sync pipe hit EOF; the caller reaps it and
+ * sees which), or the child's negative errno with *stage set; a failed child
+ * has then been reaped already. After it returns the child no longer runs on
+ * the stack or reads the caller's memory, so the stack is unmapped.
+ */
+int hull_spawn_finish(struct hull_spawn *s, int32_t *stage) {
+    int32_t rec[2] = { 0, 0 };
+    size_t got = 0;
+    while (got < sizeof rec) {
+        ssize_t n = read(s->error_read_fd, (char *)rec + got, sizeof rec - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(s->error_read_fd);
+    s->error_read_fd = -1;
+    int ret = 0;
+    if (got != 0) {
+        *stage = got == sizeof rec ? rec[0] : 0;
+        ret = got == sizeof rec ? -rec[1] : -EPIPE;
+        /* The child may still be between its write and exit_group, on our stack. */
+        siginfo_t si;
+        while (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED) < 0 && errno == EINTR) { }
+    }
+    munmap(s->stack, HULL_STACK_SIZE);
+    s->stack = NULL;
+    return ret;
+}
