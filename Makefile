@@ -31,3 +31,6 @@ demo: setup build
 
 clean:
 	rm -rf out artifacts src/*/bin src/*/obj tests/*/bin tests/*/obj
+
+# Each area may add its own targets (and prerequisites of build/install) in mk/<area>.mk.
+-include mk/*.mk

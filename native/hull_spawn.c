@@ -32,6 +32,7 @@
 #include <string.h>
 #include <stdlib.h>
 #include <pthread.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 
 #if !defined(__x86_64__)
@@ -53,6 +54,7 @@ enum {
     ST_EXEC = 7,
     ST_SETSID = 8,
     ST_CHDIR = 9,
+    ST_CTTY = 10,
 };
 
 struct hull_spawn {
@@ -77,6 +79,7 @@ struct hull_spawn {
     int32_t fd_src[HULL_MAX_FDS];
     int32_t fd_dst[HULL_MAX_FDS];
     int32_t setsid;               /* call setsid() in the child */
+    int32_t ctty_fd;              /* after setsid: make this fd (a child-side number) the controlling tty, or -1 */
     int32_t exit_signal;          /* normally SIGCHLD */
     const char *chdir;            /* chdir in the child before exec, or NULL */
     uint64_t sigmask;             /* mask installed in the child before exec */
@@ -169,6 +172,10 @@ static int child_main(struct hull_spawn *s) {
     if (s->setsid) {
         r = raw1(SYS_setsid, 0);
         if (r < 0) child_fail(s, ST_SETSID, r);
+    }
+    if (s->ctty_fd >= 0) {
+        r = raw3(SYS_ioctl, s->ctty_fd, TIOCSCTTY, 0);
+        if (r < 0) child_fail(s, ST_CTTY, r);
     }
     if (s->chdir) {
         r = raw1(SYS_chdir, (long)s->chdir);

@@ -7,7 +7,7 @@ namespace Hull.Linux;
 public enum SpawnStage
 {
     Unknown = 0, SyncRead = 1, Setns = 2, CgroupJoin = 3, TimeNamespace = 4, FdMap = 5, Signals = 6, Exec = 7,
-    Setsid = 8, Chdir = 9, Clone = 100,
+    Setsid = 8, Chdir = 9, ControllingTty = 10, Clone = 100,
 }
 
 public sealed class SpawnException(SpawnStage stage, int errno, string what)
@@ -52,6 +52,8 @@ public sealed class SpawnRequest
     /// <summary>fd map: Source becomes Target in the child (not close-on-exec there).</summary>
     public List<(SafeFd Source, int Target)> Fds = [];
     public bool Setsid;
+    /// <summary>After setsid: make this child-side fd number its controlling terminal (TIOCSCTTY), or -1.</summary>
+    public int ControllingTty = -1;
     public string? Chdir;
     /// <summary>Signal mask installed in the child before exec (bit n-1 for signal n).</summary>
     public ulong SignalMask;
@@ -83,6 +85,7 @@ public static unsafe partial class Spawner
         public fixed int FdSrc[MaxFds];
         public fixed int FdDst[MaxFds];
         public int Setsid;
+        public int CttyFd;
         public int ExitSignal;
         public byte* Chdir;
         public ulong SigMask;
@@ -138,6 +141,7 @@ public static unsafe partial class Spawner
                 s->FdDst[i] = req.Fds[i].Target;
             }
             s->Setsid = req.Setsid ? 1 : 0;
+            s->CttyFd = req.ControllingTty;
             s->ExitSignal = Signals.SIGCHLD;
             s->Chdir = req.Chdir is null ? null : mem.Utf8(req.Chdir);
             s->SigMask = req.SignalMask;
