@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #if !defined(__x86_64__)
@@ -55,6 +56,16 @@ enum {
     ST_SETSID = 8,
     ST_CHDIR = 9,
     ST_CTTY = 10,
+    ST_FILES = 11,
+    ST_PERSONALITY = 12,
+    ST_CAPS_BOUNDING = 13,
+    ST_GROUPS = 14,
+    ST_GID = 15,
+    ST_UID = 16,
+    ST_CAPSET = 17,
+    ST_AMBIENT = 18,
+    ST_NNP = 19,
+    ST_SECCOMP = 20,
 };
 
 struct hull_spawn {
@@ -83,6 +94,22 @@ struct hull_spawn {
     int32_t exit_signal;          /* normally SIGCHLD */
     const char *chdir;            /* chdir in the child before exec, or NULL */
     uint64_t sigmask;             /* mask installed in the child before exec */
+    /* Process attributes applied last, on the exec'ing thread (exec into a container, and the container init). */
+    int32_t apply_process;        /* 0: skip everything down to exec_paths */
+    int32_t umask;                /* -1: leave as is */
+    int64_t personality;          /* -1: leave as is */
+    int32_t n_files;              /* files written first (e.g. /proc/thread-self/attr/exec) */
+    const char *file_path[4];
+    const char *file_data[4];
+    uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
+    int32_t last_cap;
+    int32_t uid, gid;
+    int32_t n_groups;             /* -1: do not call setgroups */
+    uint32_t groups[64];
+    int32_t no_new_privs;
+    const void *seccomp_prog;     /* struct sock_fprog *, or NULL */
+    uint32_t seccomp_flags;
+    const char *const *exec_paths; /* NULL-terminated candidates tried in order (PATH search); else exec_fd/path */
     /* filled by hull_spawn_start */
     int32_t pid;
     int32_t pidfd;
@@ -118,9 +145,108 @@ static void child_fail(const struct hull_spawn *s, int stage, long err) {
 
 static long str_len(const char *p) { long n = 0; while (p[n]) n++; return n; }
 
+
+struct cap_header { uint32_t version; int pid; };
+struct cap_data { uint32_t effective, permitted, inheritable; };
+
+static long load_seccomp(const struct hull_spawn *s) {
+    return raw3(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, s->seccomp_flags, (long)s->seccomp_prog);
+}
+
+/*
+ * Applies the process attributes (in this order: files, umask, personality, seccomp when no_new_privs is off,
+ * bounding set, groups/gid/uid keeping capabilities, capabilities, ambient, no_new_privs, seccomp), installs
+ * the signal mask and execs. Returns only on failure: a negative errno, with *stage set.
+ * Called in the clone child, or on the calling thread by hull_exec (the container init's last step).
+ */
+static long apply_and_exec(const struct hull_spawn *s, int *stage) {
+    long r;
+    if (s->apply_process) {
+        for (int i = 0; i < s->n_files; i++) {
+            long fd = raw3(SYS_open, (long)s->file_path[i], O_WRONLY | O_CLOEXEC, 0);
+            if (fd < 0) { *stage = ST_FILES; return fd; }
+            r = raw3(SYS_write, fd, (long)s->file_data[i], str_len(s->file_data[i]));
+            raw1(SYS_close, fd);
+            if (r < 0) { *stage = ST_FILES; return r; }
+        }
+        if (s->umask >= 0) raw1(SYS_umask, s->umask);
+        if (s->personality >= 0) {
+            r = raw1(SYS_personality, s->personality);
+            if (r < 0) { *stage = ST_PERSONALITY; return r; }
+        }
+        if (s->seccomp_prog && !s->no_new_privs) {
+            /* Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we still have it. */
+            r = load_seccomp(s);
+            if (r < 0) { *stage = ST_SECCOMP; return r; }
+        }
+        for (int c = 0; c <= s->last_cap; c++) {
+            if (s->cap_bounding & (1ULL << c)) continue;
+            r = raw5(SYS_prctl, PR_CAPBSET_DROP, c, 0, 0, 0);
+            if (r < 0 && r != -EINVAL) { *stage = ST_CAPS_BOUNDING; return r; }
+        }
+        raw5(SYS_prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        if (s->n_groups >= 0) {
+            r = raw2(SYS_setgroups, s->n_groups, (long)s->groups);
+            if (r < 0 && !(r == -EPERM && s->n_groups == 0)) { *stage = ST_GROUPS; return r; }
+        }
+        r = raw3(SYS_setresgid, s->gid, s->gid, s->gid);
+        if (r < 0) { *stage = ST_GID; return r; }
+        r = raw3(SYS_setresuid, s->uid, s->uid, s->uid);
+        if (r < 0) { *stage = ST_UID; return r; }
+        raw5(SYS_prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        struct cap_header h = { 0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0 };
+        struct cap_data d[2] = {
+            { (uint32_t)s->cap_effective, (uint32_t)s->cap_permitted, (uint32_t)s->cap_inheritable },
+            { (uint32_t)(s->cap_effective >> 32), (uint32_t)(s->cap_permitted >> 32), (uint32_t)(s->cap_inheritable >> 32) },
+        };
+        r = raw2(SYS_capset, (long)&h, (long)d);
+        if (r < 0) { *stage = ST_CAPSET; return r; }
+        raw5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        for (int c = 0; c <= s->last_cap; c++) {
+            if (!(s->cap_ambient & (1ULL << c))) continue;
+            r = raw5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0);
+            if (r < 0) { *stage = ST_AMBIENT; return r; }
+        }
+        if (s->no_new_privs) {
+            r = raw5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            if (r < 0) { *stage = ST_NNP; return r; }
+            if (s->seccomp_prog) {
+                r = load_seccomp(s);
+                if (r < 0) { *stage = ST_SECCOMP; return r; }
+            }
+        }
+    }
+    uint64_t mask = s->sigmask;
+    r = raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, 8);
+    if (r < 0) { *stage = ST_SIGNALS; return r; }
+    *stage = ST_EXEC;
+    if (s->exec_paths) {
+        long first = -ENOENT;
+        for (int i = 0; s->exec_paths[i]; i++) {
+            r = raw3(SYS_execve, (long)s->exec_paths[i], (long)s->argv, (long)s->envp);
+            if (r == -EACCES && first == -ENOENT) first = r;  /* like execvp: report EACCES if nothing better */
+            if (r != -ENOENT && r != -ENOTDIR && r != -EACCES) return r;
+        }
+        return first;
+    }
+    if (s->exec_fd >= 0)
+        return raw5(SYS_execveat, s->exec_fd, (long)"", (long)s->argv, (long)s->envp, AT_EMPTY_PATH);
+    return raw3(SYS_execve, (long)s->path, (long)s->argv, (long)s->envp);
+}
+
+/* The container init's last step, on the calling thread: apply the process attributes and exec.
+   Returns only on failure (negative errno, *stage set). Signal handlers are left alone: exec resets them. */
+long hull_exec(const struct hull_spawn *s, int32_t *stage) {
+    int st = 0;
+    long r = apply_and_exec(s, &st);
+    *stage = st;
+    return r;
+}
+
 /* Runs in the child, on the private stack. Never returns. */
 static int child_main(struct hull_spawn *s) {
     long r;
+    int stage = 0;
     /* 1. Reset every signal handler the runtime installed, while all signals are still blocked. */
     struct k_sigaction dfl = { SIG_DFL, 0, 0, 0 };
     for (int sig = 1; sig <= 64; sig++) {
@@ -181,15 +307,8 @@ static int child_main(struct hull_spawn *s) {
         r = raw1(SYS_chdir, (long)s->chdir);
         if (r < 0) child_fail(s, ST_CHDIR, r);
     }
-    /* 7. Install the requested signal mask, then exec. */
-    uint64_t mask = s->sigmask;
-    r = raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, 8);
-    if (r < 0) child_fail(s, ST_SIGNALS, r);
-    if (s->exec_fd >= 0)
-        r = raw5(SYS_execveat, s->exec_fd, (long)"", (long)s->argv, (long)s->envp, AT_EMPTY_PATH);
-    else
-        r = raw3(SYS_execve, (long)s->path, (long)s->argv, (long)s->envp);
-    child_fail(s, ST_EXEC, r);
+    r = apply_and_exec(s, &stage);
+    child_fail(s, stage, r);
     return 127;
 }
 

@@ -103,6 +103,11 @@ public static unsafe partial class Libc
     [LibraryImport(L, EntryPoint = "syscall", SetLastError = true)]
     public static partial long syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6);
 
+    [LibraryImport(L, SetLastError = true)]
+    public static partial int poll(PollFd* fds, nuint nfds, int timeout);
+    [LibraryImport(L, SetLastError = true)]
+    public static partial int flock(int fd, int operation);
+
     // ---- sockets ----
     [LibraryImport(L, SetLastError = true)]
     public static partial int socket(int domain, int type, int protocol);
@@ -127,6 +132,9 @@ public static unsafe partial class Libc
     [LibraryImport(L, SetLastError = true)]
     public static partial int isatty(int fd);
 }
+
+[StructLayout(LayoutKind.Sequential)]
+public struct PollFd { public int Fd; public short Events; public short REvents; }
 
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct IoVec { public void* Base; public nint Len; }

@@ -166,6 +166,22 @@ public static unsafe class Sys
         }
     }
 
+    /// <summary>Waits up to <paramref name="timeoutMs"/> (-1: forever) for a pidfd to become readable, i.e. the process to exit.</summary>
+    public static bool WaitPidfd(SafeFd pidfd, int timeoutMs)
+    {
+        var deadline = timeoutMs < 0 ? long.MaxValue : Environment.TickCount64 + timeoutMs;
+        while (true)
+        {
+            var left = timeoutMs < 0 ? -1 : (int)Math.Max(0, deadline - Environment.TickCount64);
+            var p = new PollFd { Fd = pidfd.Fd, Events = 1 /* POLLIN */ };
+            var r = Libc.poll(&p, 1, left);
+            if (r > 0) return true;
+            if (r == 0) return false;
+            var e = Marshal.GetLastPInvokeError();
+            if (e != Errors.EINTR) throw new LinuxException(e, "poll pidfd");
+        }
+    }
+
     /// <summary>Converts a wait status into a shell-style exit code (128+signal for a killed process).</summary>
     public static int ExitCode(int status) => (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f);
 

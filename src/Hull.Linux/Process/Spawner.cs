@@ -7,7 +7,8 @@ namespace Hull.Linux;
 public enum SpawnStage
 {
     Unknown = 0, SyncRead = 1, Setns = 2, CgroupJoin = 3, TimeNamespace = 4, FdMap = 5, Signals = 6, Exec = 7,
-    Setsid = 8, Chdir = 9, ControllingTty = 10, Clone = 100,
+    Setsid = 8, Chdir = 9, ControllingTty = 10, Files = 11, Personality = 12, CapsBounding = 13, Groups = 14, Gid = 15,
+    Uid = 16, Capset = 17, Ambient = 18, NoNewPrivs = 19, Seccomp = 20, Clone = 100,
 }
 
 public sealed class SpawnException(SpawnStage stage, int errno, string what)
@@ -23,6 +24,10 @@ public sealed class SpawnException(SpawnStage stage, int errno, string what)
         SpawnStage.Setns => $"joining a namespace ({what}): {Errors.Describe(errno)}",
         SpawnStage.CgroupJoin => $"joining the cgroup ({what}): {Errors.Describe(errno)}",
         SpawnStage.TimeNamespace => $"setting time namespace offsets: {Errors.Describe(errno)}",
+        SpawnStage.Gid => $"setting the gid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
+        SpawnStage.Uid => $"setting the uid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
+        SpawnStage.Seccomp => $"loading the seccomp filter ({what}): {Errors.Describe(errno)}",
+        SpawnStage.Files => $"writing a process attribute such as an LSM label ({what}): {Errors.Describe(errno)}",
         _ => $"spawning {what} failed at {stage}: {Errors.Describe(errno)}",
     };
 }
@@ -57,6 +62,28 @@ public sealed class SpawnRequest
     public string? Chdir;
     /// <summary>Signal mask installed in the child before exec (bit n-1 for signal n).</summary>
     public ulong SignalMask;
+    /// <summary>Credentials and attributes applied last, just before exec; null leaves the child's as they are.</summary>
+    public ProcessAttributes? Attributes;
+    /// <summary>Candidate paths tried in order (a PATH search done in the child's own mount namespace).</summary>
+    public IReadOnlyList<string>? ExecCandidates;
+}
+
+/// <summary>What the exec'ing thread becomes (see apply_and_exec in native/hull_spawn.c for the order).</summary>
+public sealed class ProcessAttributes
+{
+    public int Umask = -1;
+    public long Personality = -1;
+    /// <summary>Files written first, e.g. ("/proc/thread-self/attr/exec", "exec profile") for an LSM label.</summary>
+    public List<(string Path, string Data)> Files = [];
+    public ulong Bounding, Effective, Permitted, Inheritable, Ambient;
+    public int LastCap = 40;
+    public uint Uid, Gid;
+    /// <summary>Supplementary groups; null leaves them (setgroups is not called).</summary>
+    public IReadOnlyList<uint>? Groups = [];
+    public bool NoNewPrivileges;
+    /// <summary>A classic BPF program (8 bytes per instruction) and seccomp(2) flags, or null.</summary>
+    public byte[]? SeccompProgram;
+    public uint SeccompFlags;
 }
 
 /// <summary>
@@ -89,6 +116,18 @@ public static unsafe partial class Spawner
         public int ExitSignal;
         public byte* Chdir;
         public ulong SigMask;
+        public int ApplyProcess, Umask;
+        public long Personality;
+        public int NFiles;
+        public fixed long FilePath[4];
+        public fixed long FileData[4];
+        public ulong CapBounding, CapEffective, CapPermitted, CapInheritable, CapAmbient;
+        public int LastCap, Uid, Gid, NGroups;
+        public fixed uint Groups[64];
+        public int NoNewPrivs;
+        public void* SeccompProg;
+        public uint SeccompFlags;
+        public byte** ExecPaths;
         public int Pid, Pidfd, ErrorReadFd;
         public void* Stack;
     }
@@ -97,6 +136,61 @@ public static unsafe partial class Spawner
     private static partial int NativeStart(NativeSpawn* s);
     [LibraryImport("hullspawn", EntryPoint = "hull_spawn_finish")]
     private static partial int NativeFinish(NativeSpawn* s, int* stage);
+    [LibraryImport("hullspawn", EntryPoint = "hull_exec")]
+    private static partial long NativeExec(NativeSpawn* s, int* stage);
+
+    /// <summary>
+    /// Applies <see cref="SpawnRequest.Attributes"/> to the calling thread and execs, in this process (the
+    /// container init's last step). Only Path/ExecFd/ExecCandidates, Argv, Env, SignalMask and Attributes are used.
+    /// Returns only by throwing.
+    /// </summary>
+    public static void ExecInPlace(SpawnRequest req)
+    {
+        using var mem = new NativeBlock();
+        var s = (NativeSpawn*)mem.Alloc(sizeof(NativeSpawn));
+        var refs = new List<SafeHandle>();
+        try
+        {
+            Fill(s, req, mem, refs);
+            int st = 0;
+            var r = NativeExec(s, &st);
+            throw new SpawnException((SpawnStage)st, (int)-r, req.ExecCandidates?.FirstOrDefault() ?? req.Path ?? req.Argv[0]);
+        }
+        finally { foreach (var h in refs) h.DangerousRelease(); }
+    }
+
+    static void Fill(NativeSpawn* s, SpawnRequest req, NativeBlock mem, List<SafeHandle> refs)
+    {
+        s->ExecFd = Ref(req.ExecFd, refs);
+        s->Path = req.Path is null ? null : mem.Utf8(req.Path);
+        s->Argv = mem.StringArray(req.Argv);
+        s->Envp = mem.StringArray(req.Env);
+        s->SigMask = req.SignalMask;
+        s->ExecPaths = req.ExecCandidates is null ? null : mem.StringArray(req.ExecCandidates);
+        if (req.Attributes is not { } a) return;
+        if (a.Files.Count > 4 || (a.Groups?.Count ?? 0) > 64) throw new ArgumentException("at most 4 attribute files and 64 supplementary groups");
+        s->ApplyProcess = 1;
+        s->Umask = a.Umask;
+        s->Personality = a.Personality;
+        s->NFiles = a.Files.Count;
+        for (var i = 0; i < a.Files.Count; i++) { s->FilePath[i] = (long)mem.Utf8(a.Files[i].Path); s->FileData[i] = (long)mem.Utf8(a.Files[i].Data); }
+        s->CapBounding = a.Bounding; s->CapEffective = a.Effective; s->CapPermitted = a.Permitted;
+        s->CapInheritable = a.Inheritable; s->CapAmbient = a.Ambient; s->LastCap = a.LastCap;
+        s->Uid = (int)a.Uid; s->Gid = (int)a.Gid;
+        s->NGroups = a.Groups is null ? -1 : a.Groups.Count;
+        for (var i = 0; i < (a.Groups?.Count ?? 0); i++) s->Groups[i] = a.Groups![i];
+        s->NoNewPrivs = a.NoNewPrivileges ? 1 : 0;
+        if (a.SeccompProgram is { } prog)
+        {
+            var filter = (byte*)mem.Alloc(prog.Length);
+            prog.CopyTo(new Span<byte>(filter, prog.Length));
+            var fprog = (byte*)mem.Alloc(16);            // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+            *(ushort*)fprog = (ushort)(prog.Length / 8);
+            *(byte**)(fprog + 8) = filter;
+            s->SeccompProg = fprog;
+            s->SeccompFlags = a.SeccompFlags;
+        }
+    }
 
     static SafeFd? s_ownPidNs;
 
@@ -105,7 +199,7 @@ public static unsafe partial class Spawner
     {
         if (req.JoinNamespaces.Count > MaxNs || req.CgroupTaskFiles.Count > MaxNs || req.Fds.Count > MaxFds)
             throw new ArgumentException("too many namespaces, cgroup files or fds for one spawn");
-        var what = req.Path ?? req.Argv.FirstOrDefault() ?? "?";
+        var what = req.ExecCandidates?.FirstOrDefault() ?? req.Path ?? req.Argv.FirstOrDefault() ?? "?";
         var mem = new NativeBlock();
         var s = (NativeSpawn*)mem.Alloc(sizeof(NativeSpawn));
         SafeFd? syncRead = null, syncWrite = null;
@@ -114,10 +208,7 @@ public static unsafe partial class Spawner
         {
             s->CloneFlags = req.CloneFlags;
             s->CgroupFd = Ref(req.CgroupDir, refs);
-            s->ExecFd = Ref(req.ExecFd, refs);
-            s->Path = req.Path is null ? null : mem.Utf8(req.Path);
-            s->Argv = mem.StringArray(req.Argv);
-            s->Envp = mem.StringArray(req.Env);
+            Fill(s, req, mem, refs);
             s->ParentPidnsFd = Ref(req.PidNamespace, refs);
             if (req.PidNamespace is not null)
             {
@@ -144,7 +235,6 @@ public static unsafe partial class Spawner
             s->CttyFd = req.ControllingTty;
             s->ExitSignal = Signals.SIGCHLD;
             s->Chdir = req.Chdir is null ? null : mem.Utf8(req.Chdir);
-            s->SigMask = req.SignalMask;
             s->SyncFd = -1;
             s->SyncCloseFd = -1;
             if (req.WaitForRelease)

@@ -1,0 +1,279 @@
+using System.Runtime.InteropServices;
+using Hull.Linux;
+using Hull.Oci;
+
+namespace Hull.Containers;
+
+/// <summary>Options of create/run (the runc flags).</summary>
+public sealed class CreateOptions
+{
+    public required string Id { get; init; }
+    public required string Bundle { get; init; }
+    public string? PidFile { get; init; }
+    public string? ConsoleSocket { get; init; }
+    public bool NoPivot { get; init; }
+    public int PreserveFds { get; init; }
+    /// <summary>Use this spec instead of reading bundle/config.json (the instance layer builds specs in memory).</summary>
+    public Spec? Spec { get; init; }
+}
+
+/// <summary>
+/// The OCI lifecycle on one state directory (--root). Each public method is one runtime operation.
+/// Invariant: every operation that fails leaves no process, cgroup, mount or state directory of its own behind.
+/// </summary>
+public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFactory cgroups)
+{
+    public StateStore Store { get; } = store;
+    public ICgroupFactory Cgroups { get; } = cgroups;
+
+    /// <summary>The hull binary to run as the container init (this executable, or HULL_INIT_BINARY).</summary>
+    public static string InitBinary =>
+        Environment.GetEnvironmentVariable("HULL_INIT_BINARY") ?? Environment.ProcessPath ?? "/proc/self/exe";
+
+    static readonly Dictionary<string, ulong> NsFlags = new()
+    {
+        ["pid"] = CLONE.NEWPID, ["network"] = CLONE.NEWNET, ["mount"] = CLONE.NEWNS, ["ipc"] = CLONE.NEWIPC,
+        ["uts"] = CLONE.NEWUTS, ["user"] = CLONE.NEWUSER, ["cgroup"] = CLONE.NEWCGROUP, ["time"] = CLONE.NEWTIME,
+    };
+    internal static readonly Dictionary<string, string> NsProcName = new()
+    {
+        ["pid"] = "pid", ["network"] = "net", ["mount"] = "mnt", ["ipc"] = "ipc", ["uts"] = "uts", ["user"] = "user", ["cgroup"] = "cgroup", ["time"] = "time",
+    };
+
+    /// <summary>
+    /// create: sets up the container and leaves its init waiting on the exec fifo. Returns the pid.
+    /// </summary>
+    public int Create(CreateOptions o) => CreateContainer(o, "create", out _, out _);
+
+    /// <summary>
+    /// run: create + start in one, the caller waiting for the process (it is our child).
+    /// Returns the pid; the caller waits with <see cref="WaitAndDelete"/>.
+    /// </summary>
+    public int RunDetachedOrAttached(CreateOptions o, out SafeFd pidfd)
+    {
+        var pid = CreateContainer(o, "run", out var ch, out var pfd);
+        pidfd = pfd!;
+        using (ch)
+        {
+            var record = Store.Load(o.Id);
+            record.Started = true;
+            Store.Save(record);
+            ch!.Send(SyncMessage.Start);
+        }
+        RunPoststart(o.Id);
+        return pid;
+    }
+
+    int CreateContainer(CreateOptions o, string mode, out SyncChannel? runChannel, out SafeFd? runPidfd)
+    {
+        runChannel = null;
+        runPidfd = null;
+        StateStore.ValidateId(o.Id);
+        var bundle = Path.GetFullPath(o.Bundle);
+        Spec spec;
+        if (o.Spec is null) spec = SpecLoader.LoadBundle(bundle);
+        else { spec = o.Spec; SpecValidator.Validate(spec, bundle); }
+        SpecValidator.ValidateProcess(spec.Process, "process");
+        var namespaces = spec.Linux?.Namespaces ?? [];
+        if (!namespaces.Any(n => n.Type == "mount"))
+            throw new InvalidSpecException("linux.namespaces has no mount namespace: Hull needs {\"type\": \"mount\"} to set up the root filesystem");
+        if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == "create")
+            throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be handed to the caller");
+        SafeFd? consoleSocket = null;
+        if (spec.Process.Terminal && o.ConsoleSocket is not null)
+        {
+            try { consoleSocket = UnixSockets.Connect(o.ConsoleSocket); }
+            catch (LinuxException e) { throw new ContainerException($"--console-socket {o.ConsoleSocket}: {e.Message}"); }
+        }
+
+        var dir = Store.Claim(o.Id);
+        var cleanup = new Rollback();
+        cleanup.Add(() => Store.Remove(o.Id));
+        var rootfs = SpecValidator.RootfsPath(spec, bundle);
+        var record = new ContainerRecord
+        {
+            Id = o.Id, Bundle = bundle, Rootfs = rootfs, Created = DateTime.UtcNow, Annotations = spec.Annotations,
+            Namespaces = namespaces.Select(n => n.Type).ToList(),
+        };
+        SpawnedChild? child = null;
+        try
+        {
+            Store.Save(record);
+            Store.SaveSpec(o.Id, spec);
+
+            // cgroup
+            var cg = Cgroups.Open(spec.Linux?.CgroupsPath ?? "", o.Id);
+            record.CgroupPath = cg.Path;
+            cg.Create();
+            cleanup.Add(() => cg.Destroy());
+            if (spec.Linux?.Resources is { } res) cg.Apply(res);
+            Store.Save(record);
+
+            // exec fifo (create only)
+            SafeFd? fifo = null;
+            if (mode == "create")
+            {
+                var fifoPath = Store.FifoPath(o.Id);
+                Sys.Check(Libc.mkfifo(fifoPath, 0b110_000_000), $"mkfifo {fifoPath}");
+                fifo = Sys.Open(fifoPath, O.PATH);
+            }
+
+            var (parentEnd, childEnd) = Sys.SocketPair();
+            var channel = new SyncChannel(parentEnd);
+            using var exe = Sys.Open(InitBinary, O.RDONLY);
+            var firstPrivate = 3 + o.PreserveFds;
+            var req = new SpawnRequest
+            {
+                ExecFd = exe,
+                Argv = ["hull", "init"],
+                Env = [$"{ContainerInit.SyncFdVariable}={firstPrivate}"],
+                Setsid = true,
+            };
+            req.Fds.Add((childEnd, firstPrivate));
+            var consoleFd = -1;
+            var fifoFd = -1;
+            var next = firstPrivate + 1;
+            if (consoleSocket is not null) { consoleFd = next++; req.Fds.Add((consoleSocket, consoleFd)); }
+            if (fifo is not null) { fifoFd = next++; req.Fds.Add((fifo, fifoFd)); }
+
+            bool newUser = false, inUser = false;
+            foreach (var ns in namespaces.OrderBy(n => n.Type == "user" ? 0 : 1))
+            {
+                var flag = NsFlags[ns.Type];
+                if (string.IsNullOrEmpty(ns.Path))
+                {
+                    if (ns.Type == "time" && spec.Linux?.TimeOffsets is { Count: > 0 } offs)
+                        req.TimeOffsets = string.Join("\n", offs.Select(kv => $"{kv.Key} {kv.Value.Secs} {kv.Value.Nanosecs}")) + "\n";
+                    else req.CloneFlags |= flag;
+                    if (ns.Type == "user") { newUser = true; inUser = true; }
+                }
+                else
+                {
+                    var nsFd = Sys.Open(ns.Path, O.RDONLY);
+                    cleanup.Add(nsFd.Dispose);
+                    if (ns.Type == "pid") req.PidNamespace = nsFd;
+                    else req.JoinNamespaces.Add((nsFd, flag));
+                    if (ns.Type == "user") inUser = true;
+                }
+            }
+            using var join = cg.PrepareJoin();
+            req.CgroupDir = join.Directory;
+            req.CgroupTaskFiles.AddRange(join.TaskFiles);
+            req.WaitForRelease = newUser;
+
+            try { child = Spawner.Start(req); }
+            catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
+            finally { childEnd.Dispose(); consoleSocket?.Dispose(); fifo?.Dispose(); }
+            var pid = child.Pid;
+            cleanup.Add(() => { Libc.kill(pid, Signals.SIGKILL); Sys.WaitPid(pid); });
+            if (newUser)
+            {
+                WriteIdMap(pid, "uid_map", spec.Linux!.UidMappings!);
+                WriteIdMap(pid, "gid_map", spec.Linux!.GidMappings!);
+            }
+            try { child.Finish(); }
+            catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
+
+            var hookState = new State { Id = o.Id, Status = "creating", Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
+            var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
+            channel.Send(new InitPlan
+            {
+                Mode = mode, Id = o.Id, Bundle = bundle, Rootfs = rootfs, Spec = spec,
+                NewMountNamespace = (req.CloneFlags & CLONE.NEWNS) != 0,
+                NewUserNamespace = newUser, InUserNamespace = inUser,
+                NewNetworkNamespace = (req.CloneFlags & CLONE.NEWNET) != 0,
+                NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
+                NewCgroupNamespace = (req.CloneFlags & CLONE.NEWCGROUP) != 0,
+                NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
+                ParentHooks = parentHooks, HookState = hookState,
+            });
+            while (true)
+            {
+                var m = channel.Receive();
+                if (m is null)
+                {
+                    var status = Sys.WaitPid(pid);
+                    cleanup.RemoveLast(); // reaped already
+                    throw new ContainerException($"the container init exited during setup ({DescribeStatus(status)}) without saying why");
+                }
+                if (m.Type == SyncMessage.Error)
+                    throw new ContainerException(m.Message ?? "container setup failed") { ExitCode = m.Pid > 0 ? m.Pid : 1 };
+                if (m.Type == SyncMessage.Hooks)
+                {
+                    try
+                    {
+                        HookRunner.Run("prestart", spec.Hooks?.Prestart, hookState);
+                        HookRunner.Run("createRuntime", spec.Hooks?.CreateRuntime, hookState);
+                        channel.Send(SyncMessage.HooksDone);
+                    }
+                    catch (ContainerException e)
+                    {
+                        channel.Send(SyncMessage.Error, e.Message);
+                        throw;
+                    }
+                    continue;
+                }
+                if (m.Type == SyncMessage.Ready) break;
+            }
+            record.Pid = pid;
+            record.PidStartTime = ProcFs.Stat(pid)?.StartTime ?? 0;
+            Store.Save(record);
+            if (o.PidFile is not null) WritePidFile(o.PidFile, pid);
+            if (mode == "run") { runChannel = channel; runPidfd = child.Pidfd; }
+            else channel.Dispose();
+            cleanup.Clear();
+            return pid;
+        }
+        catch
+        {
+            child?.Dispose();
+            cleanup.Run();
+            throw;
+        }
+    }
+
+    static void WriteIdMap(int pid, string file, List<IdMapping> maps)
+    {
+        var text = string.Join("\n", maps.Select(m => $"{m.ContainerId} {m.HostId} {m.Size}")) + "\n";
+        if (!Sys.TryWriteFile($"/proc/{pid}/{file}", text, out var e))
+            throw new ContainerException($"writing linux.{(file == "uid_map" ? "uidMappings" : "gidMappings")} ({text.Trim().Replace("\n", "; ")}): {Errors.Describe(e)} — ranges must not overlap and must exist on the host");
+    }
+
+    internal static void WritePidFile(string path, int pid)
+    {
+        var full = Path.GetFullPath(path);
+        var tmp = full + ".tmp";
+        File.WriteAllText(tmp, pid.ToString());
+        File.Move(tmp, full, overwrite: true);
+    }
+
+    internal static string DescribeStatus(int status) =>
+        (status & 0x7f) == 0 ? $"exit status {(status >> 8) & 0xff}" : $"killed by {Signals.Name(status & 0x7f)}";
+
+    void RunPoststart(string id)
+    {
+        var spec = Store.LoadSpec(id);
+        if (spec.Hooks?.Poststart is not { Count: > 0 } hooks) return;
+        try { HookRunner.Run("poststart", hooks, StateOf(id)); }
+        catch (ContainerException e) { Console.Error.WriteLine($"hull: warning: {e.Message}"); }
+    }
+}
+
+/// <summary>Undo actions, run in reverse order on failure.</summary>
+public sealed class Rollback
+{
+    readonly List<Action> _undo = [];
+    public void Add(Action a) => _undo.Add(a);
+    public void RemoveLast() => _undo.RemoveAt(_undo.Count - 1);
+    public void Clear() => _undo.Clear();
+
+    public void Run()
+    {
+        for (var i = _undo.Count - 1; i >= 0; i--)
+        {
+            try { _undo[i](); }
+            catch (Exception e) { Console.Error.WriteLine($"hull: warning: cleanup step failed: {e.Message}"); }
+        }
+        _undo.Clear();
+    }
+}

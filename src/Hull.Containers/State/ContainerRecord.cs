@@ -1,0 +1,118 @@
+using System.Text.Json;
+using Hull.Linux;
+
+namespace Hull.Containers;
+
+/// <summary>What Hull keeps about one container in its state directory (state.json).</summary>
+public sealed class ContainerRecord
+{
+    public string Id { get; set; } = "";
+    public string Bundle { get; set; } = "";
+    public string Rootfs { get; set; } = "";
+    /// <summary>The init/container process; 0 while creating.</summary>
+    public int Pid { get; set; }
+    /// <summary>The process's start time (clock ticks since boot, /proc/PID/stat field 22): a pid is only ours if it matches.</summary>
+    public ulong PidStartTime { get; set; }
+    public DateTime Created { get; set; }
+    public string CgroupPath { get; set; } = "";
+    /// <summary>Namespace types the container has of its own or joined (for exec), e.g. "pid", "mount".</summary>
+    public List<string> Namespaces { get; set; } = [];
+    public Dictionary<string, string>? Annotations { get; set; }
+    public string Owner { get; set; } = "root";
+    /// <summary>Set once "start" has run: a container whose fifo was consumed.</summary>
+    public bool Started { get; set; }
+}
+
+/// <summary>
+/// The runtime's state directory (--root): one directory per container holding state.json, the spec
+/// (config.json, for exec defaults and poststop hooks) and, until started, exec.fifo.
+/// Invariant: a container exists iff its directory exists; mkdir is the atomic claim on an id.
+/// </summary>
+public sealed class StateStore(string root)
+{
+    public string Root { get; } = root;
+
+    public string Dir(string id) => Path.Combine(Root, id);
+    public string FifoPath(string id) => Path.Combine(Root, id, "exec.fifo");
+
+    public static void ValidateId(string id)
+    {
+        if (string.IsNullOrEmpty(id))
+            throw new ContainerException("a container id is required");
+        if (id is "." or ".." || id.Length > 1024 || id.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' or '+')))
+            throw new ContainerException($"invalid container id \"{id}\": use letters, digits and - _ . + only");
+    }
+
+    /// <summary>Claims the id (fails if it exists) and returns the container directory.</summary>
+    public string Claim(string id)
+    {
+        ValidateId(id);
+        Directory.CreateDirectory(Root);
+        var dir = Dir(id);
+        if (Libc.mkdir(dir, 0b111_000_000) < 0)
+        {
+            var e = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            if (e == Errors.EEXIST) throw new ContainerException($"container \"{id}\" already exists: choose another id or delete it first (hull-oci delete {id})");
+            throw new LinuxException(e, $"mkdir {dir}");
+        }
+        return dir;
+    }
+
+    public bool Exists(string id) => Directory.Exists(Dir(id)) && File.Exists(Path.Combine(Dir(id), "state.json"));
+
+    public ContainerRecord Load(string id)
+    {
+        ValidateId(id);
+        var file = Path.Combine(Dir(id), "state.json");
+        if (!File.Exists(file)) throw new ContainerNotFoundException(id);
+        return JsonSerializer.Deserialize(File.ReadAllBytes(file), EngineJson.Default.ContainerRecord)
+            ?? throw new ContainerException($"{file} is empty or corrupt: remove {Dir(id)} by hand");
+    }
+
+    public void Save(ContainerRecord r)
+    {
+        var file = Path.Combine(Dir(r.Id), "state.json");
+        var tmp = file + ".tmp";
+        File.WriteAllBytes(tmp, JsonSerializer.SerializeToUtf8Bytes(r, EngineJson.Default.ContainerRecord));
+        File.Move(tmp, file, overwrite: true);
+    }
+
+    public void SaveSpec(string id, Hull.Oci.Spec spec) =>
+        File.WriteAllBytes(Path.Combine(Dir(id), "config.json"), JsonSerializer.SerializeToUtf8Bytes(spec, Hull.Oci.OciJson.Default.Spec));
+
+    public Hull.Oci.Spec LoadSpec(string id) =>
+        JsonSerializer.Deserialize(File.ReadAllBytes(Path.Combine(Dir(id), "config.json")), Hull.Oci.OciJson.Default.Spec)!;
+
+    public void Remove(string id)
+    {
+        var dir = Dir(id);
+        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+    }
+
+    public IEnumerable<string> Ids() =>
+        Directory.Exists(Root)
+            ? Directory.EnumerateDirectories(Root).Select(Path.GetFileName).Where(n => n is not null && File.Exists(Path.Combine(Root, n, "state.json"))).Select(n => n!).OrderBy(n => n, StringComparer.Ordinal)
+            : [];
+}
+
+/// <summary>Facts about a live process read from /proc.</summary>
+public static class ProcFs
+{
+    /// <summary>Start time (field 22 of /proc/PID/stat) and state letter; null if the process does not exist.</summary>
+    public static (ulong StartTime, char State)? Stat(int pid)
+    {
+        string text;
+        try { text = File.ReadAllText($"/proc/{pid}/stat"); }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+        var close = text.LastIndexOf(')');
+        if (close < 0) return null;
+        var fields = text[(close + 2)..].Split(' ');
+        // fields[0] is field 3 (state); field 22 is fields[19]
+        return (ulong.Parse(fields[19]), fields[0][0]);
+    }
+
+    /// <summary>True if pid is alive (not a zombie) and is the process that started at startTime.</summary>
+    public static bool IsAlive(int pid, ulong startTime) =>
+        pid > 0 && Stat(pid) is { } s && s.StartTime == startTime && s.State is not ('Z' or 'X');
+}
