@@ -110,6 +110,7 @@ struct hull_spawn {
     const void *seccomp_prog;     /* struct sock_fprog *, or NULL */
     uint32_t seccomp_flags;
     const char *const *exec_paths; /* NULL-terminated candidates tried in order (PATH search); else exec_fd/path */
+    int32_t become_ns_root;       /* after the namespaces: setresgid/setresuid(0) (a new user namespace's root) */
     /* filled by hull_spawn_start */
     int32_t pid;
     int32_t pidfd;
@@ -270,6 +271,13 @@ static int child_main(struct hull_spawn *s) {
     for (int i = 0; i < s->n_setns; i++) {
         r = raw2(SYS_setns, s->setns_fd[i], s->setns_type[i]);
         if (r < 0) child_fail(s, ST_SETNS, r);
+    }
+    /* A new user namespace: become its root before exec, or exec drops the capabilities we hold in it. */
+    if (s->become_ns_root) {
+        r = raw3(SYS_setresgid, 0, 0, 0);
+        if (r < 0) child_fail(s, ST_GID, r);
+        r = raw3(SYS_setresuid, 0, 0, 0);
+        if (r < 0) child_fail(s, ST_UID, r);
     }
     /* 5. A new time namespace with offsets: takes effect at execve. */
     if (s->timens_offsets) {

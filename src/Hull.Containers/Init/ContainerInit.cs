@@ -47,7 +47,6 @@ public static unsafe class ContainerInit
     {
         var spec = plan.Spec!;
         var process = spec.Process!;
-        if (plan.NewUserNamespace) BecomeRoot();
         var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(), plan.NewCgroupNamespace);
         if (plan.NewMountNamespace)
         {
@@ -91,12 +90,6 @@ public static unsafe class ContainerInit
         HookRunner.Run("startContainer", spec.Hooks?.StartContainer, plan.HookState!);
         if (slave is not null) UseTerminal(slave);
         ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd);
-    }
-
-    static void BecomeRoot()
-    {
-        if (Libc.syscall(SYS.setresgid, 0, 0, 0, 0, 0, 0) < 0) throw LinuxException.FromLastError("setresgid 0 in the user namespace (is gid 0 mapped?)");
-        if (Libc.syscall(SYS.setresuid, 0, 0, 0, 0, 0, 0) < 0) throw LinuxException.FromLastError("setresuid 0 in the user namespace (is uid 0 mapped?)");
     }
 
     /// <summary>Blocks until "start" opens the exec fifo for reading, then hands it one byte.</summary>

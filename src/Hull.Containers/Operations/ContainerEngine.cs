@@ -160,6 +160,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
             req.WaitForRelease = newUser;
+            req.BecomeNamespaceRoot = newUser;
 
             try { child = Spawner.Start(req); }
             catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }

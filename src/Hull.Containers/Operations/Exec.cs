@@ -20,6 +20,7 @@ public sealed unsafe partial class ContainerEngine
     /// </summary>
     public Hull.Oci.Process ExecProcess(string id, List<string> args, bool tty, List<string>? env, string? cwd, string? user, IReadOnlyList<string>? capsToAdd)
     {
+        Store.Load(id);
         var spec = Store.LoadSpec(id);
         var b = spec.Process ?? new Hull.Oci.Process();
         var p = new Hull.Oci.Process

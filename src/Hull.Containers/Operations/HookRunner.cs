@@ -22,7 +22,7 @@ public static class HookRunner
     public static void Run(string kind, List<Hook>? hooks, State state)
     {
         if (hooks is null) return;
-        var json = JsonSerializer.Serialize(state, OciJson.Default.State);
+        var json = JsonSerializer.Serialize(state, CompactOciJson.Default.State);
         for (var i = 0; i < hooks.Count; i++) RunOne(kind, i, hooks[i], json);
     }
 
@@ -88,3 +88,8 @@ public static class HookRunner
         }
     }
 }
+
+/// <summary>The state on one line, as hooks read it.</summary>
+[System.Text.Json.Serialization.JsonSourceGenerationOptions(DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+[System.Text.Json.Serialization.JsonSerializable(typeof(State))]
+internal sealed partial class CompactOciJson : System.Text.Json.Serialization.JsonSerializerContext;

@@ -66,6 +66,8 @@ public sealed class SpawnRequest
     public ProcessAttributes? Attributes;
     /// <summary>Candidate paths tried in order (a PATH search done in the child's own mount namespace).</summary>
     public IReadOnlyList<string>? ExecCandidates;
+    /// <summary>After joining/creating namespaces, become uid/gid 0 (of a new user namespace) before exec.</summary>
+    public bool BecomeNamespaceRoot;
 }
 
 /// <summary>What the exec'ing thread becomes (see apply_and_exec in native/hull_spawn.c for the order).</summary>
@@ -128,6 +130,7 @@ public static unsafe partial class Spawner
         public void* SeccompProg;
         public uint SeccompFlags;
         public byte** ExecPaths;
+        public int BecomeNsRoot;
         public int Pid, Pidfd, ErrorReadFd;
         public void* Stack;
     }
@@ -232,6 +235,7 @@ public static unsafe partial class Spawner
                 s->FdDst[i] = req.Fds[i].Target;
             }
             s->Setsid = req.Setsid ? 1 : 0;
+            s->BecomeNsRoot = req.BecomeNamespaceRoot ? 1 : 0;
             s->CttyFd = req.ControllingTty;
             s->ExitSignal = Signals.SIGCHLD;
             s->Chdir = req.Chdir is null ? null : mem.Utf8(req.Chdir);
