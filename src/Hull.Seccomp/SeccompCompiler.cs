@@ -159,7 +159,7 @@ public static class SeccompCompiler
         if (arches.Contains(SeccompArch.X32))
             EmitTree(asm, Resolve(SeccompArch.X32, rules, defaultAction, skipped), Bpf.X32SyscallBit, 0xfffffffe, defaultAction, SeccompArch.X32, blocks);
         else
-            asm.Ja(badArch);
+            asm.Ret(BadArchAction); // an x32 call while the profile does not cover x32
 
         if (x86 >= 0)
         {
