@@ -102,13 +102,63 @@ internal sealed class BpfAssembler
     readonly List<Item> _items = [];
     int _labels;
 
+    // What the accumulator holds (the seccomp_data offset of the word loaded last, or null after an ALU op), tracked
+    // along the code as it is emitted: a load of the word A already holds on every path to this point is left out.
+    uint? _acc;
+    bool _reachable = true;
+    readonly Dictionary<int, uint?> _incoming = [];
+
     public Label NewLabel() => new(_labels++);
-    public void Mark(Label l) => _items.Add(new Item { Kind = Kind.Mark, T = l });
-    public void Ld(uint offset) => _items.Add(new Item { Kind = Kind.Plain, Code = Bpf.LD | Bpf.W | Bpf.ABS, K = offset });
-    public void And(uint k) => _items.Add(new Item { Kind = Kind.Plain, Code = Bpf.ALU | Bpf.AND | Bpf.K, K = k });
-    public void Ret(uint k) => _items.Add(new Item { Kind = Kind.Plain, Code = Bpf.RET | Bpf.K, K = k });
-    public void Ja(Label l) => _items.Add(new Item { Kind = Kind.Ja, Code = Bpf.JMP | Bpf.JA, T = l });
-    public void Jmp(ushort op, uint k, Label t, Label f) => _items.Add(new Item { Kind = Kind.Cond, Code = (ushort)(Bpf.JMP | op | Bpf.K), K = k, T = t, F = f });
+
+    public void Mark(Label l)
+    {
+        var has = _incoming.Remove(l.Id, out var state);
+        if (has && _reachable) _acc = state == _acc ? _acc : null;
+        else if (has) _acc = state;
+        _reachable |= has;
+        _items.Add(new Item { Kind = Kind.Mark, T = l });
+    }
+
+    /// <summary>Loads a word of seccomp_data into A, unless A already holds it on every path here.</summary>
+    public void Ld(uint offset)
+    {
+        if (_reachable && _acc == offset) return;
+        _items.Add(new Item { Kind = Kind.Plain, Code = Bpf.LD | Bpf.W | Bpf.ABS, K = offset });
+        _acc = offset;
+    }
+
+    public void And(uint k)
+    {
+        _items.Add(new Item { Kind = Kind.Plain, Code = Bpf.ALU | Bpf.AND | Bpf.K, K = k });
+        _acc = null;
+    }
+
+    public void Ret(uint k)
+    {
+        _items.Add(new Item { Kind = Kind.Plain, Code = Bpf.RET | Bpf.K, K = k });
+        _reachable = false;
+    }
+
+    public void Ja(Label l)
+    {
+        Flow(l);
+        _items.Add(new Item { Kind = Kind.Ja, Code = Bpf.JMP | Bpf.JA, T = l });
+        _reachable = false;
+    }
+
+    public void Jmp(ushort op, uint k, Label t, Label f)
+    {
+        Flow(t);
+        Flow(f);
+        _items.Add(new Item { Kind = Kind.Cond, Code = (ushort)(Bpf.JMP | op | Bpf.K), K = k, T = t, F = f });
+        if (!t.IsNext && !f.IsNext) _reachable = false;
+    }
+
+    void Flow(Label l)
+    {
+        if (l.IsNext || !_reachable) return;
+        _incoming[l.Id] = _incoming.TryGetValue(l.Id, out var s) ? (s == _acc ? s : null) : _acc;
+    }
 
     static int Size(in Item it) => it.Kind switch
     {

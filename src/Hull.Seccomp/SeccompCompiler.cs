@@ -349,16 +349,62 @@ public static class SeccompCompiler
         Emit(0, leaves.Count - 1);
     }
 
-    /// <summary>Argument rules of one syscall: each rule is a chain of comparisons (AND); the first chain that holds returns its action.</summary>
+    /// <summary>Argument rules of one syscall: each rule is a chain of comparisons (AND); the first chain that holds
+    /// returns its action; when none holds, the default action. Runs of rules that each test one argument for
+    /// equality become a switch on that argument (the values differ, so at most one of them can hold).</summary>
     static void EmitRules(BpfAssembler asm, SeccompArch arch, List<Rule> rules, uint defaultAction)
     {
         var wide = arch != SeccompArch.X86;
-        foreach (var rule in rules)
+        bool SingleEq(Rule r) => r.Conds.Length == 1 && r.Conds[0].Op == Op.EQ;
+        var i = 0;
+        while (i < rules.Count)
         {
+            var j = i;
+            if (wide && SingleEq(rules[i]))
+                while (j < rules.Count && SingleEq(rules[j]) && rules[j].Conds[0].Index == rules[i].Conds[0].Index &&
+                       rules[j].Conds[0].Value >> 32 == rules[i].Conds[0].Value >> 32) j++;
+            if (j - i >= 2)
+            {
+                var c0 = rules[i].Conds[0];
+                var end = asm.NewLabel();
+                asm.Ld(Bpf.ArgHigh(c0.Index));
+                asm.Jmp(Bpf.JEQ, (uint)(c0.Value >> 32), BpfAssembler.Label.Next, end);
+                asm.Ld(Bpf.ArgLow(c0.Index));
+                for (var k = i; k < j; k++)
+                {
+                    var skip = asm.NewLabel();
+                    asm.Jmp(Bpf.JEQ, (uint)rules[k].Conds[0].Value, BpfAssembler.Label.Next, skip);
+                    asm.Ret(rules[k].Action);
+                    asm.Mark(skip);
+                }
+                asm.Mark(end);
+                i = j;
+                continue;
+            }
             var fail = asm.NewLabel();
-            foreach (var c in rule.Conds) EmitCond(asm, c, wide, fail);
-            asm.Ret(rule.Action);
+            var conds = rules[i].Conds;
+            for (var c = 0; c < conds.Length; c++)
+            {
+                // Several "not equal" on one argument (same high word): test the high word once.
+                var d = c;
+                if (wide && conds[c].Op == Op.NE)
+                    while (d < conds.Length && conds[d].Op == Op.NE && conds[d].Index == conds[c].Index && conds[d].Value >> 32 == conds[c].Value >> 32) d++;
+                if (d - c >= 2)
+                {
+                    var pass = asm.NewLabel();
+                    asm.Ld(Bpf.ArgHigh(conds[c].Index));
+                    asm.Jmp(Bpf.JEQ, (uint)(conds[c].Value >> 32), BpfAssembler.Label.Next, pass);
+                    asm.Ld(Bpf.ArgLow(conds[c].Index));
+                    for (var k = c; k < d; k++) asm.Jmp(Bpf.JEQ, (uint)conds[k].Value, fail, BpfAssembler.Label.Next);
+                    asm.Mark(pass);
+                    c = d - 1;
+                    continue;
+                }
+                EmitCond(asm, conds[c], wide, fail);
+            }
+            asm.Ret(rules[i].Action);
             asm.Mark(fail);
+            i++;
         }
         asm.Ret(defaultAction);
     }
@@ -424,15 +470,24 @@ public static class SeccompCompiler
         asm.Mark(pass);
     }
 
+    /// <summary>(word &amp; mask) == datum: a jset when that is a bit test (A stays loaded), else and + jeq.</summary>
     static void MaskedWord(BpfAssembler asm, uint offset, uint mask, uint datum, BpfAssembler.Label fail)
     {
-        if (mask == 0)
+        if (mask == 0 && datum == 0) return;  // always holds
+        if ((datum & ~mask) != 0)             // a bit outside the mask can never compare equal
         {
-            if (datum != 0) asm.Ja(fail); // (x & 0) == datum never holds
+            asm.Ja(fail);
             return;
         }
         asm.Ld(offset);
-        if (mask != 0xffffffff) asm.And(mask);
-        asm.Jmp(Bpf.JEQ, datum, BpfAssembler.Label.Next, fail);
+        if (datum == 0)
+            asm.Jmp(Bpf.JSET, mask, fail, BpfAssembler.Label.Next);
+        else if (datum == mask && (mask & (mask - 1)) == 0)
+            asm.Jmp(Bpf.JSET, mask, BpfAssembler.Label.Next, fail);
+        else
+        {
+            if (mask != 0xffffffff) asm.And(mask);
+            asm.Jmp(Bpf.JEQ, datum, BpfAssembler.Label.Next, fail);
+        }
     }
 }

@@ -64,8 +64,8 @@ public static class SeccompProfiles
         "tkill", "ugetrlimit", "uname", "wait4", "waitid", "waitpid", "landlock_add_rule", "landlock_create_ruleset",
         "landlock_restrict_self", "sysinfo", "nice", "adjtimex", "clock_adjtime", "clock_adjtime64",
         // IPC and sockets
-        "accept", "accept4", "bind", "connect", "getpeername", "getsockname", "getsockopt", "listen", "recv",
-        "recvfrom", "recvmmsg", "recvmmsg_time64", "recvmsg", "send", "sendmmsg", "sendmsg", "sendto", "setsockopt",
+        "accept", "accept4", "bind", "connect", "getpeername", "getsockname", "getsockopt", "listen",
+        "recvfrom", "recvmmsg", "recvmmsg_time64", "recvmsg", "sendmmsg", "sendmsg", "sendto", "setsockopt",
         "shutdown", "socket", "socketcall", "socketpair", "pipe", "pipe2", "ipc", "msgctl", "msgget", "msgrcv",
         "msgsnd", "semctl", "semget", "semop", "semtimedop", "semtimedop_time64", "shmat", "shmctl", "shmdt",
         "shmget", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedreceive_time64",
@@ -102,8 +102,8 @@ public static class SeccompProfiles
     [
         "add_key", "keyctl", "request_key", "kexec_file_load", "kexec_load", "io_uring_setup", "io_uring_enter",
         "io_uring_register", "userfaultfd", "modify_ldt", "nfsservctl", "uselib", "ustat", "sysfs", "_sysctl",
-        "create_module", "get_kernel_syms", "query_module", "lookup_dcookie", "bdflush", "pciconfig_iobase",
-        "pciconfig_read", "pciconfig_write", "idle", "afs_syscall", "break", "ftime", "getpmsg", "gtty", "lock",
+        "create_module", "get_kernel_syms", "query_module", "lookup_dcookie", "bdflush",
+        "idle", "afs_syscall", "break", "ftime", "getpmsg", "gtty", "lock",
         "mpx", "prof", "profil", "putpmsg", "security", "stty", "tuxcall", "ulimit", "vserver", "vm86", "vm86old",
     ];
 

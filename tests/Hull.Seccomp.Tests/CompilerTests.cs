@@ -375,8 +375,14 @@ public class CompilerTests
     [Fact]
     public void TooManyInstructionsFailClearly()
     {
-        var rules = Enumerable.Range(0, 1000).Select(i => Rule("SCMP_ACT_ERRNO", ["ioctl"], 1, Arg(1, "SCMP_CMP_EQ", (ulong)i))).ToArray();
-        var e = Assert.Throws<SeccompException>(() => SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", rules)));
+        SeccompSyscall[] Rules(int n) => Enumerable.Range(0, n)
+            .Select(i => Rule("SCMP_ACT_ERRNO", ["ioctl"], 1, Arg(1, "SCMP_CMP_EQ", (ulong)i), Arg(2, "SCMP_CMP_GT", (ulong)i))).ToArray();
+        var ok = SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rules(400)));
+        Assert.InRange(ok.Instructions.Length, 3000, Bpf.MaxInstructions);
+        Assert.Equal(Bpf.RetErrno | 1, Eval(ok, "ioctl", 0, 399, 400));
+        Assert.Equal(Bpf.RetAllow, Eval(ok, "ioctl", 0, 399, 399));
+        var e = Assert.Throws<SeccompException>(() => SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rules(600))));
+        Assert.Contains("compiles to ", e.Message);
         Assert.Contains("the kernel accepts at most 4096", e.Message);
     }
 
