@@ -5,7 +5,8 @@ using Hull.Seccomp;
 
 // Hull.Seccomp.Probe: loads a seccomp filter into this process (PR_SET_NO_NEW_PRIVS, then seccomp with TSYNC) and
 //   --  COMMAND ARGS...        execve's COMMAND (absolute path) under the filter, or
-//   --call NAME [ARG...]       makes one raw x86_64 syscall under the filter and prints "result=R errno=E".
+//   --call NAME [ARG...]       makes one raw x86_64 syscall under the filter and prints "result=R errno=E", or
+//   --disassemble              prints the compiled program and loads nothing.
 // The profile is a linux.seccomp JSON file, or "--default CAPS" for Hull's default profile (CAPS comma-separated).
 // When the filter has a listener and the profile a listenerPath, the notify fd and the container process state are
 // sent there first. Exit codes: 125 bad usage or profile, 126 load failed, 127 exec failed.
@@ -36,6 +37,11 @@ static unsafe class Probe
             return 125;
         }
 
+        if (i < args.Length && args[i] == "--disassemble")
+        {
+            try { Console.Out.Write(SeccompCompiler.Compile(profile).Disassemble()); return 0; }
+            catch (SeccompException e) { Console.Error.WriteLine($"probe: {e.Message}"); return 125; }
+        }
         if (i >= args.Length) return Usage();
         var call = args[i] == "--call";
         if (!call && args[i] != "--") return Usage();
@@ -98,7 +104,7 @@ static unsafe class Probe
 
     static int Usage()
     {
-        Console.Error.WriteLine("usage: Hull.Seccomp.Probe (PROFILE.json | --default CAPS) (-- COMMAND ARGS... | --call SYSCALL [ARGS...])");
+        Console.Error.WriteLine("usage: Hull.Seccomp.Probe (PROFILE.json | --default CAPS) (-- COMMAND ARGS... | --call SYSCALL [ARGS...] | --disassemble)");
         return 125;
     }
 }
