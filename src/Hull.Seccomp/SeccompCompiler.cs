@@ -178,7 +178,7 @@ public static class SeccompCompiler
         if (program.Length > Bpf.MaxInstructions)
             throw new SeccompException(
                 $"{Field} compiles to {program.Length} BPF instructions; the kernel accepts at most {Bpf.MaxInstructions}. " +
-                "Each argument comparison costs up to 7 instructions per architecture: merge rules, drop argument filters, or list fewer architectures.");
+                "Each argument comparison costs up to 6 instructions per architecture: merge rules, drop argument filters, or list fewer architectures.");
         return new SeccompProgram(program, flags, needsListener, defaultAction, BadArchAction, arches, skipped);
     }
 
