@@ -133,7 +133,6 @@ public static class SeccompCompiler
 
         var asm = new BpfAssembler();
         var archLabels = arches.Select(_ => asm.NewLabel()).ToArray();
-        var badArch = asm.NewLabel();
         var blocks = new List<(BpfAssembler.Label Label, SeccompArch Arch, List<Rule> Rules)>();
 
         asm.Ld(Bpf.OffsetArch);
@@ -141,7 +140,6 @@ public static class SeccompCompiler
         asm.Jmp(Bpf.JEQ, Bpf.AuditArchX86_64, archLabels[0], BpfAssembler.Label.Next);
         var x86 = arches.IndexOf(SeccompArch.X86);
         if (x86 >= 0) asm.Jmp(Bpf.JEQ, Bpf.AuditArchI386, archLabels[x86], BpfAssembler.Label.Next);
-        asm.Mark(badArch);
         asm.Ret(BadArchAction);
 
         // AUDIT_ARCH_X86_64: x86_64 numbers below the x32 bit, x32 numbers above.
