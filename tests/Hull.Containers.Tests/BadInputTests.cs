@@ -38,7 +38,7 @@ public class BadInputTests(OciHarnessFixture f)
 
     [SkippableFact]
     public void Bad_seccomp_action() =>
-        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Seccomp = new Seccomp { DefaultAction = "SCMP_ACT_MAYBE" }), H.NewId()], "SCMP_ACT_MAYBE");
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Seccomp = new Hull.Oci.Seccomp { DefaultAction = "SCMP_ACT_MAYBE" }), H.NewId()], "SCMP_ACT_MAYBE");
 
     [SkippableFact]
     public void Missing_rootfs() =>

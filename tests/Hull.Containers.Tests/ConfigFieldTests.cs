@@ -141,3 +141,44 @@ public class ConfigFieldTests(OciHarnessFixture f)
         finally { H.Run("delete", "--force", id); }
     }
 }
+
+[Collection("oci")]
+public class SeccompTests(OciHarnessFixture f)
+{
+    OciHarness H => f.H;
+
+    static Hull.Oci.Seccomp DenyMkdir(uint errno) => new()
+    {
+        DefaultAction = "SCMP_ACT_ALLOW",
+        Syscalls = [new SeccompSyscall { Names = ["mkdir", "mkdirat"], Action = "SCMP_ACT_ERRNO", ErrnoRet = errno }],
+    };
+
+    [SkippableFact]
+    public void A_profile_applies_to_the_process_and_to_exec()
+    {
+        var id = H.NewId();
+        var b = H.Bundle(s => s.Linux!.Seccomp = DenyMkdir(1), "sh", "-c", "mkdir /tmp/a 2>&1; grep Seccomp: /proc/self/status; sleep 100");
+        Assert.Equal(0, H.Run("run", "-d", "--bundle", b, id).Code);
+        try
+        {
+            var (code, o, e) = H.Run("exec", id, "sh", "-c", "mkdir /tmp/b 2>&1; echo rc=$?");
+            Assert.True(code == 0, e);
+            Assert.Contains("Operation not permitted", o);
+            Assert.Contains("rc=1", o);
+        }
+        finally { H.Run("delete", "--force", id); }
+        var (code2, o2, _) = H.Run("run", "--bundle", H.Bundle(s => s.Linux!.Seccomp = DenyMkdir(30), "sh", "-c", "mkdir /tmp/c 2>&1; grep Seccomp: /proc/self/status"), H.NewId());
+        Assert.Equal(0, code2);
+        Assert.Contains("Read-only file system", o2);
+        Assert.Contains("Seccomp:\t2", o2);
+    }
+
+    [SkippableFact]
+    public void The_default_profile_denies_namespaces_and_keyrings_but_runs_a_shell()
+    {
+        var (code, o, e) = H.Run("run", "--bundle", H.Bundle(s => s.Linux!.Seccomp = Hull.Seccomp.SeccompProfiles.DefaultProfile(s.Process!.Capabilities!.Bounding!),
+            "sh", "-c", "echo ok; unshare -U true 2>/dev/null && echo unshared || echo denied"), H.NewId());
+        Assert.True(code == 0, e);
+        Assert.Equal("ok\ndenied\n", o);
+    }
+}

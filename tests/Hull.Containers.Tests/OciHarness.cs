@@ -27,7 +27,7 @@ public sealed class OciHarness : IDisposable
     {
         Directory.CreateDirectory(Path.Combine(rootfs, "bin"));
         File.Copy("/bin/busybox", Path.Combine(rootfs, "bin", "busybox"), true);
-        foreach (var a in new[] { "sh", "echo", "cat", "ls", "hostname", "id", "sleep", "true", "false", "ps", "mount", "touch", "grep", "stat", "readlink", "ulimit", "domainname", "wc", "tty", "stty", "test", "head", "mkdir", "env", "pwd" })
+        foreach (var a in new[] { "sh", "echo", "cat", "ls", "hostname", "id", "sleep", "true", "false", "ps", "mount", "touch", "grep", "stat", "readlink", "ulimit", "domainname", "wc", "tty", "stty", "test", "head", "mkdir", "env", "pwd", "unshare" })
             File.CreateSymbolicLink(Path.Combine(rootfs, "bin", a), "busybox");
         foreach (var d in new[] { "proc", "sys", "dev", "etc", "tmp", "mnt", "root" }) Directory.CreateDirectory(Path.Combine(rootfs, d));
         File.WriteAllText(Path.Combine(rootfs, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");

@@ -78,6 +78,7 @@ public static unsafe class ContainerInit
         setup.Finish();
         ProcessSetup.ApplyProcessAttributes(process, spec);
         var exe = ProcessSetup.ResolveExecutable(process);
+        var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
         ch.Send(new SyncMessage { Type = SyncMessage.Ready, Pid = Libc.getpid() });
         markReady();
         if (plan.Mode == "create") WaitForStart(plan.FifoFd);
@@ -89,7 +90,14 @@ public static unsafe class ContainerInit
         ch.Dispose();
         HookRunner.Run("startContainer", spec.Hooks?.StartContainer, plan.HookState!);
         if (slave is not null) UseTerminal(slave);
-        ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd);
+        if (seccomp is { Compiled.NeedsListener: true })
+        {
+            var state = plan.HookState!;
+            state.Status = "created";
+            SeccompSupport.LoadWithListener(seccomp.Value.Compiled, spec.Linux!.Seccomp!, state, Libc.getpid());
+            seccomp = null;
+        }
+        ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Program, seccomp?.Flags ?? 0);
     }
 
     /// <summary>Blocks until "start" opens the exec fifo for reading, then hands it one byte.</summary>

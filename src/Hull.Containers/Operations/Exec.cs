@@ -84,7 +84,10 @@ public sealed unsafe partial class ContainerEngine
             using var join = cg.PrepareJoin();
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
-            req.Attributes = ProcessSetup.Attributes(p, spec);
+            var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
+            if (seccomp is { Compiled.NeedsListener: true })
+                throw new ContainerException("exec into a container whose seccomp profile uses SCMP_ACT_NOTIFY is not supported yet");
+            req.Attributes = ProcessSetup.Attributes(p, spec, seccomp?.Program, seccomp?.Flags ?? 0);
             req.ExecCandidates = ExecCandidates(p);
             for (var i = 3; i < 3 + o.PreserveFds; i++) { var f = new SafeFd(i, owns: false); req.Fds.Add((f, i)); }
             if (p.Terminal)

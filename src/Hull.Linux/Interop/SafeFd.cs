@@ -120,7 +120,7 @@ public static unsafe class Sys
     }
 
     public static void Mount(string? source, string target, string? fstype, ulong flags, string? data) =>
-        Check(Libc.mount(source, target, fstype, flags, data), $"mount {source ?? fstype ?? "none"} on {target}");
+        Check(Libc.mount(source, target, fstype, flags, data), $"mount {source ?? "none"}{(fstype is null ? "" : $" (type {fstype})")} on {target}");
 
     public static void SetCloexec(SafeFd fd, bool on)
     {
