@@ -21,10 +21,11 @@ public sealed record DeviceRule(char Type, long Major, long Minor, string Access
 /// The device access a cgroup ends up with after applying an OCI linux.resources.devices list in order, the way the
 /// v1 devices controller evaluates it: a default (allow or deny everything) plus exceptions to it.
 /// <para>cgroup v2 has no devices file: access is checked by a BPF_CGROUP_DEVICE program attached to the cgroup.
-/// The engine compiles this rule set into such a program: for a device (type, major, minor, access) the first
-/// exception in <see cref="Exceptions"/> that matches the type/major/minor and includes every requested access bit
-/// decides (allow if <see cref="DefaultAllow"/> is false, deny if true); if none does, <see cref="DefaultAllow"/>
-/// decides. <see cref="IsAllowed"/> implements exactly that, so a compiled program can be tested against it.</para>
+/// The engine compiles this rule set into such a program. For a device (type, major, minor, requested access):
+/// with <see cref="DefaultAllow"/> false (an allow list) access is granted only if one exception matching the
+/// type/major/minor (-1 matches any number) holds every requested bit; with <see cref="DefaultAllow"/> true (a deny
+/// list) access is refused if any matching exception holds any requested bit. That is the v1 kernel's rule, and
+/// <see cref="IsAllowed"/> implements it, so a compiled program can be tested against it.</para>
 /// </summary>
 public sealed class DeviceRuleSet
 {
@@ -41,9 +42,17 @@ public sealed class DeviceRuleSet
     /// <summary>Whether (type, major, minor) may be used with every access in <paramref name="access"/>.</summary>
     public bool IsAllowed(char type, long major, long minor, string access)
     {
+        if (DefaultAllow)
+        {
+            // Deny list: refused if any exception for the device shares any requested access bit.
+            foreach (var e in Exceptions)
+                if (e.Matches(type, major, minor) && access.Any(e.Access.Contains)) return false;
+            return true;
+        }
+        // Allow list: permitted only if one exception for the device grants every requested bit.
         foreach (var e in Exceptions)
-            if (e.Matches(type, major, minor) && access.All(e.Access.Contains)) return !DefaultAllow;
-        return DefaultAllow;
+            if (e.Matches(type, major, minor) && access.All(e.Access.Contains)) return true;
+        return false;
     }
 
     /// <summary>Validates an OCI rule: type a/b/c, access from "rwm", major/minor ≥ -1.</summary>

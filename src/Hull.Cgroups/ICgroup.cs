@@ -125,7 +125,7 @@ public static class Cgroup
         if (name.Length == 0 || name.Contains('/') || prefix.Contains('/'))
             throw new CgroupException($"linux.cgroupsPath \"{systemdPath}\": the systemd form is \"slice:prefix:name\" with a non-empty name and no '/'");
         var unit = name.EndsWith(".slice", StringComparison.Ordinal) ? name : (prefix.Length == 0 ? name : prefix + "-" + name) + ".scope";
-        return ExpandSlice(slice, systemdPath) + (name.EndsWith(".slice", StringComparison.Ordinal) ? "" : "/" + unit);
+        return ExpandSlice(slice, systemdPath) + "/" + unit;
     }
 
     /// <summary>systemd's slice nesting: "a-b-c.slice" → "/a.slice/a-b.slice/a-b-c.slice"; "-.slice" → "".</summary>
