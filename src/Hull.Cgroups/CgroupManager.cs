@@ -375,9 +375,13 @@ internal sealed class CgroupManager : ICgroup
 
     public void Kill(int signal)
     {
+        // A task frozen by the v1 freezer does not act on SIGKILL until thawed (v2's freezer lets fatal signals
+        // through), so a frozen v1 cgroup is thawed right after the signal is sent.
+        var v1Frozen = signal == Signals.SIGKILL && DirFor("freezer") is { } fz && IsV1("freezer") && V1Freezer.IsFrozen(_f, fz);
         if (signal == Signals.SIGKILL && _v2 is not null && _f.Exists(_v2, "cgroup.kill") && Directory.Exists(_v2))
         {
             _f.Write(_v2, "cgroup.kill", "1");
+            if (v1Frozen) Thaw();
             // cgroup.kill reaches every process in the v2 tree; on a hybrid host a process that joined only the v1
             // hierarchies is not there, so fall through to the per-pid loop for anything left.
             if (WaitEmpty(TimeSpan.FromSeconds(2))) return;

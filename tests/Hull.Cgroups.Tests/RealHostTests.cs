@@ -152,6 +152,23 @@ public class RealHostTests
     }
 
     [SkippableFact]
+    public void Kill_reaches_a_frozen_cgroup()
+    {
+        Requires.Root();
+        var l = CgroupLayout.Detect();
+        using var scope = new CgroupScope(l);
+        var cg = scope.Open("fz", l);
+        cg.Create();
+        using var a = Child.Sleep(cg);
+        cg.Freeze();
+        cg.Kill(Signals.SIGKILL);
+        Assert.Equal(128 + Signals.SIGKILL, a.Wait());
+        Assert.Empty(cg.Pids());
+        Assert.False(cg.IsFrozen);
+        cg.Destroy();
+    }
+
+    [SkippableFact]
     public void Bad_values_fail_clearly_and_a_failed_create_and_apply_leaves_nothing()
     {
         Requires.Root();
