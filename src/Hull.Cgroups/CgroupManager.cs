@@ -77,12 +77,12 @@ internal sealed class CgroupManager : ICgroup
         {
             foreach (var (h, dir) in _v1)
             {
-                MkdirAll(h.MountPoint, dir, made, out var newLevels);
+                MkdirAll(h.MountPoint, dir, made);
                 if (h.Controllers.Contains("cpuset")) V1Cpuset.InitLevels(_f, h.MountPoint, dir);
             }
             if (_v2 is not null)
             {
-                MkdirAll(_layout.UnifiedMount!, _v2, made, out _);
+                MkdirAll(_layout.UnifiedMount!, _v2, made);
                 V2Tree.EnableControllers(_f, _layout.UnifiedMount!, _v2);
             }
             if (made.Count > 0) _createdHere = true;
@@ -94,9 +94,8 @@ internal sealed class CgroupManager : ICgroup
         }
     }
 
-    static void MkdirAll(string mount, string dir, List<string> made, out int newLevels)
+    static void MkdirAll(string mount, string dir, List<string> made)
     {
-        newLevels = 0;
         if (!Directory.Exists(mount))
             throw new CgroupException($"cgroup hierarchy {mount} is not there: the layout changed since it was detected (remount or refresh the layout)");
         var rel = dir[mount.TrimEnd('/').Length..].Split('/', StringSplitOptions.RemoveEmptyEntries);
@@ -104,7 +103,7 @@ internal sealed class CgroupManager : ICgroup
         foreach (var part in rel)
         {
             cur += "/" + part;
-            if (Libc.mkdir(cur, 0b111_101_101) == 0) { made.Add(cur); newLevels++; continue; }
+            if (Libc.mkdir(cur, 0b111_101_101) == 0) { made.Add(cur); continue; }
             var e = Marshal.GetLastPInvokeError();
             if (e == Errors.EEXIST && Directory.Exists(cur)) continue;
             throw new CgroupException($"mkdir {cur}: {Errors.Describe(e)}" + e switch
@@ -293,7 +292,14 @@ internal sealed class CgroupManager : ICgroup
         var tasks = new List<SafeFd>();
         try
         {
-            if (_v2 is not null && Sys.TryOpen(_v2, O.RDONLY | O.DIRECTORY, out var fd, out _)) dir = fd;
+            if (_v2 is not null)
+            {
+                if (Sys.TryOpen(_v2, O.RDONLY | O.DIRECTORY, out var fd, out var e)) dir = fd;
+                else if (e == Errors.ENOENT || _layout.Mode == CgroupMode.V2)
+                    throw new CgroupException($"open {_v2}: {Errors.Describe(e)}" +
+                        (e == Errors.ENOENT ? " — the cgroup does not exist: call Create() first" : ""), _v2, errno: e);
+                // Hybrid: an unusable cgroup2 tree only holds what v1 does not; the v1 joins still place the process.
+            }
             foreach (var (_, d) in _v1)
             {
                 if (!Sys.TryOpen(d + "/tasks", O.WRONLY, out var t, out var e))

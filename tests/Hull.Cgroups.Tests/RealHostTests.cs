@@ -42,7 +42,7 @@ public class RealHostTests
         var (maj, min) = blk is null ? (0L, 0L) : (long.Parse(blk.Split(':')[0]), long.Parse(blk.Split(':')[1]));
         cg.Apply(new Resources
         {
-            Memory = new Memory { Limit = 64 << 20, Reservation = 32 << 20 },
+            Memory = new Memory { Limit = 64 << 20, Reservation = 32 << 20, Swap = 96 << 20 },
             Cpu = new Cpu { Shares = 512, Quota = 50000, Period = 100000, Cpus = "0", Mems = "0" },
             Pids = new Pids { Limit = 64 },
             BlockIo = new BlockIo
@@ -86,9 +86,18 @@ public class RealHostTests
         Assert.Equal("0", ReadIn(cg, l, "cpuset", "cpuset.mems"));
         Assert.Equal("64", ReadIn(cg, l, "pids", "pids.max"));
 
-        // An update of the running cgroup.
-        cg.Apply(new Resources { Pids = new Pids { Limit = 32 }, Memory = new Memory { Limit = 128 << 20 } });
+        if (l.WhereIs("memory") == "v1" && File.Exists(cg.Directories["memory"] + "/memory.memsw.limit_in_bytes"))
+            Assert.Equal((96 << 20).ToString(), ReadIn(cg, l, "memory", "memory.memsw.limit_in_bytes"));
+        else if (l.WhereIs("memory") == "v2" && File.Exists(cg.Directories["v2"] + "/memory.swap.max"))
+            Assert.Equal((32 << 20).ToString(), ReadIn(cg, l, "memory", "memory.swap.max"));
+
+        // Updates of the running cgroup: memory+swap grows past the old memsw (memsw first), then shrinks (limit first).
+        cg.Apply(new Resources { Pids = new Pids { Limit = 32 }, Memory = new Memory { Limit = 256 << 20, Swap = 512 << 20 } });
+        cg.Apply(new Resources { Memory = new Memory { Limit = 128 << 20, Swap = 160 << 20 } });
         Assert.Equal("32", ReadIn(cg, l, "pids", "pids.max"));
+        Assert.Equal((128 << 20).ToString(), ReadIn(cg, l, "memory", l.WhereIs("memory") == "v1" ? "memory.limit_in_bytes" : "memory.max"));
+        if (l.WhereIs("memory") == "v1" && File.Exists(cg.Directories["memory"] + "/memory.memsw.limit_in_bytes"))
+            Assert.Equal((160 << 20).ToString(), ReadIn(cg, l, "memory", "memory.memsw.limit_in_bytes"));
 
         using var child = Child.Sleep(cg);
         var where = child.Cgroups();
