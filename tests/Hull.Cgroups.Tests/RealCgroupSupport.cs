@@ -56,6 +56,15 @@ sealed class Child : IDisposable
     public string State() =>
         File.ReadAllLines($"/proc/{Pid}/status").First(l => l.StartsWith("State:", StringComparison.Ordinal))["State:".Length..].Trim();
 
+    /// <summary>The state once it starts with <paramref name="c"/> (a process just exec'd may still be running for a
+    /// moment), or the last state seen after a bounded wait.</summary>
+    public string WaitState(char c)
+    {
+        var st = State();
+        for (var i = 0; i < 400 && st[0] != c; i++) { Thread.Sleep(5); st = State(); }
+        return st;
+    }
+
     public Dictionary<string, string> Cgroups() => CgroupLayout.ParseProcCgroup(File.ReadAllText($"/proc/{Pid}/cgroup"));
 
     public void Dispose()

@@ -105,17 +105,17 @@ public class RealHostTests
             Assert.Equal(scope.Path + "/c1", where[h.Controllers.FirstOrDefault() ?? "name=" + h.Name]);
         if (l.UnifiedMount is not null) Assert.Equal(scope.Path + "/c1", where[""]);
         Assert.Equal([child.Pid], cg.Pids());
-        Assert.StartsWith("S", child.State());
+        Assert.StartsWith("S", child.WaitState('S'));
 
         cg.Freeze();
         Assert.True(cg.IsFrozen);
         // v1 freezer: the task sits in the freezer as TASK_FROZEN, shown as D; v2 parks it in a job-control trap (S).
-        if (l.WhereIs("freezer") == "v1") Assert.StartsWith("D", child.State());
+        if (l.WhereIs("freezer") == "v1") Assert.StartsWith("D", child.WaitState('D'));
         else Assert.Contains("frozen 1", File.ReadAllText(cg.Directories["v2"] + "/cgroup.events"));
         cg.Freeze();   // idempotent
         cg.Thaw();
         Assert.False(cg.IsFrozen);
-        Assert.StartsWith("S", child.State());
+        Assert.StartsWith("S", child.WaitState('S'));
 
         var s = cg.Stats();
         Assert.True(s.Cpu.Usage.Total > 0, "cpu usage");
@@ -224,7 +224,9 @@ public class RealHostTests
         using var scope = new CgroupScope(l);
         var cg = scope.Open("m", l);
         cg.Create();
-        cg.Apply(new Resources { Memory = new Memory { Limit = 64 << 20, DisableOomKiller = true } });
+        // swappiness 0: memcg reclaim may not swap anonymous memory out, so the usage cannot shrink below the limit.
+        cg.Apply(new Resources { Memory = new Memory { Limit = 64 << 20, DisableOomKiller = true, Swappiness = 0 } });
+        Assert.Equal("0", File.ReadAllText(cg.Directories["memory"] + "/memory.swappiness").Trim());
         Assert.Contains("oom_kill_disable 1", File.ReadAllText(cg.Directories["memory"] + "/memory.oom_control"));
         // A shell that holds ~8 MiB of anonymous memory in a variable, then waits.
         using var child = new Child(cg, ["/bin/sh", "-c", "x=$(head -c 8000000 /dev/zero | tr '\\0' a); echo ready > /dev/null; exec sleep 30"]);
