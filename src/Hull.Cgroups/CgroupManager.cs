@@ -82,8 +82,15 @@ internal sealed class CgroupManager : ICgroup
             }
             if (_v2 is not null)
             {
-                MkdirAll(_layout.UnifiedMount!, _v2, made);
-                V2Tree.EnableControllers(_f, _layout.UnifiedMount!, _v2);
+                try { MkdirAll(_layout.UnifiedMount!, _v2, made); }
+                catch (CgroupException e) when (_layout.Mode == CgroupMode.Hybrid && e.Errno is Errors.EROFS or Errors.EACCES or Errors.EPERM
+                    && !_layout.UnifiedControllers.Any())
+                {
+                    // Hybrid with a cgroup2 tree that serves no controller and cannot be written (e.g. mounted
+                    // read-only into a container): the v1 hierarchies carry the cgroup on their own.
+                    _f.Warn($"the cgroup2 tree is not usable ({e.Message}); the cgroup exists in the v1 hierarchies only");
+                }
+                if (Directory.Exists(_v2)) V2Tree.EnableControllers(_f, _layout.UnifiedMount!, _v2);
             }
             if (made.Count > 0) _createdHere = true;
         }
@@ -295,10 +302,11 @@ internal sealed class CgroupManager : ICgroup
             if (_v2 is not null)
             {
                 if (Sys.TryOpen(_v2, O.RDONLY | O.DIRECTORY, out var fd, out var e)) dir = fd;
-                else if (e == Errors.ENOENT || _layout.Mode == CgroupMode.V2)
+                else if (_layout.Mode == CgroupMode.V2)
                     throw new CgroupException($"open {_v2}: {Errors.Describe(e)}" +
                         (e == Errors.ENOENT ? " — the cgroup does not exist: call Create() first" : ""), _v2, errno: e);
-                // Hybrid: an unusable cgroup2 tree only holds what v1 does not; the v1 joins still place the process.
+                // Hybrid: an unusable cgroup2 tree only holds what v1 does not; the v1 "tasks" joins below still
+                // place the process (and fail clearly if the cgroup was never created).
             }
             foreach (var (_, d) in _v1)
             {

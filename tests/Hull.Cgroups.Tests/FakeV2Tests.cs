@@ -300,6 +300,22 @@ public class FakeV2Tests
     }
 
     [Fact]
+    public void Prepare_join_gives_the_v2_directory_and_refuses_a_missing_cgroup()
+    {
+        using var t = new FakeTree();
+        var cg = t.Open("/hull/j");
+        var e = Assert.Throws<CgroupException>(() => cg.PrepareJoin());
+        Assert.Contains("call Create() first", e.Message);
+        cg.Create();
+        using var join = cg.PrepareJoin();
+        Assert.NotNull(join.CgroupDir);
+        Assert.Empty(join.TaskFiles);
+        var req = new Hull.Linux.SpawnRequest { Path = "/bin/true", Argv = ["true"], Env = [] };
+        join.AddTo(req);
+        Assert.Same(join.CgroupDir, req.CgroupDir);
+    }
+
+    [Fact]
     public void Unified_is_rejected_on_pure_v1()
     {
         using var t = new FakeTree();
