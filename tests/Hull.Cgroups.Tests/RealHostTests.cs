@@ -82,6 +82,12 @@ public class RealHostTests
             Assert.Equal("50000 100000", ReadIn(cg, l, "cpu", "cpu.max"));
             Assert.True(cg.DevicesNeedBpf);
         }
+        // hugetlb: on v2 on this hybrid host, on v1 or v2 elsewhere.
+        if (l.WhereIs("hugetlb") is { } hw && File.Exists("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"))
+        {
+            cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 8 << 20 }] });
+            Assert.Equal((8 << 20).ToString(), ReadIn(cg, l, "hugetlb", hw == "v1" ? "hugetlb.2MB.limit_in_bytes" : "hugetlb.2MB.max"));
+        }
         Assert.Equal("0", ReadIn(cg, l, "cpuset", "cpuset.cpus"));
         Assert.Equal("0", ReadIn(cg, l, "cpuset", "cpuset.mems"));
         Assert.Equal("64", ReadIn(cg, l, "pids", "pids.max"));
