@@ -14,7 +14,9 @@ internal sealed class CgroupManager : ICgroup
     readonly string? _v2;
     readonly Dictionary<string, string> _dirs = new(StringComparer.Ordinal);
     readonly CgroupFiles _f = new();
-    bool _createdHere;
+    /// <summary>The directories this object's Create made (outermost first), until a process joins or an Apply
+    /// succeeds: what a failed first Apply removes again.</summary>
+    List<string>? _made;
     DeviceRuleSet? _devices;
 
     public string Path { get; }
@@ -92,7 +94,7 @@ internal sealed class CgroupManager : ICgroup
                 }
                 if (Directory.Exists(_v2)) V2Tree.EnableControllers(_f, _layout.UnifiedMount!, _v2);
             }
-            if (made.Count > 0) _createdHere = true;
+            if (made.Count > 0) (_made ??= []).AddRange(made);
         }
         catch
         {
@@ -132,7 +134,7 @@ internal sealed class CgroupManager : ICgroup
             try { RemoveTree(dir); }
             catch (CgroupException e) { (errors ??= []).Add(e); }
         }
-        _createdHere = false;
+        _made = null;
         if (errors is not null)
             throw errors.Count == 1 ? errors[0] : new CgroupException(string.Join("; ", errors.Select(e => e.Message)), inner: errors[0]);
     }
@@ -171,19 +173,27 @@ internal sealed class CgroupManager : ICgroup
 
     public void Apply(Resources r)
     {
-        Validate(r);
         try
         {
+            Validate(r);
             ApplyAll(r);
-            _createdHere = false;
+            _made = null;
         }
         catch
         {
-            if (_createdHere && Pids().Count == 0)
-            {
-                try { Destroy(); } catch (CgroupException) { }
-            }
+            if (_made is not null && Pids().Count == 0) RollBack();
             throw;
+        }
+    }
+
+    /// <summary>Removes what Create made (deepest first, with their children), so nothing is left half-made.</summary>
+    void RollBack()
+    {
+        var made = _made!;
+        _made = null;
+        for (var i = made.Count - 1; i >= 0; i--)
+        {
+            try { RemoveTree(made[i]); } catch (CgroupException) { }
         }
     }
 
@@ -337,7 +347,7 @@ internal sealed class CgroupManager : ICgroup
                 Errors.ENOENT => "the cgroup does not exist: call Create() first",
                 _ => null,
             });
-        _createdHere = false;
+        _made = null;
     }
 
     static IEnumerable<int> ReadProcs(string dir)

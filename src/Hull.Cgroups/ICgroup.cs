@@ -27,8 +27,9 @@ public interface ICgroup
     /// cgroup.subtree_control). Idempotent. On failure removes what it made.</summary>
     void Create();
     /// <summary>Writes every linux.resources value (also as an update of a running cgroup). Each failed write throws
-    /// a <see cref="CgroupException"/> naming the file, value and errno. If it fails right after this object's
-    /// <see cref="Create"/> and no process has joined yet, the cgroup is removed again.</summary>
+    /// a <see cref="CgroupException"/> naming the file, value and errno. If it fails after this object's
+    /// <see cref="Create"/> before any process joined or any Apply succeeded, the directories Create made are
+    /// removed again.</summary>
     void Apply(Resources resources);
     /// <summary>What <see cref="Spawner"/> needs to start a process directly in this cgroup.</summary>
     CgroupJoin PrepareJoin();

@@ -229,9 +229,16 @@ public class FakeV2Tests
     }
 
     [Fact]
-    public void Failed_apply_after_create_removes_the_cgroup()
+    public void Failed_apply_after_create_removes_what_create_made()
     {
         using var t = new FakeTree();
+        var first = t.Open("/hull/c2");
+        first.Create();
+        t.Populate("hull/c2");
+        Assert.Throws<CgroupException>(() => first.Apply(new Resources { Unified = new() { ["memory.nope"] = "1" } }));
+        Assert.False(t.Exists("hull"));   // both levels were made by that Create
+
+        Directory.CreateDirectory(t.Path("hull"));
         var cg = t.Open("/hull/c2");
         cg.Create();
         t.Populate("hull/c2", except: "pids.max");

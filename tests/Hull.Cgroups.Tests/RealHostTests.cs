@@ -197,7 +197,16 @@ public class RealHostTests
         Assert.True(e.Errno is Errors.ERANGE or Errors.EINVAL, e.Message);   // this kernel says ERANGE for a CPU it lacks
         Assert.Contains(Errors.Name(e.Errno), e.Message);
         Assert.Contains("the parent allows", e.Message);
-        foreach (var d in cg.Directories.Values) Assert.False(Directory.Exists(d), "left behind: " + d);
+        foreach (var d in cg.Directories.Values)
+        {
+            Assert.False(Directory.Exists(d), "left behind: " + d);
+            Assert.False(Directory.Exists(System.IO.Path.GetDirectoryName(d)), "left behind: the parent of " + d);   // Create made it too
+        }
+        // Validation errors after a Create roll back as well.
+        var cg1 = scope.Open("bad1", l);
+        cg1.Create();
+        Assert.Throws<CgroupException>(() => cg1.Apply(new Resources { Pids = new Pids { Limit = -7 } }));
+        foreach (var d in cg1.Directories.Values) Assert.False(Directory.Exists(d), "left behind: " + d);
 
         var cg2 = scope.Open("bad2", l);
         cg2.Create();
