@@ -95,6 +95,10 @@ public class FakeV2Tests
         t.Writes.Clear();
         cg.Apply(new Resources { Cpu = new Cpu { Quota = -1 } });
         Assert.Equal([("hull/c1/cpu.max", "max 200000")], t.Writes);
+        // 0 means "not set" for quota and for byte limits (as in runc): nothing is written.
+        t.Writes.Clear();
+        cg.Apply(new Resources { Cpu = new Cpu { Quota = 0 }, Memory = new Memory { Limit = 0, Reservation = 0 } });
+        Assert.Empty(t.Writes);
     }
 
     [Theory]

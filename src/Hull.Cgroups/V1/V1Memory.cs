@@ -9,8 +9,16 @@ internal static class V1Memory
 {
     const string Limit = "memory.limit_in_bytes", Memsw = "memory.memsw.limit_in_bytes";
 
+    /// <summary>OCI (like runc) treats 0 as "not set" for byte limits.</summary>
+    internal static long? Nz(long? v) => v == 0 ? null : v;
+
     public static void Apply(CgroupFiles f, string d, Memory m)
     {
+        m = new Memory
+        {
+            Limit = Nz(m.Limit), Reservation = Nz(m.Reservation), Swap = Nz(m.Swap), Kernel = Nz(m.Kernel), KernelTcp = Nz(m.KernelTcp),
+            Swappiness = m.Swappiness, DisableOomKiller = m.DisableOomKiller,
+        };
         string LimitHint(int e) => e switch
         {
             Errors.EBUSY => $"the new limit is below current usage ({f.ReadU64(d, "memory.usage_in_bytes")} bytes in memory.usage_in_bytes): raise the limit or free memory in the container first",

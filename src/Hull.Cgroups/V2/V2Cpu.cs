@@ -15,11 +15,12 @@ internal static class V2Cpu
             ? "the quota/period pair is out of range (quota ≥ 1000 µs, period 1000–1000000 µs) or exceeds what the parent allows"
             : CgroupFiles.GenericHint(file, e);
         if (c.Shares is { } shares and > 0) f.Write(d, "cpu.weight", SharesToWeight(shares).ToString(), e => Hint("cpu.weight", e));
-        if (c.Quota is not null || c.Period is { } and > 0)
+        var quotaGiven = c.Quota is { } qg && qg != 0;   // 0 = not set, as in runc
+        if (quotaGiven || c.Period is { } and > 0)
         {
             // Keep what is not given (an update may change only the period).
             var cur = (f.ReadOrNull(d, "cpu.max") ?? "max 100000").Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            var quota = c.Quota is { } q ? (q <= 0 ? "max" : q.ToString()) : cur.Length > 0 ? cur[0] : "max";
+            var quota = quotaGiven ? (c.Quota < 0 ? "max" : c.Quota!.Value.ToString()) : cur.Length > 0 ? cur[0] : "max";
             var period = c.Period is { } p and > 0 ? p.ToString() : cur.Length > 1 ? cur[1] : "100000";
             f.Write(d, "cpu.max", $"{quota} {period}", e => Hint("cpu.max", e));
         }

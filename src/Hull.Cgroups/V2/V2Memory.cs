@@ -22,6 +22,11 @@ internal static class V2Memory
 
     public static void Apply(CgroupFiles f, string d, Memory m)
     {
+        m = new Memory
+        {
+            Limit = V1.V1Memory.Nz(m.Limit), Reservation = V1.V1Memory.Nz(m.Reservation), Swap = m.Swap, Kernel = m.Kernel, KernelTcp = m.KernelTcp,
+            Swappiness = m.Swappiness, DisableOomKiller = m.DisableOomKiller,
+        };
         string Hint(string file, int e) => e == Errors.ENOENT ? V2Tree.MissingHint(d, file) : CgroupFiles.GenericHint(file, e);
         var swap = SwapToV2(m.Swap, m.Limit);
         if (swap is { } sw)
