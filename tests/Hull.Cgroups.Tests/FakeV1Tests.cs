@@ -53,6 +53,18 @@ public class FakeV1Tests
     }
 
     [Fact]
+    public void A_failed_create_removes_what_it_made()
+    {
+        using var t = new FakeTree();
+        Directory.CreateDirectory(t.Path("memory"));
+        var layout = CgroupLayoutInfo.ForV1(new Dictionary<string, string> { ["memory"] = t.Path("memory"), ["pids"] = t.Path("gone") });
+        var cg = Cgroup.Open("/hull/c", "c", layout);
+        var e = Assert.Throws<CgroupException>(() => cg.Create());
+        Assert.Contains("is not there", e.Message);
+        Assert.False(t.Exists("memory/hull"));
+    }
+
+    [Fact]
     public void Network_rdma_hugetlb_blkio_and_realtime()
     {
         using var v = new V1Tree();
