@@ -106,7 +106,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             record.CgroupPath = cg.Path;
             cg.Create();
             cleanup.Add(() => cg.Destroy());
-            if (spec.Linux?.Resources is { } res) cg.Apply(res);
+            if (spec.Linux?.Resources is { } res) cg.Apply(WithDefaultDevices(res, spec));
             Store.Save(record);
 
             // exec fifo (create only)
@@ -231,6 +231,29 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             cleanup.Run();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The device rules a container always gets after its own (as runc): mknod of any node, the standard nodes
+    /// (null, zero, full, random, urandom, tty, ptmx, pts), and every node in linux.devices.
+    /// </summary>
+    public static Resources WithDefaultDevices(Resources res, Spec spec)
+    {
+        if (res.Devices is null) return res;
+        var rules = new List<DeviceCgroup>(res.Devices)
+        {
+            new() { Allow = true, Type = "c", Access = "m" }, new() { Allow = true, Type = "b", Access = "m" },
+        };
+        foreach (var (ma, mi) in new (long, long?)[] { (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, null) })
+            rules.Add(new DeviceCgroup { Allow = true, Type = "c", Major = ma, Minor = mi, Access = "rwm" });
+        foreach (var d in spec.Linux?.Devices ?? [])
+            if (d.Type is "c" or "b")
+                rules.Add(new DeviceCgroup { Allow = true, Type = d.Type, Major = d.Major, Minor = d.Minor, Access = "rwm" });
+        return new Resources
+        {
+            Devices = rules, Memory = res.Memory, Cpu = res.Cpu, Pids = res.Pids, BlockIo = res.BlockIo,
+            HugepageLimits = res.HugepageLimits, Network = res.Network, Rdma = res.Rdma, Unified = res.Unified,
+        };
     }
 
     static void WriteIdMap(int pid, string file, List<IdMapping> maps)
