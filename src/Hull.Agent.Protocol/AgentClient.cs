@@ -140,13 +140,17 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
         await using var s = Open();
         await s.SendAsync(FrameType.PushStart, 0, AgentJson.Encode(request, AgentJson.Default.PushRequest), ct).ConfigureAwait(false);
         var buf = new byte[Wire.ChunkSize];
+        // Reading the content also stops when the session fails (connection lost, agent error).
+        using var reading = CancellationTokenSource.CreateLinkedTokenSource(ct, s.Failed);
         try
         {
             while (true)
             {
                 var n = await s.Credit.TakeAsync(buf.Length, ct).ConfigureAwait(false);
                 if (n == 0) break; // the agent ended the session (an error follows)
-                var r = await content.ReadAsync(buf.AsMemory(0, n), ct).ConfigureAwait(false);
+                int r;
+                try { r = await content.ReadAsync(buf.AsMemory(0, n), reading.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) when (!ct.IsCancellationRequested && s.Failed.IsCancellationRequested) { break; }
                 if (r < n) s.Credit.Add(n - r);
                 if (r == 0)
                 {
@@ -156,8 +160,9 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
                 await s.SendAsync(FrameType.Data, StreamId.File, buf.AsSpan(0, r).ToArray(), ct).ConfigureAwait(false);
             }
         }
-        catch (OperationCanceledException)
+        catch (Exception e) when (e is not AgentUnavailableException)
         {
+            // The content failed or the caller gave up: the agent removes its temporary file.
             await s.TrySendAsync(FrameType.Cancel, 0, []).ConfigureAwait(false);
             throw;
         }
@@ -184,8 +189,9 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
                 await s.SendAsync(FrameType.Window, StreamId.File, Wire.U32((uint)f.Payload.Length), ct).ConfigureAwait(false);
             }
         }
-        catch (OperationCanceledException)
+        catch (Exception e) when (e is not (AgentUnavailableException or AgentOperationException))
         {
+            // The destination failed or the caller gave up: the agent stops reading.
             await s.TrySendAsync(FrameType.Cancel, 0, []).ConfigureAwait(false);
             throw;
         }
@@ -335,7 +341,10 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     sealed class Session(AgentClient client, uint id) : IAsyncDisposable
     {
         readonly Channel<Frame> _inbox = Channel.CreateUnbounded<Frame>(new UnboundedChannelOptions { SingleReader = true });
+        readonly CancellationTokenSource _failed = new();
         public uint Id => id;
+        /// <summary>Cancelled when the session fails (the agent sent an error, or the connection is gone).</summary>
+        public CancellationToken Failed => _failed.Token;
         /// <summary>Credit for the stream this side sends (stdin or pushed file).</summary>
         public Credit Credit { get; } = new();
 
@@ -348,12 +357,19 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
             }
             if (f.Type is FrameType.Error or FrameType.ExecExit) Credit.Close();
             _inbox.Writer.TryWrite(f);
+            if (f.Type == FrameType.Error) CancelFailed();
         }
 
         public void Fail(Exception e)
         {
             Credit.Close();
             _inbox.Writer.TryComplete(e);
+            CancelFailed();
+        }
+
+        void CancelFailed()
+        {
+            try { _failed.Cancel(); } catch (ObjectDisposedException) { }
         }
 
         public Task SendAsync(FrameType type, byte stream, byte[] payload, CancellationToken ct) =>

@@ -261,6 +261,8 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
                 var sig = BinaryPrimitives.ReadInt32LittleEndian(f.Payload);
                 if (_child is { } c && !_exited)
                 {
+                    // SIGKILL is "kill this exec": its whole process group goes, so no child keeps its output open.
+                    if (sig == Signals.SIGKILL) Libc.kill(-c.Pid, Signals.SIGKILL);
                     try { Sys.PidfdSendSignal(c.Pidfd, sig); }
                     catch (LinuxException e) when (e.Errno == Errors.ESRCH) { }
                     catch (LinuxException e) { AgentServer.Log($"exec {Id}: {e.Message}"); }
