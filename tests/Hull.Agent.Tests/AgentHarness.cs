@@ -14,33 +14,44 @@ namespace Hull.Agent.Tests;
 /// </summary>
 public sealed partial class AgentHarness : IAsyncDisposable
 {
-    readonly TempDir _dir = new("hull-agent");
+    readonly TempDir _dir;
     readonly Process _proc;
     readonly StringBuilder _log = new();
     public string Socket { get; }
     public string Dir => _dir.Path;
 
-    public static string AgentPath
+    /// <summary>The agent command: HULL_AGENT (a built binary), else the JIT build run as "dotnet hull-agent.dll".</summary>
+    public static string[] AgentCommand
     {
         get
         {
-            if (Environment.GetEnvironmentVariable("HULL_AGENT") is { Length: > 0 } p) return p;
+            if (Environment.GetEnvironmentVariable("HULL_AGENT") is { Length: > 0 } p) return [p];
             var config = AppContext.BaseDirectory.Contains("/bin/Debug/") ? "Debug" : "Release";
-            var path = Path.Combine(Repo.Root, "src", "Hull.Agent", "bin", config, "net10.0", "linux-x64", "hull-agent");
-            if (!File.Exists(path)) throw new InvalidOperationException($"{path} is missing: build src/Hull.Agent first");
-            return path;
+            var dll = Path.Combine(Repo.Root, "src", "Hull.Agent", "bin", config, "net10.0", "linux-x64", "hull-agent.dll");
+            if (!File.Exists(dll)) throw new InvalidOperationException($"{dll} is missing: build src/Hull.Agent first (building this test project does)");
+            var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
+            if (string.IsNullOrEmpty(dotnet))
+                dotnet = Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+            return [dotnet, dll];
         }
     }
 
-    AgentHarness(params string[] extra)
+    AgentHarness(string[] command, string[] extra)
     {
+        _dir = new TempDir("hull-agent");
         Socket = Path.Combine(_dir.Path, "agent.sock");
-        var psi = new ProcessStartInfo(AgentPath) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(command[0]) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in command[1..]) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add("--listen-unix");
         psi.ArgumentList.Add(Socket);
         psi.ArgumentList.Add("--verbose");
         foreach (var a in extra) psi.ArgumentList.Add(a);
-        _proc = Process.Start(psi)!;
+        try { _proc = Process.Start(psi)!; }
+        catch
+        {
+            _dir.Dispose();
+            throw;
+        }
         _proc.ErrorDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
         _proc.OutputDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
         _proc.BeginErrorReadLine();
@@ -49,7 +60,7 @@ public sealed partial class AgentHarness : IAsyncDisposable
 
     public static async Task<AgentHarness> StartAsync(params string[] extra)
     {
-        var h = new AgentHarness(extra);
+        var h = new AgentHarness(AgentCommand, extra);
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (!File.Exists(h.Socket))
         {
