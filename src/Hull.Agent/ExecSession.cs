@@ -83,7 +83,11 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
                 childSide.Add(ew);
                 sreq.Fds.Add((ew, 2));
             }
-            _child = Spawner.Spawn(sreq);
+            lock (OrphanReaper.Lock)
+            {
+                _child = Spawner.Spawn(sreq);
+                OrphanReaper.Register(_child.Pid);
+            }
         }
         catch (SpawnException e)
         {
@@ -220,8 +224,15 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
     void WaitForExit()
     {
         var child = _child!;
-        var status = Sys.WaitPid(child.Pid);
+        int status;
+        try { status = Sys.WaitPid(child.Pid); }
+        catch (LinuxException e)
+        {
+            AgentServer.Log($"exec {Id}: {e.Message}");
+            status = 0xff00; // exit code 255: the status is unknown
+        }
         _exited = true;
+        OrphanReaper.Unregister(child.Pid);
         foreach (var t in _readers) t.Join();
         _stdinQueue?.CompleteAdding();
         if (_tty)

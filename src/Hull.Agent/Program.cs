@@ -1,6 +1,8 @@
 using Hull.Linux;
 using Hull.Linux.Agent;
 
+[assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
+
 namespace Hull.Agent;
 
 public static class Program
@@ -57,6 +59,7 @@ public static class Program
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
         using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(
             System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; cts.Cancel(); });
+        OrphanReaper.StartIfInit();
         port ??= FindChannel(cts.Token);
         if (port is null) return 0;
         using (port)

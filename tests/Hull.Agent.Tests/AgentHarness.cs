@@ -58,9 +58,12 @@ public sealed partial class AgentHarness : IAsyncDisposable
         _proc.BeginOutputReadLine();
     }
 
-    public static async Task<AgentHarness> StartAsync(params string[] extra)
+    public static Task<AgentHarness> StartAsync(params string[] extra) => StartWithPrefixAsync([], extra);
+
+    /// <summary>Runs the agent under a wrapper command (for instance unshare, to make it pid 1).</summary>
+    public static async Task<AgentHarness> StartWithPrefixAsync(string[] prefix, params string[] extra)
     {
-        var h = new AgentHarness(AgentCommand, extra);
+        var h = new AgentHarness([.. prefix, .. AgentCommand], extra);
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (!File.Exists(h.Socket))
         {
@@ -101,7 +104,17 @@ public sealed partial class AgentHarness : IAsyncDisposable
         try
         {
             // SIGTERM: the agent ends its sessions (kills their process groups) and exits; SIGKILL if it does not.
-            if (!_proc.HasExited) SysKill(_proc.Id, 15);
+            // A wrapper (unshare --fork ignores SIGTERM) is passed over: the agent is its child.
+            if (!_proc.HasExited)
+            {
+                SysKill(_proc.Id, 15);
+                try
+                {
+                    foreach (var child in File.ReadAllText($"/proc/{_proc.Id}/task/{_proc.Id}/children").Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                        SysKill(int.Parse(child), 15);
+                }
+                catch (IOException) { }
+            }
             try { await _proc.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30)); }
             catch (TimeoutException) { _proc.Kill(entireProcessTree: true); }
             await _proc.WaitForExitAsync();

@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Hull.Agent.Protocol;
+using Hull.TestSupport;
 using Xunit;
 
 namespace Hull.Agent.Tests;
@@ -190,5 +191,35 @@ public class WireTests
         var closed = c.TakeAsync(8, CancellationToken.None).AsTask();
         c.Close();
         Assert.Equal(0, await closed);
+    }
+}
+
+public class InitTests
+{
+    [SkippableFact]
+    public async Task As_pid_1_the_agent_reaps_orphans()
+    {
+        Requires.Root();
+        var unshare = Requires.Program("unshare");
+        await using var h = await AgentHarness.StartWithPrefixAsync([unshare, "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"]);
+        await using var c = await h.ConnectAsync();
+        async Task<string> Sh(string script)
+        {
+            var o = new CaptureStream();
+            var r = await c.ExecAsync(new ExecRequest { Argv = ["sh", "-c", script] }, null, o, null);
+            Assert.True(r.ExitCode == 0, $"{script}: exit {r.ExitCode}; agent log:\n{h.Log}");
+            return o.Text;
+        }
+        Assert.Contains("hull-agent", await Sh("tr '\\0' ' ' < /proc/1/cmdline"));
+        // The background sleep outlives its shell, is re-parented to pid 1, and must not stay a zombie.
+        await Sh("sleep 0.2 >/dev/null 2>&1 & exit 0");
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        string zombies;
+        do
+        {
+            await Task.Delay(50);
+            zombies = await Sh("grep -l '^State:.Z' /proc/[0-9]*/status 2>/dev/null; true");
+        } while (zombies.Length > 0 && DateTime.UtcNow < deadline);
+        Assert.Equal("", zombies);
     }
 }
