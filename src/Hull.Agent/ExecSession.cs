@@ -83,11 +83,7 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
                 childSide.Add(ew);
                 sreq.Fds.Add((ew, 2));
             }
-            lock (OrphanReaper.Lock)
-            {
-                _child = Spawner.Spawn(sreq);
-                OrphanReaper.Register(_child.Pid);
-            }
+            _child = Spawner.Spawn(sreq);
         }
         catch (SpawnException e)
         {
@@ -154,7 +150,7 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
     }
 
     /// <summary>How to run this agent again: the NativeAOT binary, or "dotnet hull-agent.dll" under the JIT.</summary>
-    static string[] SelfCommand()
+    internal static string[] SelfCommand()
     {
         var exe = Environment.ProcessPath ?? "/proc/self/exe";
         if (Path.GetFileNameWithoutExtension(exe) == "dotnet") return [exe, Environment.GetCommandLineArgs()[0]];
@@ -232,7 +228,6 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
             status = 0xff00; // exit code 255: the status is unknown
         }
         _exited = true;
-        OrphanReaper.Unregister(child.Pid);
         foreach (var t in _readers) t.Join();
         _stdinQueue?.CompleteAdding();
         if (_tty)

@@ -27,6 +27,7 @@ public static class Program
     {
         if (args.Length > 0 && args[0] == "--exec-as") return ExecAs(args);
         if (args.Length > 0 && args[0] == "--version") { Console.WriteLine($"hull-agent {AgentServer.Version}"); return 0; }
+        if (Libc.getpid() == 1 && Environment.GetEnvironmentVariable(SupervisedVariable) != "1") return Supervise(args);
         Port? port = null;
         bool simulate = false, verbose = false;
         try
@@ -59,7 +60,6 @@ public static class Program
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
         using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(
             System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; cts.Cancel(); });
-        OrphanReaper.StartIfInit();
         port ??= FindChannel(cts.Token);
         if (port is null) return 0;
         using (port)
@@ -75,6 +75,50 @@ public static class Program
             }
         }
         return 0;
+    }
+
+    const string SupervisedVariable = "HULL_AGENT_SUPERVISED";
+
+    /// <summary>
+    /// As pid 1 (the guest's /init exec'd the agent) the process stays a small supervisor and runs the agent as its
+    /// child. The .NET runtime, when it is pid 1, reaps every child on SIGCHLD (waitpid(-1)), which is what an init
+    /// must do for orphans but would steal the exit status of the agent's own execs. So the execs are never children
+    /// of pid 1: they are children of the agent. If the agent dies, it is started again after a second. SIGTERM is
+    /// passed to the agent, and the supervisor exits once it has.
+    /// </summary>
+    static int Supervise(string[] args)
+    {
+        var self = ExecSession.SelfCommand();
+        var env = new List<string>();
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) env.Add($"{e.Key}={e.Value}");
+        env.Add($"{SupervisedVariable}=1");
+        var stopping = false;
+        SpawnedChild? current = null;
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+        {
+            c.Cancel = true;
+            stopping = true;
+            if (current is { } ch) Libc.kill(ch.Pid, Signals.SIGTERM);
+        });
+        AgentServer.Log("running as pid 1: supervising the agent and reaping orphans");
+        while (true)
+        {
+            try
+            {
+                using var child = Spawner.Spawn(new SpawnRequest { Path = self[0], Argv = [.. self, .. args], Env = env });
+                current = child;
+                if (stopping) Libc.kill(child.Pid, Signals.SIGTERM);
+                GuestSys.WaitPidfd(child.Pidfd);
+                current = null;
+            }
+            catch (SpawnException e)
+            {
+                AgentServer.Log($"starting the agent: {e.Message}");
+            }
+            if (stopping) return 0;
+            AgentServer.Log("the agent exited; starting it again in 1 s");
+            Thread.Sleep(1000);
+        }
     }
 
     /// <summary>Waits for the agent's channel: the modules that provide it may still be loading when /init starts us.</summary>

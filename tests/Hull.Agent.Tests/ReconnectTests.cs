@@ -211,6 +211,8 @@ public class InitTests
             return o.Text;
         }
         Assert.Contains("hull-agent", await Sh("tr '\\0' ' ' < /proc/1/cmdline"));
+        // Short-lived execs are reaped by their own waiter (with their status), never by the orphan reaper.
+        for (var i = 0; i < 40; i++) await Sh("true");
         // The background sleep outlives its shell, is re-parented to pid 1, and must not stay a zombie.
         await Sh("sleep 0.2 >/dev/null 2>&1 & exit 0");
         var deadline = DateTime.UtcNow.AddSeconds(30);

@@ -23,7 +23,7 @@ public readonly record struct StatxInfo(uint Mode, uint Uid, uint Gid, long Size
 public static unsafe class GuestSys
 {
     const long SYS_rt_sigaction = 13, SYS_rt_sigprocmask = 14, SYS_bind = 49, SYS_listen = 50, SYS_accept4 = 288,
-        SYS_fsync = 74, SYS_rename = 82, SYS_fchmod = 91, SYS_sync = 162, SYS_reboot = 169, SYS_statx = 332;
+        SYS_fsync = 74, SYS_waitid = 247, SYS_rename = 82, SYS_fchmod = 91, SYS_sync = 162, SYS_reboot = 169, SYS_statx = 332;
     const int AT_SYMLINK_NOFOLLOW = 0x100, AT_EMPTY_PATH = 0x1000, STATX_BASIC_STATS = 0x7ff;
     public const ulong TIOCSWINSZ = 0x5414;
     public const uint LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC, LINUX_REBOOT_CMD_RESTART = 0x01234567;
@@ -109,6 +109,23 @@ public static unsafe class GuestSys
             if (r >= 0) return new SafeFd((int)r);
             var e = Marshal.GetLastPInvokeError();
             if (e != Errors.EINTR) throw new LinuxException(e, "accept");
+        }
+    }
+
+    /// <summary>
+    /// Blocks until the process behind a pidfd has exited (waitid P_PIDFD, WEXITED). Returns false when someone else
+    /// reaped it first (ECHILD): it is gone either way.
+    /// </summary>
+    public static bool WaitPidfd(SafeFd pidfd)
+    {
+        var siginfo = stackalloc byte[128];
+        while (true)
+        {
+            if (Libc.syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd.Fd, (long)siginfo, 4 /* WEXITED */, 0, 0) == 0) return true;
+            var e = Marshal.GetLastPInvokeError();
+            if (e == Errors.EINTR) continue;
+            if (e == Errors.ECHILD) return false;
+            throw new LinuxException(e, "waitid");
         }
     }
 
