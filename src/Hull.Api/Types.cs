@@ -247,6 +247,8 @@ public sealed class Operation
     public string? Progress { get; set; }
     public string? Error { get; set; }
     public int? ErrorCode { get; set; }
+    /// <summary>Results of a finished operation (e.g. "fingerprint" of an imported image).</summary>
+    public Dictionary<string, string>? Metadata { get; set; }
 }
 
 public static class OperationStatus

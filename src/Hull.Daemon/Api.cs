@@ -77,7 +77,7 @@ public sealed class Api(Daemon d)
         {
             Interlocked.Increment(ref d.ApiRequests);
             try { await handler(c); }
-            catch (Exception e) when (!c.Response.HasStarted)
+            catch (Exception e) when (!c.Response.HasStarted && !c.WebSockets.IsWebSocketRequest)
             {
                 var (code, msg) = ApiErrors.Describe(e);
                 if (code >= 500) Interlocked.Increment(ref d.ApiErrors);
@@ -400,7 +400,8 @@ public sealed class Api(Daemon d)
             try
             {
                 await using var f = File.OpenRead(spool);
-                await d.Images.ImportAsync(f, type, alias, description.Length == 0 ? "imported image" : description, ctx, ctx.Token);
+                var img = await d.Images.ImportAsync(f, type, alias, description.Length == 0 ? "imported image" : description, ctx, ctx.Token);
+                ctx.Result("fingerprint", img.Fingerprint);
             }
             finally { File.Delete(spool); }
         });
@@ -460,6 +461,8 @@ public static class StreamBridge
         var exit = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new ExecExit { ExitCode = code, Error = error }, HullJson.Default.ExecExit));
         await SendAsync(ws, send, ExecChannel.Exit, exit, CancellationToken.None);
         try { await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "exited", CancellationToken.None); } catch (WebSocketException) { }
+        // Let the client answer the close (its unread input would otherwise reset the connection and lose the exit message).
+        try { await input.WaitAsync(TimeSpan.FromSeconds(5)); } catch (Exception) { }
         cts.Cancel();
         try { await input; } catch (Exception) { }
     }
@@ -474,6 +477,8 @@ public static class StreamBridge
         cts.Cancel();
         try { await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "detached", CancellationToken.None); } catch (Exception) { }
     }
+
+    static void Dbg(string m) { if (Environment.GetEnvironmentVariable("HULL_DEBUG") == "1") Console.Error.WriteLine("hulld debug: " + m); }
 
     static async Task Pump(Stream from, byte channel, WebSocket ws, SemaphoreSlim send, CancellationToken ct)
     {
@@ -492,8 +497,8 @@ public static class StreamBridge
         msg[0] = channel;
         data.CopyTo(msg.AsMemory(1));
         await send.WaitAsync(ct);
-        try { if (ws.State == WebSocketState.Open) await ws.SendAsync(msg, WebSocketMessageType.Binary, true, ct); }
-        catch (WebSocketException) { }
+        try { if (ws.State == WebSocketState.Open) await ws.SendAsync(msg, WebSocketMessageType.Binary, true, ct); else Dbg($"send on {ws.State} channel {channel}"); }
+        catch (WebSocketException e) { Dbg(e.ToString()); }
         finally { send.Release(); }
     }
 

@@ -41,6 +41,7 @@ public sealed class OperationContext(Operations ops, Operation op, CancellationT
 {
     public CancellationToken Token { get; } = ct;
     public void Progress(string text) => ops.SetProgress(op, text);
+    public void Result(string key, string value) => ops.SetResult(op, key, value);
 }
 
 /// <summary>Long-running tasks: launch, start, stop, delete, snapshots, image import. Kept in memory (finished ones for an hour).</summary>
@@ -104,6 +105,11 @@ public sealed class Operations(EventHub events)
         Publish(op);
     }
 
+    public void SetResult(Operation op, string key, string value)
+    {
+        lock (_lock) (op.Metadata ??= [])[key] = value;
+    }
+
     void Publish(Operation op) =>
         events.Publish(new Event { Type = "operation", Timestamp = DateTimeOffset.UtcNow, Operation = Snapshot(op) });
 
@@ -114,6 +120,7 @@ public sealed class Operations(EventHub events)
             {
                 Id = op.Id, Description = op.Description, Status = op.Status, CreatedAt = op.CreatedAt, UpdatedAt = op.UpdatedAt,
                 Resources = [.. op.Resources], MayCancel = op.MayCancel, Progress = op.Progress, Error = op.Error, ErrorCode = op.ErrorCode,
+                Metadata = op.Metadata is null ? null : new Dictionary<string, string>(op.Metadata),
             };
     }
 

@@ -202,7 +202,7 @@ public sealed class ImageStore
     public List<ImageAlias> Aliases() => _store.ListAliases().Select(a => new ImageAlias { Name = a.Name, Target = a.Fingerprint }).ToList();
 
     /// <summary>The built-in busybox container image: the host's static busybox with its applet links, a minimal /etc.</summary>
-    static async Task<string> BuildBusyboxRootfsAsync(string work, OperationContext? op, CancellationToken ct)
+    public static async Task<string> BuildBusyboxRootfsAsync(string work, OperationContext? op, CancellationToken ct)
     {
         var busybox = new[] { "/bin/busybox", "/usr/bin/busybox" }.FirstOrDefault(File.Exists)
             ?? throw new InstanceException("the built-in busybox image needs the host's static busybox (/bin/busybox): install busybox-static (make setup does)", 500);
