@@ -284,9 +284,19 @@ public sealed class InstanceManager
     async Task StartLockedAsync(InstanceRecord r, CancellationToken ct)
     {
         var driver = Driver(r.Type);
-        var spec = Spec(r);
-        ConfigSchema.Validate(spec.Config);
-        driver.Validate(spec);
+        InstanceSpec spec;
+        try
+        {
+            spec = Spec(r);
+            ConfigSchema.Validate(spec.Config);
+            driver.Validate(spec);
+        }
+        catch (Exception e)
+        {
+            r.StatusMessage = $"the last start failed: {ApiErrors.Describe(e).Message}";
+            _store.UpdateInstance(r);
+            throw;
+        }
         r.State = InstanceStates.Starting; r.Pending = "start"; r.StatusMessage = null;
         _store.UpdateInstance(r);
         var started = new List<IDevice>();

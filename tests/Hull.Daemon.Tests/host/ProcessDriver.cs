@@ -34,6 +34,12 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     public async Task CreateAsync(InstanceSpec spec, CancellationToken ct)
     {
         var rootfs = Rootfs(spec);
+        if (spec.Config.ContainsKey("user.test.fail-create"))
+        {
+            // Failure injection for tests: fail after part of the work is done, so the rollback is exercised.
+            Directory.CreateDirectory(Path.Combine(rootfs, "partial"));
+            throw new InstanceException("injected engine failure during create (user.test.fail-create)", 500);
+        }
         if (spec.CopyOf is { } src)
         {
             await Run(ct, "cp", "-a", "--reflink=auto", Rootfs(src), rootfs);
