@@ -92,7 +92,7 @@ public sealed class InstanceManager
         return new InstanceSpec
         {
             Name = r.Name, Type = r.Type, Dir = Dir(r.Name), Image = imageRef, Limits = ConfigSchema.ParseLimits(cfg),
-            Environment = ConfigSchema.ParseEnvironment(cfg), Config = cfg, Devices = DeviceFactory.CreateAll(dev), CopyOf = copyOf,
+            Environment = ConfigSchema.ParseEnvironment(cfg), Config = cfg, Devices = DeviceFactory.CreateAll(dev, validate: false), CopyOf = copyOf,
         };
     }
 

@@ -137,9 +137,9 @@ public static class ConfigSchema
 
     public static InstanceLimits ParseLimits(IReadOnlyDictionary<string, string> config) => new()
     {
-        Cpus = config.TryGetValue("limits.cpu", out var c) ? int.Parse(c, CultureInfo.InvariantCulture) : null,
+        Cpus = config.TryGetValue("limits.cpu", out var c) && int.TryParse(c, CultureInfo.InvariantCulture, out var ci) ? ci : null,
         MemoryBytes = config.TryGetValue("limits.memory", out var m) && TryParseSize(m, out var mb) ? mb : null,
-        Processes = config.TryGetValue("limits.processes", out var p) ? int.Parse(p, CultureInfo.InvariantCulture) : null,
+        Processes = config.TryGetValue("limits.processes", out var p) && int.TryParse(p, CultureInfo.InvariantCulture, out var pi) ? pi : null,
     };
 
     public static Dictionary<string, string> ParseEnvironment(IReadOnlyDictionary<string, string> config) =>

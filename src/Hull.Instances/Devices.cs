@@ -40,7 +40,9 @@ public static class DeviceFactory
 {
     public static readonly string[] Types = ["disk", "bind"];
 
-    public static IDevice Create(string name, IReadOnlyDictionary<string, string> config)
+    /// <summary>Makes a device; with <paramref name="validate"/> (the default) checks its config, including host paths.
+    /// Without it (an existing instance being stopped or deleted) only the type must be known.</summary>
+    public static IDevice Create(string name, IReadOnlyDictionary<string, string> config, bool validate = true)
     {
         if (!ConfigSchema.IsValidName(name, 64))
             throw new InstanceException($"device name '{name}' is invalid: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit");
@@ -52,13 +54,13 @@ public static class DeviceFactory
             "bind" => new BindDevice(name, config),
             _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are {string.Join(", ", Types)}"),
         };
-        d.Validate();
+        if (validate) d.Validate();
         return d;
     }
 
-    public static List<IDevice> CreateAll(IReadOnlyDictionary<string, Dictionary<string, string>> devices)
+    public static List<IDevice> CreateAll(IReadOnlyDictionary<string, Dictionary<string, string>> devices, bool validate = true)
     {
-        var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => Create(d.Key, d.Value)).ToList();
+        var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => Create(d.Key, d.Value, validate)).ToList();
         var targets = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var d in list)
         {

@@ -111,10 +111,10 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
         Directory.CreateDirectory(src);
         await Create("start-fails", devices: new() { ["d"] = new() { ["type"] = "bind", ["source"] = src, ["path"] = "/mnt/d" } });
         Directory.Delete(src);
-        await Fails(() => C.StartAsync("start-fails"), 400, "device 'd'", "does not exist");
+        await Fails(() => C.StartAsync("start-fails"), 400, "device 'd'", "no longer exists");
         var i = await C.GetInstanceAsync("start-fails");
         Assert.Equal(InstanceStates.Stopped, i.State);
-        Assert.Contains("does not exist", i.StatusMessage);
+        Assert.Contains("no longer exists", i.StatusMessage);
         await C.DeleteInstanceAsync("start-fails");
     }
 }
