@@ -137,6 +137,8 @@ public sealed class Daemon
         app.UseWebSockets();
         new Api(d).Map(app);
 
+        // Streams (events, logs -f, exec) end when hulld is asked to stop, rather than holding the shutdown up.
+        app.Lifetime.ApplicationStopping.Register(shutdown.Cancel);
         await manager.RecoverAsync(shutdown.Token);
         await app.StartAsync();
         SecureSocket(o);
@@ -144,7 +146,6 @@ public sealed class Daemon
         await Console.Error.WriteLineAsync($"hulld {Version}: serving {o.Socket} (state in {o.StateDir}; engines: {(manager.Types.Count == 0 ? "none" : string.Join(", ", manager.Types))})");
         events.Log("info", "hulld started");
         await app.WaitForShutdownAsync();
-        shutdown.Cancel();
         try { File.Delete(o.Socket); } catch (IOException) { }
         await Console.Error.WriteLineAsync("hulld: stopped; instances keep running");
         return 0;
