@@ -758,17 +758,31 @@ public static partial class CliApp
             image.Subcommands.Add(list);
         }
         {
-            var file = new Argument<string>("file") { Description = "A rootfs tarball (tar, tar.gz, tar.xz) or, with --vm, a disk image" };
+            var file = new Argument<string>("file") { Description = "A rootfs tarball (tar, tar.gz, tar.xz), an OCI image layout directory, or with --vm a disk image" };
             var aliasOpt = new Option<string>("--alias") { Description = "An alias for the image" };
             var vm = new Option<bool>("--vm") { Description = "The file is a VM disk image" };
-            var import = new Command("import", "Import an image file") { file, aliasOpt, vm };
+            var refOpt = new Option<string>("--ref") { Description = "For an OCI layout holding several images: the tag to import" };
+            var import = new Command("import", "Import an image file or OCI image layout") { file, aliasOpt, vm, refOpt };
             Act(import, async (pr, c, ct) =>
             {
                 var f = pr.GetValue(file)!;
-                if (!File.Exists(f)) throw new CliException($"{f} does not exist: give the path of a rootfs tarball");
-                await using var s = File.OpenRead(f);
                 using var p = new ProgressLine();
-                var img = await c.ImportImageAsync(s, pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container, pr.GetValue(aliasOpt), $"imported from {Path.GetFileName(f)}", p, ct);
+                Image img;
+                if (Directory.Exists(f))
+                {
+                    if (!File.Exists(Path.Combine(f, "oci-layout"))) throw new CliException($"{f} is a directory but not an OCI image layout (no oci-layout file): give a rootfs tarball or a layout written by skopeo or umoci");
+                    var psi = new ProcessStartInfo("tar") { RedirectStandardOutput = true, UseShellExecute = false };
+                    foreach (var a in new[] { "-cf", "-", "-C", f, "." }) psi.ArgumentList.Add(a);
+                    using var tar = Process.Start(psi)!;
+                    img = await c.ImportOciLayoutAsync(tar.StandardOutput.BaseStream, pr.GetValue(refOpt), pr.GetValue(aliasOpt), $"imported from OCI layout {Path.GetFileName(Path.GetFullPath(f).TrimEnd('/'))}", p, ct);
+                    await tar.WaitForExitAsync(ct);
+                }
+                else
+                {
+                    if (!File.Exists(f)) throw new CliException($"{f} does not exist: give the path of a rootfs tarball or an OCI layout directory");
+                    await using var s = File.OpenRead(f);
+                    img = await c.ImportImageAsync(s, pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container, pr.GetValue(aliasOpt), $"imported from {Path.GetFileName(f)}", p, ct);
+                }
                 Out.WriteLine($"Image imported with fingerprint: {img.Fingerprint}");
                 return 0;
             });

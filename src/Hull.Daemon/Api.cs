@@ -389,6 +389,10 @@ public sealed class Api(Daemon d)
         var type = c.Request.Headers["X-Hull-Type"].ToString() is { Length: > 0 } t ? t : InstanceTypes.Container;
         var alias = c.Request.Headers["X-Hull-Alias"].ToString() is { Length: > 0 } a ? a : null;
         var description = c.Request.Headers["X-Hull-Description"].ToString();
+        var format = c.Request.Headers["X-Hull-Format"].ToString() is { Length: > 0 } fm ? fm : "rootfs";
+        var reference = c.Request.Headers["X-Hull-Oci-Ref"].ToString() is { Length: > 0 } rf ? rf : null;
+        if (format is not ("rootfs" or "oci-layout")) throw new InstanceException($"image format '{format}' is invalid: use rootfs (a tarball or disk image) or oci-layout (a tarball of an OCI layout directory)");
+        if (format == "oci-layout" && type != InstanceTypes.Container) throw new InstanceException("an OCI image layout makes a container image: drop --vm");
         if (!InstanceTypes.IsValid(type)) throw new InstanceException($"image type '{type}' is invalid: use container or vm");
         if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
             throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
@@ -400,7 +404,10 @@ public sealed class Api(Daemon d)
             try
             {
                 await using var f = File.OpenRead(spool);
-                var img = await d.Images.ImportAsync(f, type, alias, description.Length == 0 ? "imported image" : description, ctx, ctx.Token);
+                var desc = description.Length == 0 ? "imported image" : description;
+                var img = format == "oci-layout"
+                    ? await d.Images.ImportOciLayoutAsync(f, reference, alias, desc, ctx, ctx.Token)
+                    : await d.Images.ImportAsync(f, type, alias, desc, ctx, ctx.Token);
                 ctx.Result("fingerprint", img.Fingerprint);
             }
             finally { File.Delete(spool); }

@@ -118,6 +118,42 @@ public sealed class ImageStore
         finally { _lock.Release(); }
     }
 
+    /// <summary>Imports an OCI image layout sent as a tarball of its directory: the layers are flattened into a rootfs image.</summary>
+    public async Task<Image> ImportOciLayoutAsync(Stream body, string? reference, string? alias, string description, OperationContext? op, CancellationToken ct)
+    {
+        if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+        var work = Path.Combine(_dir, "tmp-" + Guid.NewGuid().ToString("N")[..12]);
+        try
+        {
+            Directory.CreateDirectory(work);
+            var upload = Path.Combine(work, "layout.tar");
+            await using (var f = File.Create(upload)) await body.CopyToAsync(f, ct);
+            var layout = Path.Combine(work, "layout");
+            Directory.CreateDirectory(layout);
+            var (rc, err) = await Files.RunAsync("tar", ["-xf", upload, "-C", layout], ct);
+            if (rc != 0) throw new InstanceException($"the OCI layout upload is not a readable tarball: {err.Trim()}");
+            File.Delete(upload);
+            var rootfs = Path.Combine(work, "rootfs");
+            await OciLayout.FlattenAsync(layout, reference, rootfs, op, ct);
+            Files.RemoveTree(layout);
+            op?.Progress("packing the root filesystem");
+            var tar = Path.Combine(work, "image.tar");
+            (rc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."], ct);
+            if (rc != 0) throw new InstanceException($"packing the flattened image failed: {err.Trim()}", 500);
+            Files.RemoveTree(rootfs);
+            await _lock.WaitAsync(ct);
+            try
+            {
+                var rec = await AddLockedAsync(tar, InstanceTypes.Container, description, builtin: false, op, ct);
+                if (alias is not null) _store.SetAlias(alias, InstanceTypes.Container, rec.Fingerprint);
+                return ToApi(rec, _store.ListAliases());
+            }
+            finally { _lock.Release(); }
+        }
+        finally { Files.RemoveTree(work); }
+    }
+
     /// <summary>Imports an image file (a rootfs tarball, plain or compressed, for containers; a disk image for VMs).</summary>
     public async Task<Image> ImportAsync(Stream body, string type, string? alias, string description, OperationContext? op, CancellationToken ct)
     {

@@ -351,13 +351,24 @@ public sealed class HullClient : IDisposable
     public Task<Image> GetImageAsync(string nameOrFingerprint, CancellationToken ct = default) => GetAsync($"1.0/images/{E(nameOrFingerprint)}", J.Image, ct);
 
     /// <summary>Imports a rootfs tarball (container) or disk image (vm) and returns the stored image.</summary>
-    public async Task<Image> ImportImageAsync(Stream content, string type = InstanceTypes.Container, string? alias = null, string? description = null,
-        IProgress<Operation>? progress = null, CancellationToken ct = default)
+    public Task<Image> ImportImageAsync(Stream content, string type = InstanceTypes.Container, string? alias = null, string? description = null,
+        IProgress<Operation>? progress = null, CancellationToken ct = default) =>
+        ImportAsync(content, type, "rootfs", null, alias, description, progress, ct);
+
+    /// <summary>Imports an OCI image layout, sent as a tar stream of its directory; <paramref name="reference"/> picks a tag.</summary>
+    public Task<Image> ImportOciLayoutAsync(Stream layoutTar, string? reference = null, string? alias = null, string? description = null,
+        IProgress<Operation>? progress = null, CancellationToken ct = default) =>
+        ImportAsync(layoutTar, InstanceTypes.Container, "oci-layout", reference, alias, description, progress, ct);
+
+    async Task<Image> ImportAsync(Stream content, string type, string format, string? reference, string? alias, string? description,
+        IProgress<Operation>? progress, CancellationToken ct)
     {
         var body = new StreamContent(content);
         body.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
         using var req = new HttpRequestMessage(HttpMethod.Post, "1.0/images") { Content = body };
         req.Headers.Add("X-Hull-Type", type);
+        req.Headers.Add("X-Hull-Format", format);
+        if (reference is not null) req.Headers.Add("X-Hull-Oci-Ref", reference);
         if (alias is not null) req.Headers.Add("X-Hull-Alias", alias);
         if (description is not null) req.Headers.Add("X-Hull-Description", description);
         using var resp = await _http.SendAsync(req, ct);

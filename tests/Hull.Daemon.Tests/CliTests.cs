@@ -131,3 +131,67 @@ public sealed class CliTests
         Assert.Contains("snapshot", help.Out);
     }
 }
+
+/// <summary>OCI image layouts (as umoci and skopeo write them): layers flattened with whiteouts honoured.</summary>
+[Collection("daemon")]
+public sealed class OciLayoutTests
+{
+    static void Run(string program, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(Hull.TestSupport.Requires.Program(program)) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEnd() + p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"{program} {string.Join(' ', args)}: {err}");
+    }
+
+    [SkippableFact]
+    public async Task Import_an_oci_layout_with_whiteouts_and_launch_it()
+    {
+        using var d = new TestDaemon();
+        // A layout with three layers: the busybox rootfs, a layer adding files, a layer whiting one out and making /opt opaque.
+        var export = Path.Combine(d.Dir, "bb.tar");
+        await d.Client.LaunchAsync("busybox", "seed"); // builds the built-in image
+        Assert.Equal(0, d.Cli("image", "export", "busybox", export).Code);
+        var rootfs = Path.Combine(d.Dir, "rootfs");
+        Directory.CreateDirectory(rootfs);
+        Run("tar", "-xf", export, "-C", rootfs);
+        var layout = Path.Combine(d.Dir, "layout");
+        Run("umoci", "init", "--layout", layout);
+        Run("umoci", "new", "--image", layout + ":app");
+        Run("umoci", "insert", "--image", layout + ":app", rootfs, "/");
+        var extra = Path.Combine(d.Dir, "extra");
+        Directory.CreateDirectory(Path.Combine(extra, "old"));
+        File.WriteAllText(Path.Combine(extra, "keep"), "kept");
+        File.WriteAllText(Path.Combine(extra, "gone"), "should be whited out");
+        File.WriteAllText(Path.Combine(extra, "old", "lower"), "hidden by the opaque dir");
+        Run("umoci", "insert", "--image", layout + ":app", extra, "/opt");
+        Run("umoci", "insert", "--image", layout + ":app", "--whiteout", "/opt/gone");
+        var upper = Path.Combine(d.Dir, "upper");
+        Directory.CreateDirectory(upper);
+        File.WriteAllText(Path.Combine(upper, "upper"), "from the top layer");
+        Run("umoci", "insert", "--image", layout + ":app", "--opaque", upper, "/opt/old");
+
+        var r = d.Cli("image", "import", layout, "--alias", "app");
+        Assert.True(r.Code == 0, r.Err);
+        Assert.Contains("fingerprint", r.Out);
+        Assert.Equal(0, d.Cli("launch", "app", "oci1").Code);
+        var ls = await d.Client.ExecAsync("oci1", "sh", "-c", "cat /opt/keep; ls /opt; ls /opt/old");
+        Assert.Equal("kept" + "keep\nold\n" + "upper\n", ls.Stdout);
+
+        var badRef = d.Cli("image", "import", layout, "--ref", "nope");
+        Assert.NotEqual(0, badRef.Code);
+        Assert.Contains("no image tagged 'nope'", badRef.Err);
+        Assert.Contains("app", badRef.Err);
+        // A corrupt blob is refused and leaves no image.
+        var images = (await d.Client.ListImagesAsync()).Count;
+        var blob = Directory.GetFiles(Path.Combine(layout, "blobs", "sha256")).OrderByDescending(f => new FileInfo(f).Length).First();
+        await using (var f = File.OpenWrite(blob)) { f.Seek(100, SeekOrigin.Begin); f.WriteByte(0x42); f.WriteByte(0x43); }
+        var corrupt = d.Cli("image", "import", layout);
+        Assert.NotEqual(0, corrupt.Code);
+        Assert.Contains("corrupt", corrupt.Err);
+        Assert.Equal(images, (await d.Client.ListImagesAsync()).Count);
+        await d.Client.DeleteInstanceAsync("oci1", force: true);
+    }
+}
