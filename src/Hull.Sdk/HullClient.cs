@@ -473,8 +473,8 @@ public sealed class ExecSession(ClientWebSocket ws) : IDisposable
             do
             {
                 try { r = await ws.ReceiveAsync(buf, ct); }
-                catch (WebSocketException e) { if (Environment.GetEnvironmentVariable("HULL_DEBUG") == "1") Console.Error.WriteLine(e); return null; }
-                if (r.MessageType == WebSocketMessageType.Close) { if (Environment.GetEnvironmentVariable("HULL_DEBUG") == "1") Console.Error.WriteLine("close: " + ws.CloseStatusDescription); return null; }
+                catch (WebSocketException) { return null; }
+                if (r.MessageType == WebSocketMessageType.Close) return null;
                 msg.Write(buf, 0, r.Count);
             } while (!r.EndOfMessage);
             var data = msg.GetBuffer().AsMemory(0, (int)msg.Length);
