@@ -1,0 +1,19 @@
+# hulld, the daemon that owns every instance (NativeAOT). `make build` puts it in out/bin/hulld with the SQLite
+# library it loads (libe_sqlite3.so) beside it; `make install` puts both in $(PREFIX)/lib/hull and links
+# $(PREFIX)/bin/hulld to it.
+.PHONY: hulld install-hulld
+build: hulld
+install: install-hulld
+
+HULLD_PUBLISH := out/hulld-publish
+
+hulld:
+	$(DOTNET) publish src/Hull.Daemon/Hull.Daemon.csproj -c Release -o $(HULLD_PUBLISH) --nologo -v q
+	mkdir -p $(OUT)
+	cp $(HULLD_PUBLISH)/hulld $(HULLD_PUBLISH)/libe_sqlite3.so $(OUT)/
+
+install-hulld: hulld
+	install -d $(PREFIX)/lib/hull $(PREFIX)/bin
+	install -m 0755 $(OUT)/hulld $(PREFIX)/lib/hull/hulld
+	install -m 0644 $(OUT)/libe_sqlite3.so $(PREFIX)/lib/hull/libe_sqlite3.so
+	ln -sf ../lib/hull/hulld $(PREFIX)/bin/hulld

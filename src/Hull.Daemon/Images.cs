@@ -1,0 +1,299 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Hull.Api;
+using Hull.Instances;
+
+namespace Hull.Daemon;
+
+/// <summary>Builds a built-in image into a work directory and returns the image file it made (a rootfs tarball for containers).</summary>
+public delegate Task<string> BuiltinImageBuilder(string workDir, OperationContext? op, CancellationToken ct);
+
+/// <summary>
+/// The content-addressed image store under STATE/images: images/FINGERPRINT/{image.tar|disk.img, rootfs/}. The
+/// fingerprint is the SHA-256 of the image file. Work happens in images/tmp-*; an image appears by rename, then its row.
+/// </summary>
+public sealed class ImageStore
+{
+    readonly string _dir;
+    readonly Store _store;
+    readonly SemaphoreSlim _lock = new(1, 1);
+    readonly Dictionary<(string Name, string Type), BuiltinImageBuilder> _builtins = [];
+
+    public ImageStore(string stateDir, Store store)
+    {
+        _dir = Path.Combine(stateDir, "images");
+        _store = store;
+        Directory.CreateDirectory(_dir);
+        _builtins[("busybox", InstanceTypes.Container)] = BuildBusyboxRootfsAsync;
+    }
+
+    /// <summary>Registers a built-in image (the VM engine registers its default "busybox" image for type vm).</summary>
+    public void RegisterBuiltin(string name, string type, BuiltinImageBuilder builder) => _builtins[(name, type)] = builder;
+
+    public IEnumerable<(string Name, string Type)> Builtins => _builtins.Keys;
+
+    /// <summary>Removes half-made work and image directories that have no row (a crash between rename and insert).</summary>
+    public void Recover()
+    {
+        var known = _store.ListImages().Select(i => i.Fingerprint).ToHashSet();
+        foreach (var d in Directory.GetDirectories(_dir))
+        {
+            var name = Path.GetFileName(d);
+            if (name.StartsWith("tmp-", StringComparison.Ordinal) || !known.Contains(name)) Files.RemoveTree(d);
+        }
+    }
+
+    string ImageDir(string fp) => Path.Combine(_dir, fp);
+
+    public ImageRef RefFor(ImageRecord r)
+    {
+        var d = ImageDir(r.Fingerprint);
+        return new ImageRef
+        {
+            Fingerprint = r.Fingerprint, Type = r.Type,
+            File = Path.Combine(d, r.Type == InstanceTypes.Container ? "image.tar" : "disk.img"),
+            Rootfs = r.Type == InstanceTypes.Container ? Path.Combine(d, "rootfs") : null,
+        };
+    }
+
+    public List<Image> List()
+    {
+        var aliases = _store.ListAliases();
+        return _store.ListImages().Select(i => ToApi(i, aliases)).ToList();
+    }
+
+    static Image ToApi(ImageRecord i, List<(string Name, string Type, string Fingerprint)> aliases) => new()
+    {
+        Fingerprint = i.Fingerprint, Type = i.Type, Size = i.Size, CreatedAt = i.Created, Description = i.Description, Builtin = i.Builtin,
+        Aliases = aliases.Where(a => a.Fingerprint == i.Fingerprint).Select(a => a.Name).ToList(),
+    };
+
+    /// <summary>Finds an image by alias (for the type), full fingerprint or unique fingerprint prefix; null if none.</summary>
+    public ImageRecord? Find(string name, string? type)
+    {
+        var images = _store.ListImages();
+        foreach (var a in _store.ListAliases())
+            if (a.Name == name && (type is null || a.Type == type))
+                return images.FirstOrDefault(i => i.Fingerprint == a.Fingerprint);
+        if (name.Length >= 6 && name.All(Uri.IsHexDigit))
+        {
+            var m = images.Where(i => i.Fingerprint.StartsWith(name, StringComparison.Ordinal) && (type is null || i.Type == type)).ToList();
+            if (m.Count == 1) return m[0];
+            if (m.Count > 1) throw new InstanceException($"image fingerprint prefix '{name}' is ambiguous: give more characters");
+        }
+        return null;
+    }
+
+    public Image Get(string name) =>
+        Find(name, null) is { } r ? ToApi(r, _store.ListAliases())
+            : throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images; built-in: {string.Join(", ", _builtins.Keys.Select(b => b.Name).Distinct())}", 404);
+
+    /// <summary>Resolves an image for a new instance, building a built-in one on first use.</summary>
+    public async Task<ImageRecord> ResolveAsync(string name, string type, OperationContext? op, CancellationToken ct)
+    {
+        if (Find(name, type) is { } found) return found;
+        if (!_builtins.TryGetValue((name, type), out var builder))
+        {
+            if (Find(name, null) is { } other)
+                throw new InstanceException($"image '{name}' is a {other.Type} image and cannot make a {type} instance: {(type == InstanceTypes.Vm ? "drop --vm" : "add --vm")} or use another image");
+            var builtins = string.Join(", ", _builtins.Keys.Where(b => b.Type == type).Select(b => b.Name));
+            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import' or use a built-in image ({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
+        }
+        await _lock.WaitAsync(ct);
+        try
+        {
+            if (Find(name, type) is { } again) return again;
+            op?.Progress($"building the built-in {type} image '{name}'");
+            var work = Path.Combine(_dir, "tmp-" + Guid.NewGuid().ToString("N")[..12]);
+            Directory.CreateDirectory(work);
+            try
+            {
+                var file = await builder(work, op, ct);
+                var rec = await AddLockedAsync(file, type, $"built-in {name} image, made on this host", builtin: true, op, ct);
+                _store.SetAlias(name, type, rec.Fingerprint);
+                return rec;
+            }
+            finally { Files.RemoveTree(work); }
+        }
+        finally { _lock.Release(); }
+    }
+
+    /// <summary>Imports an OCI image layout sent as a tarball of its directory: the layers are flattened into a rootfs image.</summary>
+    public async Task<Image> ImportOciLayoutAsync(Stream body, string? reference, string? alias, string description, OperationContext? op, CancellationToken ct)
+    {
+        if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+        var work = Path.Combine(_dir, "tmp-" + Guid.NewGuid().ToString("N")[..12]);
+        try
+        {
+            Directory.CreateDirectory(work);
+            var upload = Path.Combine(work, "layout.tar");
+            await using (var f = File.Create(upload)) await body.CopyToAsync(f, ct);
+            var layout = Path.Combine(work, "layout");
+            Directory.CreateDirectory(layout);
+            var (rc, err) = await Files.RunAsync("tar", ["-xf", upload, "-C", layout], ct);
+            if (rc != 0) throw new InstanceException($"the OCI layout upload is not a readable tarball: {err.Trim()}");
+            File.Delete(upload);
+            var rootfs = Path.Combine(work, "rootfs");
+            await OciLayout.FlattenAsync(layout, reference, rootfs, op, ct);
+            Files.RemoveTree(layout);
+            op?.Progress("packing the root filesystem");
+            var tar = Path.Combine(work, "image.tar");
+            (rc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."], ct);
+            if (rc != 0) throw new InstanceException($"packing the flattened image failed: {err.Trim()}", 500);
+            Files.RemoveTree(rootfs);
+            await _lock.WaitAsync(ct);
+            try
+            {
+                var rec = await AddLockedAsync(tar, InstanceTypes.Container, description, builtin: false, op, ct);
+                if (alias is not null) _store.SetAlias(alias, InstanceTypes.Container, rec.Fingerprint);
+                return ToApi(rec, _store.ListAliases());
+            }
+            finally { _lock.Release(); }
+        }
+        finally { Files.RemoveTree(work); }
+    }
+
+    /// <summary>Imports an image file (a rootfs tarball, plain or compressed, for containers; a disk image for VMs).</summary>
+    public async Task<Image> ImportAsync(Stream body, string type, string? alias, string description, OperationContext? op, CancellationToken ct)
+    {
+        if (!InstanceTypes.IsValid(type)) throw new InstanceException($"image type '{type}' is invalid: use container or vm");
+        if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+        await _lock.WaitAsync(ct);
+        var work = Path.Combine(_dir, "tmp-" + Guid.NewGuid().ToString("N")[..12]);
+        try
+        {
+            Directory.CreateDirectory(work);
+            var file = Path.Combine(work, "upload");
+            await using (var f = File.Create(file)) await body.CopyToAsync(f, ct);
+            if (new FileInfo(file).Length == 0) throw new InstanceException("the image file is empty: give a rootfs tarball (tar, tar.gz, tar.xz) or a disk image");
+            var rec = await AddLockedAsync(file, type, description, builtin: false, op, ct);
+            if (alias is not null) _store.SetAlias(alias, type, rec.Fingerprint);
+            return ToApi(rec, _store.ListAliases());
+        }
+        finally
+        {
+            Files.RemoveTree(work);
+            _lock.Release();
+        }
+    }
+
+    async Task<ImageRecord> AddLockedAsync(string file, string type, string description, bool builtin, OperationContext? op, CancellationToken ct)
+    {
+        op?.Progress("computing the fingerprint");
+        string fp;
+        await using (var f = File.OpenRead(file)) fp = Convert.ToHexStringLower(await SHA256.HashDataAsync(f, ct));
+        var existing = _store.ListImages().FirstOrDefault(i => i.Fingerprint == fp);
+        if (existing is not null) return existing;
+        var stage = Path.Combine(Path.GetDirectoryName(file)!, "image");
+        Directory.CreateDirectory(stage);
+        if (type == InstanceTypes.Container)
+        {
+            var rootfs = Path.Combine(stage, "rootfs");
+            Directory.CreateDirectory(rootfs);
+            op?.Progress("unpacking the root filesystem");
+            var (rc, err) = await Files.RunAsync("tar", ["--numeric-owner", "-xpf", file, "-C", rootfs], ct);
+            if (rc != 0) throw new InstanceException($"the image is not a readable tarball (tar said: {err.Trim()}): give a rootfs tarball (tar, tar.gz, tar.xz)");
+            if (!Directory.EnumerateFileSystemEntries(rootfs).Any()) throw new InstanceException("the image tarball is empty: give a tarball of a root filesystem");
+            File.Move(file, Path.Combine(stage, "image.tar"));
+        }
+        else File.Move(file, Path.Combine(stage, "disk.img"));
+        var size = new FileInfo(Path.Combine(stage, type == InstanceTypes.Container ? "image.tar" : "disk.img")).Length;
+        Directory.Move(stage, ImageDir(fp));
+        var rec = new ImageRecord { Fingerprint = fp, Type = type, Size = size, Created = DateTimeOffset.UtcNow, Description = description, Builtin = builtin };
+        _store.InsertImage(rec);
+        return rec;
+    }
+
+    public string ExportPath(string name)
+    {
+        var r = Find(name, null) ?? throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images", 404);
+        return RefFor(r).File;
+    }
+
+    public void Delete(string name, IEnumerable<InstanceRecord> instances)
+    {
+        var r = Find(name, null) ?? throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images", 404);
+        var users = instances.Where(i => i.ImageFingerprint == r.Fingerprint).Select(i => i.Name).ToList();
+        if (users.Count > 0)
+            throw new InstanceException($"image {r.Fingerprint[..12]} is used by instance(s) {string.Join(", ", users)}: delete them first", 409);
+        _store.DeleteImage(r.Fingerprint);
+        Files.RemoveTree(ImageDir(r.Fingerprint));
+    }
+
+    public void SetAlias(string alias, string target)
+    {
+        if (!ConfigSchema.IsValidName(alias, 128))
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+        var r = Find(target, null) ?? throw new InstanceException($"image '{target}' not found: 'hull image list' shows the images", 404);
+        _store.SetAlias(alias, r.Type, r.Fingerprint);
+    }
+
+    public void DeleteAlias(string alias)
+    {
+        if (_store.DeleteAlias(alias) == 0) throw new InstanceException($"image alias '{alias}' not found: 'hull image alias list' shows the aliases", 404);
+    }
+
+    public List<ImageAlias> Aliases() => _store.ListAliases().Select(a => new ImageAlias { Name = a.Name, Target = a.Fingerprint }).ToList();
+
+    /// <summary>The built-in busybox container image: the host's static busybox with its applet links, a minimal /etc.</summary>
+    public static async Task<string> BuildBusyboxRootfsAsync(string work, OperationContext? op, CancellationToken ct)
+    {
+        var busybox = new[] { "/bin/busybox", "/usr/bin/busybox" }.FirstOrDefault(File.Exists)
+            ?? throw new InstanceException("the built-in busybox image needs the host's static busybox (/bin/busybox): install busybox-static (make setup does)", 500);
+        var root = Path.Combine(work, "rootfs");
+        foreach (var d in new[] { "bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "root", "run", "var/log", "home" })
+            Directory.CreateDirectory(Path.Combine(root, d));
+        File.Copy(busybox, Path.Combine(root, "bin/busybox"));
+        File.SetUnixFileMode(Path.Combine(root, "bin/busybox"), (UnixFileMode)0b111_101_101);
+        File.SetUnixFileMode(Path.Combine(root, "tmp"), (UnixFileMode)0b1_111_111_111);
+        var (rc, list) = await Files.RunAsync(busybox, ["--list-full"], ct);
+        if (rc != 0) throw new InstanceException($"{busybox} --list-full failed: install busybox-static", 500);
+        foreach (var line in list.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (line == "bin/busybox" || line.Contains("..")) continue;
+            var link = Path.Combine(root, line);
+            Directory.CreateDirectory(Path.GetDirectoryName(link)!);
+            if (!File.Exists(link)) File.CreateSymbolicLink(link, "/bin/busybox");
+        }
+        await File.WriteAllTextAsync(Path.Combine(root, "etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", ct);
+        await File.WriteAllTextAsync(Path.Combine(root, "etc/group"), "root:x:0:\nnogroup:x:65534:\n", ct);
+        await File.WriteAllTextAsync(Path.Combine(root, "etc/hostname"), "busybox\n", ct);
+        op?.Progress("packing the busybox root filesystem");
+        var tar = Path.Combine(work, "busybox.tar");
+        var (trc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", tar, "-C", root, "."], ct);
+        if (trc != 0) throw new InstanceException($"packing the busybox image failed: {err.Trim()}", 500);
+        return tar;
+    }
+}
+
+/// <summary>File helpers: tree removal that survives oddities, running a helper program.</summary>
+public static class Files
+{
+    public static void RemoveTree(string path)
+    {
+        if (!Directory.Exists(path) && !File.Exists(path)) return;
+        try { Directory.Delete(path, recursive: true); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Read-only dirs or odd files (device nodes, immutable bits): fall back to rm.
+            RunAsync("rm", ["-rf", "--one-file-system", path], CancellationToken.None).GetAwaiter().GetResult();
+        }
+    }
+
+    /// <summary>Runs a program, returns its exit code and stdout (stderr on failure).</summary>
+    public static async Task<(int Code, string Output)> RunAsync(string program, IEnumerable<string> args, CancellationToken ct)
+    {
+        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi) ?? throw new InstanceException($"cannot start {program}", 500);
+        p.StandardInput.Close();
+        var o = p.StandardOutput.ReadToEndAsync(ct);
+        var e = p.StandardError.ReadToEndAsync(ct);
+        try { await p.WaitForExitAsync(ct); }
+        catch (OperationCanceledException) { try { p.Kill(true); } catch (InvalidOperationException) { } throw; }
+        var stdout = await o; var stderr = await e;
+        return (p.ExitCode, p.ExitCode == 0 ? stdout : stderr + stdout);
+    }
+}

@@ -1,0 +1,151 @@
+using System.Globalization;
+
+namespace Hull.Instances;
+
+/// <summary>The instance config keys, their validation (errors name the key and the valid range) and parsing.</summary>
+public static class ConfigSchema
+{
+    public const int MaxCpus = 1024;
+    public const long MinMemory = 4L << 20;
+    public const long MaxMemory = 16L << 40;
+    public const int MaxProcesses = 4194304;
+
+    /// <summary>Every fixed key with its description (environment.* and user.* are prefixes).</summary>
+    public static readonly (string Key, string Help)[] Keys =
+    [
+        ("limits.cpu", $"number of CPUs, a whole number from 1 to {MaxCpus}"),
+        ("limits.memory", "memory limit, from 4MiB to 16TiB, e.g. 512MiB or 2GiB (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+        ("limits.processes", $"maximum number of processes, a whole number from 1 to {MaxProcesses}"),
+        ("boot.autostart", "start the instance when hulld starts: true or false"),
+        ("environment.NAME", "an environment variable for the instance's processes"),
+        ("user.NAME", "free-form user metadata"),
+    ];
+
+    static string KeyList => "limits.cpu, limits.memory, limits.processes, boot.autostart, environment.<NAME>, user.<NAME>";
+
+    /// <summary>Validates one key and value; throws <see cref="InstanceException"/> naming the key and the valid range.</summary>
+    public static void ValidateKey(string key, string value)
+    {
+        switch (key)
+        {
+            case "limits.cpu":
+                if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var cpus) || cpus < 1 || cpus > MaxCpus)
+                    throw new InstanceException($"limits.cpu='{value}' is invalid: use a whole number of CPUs from 1 to {MaxCpus}");
+                return;
+            case "limits.memory":
+                if (!TryParseSize(value, out var mem) || mem < MinMemory || mem > MaxMemory)
+                    throw new InstanceException($"limits.memory='{value}' is invalid: use a size from 4MiB to 16TiB, such as 512MiB or 2GiB");
+                return;
+            case "limits.processes":
+                if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var procs) || procs < 1 || procs > MaxProcesses)
+                    throw new InstanceException($"limits.processes='{value}' is invalid: use a whole number from 1 to {MaxProcesses}");
+                return;
+            case "boot.autostart":
+                if (!TryParseBool(value, out _))
+                    throw new InstanceException($"boot.autostart='{value}' is invalid: use true or false");
+                return;
+        }
+        if (key.StartsWith("environment.", StringComparison.Ordinal))
+        {
+            var name = key["environment.".Length..];
+            if (!IsEnvName(name))
+                throw new InstanceException($"config key '{key}' is invalid: an environment variable name has letters, digits and '_' and does not start with a digit");
+            if (value.Contains('\0')) throw new InstanceException($"{key}: the value must not contain NUL bytes");
+            return;
+        }
+        if (key.StartsWith("user.", StringComparison.Ordinal) && key.Length > 5) return;
+        var hint = Suggest(key);
+        throw new InstanceException($"unknown config key '{key}'{(hint is null ? "" : $" (did you mean {hint}?)")}: valid keys are {KeyList}");
+    }
+
+    public static void Validate(IReadOnlyDictionary<string, string> config)
+    {
+        foreach (var (k, v) in config) ValidateKey(k, v);
+    }
+
+    static string? Suggest(string key)
+    {
+        string[] fixedKeys = ["limits.cpu", "limits.memory", "limits.processes", "boot.autostart"];
+        return fixedKeys.Select(k => (k, d: Distance(k, key))).Where(x => x.d <= 3).OrderBy(x => x.d).Select(x => x.k).FirstOrDefault();
+    }
+
+    static int Distance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (var i = 0; i <= a.Length; i++) d[i, 0] = i;
+        for (var j = 0; j <= b.Length; j++) d[0, j] = j;
+        for (var i = 1; i <= a.Length; i++)
+            for (var j = 1; j <= b.Length; j++)
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+        return d[a.Length, b.Length];
+    }
+
+    public static bool IsEnvName(string name) =>
+        name.Length > 0 && !char.IsAsciiDigit(name[0]) && name.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
+
+    /// <summary>Instance, profile, snapshot and device names: letters, digits, '-', '_', '.'; starting with a letter or digit.</summary>
+    public static bool IsValidName(string name, int max = 63) =>
+        name.Length > 0 && name.Length <= max && char.IsAsciiLetterOrDigit(name[0]) &&
+        name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.') && name != "." && name != "..";
+
+    public static bool TryParseBool(string v, out bool b)
+    {
+        switch (v.ToLowerInvariant())
+        {
+            case "true" or "1" or "yes" or "on": b = true; return true;
+            case "false" or "0" or "no" or "off": b = false; return true;
+            default: b = false; return false;
+        }
+    }
+
+    /// <summary>Parses "512MiB", "2GB", "1048576", "4 GiB" into bytes.</summary>
+    public static bool TryParseSize(string text, out long bytes)
+    {
+        bytes = 0;
+        var t = text.Trim();
+        var i = 0;
+        while (i < t.Length && (char.IsAsciiDigit(t[i]) || t[i] == '.')) i++;
+        if (i == 0 || !decimal.TryParse(t[..i], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var n)) return false;
+        var unit = t[i..].Trim();
+        long mult = unit switch
+        {
+            "" or "B" => 1,
+            "kB" or "KB" => 1000, "MB" => 1000_000, "GB" => 1000_000_000, "TB" => 1000_000_000_000,
+            "KiB" or "K" or "k" => 1L << 10, "MiB" or "M" => 1L << 20, "GiB" or "G" => 1L << 30, "TiB" or "T" => 1L << 40,
+            _ => 0,
+        };
+        if (mult == 0) return false;
+        var v = n * mult;
+        if (v > long.MaxValue || v != decimal.Truncate(v)) return false;
+        bytes = (long)v;
+        return true;
+    }
+
+    /// <summary>Merges profiles in order, then the instance's own config: later wins. A device named the same replaces the earlier one whole.</summary>
+    public static (Dictionary<string, string> Config, Dictionary<string, Dictionary<string, string>> Devices) Expand(
+        IEnumerable<(IReadOnlyDictionary<string, string> Config, IReadOnlyDictionary<string, Dictionary<string, string>> Devices)> layers)
+    {
+        var config = new Dictionary<string, string>(StringComparer.Ordinal);
+        var devices = new Dictionary<string, Dictionary<string, string>>(StringComparer.Ordinal);
+        foreach (var (c, d) in layers)
+        {
+            foreach (var (k, v) in c) config[k] = v;
+            foreach (var (k, v) in d) devices[k] = new Dictionary<string, string>(v, StringComparer.Ordinal);
+        }
+        return (config, devices);
+    }
+
+    public static InstanceLimits ParseLimits(IReadOnlyDictionary<string, string> config) => new()
+    {
+        Cpus = config.TryGetValue("limits.cpu", out var c) && int.TryParse(c, CultureInfo.InvariantCulture, out var ci) ? ci : null,
+        MemoryBytes = config.TryGetValue("limits.memory", out var m) && TryParseSize(m, out var mb) ? mb : null,
+        Processes = config.TryGetValue("limits.processes", out var p) && int.TryParse(p, CultureInfo.InvariantCulture, out var pi) ? pi : null,
+    };
+
+    public static Dictionary<string, string> ParseEnvironment(IReadOnlyDictionary<string, string> config) =>
+        config.Where(kv => kv.Key.StartsWith("environment.", StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key["environment.".Length..], kv => kv.Value, StringComparer.Ordinal);
+
+    public static bool Autostart(IReadOnlyDictionary<string, string> config) =>
+        config.TryGetValue("boot.autostart", out var v) && TryParseBool(v, out var b) && b;
+}

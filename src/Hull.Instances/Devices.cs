@@ -1,0 +1,177 @@
+namespace Hull.Instances;
+
+/// <summary>
+/// A device of an instance. Each type is a small class with one lifecycle: validate its config, add (when it joins
+/// an instance), start (yields what the engine must set up), stop, remove (when it leaves or the instance is deleted).
+/// </summary>
+public interface IDevice
+{
+    string Name { get; }
+    string Type { get; }
+    IReadOnlyDictionary<string, string> Config { get; }
+    /// <summary>Throws <see cref="InstanceException"/> naming the device, the key and the valid values.</summary>
+    void Validate();
+    /// <summary>Called once when the device is added to an instance (the instance may be running).</summary>
+    void Add(string instanceDir);
+    /// <summary>Called before the instance starts: prepares host-side resources and says what the engine must do.</summary>
+    DeviceRunConfig Start(string instanceDir);
+    /// <summary>Called after the instance stopped: releases what <see cref="Start"/> made.</summary>
+    void Stop(string instanceDir);
+    /// <summary>Called when the device leaves the instance or the instance is deleted.</summary>
+    void Remove(string instanceDir);
+}
+
+/// <summary>What the engine must do for a started device.</summary>
+public sealed class DeviceRunConfig
+{
+    public required string Device { get; init; }
+    public List<MountSpec> Mounts { get; } = [];
+    public List<DiskSpec> Disks { get; } = [];
+}
+
+/// <summary>A host path to bind into the instance (containers: a bind mount; VMs: a shared directory).</summary>
+public sealed record MountSpec(string Source, string Target, bool ReadOnly, bool IsFile);
+
+/// <summary>A disk: the root disk (Target "/") with an optional size, or an extra block device or image file.</summary>
+public sealed record DiskSpec(string? Source, string Target, long? SizeBytes, bool ReadOnly);
+
+/// <summary>Makes device objects from config and validates their keys.</summary>
+public static class DeviceFactory
+{
+    public static readonly string[] Types = ["disk", "bind"];
+
+    /// <summary>Makes a device; with <paramref name="validate"/> (the default) checks its config, including host paths.
+    /// Without it (an existing instance being stopped or deleted) only the type must be known.</summary>
+    public static IDevice Create(string name, IReadOnlyDictionary<string, string> config, bool validate = true)
+    {
+        if (!ConfigSchema.IsValidName(name, 64))
+            throw new InstanceException($"device name '{name}' is invalid: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit");
+        if (!config.TryGetValue("type", out var type) || string.IsNullOrEmpty(type))
+            throw new InstanceException($"device '{name}': the key 'type' is missing: set type to one of {string.Join(", ", Types)}");
+        IDevice d = type switch
+        {
+            "disk" => new DiskDevice(name, config),
+            "bind" => new BindDevice(name, config),
+            _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are {string.Join(", ", Types)}"),
+        };
+        if (validate) d.Validate();
+        return d;
+    }
+
+    public static List<IDevice> CreateAll(IReadOnlyDictionary<string, Dictionary<string, string>> devices, bool validate = true)
+    {
+        var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => Create(d.Key, d.Value, validate)).ToList();
+        var targets = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var d in list)
+        {
+            var path = d.Config.TryGetValue("path", out var p) ? NormalizeTarget(p) : null;
+            if (path is null) continue;
+            if (targets.TryGetValue(path, out var other))
+                throw new InstanceException($"devices '{other}' and '{d.Name}' both use path {path}: give each device its own path");
+            targets[path] = d.Name;
+        }
+        return list;
+    }
+
+    internal static string NormalizeTarget(string p) => p.Length > 1 ? p.TrimEnd('/') : p;
+
+    internal static void CheckKeys(string device, IReadOnlyDictionary<string, string> config, string[] allowed)
+    {
+        foreach (var k in config.Keys)
+            if (Array.IndexOf(allowed, k) < 0)
+                throw new InstanceException($"device '{device}': unknown key '{k}': valid keys for this device type are {string.Join(", ", allowed)}");
+    }
+
+    internal static bool Bool(string device, IReadOnlyDictionary<string, string> config, string key)
+    {
+        if (!config.TryGetValue(key, out var v) || v.Length == 0) return false;
+        return ConfigSchema.TryParseBool(v, out var b) ? b
+            : throw new InstanceException($"device '{device}': {key}='{v}' is invalid: use true or false");
+    }
+
+    internal static string AbsolutePath(string device, IReadOnlyDictionary<string, string> config, string key)
+    {
+        if (!config.TryGetValue(key, out var v) || v.Length == 0)
+            throw new InstanceException($"device '{device}': the key '{key}' is missing: set it to an absolute path");
+        if (v[0] != '/' || v.Contains('\0') || v.Split('/').Any(s => s == ".."))
+            throw new InstanceException($"device '{device}': {key}='{v}' is invalid: use an absolute path without '..'");
+        return v;
+    }
+}
+
+/// <summary>A disk: the root disk (path=/, optional size) or a host block device / image file (source) at a path.</summary>
+public sealed class DiskDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
+{
+    static readonly string[] Keys = ["type", "path", "source", "size", "readonly"];
+    public string Name { get; } = name;
+    public string Type => "disk";
+    public IReadOnlyDictionary<string, string> Config { get; } = config;
+
+    public void Validate()
+    {
+        DeviceFactory.CheckKeys(Name, Config, Keys);
+        var path = DeviceFactory.AbsolutePath(Name, Config, "path");
+        if (Config.TryGetValue("size", out var size) && size.Length > 0)
+        {
+            if (!ConfigSchema.TryParseSize(size, out var bytes) || bytes < 1 << 20)
+                throw new InstanceException($"device '{Name}': size='{size}' is invalid: use a size of at least 1MiB such as 512MiB or 10GiB");
+        }
+        if (path != "/" && !Config.ContainsKey("source"))
+            throw new InstanceException($"device '{Name}': a disk at {path} needs 'source' (a host block device or image file); for a host directory use a bind device");
+        if (Config.TryGetValue("source", out var src))
+        {
+            DeviceFactory.AbsolutePath(Name, Config, "source");
+            if (!File.Exists(src)) throw new InstanceException($"device '{Name}': source {src} does not exist on the host: give an existing block device or image file");
+        }
+        DeviceFactory.Bool(Name, Config, "readonly");
+    }
+
+    public void Add(string instanceDir) { }
+
+    public DeviceRunConfig Start(string instanceDir)
+    {
+        var rc = new DeviceRunConfig { Device = Name };
+        long? size = Config.TryGetValue("size", out var s) && ConfigSchema.TryParseSize(s, out var b) ? b : null;
+        rc.Disks.Add(new DiskSpec(Config.GetValueOrDefault("source"), DeviceFactory.NormalizeTarget(Config["path"]), size,
+            DeviceFactory.Bool(Name, Config, "readonly")));
+        return rc;
+    }
+
+    public void Stop(string instanceDir) { }
+    public void Remove(string instanceDir) { }
+}
+
+/// <summary>A host directory or file shared into the instance, read-only with readonly=true (a host share).</summary>
+public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
+{
+    static readonly string[] Keys = ["type", "source", "path", "readonly"];
+    public string Name { get; } = name;
+    public string Type => "bind";
+    public IReadOnlyDictionary<string, string> Config { get; } = config;
+
+    public void Validate()
+    {
+        DeviceFactory.CheckKeys(Name, Config, Keys);
+        var src = DeviceFactory.AbsolutePath(Name, Config, "source");
+        var path = DeviceFactory.AbsolutePath(Name, Config, "path");
+        if (path == "/") throw new InstanceException($"device '{Name}': a bind device cannot replace the root: choose another path");
+        if (!File.Exists(src) && !Directory.Exists(src))
+            throw new InstanceException($"device '{Name}': source {src} does not exist on the host: create it or fix the path");
+        DeviceFactory.Bool(Name, Config, "readonly");
+    }
+
+    public void Add(string instanceDir) { }
+
+    public DeviceRunConfig Start(string instanceDir)
+    {
+        var src = Config["source"];
+        if (!File.Exists(src) && !Directory.Exists(src))
+            throw new InstanceException($"device '{Name}': source {src} no longer exists on the host: create it or remove the device");
+        var rc = new DeviceRunConfig { Device = Name };
+        rc.Mounts.Add(new MountSpec(src, DeviceFactory.NormalizeTarget(Config["path"]), DeviceFactory.Bool(Name, Config, "readonly"), File.Exists(src)));
+        return rc;
+    }
+
+    public void Stop(string instanceDir) { }
+    public void Remove(string instanceDir) { }
+}

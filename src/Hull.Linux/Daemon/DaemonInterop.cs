@@ -1,0 +1,95 @@
+using System.Runtime.InteropServices;
+
+namespace Hull.Linux;
+
+/// <summary>The few calls hulld needs beyond <see cref="Libc"/>: an exclusive lock on its state dir.</summary>
+public static partial class DaemonInterop
+{
+    public const int LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
+    public const int EWOULDBLOCK = 11;
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int flock(int fd, int operation);
+
+    /// <summary>Takes an exclusive, non-blocking flock on an open file; false if another process holds it.</summary>
+    public static bool TryLockExclusive(SafeFd fd)
+    {
+        while (true)
+        {
+            if (flock(fd.Fd, LOCK_EX | LOCK_NB) == 0) return true;
+            var e = Marshal.GetLastPInvokeError();
+            if (e == EWOULDBLOCK) return false;
+            if (e != Errors.EINTR) throw new LinuxException(e, "flock");
+        }
+    }
+}
+
+/// <summary>Path resolution confined to a root directory (openat2 RESOLVE_IN_ROOT) and fstat, for file transfer into a rootfs.</summary>
+public static unsafe partial class RootedFs
+{
+    const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
+
+    [StructLayout(LayoutKind.Sequential)]
+    struct OpenHow { public ulong Flags, Mode, Resolve; }
+
+    [StructLayout(LayoutKind.Explicit, Size = 144)]
+    public struct Stat
+    {
+        [FieldOffset(24)] public uint Mode;
+        [FieldOffset(28)] public uint Uid;
+        [FieldOffset(32)] public uint Gid;
+        [FieldOffset(48)] public long Size;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fstat(int fd, Stat* st);
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fchmod(int fd, uint mode);
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int unlinkat(int dirfd, string path, int flags);
+
+    /// <summary>Opens <paramref name="path"/> (absolute inside the root) as if <paramref name="root"/> were "/".</summary>
+    public static bool TryOpen(SafeFd root, string path, int flags, uint mode, out SafeFd fd, out int errno)
+    {
+        var how = new OpenHow { Flags = (ulong)(flags | O.CLOEXEC), Mode = mode, Resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+        var rel = path.TrimStart('/');
+        if (rel.Length == 0) rel = ".";
+        var p = Marshal.StringToCoTaskMemUTF8(rel);
+        try
+        {
+            long r;
+            do r = Libc.syscall(SYS.openat2, root.Fd, p, (long)&how, sizeof(OpenHow), 0, 0);
+            while (r < 0 && Marshal.GetLastPInvokeError() == Errors.EINTR);
+            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
+            fd = new SafeFd(r < 0 ? -1 : (int)r);
+            return r >= 0;
+        }
+        finally { Marshal.FreeCoTaskMem(p); }
+    }
+
+    public static SafeFd Open(SafeFd root, string path, int flags, uint mode = 0) =>
+        TryOpen(root, path, flags, mode, out var fd, out var e) ? fd : throw new LinuxException(e, $"open {path}");
+
+    public static Stat FStat(SafeFd fd)
+    {
+        Stat st;
+        if (fstat(fd.Fd, &st) < 0) throw LinuxException.FromLastError("fstat");
+        return st;
+    }
+
+    public static void FChmod(SafeFd fd, uint mode) => Sys.Check(fchmod(fd.Fd, mode), "fchmod");
+    public static void FChown(SafeFd fd, uint uid, uint gid) => Sys.Check(Libc.fchown(fd.Fd, uid, gid), "fchown");
+
+    /// <summary>Removes a name in a directory fd (AT_REMOVEDIR for a directory).</summary>
+    public static void UnlinkAt(SafeFd dir, string name, bool isDir) =>
+        Sys.Check(unlinkat(dir.Fd, name, isDir ? 0x200 : 0), $"unlink {name}");
+
+    /// <summary>mkdir inside a directory fd; false if it already existed.</summary>
+    public static bool MkdirAt(SafeFd dir, string name, uint mode)
+    {
+        if (Libc.mkdirat(dir.Fd, name, mode) == 0) return true;
+        var e = Marshal.GetLastPInvokeError();
+        if (e == Errors.EEXIST) return false;
+        throw new LinuxException(e, $"mkdir {name}");
+    }
+}
