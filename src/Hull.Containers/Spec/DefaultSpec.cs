@@ -2,7 +2,11 @@ using Hull.Oci;
 
 namespace Hull.Containers;
 
-/// <summary>The default spec (runc's `spec` output, tightened as Podman's defaults): the starting point for bundles and built-in containers.</summary>
+/// <summary>
+/// The default spec: runc's `spec` output tightened to Podman's defaults (its capability set, the default seccomp
+/// profile, masked and read-only paths, no_new_privs, a read-only root): the starting point for bundles and for
+/// containers Hull makes without a bundle.
+/// </summary>
 public static class DefaultSpec
 {
     public static readonly string[] MaskedPaths =
@@ -45,6 +49,7 @@ public static class DefaultSpec
                 Namespaces = [new() { Type = "pid" }, new() { Type = "network" }, new() { Type = "ipc" }, new() { Type = "uts" }, new() { Type = "mount" }, new() { Type = "cgroup" }],
                 MaskedPaths = [.. MaskedPaths],
                 ReadonlyPaths = [.. ReadonlyPaths],
+                Seccomp = Hull.Seccomp.SeccompProfiles.DefaultProfile(caps),
             },
         };
     }
