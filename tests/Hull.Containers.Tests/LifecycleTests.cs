@@ -89,6 +89,8 @@ public class LifecycleTests(OciHarnessFixture f)
             Assert.NotEqual("1", parts[0]);
             Assert.True(int.Parse(parts[0]) < 100, "the exec'd process must be in the container's pid namespace");
             Assert.Equal(["bar", "/tmp", "65534:65534", "box"], parts[1..]);
+            var limits = H.Run("exec", id, "sh", "-c", "ulimit -n");
+            Assert.Equal("1024\n", limits.Out); // the container's process.rlimits apply to exec too
             var exit = H.Run("exec", id, "sh", "-c", "exit 5");
             Assert.Equal(5, exit.Code);
             var missing = H.Run("exec", id, "nosuchprogram");

@@ -105,8 +105,19 @@ public sealed unsafe partial class ContainerEngine
                 using var sock = UnixSockets.Connect(o.ConsoleSocket!);
                 UnixSockets.SendFd(sock, "exec", master);
             }
+            // rlimits and the OOM score are set on the child from here, before it is released to exec.
+            req.WaitForRelease = (p.Rlimits?.Count ?? 0) > 0 || p.OomScoreAdj is not null;
             SpawnedChild child;
-            try { child = Spawner.Spawn(req); }
+            try
+            {
+                child = Spawner.Start(req);
+                try
+                {
+                    if (req.WaitForRelease) ApplyLimitsTo(child.Pid, p);
+                    child.Finish();
+                }
+                catch { child.Dispose(); throw; }
+            }
             catch (SpawnException e) when (e.Stage == SpawnStage.Exec)
             {
                 throw new ContainerException($"exec: \"{p.Args![0]}\": {(e.Errno == Errors.ENOENT && !p.Args[0].Contains('/') ? "executable file not found in $PATH" : Errors.Describe(e.Errno))}") { ExitCode = e.Errno == Errors.ENOENT ? 127 : 126 };
@@ -119,6 +130,19 @@ public sealed unsafe partial class ContainerEngine
         {
             foreach (var f in fds) f.Dispose();
         }
+    }
+
+    static unsafe void ApplyLimitsTo(int pid, Hull.Oci.Process p)
+    {
+        ulong* lim = stackalloc ulong[2];
+        foreach (var r in p.Rlimits ?? [])
+        {
+            lim[0] = r.Soft; lim[1] = r.Hard;
+            if (Libc.prlimit(pid, Rlimits.Resource(r.Type), lim, null) < 0)
+                throw new ContainerException($"setting {r.Type} to soft={r.Soft} hard={r.Hard} for the exec'd process: {Errors.Describe(System.Runtime.InteropServices.Marshal.GetLastPInvokeError())}");
+        }
+        if (p.OomScoreAdj is { } oom && !Sys.TryWriteFile($"/proc/{pid}/oom_score_adj", oom.ToString(), out var e))
+            throw new ContainerException($"setting oomScoreAdj {oom} for the exec'd process: {Errors.Describe(e)}");
     }
 
     /// <summary>execvp's search list, tried by the shim inside the container's mount namespace.</summary>
