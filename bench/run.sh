@@ -175,6 +175,8 @@ bench_split() {
 
 # --- density --------------------------------------------------------------------------------------------------------
 mem_used_kib() { awk '/^MemTotal:/ { t = $2 } /^MemAvailable:/ { a = $2 } END { print t - a }' /proc/meminfo; }
+# unreclaimable kernel memory (namespaces, mounts, tasks, page tables): less disturbed by other work than MemAvailable
+kmem_kib() { awk '/^SUnreclaim:|^KernelStack:|^PageTables:/ { s += $2 } END { print s }' /proc/meminfo; }
 pss_sum_kib() { # PSS of the containers' processes (their init pids from state)
   local t=$1 total=0 pid v
   for pid in $(rt "$t" list --format json 2>/dev/null | busybox tr ',' '\n' | busybox sed -n 's/.*"pid": *\([0-9]*\).*/\1/p'); do
@@ -200,7 +202,7 @@ bench_density() {
   for t in "${ACTIVE[@]}"; do
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     sleep 1
-    local before; before=$(mem_used_kib)
+    local before kbefore; before=$(mem_used_kib); kbefore=$(kmem_kib)
     : > "$WORK/dens-$t"
     local t0; t0=$(now_us)
     for i in $(seq 1 "$N"); do
@@ -213,12 +215,13 @@ bench_density() {
     local total_s; total_s=$(awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
     local started; started=$(wc -l < "$WORK/dens-$t")
     sleep 2
-    local after; after=$(mem_used_kib)
+    local after kafter; after=$(mem_used_kib); kafter=$(kmem_kib)
     local pss; pss=$(pss_sum_kib "$t")
-    local per_mem per_pss
+    local per_mem per_pss per_k
+    per_k=$(awk -v a="$kafter" -v b="$kbefore" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", (a - b) / n; else print 0 }')
     per_mem=$(awk -v a="$after" -v b="$before" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", (a - b) / n; else print 0 }')
     per_pss=$(awk -v p="$pss" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", p / n; else print 0 }')
-    echo "  $t: $started started in ${total_s}s; host memory used +$(( (after - before) / 1024 )) MiB = $per_mem KiB per container; PSS of the containers' processes $per_pss KiB each"
+    echo "  $t: $started started in ${total_s}s; host memory used +$(( (after - before) / 1024 )) MiB = $per_mem KiB per container; kernel (SUnreclaim+KernelStack+PageTables) $per_k KiB per container; PSS of the containers' processes $per_pss KiB each"
     printf '    %8s %12s %12s\n' running "median ms" "p90 ms"
     local steps=() k
     for ((k = STEP; k <= started; k += STEP)); do
@@ -234,7 +237,7 @@ bench_density() {
       growth=$(ratio "$last" "$first")
       echo "    per-start growth, last $STEP vs first $STEP: ${growth}x"
     fi
-    parts+=("\"$t\": {\"started\": $started, \"seconds\": $total_s, \"mem_used_kib_per_container\": $per_mem, \"pss_kib_per_container\": $per_pss, \"growth_last_over_first\": \"$growth\", \"steps\": [$(IFS=,; echo "${steps[*]}")]}")
+    parts+=("\"$t\": {\"started\": $started, \"seconds\": $total_s, \"mem_used_kib_per_container\": $per_mem, \"kernel_kib_per_container\": $per_k, \"pss_kib_per_container\": $per_pss, \"growth_last_over_first\": \"$growth\", \"steps\": [$(IFS=,; echo "${steps[*]}")]}")
     s=$(now_us); delete_all "$t"; e=$(now_us)
     echo "    deleted all in $(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')s"
   done
