@@ -21,6 +21,9 @@ public sealed class ContainerdFixture : IDisposable
     public string FifoDir => Path.Combine(Dir.Path, "fifo");
     Process? containerd;
     string? startError;
+    /// <summary>The runc shim puts its sockets in /run/containerd/s whatever containerd's own state dir is.</summary>
+    const string ShimRunDir = "/run/containerd";
+    readonly bool shimRunDirExisted = Directory.Exists(ShimRunDir);
 
     public ContainerdFixture()
     {
@@ -112,6 +115,9 @@ public sealed class ContainerdFixture : IDisposable
         Cleanup.KillProcessesMentioning(Dir.Path);
         Cleanup.UnmountUnder(Dir.Path);
         Dir.Dispose();
+        if (!shimRunDirExisted)
+            foreach (var d in new[] { ShimRunDir + "/s", ShimRunDir })
+                try { Directory.Delete(d); } catch (IOException) { } // only if empty: a shim of someone else may use it
     }
 }
 
