@@ -14,6 +14,9 @@ public sealed class PodmanFixture : IDisposable
     public TempDir Dir { get; } = new("hull-podman");
     public string Rootfs => Path.Combine(Dir.Path, "rootfs");
     public const string HullRoot = "/run/hull-oci";
+    /// <summary>Podman makes /run/containers/networks (netavark's run dir) whatever its --root/--runroot.</summary>
+    const string NetworkRunDir = "/run/containers";
+    readonly bool networkRunDirExisted = Directory.Exists(NetworkRunDir);
     readonly List<string> ids = [];
 
     /// <summary>Remembers a container id so Dispose can force-delete it from Hull's state if Podman left it there.</summary>
@@ -49,6 +52,9 @@ public sealed class PodmanFixture : IDisposable
         Cleanup.KillProcessesMentioning(Dir.Path);
         Cleanup.UnmountUnder(Dir.Path);
         Dir.Dispose();
+        if (!networkRunDirExisted)
+            foreach (var d in new[] { NetworkRunDir + "/networks", NetworkRunDir })
+                try { Directory.Delete(d); } catch (IOException) { } // only if empty
     }
 }
 
