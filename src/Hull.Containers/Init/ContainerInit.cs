@@ -185,7 +185,10 @@ public static class CgroupMounts
                 options = string.Join(',', ctrls);
             }
             if (!own.TryGetValue(key, out var path)) continue;
-            var rel = path.StartsWith(mountRoot, StringComparison.Ordinal) ? path[mountRoot.Length..] : path;
+            // the cgroup's path below the mount's root ("/" when the hierarchy is mounted from its top)
+            var rel = mountRoot == "/" ? path
+                : path == mountRoot ? ""
+                : path.StartsWith(mountRoot + "/", StringComparison.Ordinal) ? path[mountRoot.Length..] : path;
             var hostDir = mountPoint + rel;
             var name = Path.GetFileName(mountPoint);
             result.Add(new CgroupHierarchy(name, fstype, options, hostDir));

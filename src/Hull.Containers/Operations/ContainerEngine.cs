@@ -133,7 +133,16 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             var consoleFd = -1;
             var fifoFd = -1;
             var next = firstPrivate + 1;
-            if (consoleSocket is not null) { consoleFd = next++; req.Fds.Add((consoleSocket, consoleFd)); }
+            SafeFd? devNull = null;
+            if (consoleSocket is not null)
+            {
+                consoleFd = next++;
+                req.Fds.Add((consoleSocket, consoleFd));
+                // The process will talk to the pty; like runc, the init must not hold the caller's stdio open, or a
+                // caller that reads our output to EOF (containerd's shim) waits forever for "create" to finish.
+                devNull = Sys.Open("/dev/null", O.RDWR);
+                req.Fds.Add((devNull, 0)); req.Fds.Add((devNull, 1)); req.Fds.Add((devNull, 2));
+            }
             if (fifo is not null) { fifoFd = next++; req.Fds.Add((fifo, fifoFd)); }
 
             bool newUser = false, inUser = false;
@@ -164,7 +173,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
             try { child = Spawner.Start(req); }
             catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
-            finally { childEnd.Dispose(); consoleSocket?.Dispose(); fifo?.Dispose(); }
+            finally { childEnd.Dispose(); consoleSocket?.Dispose(); fifo?.Dispose(); devNull?.Dispose(); }
             var pid = child.Pid;
             cleanup.Add(() => { Libc.kill(pid, Signals.SIGKILL); Sys.WaitPid(pid); });
             if (newUser)
