@@ -94,6 +94,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         {
             Id = o.Id, Bundle = bundle, Rootfs = rootfs, Created = DateTime.UtcNow, Annotations = spec.Annotations,
             Namespaces = namespaces.Select(n => n.Type).ToList(),
+            HasPoststart = spec.Hooks?.Poststart is { Count: > 0 }, HasPoststop = spec.Hooks?.Poststop is { Count: > 0 },
         };
         SpawnedChild? child = null;
         try
@@ -283,8 +284,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     internal static string DescribeStatus(int status) =>
         (status & 0x7f) == 0 ? $"exit status {(status >> 8) & 0xff}" : $"killed by {Signals.Name(status & 0x7f)}";
 
-    void RunPoststart(string id)
+    void RunPoststart(string id, ContainerRecord? record = null)
     {
+        if (!(record ?? Store.Load(id)).HasPoststart) return;
         var spec = Store.LoadSpec(id);
         if (spec.Hooks?.Poststart is not { Count: > 0 } hooks) return;
         try { HookRunner.Run("poststart", hooks, StateOf(id)); }

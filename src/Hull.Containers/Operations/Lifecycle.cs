@@ -43,7 +43,7 @@ public sealed unsafe partial class ContainerEngine
         File.Delete(fifo);
         r.Started = true;
         Store.Save(r);
-        RunPoststart(id);
+        RunPoststart(id, r);
     }
 
     /// <summary>kill: a signal to the container's process, or with <paramref name="all"/> to every process in its cgroup.</summary>
@@ -108,7 +108,7 @@ public sealed unsafe partial class ContainerEngine
         try { if (cg.Pids().Count > 0) cg.Kill(Signals.SIGKILL); } catch (Exception) { }
         cg.Destroy();
         Spec? spec = null;
-        try { spec = Store.LoadSpec(id); } catch (Exception) { }
+        if (r.HasPoststop) { try { spec = Store.LoadSpec(id); } catch (Exception) { } }
         var state = new State { Id = id, Status = "stopped", Bundle = r.Bundle, Annotations = r.Annotations };
         Store.Remove(id);
         if (spec?.Hooks?.Poststop is { Count: > 0 } post)

@@ -19,6 +19,9 @@ public sealed class ContainerRecord
     public List<string> Namespaces { get; set; } = [];
     public Dictionary<string, string>? Annotations { get; set; }
     public string Owner { get; set; } = "root";
+    /// <summary>Whether config.json has poststart/poststop hooks (so start and delete need not parse it).</summary>
+    public bool HasPoststart { get; set; }
+    public bool HasPoststop { get; set; }
     /// <summary>Set once "start" has run: a container whose fifo was consumed.</summary>
     public bool Started { get; set; }
 }
