@@ -56,7 +56,7 @@ public static class AccelProbe
     ];
 
     static readonly object s_lock = new();
-    static AccelVerdict? s_memo;
+    static readonly Dictionary<string, AccelVerdict> s_memo = new(StringComparer.Ordinal);
 
     /// <summary>Where Hull prints the one-line warning when it falls back to TCG (stderr by default).</summary>
     public static Action<string> Warn { get; set; } = m => Console.Error.WriteLine(m);
@@ -74,14 +74,14 @@ public static class AccelProbe
         lock (s_lock)
         {
             var key = HostKey();
-            if (s_memo is not null && s_memo.HostKey == key) return s_memo;
-            var cache = Path.Combine(cacheDir, "accel.json");
+            var cache = Path.GetFullPath(Path.Combine(cacheDir, "accel.json"));
+            if (s_memo.TryGetValue(cache, out var m) && m.HostKey == key && File.Exists(cache)) return m;
             try
             {
                 if (File.Exists(cache))
                 {
                     var cached = JsonSerializer.Deserialize(File.ReadAllText(cache), VmJson.Default.AccelVerdict);
-                    if (cached is not null && cached.HostKey == key) return s_memo = cached;
+                    if (cached is not null && cached.HostKey == key) return s_memo[cache] = cached;
                 }
             }
             catch (JsonException) { }
@@ -92,7 +92,7 @@ public static class AccelProbe
             var tmp = cache + ".tmp";
             File.WriteAllText(tmp, JsonSerializer.Serialize(v, VmJson.Default.AccelVerdict));
             File.Move(tmp, cache, overwrite: true);
-            return s_memo = v;
+            return s_memo[cache] = v;
         }
     }
 

@@ -43,7 +43,9 @@ public static class QemuCommand
     public static List<string> Build(VmConfig c, string dir)
     {
         string P(string f) => Escape(Path.Combine(dir, f));
-        var a = new List<string> { "-name", $"{Escape(c.Name)},debug-threads=on", "-nodefaults", "-no-user-config", "-display", "none" };
+        var a = new List<string> { "-name", $"{Escape(c.Name)},debug-threads=on", "-nodefaults", "-no-user-config" };
+        // Firmware prints to the serial port only without a display (-nographic makes QEMU tell SeaBIOS to use it).
+        a.AddRange(c.Boot == BootMode.Direct ? ["-display", "none"] : ["-nographic"]);
         var kvm = c.ResolvedAccel == Accel.Kvm;
         a.AddRange(["-accel", kvm ? "kvm" : "tcg", "-cpu", kvm ? AccelProbe.KvmCpu : "max"]);
         var direct = c.Boot == BootMode.Direct;
@@ -79,10 +81,10 @@ public static class QemuCommand
         foreach (var d in c.Disks)
         {
             var ro = d.ReadOnly || d.CdRom ? "on" : "off";
-            a.AddRange(["-blockdev", $"driver=file,filename={Escape(d.Path)},node-name={d.Node}-file,read-only={ro},discard=unmap"]);
-            a.AddRange(["-blockdev", $"driver={(d.Format == DiskFormat.Qcow2 ? "qcow2" : "raw")},file={d.Node}-file,node-name={d.Node},read-only={ro}"]);
-            if (d.CdRom) a.AddRange(["-device", $"ide-cd,drive={d.Node},id={d.Node}-dev,bus=ide.{c.Disks.IndexOf(d)}"]);
-            else a.AddRange(["-device", $"{(direct ? "virtio-blk-device" : "virtio-blk-pci")},drive={d.Node},id={d.Node}-dev"]);
+            // A named BlockBackend ({node}-blk) whose format node is {node}: migration of storage needs the name.
+            a.AddRange(["-drive", $"if=none,id={d.Node}-blk,node-name={d.Node},file={Escape(d.Path)},format={(d.Format == DiskFormat.Qcow2 && !d.CdRom ? "qcow2" : "raw")},readonly={ro},discard=unmap{(d.CdRom ? ",media=cdrom" : "")}"]);
+            if (d.CdRom) a.AddRange(["-device", $"ide-cd,drive={d.Node}-blk,id={d.Node}-dev,bus=ide.{c.Disks.IndexOf(d)}"]);
+            else a.AddRange(["-device", $"{(direct ? "virtio-blk-device" : "virtio-blk-pci")},drive={d.Node}-blk,id={d.Node}-dev"]);
         }
         if (c.Incoming is not null) a.AddRange(["-incoming", c.Incoming]);
         a.AddRange(c.ExtraArgs);

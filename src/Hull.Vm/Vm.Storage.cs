@@ -307,7 +307,8 @@ public sealed partial class Vm
 
     static string DestSaid(Vm dest)
     {
-        var t = Tools.Tail(dest.QemuLogPath, 4).Trim();
+        Thread.Sleep(200);
+        var t = string.Join('\n', Tools.Tail(dest.QemuLogPath, 10).Split('\n').Where(l => !l.StartsWith("---", StringComparison.Ordinal))).Trim();
         return t.Length == 0 ? "" : $"; the destination QEMU said: {t}";
     }
 }

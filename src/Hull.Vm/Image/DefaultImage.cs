@@ -112,7 +112,7 @@ public static class DefaultImage
 
     static string Key(DefaultImageOptions o, string ver, string vmlinuz)
     {
-        var sb = new StringBuilder("hull-image-v1\n");
+        var sb = new StringBuilder("hull-image-v2\n").Append(string.Join(",", Modules)).Append('\n');
         void F(string? p)
         {
             if (p is null) { sb.Append("-\n"); return; }
@@ -272,7 +272,6 @@ public static class DefaultImage
             cpio.File("etc/hostname", "hull\n"u8);
             cpio.File("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"u8);
             cpio.File("etc/group", "root:x:0:\n"u8);
-            cpio.File("etc/acpi/PWRF/00000080", "#!/bin/sh\nexec poweroff -f\n"u8, 0b111_101_101);
             cpio.File("init", Encoding.UTF8.GetBytes(InitScript(ver, names, o)), 0b111_101_101);
         }
     }
@@ -341,7 +340,14 @@ if [ -n "$root" ]; then
   while [ $i -lt 50 ] && [ ! -b "$root" ]; do sleep 0.1; i=$((i+1)); done
   if mount -t ext4 "$root" /mnt/root; then echo "hull: root disk $root mounted on /mnt/root"; else echo "hull: cannot mount $root"; fi
 fi
-ls /dev/input/event* >/dev/null 2>&1 && acpid -c /etc/acpi
+# ACPI power button: the first event from the "Power Button" input device powers the guest off.
+i=0
+while [ $i -lt 30 ] && [ ! -e /sys/class/input/event0 ]; do sleep 0.1; i=$((i+1)); done
+for e in /sys/class/input/event*; do
+  if grep -q "Power Button" "$e/device/name" 2>/dev/null; then
+    ( head -c 1 "/dev/${e##*/}" >/dev/null && sync && poweroff -f ) &
+  fi
+done
 {{agent}}{{o.ExtraInit ?? ""}}
 echo "{{ReadyMarker}} $(hostname)"
 while true; do
