@@ -604,6 +604,40 @@ public sealed partial class Vm : IAsyncDisposable
         catch (IOException) { return ""; }
     }
 
+    /// <summary>
+    /// Types text on the serial console and returns once the guest has taken it (its echo is in the console log) or
+    /// the timeout passed. The connection stays open and drained until then: QEMU drops unread input when a console
+    /// client disconnects, and stalls the guest's serial output when a client does not read.
+    /// </summary>
+    public async Task<bool> SendConsoleAsync(string text, TimeSpan timeout, CancellationToken ct = default)
+    {
+        var from = ConsoleLogLength;
+        using var con = await OpenConsoleAsync(ct).ConfigureAwait(false);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var drain = Task.Run(async () =>
+        {
+            var buf = new byte[4096];
+            try { while (await con.Stream.ReadAsync(buf, cts.Token).ConfigureAwait(false) > 0) { } }
+            catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException) { }
+        }, CancellationToken.None);
+        await con.WriteAsync(text, ct).ConfigureAwait(false);
+        var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var tail = lines.Length == 0 ? "" : lines[^1].TrimEnd('\r');
+        if (tail.Length > 24) tail = tail[^24..];
+        var sw = Stopwatch.StartNew();
+        var seen = tail.Length == 0;
+        while (!seen && sw.Elapsed < timeout && Pid is not null)
+        {
+            await Task.Delay(50, ct).ConfigureAwait(false);
+            seen = ReadFrom(ConsoleLogPath, from, int.MaxValue).Contains(tail, StringComparison.Ordinal);
+        }
+        await Task.Delay(200, ct).ConfigureAwait(false);
+        await cts.CancelAsync().ConfigureAwait(false);
+        con.Dispose();
+        await drain.ConfigureAwait(false);
+        return seen;
+    }
+
     /// <summary>Connects to the serial console (one client at a time; output also goes to console.log).</summary>
     public async Task<VmConsole> OpenConsoleAsync(CancellationToken ct = default)
     {

@@ -58,7 +58,7 @@ public sealed class LifecycleTests
         await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout);
         Assert.Equal("ok", (await TestImages.ShellAsync(vm, "echo ok")).Trim());
         using var panicked = vm.Qmp.Expect("GUEST_PANICKED");
-        using (var con = await vm.OpenConsoleAsync()) await con.WriteAsync("echo c > /proc/sysrq-trigger\n");
+        await vm.SendConsoleAsync("echo c > /proc/sysrq-trigger\n", TimeSpan.FromSeconds(20));
         await panicked.WaitAsync(TimeSpan.FromSeconds(60));
         // Policy Stop: QEMU is ended, the state stays Crashed.
         for (var i = 0; i < 100 && vm.Pid is not null; i++) await Task.Delay(100);

@@ -44,17 +44,16 @@ public static class TestImages
     /// <summary>Runs a command on the serial console shell and waits for its output (between unique markers).</summary>
     public static async Task<string> ShellAsync(Vm vm, string command, TimeSpan? timeout = null)
     {
-        // The shell may still be starting right after the boot marker: retype until it echoes the begin marker.
+        // Right after boot the console shell may be restarting: retype until the command's end marker shows.
         for (var attempt = 0; ; attempt++)
         {
             var id = Guid.NewGuid().ToString("N")[..8];
             var from = vm.ConsoleLogLength;
-            using var con = await vm.OpenConsoleAsync();
             // The markers are split in the typed command so the echoed input does not match.
-            await con.WriteAsync($"echo B{id}''X; {command}; echo E{id}''X\n");
-            try { await vm.WaitForConsoleAsync($"B{id}X", TimeSpan.FromSeconds(10), from); }
-            catch (TimeoutException) when (attempt < 5) { continue; }
-            var log = await vm.WaitForConsoleAsync($"E{id}X", timeout ?? TimeSpan.FromSeconds(60), from);
+            await vm.SendConsoleAsync($"echo B{id}''X; {command}; echo E{id}''X\n", TimeSpan.FromSeconds(10));
+            string log;
+            try { log = await vm.WaitForConsoleAsync($"E{id}X", attempt < 3 ? TimeSpan.FromSeconds(20) : timeout ?? TimeSpan.FromSeconds(60), from); }
+            catch (TimeoutException) when (attempt < 3) { continue; }
             var start = log.IndexOf($"B{id}X", StringComparison.Ordinal);
             var end = log.IndexOf($"E{id}X", StringComparison.Ordinal);
             return start >= 0 && end > start ? log[(start + id.Length + 2)..end].Replace("\r", "", StringComparison.Ordinal).Trim('\n') : log;
@@ -158,6 +157,7 @@ public sealed class SharedVmFixture : IAsyncLifetime
             await vm.StartAsync();
             Vm = vm;
             BootLog = await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout);
+            await TestImages.ShellAsync(vm, "true");
         }
         catch (Exception e) { Error = e; }
     }

@@ -345,7 +345,7 @@ i=0
 while [ $i -lt 30 ] && [ ! -e /sys/class/input/event0 ]; do sleep 0.1; i=$((i+1)); done
 for e in /sys/class/input/event*; do
   if grep -q "Power Button" "$e/device/name" 2>/dev/null; then
-    ( head -c 1 "/dev/${e##*/}" >/dev/null && sync && poweroff -f ) &
+    ( head -c 1 "/dev/input/${e##*/}" >/dev/null && sync && poweroff -f ) &
   fi
 done
 {{agent}}{{o.ExtraInit ?? ""}}
