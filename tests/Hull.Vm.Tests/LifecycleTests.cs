@@ -100,3 +100,84 @@ public sealed class LifecycleTests
         TestImages.AssertNoRuntimeLeft(dst);
     }
 }
+
+public sealed class ImageAndDiskTests
+{
+    [SkippableFact]
+    public async Task The_image_carries_the_agent_with_its_libraries_and_the_modules_with_their_dependencies()
+    {
+        TestImages.RequireVmHost();
+        var cpio = Hull.TestSupport.Requires.Program("cpio");
+        // Any dynamically linked program stands in for the agent binary here.
+        var image = await DefaultImage.BuildAsync(new DefaultImageOptions { CacheDir = TestImages.CacheDir, AgentBinary = "/bin/ls" });
+        Assert.True(image.HasAgent);
+        var psi = new System.Diagnostics.ProcessStartInfo(cpio, "-t") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        await using (var f = File.OpenRead(image.Initrd)) await f.CopyToAsync(p.StandardInput.BaseStream);
+        p.StandardInput.Close();
+        await p.WaitForExitAsync();
+        var names = (await stdout).Split('\n', StringSplitOptions.RemoveEmptyEntries).ToHashSet();
+        Assert.Contains("bin/hull-agent", names);
+        Assert.Contains(names, n => n.EndsWith("/libc.so.6", StringComparison.Ordinal));
+        Assert.Contains(names, n => n.Contains("ld-linux-x86-64.so.2", StringComparison.Ordinal));
+        foreach (var m in new[] { "virtio_console.ko", "virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "vmw_vsock_virtio_transport.ko", "pvpanic-mmio.ko" })
+            Assert.Contains(names, n => n.EndsWith("/" + m, StringComparison.Ordinal));
+        Assert.Contains("init", names);
+        Assert.Contains("hull-agent --port " + AgentChannel.GuestDevice, InitOf(image));
+        // The kernel is the uncompressed ELF extracted from the bzImage.
+        var head = new byte[4];
+        await using (var k = File.OpenRead(image.Kernel)) k.ReadExactly(head);
+        Assert.Equal(new byte[] { 0x7f, (byte)'E', (byte)'L', (byte)'F' }, head);
+    }
+
+    static string InitOf(DefaultImageInfo image)
+    {
+        var bytes = File.ReadAllBytes(image.Initrd);
+        var text = System.Text.Encoding.Latin1.GetString(bytes);
+        var i = text.IndexOf("#!/bin/busybox sh\n# Hull's init", StringComparison.Ordinal);
+        return i < 0 ? "" : text[i..Math.Min(text.Length, i + 6000)];
+    }
+
+    [SkippableFact]
+    public async Task Raw_disks_offline_resize_and_disk_snapshot_restore_on_a_stopped_vm()
+    {
+        TestImages.RequireVmHost();
+        var image = await TestImages.ImageAsync();
+        await using var dir = new VmDir();
+        var c = image.ToConfig("disks");
+        var vm = await Vm.CreateAsync(dir.Sub("disks"), c, TestImages.Host);
+        var raw = vm.AddDataDisk(8 << 20, DiskFormat.Raw);
+        Assert.Equal(8L << 20, new FileInfo(vm.Config.Disks[1].Path).Length);
+        await vm.ResizeDiskAsync(raw, 12 << 20);
+        Assert.Equal(12L << 20, new FileInfo(vm.Config.Disks[1].Path).Length);
+        // The overlay is small and backed by the shared read-only base.
+        var overlay = vm.Config.Disks[0].Path;
+        Assert.StartsWith(vm.StateDir, overlay);
+        Assert.True(new FileInfo(overlay).Length < 1 << 20);
+        // A raw disk cannot hold internal snapshots: a clear refusal.
+        var e = await Assert.ThrowsAsync<VmException>(() => vm.SnapshotAsync("s1", SnapshotKind.Disk));
+        Assert.Contains("raw", e.Message);
+        await vm.DeleteAsync();
+        Assert.False(Directory.Exists(dir.Sub("disks")));
+        Assert.True(File.Exists(image.RootDisk));
+
+        // Disk-only snapshot of a stopped VM, a change, restore: the change is gone at the next boot.
+        vm = await Vm.CreateAsync(dir.Sub("snap"), image.ToConfig("snap"), TestImages.Host);
+        await vm.SnapshotAsync("clean", SnapshotKind.Disk);
+        Assert.Single(await vm.ListSnapshotsAsync());
+        await vm.StartAsync();
+        await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout);
+        await TestImages.ShellAsync(vm, "echo dirty > /mnt/root/dirty; sync");
+        await vm.KillAsync();
+        await vm.RestoreSnapshotAsync("clean");
+        var from = vm.ConsoleLogLength;
+        await vm.StartAsync();
+        await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout, from);
+        Assert.Equal("gone", (await TestImages.ShellAsync(vm, "[ -e /mnt/root/dirty ] && echo present || echo gone")).Trim());
+        await vm.KillAsync();
+        await vm.DeleteSnapshotAsync("clean");
+        Assert.Empty(await vm.ListSnapshotsAsync());
+        await vm.DeleteAsync();
+    }
+}

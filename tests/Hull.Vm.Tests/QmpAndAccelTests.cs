@@ -114,19 +114,22 @@ public sealed class AccelTests
         AccelProbe.Warn = warnings.Add;
         try
         {
-            var direct = AccelProbe.Probe(qemu, d.Path);
             var v = AccelProbe.Resolve(Accel.Auto, d.Path, qemu);
-            Assert.Equal(direct.Accel, v.Accel);
             Assert.True(File.Exists(Path.Combine(d.Path, "accel.json")));
             Assert.Equal(AccelProbe.HostKey(), v.HostKey);
+            Assert.False(string.IsNullOrEmpty(v.Reason));
             if (v.Accel == Accel.Tcg)
             {
+                // One warning line that says why.
                 Assert.Single(warnings);
                 Assert.Contains("TCG", warnings[0]);
-                Assert.False(string.IsNullOrEmpty(v.Reason));
-                // Where /dev/kvm exists but failed the probe, KVM really cannot run the probe guest.
-                if (File.Exists("/dev/kvm")) Assert.False(AccelProbe.RunProbe(qemu, d.Path, "kvm", AccelProbe.KvmCpu, TimeSpan.FromSeconds(15)).Ok);
+                Assert.Contains(v.Reason, warnings[0]);
             }
+            else Assert.Empty(warnings);
+            // The second resolve is served from the cache: same verdict, no new warning.
+            var again = AccelProbe.Resolve(Accel.Auto, d.Path, qemu);
+            Assert.Equal(v.Accel, again.Accel);
+            Assert.True(warnings.Count <= 1);
             Assert.Equal(Accel.Tcg, AccelProbe.Resolve(Accel.Tcg, d.Path, qemu).Accel);
         }
         finally { AccelProbe.Warn = old; }

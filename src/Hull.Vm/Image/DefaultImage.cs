@@ -71,19 +71,20 @@ public static class DefaultImage
 
         var key = Key(o, ver, vmlinuz);
         var dir = Path.Combine(o.CacheDir, "images", key);
-        var info = new DefaultImageInfo(dir, ver, Path.Combine(dir, "vmlinux"), Path.Combine(dir, "initrd.cpio"), Path.Combine(dir, "root.qcow2"), o.AgentBinary is not null);
-        if (File.Exists(Path.Combine(dir, "complete"))) return info;
+        var kernelPath = Path.Combine(o.CacheDir, "kernels", $"vmlinux-{ver}");
+        var info = new DefaultImageInfo(dir, ver, kernelPath, Path.Combine(dir, "initrd.cpio"), Path.Combine(dir, "root.qcow2"), o.AgentBinary is not null);
+        if (File.Exists(Path.Combine(dir, "complete")) && File.Exists(kernelPath)) return info;
         await s_lock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            if (File.Exists(Path.Combine(dir, "complete"))) return info;
+            if (File.Exists(Path.Combine(dir, "complete")) && File.Exists(kernelPath)) return info;
             var tmp = dir + $".tmp-{Environment.ProcessId}";
             if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
             Directory.CreateDirectory(tmp);
             try
             {
-                var kernel = await ExtractVmlinuxAsync(vmlinuz, Path.Combine(o.CacheDir, "kernels"), ver, ct).ConfigureAwait(false);
-                File.Copy(kernel, Path.Combine(tmp, "vmlinux"));
+                // The extracted kernel is shared by every image of this kernel version.
+                await ExtractVmlinuxAsync(vmlinuz, Path.Combine(o.CacheDir, "kernels"), ver, ct).ConfigureAwait(false);
                 WriteInitramfs(o, ver, modDir, Path.Combine(tmp, "initrd.cpio"));
                 MakeRootDisk(o, tmp);
                 File.WriteAllText(Path.Combine(tmp, "complete"), $"kernel {ver}\n");
