@@ -70,8 +70,9 @@ public static class DefaultImage
         if (o.RootDir is not null && !Directory.Exists(o.RootDir)) throw new VmException($"root directory {o.RootDir} does not exist");
 
         var key = Key(o, ver, vmlinuz);
-        var dir = Path.Combine(o.CacheDir, "images", key);
-        var kernelPath = Path.Combine(o.CacheDir, "kernels", $"vmlinux-{ver}");
+        var cacheDir = Path.GetFullPath(o.CacheDir);
+        var dir = Path.Combine(cacheDir, "images", key);
+        var kernelPath = Path.Combine(cacheDir, "kernels", $"vmlinux-{ver}");
         var info = new DefaultImageInfo(dir, ver, kernelPath, Path.Combine(dir, "initrd.cpio"), Path.Combine(dir, "root.qcow2"), o.AgentBinary is not null);
         if (File.Exists(Path.Combine(dir, "complete")) && File.Exists(kernelPath)) return info;
         await s_lock.WaitAsync(ct).ConfigureAwait(false);
@@ -84,7 +85,7 @@ public static class DefaultImage
             try
             {
                 // The extracted kernel is shared by every image of this kernel version.
-                await ExtractVmlinuxAsync(vmlinuz, Path.Combine(o.CacheDir, "kernels"), ver, ct).ConfigureAwait(false);
+                await ExtractVmlinuxAsync(vmlinuz, Path.Combine(cacheDir, "kernels"), ver, ct).ConfigureAwait(false);
                 WriteInitramfs(o, ver, modDir, Path.Combine(tmp, "initrd.cpio"));
                 MakeRootDisk(o, tmp);
                 File.WriteAllText(Path.Combine(tmp, "complete"), $"kernel {ver}\n");
