@@ -14,6 +14,8 @@ public static class StateFiles
 public static class AgentChannel
 {
     public const string PortName = "org.hull.agent.0";
+    /// <summary>QEMU's id of the port device (VSERPORT_CHANGE events name it).</summary>
+    public const string DeviceId = "agent0-port";
     /// <summary>Where the guest sees it (Hull's /init makes this link; udev does on other distributions).</summary>
     public const string GuestDevice = "/dev/virtio-ports/" + PortName;
 }
@@ -61,7 +63,7 @@ public static class QemuCommand
         // Agent channel: a virtio-serial port backed by a host unix socket.
         a.AddRange(["-device", direct ? "virtio-serial-device,id=vser0" : "virtio-serial-pci,id=vser0",
             "-chardev", $"socket,id=agent0,path={P(StateFiles.Agent)},server=on,wait=off",
-            "-device", $"virtserialport,bus=vser0.0,chardev=agent0,name={AgentChannel.PortName}"]);
+            "-device", $"virtserialport,bus=vser0.0,chardev=agent0,name={AgentChannel.PortName},id={AgentChannel.DeviceId}"]);
         a.AddRange(["-device", direct ? "virtio-rng-device" : "virtio-rng-pci"]);
         if (direct)
         {

@@ -400,8 +400,37 @@ public sealed partial class Vm : IAsyncDisposable
         _ = q.Closed.ContinueWith(_ => OnQmpClosed(q), TaskScheduler.Default);
     }
 
+    volatile bool _agentPortOpen;
+    TaskCompletionSource _agentOpened = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>True while the guest holds the agent port open (seen through QMP VSERPORT_CHANGE events).</summary>
+    public bool AgentPortOpen => _agentPortOpen;
+
+    /// <summary>
+    /// Waits until a program in the guest (the agent) opens the agent port. Throws a <see cref="VmException"/> naming
+    /// the port and where to look when nothing opens it in time. (Only events seen by this object count: call it on
+    /// the Vm that started or attached the VM before the guest gets there.)
+    /// </summary>
+    public async Task WaitForAgentPortAsync(TimeSpan timeout, CancellationToken ct = default)
+    {
+        if (_agentPortOpen) return;
+        if (Pid is null) throw new VmException($"VM '{Name}' is not running: start it before waiting for its agent");
+        var done = await Task.WhenAny(_agentOpened.Task, Task.Delay(timeout, ct), _exited?.Task ?? Task.Delay(Timeout.Infinite, ct)).ConfigureAwait(false);
+        ct.ThrowIfCancellationRequested();
+        if (done == _agentOpened.Task) return;
+        if (Pid is null) throw new VmException($"VM '{Name}' stopped while waiting for its agent ({LastRecord?.Reason})");
+        throw new VmException($"the guest agent of VM '{Name}' did not answer within {timeout.TotalSeconds:0} s: nothing in the guest opened " +
+            $"the port {AgentChannel.PortName} ({AgentChannel.GuestDevice}). Check that the image includes hull-agent and see {ConsoleLogPath}");
+    }
+
     void OnEvent(QmpEvent e)
     {
+        if (e.Name == "VSERPORT_CHANGE" && e.Data?["id"]?.GetValue<string>() == AgentChannel.DeviceId)
+        {
+            _agentPortOpen = e.Data?["open"]?.GetValue<bool>() == true;
+            if (_agentPortOpen) _agentOpened.TrySetResult();
+            else _agentOpened = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
         if (e.Name == "SHUTDOWN") _lastShutdownReason = e.Data?["reason"]?.GetValue<string>();
         if (e.Name == "GUEST_PANICKED")
         {

@@ -165,3 +165,27 @@ static class Util
         Assert.Equal(0, p.ExitCode);
     }
 }
+
+public sealed class AgentChannelTests
+{
+    [SkippableFact]
+    public async Task The_agent_port_opening_is_seen_and_a_silent_guest_times_out_with_a_clear_message()
+    {
+        TestImages.RequireVmHost();
+        // The plain default image (no agent, no echo loop): nothing opens the port.
+        var plain = await Hull.Vm.Image.DefaultImage.BuildAsync(new Hull.Vm.Image.DefaultImageOptions { CacheDir = TestImages.CacheDir });
+        await using var dir = new VmDir();
+        var vm = await Vm.LaunchAsync(dir.Sub("silent"), plain.ToConfig("silent"), TestImages.Host);
+        await vm.WaitForConsoleAsync(Hull.Vm.Image.DefaultImage.ReadyMarker, TestImages.BootTimeout);
+        var e = await Assert.ThrowsAsync<VmException>(() => vm.WaitForAgentPortAsync(TimeSpan.FromSeconds(3)));
+        Assert.Contains(AgentChannel.PortName, e.Message);
+        Assert.Contains("did not answer", e.Message);
+        Assert.False(vm.AgentPortOpen);
+        // Something opening the port in the guest is what "agent ready" looks like from the host.
+        await TestImages.ShellAsync(vm, $"( exec 3<>{AgentChannel.GuestDevice}; sleep 30 ) &");
+        await vm.WaitForAgentPortAsync(TimeSpan.FromSeconds(30));
+        Assert.True(vm.AgentPortOpen);
+        await vm.KillAsync();
+        TestImages.AssertNoRuntimeLeft(vm.StateDir);
+    }
+}
