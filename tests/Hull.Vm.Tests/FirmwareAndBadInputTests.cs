@@ -182,7 +182,7 @@ public sealed class AgentChannelTests
         Assert.Contains("did not answer", e.Message);
         Assert.False(vm.AgentPortOpen);
         // Something opening the port in the guest is what "agent ready" looks like from the host.
-        await TestImages.ShellAsync(vm, $"( exec 3<>{AgentChannel.GuestDevice}; sleep 30 ) &");
+        await TestImages.ShellAsync(vm, $"( exec 3<>{AgentChannel.GuestDevice}; sleep 30 ) & true");
         await vm.WaitForAgentPortAsync(TimeSpan.FromSeconds(30));
         Assert.True(vm.AgentPortOpen);
         await vm.KillAsync();
