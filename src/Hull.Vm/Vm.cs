@@ -42,6 +42,9 @@ public sealed partial class Vm : IAsyncDisposable
     public string QmpSocketPath => Path.Combine(_dir, StateFiles.Qmp);
     public string QemuLogPath => Path.Combine(_dir, StateFiles.QemuLog);
     public string PidFilePath => Path.Combine(_dir, StateFiles.Pid);
+    /// <summary>Why <see cref="AttachAsync"/> could not connect QMP to a running QEMU (null when it did).</summary>
+    public string? AttachError { get; private set; }
+
     /// <summary>The QMP connection while QEMU runs.</summary>
     public QmpClient Qmp => _qmp ?? throw new VmException($"VM '{Name}' is not running: start it first");
     /// <summary>QEMU's pid while it runs.</summary>
@@ -98,7 +101,7 @@ public sealed partial class Vm : IAsyncDisposable
                     d.Path = Path.Combine(dir, $"disk{i}.qcow2");
                     d.Format = DiskFormat.Qcow2;
                     d.Owned = true;
-                    var baseFmt = ImageFormat(d.Base);
+                    var baseFmt = ImageFormatCached(d.Base);
                     Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", baseFmt, "-b", d.Base, d.Path], $"creating the overlay for {d.Base}");
                     made.Add(d.Path);
                 }
@@ -195,8 +198,19 @@ public sealed partial class Vm : IAsyncDisposable
     }
 
     /// <summary>Checks that an image opens and is consistent (a corrupt qcow2 is refused here, before QEMU sees it).</summary>
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> s_checkedImages = new(StringComparer.Ordinal);
+
+    static string ImageKey(string path)
+    {
+        var fi = new FileInfo(path);
+        return $"{path}|{fi.Length}|{fi.LastWriteTimeUtc.Ticks}";
+    }
+
     static void CheckImage(string path, DiskFormat? declared)
     {
+        // Read-only base images are shared by many VMs: a verdict stays valid while the file is unchanged.
+        var key = ImageKey(path);
+        if (s_checkedImages.TryGetValue(key, out var known) && (declared != DiskFormat.Qcow2 || known == "qcow2")) return;
         string info;
         try { info = Tools.Run(Tools.QemuImg, ["info", "--output=json", path], "check"); }
         catch (VmException e) { throw new VmException($"disk image {path} cannot be opened ({e.Message.Replace("check: ", "", StringComparison.Ordinal)}): it is corrupt or not a disk image"); }
@@ -208,7 +222,12 @@ public sealed partial class Vm : IAsyncDisposable
             try { Tools.Run(Tools.QemuImg, ["check", "-q", path], "check"); }
             catch (VmException e) { throw new VmException($"disk image {path} is a corrupt qcow2 ({e.Message.Replace("check: ", "", StringComparison.Ordinal)}): repair it with qemu-img check -r all or use another image"); }
         }
+        var ro = !OperatingSystem.IsLinux() || (File.GetUnixFileMode(path) & (UnixFileMode.UserWrite | UnixFileMode.GroupWrite | UnixFileMode.OtherWrite)) == 0;
+        if (ro && fmt is not null) s_checkedImages[key] = fmt;
     }
+
+    static string ImageFormatCached(string path) =>
+        s_checkedImages.TryGetValue(ImageKey(path), out var f) ? f : ImageFormat(path);
 
     /// <summary>Reconnects to the VM in <paramref name="stateDir"/> (running or not).</summary>
     public static async Task<Vm> AttachAsync(string stateDir, VmHostOptions host, CancellationToken ct = default)
@@ -219,7 +238,13 @@ public sealed partial class Vm : IAsyncDisposable
         var c = JsonSerializer.Deserialize(File.ReadAllText(cfgPath), VmJson.Default.VmConfig)
             ?? throw new VmException($"{cfgPath} is empty or invalid");
         var vm = new Vm(dir, c, host.CacheDir);
-        if (vm.Pid is int && Path.Exists(vm.QmpSocketPath)) await vm.ConnectAsync(ct).ConfigureAwait(false);
+        if (vm.Pid is int && Path.Exists(vm.QmpSocketPath))
+        {
+            // QEMU serves one QMP client at a time: if another holds it, the VM is still attached (state from the
+            // pid), and KillAsync falls back to signals.
+            try { await vm.ConnectAsync(ct).ConfigureAwait(false); }
+            catch (Exception e) when (e is TimeoutException or QemuGoneException) { vm.AttachError = e.Message; }
+        }
         return vm;
     }
 
@@ -341,7 +366,7 @@ public sealed partial class Vm : IAsyncDisposable
             exited.TrySetResult(status);
         }) { IsBackground = true, Name = $"qemu-wait-{pid}" };
         t.Start();
-        _ = exited.Task.ContinueWith(s => OnQemuExited(s.Result), TaskScheduler.Default);
+        _ = exited.Task.ContinueWith(s => Finished(s.Result, pid), TaskScheduler.Default);
         string QemuSaid() => ReadFrom(log, logStart);
         try
         {
@@ -394,10 +419,12 @@ public sealed partial class Vm : IAsyncDisposable
     async Task ConnectAsync(CancellationToken ct, Func<string>? diagnostics = null)
     {
         diagnostics ??= () => Tools.Tail(QemuLogPath);
+        var pidAtConnect = ReadPid(_dir);
         var q = await QmpClient.ConnectAsync(QmpSocketPath, TimeSpan.FromSeconds(10), diagnostics, ct).ConfigureAwait(false);
         _qmp = q;
+        _disposed = false;
         _eventSub = q.Subscribe(OnEvent);
-        _ = q.Closed.ContinueWith(_ => OnQmpClosed(q), TaskScheduler.Default);
+        _ = q.Closed.ContinueWith(_ => OnQmpClosed(pidAtConnect), TaskScheduler.Default);
     }
 
     volatile bool _agentPortOpen;
@@ -443,20 +470,22 @@ public sealed partial class Vm : IAsyncDisposable
         foreach (var h in hs) h(e);
     }
 
-    void OnQmpClosed(QmpClient q)
+    volatile bool _disposed;
+
+    void OnQmpClosed(int? pid)
     {
-        if (_exited is not null) return; // our child: OnQemuExited has the exit status
+        if (_disposed) return; // we closed it; QEMU goes on
+        if (_exited is not null) return; // our child: the reaper has the exit status
         // Attached to a QEMU we did not start: wait for it to go, then record why it went.
-        var pid = ReadPid(_dir);
         for (var i = 0; i < 100 && pid is int p && Sys.ProcessExists(p); i++) Thread.Sleep(50);
         if (pid is int p2 && Sys.ProcessExists(p2)) return;
-        Finished(null);
+        Finished(null, pid);
     }
 
-    void OnQemuExited(int status) => Finished(status);
-
-    void Finished(int? status)
+    void Finished(int? status, int? pid)
     {
+        // A QEMU started since (restart) owns the state dir now: leave its files and record alone.
+        if (ReadPid(_dir) is int current && current != pid) return;
         var last = LastRecord;
         if (_stopRequested) { if (last?.State is not ("crashed" or "migrated")) Record("stopped", "stopped by Hull"); }
         else if (last?.State == "crashed") { }
@@ -573,6 +602,7 @@ public sealed partial class Vm : IAsyncDisposable
     /// <summary>Closes the QMP connection; QEMU keeps running.</summary>
     public async ValueTask DisposeAsync()
     {
+        _disposed = true;
         _eventSub?.Dispose();
         if (_qmp is not null) await _qmp.DisposeAsync().ConfigureAwait(false);
         _qmp = null;

@@ -125,12 +125,24 @@ public sealed class VmDir : IAsyncDisposable
     {
         foreach (var cfg in Directory.EnumerateFiles(_tmp.Path, StateFiles.Config, SearchOption.AllDirectories))
         {
+            var stateDir = System.IO.Path.GetDirectoryName(cfg)!;
             try
             {
-                await using var vm = await Vm.AttachAsync(System.IO.Path.GetDirectoryName(cfg)!, TestImages.Host);
+                await using var vm = await Vm.AttachAsync(stateDir, TestImages.Host);
                 if (vm.Pid is not null) await vm.KillAsync();
             }
             catch (Exception) { }
+            // Last resort, also when the test failed half way: no QEMU may outlive its test.
+            var pidFile = System.IO.Path.Combine(stateDir, StateFiles.Pid);
+            if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
+            {
+                try
+                {
+                    var cmd = File.ReadAllText($"/proc/{pid}/cmdline");
+                    if (cmd.Contains(stateDir, StringComparison.Ordinal)) System.Diagnostics.Process.GetProcessById(pid).Kill();
+                }
+                catch (Exception) { }
+            }
         }
         _tmp.Dispose();
     }
