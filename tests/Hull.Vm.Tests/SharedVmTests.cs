@@ -1,0 +1,145 @@
+using System.Text;
+using Hull.Vm;
+using Hull.Vm.Image;
+using Xunit;
+
+namespace Hull.Vm.Tests;
+
+/// <summary>Tests that share one booted default VM (TCG here).</summary>
+[Collection("shared-vm")]
+public sealed class SharedVmTests(SharedVmFixture f)
+{
+    [SkippableFact]
+    public async Task Boots_to_the_ready_marker_with_the_configured_hostname_and_root_disk()
+    {
+        var vm = f.Get();
+        Assert.Contains($"{DefaultImage.ReadyMarker} hullbox", f.BootLog);
+        Assert.Contains("mounted on /mnt/root", f.BootLog);
+        Assert.Equal(VmState.Running, await vm.GetStateAsync());
+        Assert.Contains(vm.Accel, new[] { Accel.Kvm, Accel.Tcg });
+        Assert.False(string.IsNullOrEmpty(vm.AccelReason));
+        Assert.Equal("hullbox", (await TestImages.ShellAsync(vm, "hostname")).Trim());
+        Assert.Contains("Hull default image", await TestImages.ShellAsync(vm, "cat /mnt/root/etc/os-release"));
+    }
+
+    [SkippableFact]
+    public async Task Agent_channel_echoes_through_the_virtio_serial_port()
+    {
+        var vm = f.Get();
+        Assert.True(File.Exists(vm.AgentSocketPath) || Path.Exists(vm.AgentSocketPath));
+        var reply = await TestImages.AgentEchoAsync(vm, "ping-" + Guid.NewGuid().ToString("N")[..6], TimeSpan.FromSeconds(30));
+        Assert.StartsWith("ping-", reply);
+    }
+
+    [SkippableFact]
+    public async Task Console_attach_round_trips_and_detaches_on_ctrl_close_bracket()
+    {
+        var vm = f.Get();
+        using var con = await vm.OpenConsoleAsync();
+        var output = new MemoryStream();
+        var sync = new SyncStream(output);
+        // Typed input: a command, then the detach key (Ctrl-]) after a pause so the output has time to arrive.
+        var input = new SlowInput(Encoding.ASCII.GetBytes("echo attach-$((40+2))\n"), TimeSpan.FromSeconds(8));
+        await con.AttachAsync(input, sync);
+        Assert.Contains("attach-42", sync.Text);
+        // Detached: the VM still runs, and the console can be attached again.
+        Assert.Equal(VmState.Running, await vm.GetStateAsync());
+        Assert.Contains("attach-42", File.ReadAllText(vm.ConsoleLogPath));
+    }
+
+    [SkippableFact]
+    public async Task Pause_and_resume_are_reported_as_states_and_events()
+    {
+        var vm = f.Get();
+        using var stop = vm.Qmp.Expect("STOP");
+        await vm.PauseAsync();
+        await stop.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(VmState.Paused, await vm.GetStateAsync());
+        using var resume = vm.Qmp.Expect("RESUME");
+        await vm.ResumeAsync();
+        await resume.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(VmState.Running, await vm.GetStateAsync());
+    }
+
+    [SkippableFact]
+    public async Task Data_disk_grows_online_and_shrinking_is_refused()
+    {
+        var vm = f.Get();
+        var node = vm.Config.Disks[1].Node;
+        var before = long.Parse((await TestImages.ShellAsync(vm, "cat /sys/block/vdb/size")).Trim());
+        Assert.Equal(32L << 20, before * 512);
+        await vm.ResizeDiskAsync(node, 48L << 20);
+        var after = long.Parse((await TestImages.ShellAsync(vm, "sleep 1; cat /sys/block/vdb/size")).Trim());
+        Assert.Equal(48L << 20, after * 512);
+        var e = await Assert.ThrowsAsync<VmException>(() => vm.ResizeDiskAsync(node, 16L << 20));
+        Assert.Contains("shrinking", e.Message);
+    }
+
+    [SkippableFact]
+    public async Task Full_snapshot_restores_memory_and_disk_snapshot_is_listed_and_deleted()
+    {
+        var vm = f.Get();
+        // Memory state: a file on tmpfs (RAM) exists at the snapshot and is gone again after the restore.
+        await TestImages.ShellAsync(vm, "echo before > /tmp/state");
+        await vm.SnapshotAsync("full1", SnapshotKind.Full);
+        await TestImages.ShellAsync(vm, "echo after > /tmp/state");
+        Assert.Equal("after", (await TestImages.ShellAsync(vm, "cat /tmp/state")).Trim());
+        await vm.SnapshotAsync("disk1", SnapshotKind.Disk);
+        var list = await vm.ListSnapshotsAsync();
+        Assert.Contains(list, s => s.Name == "full1" && s.Kind == SnapshotKind.Full && s.VmStateBytes > 0);
+        Assert.Contains(list, s => s.Name == "disk1" && s.Kind == SnapshotKind.Disk);
+        await Assert.ThrowsAsync<VmException>(() => vm.SnapshotAsync("disk1", SnapshotKind.Disk));
+        await Assert.ThrowsAsync<VmException>(() => vm.RestoreSnapshotAsync("disk1")); // disk-only restore needs a stopped VM
+
+        await vm.RestoreSnapshotAsync("full1");
+        Assert.Equal(VmState.Running, await vm.GetStateAsync());
+        Assert.Equal("before", (await TestImages.ShellAsync(vm, "cat /tmp/state")).Trim());
+
+        await vm.DeleteSnapshotAsync("disk1");
+        await vm.DeleteSnapshotAsync("full1");
+        Assert.Empty(await vm.ListSnapshotsAsync());
+        await Assert.ThrowsAsync<VmException>(() => vm.RestoreSnapshotAsync("nope"));
+    }
+
+    /// <summary>Input that yields its bytes, waits, then types the detach key.</summary>
+    sealed class SlowInput(byte[] data, TimeSpan wait) : Stream
+    {
+        int _stage;
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
+        {
+            switch (_stage++)
+            {
+                case 0: data.CopyTo(buffer); return data.Length;
+                case 1: await Task.Delay(wait, ct); buffer.Span[0] = VmConsole.DetachKey; return 1;
+                default: await Task.Delay(Timeout.Infinite, ct); return 0;
+            }
+        }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => 0; set { } }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    sealed class SyncStream(MemoryStream inner) : Stream
+    {
+        public string Text { get { lock (inner) return Encoding.UTF8.GetString(inner.ToArray()); } }
+        public override void Write(byte[] buffer, int offset, int count) { lock (inner) inner.Write(buffer, offset, count); }
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct) { Write(buffer, offset, count); return Task.CompletedTask; }
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default) { lock (inner) inner.Write(buffer.Span); return ValueTask.CompletedTask; }
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => 0; set { } }
+        public override void Flush() { }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}
