@@ -268,7 +268,8 @@ public static class SeccompCompiler
     /// <summary>
     /// The rule semantics for one syscall (docs/seccomp.md "Which rule wins"):
     /// rules with the default action are dropped (runc); an unconditional rule beats every conditional one (libseccomp);
-    /// two unconditional rules, or two rules with the same comparisons, that differ in action are an error (libseccomp EEXIST);
+    /// of several unconditional rules the first in profile order wins (libseccomp keeps the existing one); two rules with
+    /// the same comparisons that differ in action are an error (libseccomp EEXIST);
     /// a rule whose comparisons include all of another rule's is dropped (the more general rule wins, as libseccomp's tree);
     /// the remaining rules are tried in profile order and the first whose comparisons all hold wins.
     /// </summary>
@@ -278,12 +279,10 @@ public static class SeccompCompiler
         var uncond = rules.Where(r => r.Conds.Length == 0).ToList();
         if (uncond.Count > 0)
         {
-            var other = uncond.FirstOrDefault(r => r.Action != uncond[0].Action);
-            if (other is not null)
-                throw new SeccompException(
-                    $"{Field}.syscalls[{uncond[0].Order}] and {Field}.syscalls[{other.Order}] give {name} two different actions without argument filters " +
-                    $"({Bpf.DescribeReturn(uncond[0].Action)} and {Bpf.DescribeReturn(other.Action)}); keep one of them");
-            return new Outcome(uncond[0].Action, null);
+            // The first unconditional rule wins: libseccomp keeps an existing argument-less rule and drops a later one
+            // ("the existing filter is at least as large"), which real profiles rely on (containers-common lists setns
+            // both in its allow list and in a capability-dependent ERRNO rule).
+            return new Outcome(uncond.MinBy(r => r.Order)!.Action, null);
         }
 
         var kept = new List<Rule>();
