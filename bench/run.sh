@@ -72,10 +72,9 @@ mkdir -p "$BUNDLE/rootfs/bin"
 cp "$(command -v busybox)" "$BUNDLE/rootfs/bin/busybox"
 for a in $(busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$BUNDLE/rootfs/bin/$a"; done
 (cd "$BUNDLE" && "$HULL" spec && mv config.json "$WORK/config.template")
-sed -i -e '/"args": \[/,/\]/c\    "args": ARGS,' -e 's/"terminal": true/"terminal": false/' \
-  -e 's/"ociVersion": "[^"]*"/"ociVersion": "1.0.2"/' "$WORK/config.template"
+jq '.process.terminal = false | .ociVersion = "1.0.2"' "$WORK/config.template" > "$WORK/config.tmp" && mv "$WORK/config.tmp" "$WORK/config.template"
 set_args() { # set_args JSON-ARRAY: the bundle's config.json with these process.args
-  sed -e "s|ARGS,|$1,|" "$WORK/config.template" > "$BUNDLE/config.json"
+  jq --argjson a "$1" '.process.args = $a' "$WORK/config.template" > "$BUNDLE/config.json"
 }
 for t in "${ACTIVE[@]}"; do mkdir -p "$WORK/state-$t"; done
 

@@ -78,7 +78,10 @@ public static unsafe class ContainerInit
         setup.Finish();
         ProcessSetup.ApplyProcessAttributes(process, spec);
         var exe = ProcessSetup.ResolveExecutable(process);
-        var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
+        // The runtime normally compiled the profile; only a SCMP_ACT_NOTIFY profile comes here to be loaded by us.
+        var seccomp = plan.SeccompProgram is { } prog
+            ? (prog, plan.SeccompFlags, (Hull.Seccomp.SeccompProgram?)null)
+            : SeccompSupport.Compile(spec.Linux?.Seccomp) is { } c ? (c.Program, c.Flags, c.Compiled) : ((byte[], uint, Hull.Seccomp.SeccompProgram?)?)null;
         ch.Send(new SyncMessage { Type = SyncMessage.Ready, Pid = Libc.getpid() });
         markReady();
         if (plan.Mode == "create") WaitForStart(plan.FifoFd);
@@ -90,14 +93,14 @@ public static unsafe class ContainerInit
         ch.Dispose();
         HookRunner.Run("startContainer", spec.Hooks?.StartContainer, plan.HookState!);
         if (slave is not null) UseTerminal(slave);
-        if (seccomp is { Compiled.NeedsListener: true })
+        if (seccomp is { Item3.NeedsListener: true })
         {
             var state = plan.HookState!;
             state.Status = "created";
-            SeccompSupport.LoadWithListener(seccomp.Value.Compiled, spec.Linux!.Seccomp!, state, Libc.getpid());
+            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, Libc.getpid());
             seccomp = null;
         }
-        ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Program, seccomp?.Flags ?? 0);
+        ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Item1, seccomp?.Item2 ?? 0);
     }
 
     /// <summary>Blocks until "start" opens the exec fifo for reading, then hands it one byte.</summary>

@@ -32,6 +32,9 @@ public sealed class InitPlan
     public int FirstPrivateFd { get; set; } = 3;
     /// <summary>Whether to report back before pivot_root so that the parent runs prestart/createRuntime hooks.</summary>
     public bool ParentHooks { get; set; }
+    /// <summary>linux.seccomp compiled by the runtime (the spec sent to the init then carries no profile), or null.</summary>
+    public byte[]? SeccompProgram { get; set; }
+    public uint SeccompFlags { get; set; }
     /// <summary>The state passed to hooks the init runs (createContainer, startContainer).</summary>
     public State? HookState { get; set; }
 }

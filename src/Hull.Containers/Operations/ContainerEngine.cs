@@ -74,6 +74,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         if (o.Spec is null) spec = SpecLoader.LoadBundle(bundle);
         else { spec = o.Spec; SpecValidator.Validate(spec, bundle); }
         SpecValidator.ValidateProcess(spec.Process, "process");
+        // Compiled once, here: a profile the compiler rejects fails create before anything is made, and the init
+        // gets the program instead of the profile (unless it must hand a notify fd to a listener itself).
+        var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
         var namespaces = spec.Linux?.Namespaces ?? [];
         if (!namespaces.Any(n => n.Type == "mount"))
             throw new InvalidSpecException("linux.namespaces has no mount namespace: Hull needs {\"type\": \"mount\"} to set up the root filesystem");
@@ -187,9 +190,13 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
             var hookState = new State { Id = o.Id, Status = "creating", Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
             var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
+            var shipProgram = seccomp is { Compiled.NeedsListener: false };
+            var profile = spec.Linux?.Seccomp;
+            if (shipProgram) spec.Linux!.Seccomp = null; // only for the plan: it is serialized by Send below
             channel.Send(new InitPlan
             {
                 Mode = mode, Id = o.Id, Bundle = bundle, Rootfs = rootfs, Spec = spec,
+                SeccompProgram = shipProgram ? seccomp!.Value.Program : null, SeccompFlags = shipProgram ? seccomp!.Value.Flags : 0,
                 NewMountNamespace = (req.CloneFlags & CLONE.NEWNS) != 0,
                 NewUserNamespace = newUser, InUserNamespace = inUser,
                 NewNetworkNamespace = (req.CloneFlags & CLONE.NEWNET) != 0,
@@ -198,6 +205,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
                 ParentHooks = parentHooks, HookState = hookState,
             });
+            if (spec.Linux is not null) spec.Linux.Seccomp = profile;
             while (true)
             {
                 var m = channel.Receive();
