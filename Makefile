@@ -10,14 +10,14 @@ all: build
 setup:
 	bash scripts/setup.sh
 
-# The NativeAOT binaries: hull (CLI, OCI runtime as hull-oci, container init) and hulld.
+# The NativeAOT binaries: hull-oci (OCI runtime + container init), hull (CLI) and, from mk/, hulld and hull-agent.
 build:
+	$(DOTNET) publish src/Hull.Runtime/Hull.Runtime.csproj -c Release -o $(OUT) --nologo -v q
 	$(DOTNET) publish src/Hull/Hull.csproj -c Release -o $(OUT) --nologo -v q
-	ln -sf hull $(OUT)/hull-oci
 
 install: build
 	install -m 0755 $(OUT)/hull $(PREFIX)/bin/hull
-	ln -sf hull $(PREFIX)/bin/hull-oci
+	install -m 0755 $(OUT)/hull-oci $(PREFIX)/bin/hull-oci
 
 test: setup build
 	bash scripts/test.sh
