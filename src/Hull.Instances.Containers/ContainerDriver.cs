@@ -76,8 +76,8 @@ public sealed class ContainerDriver : IInstanceDriver
             string lower;
             if (spec.CopyOf is { } src)
             {
-                lower = File.ReadAllText(P(src, "lower")).Trim();
-                if (lower == P(src, "base")) { await Run(ct, "cp", "-a", "--reflink=auto", lower, P(spec, "base")); made.Add(P(spec, "base")); lower = P(spec, "base"); }
+                lower = LowerOf(src);
+                if (lower == P(src, "base")) { made.Add(P(spec, "base")); await Run(ct, "cp", "-a", "--reflink=auto", lower, P(spec, "base")); lower = P(spec, "base"); }
                 made.Add(Upper(spec));
                 await Run(ct, "cp", "-a", "--reflink=auto", Upper(src), Upper(spec));
             }
@@ -93,7 +93,8 @@ public sealed class ContainerDriver : IInstanceDriver
             {
                 if (!Directory.Exists(d)) { made.Add(d); Directory.CreateDirectory(d); }
             }
-            File.WriteAllText(P(spec, "lower"), lower + "\n");
+            // An unpacked tarball is the instance's own: recorded relative, so a renamed instance still finds it.
+            File.WriteAllText(P(spec, "lower"), (lower == P(spec, "base") ? "base" : lower) + "\n");
             made.Add(P(spec, "lower"));
             // Prove the overlay can be made here now, rather than at the first start.
             MountRootfs(spec);
@@ -139,7 +140,7 @@ public sealed class ContainerDriver : IInstanceDriver
     {
         var target = Rootfs(spec);
         if (IsMounted(target)) return;
-        var lower = File.ReadAllText(P(spec, "lower")).Trim();
+        var lower = LowerOf(spec);
         if (!Directory.Exists(lower))
             throw new InstanceException($"the image root filesystem {lower} of instance '{spec.Name}' is gone: was its image deleted?", 500);
         foreach (var p in new[] { lower, Upper(spec), Work(spec) })
@@ -147,6 +148,14 @@ public sealed class ContainerDriver : IInstanceDriver
         Directory.CreateDirectory(target);
         try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lower},upperdir={Upper(spec)},workdir={Work(spec)}"); }
         catch (LinuxException e) { throw new InstanceException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}", 500); }
+    }
+
+    static string LowerOf(InstanceSpec spec)
+    {
+        var f = P(spec, "lower");
+        if (!File.Exists(f)) throw new InstanceException($"instance '{spec.Name}' has no root filesystem ({f} is missing): delete it and create it again", 500);
+        var lower = File.ReadAllText(f).Trim();
+        return lower == "base" ? P(spec, "base") : lower;
     }
 
     static void UnmountRootfs(InstanceSpec spec)
