@@ -215,6 +215,8 @@ public sealed class ContainerDriver : IInstanceDriver
         s.Process.NoNewPrivileges = false;
         s.Linux!.CgroupsPath = _cgroupPrefix + spec.Name;
         s.Linux.Resources = Resources(spec, s.Linux.Resources);
+        foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
+            throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
         foreach (var m in devices.SelectMany(d => d.Mounts))
         {
             if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
@@ -489,7 +491,7 @@ public sealed class ContainerDriver : IInstanceDriver
     public Task<FileEntry?> StatFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
         using var root = OpenRoot(spec);
-        if (!RootedFs.TryOpen(root, path, O.PATH | O.NOFOLLOW, 0, out var fd, out var e))
+        if (!RootedFs.TryOpen(root, path, O.PATH, 0, out var fd, out var e))
             return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null) : throw new InstanceException($"{path}: {Errors.Describe(e)}", 500);
         using (fd) return Task.FromResult<FileEntry?>(Entry(Path.GetFileName(path.TrimEnd('/')) is { Length: > 0 } n ? n : "/", fd));
     }
@@ -551,9 +553,12 @@ public sealed class ContainerDriver : IInstanceDriver
 
     public async Task DeleteFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
-        var st = await StatFileAsync(spec, path, ct) ?? throw NotFound(spec, path);
+        await Task.CompletedTask;
         if (path.TrimEnd('/').Length == 0) throw new InstanceException("cannot delete / of an instance");
         using var root = OpenRoot(spec);
+        FileEntry st;
+        // The entry itself (a symlink is removed, not its target).
+        using (var self = OpenIn(spec, root, path, O.PATH | O.NOFOLLOW)) st = Entry(path, self);
         using var d = OpenIn(spec, root, Path.GetDirectoryName(path.TrimEnd('/')) ?? "/", O.RDONLY | O.DIRECTORY);
         try { RootedFs.UnlinkAt(d, Path.GetFileName(path.TrimEnd('/')), st.Type == "directory"); }
         catch (LinuxException e) { throw new InstanceException($"deleting {path} in instance '{spec.Name}': {e.Message}", e.Errno == Errors.ENOTEMPTY ? 409 : 500); }

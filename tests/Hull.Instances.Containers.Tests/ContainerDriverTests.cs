@@ -25,7 +25,7 @@ public sealed class ContainerDriverTests
         {
             Name = "c1", Image = "busybox", Start = true,
             Config = { ["limits.memory"] = "128MiB", ["limits.processes"] = "100", ["limits.cpu"] = "1", ["environment.GREETING"] = "hi" },
-            Devices = { ["share"] = new() { ["type"] = "disk", ["source"] = share.Path, ["path"] = "/mnt/share", ["readonly"] = "true" } },
+            Devices = { ["share"] = new() { ["type"] = "bind", ["source"] = share.Path, ["path"] = "/mnt/share", ["readonly"] = "true" } },
         });
         Assert.Equal(InstanceStates.Running, inst.State);
         Assert.Equal(InstanceTypes.Container, inst.Type);
