@@ -227,6 +227,15 @@ public sealed class ContainerDriverTests
         Assert.Contains("Running", list.Out);
         Assert.Contains("Type: container", d.Cli("info", "k1").Out);
 
+        // Limits changed on a running container reach its cgroup at once.
+        Ok(d.Cli("config", "set", "k1", "limits.memory=64MiB", "limits.processes=50"), "config set");
+        var cgs = ContainerDaemon.CgroupDirsOf(d.Client.GetInstanceAsync("k1").GetAwaiter().GetResult().Pid!.Value);
+        Assert.Equal("50", File.ReadAllText(cgs.Select(x => Path.Combine(x, "pids.max")).First(File.Exists)).Trim());
+        var memFile = cgs.Select(x => Path.Combine(x, "memory.limit_in_bytes")).Concat(cgs.Select(x => Path.Combine(x, "memory.max"))).First(File.Exists);
+        Assert.Equal((64L << 20).ToString(), File.ReadAllText(memFile).Trim());
+        Ok(d.Cli("config", "unset", "k1", "limits.processes"), "config unset");
+        Assert.Equal("max", File.ReadAllText(cgs.Select(x => Path.Combine(x, "pids.max")).First(File.Exists)).Trim());
+
         Ok(d.Cli("stop", "k1"), "stop");
         Assert.Contains("STOPPED", d.Cli("list").Out);
         Ok(d.Cli("start", "k1"), "start");
