@@ -443,7 +443,12 @@ public sealed class ContainerDriver : IInstanceDriver
             return Task.FromResult(exec.Tty ? ContainerExec.StartPty(_engine, spec.Name, f.Record.Pid, p, exec.Width, exec.Height)
                                             : ContainerExec.StartPipes(_engine, spec.Name, p));
         }
-        catch (ContainerException e) { throw new InstanceException(e.Message, e.ExitCode is 126 or 127 ? 400 : 500); }
+        catch (ContainerException e) when (e.ExitCode is 126 or 127)
+        {
+            // As a shell would: the program cannot be run, so the exec ends at once with 127 (not found) or 126.
+            return Task.FromResult(ContainerExec.Failed(e.ExitCode, e.Message, exec.Tty));
+        }
+        catch (ContainerException e) { throw new InstanceException(e.Message, 500); }
     }
 
     // ---- files: resolved inside the container's root (its mount namespace view while it runs) ----

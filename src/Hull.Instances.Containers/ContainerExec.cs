@@ -32,6 +32,8 @@ sealed class ContainerExec : IExecSession
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
     }
 
+    public static IExecSession Failed(int code, string message, bool tty) => new FailedExec(code, message, tty);
+
     static FileStream Wrap(SafeFd fd, FileAccess access) => new(new SafeFileHandle(fd.Detach(), true), access, 1, false);
 
     public static IExecSession StartPipes(ContainerEngine engine, string id, Hull.Oci.Process p)
@@ -105,6 +107,19 @@ sealed class ContainerExec : IExecSession
         _master?.Dispose();
         _child.Dispose();
     }
+}
+
+/// <summary>An exec whose program could not be started: no process, the message on stderr, exit 126 or 127.</summary>
+sealed class FailedExec(int code, string message, bool tty) : IExecSession
+{
+    static MemoryStream Text(string s) => new(System.Text.Encoding.UTF8.GetBytes(s), false);
+    public Stream Stdin { get; } = Stream.Null;
+    public Stream Stdout { get; } = Text(tty ? message + "\r\n" : "");
+    public Stream? Stderr { get; } = tty ? null : Text(message + "\n");
+    public Task<int> Exit { get; } = Task.FromResult(code);
+    public void Resize(int width, int height) { }
+    public void Signal(int signal) { }
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }
 
 /// <summary>Reads the console log; with follow it waits for more while the instance runs.</summary>
