@@ -74,6 +74,13 @@ public sealed class ContainerDriver : IInstanceDriver
         try
         {
             string lower;
+            if (spec.CopyOf is { } cs && IsCopy(cs))
+            {
+                made.Add(Rootfs(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto", Rootfs(cs), Rootfs(spec));
+                File.WriteAllText(P(spec, "lower"), "copy\n");
+                return;
+            }
             if (spec.CopyOf is { } src)
             {
                 lower = LowerOf(src);
@@ -96,8 +103,19 @@ public sealed class ContainerDriver : IInstanceDriver
             // An unpacked tarball is the instance's own: recorded relative, so a renamed instance still finds it.
             File.WriteAllText(P(spec, "lower"), (lower == P(spec, "base") ? "base" : lower) + "\n");
             made.Add(P(spec, "lower"));
-            // Prove the overlay can be made here now, rather than at the first start.
-            MountRootfs(spec);
+            // Prove the overlay can be made here now, rather than at the first start. Where it cannot (the state dir is
+            // itself on an overlayfs, or on a filesystem overlayfs does not take as upper), the instance gets a full copy.
+            try { MountRootfs(spec); }
+            catch (OverlayUnsupportedException) when (spec.CopyOf is null)
+            {
+                RemoveTree(Upper(spec));
+                RemoveTree(Work(spec));
+                RemoveTree(Rootfs(spec));
+                made.Add(Rootfs(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto", lower, Rootfs(spec));
+                if (lower == P(spec, "base")) RemoveTree(lower);
+                File.WriteAllText(P(spec, "lower"), "copy\n");
+            }
             UnmountRootfs(spec);
         }
         catch (Exception e)
@@ -136,10 +154,18 @@ public sealed class ContainerDriver : IInstanceDriver
         return false;
     }
 
+    /// <summary>True for an instance whose rootfs/ is a plain copy of the image (no overlayfs here).</summary>
+    static bool IsCopy(InstanceSpec spec) => File.Exists(P(spec, "lower")) && File.ReadAllText(P(spec, "lower")).Trim() == "copy";
+
+    /// <summary>The dir that holds the instance's own state: the overlay's upper dir, or the whole copy.</summary>
+    static string Layer(InstanceSpec spec) => IsCopy(spec) ? Rootfs(spec) : Upper(spec);
+
+    sealed class OverlayUnsupportedException(string message) : InstanceException(message, 500);
+
     static void MountRootfs(InstanceSpec spec)
     {
         var target = Rootfs(spec);
-        if (IsMounted(target)) return;
+        if (IsCopy(spec) || IsMounted(target)) return;
         var lower = LowerOf(spec);
         if (!Directory.Exists(lower))
             throw new InstanceException($"the image root filesystem {lower} of instance '{spec.Name}' is gone: was its image deleted?", 500);
@@ -147,7 +173,7 @@ public sealed class ContainerDriver : IInstanceDriver
             if (p.IndexOfAny([',', ':']) >= 0) throw new InstanceException($"the path {p} contains ',' or ':' and cannot be an overlayfs layer: use a state dir without them", 500);
         Directory.CreateDirectory(target);
         try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lower},upperdir={Upper(spec)},workdir={Work(spec)}"); }
-        catch (LinuxException e) { throw new InstanceException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}", 500); }
+        catch (LinuxException e) { throw new OverlayUnsupportedException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
     }
 
     static string LowerOf(InstanceSpec spec)
@@ -596,7 +622,7 @@ public sealed class ContainerDriver : IInstanceDriver
         var dir = SnapDir(spec, snapshot);
         if (Directory.Exists(dir)) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' exists already", 409);
         Directory.CreateDirectory(dir);
-        try { await Run(ct, "cp", "-a", "--reflink=auto", Upper(spec), Path.Combine(dir, "upper")); }
+        try { await Run(ct, "cp", "-a", "--reflink=auto", Layer(spec), Path.Combine(dir, "upper")); }
         catch { RemoveTree(dir); throw; }
     }
 
@@ -606,16 +632,20 @@ public sealed class ContainerDriver : IInstanceDriver
         if (!Directory.Exists(src)) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' does not exist", 404);
         if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is running: stop it before restoring a snapshot", 409);
         UnmountRootfs(spec);
-        var next = Upper(spec) + ".restore";
+        var layer = Layer(spec);
+        var next = layer + ".restore";
         RemoveTree(next);
         await Run(ct, "cp", "-a", "--reflink=auto", src, next);
-        var old = Upper(spec) + ".old";
+        var old = layer + ".old";
         RemoveTree(old);
-        Directory.Move(Upper(spec), old);
-        Directory.Move(next, Upper(spec));
+        Directory.Move(layer, old);
+        Directory.Move(next, layer);
         RemoveTree(old);
-        RemoveTree(Work(spec));
-        Directory.CreateDirectory(Work(spec));
+        if (!IsCopy(spec))
+        {
+            RemoveTree(Work(spec));
+            Directory.CreateDirectory(Work(spec));
+        }
     }
 
     public Task DeleteSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)

@@ -32,7 +32,9 @@ public sealed class ContainerDaemon : IDisposable
 
     public static string InitBinary => Path.Combine(Repo.Bin, "hull");
 
-    public ContainerDaemon()
+    /// <param name="stateOnOverlay">Puts the state dir on an overlayfs (as when hulld runs in a container), where the
+    /// driver cannot stack its own overlays and must copy root filesystems.</param>
+    public ContainerDaemon(bool stateOnOverlay = false)
     {
         Requires.Root();
         Requires.File("/bin/busybox", "busybox-static");
@@ -42,6 +44,12 @@ public sealed class ContainerDaemon : IDisposable
         StateDir = Path.Combine(Dir, "state");
         Socket = Path.Combine(Dir, "hulld.sock");
         Client = new HullClient(Socket);
+        if (stateOnOverlay)
+        {
+            foreach (var x in new[] { "ovl/lower", "ovl/upper", "ovl/work", "state" }) Directory.CreateDirectory(Path.Combine(Dir, x));
+            Hull.Linux.Sys.Mount("overlay", StateDir, "overlay", 0,
+                $"lowerdir={Dir}/ovl/lower,upperdir={Dir}/ovl/upper,workdir={Dir}/ovl/work");
+        }
         Start();
     }
 

@@ -164,6 +164,29 @@ public sealed class ContainerDriverTests
     }
 
     [SkippableFact]
+    public async Task Without_overlayfs_under_the_state_dir_the_rootfs_is_a_copy()
+    {
+        using var d = new ContainerDaemon(stateOnOverlay: true);
+        var c = d.Client;
+        await c.LaunchAsync("busybox", "cp1");
+        Assert.Equal("copy", File.ReadAllText(Path.Combine(InstanceDir(d, "cp1"), "lower")).Trim());
+        Assert.False(Mounted(Path.Combine(InstanceDir(d, "cp1"), "rootfs")));
+        var r = await c.ExecAsync("cp1", new ExecRequest { Command = ["sh", "-c", "cat; hostname"], Stdin = "x:" });
+        Assert.Equal("x:cp1\n", r.Stdout);
+        await c.PushFileAsync("cp1", "/root/a.txt", Encoding.UTF8.GetBytes("A"));
+        await c.StopAsync("cp1", timeout: 20);
+        await c.CreateSnapshotAsync("cp1", "s");
+        await c.PushFileAsync("cp1", "/root/a.txt", Encoding.UTF8.GetBytes("B"));
+        Assert.Equal("B", Encoding.UTF8.GetString(await c.ReadFileAsync("cp1", "/root/a.txt")));
+        await c.RestoreSnapshotAsync("cp1", "s");
+        await c.StartAsync("cp1");
+        Assert.Equal("A", (await c.ExecAsync("cp1", "cat", "/root/a.txt")).Stdout);
+        await c.DeleteInstanceAsync("cp1", force: true);
+        Assert.False(Directory.Exists(InstanceDir(d, "cp1")));
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(d.StateDir, "containers")));
+    }
+
+    [SkippableFact]
     public async Task Containers_outlive_hulld_kill9_and_are_found_again()
     {
         using var d = new ContainerDaemon();
