@@ -15,6 +15,9 @@ public sealed class CreateOptions
     public int PreserveFds { get; init; }
     /// <summary>Use this spec instead of reading bundle/config.json (the instance layer builds specs in memory).</summary>
     public Spec? Spec { get; init; }
+    /// <summary>Optional stdin, stdout, stderr for the container's init and process (instead of the caller's own fds 0-2),
+    /// e.g. /dev/null and a console log file. Must hold exactly three fds.</summary>
+    public IReadOnlyList<SafeFd>? Stdio { get; init; }
 }
 
 /// <summary>
@@ -134,6 +137,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 Setsid = true,
             };
             req.Fds.Add((childEnd, firstPrivate));
+            if (o.Stdio is { } stdio)
+            {
+                if (stdio.Count != 3) throw new ContainerException("CreateOptions.Stdio must hold exactly three fds (stdin, stdout, stderr)");
+                for (var i = 0; i < 3; i++) req.Fds.Add((stdio[i], i));
+            }
             var consoleFd = -1;
             var fifoFd = -1;
             var next = firstPrivate + 1;

@@ -10,6 +10,11 @@ public sealed class ExecOptions
     public string? ConsoleSocket { get; init; }
     public string? PidFile { get; init; }
     public int PreserveFds { get; init; }
+    /// <summary>Optional stdin, stdout, stderr for the process (instead of the caller's fds 0-2): pipe ends or a pty
+    /// slave the caller allocated. Must hold exactly three fds. Use with Process.Terminal false.</summary>
+    public IReadOnlyList<SafeFd>? Stdio { get; init; }
+    /// <summary>With <see cref="Stdio"/>: fd 0 is a terminal to become the process's controlling terminal.</summary>
+    public bool StdioIsTerminal { get; init; }
 }
 
 public sealed unsafe partial class ContainerEngine
@@ -90,6 +95,13 @@ public sealed unsafe partial class ContainerEngine
             req.Attributes = ProcessSetup.Attributes(p, spec, seccomp?.Program, seccomp?.Flags ?? 0);
             req.ExecCandidates = ExecCandidates(p);
             for (var i = 3; i < 3 + o.PreserveFds; i++) { var f = new SafeFd(i, owns: false); req.Fds.Add((f, i)); }
+            if (o.Stdio is { } stdio)
+            {
+                if (stdio.Count != 3) throw new ContainerException("ExecOptions.Stdio must hold exactly three fds (stdin, stdout, stderr)");
+                if (p.Terminal) throw new ContainerException("ExecOptions.Stdio cannot be combined with process.terminal: pass the pty slave in Stdio with StdioIsTerminal");
+                for (var i = 0; i < 3; i++) req.Fds.Add((stdio[i], i));
+                if (o.StdioIsTerminal) req.ControllingTty = 0;
+            }
             if (p.Terminal)
             {
                 // The pty comes from the container's devpts; TIOCGPTPEER gives the peer without a path lookup.

@@ -1,0 +1,700 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Hull.Api;
+using Hull.Containers;
+using Hull.Linux;
+using Hull.Oci;
+using Microsoft.Win32.SafeHandles;
+
+namespace Hull.Instances.Containers;
+
+/// <summary>
+/// Instances of type "container" on the container engine (<see cref="ContainerEngine"/>).
+/// Per instance, under <see cref="InstanceSpec.Dir"/>:
+/// <list type="bullet">
+/// <item>lower: the path of the read-only image root filesystem the instance is made from (or base/, an unpacked tarball);</item>
+/// <item>upper/, work/: the overlayfs upper and work dirs (the instance's own changes);</item>
+/// <item>rootfs/: the overlay mount point, mounted while the container runs (and briefly for file operations);</item>
+/// <item>config.json: the OCI spec of the last start (the bundle is the instance dir);</item>
+/// <item>console.log: the init's stdout and stderr; exit: the init's exit code once it ended;</item>
+/// <item>snapshots/NAME/upper: copies of the upper dir.</item>
+/// </list>
+/// The engine's state lives in &lt;state dir&gt;/containers; the container's init is an independent process (its own
+/// session, reparented when hulld exits), so containers outlive hulld. The engine container id is the instance name.
+/// </summary>
+public sealed class ContainerDriver : IInstanceDriver
+{
+    public string Type => InstanceTypes.Container;
+
+    readonly ContainerEngine _engine;
+    readonly string _cgroupPrefix;
+    readonly ConcurrentDictionary<string, Task<int?>> _waiters = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
+
+    const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; while :; do sleep 3600 & wait $!; done";
+
+    /// <param name="stateDir">hulld's state dir; the engine keeps its container state in a "containers" dir below it.</param>
+    public ContainerDriver(string stateDir)
+    {
+        var dir = Path.Combine(stateDir, "containers");
+        Directory.CreateDirectory(dir);
+        _engine = new ContainerEngine(new StateStore(dir), HostCgroups.Instance);
+        // Two hullds on one host (distinct state dirs) may use the same instance names: their cgroups must not collide.
+        uint h = 2166136261;
+        foreach (var c in Path.GetFullPath(stateDir)) { h ^= c; h *= 16777619; }
+        _cgroupPrefix = "/hull/i-" + h.ToString("x8", CultureInfo.InvariantCulture) + "-";
+    }
+
+    public ContainerEngine Engine => _engine;
+
+    static string P(InstanceSpec s, string name) => Path.Combine(s.Dir, name);
+    static string Rootfs(InstanceSpec s) => P(s, "rootfs");
+    static string Upper(InstanceSpec s) => P(s, "upper");
+    static string Work(InstanceSpec s) => P(s, "work");
+    SemaphoreSlim Lock(InstanceSpec s) => _locks.GetOrAdd(s.Name, _ => new SemaphoreSlim(1, 1));
+
+    public void Validate(InstanceSpec spec)
+    {
+        var init = ContainerEngine.InitBinary;
+        if (!File.Exists(init))
+            throw new InstanceException($"the container init binary {init} does not exist: install the hull binary next to hulld or set HULL_INIT_BINARY", 500);
+        try { StateStore.ValidateId(spec.Name); }
+        catch (ContainerException e) { throw new InstanceException($"instance name '{spec.Name}' cannot name a container: {e.Message}"); }
+        if (spec.Limits.Cpus is < 1) throw new InstanceException("limits.cpu must be at least 1");
+    }
+
+    // ---- create / delete ----
+
+    public async Task CreateAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        Directory.CreateDirectory(spec.Dir);
+        var made = new List<string>();
+        try
+        {
+            string lower;
+            if (spec.CopyOf is { } cs && IsCopy(cs))
+            {
+                made.Add(Rootfs(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto", Rootfs(cs), Rootfs(spec));
+                File.WriteAllText(P(spec, "lower"), "copy\n");
+                return;
+            }
+            if (spec.CopyOf is { } src)
+            {
+                lower = LowerOf(src);
+                if (lower == P(src, "base")) { made.Add(P(spec, "base")); await Run(ct, "cp", "-a", "--reflink=auto", lower, P(spec, "base")); lower = P(spec, "base"); }
+                made.Add(Upper(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto", Upper(src), Upper(spec));
+            }
+            else if (spec.Image.Rootfs is { } ir && Directory.Exists(ir)) lower = ir;
+            else
+            {
+                lower = P(spec, "base");
+                made.Add(lower);
+                Directory.CreateDirectory(lower);
+                await Run(ct, "tar", "--numeric-owner", "-xpf", spec.Image.File, "-C", lower);
+            }
+            foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) })
+            {
+                if (!Directory.Exists(d)) { made.Add(d); Directory.CreateDirectory(d); }
+            }
+            // An unpacked tarball is the instance's own: recorded relative, so a renamed instance still finds it.
+            File.WriteAllText(P(spec, "lower"), (lower == P(spec, "base") ? "base" : lower) + "\n");
+            made.Add(P(spec, "lower"));
+            // Prove the overlay can be made here now, rather than at the first start. Where it cannot (the state dir is
+            // itself on an overlayfs, or on a filesystem overlayfs does not take as upper), the instance gets a full copy.
+            try { MountRootfs(spec); }
+            catch (OverlayUnsupportedException) when (spec.CopyOf is null)
+            {
+                RemoveTree(Upper(spec));
+                RemoveTree(Work(spec));
+                RemoveTree(Rootfs(spec));
+                made.Add(Rootfs(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto", lower, Rootfs(spec));
+                if (lower == P(spec, "base")) RemoveTree(lower);
+                File.WriteAllText(P(spec, "lower"), "copy\n");
+            }
+            UnmountRootfs(spec);
+        }
+        catch (Exception e)
+        {
+            UnmountRootfs(spec);
+            foreach (var m in made) RemoveTree(m);
+            if (e is InstanceException or OperationCanceledException) throw;
+            throw new InstanceException($"creating the root filesystem of '{spec.Name}' failed: {e.Message}", 500);
+        }
+    }
+
+    public async Task DeleteAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        await StopAsync(spec, true, TimeSpan.Zero, ct);
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            CleanupEngine(spec);
+            UnmountRootfs(spec);
+            foreach (var d in new[] { "rootfs", "upper", "work", "base", "snapshots" }) RemoveTree(P(spec, d));
+            foreach (var f in new[] { "lower", "config.json", "exit" }) File.Delete(P(spec, f));
+        }
+        finally { Lock(spec).Release(); }
+        _waiters.TryRemove(spec.Name, out _);
+    }
+
+    // ---- the overlay ----
+
+    static bool IsMounted(string path)
+    {
+        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            var mp = line.Split(' ')[4].Replace("\\040", " ");
+            if (mp == path) return true;
+        }
+        return false;
+    }
+
+    /// <summary>True for an instance whose rootfs/ is a plain copy of the image (no overlayfs here).</summary>
+    static bool IsCopy(InstanceSpec spec) => File.Exists(P(spec, "lower")) && File.ReadAllText(P(spec, "lower")).Trim() == "copy";
+
+    /// <summary>The dir that holds the instance's own state: the overlay's upper dir, or the whole copy.</summary>
+    static string Layer(InstanceSpec spec) => IsCopy(spec) ? Rootfs(spec) : Upper(spec);
+
+    sealed class OverlayUnsupportedException(string message) : InstanceException(message, 500);
+
+    static void MountRootfs(InstanceSpec spec)
+    {
+        var target = Rootfs(spec);
+        if (IsCopy(spec) || IsMounted(target)) return;
+        var lower = LowerOf(spec);
+        if (!Directory.Exists(lower))
+            throw new InstanceException($"the image root filesystem {lower} of instance '{spec.Name}' is gone: was its image deleted?", 500);
+        foreach (var p in new[] { lower, Upper(spec), Work(spec) })
+            if (p.IndexOfAny([',', ':']) >= 0) throw new InstanceException($"the path {p} contains ',' or ':' and cannot be an overlayfs layer: use a state dir without them", 500);
+        Directory.CreateDirectory(target);
+        try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lower},upperdir={Upper(spec)},workdir={Work(spec)}"); }
+        catch (LinuxException e) { throw new OverlayUnsupportedException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
+    }
+
+    static string LowerOf(InstanceSpec spec)
+    {
+        var f = P(spec, "lower");
+        if (!File.Exists(f)) throw new InstanceException($"instance '{spec.Name}' has no root filesystem ({f} is missing): delete it and create it again", 500);
+        var lower = File.ReadAllText(f).Trim();
+        return lower == "base" ? P(spec, "base") : lower;
+    }
+
+    static void UnmountRootfs(InstanceSpec spec)
+    {
+        var target = Rootfs(spec);
+        for (var i = 0; i < 8 && File.Exists("/proc/self/mountinfo") && IsMounted(target); i++) Libc.umount2(target, MS.MNT_DETACH);
+    }
+
+    // ---- lifecycle ----
+
+    (ContainerRecord Record, string Status)? Find(InstanceSpec spec)
+    {
+        if (!_engine.Store.Exists(spec.Name)) return null;
+        try
+        {
+            var r = _engine.Store.Load(spec.Name);
+            return (r, _engine.StatusOf(r));
+        }
+        catch (Exception e) when (e is IOException or JsonException or ContainerException) { return null; }
+    }
+
+    bool IsRunning(InstanceSpec spec) => Find(spec) is { Status: "running" or "paused" or "created" };
+
+    /// <summary>Removes the engine container of an instance whose init has ended, and the overlay mount.</summary>
+    void CleanupEngine(InstanceSpec spec)
+    {
+        if (Find(spec) is { } f)
+        {
+            try { _engine.Delete(spec.Name, force: true); }
+            catch (ContainerNotFoundException) { }
+        }
+        else if (Directory.Exists(_engine.Store.Dir(spec.Name)))
+        {
+            try { _engine.Delete(spec.Name, force: true); } catch (ContainerException) { }
+        }
+    }
+
+    Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices)
+    {
+        var root = Rootfs(spec);
+        List<string> args;
+        var hasInit = File.Exists(Path.Combine(root, "etc/inittab")) || File.Exists(Path.Combine(root, "lib/systemd/systemd"));
+        if (hasInit && Exists(root, "sbin/init")) args = ["/sbin/init"];
+        else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
+        else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor /bin/sh: nothing to run as the container's init");
+        var s = DefaultSpec.Create(args, terminal: false);
+        s.Root = new Root { Path = "rootfs", Readonly = false };
+        s.Hostname = spec.Name;
+        var env = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ["TERM"] = "xterm", ["HOME"] = "/root",
+            ["container"] = "hull", ["HOSTNAME"] = spec.Name,
+        };
+        foreach (var (k, v) in spec.Environment) env[k] = v;
+        s.Process!.Env = env.Select(kv => $"{kv.Key}={kv.Value}").ToList();
+        // A full-OS container: the init may need to change identity, as in Incus (no no_new_privs on the init).
+        s.Process.NoNewPrivileges = false;
+        s.Linux!.CgroupsPath = _cgroupPrefix + spec.Name;
+        s.Linux.Resources = Resources(spec, s.Linux.Resources);
+        foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
+            throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
+        foreach (var m in devices.SelectMany(d => d.Mounts))
+        {
+            if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
+                throw new InstanceException($"device source {m.Source} does not exist on the host");
+            s.Mounts!.Add(new Mount
+            {
+                Destination = m.Target, Type = "bind", Source = m.Source,
+                Options = m.ReadOnly ? ["rbind", "ro", "nosuid", "nodev"] : ["rbind", "rw", "nosuid", "nodev"],
+            });
+        }
+        return s;
+    }
+
+    static bool Exists(string root, string rel)
+    {
+        using var r = Sys.Open(root, O.RDONLY | O.DIRECTORY);
+        if (!RootedFs.TryOpen(r, rel, O.PATH, 0, out var fd, out _)) return false;
+        fd.Dispose();
+        return true;
+    }
+
+    static Resources Resources(InstanceSpec spec, Resources? baseRes)
+    {
+        var r = baseRes ?? new Resources();
+        if (spec.Limits.MemoryBytes is { } mem) r.Memory = new Memory { Limit = mem };
+        if (spec.Limits.Processes is { } pids) r.Pids = new Pids { Limit = pids };
+        if (spec.Limits.Cpus is { } cpus) r.Cpu = new Cpu { Quota = cpus * 100_000L, Period = 100_000 };
+        return r;
+    }
+
+    public async Task StartAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is already running", 409);
+            CleanupEngine(spec);
+            File.Delete(P(spec, "exit"));
+            MountRootfs(spec);
+            int pid;
+            try
+            {
+                var oci = BuildSpec(spec, devices);
+                File.WriteAllText(P(spec, "config.json"), JsonSerializer.Serialize(oci, OciJson.Default.Spec));
+                using var devnull = Sys.Open("/dev/null", O.RDWR);
+                using var log = Sys.Open(P(spec, "console.log"), O.WRONLY | O.CREAT | O.APPEND, 0b110_000_000);
+                pid = _engine.Create(new CreateOptions { Id = spec.Name, Bundle = spec.Dir, Spec = oci, Stdio = [devnull, log, log] });
+                try { _engine.Start(spec.Name); }
+                catch { _engine.Delete(spec.Name, force: true); throw; }
+            }
+            catch (Exception e)
+            {
+                // Reap the init if it was ours and died, then drop everything made for this start.
+                try { CleanupEngine(spec); } catch (Exception) { }
+                UnmountRootfs(spec);
+                if (e is InstanceException) throw;
+                throw new InstanceException($"starting container '{spec.Name}' failed: {e.Message}", 500);
+            }
+            // The init is our child until hulld exits: reap it and record its exit code.
+            _waiters[spec.Name] = Task.Factory.StartNew(() => ReapOwn(spec, pid), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    int? ReapOwn(InstanceSpec spec, int pid)
+    {
+        int? code = null;
+        try { code = Sys.ExitCode(Sys.WaitPid(pid)); }
+        catch (LinuxException) { /* reaped elsewhere */ }
+        if (code is { } c) WriteExit(spec, c);
+        AfterExit(spec);
+        return code ?? ReadExit(spec);
+    }
+
+    /// <summary>After the init ended: removes the engine container (cgroup, state) and unmounts the overlay.</summary>
+    void AfterExit(InstanceSpec spec)
+    {
+        Lock(spec).Wait();
+        try
+        {
+            if (Find(spec) is { Status: "stopped" }) CleanupEngine(spec);
+            if (!IsRunning(spec)) UnmountRootfs(spec);
+        }
+        catch (Exception e) { Console.Error.WriteLine($"hulld: warning: cleaning up container '{spec.Name}': {e.Message}"); }
+        finally { Lock(spec).Release(); }
+    }
+
+    static void WriteExit(InstanceSpec spec, int code)
+    {
+        if (!Directory.Exists(spec.Dir)) return;
+        File.WriteAllText(P(spec, "exit.tmp"), code.ToString(CultureInfo.InvariantCulture));
+        File.Move(P(spec, "exit.tmp"), P(spec, "exit"), overwrite: true);
+    }
+
+    static int? ReadExit(InstanceSpec spec) =>
+        File.Exists(P(spec, "exit")) && int.TryParse(File.ReadAllText(P(spec, "exit")).Trim(), CultureInfo.InvariantCulture, out var c) ? c : null;
+
+    public async Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)
+    {
+        if (Find(spec) is { } f && f.Status is not "stopped")
+        {
+            if (f.Status == "paused") { try { _engine.Resume(spec.Name); } catch (ContainerException) { } }
+            if (!force)
+            {
+                try { _engine.Kill(spec.Name, Signals.SIGTERM, all: false); } catch (ContainerException) { }
+                var deadline = timeout == Timeout.InfiniteTimeSpan ? DateTime.MaxValue : DateTime.UtcNow + timeout;
+                while (IsRunning(spec) && DateTime.UtcNow < deadline) await Task.Delay(25, ct);
+            }
+            if (IsRunning(spec))
+            {
+                try { _engine.Kill(spec.Name, Signals.SIGKILL, all: true); } catch (ContainerException) { }
+                for (var n = 0; n < 1000 && IsRunning(spec); n++) await Task.Delay(10, ct);
+                if (IsRunning(spec)) throw new InstanceException($"container '{spec.Name}' did not die within 10 s of SIGKILL; try again", 500);
+                if (ReadExit(spec) is null && !_waiters.ContainsKey(spec.Name)) WriteExit(spec, 128 + Signals.SIGKILL);
+            }
+            else if (ReadExit(spec) is null && !_waiters.ContainsKey(spec.Name)) WriteExit(spec, 128 + Signals.SIGTERM);
+        }
+        if (_waiters.TryGetValue(spec.Name, out var w))
+        {
+            try { await w.WaitAsync(TimeSpan.FromSeconds(10), ct); } catch (TimeoutException) { }
+        }
+        AfterExit(spec);
+        return ReadExit(spec);
+    }
+
+    public Task KillAsync(InstanceSpec spec, int signal, CancellationToken ct)
+    {
+        try { _engine.Kill(spec.Name, signal, all: false); }
+        catch (ContainerException e) { throw new InstanceException($"instance '{spec.Name}': {e.Message}", 409); }
+        return Task.CompletedTask;
+    }
+
+    public Task PauseAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        try { _engine.Pause(spec.Name); }
+        catch (ContainerException e) { throw new InstanceException($"instance '{spec.Name}': {e.Message}", 409); }
+        return Task.CompletedTask;
+    }
+
+    public Task ResumeAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        try { _engine.Resume(spec.Name); }
+        catch (ContainerException e) { throw new InstanceException($"instance '{spec.Name}': {e.Message}", 409); }
+        return Task.CompletedTask;
+    }
+
+    static string MapState(string status) => status switch
+    {
+        "running" or "created" => InstanceStates.Running,
+        "paused" => InstanceStates.Frozen,
+        _ => InstanceStates.Stopped,
+    };
+
+    public Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var f = Find(spec);
+        var state = f is { } x ? MapState(x.Status) : InstanceStates.Stopped;
+        return Task.FromResult(new DriverState
+        {
+            State = state, Pid = state == InstanceStates.Stopped ? null : f!.Value.Record.Pid,
+            ExitCode = state == InstanceStates.Stopped ? ReadExit(spec) : null,
+        });
+    }
+
+    public Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var f = Find(spec);
+        var state = f is { } x ? MapState(x.Status) : InstanceStates.Stopped;
+        if (state == InstanceStates.Stopped)
+        {
+            // It ended while hulld was away: its exit status went to whoever reaped it, so it is unknown unless recorded.
+            AfterExit(spec);
+            return Task.FromResult(new ReattachResult { State = state, ExitCode = ReadExit(spec) });
+        }
+        return Task.FromResult(new ReattachResult { State = state, Pid = f!.Value.Record.Pid });
+    }
+
+    public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        if (_waiters.TryGetValue(spec.Name, out var w)) return await w.WaitAsync(ct) ?? 128 + Signals.SIGKILL;
+        // Reattached: not our child, so its status is not ours to read. Watch it through a pidfd.
+        if (Find(spec) is { } f && f.Status != "stopped")
+        {
+            SafeFd? pidfd = null;
+            try { pidfd = Sys.PidfdOpen(f.Record.Pid); } catch (LinuxException) { }
+            using (pidfd)
+            {
+                while (!ct.IsCancellationRequested && IsRunning(spec))
+                {
+                    if (pidfd is not null) await Task.Run(() => Sys.WaitPidfd(pidfd, 500), ct);
+                    else await Task.Delay(200, ct);
+                }
+            }
+            ct.ThrowIfCancellationRequested();
+        }
+        await Task.Run(() => AfterExit(spec), ct);
+        return ReadExit(spec) ?? 128 + Signals.SIGKILL;
+    }
+
+    public Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        if (!IsRunning(spec)) return Task.FromResult(true);
+        var r = new Resources();
+        r.Memory = new Memory { Limit = spec.Limits.MemoryBytes ?? -1 };
+        r.Pids = new Pids { Limit = spec.Limits.Processes ?? -1 };
+        r.Cpu = spec.Limits.Cpus is { } c ? new Cpu { Quota = c * 100_000L, Period = 100_000 } : new Cpu { Quota = -1, Period = 100_000 };
+        try { _engine.Update(spec.Name, r); }
+        catch (ContainerException) { return Task.FromResult(false); }
+        return Task.FromResult(true);
+    }
+
+    // ---- exec ----
+
+    public Task<IExecSession> ExecAsync(InstanceSpec spec, ExecSpec exec, CancellationToken ct)
+    {
+        if (Find(spec) is not { Status: "running" } f)
+            throw new InstanceException($"instance '{spec.Name}' is not running" + (Find(spec) is { Status: "paused" } ? " (it is frozen: resume it first)" : ""), 409);
+        var env = exec.Environment.Select(kv => $"{kv.Key}={kv.Value}").ToList();
+        Hull.Oci.Process p;
+        try { p = _engine.ExecProcess(spec.Name, [.. exec.Command], false, env, exec.Cwd, exec.User, null); }
+        catch (ContainerException e) { throw new InstanceException(e.Message); }
+        try
+        {
+            return Task.FromResult(exec.Tty ? ContainerExec.StartPty(_engine, spec.Name, f.Record.Pid, p, exec.Width, exec.Height)
+                                            : ContainerExec.StartPipes(_engine, spec.Name, p));
+        }
+        catch (ContainerException e) when (e.ExitCode is 126 or 127)
+        {
+            // As a shell would: the program cannot be run, so the exec ends at once with 127 (not found) or 126.
+            return Task.FromResult(ContainerExec.Failed(e.ExitCode, e.Message, exec.Tty));
+        }
+        catch (ContainerException e) { throw new InstanceException(e.Message, 500); }
+    }
+
+    // ---- files: resolved inside the container's root (its mount namespace view while it runs) ----
+
+    /// <summary>An fd for the instance's root: /proc/PID/root while it runs, else the overlay (mounted for the call and
+    /// detached at once: the fd keeps it alive until closed).</summary>
+    SafeFd OpenRoot(InstanceSpec spec)
+    {
+        if (Find(spec) is { Status: "running" or "paused" } f)
+        {
+            var fd = Sys.Open($"/proc/{f.Record.Pid}/root", O.RDONLY | O.DIRECTORY);
+            if (ProcFs.IsAlive(f.Record.Pid, f.Record.PidStartTime)) return fd;
+            fd.Dispose();
+        }
+        Lock(spec).Wait();
+        try
+        {
+            if (IsMounted(Rootfs(spec))) return Sys.Open(Rootfs(spec), O.RDONLY | O.DIRECTORY);
+            MountRootfs(spec);
+            try { return Sys.Open(Rootfs(spec), O.RDONLY | O.DIRECTORY); }
+            finally { UnmountRootfs(spec); }
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    static string TypeOf(uint mode) => (mode & 0xF000) switch { 0x8000 => "file", 0x4000 => "directory", 0xA000 => "symlink", _ => "special" };
+
+    static FileEntry Entry(string name, SafeFd fd)
+    {
+        var st = RootedFs.FStat(fd);
+        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF), Uid = (int)st.Uid, Gid = (int)st.Gid };
+    }
+
+    static InstanceException NotFound(InstanceSpec spec, string path) => new($"{path} does not exist in instance '{spec.Name}'", 404);
+
+    static SafeFd OpenIn(InstanceSpec spec, SafeFd root, string path, int flags, uint mode = 0)
+    {
+        if (RootedFs.TryOpen(root, path, flags, mode, out var fd, out var e)) return fd;
+        if (e == Errors.ENOENT) throw NotFound(spec, path);
+        if (e == Errors.ENOTDIR) throw new InstanceException($"{path} in instance '{spec.Name}': a parent is not a directory");
+        if (e == Errors.EISDIR) throw new InstanceException($"{path} in instance '{spec.Name}' is a directory");
+        throw new InstanceException($"{path} in instance '{spec.Name}': {Errors.Describe(e)}", 500);
+    }
+
+    public Task<FileEntry?> StatFileAsync(InstanceSpec spec, string path, CancellationToken ct)
+    {
+        using var root = OpenRoot(spec);
+        if (!RootedFs.TryOpen(root, path, O.PATH, 0, out var fd, out var e))
+            return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null) : throw new InstanceException($"{path}: {Errors.Describe(e)}", 500);
+        using (fd) return Task.FromResult<FileEntry?>(Entry(Path.GetFileName(path.TrimEnd('/')) is { Length: > 0 } n ? n : "/", fd));
+    }
+
+    public Task<Stream> PullFileAsync(InstanceSpec spec, string path, CancellationToken ct)
+    {
+        using var root = OpenRoot(spec);
+        var fd = OpenIn(spec, root, path, O.RDONLY);
+        if (TypeOf(RootedFs.FStat(fd).Mode) != "file") { fd.Dispose(); throw new InstanceException($"{path} in instance '{spec.Name}' is not a regular file"); }
+        return Task.FromResult<Stream>(new FileStream(new SafeFileHandle(fd.Detach(), true), FileAccess.Read, 1));
+    }
+
+    public Task<IReadOnlyList<FileEntry>> ListFilesAsync(InstanceSpec spec, string path, CancellationToken ct)
+    {
+        using var root = OpenRoot(spec);
+        using var dir = OpenIn(spec, root, path, O.RDONLY | O.DIRECTORY);
+        var list = new List<FileEntry>();
+        foreach (var child in Directory.EnumerateFileSystemEntries($"/proc/self/fd/{dir.Fd}").Select(x => Path.GetFileName(x)!).Order(StringComparer.Ordinal))
+        {
+            if (RootedFs.TryOpen(dir, child, O.PATH | O.NOFOLLOW, 0, out var cfd, out _))
+                using (cfd) list.Add(Entry(child, cfd));
+        }
+        return Task.FromResult<IReadOnlyList<FileEntry>>(list);
+    }
+
+    public async Task PushFileAsync(InstanceSpec spec, string path, Stream content, FileMeta meta, CancellationToken ct)
+    {
+        if (!path.StartsWith('/') || Path.GetFileName(path).Length == 0)
+            throw new InstanceException($"push target '{path}' must be an absolute file path such as /root/file.txt");
+        using var root = OpenRoot(spec);
+        var parent = Path.GetDirectoryName(path) ?? "/";
+        var cur = "/";
+        foreach (var part in parent.Split('/', StringSplitOptions.RemoveEmptyEntries))
+        {
+            using (var d = OpenIn(spec, root, cur, O.RDONLY | O.DIRECTORY)) RootedFs.MkdirAt(d, part, 0b111_101_101);
+            cur = cur.TrimEnd('/') + "/" + part;
+        }
+        using var pd = OpenIn(spec, root, parent, O.RDONLY | O.DIRECTORY);
+        var name = Path.GetFileName(path);
+        var tmp = "." + name + ".hull-push-" + Guid.NewGuid().ToString("N")[..8];
+        using (var fd = OpenIn(spec, pd, tmp, O.WRONLY | O.CREAT | O.EXCL, (uint)meta.Mode & 0xFFF))
+        {
+            try
+            {
+                RootedFs.FChown(fd, (uint)meta.Uid, (uint)meta.Gid);
+                RootedFs.FChmod(fd, (uint)meta.Mode & 0xFFF);
+                await using var fs = new FileStream(new SafeFileHandle(fd.DangerousGetHandle(), false), FileAccess.Write, 1);
+                await content.CopyToAsync(fs, ct);
+            }
+            catch
+            {
+                RootedFs.UnlinkAt(pd, tmp, false);
+                throw;
+            }
+        }
+        // renameat within one directory fd: the final name cannot escape the root.
+        File.Move($"/proc/self/fd/{pd.Fd}/{tmp}", $"/proc/self/fd/{pd.Fd}/{name}", overwrite: true);
+    }
+
+    public async Task DeleteFileAsync(InstanceSpec spec, string path, CancellationToken ct)
+    {
+        await Task.CompletedTask;
+        if (path.TrimEnd('/').Length == 0) throw new InstanceException("cannot delete / of an instance");
+        using var root = OpenRoot(spec);
+        FileEntry st;
+        // The entry itself (a symlink is removed, not its target).
+        using (var self = OpenIn(spec, root, path, O.PATH | O.NOFOLLOW)) st = Entry(path, self);
+        using var d = OpenIn(spec, root, Path.GetDirectoryName(path.TrimEnd('/')) ?? "/", O.RDONLY | O.DIRECTORY);
+        try { RootedFs.UnlinkAt(d, Path.GetFileName(path.TrimEnd('/')), st.Type == "directory"); }
+        catch (LinuxException e) { throw new InstanceException($"deleting {path} in instance '{spec.Name}': {e.Message}", e.Errno == Errors.ENOTEMPTY ? 409 : 500); }
+    }
+
+    // ---- console and log ----
+
+    public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        if (!IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is not running", 409);
+        return Task.FromResult<IConsoleSession>(new LogConsole(new LogStream(P(spec, "console.log"), () => IsRunning(spec), follow: true, fromEnd: true)));
+    }
+
+    sealed class LogConsole(Stream output) : IConsoleSession
+    {
+        public Stream Output => output;
+        public Stream? Input => null;
+        public ValueTask DisposeAsync() { output.Dispose(); return ValueTask.CompletedTask; }
+    }
+
+    public Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct) =>
+        Task.FromResult<Stream>(new LogStream(P(spec, "console.log"), () => IsRunning(spec), follow, fromEnd: false));
+
+    // ---- snapshots: copies of the upper dir ----
+
+    string SnapDir(InstanceSpec spec, string snap) => Path.Combine(spec.Dir, "snapshots", snap);
+
+    public async Task CreateSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
+    {
+        var dir = SnapDir(spec, snapshot);
+        if (Directory.Exists(dir)) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' exists already", 409);
+        Directory.CreateDirectory(dir);
+        try { await Run(ct, "cp", "-a", "--reflink=auto", Layer(spec), Path.Combine(dir, "upper")); }
+        catch { RemoveTree(dir); throw; }
+    }
+
+    public async Task RestoreSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
+    {
+        var src = Path.Combine(SnapDir(spec, snapshot), "upper");
+        if (!Directory.Exists(src)) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' does not exist", 404);
+        if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is running: stop it before restoring a snapshot", 409);
+        UnmountRootfs(spec);
+        var layer = Layer(spec);
+        var next = layer + ".restore";
+        RemoveTree(next);
+        await Run(ct, "cp", "-a", "--reflink=auto", src, next);
+        var old = layer + ".old";
+        RemoveTree(old);
+        Directory.Move(layer, old);
+        Directory.Move(next, layer);
+        RemoveTree(old);
+        if (!IsCopy(spec))
+        {
+            RemoveTree(Work(spec));
+            Directory.CreateDirectory(Work(spec));
+        }
+    }
+
+    public Task DeleteSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
+    {
+        RemoveTree(SnapDir(spec, snapshot));
+        return Task.CompletedTask;
+    }
+
+    // ---- stats: the container's cgroup ----
+
+    public Task<InstanceStats> GetStatsAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var s = new InstanceStats();
+        if (Find(spec) is not { Status: not "stopped" } f) return Task.FromResult(s);
+        try
+        {
+            var st = Hull.Cgroups.Cgroup.Open(f.Record.CgroupPath, spec.Name).Stats();
+            s.CpuUsageNs = (long)st.Cpu.Usage.Total;
+            s.MemoryBytes = (long)st.Memory.Usage.Usage;
+            s.Pids = (long)st.Pids.Current;
+            foreach (var e in st.Blkio.IoServiceBytesRecursive ?? [])
+            {
+                if (string.Equals(e.Op, "read", StringComparison.OrdinalIgnoreCase)) s.IoReadBytes += (long)e.Value;
+                else if (string.Equals(e.Op, "write", StringComparison.OrdinalIgnoreCase)) s.IoWriteBytes += (long)e.Value;
+            }
+        }
+        catch (Hull.Cgroups.CgroupException) { }
+        return Task.FromResult(s);
+    }
+
+    // ---- helpers ----
+
+    static async Task Run(CancellationToken ct, string program, params string[] args)
+    {
+        var psi = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi) ?? throw new InstanceException($"cannot run {program}", 500);
+        var o = p.StandardOutput.ReadToEndAsync(ct);
+        var e = p.StandardError.ReadToEndAsync(ct);
+        await p.WaitForExitAsync(ct);
+        if (p.ExitCode != 0) throw new InstanceException($"{program} {string.Join(' ', args)} failed: {(await e + await o).Trim()}", 500);
+    }
+
+    static void RemoveTree(string path)
+    {
+        if (!Directory.Exists(path) && !File.Exists(path)) return;
+        var psi = new ProcessStartInfo("rm") { UseShellExecute = false };
+        foreach (var a in new[] { "-rf", "--one-file-system", path }) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        p.WaitForExit();
+    }
+}
