@@ -17,3 +17,4 @@ install-hulld: hulld
 	install -m 0755 $(OUT)/hulld $(PREFIX)/lib/hull/hulld
 	install -m 0644 $(OUT)/libe_sqlite3.so $(PREFIX)/lib/hull/libe_sqlite3.so
 	ln -sf ../lib/hull/hulld $(PREFIX)/bin/hulld
+	ln -sf ../../bin/hull-oci $(PREFIX)/lib/hull/hull-oci

@@ -8,9 +8,9 @@ public static class Program
     /// <summary>hulld. The engines (containers, VMs) are registered here as they land.</summary>
     public static Task<int> Main(string[] args)
     {
-        // The container init is the hull binary installed next to hulld (not hulld itself), unless HULL_INIT_BINARY says otherwise.
+        // The container init is hull-oci installed next to hulld (make install links it there), unless HULL_INIT_BINARY says otherwise.
         if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("HULL_INIT_BINARY")))
-            Environment.SetEnvironmentVariable("HULL_INIT_BINARY", Path.Combine(AppContext.BaseDirectory, "hull"));
+            Environment.SetEnvironmentVariable("HULL_INIT_BINARY", Path.Combine(AppContext.BaseDirectory, "hull-oci"));
         return Daemon.RunAsync(args, o => [new ContainerDriver(o.StateDir)]);
     }
 }

@@ -59,7 +59,7 @@ public sealed class ContainerDriver : IInstanceDriver
     {
         var init = ContainerEngine.InitBinary;
         if (!File.Exists(init))
-            throw new InstanceException($"the container init binary {init} does not exist: install the hull binary next to hulld or set HULL_INIT_BINARY", 500);
+            throw new InstanceException($"the container init binary {init} does not exist: install hull-oci next to hulld (make install) or set HULL_INIT_BINARY", 500);
         try { StateStore.ValidateId(spec.Name); }
         catch (ContainerException e) { throw new InstanceException($"instance name '{spec.Name}' cannot name a container: {e.Message}"); }
         if (spec.Limits.Cpus is < 1) throw new InstanceException("limits.cpu must be at least 1");

@@ -30,7 +30,7 @@ public sealed class ContainerDaemon : IDisposable
         }
     }
 
-    public static string InitBinary => Path.Combine(Repo.Bin, "hull");
+    public static string InitBinary => Path.Combine(Repo.Bin, "hull-oci");
 
     /// <param name="stateOnOverlay">Puts the state dir on an overlayfs (as when hulld runs in a container), where the
     /// driver cannot stack its own overlays and must copy root filesystems.</param>
