@@ -132,7 +132,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             var req = new SpawnRequest
             {
                 ExecFd = exe,
-                Argv = ["hull", "init"],
+                Argv = ["hull-oci", "init"],
                 Env = [$"{ContainerInit.SyncFdVariable}={firstPrivate}"],
                 Setsid = true,
             };
