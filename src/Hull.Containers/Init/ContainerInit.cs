@@ -123,7 +123,8 @@ public static unsafe class ContainerInit
         using var master = new SafeFd(m);
         Sys.Check(Libc.unlockpt(m), "unlockpt");
         var buf = stackalloc byte[128];
-        Sys.Check(Libc.ptsname_r(m, buf, 128) == 0 ? 0 : -1, "ptsname");
+        var err = Libc.ptsname_r(m, buf, 128); // returns the error number itself, not -1 + errno
+        if (err != 0) throw new LinuxException(err, "ptsname");
         var name = Marshal.PtrToStringUTF8((nint)buf)!;
         var slave = Sys.Open(name, O.RDWR | O.NOCTTY);
         if (size is { Height: > 0, Width: > 0 })

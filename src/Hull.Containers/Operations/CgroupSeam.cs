@@ -25,13 +25,11 @@ public sealed class CgroupJoinFds : IDisposable
 {
     public SafeFd? Directory { get; init; }
     public List<SafeFd> TaskFiles { get; init; } = [];
-    public Action? OnDispose { get; init; }
 
     public void Dispose()
     {
         Directory?.Dispose();
         foreach (var f in TaskFiles) f.Dispose();
-        OnDispose?.Invoke();
     }
 }
 

@@ -103,6 +103,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             HasPoststart = spec.Hooks?.Poststart is { Count: > 0 }, HasPoststop = spec.Hooks?.Poststop is { Count: > 0 },
         };
         SpawnedChild? child = null;
+        var nsFds = new List<SafeFd>(); // namespaces joined by path: needed only until the child has exec'd
         try
         {
             Store.Save(record);
@@ -127,6 +128,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
             var (parentEnd, childEnd) = Sys.SocketPair();
             var channel = new SyncChannel(parentEnd);
+            cleanup.Add(channel.Dispose);
             using var exe = Sys.Open(InitBinary, O.RDONLY);
             var firstPrivate = 3 + o.PreserveFds;
             var req = new SpawnRequest
@@ -171,7 +173,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 else
                 {
                     var nsFd = Sys.Open(ns.Path, O.RDONLY);
-                    cleanup.Add(nsFd.Dispose);
+                    nsFds.Add(nsFd);
                     if (ns.Type == "pid") req.PidNamespace = nsFd;
                     else req.JoinNamespaces.Add((nsFd, flag));
                     if (ns.Type == "user") inUser = true;
@@ -256,6 +258,10 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             child?.Dispose();
             cleanup.Run();
             throw;
+        }
+        finally
+        {
+            foreach (var f in nsFds) f.Dispose();
         }
     }
 

@@ -83,7 +83,7 @@ public sealed unsafe partial class ContainerEngine
                 var fd = Sys.Open($"/proc/{r.Pid}/ns/{NsProcName[type]}", O.RDONLY);
                 fds.Add(fd);
                 if (type == "pid") req.PidNamespace = fd;
-                else if (NsFlags[type] is var flag) req.JoinNamespaces.Add((fd, flag));
+                else req.JoinNamespaces.Add((fd, NsFlags[type]));
             }
             var cg = Cgroups.Open(r.CgroupPath, o.Id);
             using var join = cg.PrepareJoin();
