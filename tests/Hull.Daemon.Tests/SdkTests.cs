@@ -222,7 +222,13 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         await Wait.UntilAsync(async () => { await Task.Yield(); return true; }, "subscription");
         await Task.Delay(200); // let the subscription register before the launch (not a timing assertion)
         await C.LaunchAsync("busybox", "ev");
-        await Wait.UntilAsync(() => { lock (seen) return Task.FromResult(seen.Any(e => e.Action == "instance-started" && e.Instance == "ev")); }, "instance-started event");
+        // The operation's success event may come after instance-started: wait for both, then check.
+        await Wait.UntilAsync(() =>
+        {
+            lock (seen)
+                return Task.FromResult(seen.Any(e => e.Action == "instance-started" && e.Instance == "ev")
+                    && seen.Any(e => e.Type == "operation" && e.Operation!.Status == OperationStatus.Success));
+        }, "instance-started and operation success events");
         lock (seen)
         {
             Assert.Contains(seen, e => e.Action == "instance-created" && e.Instance == "ev");
