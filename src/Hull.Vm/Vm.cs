@@ -114,7 +114,7 @@ public sealed partial class Vm : IAsyncDisposable
         {
             foreach (var f in made) Tools.TryDelete(f);
             Tools.TryDelete(Path.Combine(dir, StateFiles.Config));
-            if (createdDir) { try { Directory.Delete(dir, true); } catch (IOException) { } }
+            if (createdDir) { try { DeleteTree(dir); } catch (IOException) { } }
             throw;
         }
     }
@@ -278,6 +278,20 @@ public sealed partial class Vm : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Removes a VM directory. A QEMU that is still exiting (or its console relay) can add a file while the tree is
+    /// being removed, which makes the final rmdir fail with ENOTEMPTY: retry briefly before giving up.
+    /// </summary>
+    static void DeleteTree(string dir)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            try { Directory.Delete(dir, true); return; }
+            catch (DirectoryNotFoundException) { return; }
+            catch (IOException) when (attempt < 20) { Thread.Sleep(50); }
+        }
+    }
+
     /// <summary>Ends QEMU if it runs and removes the VM's state dir (or only the files Hull made in it).</summary>
     public async Task DeleteAsync(bool removeDir = true)
     {
@@ -285,7 +299,7 @@ public sealed partial class Vm : IAsyncDisposable
         CleanRuntimeFiles();
         if (removeDir)
         {
-            try { Directory.Delete(_dir, true); } catch (DirectoryNotFoundException) { }
+            DeleteTree(_dir);
         }
         else
         {
