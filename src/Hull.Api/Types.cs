@@ -40,6 +40,8 @@ public sealed class Instance
     public string Name { get; set; } = "";
     public string Type { get; set; } = InstanceTypes.Container;
     public string Image { get; set; } = "";
+    /// <summary>The fingerprint of the image the instance was made from.</summary>
+    public string ImageFingerprint { get; set; } = "";
     public string State { get; set; } = InstanceStates.Stopped;
     public Dictionary<string, string> Config { get; set; } = [];
     public Dictionary<string, Dictionary<string, string>> Devices { get; set; } = [];
@@ -269,4 +271,26 @@ public sealed class Event
     public Operation? Operation { get; set; }
     public string? Level { get; set; }
     public string? Message { get; set; }
+}
+
+/// <summary>
+/// The index of an instance backup (GET /1.0/instances/{name}/backup): the first member, backup.json, of the tarball;
+/// the instance's directory follows under instance/. Import (POST /1.0/instances/backup) reads it back.
+/// </summary>
+public sealed class InstanceBackup
+{
+    /// <summary>The format version; an importer refuses versions it does not know.</summary>
+    public int Version { get; set; } = 1;
+    public string Name { get; set; } = "";
+    public string Type { get; set; } = InstanceTypes.Container;
+    /// <summary>The image as the user named it, and its fingerprint: the importing host must hold that image (copy it first).</summary>
+    public string Image { get; set; } = "";
+    public string ImageFingerprint { get; set; } = "";
+    public Dictionary<string, string> Config { get; set; } = [];
+    public Dictionary<string, Dictionary<string, string>> Devices { get; set; } = [];
+    public List<string> Profiles { get; set; } = [];
+    public DateTimeOffset CreatedAt { get; set; }
+    public List<Snapshot> Snapshots { get; set; } = [];
+    /// <summary>The host the backup was made on (informational).</summary>
+    public string SourceHost { get; set; } = "";
 }

@@ -12,7 +12,7 @@ using Microsoft.AspNetCore.Routing;
 namespace Hull.Daemon;
 
 /// <summary>The REST API: every route hulld serves. docs/api.md and openapi.json describe the same set (a test checks).</summary>
-public sealed class Api(Daemon d)
+public sealed partial class Api(Daemon d)
 {
     InstanceManager M => d.Instances;
     static readonly HullJson J = HullJson.Default;
@@ -44,6 +44,7 @@ public sealed class Api(Daemon d)
         Route(app, "GET", "/1.0/instances/{name}/snapshots/{snapshot}", GetSnapshot);
         Route(app, "DELETE", "/1.0/instances/{name}/snapshots/{snapshot}", DeleteSnapshot);
         Route(app, "POST", "/1.0/instances/{name}/snapshots/{snapshot}/restore", RestoreSnapshot);
+        MapBackups(app);
 
         Route(app, "GET", "/1.0/profiles", c => Ok(c, M.Profiles(), J.ListProfile));
         Route(app, "POST", "/1.0/profiles", async c => await Ok(c, M.CreateProfile(await Body(c, J.ProfileCreateRequest)), J.Profile, 201));
@@ -168,6 +169,7 @@ public sealed class Api(Daemon d)
 
     async Task CreateInstance(HttpContext c)
     {
+        if (IsBackupUpload(c)) { await ImportInstance(c); return; }
         var req = await Body(c, J.InstanceCreateRequest);
         M.PrecheckCreate(req);
         var op = d.Operations.Start(req.Start ? $"launching {req.Name}" : $"creating {req.Name}", [$"/1.0/instances/{req.Name}"], mayCancel: true,

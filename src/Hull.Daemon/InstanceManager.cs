@@ -9,7 +9,7 @@ namespace Hull.Daemon;
 /// what was about to happen (state Starting/Stopping, pending create/delete/restore) before the call and what happened
 /// after it, so <see cref="RecoverAsync"/> can finish or undo whatever a kill -9 interrupted.
 /// </summary>
-public sealed class InstanceManager
+public sealed partial class InstanceManager
 {
     readonly Store _store;
     readonly ImageStore _images;
@@ -66,7 +66,7 @@ public sealed class InstanceManager
         var (cfg, dev) = Expand(r);
         return new Instance
         {
-            Name = r.Name, Type = r.Type, Image = r.Image, State = r.State, Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
+            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, State = r.State, Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
             CreatedAt = r.Created, LastUsedAt = r.LastUsed, ExpandedConfig = cfg, ExpandedDevices = dev,
             Pid = r.State is InstanceStates.Running or InstanceStates.Frozen ? r.Pid : null, LastExitCode = r.LastExitCode, StatusMessage = r.StatusMessage,
         };
@@ -445,6 +445,7 @@ public sealed class InstanceManager
     /// <summary>After a (re)start of hulld: finishes or undoes interrupted work and finds running instances again.</summary>
     public async Task RecoverAsync(CancellationToken ct)
     {
+        SweepBackupStaging();
         foreach (var (inst, snap, pending) in _store.PendingSnapshots())
         {
             var r = _store.GetInstance(inst);

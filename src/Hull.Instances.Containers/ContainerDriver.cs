@@ -654,6 +654,35 @@ public sealed class ContainerDriver : IInstanceDriver
         return Task.CompletedTask;
     }
 
+    // ---- backup / move: the instance dir travels; the image root filesystem is the importing host's own ----
+
+    public IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) =>
+        IsCopy(spec) ? ["work", "config.json", "exit"] : ["rootfs", "work", "config.json", "exit"];
+
+    public Task ImportAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var lowerFile = P(spec, "lower");
+        if (!File.Exists(lowerFile)) throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it was not made by a container export", 400);
+        var lower = File.ReadAllText(lowerFile).Trim();
+        if (lower == "copy")
+        {
+            if (!Directory.Exists(Rootfs(spec))) throw new InstanceException($"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
+            return Task.CompletedTask;
+        }
+        if (lower != "base")
+        {
+            // The source host's image path: this host's copy of the same image (same fingerprint) takes its place.
+            if (spec.Image.Rootfs is not { } ir || !Directory.Exists(ir))
+                throw new InstanceException($"image {spec.Image.Fingerprint[..Math.Min(12, spec.Image.Fingerprint.Length)]} of '{spec.Name}' is not on this host: copy the image here first (hull image export/import)", 409);
+            File.WriteAllText(lowerFile, ir + "\n");
+        }
+        foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) }) Directory.CreateDirectory(d);
+        // Prove the overlay mounts here now rather than at the first start.
+        try { MountRootfs(spec); }
+        finally { UnmountRootfs(spec); }
+        return Task.CompletedTask;
+    }
+
     // ---- stats: the container's cgroup ----
 
     public Task<InstanceStats> GetStatsAsync(InstanceSpec spec, CancellationToken ct)

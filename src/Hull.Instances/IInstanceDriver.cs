@@ -81,6 +81,22 @@ public interface IInstanceDriver
 
     /// <summary>Applies changed limits to a running instance; returns false if a restart is needed to apply them.</summary>
     Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct);
+
+    // ---- backup / move to another host (optional: the defaults say the type cannot be exported) ----
+
+    /// <summary>
+    /// For a backup of a stopped instance: the paths under <see cref="InstanceSpec.Dir"/> to leave out (scratch dirs,
+    /// mount points, sockets), relative to it. Null means this instance type cannot be exported.
+    /// </summary>
+    IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) => null;
+
+    /// <summary>
+    /// After an import unpacked a backup's instance dir into <see cref="InstanceSpec.Dir"/> (on this host, maybe under a
+    /// new name): makes it usable here (re-links the image, rewrites absolute paths, makes scratch dirs). On failure the
+    /// caller removes the dir.
+    /// </summary>
+    Task ImportAsync(InstanceSpec spec, CancellationToken ct) =>
+        throw new InstanceException($"{Type} instances cannot be imported by this hulld: upgrade it", 501);
 }
 
 /// <summary>A failure with a message for the user and the HTTP status it maps to.</summary>

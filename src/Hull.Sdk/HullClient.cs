@@ -383,6 +383,29 @@ public sealed class HullClient : IDisposable
         return await resp.Content.ReadAsStreamAsync(ct);
     }
 
+    // ---- instance backups (export/import; copy and move between hosts) ----
+
+    /// <summary>Opens the backup tarball of a stopped instance (backup.json, then its directory).</summary>
+    public async Task<Stream> ExportInstanceAsync(string name, CancellationToken ct = default)
+    {
+        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/backup", null, ct, HttpCompletionOption.ResponseHeadersRead);
+        return await resp.Content.ReadAsStreamAsync(ct);
+    }
+
+    /// <summary>Makes an instance from a backup tarball, under <paramref name="name"/> or the name it was exported with;
+    /// with <paramref name="start"/> it is started once imported.</summary>
+    public async Task<Instance> ImportInstanceAsync(Stream backup, string? name = null, bool start = false, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    {
+        var body = new StreamContent(backup);
+        body.Headers.ContentType = new MediaTypeHeaderValue("application/x-tar");
+        using var req = new HttpRequestMessage(HttpMethod.Post, start ? "1.0/instances?start=true" : "1.0/instances") { Content = body };
+        if (name is not null) req.Headers.Add("X-Hull-Name", name);
+        using var resp = await _http.SendAsync(req, ct);
+        if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
+        var op = await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);
+        return await GetInstanceAsync(op.Metadata!["name"], ct);
+    }
+
     public Task DeleteImageAsync(string nameOrFingerprint, CancellationToken ct = default) =>
         SendNoReplyAsync(HttpMethod.Delete, $"1.0/images/{E(nameOrFingerprint)}", null, ct);
 

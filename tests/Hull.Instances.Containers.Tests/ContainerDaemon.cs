@@ -59,6 +59,7 @@ public sealed class ContainerDaemon : IDisposable
         psi.Environment["HULL_SOCKET"] = Socket;
         psi.Environment["HULL_DIR"] = StateDir;
         psi.Environment["HULL_HULLD"] = HostExe;
+        psi.Environment["HULL_CONFIG_DIR"] = Path.Combine(Dir, "config");
     }
 
     public void Start()
