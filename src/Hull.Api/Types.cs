@@ -294,3 +294,31 @@ public sealed class InstanceBackup
     /// <summary>The host the backup was made on (informational).</summary>
     public string SourceHost { get; set; } = "";
 }
+
+/// <summary>POST /1.0/instances/{name}/migration/incoming (on the target): make the instance and wait for its state.</summary>
+public sealed class MigrationIncomingRequest
+{
+    /// <summary>The instance as the source has it (no data: the state and disks come over the migration stream).</summary>
+    public InstanceBackup Instance { get; set; } = new();
+    /// <summary>The address of this (the target) host that the source host can reach; the target listens there.</summary>
+    public string ListenAddress { get; set; } = "127.0.0.1";
+}
+
+/// <summary>The target's answer: where the source sends the state.</summary>
+public sealed class MigrationTarget
+{
+    public string Uri { get; set; } = "";
+}
+
+/// <summary>POST /1.0/instances/{name}/migration/send (on the source).</summary>
+public sealed class MigrationSendRequest
+{
+    public string Uri { get; set; } = "";
+}
+
+/// <summary>POST /1.0/instances/{name}/migration/finish (on the target), once the source's send ended.</summary>
+public sealed class MigrationFinishRequest
+{
+    /// <summary>True: the source completed; the target's instance takes over. False: the target's copy is removed.</summary>
+    public bool Succeeded { get; set; }
+}

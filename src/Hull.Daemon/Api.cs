@@ -45,6 +45,7 @@ public sealed partial class Api(Daemon d)
         Route(app, "DELETE", "/1.0/instances/{name}/snapshots/{snapshot}", DeleteSnapshot);
         Route(app, "POST", "/1.0/instances/{name}/snapshots/{snapshot}/restore", RestoreSnapshot);
         MapBackups(app);
+        MapMigration(app);
 
         Route(app, "GET", "/1.0/profiles", c => Ok(c, M.Profiles(), J.ListProfile));
         Route(app, "POST", "/1.0/profiles", async c => await Ok(c, M.CreateProfile(await Body(c, J.ProfileCreateRequest)), J.Profile, 201));

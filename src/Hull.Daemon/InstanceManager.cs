@@ -457,7 +457,7 @@ public sealed partial class InstanceManager
         {
             if (!_drivers.TryGetValue(r.Type, out var driver))
             {
-                if (r.Pending == "create") { Files.RemoveTree(Dir(r.Name)); _store.DeleteInstance(r.Name); }
+                if (r.Pending is "create" or MigrateIn) { Files.RemoveTree(Dir(r.Name)); _store.DeleteInstance(r.Name); }
                 continue;
             }
             try { await RecoverOneAsync(r, driver, ct); }
@@ -480,6 +480,7 @@ public sealed partial class InstanceManager
         switch (r.Pending)
         {
             case "create":
+            case MigrateIn:
                 await RollbackCreateAsync(r, driver);
                 return;
             case "delete":

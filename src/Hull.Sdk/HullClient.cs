@@ -406,6 +406,28 @@ public sealed class HullClient : IDisposable
         return await GetInstanceAsync(op.Metadata!["name"], ct);
     }
 
+    // ---- live migration between hullds (InstanceTransfer.MoveAsync drives these) ----
+
+    /// <summary>Target side: makes <paramref name="instance"/> here and starts it waiting for its state; returns where to send it.</summary>
+    public Task<MigrationTarget> PrepareIncomingMigrationAsync(InstanceBackup instance, string listenAddress, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(instance.Name)}/migration/incoming",
+            new MigrationIncomingRequest { Instance = instance, ListenAddress = listenAddress }, J.MigrationIncomingRequest, J.MigrationTarget, ct);
+
+    /// <summary>Source side: sends the running instance to <paramref name="uri"/> and waits; the finished operation's
+    /// metadata holds total_ms, downtime_ms and transferred_bytes.</summary>
+    public async Task<Operation> SendMigrationAsync(string name, string uri, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    {
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/send", Json(new MigrationSendRequest { Uri = uri }, J.MigrationSendRequest), ct);
+        return await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);
+    }
+
+    /// <summary>Target side: the send ended; with <paramref name="succeeded"/> the instance takes over here, else it is removed.</summary>
+    public async Task<Instance?> FinishIncomingMigrationAsync(string name, bool succeeded, CancellationToken ct = default)
+    {
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/finish", Json(new MigrationFinishRequest { Succeeded = succeeded }, J.MigrationFinishRequest), ct);
+        return resp.StatusCode == HttpStatusCode.NoContent ? null : await ReadAsync(resp, J.Instance, ct);
+    }
+
     public Task DeleteImageAsync(string nameOrFingerprint, CancellationToken ct = default) =>
         SendNoReplyAsync(HttpMethod.Delete, $"1.0/images/{E(nameOrFingerprint)}", null, ct);
 

@@ -46,8 +46,13 @@ public static partial class CliApp
         {
             var src = NameArg("source", "The instance to move: NAME or REMOTE:NAME");
             var dst = new Argument<string>("destination") { Description = "NEWNAME (rename), REMOTE:NAME or REMOTE: (to another hulld)" };
-            var stateless = new Option<bool>("--stateless") { Description = "Move a running container by stopping it here and starting it there (its processes restart)" };
-            var cmd = new Command("move", "Rename an instance, or move it to another hulld (REMOTE:NAME)") { src, dst, stateless };
+            var stateless = new Option<bool>("--stateless") { Description = "Move a running instance by stopping it here and starting it there (its processes restart); without it a running VM moves live" };
+            var address = new Option<string>("--migration-address")
+            {
+                Description = "For a live move: the target host's address as the source host reaches it (default 127.0.0.1: both hullds on one host)",
+                DefaultValueFactory = _ => "127.0.0.1",
+            };
+            var cmd = new Command("move", "Rename an instance, or move it to another hulld (REMOTE:NAME); a running VM moves live") { src, dst, stateless, address };
             cmd.Aliases.Add("mv");
             Act(cmd, async (pr, c, ct) =>
             {
@@ -64,7 +69,15 @@ public static partial class CliApp
                 using var from = await ConnectAsync(sr ?? pr.GetValue(RemoteOption), ct);
                 using var to = await ConnectAsync(dr ?? pr.GetValue(RemoteOption), ct);
                 using var p = new ProgressText();
-                await InstanceTransfer.MoveAsync(from, sn, to, dn, pr.GetValue(stateless), p, ct);
+                var inst = await from.GetInstanceAsync(sn, ct);
+                if (inst.Type == InstanceTypes.Vm && inst.State is InstanceStates.Running or InstanceStates.Frozen && !pr.GetValue(stateless))
+                {
+                    var live = await InstanceTransfer.MoveLiveAsync(from, inst, to, dn, pr.GetValue(address)!, p, ct);
+                    p.Dispose();
+                    await Out.WriteLineAsync($"moved {sn} live: total {live.Total.TotalMilliseconds:0} ms, downtime {live.Downtime.TotalMilliseconds:0} ms, {live.TransferredBytes / 1048576.0:0.0} MiB sent");
+                    return 0;
+                }
+                await InstanceTransfer.MoveAsync(from, sn, to, dn, pr.GetValue(stateless), pr.GetValue(address)!, p, ct);
                 return 0;
             });
             yield return cmd;
@@ -133,6 +146,7 @@ public static partial class CliApp
         public void Dispose()
         {
             if (_tty && _width > 0) Err.Write("\r" + new string(' ', _width) + "\r");
+            _width = 0;
         }
     }
 
