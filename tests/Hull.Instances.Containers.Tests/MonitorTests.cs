@@ -114,4 +114,37 @@ public sealed class MonitorTests
         Assert.Equal(InstanceStates.Stopped, (await c.GetInstanceAsync("before")).State);
         foreach (var n in new[] { "before", "after" }) await c.DeleteInstanceAsync(n, force: true);
     }
+
+    [SkippableFact]
+    public async Task After_an_upgrade_the_old_monitor_keeps_its_containers_and_a_new_one_serves_new_ones()
+    {
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        var old = (await LaunchWaiter(d, "old")).Pid!.Value;
+        var oldMonitor = MonitorPid(d);
+
+        // "Upgrade": the same program installed anew (another file: another build to the monitor's identity check).
+        var upgraded = Path.Combine(d.Dir, "upgraded");
+        Directory.CreateDirectory(upgraded);
+        foreach (var f in Directory.EnumerateFiles(Path.GetDirectoryName(ContainerDaemon.HostExe)!))
+            File.Copy(f, Path.Combine(upgraded, Path.GetFileName(f)));
+        d.Stop();
+        d.Start(Path.Combine(upgraded, Path.GetFileName(ContainerDaemon.HostExe)));
+        await Wait.UntilAsync(() => Task.FromResult(MonitorPid(d) != oldMonitor), "the new hulld to retire the old monitor and start its own");
+        Assert.True(Sys.ProcessExists(oldMonitor), "the retired monitor must stay while it has a container");
+        Assert.Contains("retiring the container monitor", d.Log);
+
+        // New containers get the new monitor; the old one still records the exit of its own.
+        var fresh = (await LaunchWaiter(d, "fresh")).Pid!.Value;
+        Assert.Equal(MonitorPid(d), int.Parse(File.ReadAllText($"/proc/{fresh}/stat").Split(") ")[1].Split(' ')[1]));
+        Assert.Equal(oldMonitor, int.Parse(File.ReadAllText($"/proc/{old}/stat").Split(") ")[1].Split(' ')[1]));
+        await EndWith(old, 11);
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("old")).State == InstanceStates.Stopped, "'old' to stop");
+        Assert.Equal(11, (await c.GetInstanceAsync("old")).LastExitCode);
+        await Wait.UntilAsync(() => Task.FromResult(Gone(oldMonitor)), "the retired monitor to exit after its last container");
+        await EndWith(fresh, 12);
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("fresh")).State == InstanceStates.Stopped, "'fresh' to stop");
+        Assert.Equal(12, (await c.GetInstanceAsync("fresh")).LastExitCode);
+        foreach (var n in new[] { "old", "fresh" }) await c.DeleteInstanceAsync(n, force: true);
+    }
 }
