@@ -428,17 +428,18 @@ public sealed class ContainerDriver : IInstanceDriver
         });
     }
 
-    public Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
+    public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
     {
         var f = Find(spec);
         var state = f is { } x ? MapState(x.Status) : InstanceStates.Stopped;
         if (state == InstanceStates.Stopped)
         {
             // It ended while hulld was away: the monitor recorded its exit code (unless it was not the init's parent).
+            if (f is { } ended) await RecordedExitAsync(spec, ended.Record.Pid, ended.Record.PidStartTime, ct);
             AfterExit(spec);
-            return Task.FromResult(new ReattachResult { State = state, ExitCode = ReadExit(spec) });
+            return new ReattachResult { State = state, ExitCode = ReadExit(spec) };
         }
-        return Task.FromResult(new ReattachResult { State = state, Pid = f!.Value.Record.Pid });
+        return new ReattachResult { State = state, Pid = f!.Value.Record.Pid };
     }
 
     public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
