@@ -310,13 +310,14 @@ public static partial class CliApp
 
     static Command CreateCommand(string verb, string help, bool start)
     {
-        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox is built in)" };
+        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox and host are built in; host: an application container)" };
         var name = new Argument<string>("name") { Description = "Instance name" };
         var vm = new Option<bool>("--vm") { Description = "Make a virtual machine instead of a container" };
         var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
         var profiles = new Option<string[]>("--profile", "-p") { Description = "Profiles to apply, in order (repeatable; default: default)" };
         var noProfiles = new Option<bool>("--no-profiles") { Description = "Apply no profile" };
         var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles };
+        var app = AddAppOptions(cmd);
         Act(cmd, async (pr, c, ct) =>
         {
             var p = pr.GetValue(profiles) is { Length: > 0 } ps ? ps.SelectMany(x => x.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToList()
@@ -326,6 +327,7 @@ public static partial class CliApp
                 Name = pr.GetValue(name)!, Image = pr.GetValue(image)!, Type = pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container,
                 Config = KeyValues(pr.GetValue(cfg), "config"), Profiles = p, Start = start,
             };
+            ApplyAppOptions(pr, app, req);
             await Err.WriteLineAsync($"{(start ? "Launching" : "Creating")} {req.Name}");
             await WaitOp(c, await c.CreateInstanceOperationAsync(req, ct), ct);
             return 0;
