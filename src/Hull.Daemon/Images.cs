@@ -73,6 +73,7 @@ public sealed partial class ImageStore
     /// <summary>Finds an image by alias (for the type), full fingerprint or unique fingerprint prefix; null if none.</summary>
     public ImageRecord? Find(string name, string? type)
     {
+        name = Unescape(name);
         var images = _store.ListImages();
         foreach (var a in _store.ListAliases())
             if (a.Name == name && (type is null || a.Type == type))
@@ -100,7 +101,7 @@ public sealed partial class ImageStore
             if (Find(name, null) is { } other)
                 throw new InstanceException($"image '{name}' is a {other.Type} image and cannot make a {type} instance: {(type == InstanceTypes.Vm ? "drop --vm" : "add --vm")} or use another image");
             var builtins = string.Join(", ", _builtins.Keys.Where(b => b.Type == type).Select(b => b.Name));
-            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import' or use a built-in image ({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
+            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import', pull it with 'hull image pull HOST[:PORT]/REPO[:TAG]' or use a built-in image ({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
         }
         await _lock.WaitAsync(ct);
         try
@@ -243,6 +244,7 @@ public sealed partial class ImageStore
 
     public void DeleteAlias(string alias)
     {
+        alias = Unescape(alias);
         if (_store.DeleteAlias(alias) == 0) throw new InstanceException($"image alias '{alias}' not found: 'hull image alias list' shows the aliases", 404);
     }
 

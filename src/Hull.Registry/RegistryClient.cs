@@ -389,7 +389,7 @@ public sealed class RegistryClient : IDisposable
             File.Move(partial, path, overwrite: true);
         }
         catch (HttpRequestException e) { File.Delete(partial); throw Unreachable(BaseUri, e); }
-        catch (IOException e) when (e is not FileNotFoundException && e.InnerException is SocketException or HttpRequestException)
+        catch (IOException e) when (e is HttpIOException || e.InnerException is SocketException or HttpRequestException)
         {
             File.Delete(partial);
             throw new RegistryException($"the download of blob {d.Digest} from {Where} broke off ({e.Message}): retry", 502, e);

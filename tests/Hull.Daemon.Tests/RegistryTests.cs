@@ -140,6 +140,10 @@ public sealed class RegistryPullTests
 
         // Launching v1 by reference (CLI) uses the stored image: nothing is fetched.
         var before = reg.Log.Split('\n').Count(l => l.Contains("GET /v2/hull/busybox/", StringComparison.Ordinal));
+        Assert.True(before > 0, reg.Log);
+        var info = d.Cli("image", "info", $"{reg.Host}/hull/busybox:v1");
+        Assert.True(info.Code == 0, info.Err);
+        Assert.Contains(img.Fingerprint, info.Out);
         var l1 = d.Cli("launch", $"{reg.Host}/hull/busybox:v1", "c1");
         Assert.True(l1.Code == 0, l1.Err);
         Assert.Equal("ok\n", (await d.Client.ExecAsync("c1", "sh", "-c", "cat /etc/hull-release 2>/dev/null; echo ok")).Stdout);
@@ -165,10 +169,13 @@ public sealed class RegistryPullTests
 
         // Deleting images releases their layers: v2's own layer goes with it, the shared one stays for v1.
         await d.Client.DeleteInstanceAsync("c2", force: true);
-        var v2 = (await d.Client.ListImagesAsync()).First(i => i.Aliases.Contains($"{reg.Host}/hull/busybox:v2"));
-        Assert.Equal(0, d.Cli("image", "delete", v2.Fingerprint).Code);
+        var del = d.Cli("image", "delete", $"{reg.Host}/hull/busybox:v2");
+        Assert.True(del.Code == 0, del.Err);
+        Assert.DoesNotContain(await d.Client.ListImagesAsync(), i => i.Aliases.Contains($"{reg.Host}/hull/busybox:v2"));
         Assert.Single(StoreLeftovers(d).Blobs);
         await d.Client.DeleteInstanceAsync("c1", force: true);
+        Assert.Equal(0, d.Cli("image", "alias", "delete", $"{reg.Host}/hull/busybox:v1").Code);
+        Assert.Equal(["bb1"], (await d.Client.GetImageAsync("bb1")).Aliases);
         await d.Client.DeleteImageAsync("bb1");
         Assert.Empty(StoreLeftovers(d).Blobs);
     }

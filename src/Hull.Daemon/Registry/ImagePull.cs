@@ -148,6 +148,12 @@ public sealed partial class ImageStore
         public void Report(long value) => report(value);
     }
 
+    /// <summary>
+    /// A registry reference in a URL path arrives with its '/' still escaped (routing does not decode %2F). Names
+    /// and fingerprints never hold '%', so a name with one is a reference: decode it.
+    /// </summary>
+    static string Unescape(string name) => name.Contains('%') ? Uri.UnescapeDataString(name) : name;
+
     // ---- the layer cache ----
 
     void Pin(IEnumerable<string> digests)
