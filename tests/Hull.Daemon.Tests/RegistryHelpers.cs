@@ -170,8 +170,15 @@ public abstract class TestHttpServer : IDisposable
                 try { c = await _listener.GetContextAsync(); }
                 catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException) { return; }
                 lock (Requests) Requests.Add($"{c.Request.HttpMethod} {c.Request.Url!.PathAndQuery}");
-                try { Handle(c); }
-                catch (Exception e) { c.Response.StatusCode = 500; Write(c, "text/plain", Encoding.UTF8.GetBytes(e.ToString())); }
+                _ = Task.Run(() =>
+                {
+                    try { Handle(c); }
+                    catch (Exception e) when (e is not HttpListenerException)
+                    {
+                        try { c.Response.StatusCode = 500; Write(c, "text/plain", Encoding.UTF8.GetBytes(e.ToString())); } catch (Exception) { }
+                    }
+                    catch (HttpListenerException) { }
+                });
             }
         });
     }
@@ -187,8 +194,14 @@ public abstract class TestHttpServer : IDisposable
         catch (HttpListenerException) { }
     }
 
+    /// <summary>Called first at dispose: release requests held open.</summary>
+    protected virtual void Stopping() { }
+
+    public bool HasRequest(string request) { lock (Requests) return Requests.Contains(request); }
+
     public void Dispose()
     {
+        Stopping();
         _listener.Stop();
         _listener.Close();
         try { _loop.Wait(5000); } catch (AggregateException) { }
@@ -268,6 +281,14 @@ public sealed class FakeRegistry : TestHttpServer
     readonly Dictionary<string, (string Type, byte[] Body)> _manifests = [];
     readonly Dictionary<string, byte[]> _blobs = [];
 
+    readonly Dictionary<string, (byte[] First, long Size)> _stalling = [];
+    readonly TaskCompletionSource _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Serves the first part of a blob of <paramref name="size"/> bytes, then holds the response open until dispose.</summary>
+    public void AddStallingBlob(string repo, string digest, byte[] first, long size) => _stalling[$"{repo}/blobs/{digest}"] = (first, size);
+
+    protected override void Stopping() => _release.TrySetResult();
+
     public static string Digest(byte[] b) => "sha256:" + Convert.ToHexStringLower(SHA256.HashData(b));
 
     /// <summary>Serves <paramref name="body"/> as blob <paramref name="digest"/> of <paramref name="repo"/> (whether or not it matches).</summary>
@@ -290,6 +311,16 @@ public sealed class FakeRegistry : TestHttpServer
         var key = path.StartsWith("/v2/", StringComparison.Ordinal) ? path[4..] : path;
         if (_manifests.TryGetValue(key, out var m)) { Write(c, m.Type, m.Body); return; }
         if (_blobs.TryGetValue(key, out var b)) { Write(c, "application/octet-stream", b); return; }
+        if (_stalling.TryGetValue(key, out var st))
+        {
+            c.Response.ContentType = "application/octet-stream";
+            c.Response.ContentLength64 = st.Size;
+            c.Response.OutputStream.Write(st.First);
+            c.Response.OutputStream.Flush();
+            _release.Task.Wait();
+            c.Response.Abort();
+            return;
+        }
         Write(c, "application/json", Encoding.UTF8.GetBytes(key.Contains("/manifests/")
             ? "{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\",\"message\":\"manifest unknown\"}]}"
             : "{\"errors\":[{\"code\":\"BLOB_UNKNOWN\",\"message\":\"blob unknown\"}]}"), 404);

@@ -289,6 +289,23 @@ public sealed class RegistryPullTests
         Assert.NotEqual(0, arm.Code);
         Assert.Contains("has no linux/amd64 image (it has: linux/arm64/v8)", arm.Err);
 
+        // A download cancelled half way (progress counts its bytes) leaves nothing.
+        var stallDigest = FakeRegistry.Digest(Encoding.UTF8.GetBytes("never completely sent"));
+        fake.AddStallingBlob("bad/img", stallDigest, new byte[3 << 20], 8 << 20);
+        fake.AddManifest("bad/img", "stall", MediaTypes.OciManifest, "{\"schemaVersion\":2,\"mediaType\":\"" + MediaTypes.OciManifest
+            + "\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"" + FakeRegistry.Digest(config) + "\",\"size\":" + config.Length
+            + "},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"" + FakeRegistry.Digest(good) + "\",\"size\":" + good.Length
+            + "},{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"" + stallDigest + "\",\"size\":" + (8 << 20) + "}]}");
+        var pull = await d.Client.PullImageOperationAsync(new ImagePullRequest { Reference = $"{fake.Host}/bad/img:stall" });
+        Assert.True(pull.MayCancel);
+        await Wait.UntilAsync(async () => (await d.Client.GetOperationAsync(pull.Id)).Progress?.Contains(" MiB of 8.0 MiB (", StringComparison.Ordinal) == true, "byte progress of the stalled layer");
+        Assert.Contains("layer 2/2", (await d.Client.GetOperationAsync(pull.Id)).Progress);
+        await d.Client.CancelOperationAsync(pull.Id);
+        var cancelled = await d.Client.WaitOperationAsync(pull.Id);
+        Assert.Equal(OperationStatus.Cancelled, cancelled.Status);
+        Assert.Equal(images, (await d.Client.ListImagesAsync()).Count);
+        Assert.Equal((0, 0), (StoreLeftovers(d).Work.Count, StoreLeftovers(d).Blobs.Count));
+
         // Nothing listening.
         var port = FreePort();
         var down = d.Cli("image", "pull", $"127.0.0.1:{port}/x/y:1");
