@@ -38,6 +38,7 @@ namespace Hull.Api;
 [JsonSerializable(typeof(List<Image>))]
 [JsonSerializable(typeof(ImageAlias))]
 [JsonSerializable(typeof(List<ImageAlias>))]
+[JsonSerializable(typeof(ImagePullRequest))]
 [JsonSerializable(typeof(Operation))]
 [JsonSerializable(typeof(List<Operation>))]
 [JsonSerializable(typeof(Event))]

@@ -310,7 +310,7 @@ public static partial class CliApp
 
     static Command CreateCommand(string verb, string help, bool start)
     {
-        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox and host are built in; host: an application container)" };
+        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox and host are built in; host: an application container), or a registry reference (host[:port]/repo[:tag]) to pull" };
         var name = new Argument<string>("name") { Description = "Instance name" };
         var vm = new Option<bool>("--vm") { Description = "Make a virtual machine instead of a container" };
         var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
@@ -777,6 +777,7 @@ public static partial class CliApp
             });
             image.Subcommands.Add(import);
         }
+        image.Subcommands.Add(ImagePullCommand());
         {
             var img = new Argument<string>("image");
             var file = new Argument<string>("file") { Description = "Where to write the image file" };

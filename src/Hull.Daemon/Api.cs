@@ -55,6 +55,7 @@ public sealed partial class Api(Daemon d)
 
         Route(app, "GET", "/1.0/images", c => Ok(c, d.Images.List(), J.ListImage));
         Route(app, "POST", "/1.0/images", ImportImage);
+        Route(app, "POST", "/1.0/images/pull", c => RegistryApi.PullImage(d, c));
         Route(app, "GET", "/1.0/images/aliases", c => Ok(c, d.Images.Aliases(), J.ListImageAlias));
         Route(app, "POST", "/1.0/images/aliases", async c =>
         {

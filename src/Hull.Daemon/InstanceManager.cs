@@ -137,7 +137,8 @@ public sealed partial class InstanceManager
         if (_store.GetInstance(req.Name) is not null)
             throw new InstanceException($"instance '{req.Name}' already exists: choose another name or delete it first", 409);
         var r = new InstanceRecord { Name = req.Name, Type = req.Type, Config = req.Config, Devices = req.Devices, Profiles = req.Profiles ?? ["default"] };
-        if (req.CopyFrom is null && _images.Find(req.Image, req.Type) is null && !_images.Builtins.Contains((req.Image, req.Type)))
+        if (req.CopyFrom is null && _images.Find(req.Image, req.Type) is null && !_images.Builtins.Contains((req.Image, req.Type))
+            && !Hull.Registry.ImageReference.LooksLikeReference(req.Image)) // a registry reference is pulled by the create operation
             _images.ResolveAsync(req.Image, req.Type, null, CancellationToken.None).GetAwaiter().GetResult(); // throws the right not-found error
         ValidateRecord(r);
     }

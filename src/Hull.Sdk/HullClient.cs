@@ -377,6 +377,17 @@ public sealed class HullClient : IDisposable
         return await GetImageAsync(op.Metadata!["fingerprint"], ct);
     }
 
+    /// <summary>Starts pulling an image from an OCI (Docker v2) registry; the operation's metadata has the fingerprint when it ends.</summary>
+    public Task<Operation> PullImageOperationAsync(ImagePullRequest req, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Post, "1.0/images/pull", req, J.ImagePullRequest, J.Operation, ct);
+
+    /// <summary>Pulls an image from a registry (e.g. "registry.example.com:5000/app:1.0") and returns the stored image.</summary>
+    public async Task<Image> PullImageAsync(ImagePullRequest req, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    {
+        var op = await WaitAsync(await PullImageOperationAsync(req, ct), progress, ct);
+        return await GetImageAsync(op.Metadata!["fingerprint"], ct);
+    }
+
     public async Task<Stream> ExportImageAsync(string nameOrFingerprint, CancellationToken ct = default)
     {
         var resp = await SendAsync(HttpMethod.Get, $"1.0/images/{E(nameOrFingerprint)}/export", null, ct, HttpCompletionOption.ResponseHeadersRead);
