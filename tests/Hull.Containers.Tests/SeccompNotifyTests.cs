@@ -27,6 +27,8 @@ sealed unsafe class TestSeccompAgent : IDisposable
     public List<(int Pid, uint Nr)> Answered { get; } = [];
     public List<string> Errors { get; } = [];
 
+    public List<ContainerProcessState> StatesSnapshot() { lock (States) return [.. States]; }
+
     public TestSeccompAgent(string socketPath, int errno)
     {
         SocketPath = socketPath;
@@ -45,24 +47,31 @@ sealed unsafe class TestSeccompAgent : IDisposable
             Socket conn;
             try { conn = _server.Accept(); }
             catch (Exception) { return; }   // disposed
-            try
-            {
-                using (conn)
-                {
-                    var (fd, first) = UnixSockets.ReceiveFd(new SafeFd((int)conn.Handle, owns: false));
-                    var json = new StringBuilder(first);
-                    var buf = new byte[4096];
-                    int n;
-                    while ((n = conn.Receive(buf)) > 0) json.Append(Encoding.UTF8.GetString(buf, 0, n));
-                    var state = JsonSerializer.Deserialize(json.ToString(), SeccompJson.Default.ContainerProcessState)!;
-                    lock (States) States.Add(state);
-                    var t = new Thread(() => Respond(fd)) { IsBackground = true, Name = "seccomp responder" };
-                    lock (_responders) _responders.Add(t);
-                    t.Start();
-                }
-            }
-            catch (Exception e) { lock (Errors) Errors.Add(e.ToString()); }
+            // The init connects at create and sends at start: one thread per connection.
+            var t = new Thread(() => Handle(conn)) { IsBackground = true, Name = "seccomp agent connection" };
+            lock (_responders) _responders.Add(t);
+            t.Start();
         }
+    }
+
+    void Handle(Socket conn)
+    {
+        try
+        {
+            SafeFd fd;
+            using (conn)
+            {
+                (fd, var first) = UnixSockets.ReceiveFd(new SafeFd((int)conn.Handle, owns: false));
+                var json = new StringBuilder(first);
+                var buf = new byte[4096];
+                int n;
+                while ((n = conn.Receive(buf)) > 0) json.Append(Encoding.UTF8.GetString(buf, 0, n));
+                var state = JsonSerializer.Deserialize(json.ToString(), SeccompJson.Default.ContainerProcessState)!;
+                lock (States) States.Add(state);
+            }
+            Respond(fd);
+        }
+        catch (Exception e) { lock (Errors) Errors.Add(e.ToString()); }
     }
 
     void Respond(SafeFd fd)
@@ -88,10 +97,13 @@ sealed unsafe class TestSeccompAgent : IDisposable
 
     public void Dispose()
     {
+        if (_stop) return;
         _stop = true;
         _server.Dispose();
         _accept.Join();
-        lock (_responders) foreach (var t in _responders) t.Join();
+        List<Thread> threads;
+        lock (_responders) threads = [.. _responders];
+        foreach (var t in threads) t.Join();
         File.Delete(SocketPath);
     }
 }
@@ -127,7 +139,8 @@ public class SeccompNotifyTests(OciHarnessFixture f)
         Assert.Equal(["seccompFd"], st.Fds);
         Assert.Equal("hull-test-metadata", st.Metadata);
         Assert.Equal(id, st.State.Id);
-        Assert.True(st.Pid > 0);
+        Assert.True(st.Pid > 1);
+        Assert.Equal(st.State.Pid, st.Pid);             // the host pid of the container process, as runc sends it
         Assert.Contains(agent.Answered, a => a.Nr is 83 or 258);
     }
 
@@ -142,14 +155,18 @@ public class SeccompNotifyTests(OciHarnessFixture f)
         try
         {
             var init = H.State(id).Pid;
-            var (c2, o2, e2) = H.Run("exec", id, "sh", "-c", "mkdir /tmp/b 2>&1; echo rc=$?; ls -l /proc/$$/fd | grep -c seccomp");
+            // The init sends its fd right after start; wait for it (bounded) so the order below is fixed.
+            for (var i = 0; i < 1000 && !agent.StatesSnapshot().Any(x => x.Pid == init); i++) Thread.Sleep(10);
+            Assert.Contains(agent.StatesSnapshot(), x => x.Pid == init);
+            var (c2, o2, e2) = H.Run("exec", id, "sh", "-c", "mkdir /tmp/b 2>&1; echo rc=$?; ls -l /proc/$$/fd | grep -c seccomp; true");
             Assert.True(c2 == 0, $"{o2}{e2}");
             Assert.Contains("Disk quota exceeded", o2);
             Assert.Contains("rc=1", o2);
             Assert.EndsWith("0\n", o2);                       // the exec'd process does not hold the notify fd
             Assert.Empty(agent.Errors);
-            Assert.Equal(2, agent.States.Count);
-            var st = agent.States[1];
+            var states = agent.StatesSnapshot();
+            Assert.Equal(2, states.Count);
+            var st = Assert.Single(states, x => x.Pid != init);
             Assert.Equal(["seccompFd"], st.Fds);
             Assert.Equal("hull-test-metadata", st.Metadata);
             Assert.Equal(id, st.State.Id);

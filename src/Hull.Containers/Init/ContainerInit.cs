@@ -98,7 +98,7 @@ public static unsafe class ContainerInit
         {
             var state = plan.HookState!;
             state.Status = "created";
-            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, Libc.getpid(), listener);
+            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, state.Pid, listener); // the host pid, as runc
             seccomp = null;
         }
         ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Item1, seccomp?.Item2 ?? 0);
