@@ -175,6 +175,11 @@ public class SeccompNotifyTests(OciHarnessFixture f)
             Assert.NotEqual(init, st.Pid);
             Assert.Contains(agent.Answered, a => a.Pid != init && a.Nr is 83 or 258);
 
+            // The fd is handed over before execve, so an exec that then fails still reports its own error.
+            var (c4, _, e4) = H.Run("exec", id, "/no/such/program");
+            Assert.Equal(127, c4);
+            Assert.Contains("/no/such/program", e4);
+
             // Without a listener reachable the exec fails and leaves no process behind.
             agent.Dispose();
             var (c3, o3, e3) = H.Run("exec", id, "sh", "-c", "echo should-not-run");
