@@ -272,6 +272,13 @@ public sealed partial class Vm
                 await finished.WaitAsync(TimeSpan.FromMinutes(10), ct).ConfigureAwait(false);
             }
             var q = await _qmp.ExecuteObjectAsync("query-migrate", ct: ct).ConfigureAwait(false);
+            // QEMU sends the completed event before its migration thread has filled in total-time and downtime
+            // (they read 0 in between): ask again until they are there.
+            for (var i = 0; i < 100 && q["status"]?.GetValue<string>() == "completed" && (q["total-time"]?.GetValue<long>() ?? 0) == 0; i++)
+            {
+                await Task.Delay(10, ct).ConfigureAwait(false);
+                q = await _qmp.ExecuteObjectAsync("query-migrate", ct: ct).ConfigureAwait(false);
+            }
             var status = q["status"]?.GetValue<string>();
             if (status != "completed")
                 throw new VmException($"migration of VM '{Name}' {status}: {q["error-desc"]?.GetValue<string>() ?? "no reason given"}{DestSaid(dest)}");
