@@ -33,8 +33,12 @@ try
     var hull = new List<Start>();
     var bare = new List<Start>();
     // One unmeasured round each first: the bench process's JIT and the host's page cache warm up.
-    await HullStartAsync("w");
-    await BareStartAsync("w", (await HullArgvAsync()));
+    // (runs = 0 skips the start part.)
+    if (runs > 0)
+    {
+        await HullStartAsync("w");
+        await BareStartAsync("w", (await HullArgvAsync()));
+    }
     for (var i = 0; i < runs; i++)
     {
         // Alternate which one goes first, so drift on the shared machine hits both alike.
@@ -44,6 +48,7 @@ try
         Console.WriteLine($"run {i + 1}: hull marker {hull[^1].Marker:0} agent {hull[^1].Agent:0} ms (created {hull[^1].Created:0}, QEMU started {hull[^1].Spawned:0}, QMP ready {hull[^1].Qmp:0}); " +
             $"bare marker {bare[^1].Marker:0} agent {bare[^1].Agent:0} ms (QEMU started {bare[^1].Spawned:0})");
     }
+    if (runs > 0) {
     var accel = (await Vm.CreateAsync(Path.Combine(work, "probe"), image.ToConfig("probe"), host)).Accel;
     Console.WriteLine();
     Console.WriteLine($"## Start of the default VM ({accel}, 256 MiB, 1 vCPU), median of {runs}");
@@ -55,6 +60,7 @@ try
     Console.WriteLine($"| Hull: create done (validate, accel verdict, overlay, config) | {Median(hull, s => s.Created):0} ms | | |");
     Console.WriteLine($"| Hull: StartAsync returned (QMP negotiated) | {Median(hull, s => s.Qmp):0} ms | | |");
     Console.WriteLine($"| QEMU RSS at agent ready | {Median(hull, s => s.RssKb) / 1024:0} MiB | {Median(bare, s => s.RssKb) / 1024:0} MiB | |");
+    }
 
     // ---------------------------------------------------------------- migration
     Console.WriteLine();
@@ -69,7 +75,7 @@ try
         {
             hm.Add(await HullMigrateAsync($"hm{busy}{i}", busy));
             bm.Add(await BareMigrateAsync($"bm{busy}{i}", busy));
-            Console.Error.WriteLine($"  migration {(busy ? "busy" : "idle")} {i + 1}: hull {hm[^1]}, bare {bm[^1]}");
+            Console.WriteLine($"  migration {(busy ? "busy" : "idle")} {i + 1}: hull {hm[^1]}, bare {bm[^1]}");
         }
         foreach (var (who, m) in new[] { ("Hull", hm), ("QMP script", bm) })
             Console.WriteLine($"| {(busy ? "busy (64 MiB rewritten in a loop)" : "idle")} | {who} | {Median(m, x => x.Wall):0} ms | {Median(m, x => x.Total):0} ms | {Median(m, x => x.Down):0} ms | {Median(m, x => x.Bytes) / 1048576:0} MiB |");
@@ -133,7 +139,16 @@ async Task<Mig> HullMigrateAsync(string name, bool busy)
     await PollMarkerAsync(vm.ConsoleLogPath, Stopwatch.StartNew());
     await PrepareGuestAsync(vm.AgentSocketPath, busy);
     var sw = Stopwatch.StartNew();
-    var r = await vm.MigrateAsync(Path.Combine(work, name, "dst"), host);
+    MigrationResult r;
+    using (var cts = new CancellationTokenSource(MigrationLimit))
+    {
+        try { r = await vm.MigrateAsync(Path.Combine(work, name, "dst"), host, bandwidthBytesPerSecond: Bandwidth, ct: cts.Token); }
+        catch (OperationCanceledException)
+        {
+            await vm.DeleteAsync();
+            return new Mig(double.NaN, double.NaN, double.NaN, double.NaN);
+        }
+    }
     var wall = sw.Elapsed.TotalMilliseconds;
     await r.Destination.DeleteAsync();
     await vm.DeleteAsync();
@@ -153,12 +168,20 @@ async Task<Mig> BareMigrateAsync(string name, bool busy)
     await PrepareGuestAsync(Path.Combine(src, StateFiles.Agent), busy);
     var size = JsonNode.Parse(RunOut("qemu-img", ["info", "-U", "--output=json", Path.Combine(src, "disk0.qcow2")]))!["virtual-size"]!.GetValue<long>();
     var psi = new ProcessStartInfo("python3") { UseShellExecute = false, RedirectStandardOutput = true };
-    foreach (var a in new[] { script, Path.Combine(src, StateFiles.Qmp), dst, image.RootDisk, size.ToString(CultureInfo.InvariantCulture), "-" }) psi.ArgumentList.Add(a);
+    foreach (var a in new[] { script, Path.Combine(src, StateFiles.Qmp), dst, image.RootDisk, size.ToString(CultureInfo.InvariantCulture), Bandwidth.ToString(CultureInfo.InvariantCulture), MigrationLimit.TotalSeconds.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
     foreach (var a in template) psi.ArgumentList.Add(a.Replace("@DIR@", dst, StringComparison.Ordinal));
     using var py = Process.Start(psi)!;
     var line = await py.StandardOutput.ReadToEndAsync();
     await py.WaitForExitAsync();
-    if (py.ExitCode != 0) throw new InvalidOperationException($"the QMP migration script failed: {line}");
+    if (py.ExitCode != 0)
+    {
+        // Did not converge within the limit (cancelled): the source still runs.
+        KillQemu(src);
+        KillQemu(dst);
+        await Task.Delay(300);
+        Directory.Delete(Path.Combine(work, name), true);
+        return new Mig(double.NaN, double.NaN, double.NaN, double.NaN);
+    }
     var j = JsonNode.Parse(line)!;
     p.WaitForExit();
     KillQemu(dst);
@@ -167,14 +190,15 @@ async Task<Mig> BareMigrateAsync(string name, bool busy)
     return new Mig(j["wall_ms"]!.GetValue<double>(), j["total_ms"]!.GetValue<double>(), j["downtime_ms"]!.GetValue<double>(), j["bytes"]!.GetValue<double>());
 }
 
-// Waits for the agent; for a busy guest starts a process that rewrites 64 MiB of tmpfs (guest RAM) without pause.
+// Waits for the agent; for a busy guest starts a process that rewrites 64 MiB of tmpfs (guest RAM) without pause,
+// with non-zero bytes (QEMU sends zero pages as markers only, so zeros would not be real work).
 async Task PrepareGuestAsync(string agentSocket, bool busy)
 {
     await using var a = await AgentClient.ConnectUnixAsync(agentSocket);
     await a.WaitReadyAsync(timeout);
     if (!busy) return;
     var r = await a.ExecAsync(new ExecRequest { Argv = ["sh", "-c",
-        "( while true; do dd if=/dev/zero of=/tmp/dirty bs=1M count=64 conv=notrunc 2>/dev/null; done ) </dev/null >/dev/null 2>&1 &"] },
+        "( while true; do yes hull-dirty-page | dd of=/tmp/dirty bs=1M count=64 iflag=fullblock conv=notrunc 2>/dev/null; done ) </dev/null >/dev/null 2>&1 &"] },
         null, Stream.Null, null);
     if (r.ExitCode != 0) throw new InvalidOperationException("could not start the memory-dirtying loop in the guest");
     await Task.Delay(2000);
@@ -252,6 +276,14 @@ static string RunOut(string program, string[] a)
     p.WaitForExit();
     if (p.ExitCode != 0) throw new InvalidOperationException($"{program} failed");
     return o;
+}
+
+static partial class Program
+{
+    // Both sides migrate with the same settings: this bandwidth cap, and this limit after which the migration is
+    // cancelled and reported as not converged.
+    public const long Bandwidth = 1L << 30;
+    public static readonly TimeSpan MigrationLimit = TimeSpan.FromSeconds(120);
 }
 
 record Start(double Created, double Spawned, double Qmp, double Marker, double Agent, double RssKb);

@@ -3,7 +3,8 @@
 takes (destination overlay, destination QEMU with -incoming, capabilities events+block, block-incremental, migrate,
 wait for completion, end the source). Prints one JSON line: wall time, QEMU's total time, downtime, bytes.
 
-usage: qmp_migrate.py SRC_QMP_SOCK DEST_DIR BASE_IMAGE DISK_SIZE MAX_BANDWIDTH|- QEMU ARGV... (the destination argv)
+usage: qmp_migrate.py SRC_QMP_SOCK DEST_DIR BASE_IMAGE DISK_SIZE MAX_BANDWIDTH|- LIMIT_SECONDS QEMU ARGV...
+(the destination argv). A migration that has not completed after LIMIT_SECONDS is cancelled (exit status 1).
 """
 import json, os, socket, subprocess, sys, time
 
@@ -56,8 +57,8 @@ class Qmp:
 
 
 def main():
-    src_qmp, dest_dir, base, size, bw = sys.argv[1:6]
-    argv = sys.argv[6:]
+    src_qmp, dest_dir, base, size, bw, limit = sys.argv[1:7]
+    argv = sys.argv[7:]
     t0 = time.monotonic()
     disk = os.path.join(dest_dir, "disk0.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk, size], check=True)
@@ -81,7 +82,12 @@ def main():
         params["max-bandwidth"] = int(bw)
     src.cmd("migrate-set-parameters", params)
     src.cmd("migrate", {"uri": incoming})
-    e = src.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] in ("completed", "failed", "cancelled"), 600)
+    try:
+        src.wait_event(lambda e: e["event"] == "MIGRATION" and e["data"]["status"] in ("completed", "failed", "cancelled"), float(limit))
+    except TimeoutError:
+        src.cmd("migrate_cancel")
+        print(json.dumps({"status": "not converged"}))
+        sys.exit(1)
     q = src.cmd("query-migrate")
     # The completed event comes before QEMU fills in total-time and downtime (0 until then).
     while q["status"] == "completed" and not q.get("total-time"):

@@ -241,14 +241,21 @@ public sealed partial class Vm
             if (dc.Boot == BootMode.Uefi) File.Copy(Path.Combine(_dir, StateFiles.OvmfVars), Path.Combine(destDir, StateFiles.OvmfVars));
             if (copyDisks)
             {
+                // The running source knows each disk's size (no qemu-img process per disk on this path).
+                var sizes = new Dictionary<string, long>(StringComparer.Ordinal);
+                if (await _qmp.ExecuteAsync("query-block", ct: ct).ConfigureAwait(false) is JsonArray blocks)
+                    foreach (var b in blocks)
+                        if (b?["inserted"] is JsonObject ins && ins["node-name"]?.GetValue<string>() is string node && ins["image"]?["virtual-size"]?.GetValue<long>() is long vs)
+                            sizes[node] = vs;
                 foreach (var d in dc.Disks.Where(d => d.Owned))
                 {
                     var src = d.Path;
                     d.Path = Path.Combine(destDir, Path.GetFileName(src));
-                    var size = JsonNode.Parse(Tools.Run(Tools.QemuImg, ["info", "-U", "--output=json", src], $"reading {src}"))?["virtual-size"]?.GetValue<long>() ?? 0;
+                    if (!sizes.TryGetValue(d.Node, out var size))
+                        size = JsonNode.Parse(Tools.Run(Tools.QemuImg, ["info", "-U", "--output=json", src], $"reading {src}"))?["virtual-size"]?.GetValue<long>() ?? 0;
                     var sz = size.ToString(CultureInfo.InvariantCulture);
                     if (d.Base is not null)
-                        Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", ImageFormat(d.Base), "-b", d.Base, d.Path, sz], "creating the destination overlay");
+                        Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", ImageFormatCached(d.Base), "-b", d.Base, d.Path, sz], "creating the destination overlay");
                     else
                         Tools.Run(Tools.QemuImg, ["create", "-q", "-f", d.Format == DiskFormat.Qcow2 ? "qcow2" : "raw", d.Path, sz], "creating the destination disk");
                 }
