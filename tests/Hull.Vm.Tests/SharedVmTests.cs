@@ -105,7 +105,10 @@ public sealed class SharedVmTests(SharedVmFixture f)
         var (code, text, _) = await TestImages.ExecAsync(agent, "cat", "/tmp/state");
         Assert.Equal(0, code);
         Assert.Equal("before\n", text);
-        Assert.Equal("", (await TestImages.ExecAsync(agent, "sh", "-c", "pgrep -x sleep || true")).Out);
+        // The exec of the old connection (alive again after the restore) was ended by that hello.
+        var pid = running.Pid;
+        Assert.Equal("gone\n", (await TestImages.ExecAsync(agent, "sh", "-c",
+            $"for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /proc/{pid} ] || {{ echo gone; exit 0; }}; sleep 0.2; done; cat /proc/{pid}/cmdline")).Out);
 
         await vm.DeleteSnapshotAsync("disk1");
         await vm.DeleteSnapshotAsync("full1");
