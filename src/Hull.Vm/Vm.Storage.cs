@@ -241,14 +241,21 @@ public sealed partial class Vm
             if (dc.Boot == BootMode.Uefi) File.Copy(Path.Combine(_dir, StateFiles.OvmfVars), Path.Combine(destDir, StateFiles.OvmfVars));
             if (copyDisks)
             {
+                // The running source knows each disk's size (no qemu-img process per disk on this path).
+                var sizes = new Dictionary<string, long>(StringComparer.Ordinal);
+                if (await _qmp.ExecuteAsync("query-block", ct: ct).ConfigureAwait(false) is JsonArray blocks)
+                    foreach (var b in blocks)
+                        if (b?["inserted"] is JsonObject ins && ins["node-name"]?.GetValue<string>() is string node && ins["image"]?["virtual-size"]?.GetValue<long>() is long vs)
+                            sizes[node] = vs;
                 foreach (var d in dc.Disks.Where(d => d.Owned))
                 {
                     var src = d.Path;
                     d.Path = Path.Combine(destDir, Path.GetFileName(src));
-                    var size = JsonNode.Parse(Tools.Run(Tools.QemuImg, ["info", "-U", "--output=json", src], $"reading {src}"))?["virtual-size"]?.GetValue<long>() ?? 0;
+                    if (!sizes.TryGetValue(d.Node, out var size))
+                        size = JsonNode.Parse(Tools.Run(Tools.QemuImg, ["info", "-U", "--output=json", src], $"reading {src}"))?["virtual-size"]?.GetValue<long>() ?? 0;
                     var sz = size.ToString(CultureInfo.InvariantCulture);
                     if (d.Base is not null)
-                        Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", ImageFormat(d.Base), "-b", d.Base, d.Path, sz], "creating the destination overlay");
+                        Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", ImageFormatCached(d.Base), "-b", d.Base, d.Path, sz], "creating the destination overlay");
                     else
                         Tools.Run(Tools.QemuImg, ["create", "-q", "-f", d.Format == DiskFormat.Qcow2 ? "qcow2" : "raw", d.Path, sz], "creating the destination disk");
                 }
@@ -272,6 +279,13 @@ public sealed partial class Vm
                 await finished.WaitAsync(TimeSpan.FromMinutes(10), ct).ConfigureAwait(false);
             }
             var q = await _qmp.ExecuteObjectAsync("query-migrate", ct: ct).ConfigureAwait(false);
+            // QEMU sends the completed event before its migration thread has filled in total-time and downtime
+            // (they read 0 in between): ask again until they are there.
+            for (var i = 0; i < 100 && q["status"]?.GetValue<string>() == "completed" && (q["total-time"]?.GetValue<long>() ?? 0) == 0; i++)
+            {
+                await Task.Delay(10, ct).ConfigureAwait(false);
+                q = await _qmp.ExecuteObjectAsync("query-migrate", ct: ct).ConfigureAwait(false);
+            }
             var status = q["status"]?.GetValue<string>();
             if (status != "completed")
                 throw new VmException($"migration of VM '{Name}' {status}: {q["error-desc"]?.GetValue<string>() ?? "no reason given"}{DestSaid(dest)}");
