@@ -51,6 +51,9 @@ public sealed class MonitorClient : IDisposable
             {
                 using var conn = MonitorInterop.Connect(ContainerMonitor.SocketPath(_stateDir));
                 MonitorWire.Send(conn, req, stdio);
+                // A create takes milliseconds; a monitor that does not answer in minutes is hung (stopped, stuck).
+                if (!Sys.WaitPidfd(conn, 300_000))
+                    throw new InstanceException($"the container monitor (pid {Pid}) did not answer within 5 minutes while starting '{id}'; see {ContainerMonitor.LogPath(_stateDir)}", 500);
                 var fds = new List<SafeFd>();
                 reply = MonitorWire.Receive(conn, fds, new byte[64 << 10]);
                 foreach (var f in fds) f.Dispose();
@@ -121,6 +124,7 @@ public sealed class MonitorClient : IDisposable
         {
             conn = MonitorInterop.Connect(ContainerMonitor.SocketPath(_stateDir));
             MonitorWire.Send(conn, new MonitorMessage { Op = "hello", Version = ContainerMonitor.ProtocolVersion });
+            if (!Sys.WaitPidfd(conn, 10_000)) { conn.Dispose(); return (null, null); } // hung: starting another says so
             var hello = MonitorWire.Receive(conn, [], new byte[64 << 10]);
             if (hello is null) { conn.Dispose(); return (null, null); }
             return (conn, hello);
