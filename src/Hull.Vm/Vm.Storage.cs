@@ -322,7 +322,7 @@ public sealed partial class Vm
     /// writable disks over their shared bases) to a target waiting on <paramref name="uri"/>, then ends QEMU here. On
     /// failure the guest keeps running here. <paramref name="targetSaid"/> adds the target's side of a failure.
     /// </summary>
-    public async Task<MigrationStats> SendMigrationAsync(string uri, bool blockMigration, long? bandwidthBytesPerSecond = null, Func<string>? targetSaid = null,
+    public async Task<VmMigrationStats> SendMigrationAsync(string uri, bool blockMigration, long? bandwidthBytesPerSecond = null, Func<string>? targetSaid = null,
         CancellationToken ct = default)
     {
         if (Pid is null || _qmp is null) throw new VmException($"VM '{Name}' is not running: only a running VM can be live-migrated");
@@ -355,7 +355,7 @@ public sealed partial class Vm
             var bytes = (q["ram"]?["transferred"]?.GetValue<long>() ?? 0) + (q["disk"]?["transferred"]?.GetValue<long>() ?? 0);
             Record("migrated", $"migrated to {uri}");
             await KillAsync().ConfigureAwait(false);
-            return new MigrationStats(total, down, bytes);
+            return new VmMigrationStats(total, down, bytes);
         }
         catch
         {

@@ -113,7 +113,7 @@ public enum SnapshotKind { Disk, Full }
 
 /// <summary>The result of a live migration.</summary>
 /// <summary>What one side of a live migration measured: QEMU's total time, the guest's downtime, bytes sent (RAM + disks).</summary>
-public sealed record MigrationStats(TimeSpan Total, TimeSpan Downtime, long TransferredBytes);
+public sealed record VmMigrationStats(TimeSpan Total, TimeSpan Downtime, long TransferredBytes);
 
 public sealed record MigrationResult(TimeSpan Total, TimeSpan Downtime, long TransferredBytes, Vm Destination);
 
