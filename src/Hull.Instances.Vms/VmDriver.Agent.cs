@@ -13,7 +13,6 @@ namespace Hull.Instances.Vms;
 public sealed partial class VmDriver
 {
     readonly ConcurrentDictionary<string, AgentClient> _agents = new(StringComparer.Ordinal);
-    readonly ConcurrentDictionary<string, SemaphoreSlim> _agentLocks = new(StringComparer.Ordinal);
 
     /// <summary>When the agent of each VM last became ready (after a start or reattach), and how long that took.</summary>
     readonly ConcurrentDictionary<string, TimeSpan> _agentReady = new(StringComparer.Ordinal);
@@ -27,47 +26,59 @@ public sealed partial class VmDriver
     }
 
     /// <summary>
-    /// The ready agent connection of a running VM: connects (QEMU's end of the agent port) and says hello, retrying
-    /// while the guest boots, up to <see cref="VmDriverOptions.AgentTimeout"/>.
+    /// The ready agent connection of a running VM. One connect attempt runs per VM at a time and every caller awaits it
+    /// (the start's background connect and the first exec share one wait): it connects to QEMU's end of the agent port
+    /// and says hello, retrying while the guest boots, up to <see cref="VmDriverOptions.AgentTimeout"/>.
     /// </summary>
     async Task<AgentClient> AgentAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (_agents.TryGetValue(spec.Name, out var c)) return c;
-        var gate = _agentLocks.GetOrAdd(spec.Name, _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync(ct);
-        try
+        Task<AgentClient> connecting;
+        lock (_connecting)
         {
             if (_agents.TryGetValue(spec.Name, out c)) return c;
-            var vm = await VmAsync(spec, ct);
-            if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' is not running: start it first", 409);
-            var sw = Stopwatch.StartNew();
-            string? last = null;
-            while (true)
+            if (!_connecting.TryGetValue(spec.Name, out connecting!))
             {
-                ct.ThrowIfCancellationRequested();
-                if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' stopped while waiting for its agent ({vm.LastRecord?.Reason ?? "no reason recorded"})", 409);
-                var left = _o.AgentTimeout - sw.Elapsed;
-                if (left <= TimeSpan.Zero)
-                    throw new InstanceException($"the guest agent of VM '{spec.Name}' did not answer within {_o.AgentTimeout.TotalSeconds:0} s" +
-                        $"{(last is null ? "" : $" ({last})")}: the guest may still be booting (see 'hull console {spec.Name} --show-log') or its image has no hull-agent", 503);
-                AgentClient? client = null;
-                try
-                {
-                    client = await AgentClient.ConnectUnixAsync(vm.AgentSocketPath, ct);
-                    await client.WaitReadyAsync(left < TimeSpan.FromSeconds(10) ? left : TimeSpan.FromSeconds(10), ct);
-                    _agents[spec.Name] = client;
-                    _agentReady[spec.Name] = sw.Elapsed;
-                    return client;
-                }
-                catch (AgentUnavailableException e)
-                {
-                    last = e.Message;
-                    if (client is not null) await client.DisposeAsync();
-                    await Task.Delay(200, ct);
-                }
+                connecting = ConnectAgentAsync(spec);
+                _connecting[spec.Name] = connecting;
+                _ = connecting.ContinueWith(_ => { lock (_connecting) _connecting.Remove(spec.Name); }, TaskScheduler.Default);
             }
         }
-        finally { gate.Release(); }
+        return await connecting.WaitAsync(ct);
+    }
+
+    readonly Dictionary<string, Task<AgentClient>> _connecting = new(StringComparer.Ordinal);
+
+    async Task<AgentClient> ConnectAgentAsync(InstanceSpec spec)
+    {
+        await Task.Yield();
+        var vm = await VmAsync(spec, CancellationToken.None);
+        if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' is not running: start it first", 409);
+        var sw = Stopwatch.StartNew();
+        string? last = null;
+        while (true)
+        {
+            if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' stopped while waiting for its agent ({vm.LastRecord?.Reason ?? "no reason recorded"})", 409);
+            var left = _o.AgentTimeout - sw.Elapsed;
+            if (left <= TimeSpan.Zero)
+                throw new InstanceException($"the guest agent of VM '{spec.Name}' did not answer within {_o.AgentTimeout.TotalSeconds:0} s" +
+                    $"{(last is null ? "" : $" ({last})")}: the guest may still be booting (see 'hull logs {spec.Name}') or its image has no working hull-agent", 503);
+            AgentClient? client = null;
+            try
+            {
+                client = await AgentClient.ConnectUnixAsync(vm.AgentSocketPath);
+                await client.WaitReadyAsync(left < TimeSpan.FromSeconds(10) ? left : TimeSpan.FromSeconds(10));
+                _agents[spec.Name] = client;
+                _agentReady[spec.Name] = sw.Elapsed;
+                return client;
+            }
+            catch (AgentUnavailableException e)
+            {
+                last = e.Message;
+                if (client is not null) await client.DisposeAsync();
+                await Task.Delay(200);
+            }
+        }
     }
 
     /// <summary>Runs an agent operation; a lost connection is re-made once (the guest agent restarted, QEMU reattached).</summary>

@@ -124,7 +124,7 @@ public sealed class ImageAndDiskTests
         foreach (var m in new[] { "virtio_console.ko", "virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "vmw_vsock_virtio_transport.ko", "pvpanic-mmio.ko" })
             Assert.Contains(names, n => n.EndsWith("/" + m, StringComparison.Ordinal));
         Assert.Contains("init", names);
-        Assert.Contains("hull-agent --port " + AgentChannel.GuestDevice, InitOf(image));
+        Assert.Contains("hull-agent --serial " + AgentChannel.GuestDevice, InitOf(image));
         // The kernel is the uncompressed ELF extracted from the bzImage.
         var head = new byte[4];
         await using (var k = File.OpenRead(image.Kernel)) k.ReadExactly(head);

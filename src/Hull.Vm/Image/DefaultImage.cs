@@ -306,7 +306,7 @@ public static class DefaultImage
     static string InitScript(string ver, List<string> modules, DefaultImageOptions o)
     {
         var agent = o.AgentBinary is not null
-            ? $"if [ -x /bin/hull-agent ]; then /bin/hull-agent --port {AgentChannel.GuestDevice} >/run/hull-agent.log 2>&1 & fi\n"
+            ? $"if [ -x /bin/hull-agent ]; then /bin/hull-agent --serial {AgentChannel.GuestDevice} >/run/hull-agent.log 2>&1 & fi\n"
             : "";
         return $$"""
 #!/bin/busybox sh
