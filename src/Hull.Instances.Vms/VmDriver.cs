@@ -193,19 +193,40 @@ public sealed partial class VmDriver : IInstanceDriver
     /// <summary>The engine's VM of an instance, attached (QMP connected when QEMU runs) and cached.</summary>
     async Task<Hull.Vm.Vm> VmAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (_vms.TryGetValue(spec.Name, out var vm) && vm.StateDir == Path.GetFullPath(VmDir(spec)))
+        if (Cached(spec) is { } hit) return hit;
+        // One attach at a time per instance: QEMU serves one QMP client, a second attach would wait for the first.
+        var gate = _attachLocks.GetOrAdd(spec.Name, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct);
+        try
         {
-            // A cached object whose QMP connection was lost while QEMU still runs (another client, a hiccup): reattach.
-            if (vm.Pid is null || vm.AttachError is null) return vm;
+            if (Cached(spec) is { } again) return again;
+            if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config)))
+                throw new InstanceException($"instance '{spec.Name}' has no VM definition ({VmDir(spec)}/{StateFiles.Config} is missing): delete it and create it again", 500);
+            Hull.Vm.Vm vm;
+            try { vm = await Hull.Vm.Vm.AttachAsync(VmDir(spec), _host, ct); }
+            catch (VmException e) { throw Fail($"attaching VM '{spec.Name}'", e); }
+            if (_vms.TryGetValue(spec.Name, out var old) && !ReferenceEquals(old, vm)) await old.DisposeAsync();
+            _vms[spec.Name] = vm;
+            return vm;
         }
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config)))
-            throw new InstanceException($"instance '{spec.Name}' has no VM definition ({VmDir(spec)}/{StateFiles.Config} is missing): delete it and create it again", 500);
-        try { vm = await Hull.Vm.Vm.AttachAsync(VmDir(spec), _host, ct); }
-        catch (VmException e) { throw Fail($"attaching VM '{spec.Name}'", e); }
-        if (_vms.TryGetValue(spec.Name, out var old) && !ReferenceEquals(old, vm)) await old.DisposeAsync();
-        _vms[spec.Name] = vm;
-        return vm;
+        finally { gate.Release(); }
     }
+
+    readonly ConcurrentDictionary<string, SemaphoreSlim> _attachLocks = new(StringComparer.Ordinal);
+
+    /// <summary>The cached engine object, unless it is for another dir (a renamed instance) or lost its QMP connection while QEMU runs.</summary>
+    Hull.Vm.Vm? Cached(InstanceSpec spec) =>
+        _vms.TryGetValue(spec.Name, out var vm) && vm.StateDir == Path.GetFullPath(VmDir(spec)) && (vm.Pid is null || vm.AttachError is null) ? vm : null;
+
+    /// <summary>
+    /// The engine's VM of an instance (attached, QMP connected while QEMU runs), for operations beyond the driver seam
+    /// such as a live migration (<see cref="Hull.Vm.Vm.MigrateAsync"/>). A caller that moves the VM away must call
+    /// <see cref="ForgetInstanceAsync"/> afterwards so the driver drops its connections to it.
+    /// </summary>
+    public Task<Hull.Vm.Vm> EngineVmAsync(InstanceSpec spec, CancellationToken ct) => VmAsync(spec, ct);
+
+    /// <summary>Drops the driver's cached engine object and agent connection of an instance (QEMU is left alone).</summary>
+    public Task ForgetInstanceAsync(InstanceSpec spec) => ForgetAsync(spec);
 
     async Task ForgetAsync(InstanceSpec spec)
     {

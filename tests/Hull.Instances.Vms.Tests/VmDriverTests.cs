@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
+using System.Text;
 using Hull.Api;
 using Hull.Sdk;
 using Xunit;
@@ -64,6 +65,33 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         var cliExec = d.Cli("exec", "v1", "--", "sh", "-c", "echo cli; exit 3");
         Assert.Equal(3, cliExec.Code);
         Assert.Equal("cli\n", cliExec.Out);
+
+        // a pty exec through the agent: stdin streamed, the window size, the exit code
+        using (var s = await c.ExecInteractiveAsync("v1", new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; exit 9"], Tty = true, Width = 100, Height = 30 }))
+        {
+            await s.WriteStdinAsync(Encoding.UTF8.GetBytes("ping\n"));
+            var output = new MemoryStream();
+            Assert.Equal(9, await s.RunAsync(output, null));
+            var text = Encoding.UTF8.GetString(output.ToArray());
+            Assert.Contains("got:ping", text);
+            Assert.Contains("30 100", text);
+        }
+
+        // the serial console: typed input reaches the guest's shell, its output comes back
+        using (var con = await c.ConsoleAsync("v1"))
+        using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60)))
+        {
+            var seen = new SyncBuffer();
+            var run = con.RunAsync(seen, null, cts.Token);
+            while (!seen.Text.Contains("console-ok") && !cts.IsCancellationRequested)
+            {
+                await con.WriteStdinAsync(Encoding.UTF8.GetBytes("echo console''-ok\n"));
+                await Task.Delay(1000);
+            }
+            Assert.Contains("console-ok", seen.Text);
+            cts.Cancel();
+            try { await run; } catch (OperationCanceledException) { } catch (System.Net.WebSockets.WebSocketException) { }
+        }
 
         // files: push then pull byte-exact, stat and listing, delete
         var data = RandomNumberGenerator.GetBytes(300_000);
@@ -145,6 +173,14 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         Assert.Equal("keep\n", await Sh(c, "v1", "cat /mnt/root/keep"));
         Assert.Equal("no\n", await Sh(c, "v1", "[ -e /mnt/root/later ] && echo yes || echo no; [ -e /root/before-full ] && echo ram; true"));
 
+        // a guest kernel panic: QEMU is ended and the instance shows Error with the reason
+        Assert.Equal(0, (await c.ExecAsync("v1", "sh", "-c", "(sleep 1; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &")).ExitCode);
+        for (var i = 0; i < 600 && (await c.GetInstanceAsync("v1")).State == InstanceStates.Running; i++) await Task.Delay(200);
+        inst = await c.GetInstanceAsync("v1");
+        Assert.Equal(InstanceStates.Error, inst.State);
+        Assert.Contains("panicked", inst.StatusMessage);
+        Assert.Empty(VmDaemon.QemuFor(VmStateDir(d, "v1")));
+
         // delete: no QEMU, no files left
         var del = d.Cli("delete", "v1", "--force");
         Assert.True(del.Code == 0, del.Err);
@@ -199,4 +235,21 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         Assert.False(Directory.Exists(Path.Combine(d.StateDir, "instances", "s1")));
         Assert.Empty(VmDaemon.QemuFor(d.StateDir));
     }
+}
+
+/// <summary>A write-only stream whose text can be read while another task writes to it.</summary>
+sealed class SyncBuffer : Stream
+{
+    readonly MemoryStream _m = new();
+    public string Text { get { lock (_m) return Encoding.UTF8.GetString(_m.ToArray()); } }
+    public override bool CanRead => false;
+    public override bool CanSeek => false;
+    public override bool CanWrite => true;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+    public override void Write(byte[] buffer, int offset, int count) { lock (_m) _m.Write(buffer, offset, count); }
 }
