@@ -106,6 +106,8 @@ public sealed class InstanceStateInfo
     public int? Pid { get; set; }
     public int? LastExitCode { get; set; }
     public InstanceStats? Stats { get; set; }
+    /// <summary>Engine facts (a VM: accelerator, accelerator-reason, vcpus, memory, boot); null when the engine gives none.</summary>
+    public Dictionary<string, string>? Details { get; set; }
 }
 
 public sealed class InstanceStats

@@ -245,6 +245,7 @@ public static partial class CliApp
                 Out.WriteLine($"Name: {i.Name}\nType: {i.Type}\nImage: {i.Image}\nState: {i.State}");
                 if (i.StatusMessage is not null) Out.WriteLine($"Status: {i.StatusMessage}");
                 if (st.Pid is { } pid) Out.WriteLine($"PID: {pid}");
+                foreach (var (k, v) in st.Details ?? []) Out.WriteLine($"{char.ToUpperInvariant(k[0])}{k[1..].Replace('-', ' ')}: {v}");
                 if (i.LastExitCode is { } ec) Out.WriteLine($"Last exit code: {ec}");
                 Out.WriteLine($"Profiles: {string.Join(", ", i.Profiles)}\nCreated: {Output.Time(i.CreatedAt)}\nLast used: {Output.Time(i.LastUsedAt)}");
                 if (st.Stats is { } s)

@@ -250,6 +250,8 @@ public sealed partial class Api(Daemon d)
 
     async Task ExecWebSocket(HttpContext c)
     {
+        // The state first: the SDK repeats a refused upgrade as a plain GET to read the error, which must be the real one.
+        M.Running(Name(c));
         if (!c.WebSockets.IsWebSocketRequest)
             throw new InstanceException("this endpoint needs a websocket: POST to the same path to run a command and collect its output");
         var json = Query(c, "request") ?? throw new InstanceException("the 'request' query parameter (an exec request as JSON) is missing");

@@ -437,6 +437,11 @@ public sealed partial class InstanceManager
         var spec = Spec(r);
         foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
         r.State = InstanceStates.Stopped; r.Pid = null; r.LastExitCode = code;
+        // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
+        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceStates.Error } ds)
+        {
+            r.State = InstanceStates.Error; r.StatusMessage = ds.Message;
+        }
         _store.UpdateInstance(r);
         _events.Lifecycle("instance-exited", name);
     }
@@ -595,6 +600,7 @@ public sealed partial class InstanceManager
         {
             try { info.Stats = await Driver(r.Type).GetStatsAsync(Spec(r), ct); } catch (Exception e) { _events.Log("warning", $"stats of {name}: {e.Message}", name); }
         }
+        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, Spec(r)) is { Details: { } details }) info.Details = new(details);
         return info;
     }
 

@@ -172,6 +172,10 @@ public sealed class DriverState
     public required string State { get; init; }
     public int? Pid { get; init; }
     public int? ExitCode { get; init; }
+    /// <summary>Why the instance is in the Error state (a VM's guest panicked...), if it is.</summary>
+    public string? Message { get; init; }
+    /// <summary>Engine facts shown by 'hull info' (a VM: accelerator and why, vCPUs, memory...); null if none.</summary>
+    public IReadOnlyDictionary<string, string>? Details { get; init; }
 }
 
 public sealed class ReattachResult
