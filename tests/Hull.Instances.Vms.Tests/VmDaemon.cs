@@ -61,6 +61,7 @@ public sealed class VmDaemon : IDisposable
         psi.Environment["HULL_VM_CACHE"] = CacheDir;
         psi.Environment["HULL_SOCKET"] = Socket;
         psi.Environment["HULL_DIR"] = StateDir;
+        psi.Environment["HULL_CONFIG_DIR"] = Path.Combine(Dir, "config");
     }
 
     public void Start()
