@@ -146,6 +146,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     static bool IsMounted(string path)
     {
+        if (Hull.Linux.Scale.MountPoint.IsMountRoot(path) is { } root) return root;
         foreach (var line in File.ReadLines("/proc/self/mountinfo"))
         {
             var mp = line.Split(' ')[4].Replace("\\040", " ");
@@ -302,19 +303,23 @@ public sealed class ContainerDriver : IInstanceDriver
                 throw new InstanceException($"starting container '{spec.Name}' failed: {e.Message}", 500);
             }
             // The init is our child until hulld exits: reap it and record its exit code.
-            _waiters[spec.Name] = Task.Factory.StartNew(() => ReapOwn(spec, pid), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            _waiters[spec.Name] = ReapOwnAsync(spec, pid);
         }
         finally { Lock(spec).Release(); }
     }
 
-    int? ReapOwn(InstanceSpec spec, int pid)
+    async Task<int?> ReapOwnAsync(InstanceSpec spec, int pid)
     {
         int? code = null;
-        try { code = Sys.ExitCode(Sys.WaitPid(pid)); }
+        // One reaper thread for all inits (a pidfd each), not a thread per running container.
+        try { code = Sys.ExitCode(await Hull.Linux.Scale.ChildReaper.Shared.WaitAsync(pid)); }
         catch (LinuxException) { /* reaped elsewhere */ }
-        if (code is { } c) WriteExit(spec, c);
-        AfterExit(spec);
-        return code ?? ReadExit(spec);
+        return await Task.Run(() =>
+        {
+            if (code is { } c) WriteExit(spec, c);
+            AfterExit(spec);
+            return code ?? ReadExit(spec);
+        });
     }
 
     /// <summary>After the init ended: removes the engine container (cgroup, state) and unmounts the overlay.</summary>
@@ -423,19 +428,16 @@ public sealed class ContainerDriver : IInstanceDriver
     public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (_waiters.TryGetValue(spec.Name, out var w)) return await w.WaitAsync(ct) ?? 128 + Signals.SIGKILL;
-        // Reattached: not our child, so its status is not ours to read. Watch it through a pidfd.
+        // Reattached: not our child, so its status is not ours to read. Watch it through a pidfd, in the one epoll set
+        // of the shared reaper (a blocked thread-pool thread per instance starved hulld after a restart with many).
         if (Find(spec) is { } f && f.Status != "stopped")
         {
             SafeFd? pidfd = null;
             try { pidfd = Sys.PidfdOpen(f.Record.Pid); } catch (LinuxException) { }
-            using (pidfd)
-            {
-                while (!ct.IsCancellationRequested && IsRunning(spec))
-                {
-                    if (pidfd is not null) await Task.Run(() => Sys.WaitPidfd(pidfd, 500), ct);
-                    else await Task.Delay(200, ct);
-                }
-            }
+            // The pidfd is the init's only if the init still runs now (the engine checks the pid's start time).
+            if (pidfd is not null && IsRunning(spec)) await Hull.Linux.Scale.ChildReaper.Shared.ExitedAsync(pidfd, ct);
+            else pidfd?.Dispose();
+            while (!ct.IsCancellationRequested && IsRunning(spec)) await Task.Delay(200, ct);
             ct.ThrowIfCancellationRequested();
         }
         await Task.Run(() => AfterExit(spec), ct);
