@@ -1,7 +1,8 @@
 // hulld scale benchmark (driven by bench/daemon/run.sh against a hulld it started):
-//   scale   --socket S --hull PATH --pid HULLD_PID --count N [--running K] [--step S] [--list-runs R] [--json FILE]
+//   scale   --socket S --hull PATH --pid HULLD_PID --count N [--running K] [--rest stop|init] [--step S] [--list-runs R] [--json FILE]
 //     launches N busybox containers one after another through the SDK (create + start, waiting for the operation),
-//     keeps the first K running and stops each later one right after its launch (K defaults to N); reports the
+//     keeps the first K running (K defaults to N); each later one is stopped right after its launch (--rest stop) or
+//     only created, not started (--rest init: the time is then the create alone); reports the
 //     per-launch latency per step, growth (median of the last step / median of the first), `hull list` wall time
 //     (the NativeAOT CLI, process start included) and hulld's RSS when idle, at 1,000 and at N instances.
 //   cleanup --socket S [--prefix P]
@@ -52,11 +53,15 @@ async Task<int> Scale()
     var listRuns = IntOpt("list-runs", 5);
     var hull = Opt("hull");
     var pid = IntOpt("pid", 0);
+    var rest = Opt("rest", "stop");
+    if (rest is not ("stop" or "init")) throw new ArgumentException("--rest is stop (launch, then stop) or init (create without starting)");
     var json = new StringBuilder("{");
     void J(string key, string value) => json.Append(json.Length > 1 ? "," : "").Append('"').Append(key).Append("\":").Append(value);
     string F(double v) => v.ToString("0.###", CultureInfo.InvariantCulture);
 
-    Console.WriteLine($"scale: {n} containers, the first {Math.Min(running, n)} kept running, later ones stopped right after their launch");
+    Console.WriteLine($"scale: {n} containers, the first {Math.Min(running, n)} launched and kept running" +
+        (n > running ? (rest == "stop" ? ", later ones stopped right after their launch" : ", later ones created without starting (init)") : ""));
+    J("rest", $"\"{rest}\"");
     var idle = Rss(pid);
     Console.WriteLine($"hulld RSS idle: {idle / 1024.0:0.0} MiB");
     J("count", n.ToString(CultureInfo.InvariantCulture)); J("running", Math.Min(running, n).ToString(CultureInfo.InvariantCulture));
@@ -70,9 +75,10 @@ async Task<int> Scale()
     {
         var name = $"b{i:D5}";
         var sw = Stopwatch.StartNew();
-        await client.LaunchAsync("busybox", name);
+        if (i >= running && rest == "init") await client.CreateInstanceAsync(new InstanceCreateRequest { Name = name, Image = "busybox", Start = false });
+        else await client.LaunchAsync("busybox", name);
         launch[i] = sw.Elapsed.TotalMilliseconds;
-        if (i >= running)
+        if (i >= running && rest == "stop")
         {
             sw.Restart();
             await client.StopAsync(name, force: true);
@@ -101,6 +107,14 @@ async Task<int> Scale()
     Console.WriteLine($"launch: median {Median(launch):0.0} ms; first {first.Length} {Median(first):0.0} ms, last {last.Length} {Median(last):0.0} ms, growth {growth:0.00}x; all {n} in {total.Elapsed.TotalSeconds:0.0} s");
     J("launch_median_ms", F(Median(launch))); J("launch_first_ms", F(Median(first))); J("launch_last_ms", F(Median(last))); J("growth", F(growth));
     J("total_s", F(total.Elapsed.TotalSeconds));
+    if (rest == "init" && n - running >= 2 * step)
+    {
+        // The creates after the first K are a different operation: their growth is their own last step vs their first.
+        var firstInit = launch.Skip(running).Take(step).ToArray();
+        var g = Median(last) / Median(firstInit);
+        Console.WriteLine($"create (init) after {running}: first {step} {Median(firstInit):0.0} ms, last {step} {Median(last):0.0} ms, growth {g:0.00}x");
+        J("init_first_ms", F(Median(firstInit))); J("init_growth", F(g));
+    }
     if (stop.Count > 0) J("stop_median_ms", F(Median([.. stop])));
     J("launch_step_medians_ms", "[" + string.Join(",", Enumerable.Range(0, n / step).Select(s => F(Median(launch.AsSpan(s * step, step).ToArray())))) + "]");
     json.Append('}');

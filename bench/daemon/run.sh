@@ -4,7 +4,8 @@
 # Environment:
 #   ITER=30        latency: iterations of (hull launch + hull exec) and of `podman run --rm`, interleaved
 #   N=1000         scale: containers launched through the SDK (N=10000 on request)
-#   RUNNING=1000   scale: how many stay running; later ones are stopped right after their launch (0..N)
+#   RUNNING=1000   scale: how many stay running (0..N); the later ones are handled as REST says
+#   REST=stop      scale: stop each later one right after its launch, or REST=init: only create it (not started)
 #   STEP=100       scale: report the per-launch latency every STEP launches (growth = last STEP vs first STEP)
 #   LIST_RUNS=5    scale: `hull list` runs per checkpoint (1000 and N instances)
 #   OUT=DIR        where the bin dir is (default out/bin)
@@ -17,6 +18,7 @@ MODE=${1:-all}
 ITER=${ITER:-30}
 N=${N:-1000}
 RUNNING=${RUNNING:-1000}
+REST=${REST:-stop}
 STEP=${STEP:-100}
 LIST_RUNS=${LIST_RUNS:-5}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -149,7 +151,7 @@ latency() {
 scale() {
   local r=$RUNNING; [ "$r" -le "$N" ] || r=$N
   dotnet "$BENCH_BIN/Hull.Daemon.Bench.dll" scale --socket "$SOCK" --hull "$BIN/hull" --pid "$HULLD_PID" \
-    --count "$N" --running "$r" --step "$STEP" --list-runs "$LIST_RUNS" --json "$TMP/scale.json"
+    --count "$N" --running "$r" --rest "$REST" --step "$STEP" --list-runs "$LIST_RUNS" --json "$TMP/scale.json"
   echo "  ,\"scale\": $(cat "$TMP/scale.json")" >> "$JSON"
   local t0; t0=$EPOCHREALTIME
   dotnet "$BENCH_BIN/Hull.Daemon.Bench.dll" cleanup --socket "$SOCK"
