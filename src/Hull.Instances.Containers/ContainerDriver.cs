@@ -303,23 +303,19 @@ public sealed class ContainerDriver : IInstanceDriver
                 throw new InstanceException($"starting container '{spec.Name}' failed: {e.Message}", 500);
             }
             // The init is our child until hulld exits: reap it and record its exit code.
-            _waiters[spec.Name] = ReapOwnAsync(spec, pid);
+            _waiters[spec.Name] = Task.Factory.StartNew(() => ReapOwn(spec, pid), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         }
         finally { Lock(spec).Release(); }
     }
 
-    async Task<int?> ReapOwnAsync(InstanceSpec spec, int pid)
+    int? ReapOwn(InstanceSpec spec, int pid)
     {
         int? code = null;
-        // One reaper thread for all inits (a pidfd each), not a thread per running container.
-        try { code = Sys.ExitCode(await Hull.Linux.Scale.ChildReaper.Shared.WaitAsync(pid)); }
+        try { code = Sys.ExitCode(Sys.WaitPid(pid)); }
         catch (LinuxException) { /* reaped elsewhere */ }
-        return await Task.Run(() =>
-        {
-            if (code is { } c) WriteExit(spec, c);
-            AfterExit(spec);
-            return code ?? ReadExit(spec);
-        });
+        if (code is { } c) WriteExit(spec, c);
+        AfterExit(spec);
+        return code ?? ReadExit(spec);
     }
 
     /// <summary>After the init ended: removes the engine container (cgroup, state) and unmounts the overlay.</summary>
@@ -428,16 +424,19 @@ public sealed class ContainerDriver : IInstanceDriver
     public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (_waiters.TryGetValue(spec.Name, out var w)) return await w.WaitAsync(ct) ?? 128 + Signals.SIGKILL;
-        // Reattached: not our child, so its status is not ours to read. Watch it through a pidfd, in the one epoll set
-        // of the shared reaper (a blocked thread-pool thread per instance starved hulld after a restart with many).
+        // Reattached: not our child, so its status is not ours to read. Watch it through a pidfd.
         if (Find(spec) is { } f && f.Status != "stopped")
         {
             SafeFd? pidfd = null;
             try { pidfd = Sys.PidfdOpen(f.Record.Pid); } catch (LinuxException) { }
-            // The pidfd is the init's only if the init still runs now (the engine checks the pid's start time).
-            if (pidfd is not null && IsRunning(spec)) await Hull.Linux.Scale.ChildReaper.Shared.ExitedAsync(pidfd, ct);
-            else pidfd?.Dispose();
-            while (!ct.IsCancellationRequested && IsRunning(spec)) await Task.Delay(200, ct);
+            using (pidfd)
+            {
+                while (!ct.IsCancellationRequested && IsRunning(spec))
+                {
+                    if (pidfd is not null) await Task.Run(() => Sys.WaitPidfd(pidfd, 500), ct);
+                    else await Task.Delay(200, ct);
+                }
+            }
             ct.ThrowIfCancellationRequested();
         }
         await Task.Run(() => AfterExit(spec), ct);
