@@ -65,6 +65,14 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$HULLD_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$HULLD_PID" 2>/dev/null
   fi
+  # hulld's per-state-dir container monitor (if this hulld has one) leaves by itself once no container and no hulld
+  # is left; give it a moment, then stop it.
+  local mpid
+  mpid=$(cat "$STATE/monitor.pid" 2>/dev/null || true)
+  if [ -n "$mpid" ] && grep -q "$STATE" "/proc/$mpid/cmdline" 2>/dev/null; then
+    for _ in $(seq 50); do kill -0 "$mpid" 2>/dev/null || break; sleep 0.1; done
+    kill -TERM "$mpid" 2>/dev/null
+  fi
   # Whatever survived (a Ctrl-C mid-launch, a failed delete): the containers' processes, cgroups and mounts.
   local d
   for d in $(find /sys/fs/cgroup/*/hull -mindepth 1 -maxdepth 1 -type d -name "$CG_PREFIX*" 2>/dev/null); do
