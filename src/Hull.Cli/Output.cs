@@ -85,11 +85,22 @@ public static class Output
         var all = rows.ToList();
         var widths = headers.Select((h, i) => Math.Max(h.Length, all.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
         var line = "+" + string.Join("+", widths.Select(x => new string('-', x + 2))) + "+";
-        w.WriteLine(line);
-        w.WriteLine("| " + string.Join(" | ", headers.Select((h, i) => h.PadRight(widths[i]))) + " |");
-        w.WriteLine(line);
-        foreach (var r in all) w.WriteLine("| " + string.Join(" | ", r.Select((c, i) => c.PadRight(widths[i]))) + " |");
-        if (all.Count > 0) w.WriteLine(line);
+        // Built whole and written once: the console writer flushes every line, a write(2) each (10,000 for 10,000 rows).
+        var sb = new StringBuilder((all.Count + 4) * (line.Length + 1));
+        sb.Append(line).Append('\n');
+        Row(sb, headers, widths);
+        sb.Append(line).Append('\n');
+        foreach (var r in all) Row(sb, r, widths);
+        if (all.Count > 0) sb.Append(line).Append('\n');
+        w.Write(sb.ToString());
+        w.Flush();
+    }
+
+    static void Row(StringBuilder sb, string[] cells, int[] widths)
+    {
+        sb.Append('|');
+        for (var i = 0; i < cells.Length; i++) sb.Append(' ').Append(cells[i]).Append(' ', widths[i] - cells[i].Length + 1).Append('|');
+        sb.Append('\n');
     }
 
     public static string Size(long bytes)

@@ -148,8 +148,15 @@ public sealed class Operations(EventHub events)
 
     public int RunningCount => _ops.Values.Count(e => !OperationStatus.IsFinal(e.Op.Status));
 
+    long _nextPrune;
+
+    /// <summary>Drops operations that ended over an hour ago. A walk over every kept operation: at most once a minute,
+    /// not at every start (10,000 launches keep 10,000 operations for the hour).</summary>
     void Prune()
     {
+        var now = Environment.TickCount64;
+        var next = Interlocked.Read(ref _nextPrune);
+        if (now < next || Interlocked.CompareExchange(ref _nextPrune, now + 60_000, next) != next) return;
         var cutoff = DateTimeOffset.UtcNow.AddHours(-1);
         foreach (var (id, e) in _ops)
             if (OperationStatus.IsFinal(e.Op.Status) && e.Op.UpdatedAt < cutoff && _ops.TryRemove(id, out var gone)) gone.Cts.Dispose();

@@ -51,19 +51,22 @@ public sealed partial class InstanceManager
 
     // ---- views ----
 
-    (Dictionary<string, string> Config, Dictionary<string, Dictionary<string, string>> Devices) Expand(InstanceRecord r)
+    Dictionary<string, ProfileRecord> ProfilesByName() => _store.ListProfiles().ToDictionary(p => p.Name);
+
+    /// <param name="profiles">the profiles, when the caller expands many instances (read once, not per instance)</param>
+    (Dictionary<string, string> Config, Dictionary<string, Dictionary<string, string>> Devices) Expand(InstanceRecord r, Dictionary<string, ProfileRecord>? profiles = null)
     {
         var layers = new List<(IReadOnlyDictionary<string, string>, IReadOnlyDictionary<string, Dictionary<string, string>>)>();
-        var profiles = _store.ListProfiles().ToDictionary(p => p.Name);
+        profiles ??= ProfilesByName();
         foreach (var p in r.Profiles)
             if (profiles.TryGetValue(p, out var pr)) layers.Add((pr.Config, pr.Devices));
         layers.Add((r.Config, r.Devices));
         return ConfigSchema.Expand(layers);
     }
 
-    public Instance ToApi(InstanceRecord r)
+    public Instance ToApi(InstanceRecord r, Dictionary<string, ProfileRecord>? profiles = null)
     {
-        var (cfg, dev) = Expand(r);
+        var (cfg, dev) = Expand(r, profiles);
         return new Instance
         {
             Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, State = r.State, Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
@@ -72,7 +75,11 @@ public sealed partial class InstanceManager
         };
     }
 
-    public List<Instance> List() => _store.ListInstances().Where(r => r.Pending != "create").Select(ToApi).ToList();
+    public List<Instance> List()
+    {
+        var profiles = ProfilesByName();
+        return _store.ListInstances().Where(r => r.Pending != "create").Select(r => ToApi(r, profiles)).ToList();
+    }
 
     public Instance GetApi(string name)
     {

@@ -161,6 +161,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     static bool IsMounted(string path)
     {
+        if (Hull.Linux.Scale.MountPoint.IsMountRoot(path) is { } root) return root;
         foreach (var line in File.ReadLines("/proc/self/mountinfo"))
         {
             var mp = line.Split(' ')[4].Replace("\\040", " ");
