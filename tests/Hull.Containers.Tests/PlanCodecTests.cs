@@ -8,7 +8,7 @@ namespace Hull.Containers.Tests;
 /// <summary>The binary runtime ⇄ init messages, state.json and the seccomp program cache (no root needed).</summary>
 public class PlanCodecTests
 {
-    static Spec FullSpec() => new()
+    internal static Spec FullSpec() => new()
     {
         OciVersion = "1.2.0", Hostname = "h", Domainname = "d.example",
         Root = new Root { Path = "rootfs", Readonly = true },

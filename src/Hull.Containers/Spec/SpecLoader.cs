@@ -26,6 +26,8 @@ public static class SpecLoader
 
     public static Spec Parse(byte[] json, string what)
     {
+        // The direct reader first; the serializer for what it does not accept (and for the error message).
+        if (SpecReader.TryRead(json) is { } fast) return fast;
         try
         {
             return JsonSerializer.Deserialize(json, OciJson.Default.Spec)
