@@ -89,8 +89,8 @@ public sealed unsafe partial class ContainerEngine
             using var join = cg.PrepareJoin();
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
-            var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp, SeccompCache);
-            if (seccomp is { NeedsListener: true })
+            var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
+            if (seccomp is { Compiled.NeedsListener: true })
                 throw new ContainerException("exec into a container whose seccomp profile uses SCMP_ACT_NOTIFY is not supported yet");
             req.Attributes = ProcessSetup.Attributes(p, spec, seccomp?.Program, seccomp?.Flags ?? 0);
             req.ExecCandidates = ExecCandidates(p);
