@@ -35,6 +35,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <sys/socket.h>
 
 #if !defined(__x86_64__)
 #error "hull_spawn.c supports x86_64 only"
@@ -66,6 +67,7 @@ enum {
     ST_AMBIENT = 18,
     ST_NNP = 19,
     ST_SECCOMP = 20,
+    ST_SECCOMP_LISTENER = 21,
 };
 
 struct hull_spawn {
@@ -116,6 +118,10 @@ struct hull_spawn {
     int32_t pidfd;
     int32_t error_read_fd;
     void *stack;
+    /* A unix socket: a filter loaded with SECCOMP_FILTER_FLAG_NEW_LISTENER hands its notify fd to the parent
+       through it (SCM_RIGHTS), before exec closes it, and waits for a byte back; -1 otherwise. */
+    int32_t listener_sock;
+    int32_t listener_close_fd;    /* the parent's end of that socket pair: the child closes its copy first */
 };
 
 static inline long raw1(long n, long a) {
@@ -150,8 +156,46 @@ static long str_len(const char *p) { long n = 0; while (p[n]) n++; return n; }
 struct cap_header { uint32_t version; int pid; };
 struct cap_data { uint32_t effective, permitted, inheritable; };
 
-static long load_seccomp(const struct hull_spawn *s) {
-    return raw3(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, s->seccomp_flags, (long)s->seccomp_prog);
+/* Sends fd over the unix socket sock (SCM_RIGHTS, one data byte). Raw syscalls only. */
+static long send_fd(int sock, int fd) {
+    char byte = 'S';
+    struct iovec iov = { &byte, 1 };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr m;
+    for (unsigned i = 0; i < sizeof m; i++) ((volatile char *)&m)[i] = 0;
+    for (unsigned i = 0; i < sizeof u.buf; i++) ((volatile char *)u.buf)[i] = 0;
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    *(int *)CMSG_DATA(c) = fd;
+    long r;
+    do r = raw3(SYS_sendmsg, sock, (long)&m, MSG_NOSIGNAL); while (r == -EINTR);
+    return r < 0 ? r : 0;
+}
+
+/* Loads the filter. With SECCOMP_FILTER_FLAG_NEW_LISTENER the kernel returns the notify fd: it goes to the
+   parent over listener_sock (the seccomp agent must get it; exec would close it) and is closed here; then the
+   child waits for the parent's one-byte go-ahead (sent once the agent has the fd), so nothing of the program
+   runs before the agent can answer. EOF instead of the byte: the parent gave up. */
+static long load_seccomp(const struct hull_spawn *s, int *stage) {
+    long r = raw3(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, s->seccomp_flags, (long)s->seccomp_prog);
+    if (r < 0) { *stage = ST_SECCOMP; return r; }
+    if ((s->seccomp_flags & 8 /* SECCOMP_FILTER_FLAG_NEW_LISTENER */) && r > 0) {
+        if (s->listener_sock < 0) { raw1(SYS_close, r); return 0; }
+        if (s->listener_close_fd >= 0) raw1(SYS_close, s->listener_close_fd);
+        long sent = send_fd(s->listener_sock, (int)r);
+        raw1(SYS_close, r);
+        if (sent < 0) { *stage = ST_SECCOMP_LISTENER; return sent; }
+        char ack = 0;
+        do sent = raw3(SYS_read, s->listener_sock, (long)&ack, 1); while (sent == -EINTR);
+        if (sent != 1) { *stage = ST_SECCOMP_LISTENER; return sent < 0 ? sent : -ECONNABORTED; }
+    }
+    return 0;
 }
 
 /*
@@ -177,8 +221,8 @@ static long apply_and_exec(const struct hull_spawn *s, int *stage) {
         }
         if (s->seccomp_prog && !s->no_new_privs) {
             /* Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we still have it. */
-            r = load_seccomp(s);
-            if (r < 0) { *stage = ST_SECCOMP; return r; }
+            r = load_seccomp(s, stage);
+            if (r < 0) return r;
         }
         for (int c = 0; c <= s->last_cap; c++) {
             if (s->cap_bounding & (1ULL << c)) continue;
@@ -212,8 +256,8 @@ static long apply_and_exec(const struct hull_spawn *s, int *stage) {
             r = raw5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
             if (r < 0) { *stage = ST_NNP; return r; }
             if (s->seccomp_prog) {
-                r = load_seccomp(s);
-                if (r < 0) { *stage = ST_SECCOMP; return r; }
+                r = load_seccomp(s, stage);
+                if (r < 0) return r;
             }
         }
     }

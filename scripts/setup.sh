@@ -8,7 +8,7 @@ PKGS=(
   iproute2 nftables dnsmasq-base                       # networking
   qemu-system-x86 qemu-utils ovmf seabios              # the VM engine's device model and firmware
   linux-image-amd64 e2fsprogs cpio xz-utils            # the default VM image (guest kernel, root disk, initramfs)
-  skopeo umoci docker-registry                         # OCI images and a local registry for tests
+  skopeo umoci docker-registry apache2-utils           # OCI images, a local registry for tests (htpasswd for its Basic auth)
   sqlite3 jq util-linux procps psmisc hyperfine time
 )
 missing=()

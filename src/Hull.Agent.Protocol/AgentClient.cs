@@ -203,6 +203,25 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     public Task<FileStat> MkdirAsync(MkdirRequest request, CancellationToken ct = default) =>
         RequestAsync(FrameType.Mkdir, AgentJson.Encode(request, AgentJson.Default.MkdirRequest), ct);
 
+    /// <summary>
+    /// Lists a directory: one <see cref="FileStat"/> per entry (symlinks are not followed; "." and ".." are left
+    /// out), in the order the guest's file system returns them. A path that is not a directory is an error (ENOTDIR).
+    /// </summary>
+    public async Task<IReadOnlyList<FileStat>> ListAsync(string path, CancellationToken ct = default)
+    {
+        await using var s = Open();
+        await s.SendAsync(FrameType.List, 0, AgentJson.Encode(new PathRequest { Path = path }, AgentJson.Default.PathRequest), ct).ConfigureAwait(false);
+        var all = new List<FileStat>();
+        while (true)
+        {
+            var f = await s.ReceiveAsync(ct).ConfigureAwait(false);
+            if (f.Type != FrameType.Result) throw Unexpected(f, "Result");
+            var part = AgentJson.Decode(f.Payload, AgentJson.Default.DirectoryListing);
+            all.AddRange(part.Entries);
+            if (!part.More) return all;
+        }
+    }
+
     public async Task RemoveAsync(string path, bool recursive = false, CancellationToken ct = default) =>
         await RequestRawAsync(FrameType.Remove, AgentJson.Encode(new RemoveRequest { Path = path, Recursive = recursive }, AgentJson.Default.RemoveRequest), ct).ConfigureAwait(false);
 

@@ -28,6 +28,11 @@ public enum FrameType : byte
     Mkdir = 23,
     Remove = 24,
     Power = 25,
+    /// <summary>
+    /// Host to agent: list a directory (JSON <see cref="PathRequest"/>). The answer is one or more Result frames of
+    /// JSON <see cref="DirectoryListing"/>; the last has <c>more: false</c>.
+    /// </summary>
+    List = 26,
 
     /// <summary>Agent to host: the operation's successful outcome (JSON <see cref="FileStat"/> or <see cref="OkMessage"/>).</summary>
     Result = 30,

@@ -120,6 +120,14 @@ public sealed class FileStat
     public string? LinkTarget { get; set; }
 }
 
+/// <summary>One part of a directory listing (entries as lstat sees them, without "." and "..").</summary>
+public sealed class DirectoryListing
+{
+    public List<FileStat> Entries { get; set; } = [];
+    /// <summary>True when more Result frames with entries follow.</summary>
+    public bool More { get; set; }
+}
+
 public sealed class OkMessage
 {
     public string? Message { get; set; }
@@ -145,6 +153,7 @@ public sealed class ErrorMessage
 [JsonSerializable(typeof(RemoveRequest))]
 [JsonSerializable(typeof(PowerRequest))]
 [JsonSerializable(typeof(FileStat))]
+[JsonSerializable(typeof(DirectoryListing))]
 [JsonSerializable(typeof(OkMessage))]
 [JsonSerializable(typeof(ErrorMessage))]
 public sealed partial class AgentJson : JsonSerializerContext

@@ -93,6 +93,10 @@ public sealed class AgentServer(Port port, AgentOptions options)
                 case FrameType.PullStart:
                     Begin(f, new PullSession(this, f.Session));
                     return;
+                case FrameType.List:
+                    foreach (var part in FileOps.List(AgentJson.Decode(f.Payload, AgentJson.Default.PathRequest).Path))
+                        Send(null, FrameType.Result, 0, f.Session, part);
+                    return;
                 case FrameType.Stat or FrameType.Mkdir or FrameType.Remove or FrameType.Power:
                     var result = FileOps.Run(f.Type, f.Payload);
                     Send(null, FrameType.Result, 0, f.Session, result);

@@ -236,6 +236,39 @@ public static class FileOps
         throw new AgentFailure($"unsupported request {type}", Errors.EINVAL);
     }
 
+    /// <summary>A directory listing as Result payloads that each fit in one frame (the last says no more follow).</summary>
+    public static List<byte[]> List(string path)
+    {
+        Absolute(path, "list");
+        if (!GuestSys.TryStat(path, true, out var st, out var errno)) throw new AgentFailure($"list {path}: {Errors.Describe(errno)}", errno);
+        if (st.Type != StatxInfo.S_IFDIR) throw new AgentFailure($"list {path}: {Errors.Describe(Errors.ENOTDIR)}", Errors.ENOTDIR);
+        var parts = new List<byte[]>();
+        var cur = new DirectoryListing();
+        var size = 0;
+        IEnumerable<string> names;
+        try { names = Directory.EnumerateFileSystemEntries(path).ToList(); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new AgentFailure($"list {path}: {e.Message}", Errors.EIO); }
+        foreach (var entry in names)
+        {
+            // An entry removed since the directory was read is left out.
+            if (!GuestSys.TryStat(entry, false, out var est, out _)) continue;
+            var fs = ToStat(entry, est);
+            // Its exact JSON size (escaping included), so a part never exceeds a frame's payload limit.
+            var cost = AgentJson.Encode(fs, AgentJson.Default.FileStat).Length + 1;
+            if (size + cost > Wire.MaxPayload - 64 && cur.Entries.Count > 0)
+            {
+                cur.More = true;
+                parts.Add(AgentJson.Encode(cur, AgentJson.Default.DirectoryListing));
+                cur = new DirectoryListing();
+                size = 0;
+            }
+            cur.Entries.Add(fs);
+            size += cost;
+        }
+        parts.Add(AgentJson.Encode(cur, AgentJson.Default.DirectoryListing));
+        return parts;
+    }
+
     static void Absolute(string path, string op)
     {
         if (!path.StartsWith('/')) throw new AgentFailure($"{op}: '{path}' is not an absolute path", Errors.EINVAL);

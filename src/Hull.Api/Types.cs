@@ -40,6 +40,8 @@ public sealed class Instance
     public string Name { get; set; } = "";
     public string Type { get; set; } = InstanceTypes.Container;
     public string Image { get; set; } = "";
+    /// <summary>The fingerprint of the image the instance was made from.</summary>
+    public string ImageFingerprint { get; set; } = "";
     public string State { get; set; } = InstanceStates.Stopped;
     public Dictionary<string, string> Config { get; set; } = [];
     public Dictionary<string, Dictionary<string, string>> Devices { get; set; } = [];
@@ -104,6 +106,8 @@ public sealed class InstanceStateInfo
     public int? Pid { get; set; }
     public int? LastExitCode { get; set; }
     public InstanceStats? Stats { get; set; }
+    /// <summary>Engine facts (a VM: accelerator, accelerator-reason, vcpus, memory, boot); null when the engine gives none.</summary>
+    public Dictionary<string, string>? Details { get; set; }
 }
 
 public sealed class InstanceStats
@@ -269,4 +273,54 @@ public sealed class Event
     public Operation? Operation { get; set; }
     public string? Level { get; set; }
     public string? Message { get; set; }
+}
+
+/// <summary>
+/// The index of an instance backup (GET /1.0/instances/{name}/backup): the first member, backup.json, of the tarball;
+/// the instance's directory follows under instance/. Import (POST /1.0/instances/backup) reads it back.
+/// </summary>
+public sealed class InstanceBackup
+{
+    /// <summary>The format version; an importer refuses versions it does not know.</summary>
+    public int Version { get; set; } = 1;
+    public string Name { get; set; } = "";
+    public string Type { get; set; } = InstanceTypes.Container;
+    /// <summary>The image as the user named it, and its fingerprint: the importing host must hold that image (copy it first).</summary>
+    public string Image { get; set; } = "";
+    public string ImageFingerprint { get; set; } = "";
+    public Dictionary<string, string> Config { get; set; } = [];
+    public Dictionary<string, Dictionary<string, string>> Devices { get; set; } = [];
+    public List<string> Profiles { get; set; } = [];
+    public DateTimeOffset CreatedAt { get; set; }
+    public List<Snapshot> Snapshots { get; set; } = [];
+    /// <summary>The host the backup was made on (informational).</summary>
+    public string SourceHost { get; set; } = "";
+}
+
+/// <summary>POST /1.0/instances/{name}/migration/incoming (on the target): make the instance and wait for its state.</summary>
+public sealed class MigrationIncomingRequest
+{
+    /// <summary>The instance as the source has it (no data: the state and disks come over the migration stream).</summary>
+    public InstanceBackup Instance { get; set; } = new();
+    /// <summary>The address of this (the target) host that the source host can reach; the target listens there.</summary>
+    public string ListenAddress { get; set; } = "127.0.0.1";
+}
+
+/// <summary>The target's answer: where the source sends the state.</summary>
+public sealed class MigrationTarget
+{
+    public string Uri { get; set; } = "";
+}
+
+/// <summary>POST /1.0/instances/{name}/migration/send (on the source).</summary>
+public sealed class MigrationSendRequest
+{
+    public string Uri { get; set; } = "";
+}
+
+/// <summary>POST /1.0/instances/{name}/migration/finish (on the target), once the source's send ended.</summary>
+public sealed class MigrationFinishRequest
+{
+    /// <summary>True: the source completed; the target's instance takes over. False: the target's copy is removed.</summary>
+    public bool Succeeded { get; set; }
 }

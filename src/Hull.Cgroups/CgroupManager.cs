@@ -274,7 +274,8 @@ internal sealed class CgroupManager : ICgroup
         if (r.Devices is not null)
         {
             if (IsV1("devices")) _devices = V1Devices.Apply(_f, DirFor("devices")!, r.Devices);
-            else _devices = V2Devices.Compile(r.Devices);
+            else if (_v2 is not null) _devices = V2Devices.Apply(_v2, r.Devices);
+            else throw new CgroupException("linux.resources.devices is set but this host has neither a v1 devices controller nor a cgroup2 mount to attach a device program to: remove the rules or mount a cgroup hierarchy");
         }
         if (r.Network is { } net)
         {

@@ -16,11 +16,12 @@ public interface ICgroup
     IReadOnlyDictionary<string, string> Directories { get; }
     /// <summary>Settings this host could not apply but that did not fail the call (e.g. kernel memory on v2).</summary>
     IReadOnlyList<string> Warnings { get; }
-    /// <summary>After <see cref="Apply"/> with devices: the effective device rules. On cgroup v2 there is no devices
-    /// file; the engine must compile this into a BPF_CGROUP_DEVICE program and attach it to the v2 directory
-    /// (see <see cref="DeviceRuleSet"/> for the evaluation order). On v1 the kernel already enforces it.</summary>
+    /// <summary>After <see cref="Apply"/> with devices: the effective device rules (see <see cref="DeviceRuleSet"/>
+    /// for the evaluation order). On v1 the devices controller enforces them; where the devices controller is not
+    /// on v1 (<see cref="DevicesNeedBpf"/>), Apply compiles them into a BPF_CGROUP_DEVICE program and attaches it to
+    /// the v2 directory (<see cref="DeviceFilter"/>).</summary>
     DeviceRuleSet? EffectiveDeviceRules { get; }
-    /// <summary>True if device rules must be enforced by a BPF program (the devices controller is not on v1).</summary>
+    /// <summary>True if device rules are enforced by a BPF program (the devices controller is not on v1).</summary>
     bool DevicesNeedBpf { get; }
 
     /// <summary>Makes the directory in every hierarchy (v2: enables the controllers in each parent's

@@ -21,6 +21,11 @@ public static partial class CliApp
         Description = "Output format: table (for people), json or yaml (for scripts)", Recursive = true, DefaultValueFactory = _ => "table",
     };
 
+    static readonly Option<string?> RemoteOption = new("--remote")
+    {
+        Description = "The hulld to talk to: a name from 'hull remote list' (default: the default remote, normally local)", Recursive = true,
+    };
+
     static CliApp() => FormatOption.AcceptOnlyFromAmong("table", "json", "yaml");
 
     /// <summary>Runs one hull command line; returns the exit status (the command's own for exec).</summary>
@@ -35,6 +40,7 @@ public static partial class CliApp
     {
         var root = new RootCommand("hull: containers and VMs as instances, managed through hulld.");
         root.Options.Add(FormatOption);
+        root.Options.Add(RemoteOption);
         foreach (var c in InstanceCommands()) root.Subcommands.Add(c);
         root.Subcommands.Add(FileCommand());
         root.Subcommands.Add(ConfigCommand());
@@ -44,6 +50,8 @@ public static partial class CliApp
         root.Subcommands.Add(OperationCommand());
         root.Subcommands.Add(EventsCommand());
         root.Subcommands.Add(CompletionCommand());
+        foreach (var c in TransferCommands()) root.Subcommands.Add(c);
+        root.Subcommands.Add(RemoteCommand());
         return root;
     }
 
@@ -58,7 +66,7 @@ public static partial class CliApp
         {
             try
             {
-                using var client = await ConnectAsync(ct);
+                using var client = await ConnectAsync(pr, ct);
                 return await action(pr, client, ct);
             }
             catch (HullException e) { await Err.WriteLineAsync("Error: " + e.Message); return 1; }
@@ -70,9 +78,20 @@ public static partial class CliApp
 
     static string Format(ParseResult pr) => pr.GetValue(FormatOption) ?? "table";
 
-    /// <summary>Connects to hulld; if none answers, starts one in the background (HULL_SOCKET, HULL_DIR choose where).</summary>
-    static async Task<HullClient> ConnectAsync(CancellationToken ct)
+    /// <summary>Connects to the hulld of --remote (or the default remote); for this host's own hulld, if none answers,
+    /// starts one in the background (HULL_SOCKET, HULL_DIR choose where).</summary>
+    static async Task<HullClient> ConnectAsync(ParseResult pr, CancellationToken ct) => await ConnectAsync(pr.GetValue(RemoteOption), ct);
+
+    static async Task<HullClient> ConnectAsync(string? remote, CancellationToken ct)
     {
+        var remotes = Remotes.Load();
+        if (remotes.SocketFor(remote) is { } socket)
+        {
+            var rc = new HullClient(socket);
+            if (await rc.IsRunningAsync(ct)) return rc;
+            rc.Dispose();
+            throw new CliException($"remote '{remote ?? remotes.Default}' ({socket}) does not answer: is its hulld running, and its socket forwarded here?");
+        }
         var client = new HullClient();
         if (await client.IsRunningAsync(ct)) return client;
         var hulld = FindHulld() ?? throw new CliException($"hulld is not running on {client.SocketPath} and no hulld program was found: install Hull (make install) or set HULL_HULLD");
@@ -226,6 +245,7 @@ public static partial class CliApp
                 Out.WriteLine($"Name: {i.Name}\nType: {i.Type}\nImage: {i.Image}\nState: {i.State}");
                 if (i.StatusMessage is not null) Out.WriteLine($"Status: {i.StatusMessage}");
                 if (st.Pid is { } pid) Out.WriteLine($"PID: {pid}");
+                foreach (var (k, v) in st.Details ?? []) Out.WriteLine($"{char.ToUpperInvariant(k[0])}{k[1..].Replace('-', ' ')}: {v}");
                 if (i.LastExitCode is { } ec) Out.WriteLine($"Last exit code: {ec}");
                 Out.WriteLine($"Profiles: {string.Join(", ", i.Profiles)}\nCreated: {Output.Time(i.CreatedAt)}\nLast used: {Output.Time(i.LastUsedAt)}");
                 if (st.Stats is { } s)
@@ -287,49 +307,18 @@ public static partial class CliApp
             yield return cmd;
         }
 
-        {
-            var src = NameArg("source", "The instance to copy");
-            var dst = new Argument<string>("destination") { Description = "The new instance's name" };
-            var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value for the copy" };
-            var cmd = new Command("copy", "Copy an instance (its root filesystem, config and profiles)") { src, dst, cfg };
-            cmd.Aliases.Add("cp");
-            Act(cmd, async (pr, c, ct) =>
-            {
-                var op = await c.CreateInstanceOperationAsync(new InstanceCreateRequest
-                {
-                    Name = pr.GetValue(dst)!, CopyFrom = pr.GetValue(src)!, Config = KeyValues(pr.GetValue(cfg), "config"),
-                }, ct);
-                await WaitOp(c, op, ct);
-                return 0;
-            });
-            yield return cmd;
-        }
-
-        {
-            var src = NameArg("source", "The instance to move");
-            var dst = new Argument<string>("destination") { Description = "The new name" };
-            var cmd = new Command("move", "Rename a stopped instance") { src, dst };
-            cmd.Aliases.Add("mv");
-            Act(cmd, async (pr, c, ct) =>
-            {
-                var to = pr.GetValue(dst)!;
-                if (to.Contains(':')) throw new CliException($"moving to another Hull host ('{to}') is not supported yet: copy the instance's image and config there instead");
-                await c.RenameInstanceAsync(pr.GetValue(src)!, to, ct);
-                return 0;
-            });
-            yield return cmd;
-        }
     }
 
     static Command CreateCommand(string verb, string help, bool start)
     {
-        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox is built in)" };
+        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox and host are built in; host: an application container), or a registry reference (host[:port]/repo[:tag]) to pull" };
         var name = new Argument<string>("name") { Description = "Instance name" };
         var vm = new Option<bool>("--vm") { Description = "Make a virtual machine instead of a container" };
         var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
         var profiles = new Option<string[]>("--profile", "-p") { Description = "Profiles to apply, in order (repeatable; default: default)" };
         var noProfiles = new Option<bool>("--no-profiles") { Description = "Apply no profile" };
         var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles };
+        var app = AddAppOptions(cmd);
         Act(cmd, async (pr, c, ct) =>
         {
             var p = pr.GetValue(profiles) is { Length: > 0 } ps ? ps.SelectMany(x => x.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToList()
@@ -339,6 +328,7 @@ public static partial class CliApp
                 Name = pr.GetValue(name)!, Image = pr.GetValue(image)!, Type = pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container,
                 Config = KeyValues(pr.GetValue(cfg), "config"), Profiles = p, Start = start,
             };
+            ApplyAppOptions(pr, app, req);
             await Err.WriteLineAsync($"{(start ? "Launching" : "Creating")} {req.Name}");
             await WaitOp(c, await c.CreateInstanceOperationAsync(req, ct), ct);
             return 0;
@@ -788,6 +778,7 @@ public static partial class CliApp
             });
             image.Subcommands.Add(import);
         }
+        image.Subcommands.Add(ImagePullCommand());
         {
             var img = new Argument<string>("image");
             var file = new Argument<string>("file") { Description = "Where to write the image file" };

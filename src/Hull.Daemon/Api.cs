@@ -12,7 +12,7 @@ using Microsoft.AspNetCore.Routing;
 namespace Hull.Daemon;
 
 /// <summary>The REST API: every route hulld serves. docs/api.md and openapi.json describe the same set (a test checks).</summary>
-public sealed class Api(Daemon d)
+public sealed partial class Api(Daemon d)
 {
     InstanceManager M => d.Instances;
     static readonly HullJson J = HullJson.Default;
@@ -44,6 +44,8 @@ public sealed class Api(Daemon d)
         Route(app, "GET", "/1.0/instances/{name}/snapshots/{snapshot}", GetSnapshot);
         Route(app, "DELETE", "/1.0/instances/{name}/snapshots/{snapshot}", DeleteSnapshot);
         Route(app, "POST", "/1.0/instances/{name}/snapshots/{snapshot}/restore", RestoreSnapshot);
+        MapBackups(app);
+        MapMigration(app);
 
         Route(app, "GET", "/1.0/profiles", c => Ok(c, M.Profiles(), J.ListProfile));
         Route(app, "POST", "/1.0/profiles", async c => await Ok(c, M.CreateProfile(await Body(c, J.ProfileCreateRequest)), J.Profile, 201));
@@ -53,6 +55,7 @@ public sealed class Api(Daemon d)
 
         Route(app, "GET", "/1.0/images", c => Ok(c, d.Images.List(), J.ListImage));
         Route(app, "POST", "/1.0/images", ImportImage);
+        Route(app, "POST", "/1.0/images/pull", c => RegistryApi.PullImage(d, c));
         Route(app, "GET", "/1.0/images/aliases", c => Ok(c, d.Images.Aliases(), J.ListImageAlias));
         Route(app, "POST", "/1.0/images/aliases", async c =>
         {
@@ -168,6 +171,7 @@ public sealed class Api(Daemon d)
 
     async Task CreateInstance(HttpContext c)
     {
+        if (IsBackupUpload(c)) { await ImportInstance(c); return; }
         var req = await Body(c, J.InstanceCreateRequest);
         M.PrecheckCreate(req);
         var op = d.Operations.Start(req.Start ? $"launching {req.Name}" : $"creating {req.Name}", [$"/1.0/instances/{req.Name}"], mayCancel: true,
@@ -246,6 +250,8 @@ public sealed class Api(Daemon d)
 
     async Task ExecWebSocket(HttpContext c)
     {
+        // The state first: the SDK repeats a refused upgrade as a plain GET to read the error, which must be the real one.
+        M.Running(Name(c));
         if (!c.WebSockets.IsWebSocketRequest)
             throw new InstanceException("this endpoint needs a websocket: POST to the same path to run a command and collect its output");
         var json = Query(c, "request") ?? throw new InstanceException("the 'request' query parameter (an exec request as JSON) is missing");

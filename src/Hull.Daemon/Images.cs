@@ -12,7 +12,7 @@ public delegate Task<string> BuiltinImageBuilder(string workDir, OperationContex
 /// The content-addressed image store under STATE/images: images/FINGERPRINT/{image.tar|disk.img, rootfs/}. The
 /// fingerprint is the SHA-256 of the image file. Work happens in images/tmp-*; an image appears by rename, then its row.
 /// </summary>
-public sealed class ImageStore
+public sealed partial class ImageStore
 {
     readonly string _dir;
     readonly Store _store;
@@ -39,8 +39,10 @@ public sealed class ImageStore
         foreach (var d in Directory.GetDirectories(_dir))
         {
             var name = Path.GetFileName(d);
+            if (name == BlobsDirName) continue;
             if (name.StartsWith("tmp-", StringComparison.Ordinal) || !known.Contains(name)) Files.RemoveTree(d);
         }
+        RecoverBlobs(known);
     }
 
     string ImageDir(string fp) => Path.Combine(_dir, fp);
@@ -71,6 +73,7 @@ public sealed class ImageStore
     /// <summary>Finds an image by alias (for the type), full fingerprint or unique fingerprint prefix; null if none.</summary>
     public ImageRecord? Find(string name, string? type)
     {
+        name = Unescape(name);
         var images = _store.ListImages();
         foreach (var a in _store.ListAliases())
             if (a.Name == name && (type is null || a.Type == type))
@@ -92,12 +95,13 @@ public sealed class ImageStore
     public async Task<ImageRecord> ResolveAsync(string name, string type, OperationContext? op, CancellationToken ct)
     {
         if (Find(name, type) is { } found) return found;
+        if (!_builtins.ContainsKey((name, type)) && await ResolveRegistryAsync(name, type, op, ct) is { } pulled) return pulled;
         if (!_builtins.TryGetValue((name, type), out var builder))
         {
             if (Find(name, null) is { } other)
                 throw new InstanceException($"image '{name}' is a {other.Type} image and cannot make a {type} instance: {(type == InstanceTypes.Vm ? "drop --vm" : "add --vm")} or use another image");
             var builtins = string.Join(", ", _builtins.Keys.Where(b => b.Type == type).Select(b => b.Name));
-            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import' or use a built-in image ({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
+            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import', pull it with 'hull image pull HOST[:PORT]/REPO[:TAG]' or use a built-in image ({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
         }
         await _lock.WaitAsync(ct);
         try
@@ -134,24 +138,31 @@ public sealed class ImageStore
             var (rc, err) = await Files.RunAsync("tar", ["-xf", upload, "-C", layout], ct);
             if (rc != 0) throw new InstanceException($"the OCI layout upload is not a readable tarball: {err.Trim()}");
             File.Delete(upload);
-            var rootfs = Path.Combine(work, "rootfs");
-            await OciLayout.FlattenAsync(layout, reference, rootfs, op, ct);
-            Files.RemoveTree(layout);
-            op?.Progress("packing the root filesystem");
-            var tar = Path.Combine(work, "image.tar");
-            (rc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."], ct);
-            if (rc != 0) throw new InstanceException($"packing the flattened image failed: {err.Trim()}", 500);
-            Files.RemoveTree(rootfs);
-            await _lock.WaitAsync(ct);
-            try
-            {
-                var rec = await AddLockedAsync(tar, InstanceTypes.Container, description, builtin: false, op, ct);
-                if (alias is not null) _store.SetAlias(alias, InstanceTypes.Container, rec.Fingerprint);
-                return ToApi(rec, _store.ListAliases());
-            }
-            finally { _lock.Release(); }
+            var rec = await AddOciLayoutAsync(work, layout, reference, alias is null ? [] : [alias], description, op, ct);
+            return ToApi(rec, _store.ListAliases());
         }
         finally { Files.RemoveTree(work); }
+    }
+
+    /// <summary>Flattens an OCI layout directory inside <paramref name="work"/> into a rootfs image, adds it and points the aliases at it.</summary>
+    async Task<ImageRecord> AddOciLayoutAsync(string work, string layout, string? reference, IReadOnlyList<string> aliases, string description, OperationContext? op, CancellationToken ct)
+    {
+        var rootfs = Path.Combine(work, "rootfs");
+        await OciLayout.FlattenAsync(layout, reference, rootfs, op, ct);
+        Files.RemoveTree(layout);
+        op?.Progress("packing the root filesystem");
+        var tar = Path.Combine(work, "image.tar");
+        var (rc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."], ct);
+        if (rc != 0) throw new InstanceException($"packing the flattened image failed: {err.Trim()}", 500);
+        Files.RemoveTree(rootfs);
+        await _lock.WaitAsync(ct);
+        try
+        {
+            var rec = await AddLockedAsync(tar, InstanceTypes.Container, description, builtin: false, op, ct);
+            foreach (var a in aliases) _store.SetAlias(a, InstanceTypes.Container, rec.Fingerprint);
+            return rec;
+        }
+        finally { _lock.Release(); }
     }
 
     /// <summary>Imports an image file (a rootfs tarball, plain or compressed, for containers; a disk image for VMs).</summary>
@@ -220,6 +231,7 @@ public sealed class ImageStore
             throw new InstanceException($"image {r.Fingerprint[..12]} is used by instance(s) {string.Join(", ", users)}: delete them first", 409);
         _store.DeleteImage(r.Fingerprint);
         Files.RemoveTree(ImageDir(r.Fingerprint));
+        ReleaseLayers(r.Fingerprint);
     }
 
     public void SetAlias(string alias, string target)
@@ -232,6 +244,7 @@ public sealed class ImageStore
 
     public void DeleteAlias(string alias)
     {
+        alias = Unescape(alias);
         if (_store.DeleteAlias(alias) == 0) throw new InstanceException($"image alias '{alias}' not found: 'hull image alias list' shows the aliases", 404);
     }
 

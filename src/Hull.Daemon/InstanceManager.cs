@@ -9,7 +9,7 @@ namespace Hull.Daemon;
 /// what was about to happen (state Starting/Stopping, pending create/delete/restore) before the call and what happened
 /// after it, so <see cref="RecoverAsync"/> can finish or undo whatever a kill -9 interrupted.
 /// </summary>
-public sealed class InstanceManager
+public sealed partial class InstanceManager
 {
     readonly Store _store;
     readonly ImageStore _images;
@@ -66,7 +66,7 @@ public sealed class InstanceManager
         var (cfg, dev) = Expand(r);
         return new Instance
         {
-            Name = r.Name, Type = r.Type, Image = r.Image, State = r.State, Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
+            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, State = r.State, Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
             CreatedAt = r.Created, LastUsedAt = r.LastUsed, ExpandedConfig = cfg, ExpandedDevices = dev,
             Pid = r.State is InstanceStates.Running or InstanceStates.Frozen ? r.Pid : null, LastExitCode = r.LastExitCode, StatusMessage = r.StatusMessage,
         };
@@ -137,7 +137,8 @@ public sealed class InstanceManager
         if (_store.GetInstance(req.Name) is not null)
             throw new InstanceException($"instance '{req.Name}' already exists: choose another name or delete it first", 409);
         var r = new InstanceRecord { Name = req.Name, Type = req.Type, Config = req.Config, Devices = req.Devices, Profiles = req.Profiles ?? ["default"] };
-        if (req.CopyFrom is null && _images.Find(req.Image, req.Type) is null && !_images.Builtins.Contains((req.Image, req.Type)))
+        if (req.CopyFrom is null && _images.Find(req.Image, req.Type) is null && !_images.Builtins.Contains((req.Image, req.Type))
+            && !Hull.Registry.ImageReference.LooksLikeReference(req.Image)) // a registry reference is pulled by the create operation
             _images.ResolveAsync(req.Image, req.Type, null, CancellationToken.None).GetAwaiter().GetResult(); // throws the right not-found error
         ValidateRecord(r);
     }
@@ -436,6 +437,11 @@ public sealed class InstanceManager
         var spec = Spec(r);
         foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
         r.State = InstanceStates.Stopped; r.Pid = null; r.LastExitCode = code;
+        // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
+        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceStates.Error } ds)
+        {
+            r.State = InstanceStates.Error; r.StatusMessage = ds.Message;
+        }
         _store.UpdateInstance(r);
         _events.Lifecycle("instance-exited", name);
     }
@@ -445,6 +451,7 @@ public sealed class InstanceManager
     /// <summary>After a (re)start of hulld: finishes or undoes interrupted work and finds running instances again.</summary>
     public async Task RecoverAsync(CancellationToken ct)
     {
+        SweepBackupStaging();
         foreach (var (inst, snap, pending) in _store.PendingSnapshots())
         {
             var r = _store.GetInstance(inst);
@@ -456,7 +463,7 @@ public sealed class InstanceManager
         {
             if (!_drivers.TryGetValue(r.Type, out var driver))
             {
-                if (r.Pending == "create") { Files.RemoveTree(Dir(r.Name)); _store.DeleteInstance(r.Name); }
+                if (r.Pending is "create" or MigrateIn) { Files.RemoveTree(Dir(r.Name)); _store.DeleteInstance(r.Name); }
                 continue;
             }
             try { await RecoverOneAsync(r, driver, ct); }
@@ -479,6 +486,7 @@ public sealed class InstanceManager
         switch (r.Pending)
         {
             case "create":
+            case MigrateIn:
                 await RollbackCreateAsync(r, driver);
                 return;
             case "delete":
@@ -592,6 +600,7 @@ public sealed class InstanceManager
         {
             try { info.Stats = await Driver(r.Type).GetStatsAsync(Spec(r), ct); } catch (Exception e) { _events.Log("warning", $"stats of {name}: {e.Message}", name); }
         }
+        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, Spec(r)) is { Details: { } details }) info.Details = new(details);
         return info;
     }
 

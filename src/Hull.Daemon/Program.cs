@@ -1,5 +1,7 @@
+using Hull.Api;
 using Hull.Instances;
 using Hull.Instances.Containers;
+using Hull.Instances.Vms;
 
 namespace Hull.Daemon;
 
@@ -11,6 +13,16 @@ public static class Program
         // The container init is hull-oci installed next to hulld (make install links it there), unless HULL_INIT_BINARY says otherwise.
         if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("HULL_INIT_BINARY")))
             Environment.SetEnvironmentVariable("HULL_INIT_BINARY", Path.Combine(AppContext.BaseDirectory, "hull-oci"));
-        return Daemon.RunAsync(args, o => [new ContainerDriver(o.StateDir)]);
+        if (args is ["monitor", ..]) return Task.FromResult(ContainerMonitor.Run(args[1..]));
+        VmDriverOptions? vmOptions = null;
+        VmDriverOptions Vm(DaemonOptions o) => vmOptions ??= VmDriverOptions.FromEnvironment(o.StateDir);
+        return Daemon.RunAsync(args, o => [new ContainerDriver(o.StateDir), new VmDriver(Vm(o))],
+            (o, images) =>
+            {
+                images.RegisterBuiltin("host", InstanceTypes.Container, (work, _, ct) => AppContainers.BuildHostImageAsync(work, ct));
+                // The built-in VM image: the default image (host kernel, busybox, virtio modules, hull-agent), built on first use.
+                images.RegisterBuiltin("busybox", InstanceTypes.Vm,
+                    (work, op, ct) => VmImages.BuildDefaultBundleAsync(work, Vm(o).CacheDir, Vm(o).AgentBinary, m => op?.Progress(m), ct));
+            });
     }
 }

@@ -21,8 +21,10 @@ namespace Hull.Instances.Containers;
 /// <item>console.log: the init's stdout and stderr; exit: the init's exit code once it ended;</item>
 /// <item>snapshots/NAME/upper: copies of the upper dir.</item>
 /// </list>
-/// The engine's state lives in &lt;state dir&gt;/containers; the container's init is an independent process (its own
-/// session, reparented when hulld exits), so containers outlive hulld. The engine container id is the instance name.
+/// The engine's state lives in &lt;state dir&gt;/containers. Containers are created and started by the container monitor
+/// (<see cref="ContainerMonitor"/>): one long-lived process per state dir, the parent of every container init, which
+/// writes each init's exit code into exit before reaping it. So containers outlive hulld, and their exit codes are
+/// exact across a hulld stop, crash or upgrade. The engine container id is the instance name.
 /// </summary>
 public sealed class ContainerDriver : IInstanceDriver
 {
@@ -30,14 +32,25 @@ public sealed class ContainerDriver : IInstanceDriver
 
     readonly ContainerEngine _engine;
     readonly string _cgroupPrefix;
-    readonly ConcurrentDictionary<string, Task<int?>> _waiters = new(StringComparer.Ordinal);
+    readonly MonitorClient _monitor;
+    readonly Lazy<PidfdWatcher> _exits = new(() => new PidfdWatcher("hulld-container-exits"));
     readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
 
     const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; while :; do sleep 3600 & wait $!; done";
 
     /// <param name="stateDir">hulld's state dir; the engine keeps its container state in a "containers" dir below it.</param>
-    public ContainerDriver(string stateDir)
+    /// <param name="monitorCommand">How to run the container monitor (default: this executable with "monitor").</param>
+    public ContainerDriver(string stateDir, IReadOnlyList<string>? monitorCommand = null)
     {
+        _monitor = new MonitorClient(stateDir, monitorCommand);
+        // A monitor left running by the previous hulld: reconnect now (and retire it if it is of another build).
+        if (File.Exists(ContainerMonitor.SocketPath(stateDir)))
+            _ = Task.Run(() =>
+            {
+                try { _monitor.Ensure(); }
+                catch (Exception e) when (e is InstanceException or LinuxException or IOException)
+                { Console.Error.WriteLine($"hulld: warning: {e.Message} (retried at the next container start)"); }
+            });
         var dir = Path.Combine(stateDir, "containers");
         Directory.CreateDirectory(dir);
         _engine = new ContainerEngine(new StateStore(dir), HostCgroups.Instance);
@@ -48,6 +61,9 @@ public sealed class ContainerDriver : IInstanceDriver
     }
 
     public ContainerEngine Engine => _engine;
+
+    /// <summary>The connection to the container monitor.</summary>
+    public MonitorClient Monitor => _monitor;
 
     static string P(InstanceSpec s, string name) => Path.Combine(s.Dir, name);
     static string Rootfs(InstanceSpec s) => P(s, "rootfs");
@@ -139,7 +155,6 @@ public sealed class ContainerDriver : IInstanceDriver
             foreach (var f in new[] { "lower", "config.json", "exit" }) File.Delete(P(spec, f));
         }
         finally { Lock(spec).Release(); }
-        _waiters.TryRemove(spec.Name, out _);
     }
 
     // ---- the overlay ----
@@ -222,9 +237,13 @@ public sealed class ContainerDriver : IInstanceDriver
     Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices)
     {
         var root = Rootfs(spec);
+        // An instance of the host image is an application container (AppContainers); app.command replaces the init.
+        var app = AppContainers.IsHostImage(IsCopy(spec) ? root : LowerOf(spec));
+        var custom = AppConfig.Command(spec.Config);
         List<string> args;
         var hasInit = File.Exists(Path.Combine(root, "etc/inittab")) || File.Exists(Path.Combine(root, "lib/systemd/systemd"));
-        if (hasInit && Exists(root, "sbin/init")) args = ["/sbin/init"];
+        if (custom is not null || app) args = custom ?? ["/"];
+        else if (hasInit && Exists(root, "sbin/init")) args = ["/sbin/init"];
         else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
         else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor /bin/sh: nothing to run as the container's init");
         var s = DefaultSpec.Create(args, terminal: false);
@@ -241,6 +260,7 @@ public sealed class ContainerDriver : IInstanceDriver
         s.Process.NoNewPrivileges = false;
         s.Linux!.CgroupsPath = _cgroupPrefix + spec.Name;
         s.Linux.Resources = Resources(spec, s.Linux.Resources);
+        if (app) AppContainers.Apply(spec, s, root);
         foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
             throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
         foreach (var m in devices.SelectMany(d => d.Mounts))
@@ -282,16 +302,14 @@ public sealed class ContainerDriver : IInstanceDriver
             CleanupEngine(spec);
             File.Delete(P(spec, "exit"));
             MountRootfs(spec);
-            int pid;
             try
             {
                 var oci = BuildSpec(spec, devices);
                 File.WriteAllText(P(spec, "config.json"), JsonSerializer.Serialize(oci, OciJson.Default.Spec));
                 using var devnull = Sys.Open("/dev/null", O.RDWR);
                 using var log = Sys.Open(P(spec, "console.log"), O.WRONLY | O.CREAT | O.APPEND, 0b110_000_000);
-                pid = _engine.Create(new CreateOptions { Id = spec.Name, Bundle = spec.Dir, Spec = oci, Stdio = [devnull, log, log] });
-                try { _engine.Start(spec.Name); }
-                catch { _engine.Delete(spec.Name, force: true); throw; }
+                // The monitor creates and starts it (and rolls back if that fails): the init is the monitor's child.
+                await Task.Run(() => _monitor.CreateAndStart(spec.Name, spec.Dir, oci, P(spec, "exit"), [devnull, log, log]), ct);
             }
             catch (Exception e)
             {
@@ -301,20 +319,8 @@ public sealed class ContainerDriver : IInstanceDriver
                 if (e is InstanceException) throw;
                 throw new InstanceException($"starting container '{spec.Name}' failed: {e.Message}", 500);
             }
-            // The init is our child until hulld exits: reap it and record its exit code.
-            _waiters[spec.Name] = Task.Factory.StartNew(() => ReapOwn(spec, pid), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         }
         finally { Lock(spec).Release(); }
-    }
-
-    int? ReapOwn(InstanceSpec spec, int pid)
-    {
-        int? code = null;
-        try { code = Sys.ExitCode(Sys.WaitPid(pid)); }
-        catch (LinuxException) { /* reaped elsewhere */ }
-        if (code is { } c) WriteExit(spec, c);
-        AfterExit(spec);
-        return code ?? ReadExit(spec);
     }
 
     /// <summary>After the init ended: removes the engine container (cgroup, state) and unmounts the overlay.</summary>
@@ -340,6 +346,24 @@ public sealed class ContainerDriver : IInstanceDriver
     static int? ReadExit(InstanceSpec spec) =>
         File.Exists(P(spec, "exit")) && int.TryParse(File.ReadAllText(P(spec, "exit")).Trim(), CultureInfo.InvariantCulture, out var c) ? c : null;
 
+    /// <summary>
+    /// The exit code the monitor recorded for an init that has ended (or is ending). The monitor writes the file before
+    /// it reaps the init, so while the init is still a zombie the file is on its way; once the pid is gone without a
+    /// file, nobody recorded it (the init was not the monitor's child: started before the monitor existed, or its
+    /// monitor died) and the code is unknown.
+    /// </summary>
+    async Task<int?> RecordedExitAsync(InstanceSpec spec, int pid, ulong startTime, CancellationToken ct)
+    {
+        for (var i = 0; ; i++)
+        {
+            if (ReadExit(spec) is { } c) return c;
+            if (ProcFs.Stat(pid) is not { } st || st.StartTime != startTime) return ReadExit(spec);
+            // A zombie whose parent does not reap it (a stopped or hung monitor): do not wait forever.
+            if (i >= 2000) return null;
+            await Task.Delay(5, ct);
+        }
+    }
+
     public async Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)
     {
         if (Find(spec) is { } f && f.Status is not "stopped")
@@ -356,13 +380,10 @@ public sealed class ContainerDriver : IInstanceDriver
                 try { _engine.Kill(spec.Name, Signals.SIGKILL, all: true); } catch (ContainerException) { }
                 for (var n = 0; n < 1000 && IsRunning(spec); n++) await Task.Delay(10, ct);
                 if (IsRunning(spec)) throw new InstanceException($"container '{spec.Name}' did not die within 10 s of SIGKILL; try again", 500);
-                if (ReadExit(spec) is null && !_waiters.ContainsKey(spec.Name)) WriteExit(spec, 128 + Signals.SIGKILL);
+                if (await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct) is null) WriteExit(spec, 128 + Signals.SIGKILL);
             }
-            else if (ReadExit(spec) is null && !_waiters.ContainsKey(spec.Name)) WriteExit(spec, 128 + Signals.SIGTERM);
-        }
-        if (_waiters.TryGetValue(spec.Name, out var w))
-        {
-            try { await w.WaitAsync(TimeSpan.FromSeconds(10), ct); } catch (TimeoutException) { }
+            // Not recorded (an init the monitor is not the parent of): what it most likely was.
+            else if (await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct) is null) WriteExit(spec, 128 + Signals.SIGTERM);
         }
         AfterExit(spec);
         return ReadExit(spec);
@@ -407,36 +428,42 @@ public sealed class ContainerDriver : IInstanceDriver
         });
     }
 
-    public Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
+    public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
     {
         var f = Find(spec);
         var state = f is { } x ? MapState(x.Status) : InstanceStates.Stopped;
         if (state == InstanceStates.Stopped)
         {
-            // It ended while hulld was away: its exit status went to whoever reaped it, so it is unknown unless recorded.
+            // It ended while hulld was away: the monitor recorded its exit code (unless it was not the init's parent).
+            if (f is { } ended) await RecordedExitAsync(spec, ended.Record.Pid, ended.Record.PidStartTime, ct);
             AfterExit(spec);
-            return Task.FromResult(new ReattachResult { State = state, ExitCode = ReadExit(spec) });
+            return new ReattachResult { State = state, ExitCode = ReadExit(spec) };
         }
-        return Task.FromResult(new ReattachResult { State = state, Pid = f!.Value.Record.Pid });
+        return new ReattachResult { State = state, Pid = f!.Value.Record.Pid };
     }
 
     public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (_waiters.TryGetValue(spec.Name, out var w)) return await w.WaitAsync(ct) ?? 128 + Signals.SIGKILL;
-        // Reattached: not our child, so its status is not ours to read. Watch it through a pidfd.
+        // The init is the monitor's child, not ours: watch it through a pidfd (one thread watches every instance), then
+        // read the code the monitor recorded.
         if (Find(spec) is { } f && f.Status != "stopped")
         {
             SafeFd? pidfd = null;
             try { pidfd = Sys.PidfdOpen(f.Record.Pid); } catch (LinuxException) { }
-            using (pidfd)
+            if (pidfd is not null && ProcFs.IsAlive(f.Record.Pid, f.Record.PidStartTime))
             {
-                while (!ct.IsCancellationRequested && IsRunning(spec))
-                {
-                    if (pidfd is not null) await Task.Run(() => Sys.WaitPidfd(pidfd, 500), ct);
-                    else await Task.Delay(200, ct);
-                }
+                var exited = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                var key = _exits.Value.Register(pidfd, () => exited.TrySetResult());
+                try { await exited.Task.WaitAsync(ct); }
+                finally { _exits.Value.Unregister(key); }
+            }
+            else
+            {
+                pidfd?.Dispose();
+                while (!ct.IsCancellationRequested && IsRunning(spec)) await Task.Delay(200, ct);
             }
             ct.ThrowIfCancellationRequested();
+            await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct);
         }
         await Task.Run(() => AfterExit(spec), ct);
         return ReadExit(spec) ?? 128 + Signals.SIGKILL;
@@ -651,6 +678,35 @@ public sealed class ContainerDriver : IInstanceDriver
     public Task DeleteSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
     {
         RemoveTree(SnapDir(spec, snapshot));
+        return Task.CompletedTask;
+    }
+
+    // ---- backup / move: the instance dir travels; the image root filesystem is the importing host's own ----
+
+    public IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) =>
+        IsCopy(spec) ? ["work", "config.json", "exit"] : ["rootfs", "work", "config.json", "exit"];
+
+    public Task ImportAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var lowerFile = P(spec, "lower");
+        if (!File.Exists(lowerFile)) throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it was not made by a container export", 400);
+        var lower = File.ReadAllText(lowerFile).Trim();
+        if (lower == "copy")
+        {
+            if (!Directory.Exists(Rootfs(spec))) throw new InstanceException($"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
+            return Task.CompletedTask;
+        }
+        if (lower != "base")
+        {
+            // The source host's image path: this host's copy of the same image (same fingerprint) takes its place.
+            if (spec.Image.Rootfs is not { } ir || !Directory.Exists(ir))
+                throw new InstanceException($"image {spec.Image.Fingerprint[..Math.Min(12, spec.Image.Fingerprint.Length)]} of '{spec.Name}' is not on this host: copy the image here first (hull image export/import)", 409);
+            File.WriteAllText(lowerFile, ir + "\n");
+        }
+        foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) }) Directory.CreateDirectory(d);
+        // Prove the overlay mounts here now rather than at the first start.
+        try { MountRootfs(spec); }
+        finally { UnmountRootfs(spec); }
         return Task.CompletedTask;
     }
 

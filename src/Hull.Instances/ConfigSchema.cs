@@ -19,9 +19,10 @@ public static class ConfigSchema
         ("boot.autostart", "start the instance when hulld starts: true or false"),
         ("environment.NAME", "an environment variable for the instance's processes"),
         ("user.NAME", "free-form user metadata"),
+        .. AppConfig.Keys,
     ];
 
-    static string KeyList => "limits.cpu, limits.memory, limits.processes, boot.autostart, environment.<NAME>, user.<NAME>";
+    static string KeyList => "limits.cpu, limits.memory, limits.processes, boot.autostart, app.command, app.share, app.system, environment.<NAME>, user.<NAME>";
 
     /// <summary>Validates one key and value; throws <see cref="InstanceException"/> naming the key and the valid range.</summary>
     public static void ValidateKey(string key, string value)
@@ -45,6 +46,7 @@ public static class ConfigSchema
                     throw new InstanceException($"boot.autostart='{value}' is invalid: use true or false");
                 return;
         }
+        if (AppConfig.IsKey(key)) { AppConfig.Validate(key, value); return; }
         if (key.StartsWith("environment.", StringComparison.Ordinal))
         {
             var name = key["environment.".Length..];

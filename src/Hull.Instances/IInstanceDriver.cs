@@ -81,6 +81,43 @@ public interface IInstanceDriver
 
     /// <summary>Applies changed limits to a running instance; returns false if a restart is needed to apply them.</summary>
     Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct);
+
+    // ---- backup / move to another host (optional: the defaults say the type cannot be exported) ----
+
+    /// <summary>
+    /// For a backup of a stopped instance: the paths under <see cref="InstanceSpec.Dir"/> to leave out (scratch dirs,
+    /// mount points, sockets), relative to it. Null means this instance type cannot be exported.
+    /// </summary>
+    IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) => null;
+
+    /// <summary>
+    /// After an import unpacked a backup's instance dir into <see cref="InstanceSpec.Dir"/> (on this host, maybe under a
+    /// new name): makes it usable here (re-links the image, rewrites absolute paths, makes scratch dirs). On failure the
+    /// caller removes the dir.
+    /// </summary>
+    Task ImportAsync(InstanceSpec spec, CancellationToken ct) =>
+        throw new InstanceException($"{Type} instances cannot be imported by this hulld: upgrade it", 501);
+
+    // ---- live migration to another host (optional) ----
+
+    /// <summary>True if running instances of this type can move live (<see cref="MigrateOutAsync"/> and friends).</summary>
+    bool CanMigrateLive => false;
+
+    /// <summary>
+    /// Target side: the instance was created here (<see cref="CreateAsync"/>, over the same image) and its devices
+    /// started; starts it waiting for the incoming state on <paramref name="listenAddress"/> and returns the URI the
+    /// source sends to. On failure it leaves nothing running.
+    /// </summary>
+    Task<string> PrepareIncomingAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, string listenAddress, CancellationToken ct) =>
+        throw new InstanceException($"running {Type} instances cannot move live: stop them first", 501);
+
+    /// <summary>Source side: sends the running instance's memory, devices and writable disks to <paramref name="uri"/>.
+    /// On success the instance no longer runs here; on failure it keeps running here.</summary>
+    Task<MigrationStats> MigrateOutAsync(InstanceSpec spec, string uri, CancellationToken ct) =>
+        throw new InstanceException($"running {Type} instances cannot move live: stop them first", 501);
+
+    /// <summary>Target side, after the source completed: the instance runs here now (wait until it does).</summary>
+    Task CompleteIncomingAsync(InstanceSpec spec, CancellationToken ct) => Task.CompletedTask;
 }
 
 /// <summary>A failure with a message for the user and the HTTP status it maps to.</summary>
@@ -127,11 +164,18 @@ public sealed class InstanceLimits
     public int? Processes { get; init; }
 }
 
+/// <summary>What a live migration took.</summary>
+public sealed record MigrationStats(TimeSpan Total, TimeSpan Downtime, long TransferredBytes);
+
 public sealed class DriverState
 {
     public required string State { get; init; }
     public int? Pid { get; init; }
     public int? ExitCode { get; init; }
+    /// <summary>Why the instance is in the Error state (a VM's guest panicked...), if it is.</summary>
+    public string? Message { get; init; }
+    /// <summary>Engine facts shown by 'hull info' (a VM: accelerator and why, vCPUs, memory...); null if none.</summary>
+    public IReadOnlyDictionary<string, string>? Details { get; init; }
 }
 
 public sealed class ReattachResult

@@ -377,10 +377,66 @@ public sealed class HullClient : IDisposable
         return await GetImageAsync(op.Metadata!["fingerprint"], ct);
     }
 
+    /// <summary>Starts pulling an image from an OCI (Docker v2) registry; the operation's metadata has the fingerprint when it ends.</summary>
+    public Task<Operation> PullImageOperationAsync(ImagePullRequest req, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Post, "1.0/images/pull", req, J.ImagePullRequest, J.Operation, ct);
+
+    /// <summary>Pulls an image from a registry (e.g. "registry.example.com:5000/app:1.0") and returns the stored image.</summary>
+    public async Task<Image> PullImageAsync(ImagePullRequest req, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    {
+        var op = await WaitAsync(await PullImageOperationAsync(req, ct), progress, ct);
+        return await GetImageAsync(op.Metadata!["fingerprint"], ct);
+    }
+
     public async Task<Stream> ExportImageAsync(string nameOrFingerprint, CancellationToken ct = default)
     {
         var resp = await SendAsync(HttpMethod.Get, $"1.0/images/{E(nameOrFingerprint)}/export", null, ct, HttpCompletionOption.ResponseHeadersRead);
         return await resp.Content.ReadAsStreamAsync(ct);
+    }
+
+    // ---- instance backups (export/import; copy and move between hosts) ----
+
+    /// <summary>Opens the backup tarball of a stopped instance (backup.json, then its directory).</summary>
+    public async Task<Stream> ExportInstanceAsync(string name, CancellationToken ct = default)
+    {
+        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/backup", null, ct, HttpCompletionOption.ResponseHeadersRead);
+        return await resp.Content.ReadAsStreamAsync(ct);
+    }
+
+    /// <summary>Makes an instance from a backup tarball, under <paramref name="name"/> or the name it was exported with;
+    /// with <paramref name="start"/> it is started once imported.</summary>
+    public async Task<Instance> ImportInstanceAsync(Stream backup, string? name = null, bool start = false, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    {
+        var body = new StreamContent(backup);
+        body.Headers.ContentType = new MediaTypeHeaderValue("application/x-tar");
+        using var req = new HttpRequestMessage(HttpMethod.Post, start ? "1.0/instances?start=true" : "1.0/instances") { Content = body };
+        if (name is not null) req.Headers.Add("X-Hull-Name", name);
+        using var resp = await _http.SendAsync(req, ct);
+        if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
+        var op = await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);
+        return await GetInstanceAsync(op.Metadata!["name"], ct);
+    }
+
+    // ---- live migration between hullds (InstanceTransfer.MoveAsync drives these) ----
+
+    /// <summary>Target side: makes <paramref name="instance"/> here and starts it waiting for its state; returns where to send it.</summary>
+    public Task<MigrationTarget> PrepareIncomingMigrationAsync(InstanceBackup instance, string listenAddress, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(instance.Name)}/migration/incoming",
+            new MigrationIncomingRequest { Instance = instance, ListenAddress = listenAddress }, J.MigrationIncomingRequest, J.MigrationTarget, ct);
+
+    /// <summary>Source side: sends the running instance to <paramref name="uri"/> and waits; the finished operation's
+    /// metadata holds total_ms, downtime_ms and transferred_bytes.</summary>
+    public async Task<Operation> SendMigrationAsync(string name, string uri, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    {
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/send", Json(new MigrationSendRequest { Uri = uri }, J.MigrationSendRequest), ct);
+        return await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);
+    }
+
+    /// <summary>Target side: the send ended; with <paramref name="succeeded"/> the instance takes over here, else it is removed.</summary>
+    public async Task<Instance?> FinishIncomingMigrationAsync(string name, bool succeeded, CancellationToken ct = default)
+    {
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/finish", Json(new MigrationFinishRequest { Succeeded = succeeded }, J.MigrationFinishRequest), ct);
+        return resp.StatusCode == HttpStatusCode.NoContent ? null : await ReadAsync(resp, J.Instance, ct);
     }
 
     public Task DeleteImageAsync(string nameOrFingerprint, CancellationToken ct = default) =>

@@ -46,19 +46,23 @@ public static unsafe class SeccompListener
     /// </summary>
     public static void Send(string listenerPath, SafeFd notifyFd, ContainerProcessState state)
     {
-        ArgumentException.ThrowIfNullOrEmpty(listenerPath);
         ArgumentNullException.ThrowIfNull(notifyFd);
         ArgumentNullException.ThrowIfNull(state);
+        using var sock = Connect(listenerPath);
+        Send(sock, listenerPath, notifyFd, state);
+    }
+
+    /// <summary>Connects to the agent's socket; with <see cref="Send(SafeFd, string, SafeFd, ContainerProcessState)"/>
+    /// later, for a process that connects while the path is reachable (before pivot_root) and sends afterwards.</summary>
+    public static SafeFd Connect(string listenerPath)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(listenerPath);
         var path = Encoding.UTF8.GetBytes(listenerPath);
         if (path.Length > 107)
             throw new SeccompException($"linux.seccomp.listenerPath \"{listenerPath}\" is {path.Length} bytes; a unix socket path has at most 107. Use a shorter path.");
-        if (state.Fds.Count != 1)
-            throw new ArgumentException("the state must name exactly the one fd sent (seccompFd)", nameof(state));
-        var json = JsonSerializer.SerializeToUtf8Bytes(state, SeccompJson.Default.ContainerProcessState);
-
         var s = Libc.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | O.CLOEXEC, 0);
         if (s < 0) throw LinuxException.FromLastError("socket AF_UNIX for the seccomp listener");
-        using var sock = new SafeFd(s);
+        var sock = new SafeFd(s);
 
         byte* addr = stackalloc byte[110];
         new Span<byte>(addr, 110).Clear();
@@ -67,9 +71,17 @@ public static unsafe class SeccompListener
         while (Libc.connect(sock.Fd, addr, 2 + path.Length + 1) < 0)
         {
             var e = Marshal.GetLastPInvokeError();
-            if (e != Errors.EINTR) throw new LinuxException(e, $"connect to the seccomp listener {listenerPath}");
+            if (e != Errors.EINTR) { sock.Dispose(); throw new LinuxException(e, $"connect to the seccomp listener {listenerPath}"); }
         }
+        return sock;
+    }
 
+    /// <summary>Sends the state and the notify fd on a socket from <see cref="Connect"/> (the caller closes it).</summary>
+    public static void Send(SafeFd sock, string listenerPath, SafeFd notifyFd, ContainerProcessState state)
+    {
+        if (state.Fds.Count != 1)
+            throw new ArgumentException("the state must name exactly the one fd sent (seccompFd)", nameof(state));
+        var json = JsonSerializer.SerializeToUtf8Bytes(state, SeccompJson.Default.ContainerProcessState);
         var added = false;
         notifyFd.DangerousAddRef(ref added);
         try

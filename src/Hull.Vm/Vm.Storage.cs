@@ -241,58 +241,125 @@ public sealed partial class Vm
             if (dc.Boot == BootMode.Uefi) File.Copy(Path.Combine(_dir, StateFiles.OvmfVars), Path.Combine(destDir, StateFiles.OvmfVars));
             if (copyDisks)
             {
+                // The running source knows each disk's size (no qemu-img process per disk on this path).
+                var sizes = new Dictionary<string, long>(StringComparer.Ordinal);
+                if (await _qmp.ExecuteAsync("query-block", ct: ct).ConfigureAwait(false) is JsonArray blocks)
+                    foreach (var b in blocks)
+                        if (b?["inserted"] is JsonObject ins && ins["node-name"]?.GetValue<string>() is string node && ins["image"]?["virtual-size"]?.GetValue<long>() is long vs)
+                            sizes[node] = vs;
                 foreach (var d in dc.Disks.Where(d => d.Owned))
                 {
                     var src = d.Path;
                     d.Path = Path.Combine(destDir, Path.GetFileName(src));
-                    var size = JsonNode.Parse(Tools.Run(Tools.QemuImg, ["info", "-U", "--output=json", src], $"reading {src}"))?["virtual-size"]?.GetValue<long>() ?? 0;
+                    if (!sizes.TryGetValue(d.Node, out var size))
+                        size = JsonNode.Parse(Tools.Run(Tools.QemuImg, ["info", "-U", "--output=json", src], $"reading {src}"))?["virtual-size"]?.GetValue<long>() ?? 0;
                     var sz = size.ToString(CultureInfo.InvariantCulture);
                     if (d.Base is not null)
-                        Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", ImageFormat(d.Base), "-b", d.Base, d.Path, sz], "creating the destination overlay");
+                        Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", ImageFormatCached(d.Base), "-b", d.Base, d.Path, sz], "creating the destination overlay");
                     else
                         Tools.Run(Tools.QemuImg, ["create", "-q", "-f", d.Format == DiskFormat.Qcow2 ? "qcow2" : "raw", d.Path, sz], "creating the destination disk");
                 }
             }
             dest.SaveConfig();
-            await dest.StartAsync(ct: ct).ConfigureAwait(false);
+            await dest.StartIncomingAsync(incoming, copyDisks, ct).ConfigureAwait(false);
+            var res = await SendMigrationAsync(incoming, copyDisks, bandwidthBytesPerSecond, () => DestSaid(dest), ct).ConfigureAwait(false);
+            await dest.FinishIncomingAsync(ct).ConfigureAwait(false);
+            Record("migrated", $"migrated to {destDir}");
+            return new MigrationResult(res.Total, res.Downtime, res.TransferredBytes, dest);
+        }
+        catch
+        {
+            await dest.DeleteAsync(removeDir: createdDir).ConfigureAwait(false);
+            throw;
+        }
+    }
 
-            var caps = new JsonArray(
-                new JsonObject { ["capability"] = "events", ["state"] = true },
-                new JsonObject { ["capability"] = "block", ["state"] = copyDisks });
-            await dest.Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject { ["capabilities"] = caps.DeepClone() }, ct: ct).ConfigureAwait(false);
-            await _qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject { ["capabilities"] = caps }, ct: ct).ConfigureAwait(false);
-            var pars = new JsonObject { ["block-incremental"] = copyDisks };
+    // ---- the halves of a live migration, for two hosts (the target's hulld runs the incoming side) ----
+
+    /// <summary>
+    /// Target side: starts this (created, stopped) VM waiting for a migration on <paramref name="incoming"/>
+    /// (tcp:ADDRESS:PORT or unix:PATH). With <paramref name="blockMigration"/> its Hull-owned writable disks, created over
+    /// the same bases and sizes as the source's, receive the source's blocks in the same stream.
+    /// </summary>
+    public async Task StartIncomingAsync(string incoming, bool blockMigration, CancellationToken ct = default)
+    {
+        if (Pid is int p) throw new VmException($"VM '{Name}' is already running (QEMU pid {p}): an incoming migration needs a stopped VM");
+        Config.Incoming = incoming;
+        SaveConfig();
+        try
+        {
+            await StartAsync(ct: ct).ConfigureAwait(false);
+            await Qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject { ["capabilities"] = MigrationCaps(blockMigration) }, ct: ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (Pid is not null) await KillAsync().ConfigureAwait(false);
+            Config.Incoming = null;
+            SaveConfig();
+            throw;
+        }
+    }
+
+    /// <summary>Target side, after the source completed: waits until the guest runs here and forgets the incoming URI.</summary>
+    public async Task FinishIncomingAsync(CancellationToken ct = default)
+    {
+        var sw = Stopwatch.StartNew();
+        VmState st;
+        while ((st = await GetStateAsync(ct).ConfigureAwait(false)) is VmState.Incoming or VmState.Busy && sw.Elapsed < TimeSpan.FromSeconds(30))
+            await Task.Delay(20, ct).ConfigureAwait(false);
+        if (st is VmState.Incoming or VmState.Busy or VmState.Stopped or VmState.Crashed)
+            throw new VmException($"VM '{Name}' did not start running after the migration (state {st}){Environment.NewLine}{Tools.Tail(QemuLogPath, 10)}");
+        Config.Incoming = null;
+        SaveConfig();
+    }
+
+    static JsonArray MigrationCaps(bool blockMigration) => new(
+        new JsonObject { ["capability"] = "events", ["state"] = true },
+        new JsonObject { ["capability"] = "block", ["state"] = blockMigration });
+
+    /// <summary>
+    /// Source side: sends the running guest (memory, devices and, with <paramref name="blockMigration"/>, its Hull-owned
+    /// writable disks over their shared bases) to a target waiting on <paramref name="uri"/>, then ends QEMU here. On
+    /// failure the guest keeps running here. <paramref name="targetSaid"/> adds the target's side of a failure.
+    /// </summary>
+    public async Task<VmMigrationStats> SendMigrationAsync(string uri, bool blockMigration, long? bandwidthBytesPerSecond = null, Func<string>? targetSaid = null,
+        CancellationToken ct = default)
+    {
+        if (Pid is null || _qmp is null) throw new VmException($"VM '{Name}' is not running: only a running VM can be live-migrated");
+        try
+        {
+            await _qmp.ExecuteAsync("migrate-set-capabilities", new JsonObject { ["capabilities"] = MigrationCaps(blockMigration) }, ct: ct).ConfigureAwait(false);
+            var pars = new JsonObject { ["block-incremental"] = blockMigration };
             if (bandwidthBytesPerSecond is long bw) pars["max-bandwidth"] = bw;
             await _qmp.ExecuteAsync("migrate-set-parameters", pars, ct: ct).ConfigureAwait(false);
 
             var sw = Stopwatch.StartNew();
             using (var finished = _qmp.Expect("MIGRATION", e => e.Data?["status"]?.GetValue<string>() is "completed" or "failed" or "cancelled"))
             {
-                await _qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = incoming }, ct: ct).ConfigureAwait(false);
+                await _qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = uri }, ct: ct).ConfigureAwait(false);
                 await finished.WaitAsync(TimeSpan.FromMinutes(10), ct).ConfigureAwait(false);
             }
             var q = await _qmp.ExecuteObjectAsync("query-migrate", ct: ct).ConfigureAwait(false);
+            // QEMU sends the completed event before its migration thread has filled in total-time and downtime
+            // (they read 0 in between): ask again until they are there.
+            for (var i = 0; i < 100 && q["status"]?.GetValue<string>() == "completed" && (q["total-time"]?.GetValue<long>() ?? 0) == 0; i++)
+            {
+                await Task.Delay(10, ct).ConfigureAwait(false);
+                q = await _qmp.ExecuteObjectAsync("query-migrate", ct: ct).ConfigureAwait(false);
+            }
             var status = q["status"]?.GetValue<string>();
             if (status != "completed")
-                throw new VmException($"migration of VM '{Name}' {status}: {q["error-desc"]?.GetValue<string>() ?? "no reason given"}{DestSaid(dest)}");
+                throw new VmException($"migration of VM '{Name}' {status}: {q["error-desc"]?.GetValue<string>() ?? "no reason given"}{targetSaid?.Invoke()}");
             var total = TimeSpan.FromMilliseconds(q["total-time"]?.GetValue<long>() ?? sw.ElapsedMilliseconds);
             var down = TimeSpan.FromMilliseconds(q["downtime"]?.GetValue<long>() ?? 0);
             var bytes = (q["ram"]?["transferred"]?.GetValue<long>() ?? 0) + (q["disk"]?["transferred"]?.GetValue<long>() ?? 0);
-
-            // The destination runs now (it was started without -S); make sure, then retire the source.
-            var dsw = Stopwatch.StartNew();
-            while (await dest.GetStateAsync(ct).ConfigureAwait(false) is VmState.Incoming or VmState.Busy && dsw.Elapsed < TimeSpan.FromSeconds(30))
-                await Task.Delay(20, ct).ConfigureAwait(false);
-            dest.Config.Incoming = null;
-            dest.SaveConfig();
-            Record("migrated", $"migrated to {destDir}");
+            Record("migrated", $"migrated to {uri}");
             await KillAsync().ConfigureAwait(false);
-            Record("migrated", $"migrated to {destDir}");
-            return new MigrationResult(total, down, bytes, dest);
+            return new VmMigrationStats(total, down, bytes);
         }
         catch
         {
-            // The source keeps running: cancel whatever is in flight and remove the destination.
+            // The source keeps running: cancel whatever is in flight and let the guest go on.
             try
             {
                 await _qmp.ExecuteAsync("migrate_cancel", ct: CancellationToken.None).ConfigureAwait(false);
@@ -300,7 +367,6 @@ public sealed partial class Vm
                 if (st["status"]?.GetValue<string>() is "postmigrate" or "paused" or "finish-migrate") await _qmp.ExecuteAsync("cont").ConfigureAwait(false);
             }
             catch (Exception e) when (e is QmpException or QemuGoneException or TimeoutException) { }
-            await dest.DeleteAsync(removeDir: createdDir).ConfigureAwait(false);
             throw;
         }
     }

@@ -705,8 +705,11 @@ public sealed partial class Vm : IAsyncDisposable
             seen = ReadFrom(ConsoleLogPath, from, int.MaxValue).Contains(tail, StringComparison.Ordinal);
         }
         await Task.Delay(200, ct).ConfigureAwait(false);
-        await cts.CancelAsync().ConfigureAwait(false);
+        // Disconnect while still draining, then stop the drain. A client that stops reading while QEMU writes makes
+        // its non-blocking write fail with EAGAIN, and QEMU 7.2 then logs the byte to console.log and sends it again
+        // (the log shows it twice); after the disconnect the writes fail for good and are logged once.
         con.Dispose();
+        await cts.CancelAsync().ConfigureAwait(false);
         await drain.ConfigureAwait(false);
         return seen;
     }
@@ -768,24 +771,42 @@ public sealed class VmConsole : IDisposable
                 await Stream.WriteAsync(buf.AsMemory(0, n), cts.Token).ConfigureAwait(false);
             }
         }, cts.Token);
+        // The socket is read at once into a queue, and a second task writes the queue to the output: a slow output
+        // must not make this client lag, because QEMU 7.2 logs a byte twice in console.log when its write to a
+        // client that is not reading fails with EAGAIN (and it stalls the guest's serial port meanwhile).
+        var queue = System.Threading.Channels.Channel.CreateUnbounded<byte[]>();
         var fromGuest = Task.Run(async () =>
         {
-            var buf = new byte[4096];
-            while (!cts.IsCancellationRequested)
+            var buf = new byte[16384];
+            try
             {
-                var n = await Stream.ReadAsync(buf, cts.Token).ConfigureAwait(false);
-                if (n == 0) return;
-                await output.WriteAsync(buf.AsMemory(0, n), cts.Token).ConfigureAwait(false);
-                await output.FlushAsync(cts.Token).ConfigureAwait(false);
+                while (!cts.IsCancellationRequested)
+                {
+                    var n = await Stream.ReadAsync(buf, cts.Token).ConfigureAwait(false);
+                    if (n == 0) return;
+                    queue.Writer.TryWrite(buf.AsSpan(0, n).ToArray());
+                }
+            }
+            finally { queue.Writer.TryComplete(); }
+        }, cts.Token);
+        var toOutput = Task.Run(async () =>
+        {
+            await foreach (var chunk in queue.Reader.ReadAllAsync(cts.Token).ConfigureAwait(false))
+            {
+                await output.WriteAsync(chunk, cts.Token).ConfigureAwait(false);
+                if (queue.Reader.Count == 0) await output.FlushAsync(cts.Token).ConfigureAwait(false);
             }
         }, cts.Token);
-        try { await Task.WhenAny(toGuest, fromGuest).ConfigureAwait(false); }
+        try { await Task.WhenAny(toGuest, fromGuest, toOutput).ConfigureAwait(false); }
         finally
         {
+            // Detach first (QEMU's later writes fail for good, logged once), then stop the tasks.
+            try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
             await cts.CancelAsync().ConfigureAwait(false);
-            try { await Task.WhenAll(toGuest, fromGuest).ConfigureAwait(false); }
+            try { await Task.WhenAll(toGuest, fromGuest, toOutput).ConfigureAwait(false); }
             catch (OperationCanceledException) { }
             catch (IOException) { }
+            catch (System.Threading.Channels.ChannelClosedException) { }
         }
     }
 

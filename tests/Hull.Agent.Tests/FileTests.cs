@@ -122,6 +122,31 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
     }
 
     [Fact]
+    public async Task Lists_a_directory_in_several_parts_without_following_links()
+    {
+        using var dir = new TempDir("hull-agent-files");
+        // Long names: the listing needs several Result frames.
+        var names = Enumerable.Range(0, 600).Select(i => $"{i:D4}-" + new string('n', 200)).ToList();
+        foreach (var n in names) File.WriteAllText(Path.Combine(dir.Path, n), n[..4]);
+        Directory.CreateDirectory(Path.Combine(dir.Path, "sub"));
+        File.CreateSymbolicLink(Path.Combine(dir.Path, "link"), "sub");
+        var list = await Client.ListAsync(dir.Path);
+        Assert.Equal(names.Count + 2, list.Count);
+        Assert.Equal([.. names, "link", "sub"], list.Select(e => Path.GetFileName(e.Path)).Order(StringComparer.Ordinal).ToArray());
+        Assert.All(list.Where(e => e.Type == "file"), e => Assert.Equal(4, e.Size));
+        var link = list.Single(e => e.Path.EndsWith("/link", StringComparison.Ordinal));
+        Assert.Equal("symlink", link.Type);
+        Assert.Equal("sub", link.LinkTarget);
+        Assert.Equal("directory", list.Single(e => e.Path.EndsWith("/sub", StringComparison.Ordinal)).Type);
+        Assert.Empty(await Client.ListAsync(Path.Combine(dir.Path, "sub")));
+
+        var notDir = await Assert.ThrowsAsync<AgentOperationException>(() => Client.ListAsync(Path.Combine(dir.Path, names[0])));
+        Assert.Equal("ENOTDIR", notDir.ErrnoName);
+        var missing = await Assert.ThrowsAsync<AgentOperationException>(() => Client.ListAsync(Path.Combine(dir.Path, "nope")));
+        Assert.Equal("ENOENT", missing.ErrnoName);
+    }
+
+    [Fact]
     public async Task Concurrent_transfers_share_the_connection()
     {
         using var dir = new TempDir("hull-agent-files");

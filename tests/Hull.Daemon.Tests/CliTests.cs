@@ -100,7 +100,7 @@ public sealed class CliTests
         Assert.Contains("STOPPED", d.Cli("list").Out);
         Ok(d.Cli("copy", "c2", "c3"), "copy");
         Ok(d.Cli("move", "c3", "c4"), "move");
-        Fails(d.Cli("move", "c4", "otherhost:c4"), "another Hull host");
+        Fails(d.Cli("move", "c4", "otherhost:c4"), "remote 'otherhost' is not known");
         Assert.Contains("Success", d.Cli("operation", "list").Out);
 
         // bad input: exit status != 0 and a message that says what to do

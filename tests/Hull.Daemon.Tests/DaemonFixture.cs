@@ -94,6 +94,7 @@ public sealed class TestDaemon : IDisposable
         psi.Environment["HULL_SOCKET"] = Socket;
         psi.Environment["HULL_DIR"] = StateDir;
         psi.Environment["HULL_HULLD"] = HostExe;
+        psi.Environment["HULL_CONFIG_DIR"] = Path.Combine(Dir, "config");
         using var p = Process.Start(psi)!;
         var o = p.StandardOutput.ReadToEndAsync();
         var e = p.StandardError.ReadToEndAsync();

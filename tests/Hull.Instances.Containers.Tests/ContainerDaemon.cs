@@ -59,11 +59,13 @@ public sealed class ContainerDaemon : IDisposable
         psi.Environment["HULL_SOCKET"] = Socket;
         psi.Environment["HULL_DIR"] = StateDir;
         psi.Environment["HULL_HULLD"] = HostExe;
+        psi.Environment["HULL_CONFIG_DIR"] = Path.Combine(Dir, "config");
     }
 
-    public void Start()
+    /// <param name="exe">Another copy of the host (another build, as after an upgrade); default <see cref="HostExe"/>.</param>
+    public void Start(string? exe = null)
     {
-        var psi = new ProcessStartInfo(HostExe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(exe ?? HostExe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { "--socket", Socket, "--state-dir", StateDir }) psi.ArgumentList.Add(a);
         Env(psi);
         _proc = Process.Start(psi)!;

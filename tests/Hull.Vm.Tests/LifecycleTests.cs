@@ -1,3 +1,4 @@
+using Hull.Agent.Protocol;
 using Hull.Vm;
 using Hull.Vm.Image;
 using Xunit;
@@ -79,23 +80,38 @@ public sealed class LifecycleTests
         await using var dir = new VmDir();
         var src = dir.Sub("src");
         var dst = dir.Sub("dst");
-        var vm = await Vm.LaunchAsync(src, image.ToConfig("mig"), TestImages.Host);
+        var mc = image.ToConfig("mig");
+        mc.Hostname = "mig";
+        var vm = await Vm.LaunchAsync(src, mc, TestImages.Host);
         await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout);
         await TestImages.ShellAsync(vm, "echo moved-state > /tmp/m; echo on-disk > /mnt/root/m; sync");
+        // A host connection to the agent stays open on the source through the migration.
+        await using var srcAgent = await TestImages.AgentAsync(vm);
+        var agentPid = (await TestImages.ExecAsync(srcAgent, "pidof", "hull-agent")).Out.Trim();
+        Assert.NotEqual("", agentPid);
 
         var r = await vm.MigrateAsync(dst, TestImages.Host);
         Assert.True(r.Total > TimeSpan.Zero);
-        Assert.True(r.Downtime < r.Total);
+        Assert.True(r.Downtime > TimeSpan.Zero && r.Downtime < r.Total, $"downtime {r.Downtime} of {r.Total}");
         Assert.True(r.TransferredBytes > 0);
         await using var dest = r.Destination;
         Assert.Null(vm.Pid);
         Assert.Equal("migrated", vm.LastRecord?.State);
+        // The source's channel is gone with its QEMU: the old connection says so instead of hanging.
+        await Assert.ThrowsAsync<AgentUnavailableException>(() => TestImages.ExecAsync(srcAgent, "true"));
         TestImages.AssertNoRuntimeLeft(src);
         Assert.Equal(VmState.Running, await dest.GetStateAsync());
         // Memory, disk writes, the console and the agent channel all continue on the destination.
         Assert.Equal("moved-state", (await TestImages.ShellAsync(dest, "cat /tmp/m")).Trim());
         Assert.Equal("on-disk", (await TestImages.ShellAsync(dest, "cat /mnt/root/m")).Trim());
-        Assert.StartsWith("hello-dest", await TestImages.AgentEchoAsync(dest, "hello-dest", TimeSpan.FromSeconds(30)));
+        // The agent in the guest answers the destination's channel: a new connection, the same agent process.
+        await using (var agent = await TestImages.AgentAsync(dest))
+        {
+            var (code, text, _) = await TestImages.ExecAsync(agent, "sh", "-c", "cat /tmp/m; hostname");
+            Assert.Equal(0, code);
+            Assert.Equal("moved-state\nmig\n", text);
+            Assert.Equal(agentPid, (await TestImages.ExecAsync(agent, "pidof", "hull-agent")).Out.Trim());
+        }
         await dest.KillAsync();
         TestImages.AssertNoRuntimeLeft(dst);
     }
@@ -124,7 +140,7 @@ public sealed class ImageAndDiskTests
         foreach (var m in new[] { "virtio_console.ko", "virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "vmw_vsock_virtio_transport.ko", "pvpanic-mmio.ko" })
             Assert.Contains(names, n => n.EndsWith("/" + m, StringComparison.Ordinal));
         Assert.Contains("init", names);
-        Assert.Contains("hull-agent --port " + AgentChannel.GuestDevice, InitOf(image));
+        Assert.Contains("/bin/hull-agent --serial " + AgentChannel.GuestDevice, InitOf(image));
         // The kernel is the uncompressed ELF extracted from the bzImage.
         var head = new byte[4];
         await using (var k = File.OpenRead(image.Kernel)) k.ReadExactly(head);

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using System.Text;
+using Hull.Agent.Protocol;
 using Hull.TestSupport;
 using Hull.Vm;
 using Hull.Vm.Image;
@@ -13,8 +14,9 @@ public static class TestImages
     public static string CacheDir { get; } = Path.Combine(Repo.Root, "artifacts", "vm-cache");
     public static VmHostOptions Host { get; } = new() { CacheDir = CacheDir };
 
-    /// <summary>The test image: the default image plus an echo loop on the agent port (the channel test's peer).</summary>
-    public const string EchoLoop = "( while true; do cat 0<>" + AgentChannel.GuestDevice + " 1>&0; sleep 0.2; done ) &";
+    /// <summary>The NativeAOT guest agent the test image carries: HULL_AGENT, else out/bin/hull-agent (make agent).</summary>
+    public static string AgentBinary =>
+        Environment.GetEnvironmentVariable("HULL_AGENT") is { Length: > 0 } p ? p : Path.Combine(Repo.Bin, "hull-agent");
 
     static readonly SemaphoreSlim s_lock = new(1, 1);
     static DefaultImageInfo? s_image;
@@ -27,6 +29,7 @@ public static class TestImages
         Requires.Program("mkfs.ext4");
         Requires.File("/bin/busybox", "busybox-static");
         if (!Directory.EnumerateFiles("/boot", "vmlinuz-*").Any()) Requires.Missing("a guest kernel in /boot (linux-image-amd64)");
+        Requires.File(AgentBinary, "the NativeAOT guest agent: run make agent (or set HULL_AGENT)");
     }
 
     public static async Task<DefaultImageInfo> ImageAsync()
@@ -34,59 +37,55 @@ public static class TestImages
         await s_lock.WaitAsync();
         try
         {
-            return s_image ??= await DefaultImage.BuildAsync(new DefaultImageOptions { CacheDir = CacheDir, ExtraInit = EchoLoop });
+            return s_image ??= await DefaultImage.BuildAsync(new DefaultImageOptions { CacheDir = CacheDir, AgentBinary = AgentBinary });
         }
         finally { s_lock.Release(); }
     }
 
     public static readonly TimeSpan BootTimeout = TimeSpan.FromSeconds(120);
 
-    /// <summary>Runs a command on the serial console shell and waits for its output (between unique markers).</summary>
+    /// <summary>
+    /// Runs a command on the serial console shell and waits for its output (between unique markers). Typed once:
+    /// the image opens the serial port before it prints the ready marker, so nothing typed after it is lost.
+    /// </summary>
     public static async Task<string> ShellAsync(Vm vm, string command, TimeSpan? timeout = null)
     {
-        // Right after boot the console shell may be restarting: retype until the command's end marker shows.
-        for (var attempt = 0; ; attempt++)
+        var id = Guid.NewGuid().ToString("N")[..8];
+        var from = vm.ConsoleLogLength;
+        // The markers are split in the typed command so the echoed input does not match.
+        await vm.SendConsoleAsync($"echo B{id}''X; {command}; echo E{id}''X\n", TimeSpan.FromSeconds(10));
+        var log = await vm.WaitForConsoleAsync($"E{id}X", timeout ?? TimeSpan.FromSeconds(60), from);
+        var start = log.IndexOf($"B{id}X", StringComparison.Ordinal);
+        var end = log.IndexOf($"E{id}X", StringComparison.Ordinal);
+        return start >= 0 && end > start ? log[(start + id.Length + 2)..end].Replace("\r", "", StringComparison.Ordinal).Trim('\n') : log;
+    }
+
+    public static readonly TimeSpan AgentTimeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>Connects Hull's agent client to the VM's agent channel and waits for the agent's Ready.</summary>
+    public static async Task<AgentClient> AgentAsync(Vm vm)
+    {
+        var a = await AgentClient.ConnectUnixAsync(vm.AgentSocketPath);
+        try
         {
-            var id = Guid.NewGuid().ToString("N")[..8];
-            var from = vm.ConsoleLogLength;
-            // The markers are split in the typed command so the echoed input does not match.
-            await vm.SendConsoleAsync($"echo B{id}''X; {command}; echo E{id}''X\n", TimeSpan.FromSeconds(10));
-            string log;
-            try { log = await vm.WaitForConsoleAsync($"E{id}X", attempt < 3 ? TimeSpan.FromSeconds(20) : timeout ?? TimeSpan.FromSeconds(60), from); }
-            catch (TimeoutException) when (attempt < 3) { continue; }
-            var start = log.IndexOf($"B{id}X", StringComparison.Ordinal);
-            var end = log.IndexOf($"E{id}X", StringComparison.Ordinal);
-            return start >= 0 && end > start ? log[(start + id.Length + 2)..end].Replace("\r", "", StringComparison.Ordinal).Trim('\n') : log;
+            await a.WaitReadyAsync(AgentTimeout);
+            return a;
+        }
+        catch
+        {
+            await a.DisposeAsync();
+            throw;
         }
     }
 
-    /// <summary>Writes a line to the agent socket and reads it back (the guest echoes the port).</summary>
-    public static async Task<string> AgentEchoAsync(Vm vm, string text, TimeSpan timeout)
+    /// <summary>Runs a command through the agent; returns (exit code, stdout, stderr).</summary>
+    public static async Task<(int Code, string Out, string Err)> ExecAsync(AgentClient a, params string[] argv)
     {
-        var deadline = DateTime.UtcNow + timeout;
-        while (true)
-        {
-            try
-            {
-                using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                await s.ConnectAsync(new UnixDomainSocketEndPoint(vm.AgentSocketPath));
-                using var ns = new NetworkStream(s);
-                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-                await ns.WriteAsync(Encoding.UTF8.GetBytes(text + "\n"), cts.Token);
-                var sb = new StringBuilder();
-                var buf = new byte[256];
-                while (!sb.ToString().Contains('\n'))
-                {
-                    var n = await ns.ReadAsync(buf, cts.Token);
-                    if (n == 0) break;
-                    sb.Append(Encoding.UTF8.GetString(buf, 0, n));
-                }
-                if (sb.ToString().Contains(text, StringComparison.Ordinal)) return sb.ToString().Trim();
-            }
-            catch (Exception e) when (e is SocketException or IOException or OperationCanceledException) { }
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"no echo from the guest on {vm.AgentSocketPath}");
-            await Task.Delay(300);
-        }
+        var o = new MemoryStream();
+        var e = new MemoryStream();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var r = await a.ExecAsync(new ExecRequest { Argv = [.. argv] }, null, o, e, cts.Token);
+        return (r.ExitCode, Encoding.UTF8.GetString(o.ToArray()), Encoding.UTF8.GetString(e.ToArray()));
     }
 
     /// <summary>True when some process runs with this state dir on its command line (a stray QEMU).</summary>
@@ -155,6 +154,23 @@ public sealed class SharedVmFixture : IAsyncLifetime
     public Vm? Vm { get; private set; }
     public Exception? Error { get; private set; }
     public string BootLog { get; private set; } = "";
+    public string FirstCommand { get; private set; } = "";
+    AgentClient? _agent;
+
+    /// <summary>The shared VM's agent connection (one at a time: QEMU serves one client on the channel).</summary>
+    public async Task<AgentClient> AgentAsync()
+    {
+        Get();
+        return _agent ??= await TestImages.AgentAsync(Vm!);
+    }
+
+    /// <summary>Drops the agent connection and opens a new one (its Hello resyncs the channel).</summary>
+    public async Task<AgentClient> ReconnectAgentAsync()
+    {
+        if (_agent is not null) await _agent.DisposeAsync();
+        _agent = null;
+        return await AgentAsync();
+    }
 
     public async Task InitializeAsync()
     {
@@ -169,7 +185,8 @@ public sealed class SharedVmFixture : IAsyncLifetime
             await vm.StartAsync();
             Vm = vm;
             BootLog = await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout);
-            await TestImages.ShellAsync(vm, "true");
+            // Typed the moment the marker shows: the console must not lose it.
+            FirstCommand = await TestImages.ShellAsync(vm, "echo first-$((20+22))");
         }
         catch (Exception e) { Error = e; }
     }
@@ -183,6 +200,7 @@ public sealed class SharedVmFixture : IAsyncLifetime
 
     public async Task DisposeAsync()
     {
+        if (_agent is not null) await _agent.DisposeAsync();
         if (Vm is not null)
         {
             try { await Vm.KillAsync(); } catch (Exception) { }

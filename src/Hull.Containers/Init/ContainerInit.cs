@@ -67,6 +67,7 @@ public static unsafe class ContainerInit
             if (reply.Type != SyncMessage.HooksDone) throw new ContainerException(reply.Message ?? "hooks failed");
         }
         HookRunner.Run("createContainer", spec.Hooks?.CreateContainer, plan.HookState!);
+        using var listener = plan.SeccompProgram is null ? SeccompSupport.ConnectListenerBeforePivot(spec.Linux?.Seccomp) : null;
         if (plan.NewMountNamespace) setup.PivotRoot(plan.NoPivot);
         else
         {
@@ -97,7 +98,7 @@ public static unsafe class ContainerInit
         {
             var state = plan.HookState!;
             state.Status = "created";
-            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, Libc.getpid());
+            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, state.Pid, listener); // the host pid, as runc
             seccomp = null;
         }
         ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Item1, seccomp?.Item2 ?? 0);

@@ -91,7 +91,12 @@ public sealed unsafe partial class ContainerEngine
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
             var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
             if (seccomp is { Compiled.NeedsListener: true })
-                throw new ContainerException("exec into a container whose seccomp profile uses SCMP_ACT_NOTIFY is not supported yet");
+            {
+                // SCMP_ACT_NOTIFY: the shim hands the notify fd back over this channel before exec.
+                var (childEnd, parentEnd) = SeccompSupport.ExecListenerChannel(spec.Linux!.Seccomp!);
+                fds.Add(childEnd); fds.Add(parentEnd);
+                req.SeccompListener = (childEnd, parentEnd);
+            }
             req.Attributes = ProcessSetup.Attributes(p, spec, seccomp?.Program, seccomp?.Flags ?? 0);
             req.ExecCandidates = ExecCandidates(p);
             for (var i = 3; i < 3 + o.PreserveFds; i++) { var f = new SafeFd(i, owns: false); req.Fds.Add((f, i)); }
@@ -126,6 +131,11 @@ public sealed unsafe partial class ContainerEngine
                 try
                 {
                     if (req.WaitForRelease) ApplyLimitsTo(child.Pid, p);
+                    if (req.SeccompListener is { } sl)
+                    {
+                        child.Release();
+                        SeccompSupport.HandOffExecListener(sl.ParentEnd, child.Pidfd, spec.Linux!.Seccomp!, StateOf(o.Id), child.Pid);
+                    }
                     child.Finish();
                 }
                 catch { child.Dispose(); throw; }

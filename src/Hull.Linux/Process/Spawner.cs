@@ -8,7 +8,7 @@ public enum SpawnStage
 {
     Unknown = 0, SyncRead = 1, Setns = 2, CgroupJoin = 3, TimeNamespace = 4, FdMap = 5, Signals = 6, Exec = 7,
     Setsid = 8, Chdir = 9, ControllingTty = 10, Files = 11, Personality = 12, CapsBounding = 13, Groups = 14, Gid = 15,
-    Uid = 16, Capset = 17, Ambient = 18, NoNewPrivs = 19, Seccomp = 20, Clone = 100,
+    Uid = 16, Capset = 17, Ambient = 18, NoNewPrivs = 19, Seccomp = 20, SeccompListener = 21, Clone = 100,
 }
 
 public sealed class SpawnException(SpawnStage stage, int errno, string what)
@@ -27,6 +27,7 @@ public sealed class SpawnException(SpawnStage stage, int errno, string what)
         SpawnStage.Gid => $"setting the gid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
         SpawnStage.Uid => $"setting the uid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
         SpawnStage.Seccomp => $"loading the seccomp filter ({what}): {Errors.Describe(errno)}",
+        SpawnStage.SeccompListener => $"handing the seccomp notify fd to the runtime ({what}): {Errors.Describe(errno)} — the profile must allow sendmsg, close and read",
         SpawnStage.Files => $"writing a process attribute such as an LSM label ({what}): {Errors.Describe(errno)}",
         _ => $"spawning {what} failed at {stage}: {Errors.Describe(errno)}",
     };
@@ -68,6 +69,11 @@ public sealed class SpawnRequest
     public IReadOnlyList<string>? ExecCandidates;
     /// <summary>After joining/creating namespaces, become uid/gid 0 (of a new user namespace) before exec.</summary>
     public bool BecomeNamespaceRoot;
+    /// <summary>A unix socket pair (<see cref="Sys.SocketPair"/>): when the seccomp filter is loaded with
+    /// SECCOMP_FILTER_FLAG_NEW_LISTENER, the child closes its copy of ParentEnd, sends the notify fd through ChildEnd
+    /// (SCM_RIGHTS), then waits for one byte on it before going on to exec (EOF: it fails at stage
+    /// <see cref="SpawnStage.SeccompListener"/>). Receive the fd on ParentEnd and answer with one byte.</summary>
+    public (SafeFd ChildEnd, SafeFd ParentEnd)? SeccompListener;
 }
 
 /// <summary>What the exec'ing thread becomes (see apply_and_exec in native/hull_spawn.c for the order).</summary>
@@ -133,6 +139,7 @@ public static unsafe partial class Spawner
         public int BecomeNsRoot;
         public int Pid, Pidfd, ErrorReadFd;
         public void* Stack;
+        public int ListenerSock, ListenerCloseFd;
     }
 
     [LibraryImport("hullspawn", EntryPoint = "hull_spawn_start")]
@@ -170,6 +177,8 @@ public static unsafe partial class Spawner
         s->Envp = mem.StringArray(req.Env);
         s->SigMask = req.SignalMask;
         s->ExecPaths = req.ExecCandidates is null ? null : mem.StringArray(req.ExecCandidates);
+        s->ListenerSock = Ref(req.SeccompListener?.ChildEnd, refs);
+        s->ListenerCloseFd = Ref(req.SeccompListener?.ParentEnd, refs);
         if (req.Attributes is not { } a) return;
         if (a.Files.Count > 4 || (a.Groups?.Count ?? 0) > 64) throw new ArgumentException("at most 4 attribute files and 64 supplementary groups");
         s->ApplyProcess = 1;

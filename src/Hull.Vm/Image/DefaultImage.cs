@@ -114,7 +114,7 @@ public static class DefaultImage
 
     static string Key(DefaultImageOptions o, string ver, string vmlinuz)
     {
-        var sb = new StringBuilder("hull-image-v2\n").Append(string.Join(",", Modules)).Append('\n');
+        var sb = new StringBuilder("hull-image-v3\n").Append(string.Join(",", Modules)).Append('\n');
         void F(string? p)
         {
             if (p is null) { sb.Append("-\n"); return; }
@@ -306,7 +306,8 @@ public static class DefaultImage
     static string InitScript(string ver, List<string> modules, DefaultImageOptions o)
     {
         var agent = o.AgentBinary is not null
-            ? $"if [ -x /bin/hull-agent ]; then /bin/hull-agent --port {AgentChannel.GuestDevice} >/run/hull-agent.log 2>&1 & fi\n"
+            ? $"# The guest agent on its virtio-serial port, restarted a second after it ends.\n" +
+              $"( while true; do /bin/hull-agent --serial {AgentChannel.GuestDevice}; sleep 1; done ) </dev/null >>/run/hull-agent.log 2>&1 &\n"
             : "";
         return $$"""
 #!/bin/busybox sh
@@ -351,7 +352,12 @@ for e in /sys/class/input/event*; do
   fi
 done
 {{agent}}{{o.ExtraInit ?? ""}}
+# Open the serial port before the marker: until ttyS0 is opened as a tty its receiver is off, and opening it
+# discards what arrived, so input typed right after the marker would lose its first byte. This holder is not a
+# session leader, so it does not take the port as its controlling terminal; the console shell does.
+sleep 2147483647 <>/dev/ttyS0 >&0 2>&0 &
 echo "{{ReadyMarker}} $(hostname)"
+# The console shell, respawned when it exits.
 while true; do
   setsid sh -c 'exec sh -l </dev/ttyS0 >/dev/ttyS0 2>&1'
 done

@@ -70,8 +70,11 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
             catch (SocketException e) { throw new QemuGoneException($"cannot connect to QMP socket {socketPath}: {e.Message}{Tail(diagnostics)}"); }
             client = new QmpClient(socket, diagnostics);
             var reader = new LineReader(client._stream);
-            var greeting = await reader.ReadLineAsync(cts.Token).ConfigureAwait(false)
-                ?? throw new QemuGoneException($"QEMU closed the QMP socket {socketPath} before its greeting{Tail(diagnostics)}");
+            string? greeting;
+            // A QEMU that dies right after creating the socket resets the connection (ECONNRESET): it is gone.
+            try { greeting = await reader.ReadLineAsync(cts.Token).ConfigureAwait(false); }
+            catch (IOException e) { throw new QemuGoneException($"QEMU closed the QMP socket {socketPath} before its greeting ({e.Message}){Tail(diagnostics)}"); }
+            if (greeting is null) throw new QemuGoneException($"QEMU closed the QMP socket {socketPath} before its greeting{Tail(diagnostics)}");
             var g = JsonNode.Parse(greeting)?["QMP"]?["version"]?["qemu"];
             if (g is null) throw new QemuGoneException($"{socketPath} is not a QMP socket (greeting: {Trim(greeting)})");
             client.QemuVersion = $"{g["major"]}.{g["minor"]}.{g["micro"]}";

@@ -1,0 +1,679 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Hull.Api;
+using Hull.Linux;
+using Hull.Vm;
+
+namespace Hull.Instances.Vms;
+
+/// <summary>Host-wide settings of the VM driver.</summary>
+public sealed class VmDriverOptions
+{
+    /// <summary>The VM engine's cache (accelerator verdict, extracted kernels, the default image's parts).</summary>
+    public required string CacheDir { get; init; }
+    /// <summary>The guest agent binary put into the built-in image (null: none known).</summary>
+    public string? AgentBinary { get; init; }
+    /// <summary>How long exec and file operations wait for the guest agent of a booting VM.</summary>
+    public TimeSpan AgentTimeout { get; init; } = TimeSpan.FromSeconds(180);
+    /// <summary>Guest memory when limits.memory is unset.</summary>
+    public int DefaultMemoryMiB { get; init; } = 256;
+
+    /// <summary>Options from the environment: HULL_VM_CACHE (default STATE/vm-cache), HULL_AGENT_BINARY (default hull-agent
+    /// next to the running program), HULL_AGENT_TIMEOUT (seconds).</summary>
+    public static VmDriverOptions FromEnvironment(string stateDir)
+    {
+        var cache = Environment.GetEnvironmentVariable("HULL_VM_CACHE") is { Length: > 0 } c ? c : Path.Combine(stateDir, "vm-cache");
+        var agent = Environment.GetEnvironmentVariable("HULL_AGENT_BINARY") is { Length: > 0 } a ? a : Path.Combine(AppContext.BaseDirectory, "hull-agent");
+        var timeout = Environment.GetEnvironmentVariable("HULL_AGENT_TIMEOUT") is { Length: > 0 } t && int.TryParse(t, CultureInfo.InvariantCulture, out var s) && s > 0
+            ? TimeSpan.FromSeconds(s) : TimeSpan.FromSeconds(180);
+        return new VmDriverOptions { CacheDir = Path.GetFullPath(cache), AgentBinary = agent, AgentTimeout = timeout };
+    }
+}
+
+/// <summary>
+/// Instances of type "vm" on the VM engine (<see cref="Hull.Vm.Vm"/>: QEMU driven over QMP). Per instance, under
+/// <see cref="InstanceSpec.Dir"/>/vm: the engine's state dir (config.json, disk0.qcow2 = the instance's overlay on the
+/// image's root disk, console.log, and while it runs qmp.sock, agent.sock, console.sock, qemu.pid). QEMU runs in its
+/// own session, so VMs outlive hulld; <see cref="ReattachAsync"/> reconnects QMP. Exec and files go through the guest
+/// agent (hull-agent on a virtio-serial port), one multiplexed connection per VM.
+/// Mapping: limits.cpu = vCPUs, limits.memory = guest RAM (default 256 MiB), environment.* = the default environment
+/// of exec; disk devices with a source = extra virtio disks; limits.processes and bind devices are refused.
+/// Snapshots: disk-only (qcow2 internal) when stopped, full (memory too) when running; restoring a full snapshot makes
+/// the next start resume from it.
+/// </summary>
+public sealed partial class VmDriver : IInstanceDriver
+{
+    public string Type => InstanceTypes.Vm;
+
+    readonly VmDriverOptions _o;
+    readonly VmHostOptions _host;
+    readonly ConcurrentDictionary<string, Hull.Vm.Vm> _vms = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
+
+    /// <summary>The file in the VM dir that says the next start resumes from this full snapshot's memory.</summary>
+    const string ResumeMarker = "resume-snapshot";
+    const int MinMemoryMiB = 64;
+
+    public VmDriver(VmDriverOptions options)
+    {
+        _o = options;
+        Directory.CreateDirectory(options.CacheDir);
+        _host = new VmHostOptions { CacheDir = options.CacheDir };
+    }
+
+    public VmDriverOptions Options => _o;
+
+    static string VmDir(InstanceSpec s) => Path.Combine(s.Dir, "vm");
+    SemaphoreSlim Lock(InstanceSpec s) => _locks.GetOrAdd(s.Name, _ => new SemaphoreSlim(1, 1));
+
+    static InstanceException Fail(string what, Exception e, int status = 500) =>
+        e is InstanceException ie ? ie : new InstanceException($"{what}: {e.Message}", status);
+
+    // ---- validation and the VM definition ----
+
+    public void Validate(InstanceSpec spec)
+    {
+        if (spec.Limits.Processes is not null)
+            throw new InstanceException($"limits.processes applies to containers only (a VM runs its own kernel and process table): remove it from instance '{spec.Name}' or from its profiles");
+        if (spec.Limits.Cpus is < 1 or > 255)
+            throw new InstanceException($"limits.cpu={spec.Limits.Cpus} is out of range for a VM: use 1 to 255 vCPUs");
+        var mem = MemoryMiB(spec);
+        if (mem < MinMemoryMiB)
+            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} is too small for a VM: give at least {MinMemoryMiB}MiB");
+        var host = HostMemoryMiB();
+        if (mem > host)
+            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} ({mem} MiB) is more than this host has ({host} MiB): ask for less memory");
+        foreach (var d in spec.Devices)
+        {
+            if (d.Type == "bind")
+                throw new InstanceException($"device '{d.Name}': sharing a host directory (a bind device) with VM '{spec.Name}' is not supported yet: copy files in with 'hull file push', or give the VM a disk image with a disk device (source=IMAGE, path=/mnt/NAME)");
+            if (d.Type == "disk" && d.Config.TryGetValue("source", out var src) && Directory.Exists(src))
+                throw new InstanceException($"device '{d.Name}': source {src} is a directory; a VM disk needs a block device or an image file");
+        }
+        if (FindOnPath("qemu-system-x86_64") is null)
+            throw new InstanceException("qemu-system-x86_64 was not found on PATH: install the qemu-system-x86 package to run VMs", 500);
+    }
+
+    int MemoryMiB(InstanceSpec spec) => spec.Limits.MemoryBytes is { } b ? (int)Math.Min(int.MaxValue, (b + (1L << 20) - 1) >> 20) : _o.DefaultMemoryMiB;
+
+    static long HostMemoryMiB()
+    {
+        foreach (var l in File.ReadLines("/proc/meminfo"))
+            if (l.StartsWith("MemTotal:", StringComparison.Ordinal))
+                return long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
+        return long.MaxValue;
+    }
+
+    static string? FindOnPath(string name) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
+            .Concat(["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"])
+            .Select(d => Path.Combine(d, name)).FirstOrDefault(File.Exists);
+
+    static string? Hostname(string name)
+    {
+        var h = new string(name.Select(c => char.IsAsciiLetterOrDigit(c) || c == '-' ? c : '-').ToArray()).Trim('-');
+        if (h.Length > 63) h = h[..63].TrimEnd('-');
+        return h.Length == 0 ? null : h;
+    }
+
+    /// <summary>The disks of the devices: extra virtio disks after the root disk (disk0).</summary>
+    static List<DiskConfig> DeviceDisks(IEnumerable<DiskSpec> disks)
+    {
+        var list = new List<DiskConfig>();
+        foreach (var d in disks.Where(d => d.Target != "/" && d.Source is not null))
+        {
+            var fmt = DiskFormat.Raw;
+            try
+            {
+                var info = JsonNode.Parse(VmImages.RunAsync("qemu-img", ["info", "-U", "--output=json", d.Source!], CancellationToken.None).GetAwaiter().GetResult());
+                if (info?["format"]?.GetValue<string>() == "qcow2") fmt = DiskFormat.Qcow2;
+            }
+            catch (InstanceException e) { throw new InstanceException($"disk {d.Source} cannot be opened as a disk image: {e.Message}"); }
+            list.Add(new DiskConfig { Path = d.Source!, Format = fmt, ReadOnly = d.ReadOnly });
+        }
+        return list;
+    }
+
+    static IEnumerable<DiskSpec> SpecDisks(InstanceSpec spec) =>
+        spec.Devices.Where(d => d.Type == "disk").Select(d => d.Start(spec.Dir)).SelectMany(r => r.Disks);
+
+    /// <summary>The engine config this spec asks for, given the current one (disk0 and the boot parts are kept).</summary>
+    VmConfig Desired(InstanceSpec spec, VmConfig current, IEnumerable<DiskSpec> disks)
+    {
+        var root = current.Disks[0];
+        return new VmConfig
+        {
+            Name = current.Name, MemoryMiB = MemoryMiB(spec), Cpus = spec.Limits.Cpus ?? 1, Accel = current.Accel,
+            Boot = current.Boot, Kernel = current.Kernel, Initrd = current.Initrd, Cmdline = current.Cmdline,
+            Firmware = current.Firmware, FirmwareVars = current.FirmwareVars, Hostname = Hostname(spec.Name),
+            OnPanic = PanicPolicy.Stop, StopTimeoutSeconds = current.StopTimeoutSeconds, ConsoleLogLimit = current.ConsoleLogLimit,
+            QemuBinary = current.QemuBinary,
+            Disks =
+            [
+                new DiskConfig { Path = Path.Combine(VmDir(spec), Path.GetFileName(root.Path)), Format = root.Format, Base = root.Base, Owned = true },
+                .. DeviceDisks(disks),
+            ],
+        };
+    }
+
+    static bool Same(VmConfig a, VmConfig b) =>
+        a.MemoryMiB == b.MemoryMiB && a.Cpus == b.Cpus && a.Hostname == b.Hostname && a.OnPanic == b.OnPanic &&
+        a.Disks.Count == b.Disks.Count &&
+        a.Disks.Zip(b.Disks).All(p => p.First.Path == p.Second.Path && p.First.Format == p.Second.Format && p.First.ReadOnly == p.Second.ReadOnly);
+
+    /// <summary>
+    /// Re-defines a stopped VM when the spec changed (limits, devices, a renamed instance dir): the engine validates the
+    /// new definition (memory against the host, disks that open) and keeps the root overlay; on failure the old one stays.
+    /// </summary>
+    async Task<Hull.Vm.Vm> RedefineAsync(InstanceSpec spec, Hull.Vm.Vm vm, IEnumerable<DiskSpec> disks, CancellationToken ct)
+    {
+        var want = Desired(spec, vm.Config, disks);
+        if (Same(want, vm.Config)) return vm;
+        var dir = VmDir(spec);
+        var cfg = Path.Combine(dir, StateFiles.Config);
+        var old = cfg + ".old";
+        await vm.DisposeAsync();
+        _vms.TryRemove(spec.Name, out _);
+        File.Move(cfg, old, overwrite: true);
+        try
+        {
+            var nvm = await Hull.Vm.Vm.CreateAsync(dir, want, _host, ct);
+            File.Delete(old);
+            _vms[spec.Name] = nvm;
+            return nvm;
+        }
+        catch (Exception e)
+        {
+            File.Move(old, cfg, overwrite: true);
+            throw Fail($"VM '{spec.Name}' cannot be started with its current config", e, 400);
+        }
+    }
+
+    /// <summary>The engine's VM of an instance, attached (QMP connected when QEMU runs) and cached.</summary>
+    async Task<Hull.Vm.Vm> VmAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        if (Cached(spec) is { } hit) return hit;
+        // One attach at a time per instance: QEMU serves one QMP client, a second attach would wait for the first.
+        var gate = _attachLocks.GetOrAdd(spec.Name, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct);
+        try
+        {
+            if (Cached(spec) is { } again) return again;
+            if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config)))
+                throw new InstanceException($"instance '{spec.Name}' has no VM definition ({VmDir(spec)}/{StateFiles.Config} is missing): delete it and create it again", 500);
+            Hull.Vm.Vm vm;
+            try { vm = await Hull.Vm.Vm.AttachAsync(VmDir(spec), _host, ct); }
+            catch (VmException e) { throw Fail($"attaching VM '{spec.Name}'", e); }
+            if (_vms.TryGetValue(spec.Name, out var old) && !ReferenceEquals(old, vm)) await old.DisposeAsync();
+            _vms[spec.Name] = vm;
+            return vm;
+        }
+        finally { gate.Release(); }
+    }
+
+    readonly ConcurrentDictionary<string, SemaphoreSlim> _attachLocks = new(StringComparer.Ordinal);
+
+    /// <summary>The cached engine object, unless it is for another dir (a renamed instance) or lost its QMP connection while QEMU runs.</summary>
+    Hull.Vm.Vm? Cached(InstanceSpec spec) =>
+        _vms.TryGetValue(spec.Name, out var vm) && vm.StateDir == Path.GetFullPath(VmDir(spec)) && (vm.Pid is null || vm.AttachError is null) ? vm : null;
+
+    /// <summary>
+    /// The engine's VM of an instance (attached, QMP connected while QEMU runs), for operations beyond the driver seam
+    /// such as a live migration (<see cref="Hull.Vm.Vm.MigrateAsync"/>). A caller that moves the VM away must call
+    /// <see cref="ForgetInstanceAsync"/> afterwards so the driver drops its connections to it.
+    /// </summary>
+    public Task<Hull.Vm.Vm> EngineVmAsync(InstanceSpec spec, CancellationToken ct) => VmAsync(spec, ct);
+
+    /// <summary>Drops the driver's cached engine object and agent connection of an instance (QEMU is left alone).</summary>
+    public Task ForgetInstanceAsync(InstanceSpec spec) => ForgetAsync(spec);
+
+    async Task ForgetAsync(InstanceSpec spec)
+    {
+        await DropAgentAsync(spec.Name);
+        if (_vms.TryRemove(spec.Name, out var vm)) await vm.DisposeAsync();
+    }
+
+    // ---- create / delete ----
+
+    public async Task CreateAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        Directory.CreateDirectory(spec.Dir);
+        var dir = VmDir(spec);
+        try
+        {
+            VmConfig c;
+            if (spec.CopyOf is { } src)
+            {
+                var sdir = VmDir(src);
+                var scfg = (await VmAsync(src, ct)).Config;
+                if (scfg.Disks.Count == 0 || !scfg.Disks[0].Owned) throw new InstanceException($"instance '{src.Name}' has no root disk of its own to copy", 500);
+                Directory.CreateDirectory(dir);
+                var disk0 = Path.Combine(dir, Path.GetFileName(scfg.Disks[0].Path));
+                // The overlay (with its internal snapshots) is copied; it keeps its backing image, the shared base.
+                await VmImages.RunAsync("cp", ["--reflink=auto", "--sparse=always", scfg.Disks[0].Path, disk0], ct);
+                if (Directory.GetFiles(sdir, StateFiles.OvmfVars).Length > 0) File.Copy(Path.Combine(sdir, StateFiles.OvmfVars), Path.Combine(dir, StateFiles.OvmfVars));
+                c = new VmConfig
+                {
+                    Name = spec.Name, Boot = scfg.Boot, Kernel = scfg.Kernel, Initrd = scfg.Initrd, Cmdline = scfg.Cmdline,
+                    Firmware = scfg.Firmware, FirmwareVars = scfg.FirmwareVars, QemuBinary = scfg.QemuBinary,
+                    Disks = [new DiskConfig { Path = disk0, Base = scfg.Disks[0].Base, Format = DiskFormat.Qcow2, Owned = true }],
+                };
+            }
+            else
+            {
+                var layout = await VmImages.ResolveAsync(spec.Image.File, ct);
+                c = new VmConfig
+                {
+                    Name = spec.Name,
+                    Boot = layout.Direct ? BootMode.Direct : BootMode.Bios,
+                    Kernel = layout.Kernel, Initrd = layout.Initrd, Cmdline = layout.Cmdline,
+                    Disks = [new DiskConfig { Base = layout.RootDisk }],
+                };
+            }
+            c.MemoryMiB = MemoryMiB(spec);
+            c.Cpus = spec.Limits.Cpus ?? 1;
+            c.Hostname = Hostname(spec.Name);
+            c.OnPanic = PanicPolicy.Stop;
+            c.Disks.AddRange(DeviceDisks(SpecDisks(spec)));
+            Hull.Vm.Vm vm;
+            try { vm = await Hull.Vm.Vm.CreateAsync(dir, c, _host, ct); }
+            catch (VmException e) { throw new InstanceException($"creating VM '{spec.Name}': {e.Message}"); }
+            // A root disk device with a size grows the virtual disk (the guest's filesystem is not resized).
+            var rootSize = SpecDisks(spec).FirstOrDefault(d => d.Target == "/")?.SizeBytes;
+            if (rootSize is { } size)
+            {
+                try { await vm.ResizeDiskAsync("disk0", size, ct); }
+                catch (VmException e) { throw new InstanceException($"device root: size: {e.Message}"); }
+            }
+            _vms[spec.Name] = vm;
+        }
+        catch (Exception e)
+        {
+            _vms.TryRemove(spec.Name, out _);
+            try { if (Directory.Exists(dir)) Directory.Delete(dir, true); } catch (IOException) { }
+            if (e is InstanceException or OperationCanceledException) throw;
+            throw new InstanceException($"creating VM '{spec.Name}' failed: {e.Message}", 500);
+        }
+    }
+
+    public async Task DeleteAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            await DropAgentAsync(spec.Name);
+            var dir = VmDir(spec);
+            if (File.Exists(Path.Combine(dir, StateFiles.Config)))
+            {
+                var vm = await VmAsync(spec, ct);
+                try { await vm.DeleteAsync(removeDir: true); }
+                catch (VmException e) { throw Fail($"deleting VM '{spec.Name}'", e); }
+                _vms.TryRemove(spec.Name, out _);
+            }
+            else if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    // ---- lifecycle ----
+
+    public async Task StartAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            if (devices.Any(d => d.Mounts.Count > 0))
+                throw new InstanceException($"VM '{spec.Name}' has a bind device: sharing host directories with a VM is not supported yet: remove it and use 'hull file push' or a disk device");
+            var vm = await VmAsync(spec, ct);
+            if (vm.Pid is int running) throw new InstanceException($"VM '{spec.Name}' is already running (QEMU pid {running})", 409);
+            vm = await RedefineAsync(spec, vm, devices.SelectMany(d => d.Disks), ct);
+            await DropAgentAsync(spec.Name);
+            var marker = Path.Combine(VmDir(spec), ResumeMarker);
+            try
+            {
+                if (File.Exists(marker))
+                {
+                    // A restored full snapshot: start paused, load its memory and devices, run.
+                    var tag = File.ReadAllText(marker).Trim();
+                    File.Delete(marker);
+                    try { await vm.RestoreSnapshotAsync(tag, ct); }
+                    catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException)
+                    {
+                        try { await vm.KillAsync(); } catch (VmException) { }
+                        throw new InstanceException($"VM '{spec.Name}' could not resume from the memory of snapshot '{tag}' ({e.Message}); its disks are at that snapshot: start it again to boot from them", 500);
+                    }
+                }
+                else await vm.StartAsync(ct: ct);
+            }
+            catch (VmException e) { throw new InstanceException($"starting VM '{spec.Name}' failed: {e.Message}", 500); }
+            // Connect the agent in the background: the first exec finds it ready (or waits for the rest of the boot).
+            _ = Task.Run(async () =>
+            {
+                try { await AgentAsync(spec, CancellationToken.None); } catch (Exception) { }
+            });
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    public async Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return null;
+            var vm = await VmAsync(spec, ct);
+            await DropAgentAsync(spec.Name);
+            if (vm.Pid is null) return ExitCode(vm);
+            try
+            {
+                if (force || timeout == TimeSpan.Zero)
+                {
+                    await vm.KillAsync();
+                    return 128 + Signals.SIGKILL;
+                }
+                if (await vm.GetStateAsync(ct) == VmState.Paused) await vm.ResumeAsync(ct);
+                var t = timeout < TimeSpan.Zero ? TimeSpan.FromDays(365) : timeout;
+                var graceful = await vm.StopAsync(t, ct);
+                return graceful ? 0 : 128 + Signals.SIGKILL;
+            }
+            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException)
+            {
+                // QMP failed part way: end QEMU the hard way rather than leave it half-stopped.
+                try { await vm.KillAsync(); } catch (Exception) { }
+                if (vm.Pid is not null) throw Fail($"stopping VM '{spec.Name}'", e);
+                return 128 + Signals.SIGKILL;
+            }
+            finally
+            {
+                if (vm.Pid is null) await ForgetAsync(spec);
+            }
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    /// <summary>The "exit code" of a VM that ended: 0 when the guest powered off, 137 when Hull ended QEMU, 1 on a crash.</summary>
+    static int? ExitCode(Hull.Vm.Vm vm) => vm.LastRecord switch
+    {
+        null => null,
+        { State: "crashed" } => 1,
+        { Reason: { } r } when r.StartsWith("the guest powered off", StringComparison.Ordinal) => 0,
+        { State: "stopped" } => 128 + Signals.SIGKILL,
+        _ => null,
+    };
+
+    public async Task KillAsync(InstanceSpec spec, int signal, CancellationToken ct)
+    {
+        var vm = await VmAsync(spec, ct);
+        if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' is not running", 409);
+        try
+        {
+            switch (signal)
+            {
+                case Signals.SIGKILL:
+                    await DropAgentAsync(spec.Name);
+                    await vm.KillAsync();
+                    break;
+                case Signals.SIGTERM or Signals.SIGINT or 30 /* SIGPWR */:
+                    await vm.Qmp.ExecuteAsync("system_powerdown", ct: ct);
+                    break;
+                default:
+                    throw new InstanceException($"signal {signal} has no meaning for VM '{spec.Name}': send 15 (the ACPI power button) or 9 (power off at once)");
+            }
+        }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail($"signalling VM '{spec.Name}'", e, 409); }
+    }
+
+    public async Task PauseAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var vm = await VmAsync(spec, ct);
+        try { await vm.PauseAsync(ct); }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail($"pausing VM '{spec.Name}'", e, 409); }
+    }
+
+    public async Task ResumeAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var vm = await VmAsync(spec, ct);
+        try { await vm.ResumeAsync(ct); }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail($"resuming VM '{spec.Name}'", e, 409); }
+    }
+
+    public async Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State = InstanceStates.Stopped };
+        var vm = await VmAsync(spec, ct);
+        VmState st;
+        try { st = await vm.GetStateAsync(ct); }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { st = vm.Pid is null ? VmState.Stopped : VmState.Busy; }
+        var details = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["accelerator"] = vm.Accel.ToString().ToLowerInvariant(),
+            ["vcpus"] = vm.Config.Cpus.ToString(CultureInfo.InvariantCulture),
+            ["memory"] = $"{vm.Config.MemoryMiB}MiB",
+            ["boot"] = vm.Config.Boot == BootMode.Direct ? "direct kernel boot" : vm.Config.Boot.ToString().ToLowerInvariant() + " firmware",
+        };
+        if (vm.AccelReason is { Length: > 0 } why) details["accelerator-reason"] = why;
+        if (vm.Pid is int pid) details["qemu-pid"] = pid.ToString(CultureInfo.InvariantCulture);
+        var state = st switch
+        {
+            VmState.Running or VmState.Busy or VmState.Incoming => InstanceStates.Running,
+            VmState.Paused => InstanceStates.Frozen,
+            VmState.Crashed => InstanceStates.Error,
+            _ => InstanceStates.Stopped,
+        };
+        return new DriverState
+        {
+            State = state, Pid = vm.Pid, ExitCode = state == InstanceStates.Stopped ? ExitCode(vm) : null,
+            Message = state == InstanceStates.Error ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
+            Details = details,
+        };
+    }
+
+    public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State = InstanceStates.Stopped };
+        await ForgetAsync(spec);
+        var vm = await VmAsync(spec, ct);
+        if (vm.Pid is null) return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
+        var st = await GetStateAsync(spec, ct);
+        if (st.State is InstanceStates.Running or InstanceStates.Frozen)
+        {
+            _ = Task.Run(async () =>
+            {
+                try { await AgentAsync(spec, CancellationToken.None); } catch (Exception) { }
+            });
+            return new ReattachResult { State = st.State, Pid = vm.Pid };
+        }
+        // QEMU runs but the guest is dead (panicked and kept): end it, report it stopped with the crash recorded.
+        if (st.State == InstanceStates.Error) { try { await vm.KillAsync(); } catch (Exception) { } }
+        return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
+    }
+
+    public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var vm = await VmAsync(spec, ct);
+        while (vm.Pid is int pid)
+        {
+            SafeFd? pidfd = null;
+            try { pidfd = Sys.PidfdOpen(pid); } catch (LinuxException) { }
+            using (pidfd)
+            {
+                while (!ct.IsCancellationRequested && vm.Pid == pid)
+                {
+                    if (pidfd is not null) { if (await Task.Run(() => Sys.WaitPidfd(pidfd, 500), ct)) break; }
+                    else await Task.Delay(200, ct);
+                }
+            }
+            ct.ThrowIfCancellationRequested();
+            // QEMU is gone: give the engine a moment to record why (it reaps its child, or sees QMP close).
+            for (var i = 0; i < 40 && File.Exists(vm.PidFilePath); i++) await Task.Delay(50, ct);
+            if (vm.Pid == pid) await Task.Delay(200, ct);
+        }
+        await DropAgentAsync(spec.Name);
+        return ExitCode(vm) ?? 128 + Signals.SIGKILL;
+    }
+
+    public async Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var vm = await VmAsync(spec, ct);
+        if (vm.Pid is null) return true; // picked up at the next start
+        // vCPU and memory hotplug are not implemented: a running VM keeps its size until restarted.
+        return vm.Config.Cpus == (spec.Limits.Cpus ?? 1) && vm.Config.MemoryMiB == MemoryMiB(spec);
+    }
+
+    // ---- console and log ----
+
+    public async Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var vm = await VmAsync(spec, ct);
+        try
+        {
+            var con = await vm.OpenConsoleAsync(ct);
+            return new VmConsoleSession(con);
+        }
+        catch (VmException e) { throw new InstanceException(e.Message, 409); }
+    }
+
+    sealed class VmConsoleSession(VmConsole con) : IConsoleSession
+    {
+        public Stream Output => con.Stream;
+        public Stream? Input => con.Stream;
+        public ValueTask DisposeAsync() { con.Dispose(); return ValueTask.CompletedTask; }
+    }
+
+    public Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct)
+    {
+        var log = Path.Combine(VmDir(spec), StateFiles.ConsoleLog);
+        var pidFile = Path.Combine(VmDir(spec), StateFiles.Pid);
+        return Task.FromResult<Stream>(new ConsoleLogStream(log, () => File.Exists(pidFile), follow));
+    }
+
+    // ---- snapshots: qcow2 internal snapshots; with memory while running ----
+
+    public async Task CreateSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            var vm = await VmAsync(spec, ct);
+            var kind = vm.Pid is null ? SnapshotKind.Disk : SnapshotKind.Full;
+            try { await vm.SnapshotAsync(snapshot, kind, ct); }
+            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { throw Fail($"snapshotting VM '{spec.Name}'", e, 400); }
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    public async Task RestoreSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            var vm = await VmAsync(spec, ct);
+            if (vm.Pid is not null) throw new InstanceException($"VM '{spec.Name}' is running: stop it before restoring a snapshot", 409);
+            var marker = Path.Combine(VmDir(spec), ResumeMarker);
+            File.Delete(marker);
+            try
+            {
+                var snap = (await vm.ListSnapshotsAsync(ct)).FirstOrDefault(s => s.Name == snapshot)
+                    ?? throw new InstanceException($"VM '{spec.Name}' has no snapshot '{snapshot}' on its disks", 404);
+                // The disks go back now (whatever kind); a full snapshot's memory is loaded by the next start.
+                if (snap.Kind == SnapshotKind.Disk) await vm.RestoreSnapshotAsync(snapshot, ct);
+                else
+                {
+                    foreach (var d in vm.Config.Disks.Where(d => !d.ReadOnly && !d.CdRom))
+                        await VmImages.RunAsync("qemu-img", ["snapshot", "-q", "-a", snapshot, d.Path], ct);
+                    File.WriteAllText(marker, snapshot + "\n");
+                }
+            }
+            catch (VmException e) { throw Fail($"restoring snapshot '{snapshot}' of VM '{spec.Name}'", e); }
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    public async Task DeleteSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
+    {
+        await Lock(spec).WaitAsync(ct);
+        try
+        {
+            var vm = await VmAsync(spec, ct);
+            var marker = Path.Combine(VmDir(spec), ResumeMarker);
+            if (File.Exists(marker) && File.ReadAllText(marker).Trim() == snapshot) File.Delete(marker);
+            try
+            {
+                if (!(await vm.ListSnapshotsAsync(ct)).Any(s => s.Name == snapshot)) return;
+                await vm.DeleteSnapshotAsync(snapshot, ct);
+            }
+            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { throw Fail($"deleting snapshot '{snapshot}' of VM '{spec.Name}'", e); }
+        }
+        finally { Lock(spec).Release(); }
+    }
+
+    // ---- stats: the QEMU process ----
+
+    public async Task<InstanceStats> GetStatsAsync(InstanceSpec spec, CancellationToken ct)
+    {
+        var s = new InstanceStats();
+        var vm = await VmAsync(spec, ct);
+        if (vm.Pid is not int pid) return s;
+        s.Pids = vm.Config.Cpus;
+        try
+        {
+            // /proc/PID/stat: fields after the ")" of the command; utime and stime are fields 14 and 15 (clock ticks).
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            var ticks = long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture);
+            s.CpuUsageNs = ticks * (1_000_000_000L / 100);
+            foreach (var l in File.ReadLines($"/proc/{pid}/status"))
+                if (l.StartsWith("VmRSS:", StringComparison.Ordinal))
+                    s.MemoryBytes = long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+            foreach (var l in File.ReadLines($"/proc/{pid}/io"))
+            {
+                var kv = l.Split(':', 2);
+                if (kv.Length != 2) continue;
+                if (kv[0] == "read_bytes") s.IoReadBytes = long.Parse(kv[1].Trim(), CultureInfo.InvariantCulture);
+                else if (kv[0] == "write_bytes") s.IoWriteBytes = long.Parse(kv[1].Trim(), CultureInfo.InvariantCulture);
+            }
+        }
+        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException or IndexOutOfRangeException) { }
+        return s;
+    }
+}
+
+/// <summary>Reads the console log; with follow it waits for more while QEMU runs.</summary>
+sealed class ConsoleLogStream(string path, Func<bool> running, bool follow) : Stream
+{
+    FileStream? _f;
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
+    {
+        while (true)
+        {
+            if (_f is null && File.Exists(path)) _f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
+            if (_f is not null)
+            {
+                // The engine rotates the log by truncating it: start over at the new end of a shorter file.
+                if (_f.Position > _f.Length) _f.Position = 0;
+                var n = await _f.ReadAsync(buffer, ct);
+                if (n > 0) return n;
+            }
+            if (!follow || !running()) return 0;
+            await Task.Delay(100, ct);
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _f?.Dispose();
+        base.Dispose(disposing);
+    }
+}
