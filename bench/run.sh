@@ -174,11 +174,28 @@ bench_split() {
 
 # --- density --------------------------------------------------------------------------------------------------------
 mem_used_kib() { awk '/^MemTotal:/ { t = $2 } /^MemAvailable:/ { a = $2 } END { print t - a }' /proc/meminfo; }
-# unreclaimable kernel memory (namespaces, mounts, tasks, page tables): less disturbed by other work than MemAvailable
-kmem_kib() { awk '/^SUnreclaim:|^KernelStack:|^PageTables:/ { s += $2 } END { print s }' /proc/meminfo; }
+# unreclaimable kernel memory (namespaces, mounts, tasks, page tables, and the per-CPU statistics of memory cgroups):
+# less disturbed by other work than MemAvailable
+kmem_kib() { awk '/^SUnreclaim:|^KernelStack:|^PageTables:|^Percpu:/ { s += $2 } END { print s }' /proc/meminfo; }
+container_pids() { rt "$1" list --format json 2>/dev/null | busybox tr ',' '\n' | busybox sed -n 's/.*"pid": *\([0-9]*\).*/\1/p'; }
+memcg_user_kib() { # pages (anonymous, file, shmem) charged to the containers' memory cgroups, summed
+  local t=$1 total=0 pid cg f v
+  for pid in $(container_pids "$t"); do
+    [ "$pid" -gt 0 ] 2>/dev/null || continue
+    cg=$(awk -F: '$2 == "memory" { print $3 }' "/proc/$pid/cgroup" 2>/dev/null)
+    if [ -n "$cg" ] && [ -f "/sys/fs/cgroup/memory$cg/memory.stat" ]; then
+      v=$(awk '$1 == "rss" || $1 == "cache" { s += $2 } END { print int(s / 1024) }' "/sys/fs/cgroup/memory$cg/memory.stat")
+    else
+      cg=$(awk -F: '$1 == "0" { print $3 }' "/proc/$pid/cgroup" 2>/dev/null); f=/sys/fs/cgroup$cg/memory.stat
+      v=$( [ -f "$f" ] && awk '$1 == "anon" || $1 == "file" { s += $2 } END { print int(s / 1024) }' "$f" || echo 0)
+    fi
+    total=$((total + ${v:-0}))
+  done
+  echo $total
+}
 pss_sum_kib() { # PSS of the containers' processes (their init pids from state)
   local t=$1 total=0 pid v
-  for pid in $(rt "$t" list --format json 2>/dev/null | busybox tr ',' '\n' | busybox sed -n 's/.*"pid": *\([0-9]*\).*/\1/p'); do
+  for pid in $(container_pids "$t"); do
     [ "$pid" -gt 0 ] 2>/dev/null || continue
     v=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
     total=$((total + ${v:-0}))
@@ -216,11 +233,14 @@ bench_density() {
     sleep 2
     local after kafter; after=$(mem_used_kib); kafter=$(kmem_kib)
     local pss; pss=$(pss_sum_kib "$t")
-    local per_mem per_pss per_k
+    local ucg; ucg=$(memcg_user_kib "$t")
+    local per_mem per_pss per_k per_u per_host
     per_k=$(awk -v a="$kafter" -v b="$kbefore" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", (a - b) / n; else print 0 }')
     per_mem=$(awk -v a="$after" -v b="$before" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", (a - b) / n; else print 0 }')
     per_pss=$(awk -v p="$pss" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", p / n; else print 0 }')
-    echo "  $t: $started started in ${total_s}s; host memory used +$(( (after - before) / 1024 )) MiB = $per_mem KiB per container; kernel (SUnreclaim+KernelStack+PageTables) $per_k KiB per container; PSS of the containers' processes $per_pss KiB each"
+    per_u=$(awk -v p="$ucg" -v n="$started" 'BEGIN { if (n > 0) printf "%.0f", p / n; else print 0 }')
+    per_host=$((per_k + per_u))
+    echo "  $t: $started started in ${total_s}s; host memory per container $per_host KiB = kernel (SUnreclaim+KernelStack+PageTables+Percpu) $per_k KiB + pages charged to its memory cgroup $per_u KiB; PSS of the containers' processes $per_pss KiB each; MemTotal-MemAvailable +$(( (after - before) / 1024 )) MiB = $per_mem KiB per container (disturbed by any other work on the host)"
     printf '    %8s %12s %12s\n' running "median ms" "p90 ms"
     local steps=() k
     for ((k = STEP; k <= started; k += STEP)); do
@@ -236,7 +256,7 @@ bench_density() {
       growth=$(ratio "$last" "$first")
       echo "    per-start growth, last $STEP vs first $STEP: ${growth}x"
     fi
-    parts+=("\"$t\": {\"started\": $started, \"seconds\": $total_s, \"mem_used_kib_per_container\": $per_mem, \"kernel_kib_per_container\": $per_k, \"pss_kib_per_container\": $per_pss, \"growth_last_over_first\": \"$growth\", \"steps\": [$(IFS=,; echo "${steps[*]}")]}")
+    parts+=("\"$t\": {\"started\": $started, \"seconds\": $total_s, \"mem_used_kib_per_container\": $per_mem, \"kernel_kib_per_container\": $per_k, \"memcg_user_kib_per_container\": $per_u, \"host_kib_per_container\": $per_host, \"pss_kib_per_container\": $per_pss, \"growth_last_over_first\": \"$growth\", \"steps\": [$(IFS=,; echo "${steps[*]}")]}")
     s=$(now_us); delete_all "$t"; e=$(now_us)
     echo "    deleted all in $(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')s"
   done

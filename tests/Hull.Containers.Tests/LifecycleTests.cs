@@ -46,6 +46,8 @@ public class LifecycleTests(OciHarnessFixture f)
 
         Assert.Equal(0, H.Run("start", id).Code);
         Assert.Equal("running", H.State(id).Status);
+        // start returns once the init has taken the go-ahead (as runc's); the exec follows right after.
+        for (var i = 0; i < 100 && !File.ReadAllText($"/proc/{st.Pid}/cmdline").Contains("sleep"); i++) Thread.Sleep(20);
         Assert.Contains("sleep", File.ReadAllText($"/proc/{st.Pid}/cmdline"));
 
         var again = H.Run("start", id);

@@ -82,13 +82,24 @@ public sealed class OciHarness : IDisposable
         return JsonSerializer.Deserialize(o, OciJson.Default.State)!;
     }
 
-    /// <summary>What must be unchanged after a failed operation: mounts, the state dir, our cgroup dirs.</summary>
+    /// <summary>
+    /// What must be unchanged after a failed operation: mounts below this harness's directory (every mount a
+    /// container makes is below its rootfs, and the bundles live here), the state dir (but for the seccomp program
+    /// cache, which a create may fill before it fails), and the cgroup dirs of this test process's containers.
+    /// Mounts and cgroups of other work on the host come and go meanwhile and are not compared.
+    /// </summary>
     public static string Snapshot(string root)
     {
-        var mounts = string.Join('\n', File.ReadLines("/proc/self/mountinfo").Select(l => string.Join(' ', l.Split(' ').Skip(3).Take(2))).Order());
-        var state = Directory.Exists(root) ? string.Join('\n', Directory.EnumerateFileSystemEntries(root, "*", SearchOption.AllDirectories).Order()) : "";
+        var harness = Path.GetDirectoryName(root)! + "/";
+        var mounts = string.Join('\n', File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' '))
+            .Where(f => (f[4] + "/").StartsWith(harness, StringComparison.Ordinal)).Select(f => $"{f[3]} {f[4]}").Order());
+        var state = Directory.Exists(root)
+            ? string.Join('\n', Directory.EnumerateFileSystemEntries(root, "*", SearchOption.AllDirectories).Where(p => !p.StartsWith(Path.Combine(root, "@cache"), StringComparison.Ordinal)).Order())
+            : "";
+        var ours = $"/t{Environment.ProcessId}-";
         var cgroups = string.Join('\n', Directory.EnumerateDirectories("/sys/fs/cgroup").SelectMany(h =>
-            Directory.Exists(Path.Combine(h, "hull")) ? Directory.EnumerateDirectories(Path.Combine(h, "hull"), "*", SearchOption.AllDirectories) : []).Order());
+            new[] { "hull", "hull-test" }.Select(d => Path.Combine(h, d)).Where(Directory.Exists)
+                .SelectMany(d => Directory.EnumerateDirectories(d, "*", SearchOption.AllDirectories))).Where(p => p.Contains(ours, StringComparison.Ordinal)).Order());
         return $"mounts:\n{mounts}\nstate:\n{state}\ncgroups:\n{cgroups}";
     }
 

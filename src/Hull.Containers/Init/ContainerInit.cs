@@ -170,6 +170,8 @@ public static class CgroupMounts
         var result = new List<CgroupHierarchy>();
         foreach (var line in File.ReadLines("/proc/self/mountinfo"))
         {
+            // A host may have thousands of mounts (the init sees a copy of them all): only cgroup lines are split.
+            if (!line.Contains(" - cgroup", StringComparison.Ordinal)) continue;
             var sep = line.IndexOf(" - ", StringComparison.Ordinal);
             if (sep < 0) continue;
             var left = line[..sep].Split(' ');

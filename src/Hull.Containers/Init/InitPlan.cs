@@ -1,7 +1,4 @@
 using System.Buffers.Binary;
-using System.Text;
-using System.Text.Json;
-using System.Text.Json.Serialization;
 using Hull.Linux;
 using Hull.Oci;
 
@@ -49,19 +46,13 @@ public sealed class SyncMessage
     public const string Hooks = "hooks", HooksDone = "hooks-done", Ready = "ready", Start = "start", Error = "error";
 }
 
-[JsonSourceGenerationOptions(DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
-[JsonSerializable(typeof(InitPlan))]
-[JsonSerializable(typeof(SyncMessage))]
-[JsonSerializable(typeof(ContainerRecord))]
-internal sealed partial class EngineJson : JsonSerializerContext;
-
-/// <summary>Length-prefixed JSON messages over a socket (the runtime ⇄ init channel).</summary>
+/// <summary>Length-prefixed messages over a socket (the runtime ⇄ init channel), in <see cref="PlanCodec"/>'s binary form.</summary>
 public sealed class SyncChannel(SafeFd fd) : IDisposable
 {
     public SafeFd Fd { get; } = fd;
 
-    public void Send(InitPlan plan) => SendBytes(JsonSerializer.SerializeToUtf8Bytes(plan, EngineJson.Default.InitPlan));
-    public void Send(SyncMessage m) => SendBytes(JsonSerializer.SerializeToUtf8Bytes(m, EngineJson.Default.SyncMessage));
+    public void Send(InitPlan plan) => SendBytes(PlanCodec.Encode(plan));
+    public void Send(SyncMessage m) => SendBytes(PlanCodec.Encode(m));
     public void Send(string type, string? message = null) => Send(new SyncMessage { Type = type, Message = message });
 
     void SendBytes(byte[] body)
@@ -86,8 +77,8 @@ public sealed class SyncChannel(SafeFd fd) : IDisposable
         return body;
     }
 
-    public SyncMessage? Receive() => ReceiveBytes() is { } b ? JsonSerializer.Deserialize(b, EngineJson.Default.SyncMessage) : null;
-    public InitPlan? ReceivePlan() => ReceiveBytes() is { } b ? JsonSerializer.Deserialize(b, EngineJson.Default.InitPlan) : null;
+    public SyncMessage? Receive() => ReceiveBytes() is { } b ? PlanCodec.DecodeMessage(b) : null;
+    public InitPlan? ReceivePlan() => ReceiveBytes() is { } b ? PlanCodec.DecodePlan(b) : null;
 
     bool ReadExactly(Span<byte> buf)
     {

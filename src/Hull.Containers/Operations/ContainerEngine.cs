@@ -29,6 +29,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     public StateStore Store { get; } = store;
     public ICgroupFactory Cgroups { get; } = cgroups;
 
+    /// <summary>Compiled seccomp programs, in the state directory (its name is not a valid container id).</summary>
+    public SeccompCache SeccompCache { get; } = new(Path.Combine(store.Root, "@cache"));
+
     /// <summary>The hull binary to run as the container init (this executable, or HULL_INIT_BINARY).</summary>
     public static string InitBinary =>
         Environment.GetEnvironmentVariable("HULL_INIT_BINARY") ?? Environment.ProcessPath ?? "/proc/self/exe";
@@ -54,15 +57,10 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     /// </summary>
     public int RunDetachedOrAttached(CreateOptions o, out SafeFd pidfd)
     {
+        // The record is saved with Started already set: a run container has no exec fifo, so its status is the same.
         var pid = CreateContainer(o, "run", out var ch, out var pfd);
         pidfd = pfd!;
-        using (ch)
-        {
-            var record = Store.Load(o.Id);
-            record.Started = true;
-            Store.Save(record);
-            ch!.Send(SyncMessage.Start);
-        }
+        using (ch) ch!.Send(SyncMessage.Start);
         RunPoststart(o.Id);
         return pid;
     }
@@ -74,12 +72,13 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         StateStore.ValidateId(o.Id);
         var bundle = Path.GetFullPath(o.Bundle);
         Spec spec;
-        if (o.Spec is null) spec = SpecLoader.LoadBundle(bundle);
+        byte[]? rawConfig = null;
+        if (o.Spec is null) spec = SpecLoader.LoadBundle(bundle, out rawConfig);
         else { spec = o.Spec; SpecValidator.Validate(spec, bundle); }
         SpecValidator.ValidateProcess(spec.Process, "process");
         // Compiled once, here: a profile the compiler rejects fails create before anything is made, and the init
         // gets the program instead of the profile (unless it must hand a notify fd to a listener itself).
-        var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp);
+        var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp, SeccompCache);
         var namespaces = spec.Linux?.Namespaces ?? [];
         if (!namespaces.Any(n => n.Type == "mount"))
             throw new InvalidSpecException("linux.namespaces has no mount namespace: Hull needs {\"type\": \"mount\"} to set up the root filesystem");
@@ -106,16 +105,17 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         var nsFds = new List<SafeFd>(); // namespaces joined by path: needed only until the child has exec'd
         try
         {
-            Store.Save(record);
-            Store.SaveSpec(o.Id, spec);
-
-            // cgroup
+            // The cgroup's path is known before it is made: the first record names it, so that a create that dies
+            // half-way leaves a "creating" container whose delete finds the cgroup.
             var cg = Cgroups.Open(spec.Linux?.CgroupsPath ?? "", o.Id);
             record.CgroupPath = cg.Path;
+            Store.Save(record);
+            if (rawConfig is not null) Store.SaveSpec(o.Id, rawConfig);
+            else Store.SaveSpec(o.Id, spec);
+
             cg.Create();
             cleanup.Add(() => cg.Destroy());
             if (spec.Linux?.Resources is { } res) cg.Apply(WithDefaultDevices(res, spec));
-            Store.Save(record);
 
             // exec fifo (create only)
             SafeFd? fifo = null;
@@ -200,7 +200,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
             var hookState = new State { Id = o.Id, Status = "creating", Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
             var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
-            var shipProgram = seccomp is { Compiled.NeedsListener: false };
+            var shipProgram = seccomp is { NeedsListener: false };
             var profile = spec.Linux?.Seccomp;
             if (shipProgram) spec.Linux!.Seccomp = null; // only for the plan: it is serialized by Send below
             channel.Send(new InitPlan
@@ -246,6 +246,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             }
             record.Pid = pid;
             record.PidStartTime = ProcFs.Stat(pid)?.StartTime ?? 0;
+            record.Started = mode == "run";
             Store.Save(record);
             if (o.PidFile is not null) WritePidFile(o.PidFile, pid);
             if (mode == "run") { runChannel = channel; runPidfd = child.Pidfd; }

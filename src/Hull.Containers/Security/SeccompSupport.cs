@@ -15,6 +15,21 @@ public static class SeccompSupport
         return (ToBytes(p.Instructions), (uint)p.Flags, p);
     }
 
+    /// <summary>
+    /// The runtime's compile for create: from <paramref name="cache"/> when it holds this profile (then NeedsListener
+    /// is false and no <see cref="SeccompProgram"/> is returned), else compiled and stored there.
+    /// </summary>
+    public static (byte[] Program, uint Flags, bool NeedsListener)? Compile(Hull.Oci.Seccomp? profile, SeccompCache? cache)
+    {
+        if (profile is null) return null;
+        if (cache is null) return Compile(profile) is { } c0 ? (c0.Program, c0.Flags, c0.Compiled.NeedsListener) : null;
+        var key = SeccompCache.KeyOf(profile);
+        if (cache.TryGet(key) is { } hit) return (hit.Program, hit.Flags, false);
+        var c = Compile(profile)!.Value;
+        if (!c.Compiled.NeedsListener) cache.Put(key, c.Program, c.Flags);
+        return (c.Program, c.Flags, c.Compiled.NeedsListener);
+    }
+
     public static byte[] ToBytes(IReadOnlyList<SockFilter> instructions)
     {
         var bytes = new byte[instructions.Count * 8];

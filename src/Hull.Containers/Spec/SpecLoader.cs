@@ -6,20 +6,28 @@ namespace Hull.Containers;
 /// <summary>Reads a bundle's config.json and checks it, with errors that name the field and the fix.</summary>
 public static class SpecLoader
 {
-    public static Spec LoadBundle(string bundle)
+    public static Spec LoadBundle(string bundle) => LoadBundle(bundle, out _);
+
+    /// <summary>Reads and checks bundle/config.json; <paramref name="raw"/> is the file as read.</summary>
+    public static Spec LoadBundle(string bundle, out byte[] raw)
     {
         if (!Directory.Exists(bundle))
             throw new InvalidSpecException($"bundle directory {bundle} does not exist: pass --bundle with the directory that holds config.json");
         var path = Path.Combine(bundle, "config.json");
         if (!File.Exists(path))
             throw new InvalidSpecException($"{path} does not exist: create it with 'hull-oci spec' in the bundle directory");
-        var spec = Parse(File.ReadAllText(path), path);
+        raw = File.ReadAllBytes(path);
+        var spec = Parse(raw, path);
         SpecValidator.Validate(spec, bundle);
         return spec;
     }
 
-    public static Spec Parse(string json, string what)
+    public static Spec Parse(string json, string what) => Parse(System.Text.Encoding.UTF8.GetBytes(json), what);
+
+    public static Spec Parse(byte[] json, string what)
     {
+        // The direct reader first; the serializer for what it does not accept (and for the error message).
+        if (SpecReader.TryRead(json) is { } fast) return fast;
         try
         {
             return JsonSerializer.Deserialize(json, OciJson.Default.Spec)

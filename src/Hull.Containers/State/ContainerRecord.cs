@@ -24,6 +24,85 @@ public sealed class ContainerRecord
     public bool HasPoststop { get; set; }
     /// <summary>Set once "start" has run: a container whose fifo was consumed.</summary>
     public bool Started { get; set; }
+
+    // state.json is read and written by every verb: a hand-written reader and writer (camelCase JSON, as before)
+    // instead of System.Text.Json's serializer, whose per-process metadata set-up cost more than the whole file.
+
+    public byte[] ToJson()
+    {
+        var buf = new System.Buffers.ArrayBufferWriter<byte>(512);
+        using (var w = new Utf8JsonWriter(buf))
+        {
+            w.WriteStartObject();
+            w.WriteString("id", Id);
+            w.WriteString("bundle", Bundle);
+            w.WriteString("rootfs", Rootfs);
+            w.WriteNumber("pid", Pid);
+            w.WriteNumber("pidStartTime", PidStartTime);
+            w.WriteString("created", Created);
+            w.WriteString("cgroupPath", CgroupPath);
+            w.WriteStartArray("namespaces");
+            foreach (var n in Namespaces) w.WriteStringValue(n);
+            w.WriteEndArray();
+            if (Annotations is not null)
+            {
+                w.WriteStartObject("annotations");
+                foreach (var (k, v) in Annotations) w.WriteString(k, v);
+                w.WriteEndObject();
+            }
+            w.WriteString("owner", Owner);
+            w.WriteBoolean("hasPoststart", HasPoststart);
+            w.WriteBoolean("hasPoststop", HasPoststop);
+            w.WriteBoolean("started", Started);
+            w.WriteEndObject();
+        }
+        return buf.WrittenSpan.ToArray();
+    }
+
+    /// <summary>Reads state.json; unknown properties are skipped. Throws <see cref="JsonException"/> if it is not a JSON object.</summary>
+    public static ContainerRecord FromJson(ReadOnlySpan<byte> json)
+    {
+        var r = new Utf8JsonReader(json);
+        if (!r.Read() || r.TokenType != JsonTokenType.StartObject) throw new JsonException("state.json is not a JSON object");
+        var c = new ContainerRecord();
+        while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+        {
+            var name = r.GetString();
+            r.Read();
+            if (r.TokenType == JsonTokenType.Null) continue;
+            switch (name)
+            {
+                case "id": c.Id = r.GetString()!; break;
+                case "bundle": c.Bundle = r.GetString()!; break;
+                case "rootfs": c.Rootfs = r.GetString()!; break;
+                case "pid": c.Pid = r.GetInt32(); break;
+                case "pidStartTime": c.PidStartTime = r.GetUInt64(); break;
+                case "created": c.Created = r.GetDateTime(); break;
+                case "cgroupPath": c.CgroupPath = r.GetString()!; break;
+                case "owner": c.Owner = r.GetString()!; break;
+                case "hasPoststart": c.HasPoststart = r.GetBoolean(); break;
+                case "hasPoststop": c.HasPoststop = r.GetBoolean(); break;
+                case "started": c.Started = r.GetBoolean(); break;
+                case "namespaces":
+                    if (r.TokenType != JsonTokenType.StartArray) throw new JsonException("namespaces is not an array");
+                    while (r.Read() && r.TokenType != JsonTokenType.EndArray) c.Namespaces.Add(r.GetString()!);
+                    break;
+                case "annotations":
+                    if (r.TokenType != JsonTokenType.StartObject) throw new JsonException("annotations is not an object");
+                    c.Annotations = [];
+                    while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+                    {
+                        var k = r.GetString()!;
+                        r.Read();
+                        c.Annotations[k] = r.GetString()!;
+                    }
+                    break;
+                default: r.Skip(); break;
+            }
+        }
+        if (r.TokenType != JsonTokenType.EndObject) throw new JsonException("state.json ends early");
+        return c;
+    }
 }
 
 /// <summary>
@@ -68,20 +147,23 @@ public sealed class StateStore(string root)
         ValidateId(id);
         var file = Path.Combine(Dir(id), "state.json");
         if (!File.Exists(file)) throw new ContainerNotFoundException(id);
-        return JsonSerializer.Deserialize(File.ReadAllBytes(file), EngineJson.Default.ContainerRecord)
-            ?? throw new ContainerException($"{file} is empty or corrupt: remove {Dir(id)} by hand");
+        try { return ContainerRecord.FromJson(File.ReadAllBytes(file)); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException) { throw new ContainerException($"{file} is empty or corrupt: remove {Dir(id)} by hand"); }
     }
 
     public void Save(ContainerRecord r)
     {
         var file = Path.Combine(Dir(r.Id), "state.json");
         var tmp = file + ".tmp";
-        File.WriteAllBytes(tmp, JsonSerializer.SerializeToUtf8Bytes(r, EngineJson.Default.ContainerRecord));
+        File.WriteAllBytes(tmp, r.ToJson());
         File.Move(tmp, file, overwrite: true);
     }
 
     public void SaveSpec(string id, Hull.Oci.Spec spec) =>
         File.WriteAllBytes(Path.Combine(Dir(id), "config.json"), JsonSerializer.SerializeToUtf8Bytes(spec, Hull.Oci.OciJson.Default.Spec));
+
+    /// <summary>Keeps the bundle's config.json as it was read (the same spec, without serializing it again).</summary>
+    public void SaveSpec(string id, byte[] configJson) => File.WriteAllBytes(Path.Combine(Dir(id), "config.json"), configJson);
 
     public Hull.Oci.Spec LoadSpec(string id) =>
         JsonSerializer.Deserialize(File.ReadAllBytes(Path.Combine(Dir(id), "config.json")), Hull.Oci.OciJson.Default.Spec)!;
