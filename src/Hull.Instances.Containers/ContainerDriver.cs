@@ -628,7 +628,7 @@ public sealed class ContainerDriver : IInstanceDriver
     public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (!IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is not running", 409);
-        return Task.FromResult<IConsoleSession>(new LogConsole(new LogStream(P(spec, "console.log"), () => IsRunning(spec), follow: true, fromEnd: true)));
+        return Task.FromResult<IConsoleSession>(new LogConsole(new LogFileStream(P(spec, "console.log"), () => IsRunning(spec), follow: true, fromEnd: true)));
     }
 
     sealed class LogConsole(Stream output) : IConsoleSession
@@ -639,7 +639,7 @@ public sealed class ContainerDriver : IInstanceDriver
     }
 
     public Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct) =>
-        Task.FromResult<Stream>(new LogStream(P(spec, "console.log"), () => IsRunning(spec), follow, fromEnd: false));
+        Task.FromResult<Stream>(new LogFileStream(P(spec, "console.log"), () => IsRunning(spec), follow, fromEnd: false));
 
     // ---- snapshots: copies of the upper dir ----
 

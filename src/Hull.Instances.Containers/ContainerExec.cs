@@ -32,7 +32,7 @@ sealed class ContainerExec : IExecSession
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
     }
 
-    public static IExecSession Failed(int code, string message, bool tty) => new FailedExec(code, message, tty);
+    public static IExecSession Failed(int code, string message, bool tty) => new FailedExecSession(code, message, tty);
 
     static FileStream Wrap(SafeFd fd, FileAccess access) => new(new SafeFileHandle(fd.Detach(), true), access, 1, false);
 
@@ -106,59 +106,5 @@ sealed class ContainerExec : IExecSession
         foreach (var s in _streams) await s.DisposeAsync();
         _master?.Dispose();
         _child.Dispose();
-    }
-}
-
-/// <summary>An exec whose program could not be started: no process, the message on stderr, exit 126 or 127.</summary>
-sealed class FailedExec(int code, string message, bool tty) : IExecSession
-{
-    static MemoryStream Text(string s) => new(System.Text.Encoding.UTF8.GetBytes(s), false);
-    public Stream Stdin { get; } = Stream.Null;
-    public Stream Stdout { get; } = Text(tty ? message + "\r\n" : "");
-    public Stream? Stderr { get; } = tty ? null : Text(message + "\n");
-    public Task<int> Exit { get; } = Task.FromResult(code);
-    public void Resize(int width, int height) { }
-    public void Signal(int signal) { }
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
-}
-
-/// <summary>Reads the console log; with follow it waits for more while the instance runs.</summary>
-sealed class LogStream(string path, Func<bool> running, bool follow, bool fromEnd) : Stream
-{
-    FileStream? _f;
-    public override bool CanRead => true;
-    public override bool CanSeek => false;
-    public override bool CanWrite => false;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-    public override void Flush() { }
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
-
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
-    {
-        while (true)
-        {
-            if (_f is null && File.Exists(path))
-            {
-                _f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-                if (fromEnd) _f.Seek(0, SeekOrigin.End);
-            }
-            if (_f is not null)
-            {
-                var n = await _f.ReadAsync(buffer, ct);
-                if (n > 0) return n;
-            }
-            if (!follow || !running()) return 0;
-            await Task.Delay(50, ct);
-        }
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _f?.Dispose();
-        base.Dispose(disposing);
     }
 }

@@ -268,7 +268,7 @@ sealed class VmExec : IExecSession
         catch (AgentOperationException e) when (e.Errno is 2 or 13 or 8 or 20)
         {
             // As a shell would: the program cannot be run, so the exec ends at once with 127 (not found) or 126.
-            return new FailedVmExec(e.Errno == 2 ? 127 : 126, $"{req.Argv[0]}: {e.Message}", req.Tty);
+            return new FailedExecSession(e.Errno == 2 ? 127 : 126, $"{req.Argv[0]}: {e.Message}", req.Tty);
         }
     }
 
@@ -288,17 +288,4 @@ sealed class VmExec : IExecSession
         await _out.Reader.CompleteAsync();
         if (_err is not null) await _err.Reader.CompleteAsync();
     }
-}
-
-/// <summary>An exec whose program could not be started: no process, the message on stderr, exit 126 or 127.</summary>
-sealed class FailedVmExec(int code, string message, bool tty) : IExecSession
-{
-    static MemoryStream Text(string s) => new(Encoding.UTF8.GetBytes(s), false);
-    public Stream Stdin { get; } = Stream.Null;
-    public Stream Stdout { get; } = Text(tty ? message + "\r\n" : "");
-    public Stream? Stderr { get; } = tty ? null : Text(message + "\n");
-    public Task<int> Exit { get; } = Task.FromResult(code);
-    public void Resize(int width, int height) { }
-    public void Signal(int signal) { }
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }

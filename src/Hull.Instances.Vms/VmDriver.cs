@@ -545,7 +545,7 @@ public sealed partial class VmDriver : IInstanceDriver
     {
         var log = Path.Combine(VmDir(spec), StateFiles.ConsoleLog);
         var pidFile = Path.Combine(VmDir(spec), StateFiles.Pid);
-        return Task.FromResult<Stream>(new ConsoleLogStream(log, () => File.Exists(pidFile), follow));
+        return Task.FromResult<Stream>(new LogFileStream(log, () => File.Exists(pidFile), follow));
     }
 
     // ---- snapshots: qcow2 internal snapshots; with memory while running ----
@@ -636,44 +636,5 @@ public sealed partial class VmDriver : IInstanceDriver
         }
         catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException or IndexOutOfRangeException) { }
         return s;
-    }
-}
-
-/// <summary>Reads the console log; with follow it waits for more while QEMU runs.</summary>
-sealed class ConsoleLogStream(string path, Func<bool> running, bool follow) : Stream
-{
-    FileStream? _f;
-    public override bool CanRead => true;
-    public override bool CanSeek => false;
-    public override bool CanWrite => false;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-    public override void Flush() { }
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
-
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
-    {
-        while (true)
-        {
-            if (_f is null && File.Exists(path)) _f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-            if (_f is not null)
-            {
-                // The engine rotates the log by truncating it: start over at the new end of a shorter file.
-                if (_f.Position > _f.Length) _f.Position = 0;
-                var n = await _f.ReadAsync(buffer, ct);
-                if (n > 0) return n;
-            }
-            if (!follow || !running()) return 0;
-            await Task.Delay(100, ct);
-        }
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _f?.Dispose();
-        base.Dispose(disposing);
     }
 }
