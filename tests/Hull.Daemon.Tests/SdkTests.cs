@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Hull.TestSupport;
 using Hull.Api;
 using Hull.Sdk;
 using Xunit;

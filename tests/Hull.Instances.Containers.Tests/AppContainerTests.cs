@@ -1,3 +1,4 @@
+using Hull.TestSupport;
 using Hull.Api;
 using Xunit;
 

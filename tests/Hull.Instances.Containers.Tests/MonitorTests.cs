@@ -1,3 +1,4 @@
+using Hull.TestSupport;
 using Hull.Api;
 using Hull.Linux;
 using Xunit;
@@ -129,7 +130,7 @@ public sealed class MonitorTests
         foreach (var f in Directory.EnumerateFiles(Path.GetDirectoryName(ContainerDaemon.HostExe)!))
             File.Copy(f, Path.Combine(upgraded, Path.GetFileName(f)));
         d.Stop();
-        d.Start(Path.Combine(upgraded, Path.GetFileName(ContainerDaemon.HostExe)));
+        d.Start(program: Path.Combine(upgraded, Path.GetFileName(ContainerDaemon.HostExe)));
         await Wait.UntilAsync(() => Task.FromResult(MonitorPid(d) != oldMonitor), "the new hulld to retire the old monitor and start its own");
         Assert.True(Sys.ProcessExists(oldMonitor), "the retired monitor must stay while it has a container");
         Assert.Contains("retiring the container monitor", d.Log);
