@@ -4,7 +4,8 @@
 #   bench/run.sh [all|run|split|density]     (make bench runs "all"; needs root and 'make build')
 #
 # Environment: ITER (run and split iterations, default 100), N (density containers, default 1000),
-# STEP (density reporting step, default 100), TOOLS (default "hull runc crun"), OUT (JSON directory,
+# STEP (density reporting step, default 100), MIN_AVAIL_MIB (density stops starting containers when the host's
+# MemAvailable falls below it, default 1024), TOOLS (default "hull runc crun"), OUT (JSON directory,
 # default artifacts/bench).
 #
 # Every tool runs inside one private mount namespace whose cgroup2 mount (/sys/fs/cgroup/unified) is
@@ -18,6 +19,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ITER=${ITER:-100}
 N=${N:-1000}
 STEP=${STEP:-100}
+MIN_AVAIL_MIB=${MIN_AVAIL_MIB:-1024}
 TOOLS=${TOOLS:-"hull runc crun"}
 OUT=${OUT:-$REPO/artifacts/bench}
 
@@ -222,6 +224,11 @@ bench_density() {
     : > "$WORK/dens-$t"
     local t0; t0=$(now_us)
     for i in $(seq 1 "$N"); do
+      # Stop before the host runs out of memory (no swap here: the OOM killer would pick any process).
+      if (( i % 100 == 0 )) && (( $(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo) < MIN_AVAIL_MIB )); then
+        echo "  $t: stopping after $((i - 1)) containers: MemAvailable fell below ${MIN_AVAIL_MIB} MiB" >&2
+        break
+      fi
       s=$(now_us)
       rt "$t" create --bundle "$BUNDLE" "d$i" </dev/null >/dev/null 2>"$WORK/err" || { echo "$t create #$i failed: $(cat "$WORK/err")" >&2; break; }
       rt "$t" start "d$i" >/dev/null 2>"$WORK/err" || { echo "$t start #$i failed: $(cat "$WORK/err")" >&2; break; }
