@@ -437,7 +437,7 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
     {
         var input = new FileStream(F(spec, "console.in"), FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 1);
-        return Task.FromResult<IConsoleSession>(new Console(new LogStream(F(spec, "console.log"), () => Alive(spec) is not null, follow: true, fromEnd: true), input));
+        return Task.FromResult<IConsoleSession>(new Console(new LogFileStream(F(spec, "console.log"), () => Alive(spec) is not null, follow: true, fromEnd: true), input));
     }
 
     sealed class Console(Stream output, Stream input) : IConsoleSession
@@ -448,48 +448,7 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     }
 
     public Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct) =>
-        Task.FromResult<Stream>(new LogStream(F(spec, "console.log"), () => Alive(spec) is not null, follow, fromEnd: false));
-
-    /// <summary>Reads a log file; with follow it waits for more while the instance runs.</summary>
-    sealed class LogStream(string path, Func<bool> running, bool follow, bool fromEnd) : Stream
-    {
-        FileStream? _f;
-        public override bool CanRead => true;
-        public override bool CanSeek => false;
-        public override bool CanWrite => false;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
-
-        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
-        {
-            while (true)
-            {
-                if (_f is null && File.Exists(path))
-                {
-                    _f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1);
-                    if (fromEnd) _f.Seek(0, SeekOrigin.End);
-                }
-                if (_f is not null)
-                {
-                    var n = await _f.ReadAsync(buffer, ct);
-                    if (n > 0) return n;
-                }
-                if (!follow || !running()) return 0;
-                await Task.Delay(50, ct);
-            }
-        }
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing) _f?.Dispose();
-            base.Dispose(disposing);
-        }
-    }
+        Task.FromResult<Stream>(new LogFileStream(F(spec, "console.log"), () => Alive(spec) is not null, follow, fromEnd: false));
 
     // ---- snapshots ----
 
