@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
+using Hull.TestSupport;
 using Hull.Api;
 using Hull.Sdk;
 using Xunit;
@@ -81,7 +82,7 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         using (var con = await c.ConsoleAsync("v1"))
         using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60)))
         {
-            var seen = new SyncBuffer();
+            var seen = new CaptureStream();
             var run = con.RunAsync(seen, null, cts.Token);
             while (!seen.Text.Contains("console-ok") && !cts.IsCancellationRequested)
             {
@@ -235,21 +236,4 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         Assert.False(Directory.Exists(Path.Combine(d.StateDir, "instances", "s1")));
         Assert.Empty(VmDaemon.QemuFor(d.StateDir));
     }
-}
-
-/// <summary>A write-only stream whose text can be read while another task writes to it.</summary>
-sealed class SyncBuffer : Stream
-{
-    readonly MemoryStream _m = new();
-    public string Text { get { lock (_m) return Encoding.UTF8.GetString(_m.ToArray()); } }
-    public override bool CanRead => false;
-    public override bool CanSeek => false;
-    public override bool CanWrite => true;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-    public override void Flush() { }
-    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
-    public override void Write(byte[] buffer, int offset, int count) { lock (_m) _m.Write(buffer, offset, count); }
 }

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Threading.Channels;
+using Hull.TestSupport;
 using Hull.Agent.Protocol;
 using Xunit;
 
@@ -62,7 +63,7 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
     {
         IExecTarget target = await f.AgentAsync();
         var input = new FeedStream();
-        var output = new WatchStream();
+        var output = new CaptureStream();
         await using var p = await target.StartExecAsync(new ExecRequest
         {
             Argv = ["sh", "-c", "tty; stty size; read line; stty size; echo got-$line; exit 5"],
@@ -83,7 +84,7 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
     public async Task Signals_reach_the_process_and_sigkill_is_reported_as_such()
     {
         IExecTarget target = await f.AgentAsync();
-        var output = new WatchStream();
+        var output = new CaptureStream();
         await using (var p = await target.StartExecAsync(new ExecRequest
         {
             Argv = ["sh", "-c", "trap 'echo got-term; exit 7' TERM; echo armed; while true; do sleep 0.1; done"],
@@ -149,71 +150,4 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
         var missing = await Assert.ThrowsAsync<AgentOperationException>(() => files.PullFileAsync(dir + "/sub/big.bin", new MemoryStream()));
         Assert.Equal("ENOENT", missing.ErrnoName);
     }
-}
-
-/// <summary>Stdin the test types into while the process runs.</summary>
-public sealed class FeedStream : Stream
-{
-    readonly Channel<byte[]> _ch = Channel.CreateUnbounded<byte[]>();
-    byte[] _cur = [];
-    int _pos;
-    public void Feed(string text) => _ch.Writer.TryWrite(Encoding.UTF8.GetBytes(text));
-    public void End() => _ch.Writer.TryComplete();
-
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
-    {
-        while (_pos == _cur.Length)
-        {
-            if (!await _ch.Reader.WaitToReadAsync(ct)) return 0;
-            if (_ch.Reader.TryRead(out var b)) { _cur = b; _pos = 0; }
-        }
-        var n = Math.Min(buffer.Length, _cur.Length - _pos);
-        _cur.AsMemory(_pos, n).CopyTo(buffer);
-        _pos += n;
-        return n;
-    }
-    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken ct) => ReadAsync(buffer.AsMemory(offset, count), ct).AsTask();
-    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer, offset, count, default).GetAwaiter().GetResult();
-    public override bool CanRead => true;
-    public override bool CanSeek => false;
-    public override bool CanWrite => false;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => 0; set { } }
-    public override void Flush() { }
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-}
-
-/// <summary>Output the test can wait on.</summary>
-public sealed class WatchStream : Stream
-{
-    readonly MemoryStream _inner = new();
-    readonly SemaphoreSlim _changed = new(0);
-    public string Text { get { lock (_inner) return Encoding.UTF8.GetString(_inner.ToArray()); } }
-
-    public async Task WaitForAsync(string text, int seconds = 60)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(seconds);
-        while (!Text.Contains(text, StringComparison.Ordinal))
-        {
-            var left = deadline - DateTime.UtcNow;
-            if (left <= TimeSpan.Zero) throw new TimeoutException($"'{text}' did not appear in the output: {Text}");
-            await _changed.WaitAsync(left < TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
-        }
-    }
-
-    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-    public override void Write(ReadOnlySpan<byte> buffer) { lock (_inner) _inner.Write(buffer); _changed.Release(); }
-    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct) { Write(buffer, offset, count); return Task.CompletedTask; }
-    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default) { Write(buffer.Span); return ValueTask.CompletedTask; }
-    public override bool CanRead => false;
-    public override bool CanSeek => false;
-    public override bool CanWrite => true;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => 0; set { } }
-    public override void Flush() { }
-    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
 }
