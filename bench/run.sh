@@ -3,7 +3,8 @@
 #
 #   bench/run.sh [all|run|split|density]     (make bench runs "all"; needs root and 'make build')
 #
-# Environment: ITER (run and split iterations, default 100), N (density containers, default 1000),
+# Environment: SECCOMP (default "profile": the spec's default seccomp profile; "none": no profile, as a
+# 'runc spec' bundle), ITER (run and split iterations, default 100), N (density containers, default 1000),
 # STEP (density reporting step, default 100), MIN_AVAIL_MIB (density stops starting containers when the host's
 # MemAvailable falls below it, default 1024), TOOLS (default "hull runc crun"), OUT (JSON directory,
 # default artifacts/bench).
@@ -75,6 +76,12 @@ cp "$(command -v busybox)" "$BUNDLE/rootfs/bin/busybox"
 for a in $(busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$BUNDLE/rootfs/bin/$a"; done
 (cd "$BUNDLE" && "$HULL" spec && mv config.json "$WORK/config.template")
 jq '.process.terminal = false | .ociVersion = "1.0.2"' "$WORK/config.template" > "$WORK/config.tmp" && mv "$WORK/config.tmp" "$WORK/config.template"
+case "${SECCOMP:-profile}" in
+  profile) ;;
+  none) jq 'del(.linux.seccomp)' "$WORK/config.template" > "$WORK/config.tmp" && mv "$WORK/config.tmp" "$WORK/config.template" ;;
+  *) echo "bench/run.sh: SECCOMP must be 'profile' or 'none'" >&2; exit 2 ;;
+esac
+echo "seccomp: ${SECCOMP:-profile}"
 set_args() { # set_args JSON-ARRAY: the bundle's config.json with these process.args
   jq --argjson a "$1" '.process.args = $a' "$WORK/config.template" > "$BUNDLE/config.json"
 }
