@@ -202,6 +202,7 @@ public sealed partial class InstanceManager
 
     async Task RollbackCreateAsync(InstanceRecord r, IInstanceDriver? driver)
     {
+        using var essential = _store.Essential();
         try
         {
             if (driver is not null) await driver.DeleteAsync(Spec(r), CancellationToken.None);
@@ -220,6 +221,7 @@ public sealed partial class InstanceManager
 
     public async Task DeleteAsync(string name, bool force, OperationContext? op, CancellationToken ct)
     {
+        using var essential = _store.Essential();
         using (await LockAsync(name, ct))
         {
             PrecheckDelete(name, force);
@@ -340,6 +342,7 @@ public sealed partial class InstanceManager
 
     public async Task StopAsync(string name, bool force, TimeSpan timeout, OperationContext? op, CancellationToken ct)
     {
+        using var essential = _store.Essential();
         using var held = await LockAsync(name, ct);
         PrecheckState(name, "stop");
         var r = Get(name);
@@ -436,6 +439,7 @@ public sealed partial class InstanceManager
 
     async Task OnExitedAsync(string name, int code, CancellationTokenSource watcher)
     {
+        using var essential = _store.Essential();
         using var held = await LockAsync(name, CancellationToken.None);
         if (!_watchers.TryGetValue(name, out var current) || current != watcher) return; // a stop or restart took over
         _watchers.TryRemove(name, out _);
@@ -458,6 +462,7 @@ public sealed partial class InstanceManager
     /// <summary>After a (re)start of hulld: finishes or undoes interrupted work and finds running instances again.</summary>
     public async Task RecoverAsync(CancellationToken ct)
     {
+        using var essential = _store.Essential();
         SweepBackupStaging();
         foreach (var (inst, snap, pending) in _store.PendingSnapshots())
         {
@@ -588,7 +593,8 @@ public sealed partial class InstanceManager
         if (r.State == InstanceStates.Frozen) throw new InstanceException($"instance '{name}' is paused: resume it first", 409);
         if (r.State != InstanceStates.Running) throw new InstanceException($"instance '{name}' is {r.State.ToLowerInvariant()}, not running: start it first", 409);
         r.LastUsed = DateTimeOffset.UtcNow;
-        _store.UpdateInstance(r);
+        try { _store.UpdateInstance(r); }
+        catch (InstanceException e) when (e.Status == 507) { } // last-used is a hint: exec works on a full disk
         return (Driver(r.Type), Spec(r));
     }
 

@@ -558,7 +558,8 @@ public sealed class ContainerDriver : IInstanceDriver
     public Task<Stream> PullFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
         using var root = OpenRoot(spec);
-        var fd = OpenIn(spec, root, path, O.RDONLY);
+        // O_NONBLOCK: a fifo swapped in after the stat must not hang the open (it is refused below).
+        var fd = OpenIn(spec, root, path, O.RDONLY | O.NONBLOCK);
         if (TypeOf(RootedFs.FStat(fd).Mode) != "file") { fd.Dispose(); throw new InstanceException($"{path} in instance '{spec.Name}' is not a regular file"); }
         return Task.FromResult<Stream>(new FileStream(new SafeFileHandle(fd.Detach(), true), FileAccess.Read, 1));
     }
