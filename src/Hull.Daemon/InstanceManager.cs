@@ -366,7 +366,8 @@ public sealed partial class InstanceManager
             throw;
         }
         foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), r.Name);
-        r.State = InstanceStates.Stopped; r.Pending = null; r.Pid = null; r.LastExitCode = code; r.StatusMessage = null;
+        r.State = InstanceStates.Stopped; r.Pending = null; r.Pid = null; r.LastExitCode = code;
+        r.StatusMessage = code is null ? UnknownExitCode : null;
         _store.UpdateInstance(r);
         _events.Lifecycle("instance-stopped", r.Name);
     }
@@ -424,7 +425,7 @@ public sealed partial class InstanceManager
         _watchers[name] = cts;
         _ = Task.Run(async () =>
         {
-            int code;
+            int? code;
             try { code = await driver.WaitForExitAsync(spec, cts.Token); }
             catch (OperationCanceledException) { return; }
             catch (Exception e) { _events.Log("error", $"watching {name}: {e.Message}", name); return; }
@@ -437,7 +438,11 @@ public sealed partial class InstanceManager
         if (_watchers.TryRemove(name, out var c)) { c.Cancel(); c.Dispose(); }
     }
 
-    async Task OnExitedAsync(string name, int code, CancellationTokenSource watcher)
+    /// <summary>Why an instance that ended has no last exit code.</summary>
+    public const string UnknownExitCode = "exit code unknown: the engine could not learn how the main process ended " +
+        "(what records it, such as the container monitor, was gone)";
+
+    async Task OnExitedAsync(string name, int? code, CancellationTokenSource watcher)
     {
         using var essential = _store.Essential();
         using var held = await LockAsync(name, CancellationToken.None);
@@ -448,6 +453,7 @@ public sealed partial class InstanceManager
         var spec = Spec(r);
         foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
         r.State = InstanceStates.Stopped; r.Pid = null; r.LastExitCode = code;
+        r.StatusMessage = code is null ? UnknownExitCode : null;
         // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
         if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceStates.Error } ds)
         {
@@ -522,7 +528,13 @@ public sealed partial class InstanceManager
             r.State = InstanceStates.Stopped; r.Pid = null;
             if (was is InstanceStates.Running or InstanceStates.Frozen or InstanceStates.Stopping or InstanceStates.Starting)
             {
-                r.LastExitCode = res.ExitCode ?? r.LastExitCode;
+                r.LastExitCode = res.ExitCode;
+                r.StatusMessage = res.ExitCode is null ? UnknownExitCode : null;
+                // An engine that knows the instance died badly meanwhile (QEMU killed or crashed) says why: Error.
+                if (await SafeStateAsync(driver, spec) is { State: InstanceStates.Error } ds)
+                {
+                    r.State = InstanceStates.Error; r.StatusMessage = ds.Message;
+                }
                 foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), r.Name);
                 _events.Lifecycle("instance-exited", r.Name);
             }

@@ -185,6 +185,23 @@ public sealed class LimitsTests
     }
 
     [SkippableFact]
+    public async Task Deleting_an_imported_image_succeeds_without_an_error()
+    {
+        using var d = new TestDaemon();
+        using var root = new TempDir();
+        Directory.CreateDirectory(Path.Combine(root.Path, "etc"));
+        File.WriteAllText(Path.Combine(root.Path, "etc", "hostname"), "tiny\n");
+        var tar = new MemoryStream();
+        System.Formats.Tar.TarFile.CreateFromDirectory(root.Path, tar, includeBaseDirectory: false);
+        tar.Position = 0;
+        var img = await d.Client.ImportImageAsync(tar, alias: "tiny");
+        // Was: exit 1 with "IO_PathNotFound" (500) after the image was already gone.
+        var (code, _, err) = d.Cli("image", "delete", "tiny");
+        Assert.True(code == 0 && err.Length == 0, err);
+        Assert.DoesNotContain(await d.Client.ListImagesAsync(), i => i.Fingerprint == img.Fingerprint);
+    }
+
+    [SkippableFact]
     public async Task Upload_spools_are_removed_after_an_aborted_upload_and_swept_after_kill9()
     {
         using var d = new TestDaemon();
