@@ -40,7 +40,7 @@ public sealed partial class Api
         var spool = Path.Combine(d.Options.StateDir, "instances", ".tmp-upload-" + Guid.NewGuid().ToString("N")[..12]);
         try
         {
-            await using (var f = File.Create(spool)) await c.Request.Body.CopyToAsync(f, c.RequestAborted);
+            await SpoolAsync(c, spool);
             var b = await M.PrecheckImportAsync(spool, name, c.RequestAborted);
             var final = name ?? b.Name;
             var file = spool;

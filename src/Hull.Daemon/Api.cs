@@ -25,7 +25,7 @@ public sealed partial class Api(Daemon d)
         Route(app, "GET", "/1.0/events", Events);
 
         Route(app, "GET", "/1.0/instances", c => Ok(c, M.List(), J.ListInstance));
-        Route(app, "POST", "/1.0/instances", CreateInstance);
+        Route(app, "POST", "/1.0/instances", CreateInstance, upload: IsBackupUpload);
         Route(app, "GET", "/1.0/instances/{name}", c => Ok(c, M.GetApi(Name(c)), J.Instance));
         Route(app, "PUT", "/1.0/instances/{name}", async c => await Ok(c, await M.UpdateAsync(Name(c), await Body(c, J.InstancePut), c.RequestAborted), J.Instance));
         Route(app, "POST", "/1.0/instances/{name}", RenameInstance);
@@ -37,7 +37,7 @@ public sealed partial class Api(Daemon d)
         Route(app, "GET", "/1.0/instances/{name}/console", Console);
         Route(app, "GET", "/1.0/instances/{name}/logs", Logs);
         Route(app, "GET", "/1.0/instances/{name}/files", PullFile);
-        Route(app, "POST", "/1.0/instances/{name}/files", PushFile);
+        Route(app, "POST", "/1.0/instances/{name}/files", PushFile, upload: _ => true);
         Route(app, "DELETE", "/1.0/instances/{name}/files", DeleteFile);
         Route(app, "GET", "/1.0/instances/{name}/snapshots", c => Ok(c, M.Snapshots(Name(c)), J.ListSnapshot));
         Route(app, "POST", "/1.0/instances/{name}/snapshots", CreateSnapshot);
@@ -54,7 +54,7 @@ public sealed partial class Api(Daemon d)
         Route(app, "DELETE", "/1.0/profiles/{name}", c => { M.DeleteProfile(Name(c)); return NoContent(c); });
 
         Route(app, "GET", "/1.0/images", c => Ok(c, d.Images.List(), J.ListImage));
-        Route(app, "POST", "/1.0/images", ImportImage);
+        Route(app, "POST", "/1.0/images", ImportImage, upload: _ => true);
         Route(app, "POST", "/1.0/images/pull", c => RegistryApi.PullImage(d, c));
         Route(app, "GET", "/1.0/images/aliases", c => Ok(c, d.Images.Aliases(), J.ListImageAlias));
         Route(app, "POST", "/1.0/images/aliases", async c =>
@@ -74,20 +74,57 @@ public sealed partial class Api(Daemon d)
         Route(app, "DELETE", "/1.0/operations/{id}", c => Ok(c, d.Operations.Cancel(Param(c, "id")), J.Operation));
     }
 
-    void Route(IEndpointRouteBuilder app, string method, string pattern, RequestDelegate handler)
+    /// <param name="upload">Whether a request is an upload (image, backup, file), whose body may be up to
+    /// --max-upload; every other body is JSON, up to --max-json-body.</param>
+    void Route(IEndpointRouteBuilder app, string method, string pattern, RequestDelegate handler, Func<HttpContext, bool>? upload = null)
     {
         app.MapMethods(pattern, [method], async c =>
         {
             Interlocked.Increment(ref d.ApiRequests);
-            try { await handler(c); }
+            try
+            {
+                LimitBody(c, upload?.Invoke(c) == true);
+                await handler(c);
+            }
             catch (Exception e) when (!c.Response.HasStarted && !c.WebSockets.IsWebSocketRequest)
             {
-                var (code, msg) = ApiErrors.Describe(e);
+                var (code, msg) = e is Microsoft.AspNetCore.Http.BadHttpRequestException { StatusCode: 413 }
+                    ? (413, TooLarge(c)) : ApiErrors.Describe(e);
                 if (code >= 500) Interlocked.Increment(ref d.ApiErrors);
                 await Error(c, code, msg);
             }
         });
     }
+
+    /// <summary>Middleware: a request no route takes (unknown path, or a method the path lacks) gets the error JSON.</summary>
+    public static async Task UnmatchedRoutes(HttpContext c, RequestDelegate next)
+    {
+        await next(c);
+        if (c.Response.HasStarted || c.Response.StatusCode is not (404 or 405)) return;
+        var what = $"{c.Request.Method} {c.Request.Path}";
+        var msg = c.Response.StatusCode == 404
+            ? $"no such API route: {what}; GET /1.0/openapi.json lists the routes"
+            : $"method not allowed: {what}; this path takes {c.Response.Headers.Allow}";
+        await Error(c, c.Response.StatusCode, msg);
+    }
+
+    const string UploadLimitKey = "hull.upload";
+
+    /// <summary>Sets the request's body limit; refuses at once a body whose declared length is over it (413).</summary>
+    void LimitBody(HttpContext c, bool upload)
+    {
+        c.Items[UploadLimitKey] = upload;
+        var limit = upload ? d.Options.MaxUpload : d.Options.MaxJsonBody;
+        if (c.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } f)
+            f.MaxRequestBodySize = limit;
+        if (c.Request.ContentLength > limit) throw new InstanceException(TooLarge(c), 413);
+    }
+
+    string TooLarge(HttpContext c) => c.Items[UploadLimitKey] is true
+        ? $"the upload is larger than {ConfigSchema.FormatSize(d.Options.MaxUpload)}, hulld's limit for uploads: " +
+          "raise it with hulld --max-upload SIZE (or HULL_MAX_UPLOAD)"
+        : $"the request body is larger than {ConfigSchema.FormatSize(d.Options.MaxJsonBody)}, hulld's limit for JSON requests: " +
+          "send less, or raise it with hulld --max-json-body SIZE (or HULL_MAX_JSON_BODY)";
 
     static InstanceException OpNotFound(string id) => new($"operation '{id}' not found: 'hull operation list' shows the known ones", 404);
 
@@ -115,8 +152,39 @@ public sealed partial class Api(Daemon d)
     static async Task<T> Body<T>(HttpContext c, JsonTypeInfo<T> type) where T : class
     {
         try { return await JsonSerializer.DeserializeAsync(c.Request.Body, type, c.RequestAborted) ?? throw new InstanceException("the request body is empty: send a JSON object"); }
-        catch (JsonException e) { throw new InstanceException($"the request body is not valid JSON for this call: {e.Message}"); }
+        catch (JsonException e) { throw new InstanceException($"the request body is not valid for this call: {JsonError(e)}"); }
     }
+
+    /// <summary>
+    /// A JSON error in the user's terms: the field (path) and the JSON type it takes, not the .NET type that
+    /// System.Text.Json names ("could not be converted to System.Int32").
+    /// </summary>
+    public static string JsonError(JsonException e)
+    {
+        var where = e.LineNumber is { } line && e.BytePositionInLine is { } col ? $" (line {line + 1}, byte {col + 1})" : "";
+        var field = e.Path is { Length: > 1 } p ? p.TrimStart('$').TrimStart('.') : null;
+        var m = ConvertedTo().Match(e.Message);
+        if (!m.Success)
+        {
+            var text = e.Message;
+            var cut = text.IndexOf(" Path: ", StringComparison.Ordinal);
+            if (cut > 0) text = text[..cut];
+            return $"{text}{(field is null ? "" : $" at field '{field}'")}{where}";
+        }
+        var t = m.Groups[1].Value;
+        var expected =
+            t.Contains("Dictionary", StringComparison.Ordinal) ? "an object" :
+            t.Contains("List`1", StringComparison.Ordinal) || t.EndsWith("[]", StringComparison.Ordinal) ? "an array" :
+            t.Contains("System.Int", StringComparison.Ordinal) || t.Contains("System.UInt", StringComparison.Ordinal) ? "a whole number" :
+            t.Contains("System.Double", StringComparison.Ordinal) || t.Contains("System.Decimal", StringComparison.Ordinal) ? "a number" :
+            t.Contains("System.Boolean", StringComparison.Ordinal) ? "true or false" :
+            t.Contains("System.String", StringComparison.Ordinal) ? "a string" :
+            t.Contains("DateTime", StringComparison.Ordinal) ? "a date and time string (ISO 8601)" : "an object";
+        return field is null ? $"the body must be {expected}{where}" : $"field '{field}' must be {expected}{where}";
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"could not be converted to (.+?)\. Path:")]
+    private static partial System.Text.RegularExpressions.Regex ConvertedTo();
 
     Task Accepted(HttpContext c, Operation op)
     {
@@ -219,6 +287,13 @@ public sealed partial class Api(Daemon d)
     static ExecSpec ToSpec(ExecRequest r)
     {
         if (r.Command.Count == 0 || string.IsNullOrEmpty(r.Command[0])) throw new InstanceException("no command given: name the program to run");
+        // The kernel takes C strings: a NUL would silently cut the value, so refuse it.
+        for (var i = 0; i < r.Command.Count; i++)
+            if (r.Command[i].Contains('\0')) throw new InstanceException($"command[{i}] contains a NUL byte: arguments cannot hold NUL");
+        foreach (var (k, v) in r.Environment)
+            if (v.Contains('\0')) throw new InstanceException($"environment variable '{k}' contains a NUL byte: values cannot hold NUL");
+        if (r.Cwd?.Contains('\0') == true) throw new InstanceException("cwd contains a NUL byte: use a path without NUL");
+        if (r.User?.Contains('\0') == true) throw new InstanceException("user contains a NUL byte: use a name or uid without NUL");
         foreach (var k in r.Environment.Keys)
             if (!ConfigSchema.IsEnvName(k)) throw new InstanceException($"environment variable name '{k}' is invalid: use letters, digits and '_', not starting with a digit");
         if (r.Cwd is { } cwd && !cwd.StartsWith('/')) throw new InstanceException($"cwd '{cwd}' is invalid: use an absolute path");
@@ -241,11 +316,43 @@ public sealed partial class Api(Daemon d)
             catch (IOException) { }
             finally { try { s.Stdin.Close(); } catch (IOException) { } }
         });
-        var outTask = new StreamReader(s.Stdout).ReadToEndAsync(c.RequestAborted);
-        var errTask = s.Stderr is null ? Task.FromResult("") : new StreamReader(s.Stderr).ReadToEndAsync(c.RequestAborted);
+        var overflow = false;
+        void TooMuch() { overflow = true; try { s.Signal(9); } catch (Exception) { } }
+        var outTask = ReadBoundedAsync(s.Stdout, MaxExecOutput, TooMuch, c.RequestAborted);
+        var errTask = s.Stderr is null ? Task.FromResult("") : ReadBoundedAsync(s.Stderr, MaxExecOutput, TooMuch, c.RequestAborted);
         var code = await s.Exit.WaitAsync(c.RequestAborted);
         await stdin;
-        await Ok(c, new ExecResult { ExitCode = code, Stdout = await outTask, Stderr = await errTask }, J.ExecResult);
+        var (stdout, stderr) = (await outTask, await errTask);
+        if (overflow)
+            throw new InstanceException($"the command wrote more than {ConfigSchema.FormatSize(MaxExecOutput)} to stdout or stderr, " +
+                "the limit of an exec whose output is collected, and was killed: use the interactive exec (websocket), " +
+                "which streams (hull exec)", 413);
+        await Ok(c, new ExecResult { ExitCode = code, Stdout = stdout, Stderr = stderr }, J.ExecResult);
+    }
+
+    /// <summary>The most output of each stream that POST .../exec collects into its reply.</summary>
+    public const int MaxExecOutput = 16 << 20;
+
+    /// <summary>Reads a stream to its end, keeping at most <paramref name="limit"/> bytes (then calls
+    /// <paramref name="over"/> once and drains the rest).</summary>
+    static async Task<string> ReadBoundedAsync(Stream from, int limit, Action over, CancellationToken ct)
+    {
+        var kept = new MemoryStream();
+        var buf = new byte[65536];
+        int n;
+        while ((n = await from.ReadAsync(buf, ct)) > 0)
+        {
+            var room = limit - (int)kept.Length;
+            if (n > room)
+            {
+                if (room >= 0) over();
+                kept.Write(buf, 0, Math.Max(room, 0));
+                limit = -1;
+                continue;
+            }
+            kept.Write(buf, 0, n);
+        }
+        return Encoding.UTF8.GetString(kept.GetBuffer(), 0, (int)kept.Length);
     }
 
     async Task ExecWebSocket(HttpContext c)
@@ -257,7 +364,7 @@ public sealed partial class Api(Daemon d)
         var json = Query(c, "request") ?? throw new InstanceException("the 'request' query parameter (an exec request as JSON) is missing");
         ExecRequest req;
         try { req = JsonSerializer.Deserialize(json, J.ExecRequest) ?? throw new InstanceException("the exec request is empty"); }
-        catch (JsonException e) { throw new InstanceException($"the exec request is not valid JSON: {e.Message}"); }
+        catch (JsonException e) { throw new InstanceException($"the exec request is not valid: {JsonError(e)}"); }
         var spec = ToSpec(req);
         var (drv, inst) = M.Running(Name(c));
         await using var s = await drv.ExecAsync(inst, spec, d.Shutdown);
@@ -317,12 +424,27 @@ public sealed partial class Api(Daemon d)
             await Ok(c, (await drv.ListFilesAsync(inst, path, c.RequestAborted)).ToList(), J.ListFileEntry);
             return;
         }
-        if (st.Type != "file") throw new InstanceException($"{path} is a {st.Type}, not a regular file or directory");
+        if (st.Type != "file")
+            throw new InstanceException($"{path} in instance '{inst.Name}' is a {st.Type} (a device, fifo or socket), " +
+                "not a regular file or directory: only those can be pulled");
         await using var s = await drv.PullFileAsync(inst, path, c.RequestAborted);
         c.Response.ContentType = "application/octet-stream";
-        c.Response.ContentLength = st.Size;
-        await s.CopyToAsync(c.Response.Body, c.RequestAborted);
+        // A pseudo file (procfs, sysfs) says size 0 and has content: it is sent chunked, up to a bound.
+        if (st.Size > 0) c.Response.ContentLength = st.Size;
+        var left = st.Size > 0 ? st.Size : MaxPseudoFile;
+        var buf = new byte[65536];
+        int n;
+        while (left > 0 && (n = await s.ReadAsync(buf.AsMemory(0, (int)Math.Min(buf.Length, left)), c.RequestAborted)) > 0)
+        {
+            await c.Response.Body.WriteAsync(buf.AsMemory(0, n), c.RequestAborted);
+            left -= n;
+        }
+        // A file that shrank while sent: the reply cannot be completed, so the reader sees a cut connection.
+        if (st.Size > 0 && left > 0) c.Abort();
     }
+
+    /// <summary>The most that is sent of a file whose size is unknown (a procfs or sysfs file says 0).</summary>
+    const long MaxPseudoFile = 16 << 20;
 
     async Task PushFile(HttpContext c)
     {
@@ -404,7 +526,7 @@ public sealed partial class Api(Daemon d)
             throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
         // Spool the upload inside the request, then unpack in an operation.
         var spool = Path.Combine(d.Options.StateDir, "images", "tmp-upload-" + Guid.NewGuid().ToString("N")[..12]);
-        await using (var f = File.Create(spool)) await c.Request.Body.CopyToAsync(f, c.RequestAborted);
+        await SpoolAsync(c, spool);
         var op = d.Operations.Start($"import image{(alias is null ? "" : " " + alias)}", ["/1.0/images"], true, async ctx =>
         {
             try
@@ -419,6 +541,32 @@ public sealed partial class Api(Daemon d)
             finally { File.Delete(spool); }
         });
         await Accepted(c, op);
+    }
+
+    /// <summary>
+    /// Writes the request body to a spool file in the state dir; on any failure (the client went away, the body is
+    /// over the limit, the disk is full: 507) the file is removed. Restart sweeps spools a crash left behind.
+    /// </summary>
+    internal async Task SpoolAsync(HttpContext c, string spool)
+    {
+        if (c.Request.ContentLength is { } len && FreeBytes(Path.GetDirectoryName(spool)!) is var free && len > free)
+            throw new InstanceException($"the upload ({ConfigSchema.FormatSize(len)}) does not fit on the disk holding " +
+                $"hulld's state ({d.Options.StateDir}, {ConfigSchema.FormatSize(free)} free): free some space and retry", 507);
+        try
+        {
+            await using var f = File.Create(spool);
+            await c.Request.Body.CopyToAsync(f, c.RequestAborted);
+        }
+        catch
+        {
+            File.Delete(spool);
+            throw;
+        }
+    }
+
+    static long FreeBytes(string dir)
+    {
+        try { return new DriveInfo(dir).AvailableFreeSpace; } catch (IOException) { return long.MaxValue; }
     }
 
     async Task ExportImage(HttpContext c)
@@ -515,6 +663,9 @@ public static class StreamBridge
         finally { send.Release(); }
     }
 
+    /// <summary>The largest websocket message hulld takes from a client (stdin data, control).</summary>
+    public const int MaxMessage = 1 << 20;
+
     /// <summary>Reads client messages: channel 0 is input (an empty one closes it), channel 3 is a JSON control message.</summary>
     static async Task ReceiveLoop(WebSocket ws, Stream? stdin, Action<string> control, CancellationToken ct)
     {
@@ -531,6 +682,14 @@ public static class StreamBridge
                     r = await ws.ReceiveAsync(buf, ct);
                     if (r.MessageType == WebSocketMessageType.Close) { stdin?.Close(); return; }
                     msg.Write(buf, 0, r.Count);
+                    if (msg.Length > MaxMessage)
+                    {
+                        // Input is streamed message by message; one message is not buffered past this.
+                        await ws.CloseOutputAsync(WebSocketCloseStatus.MessageTooBig,
+                            $"a message is at most {MaxMessage} bytes: send input in smaller pieces", CancellationToken.None);
+                        stdin?.Close();
+                        return;
+                    }
                 } while (!r.EndOfMessage);
                 var data = msg.GetBuffer().AsMemory(0, (int)msg.Length);
                 if (data.Length == 0) continue;

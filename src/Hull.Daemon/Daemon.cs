@@ -20,13 +20,26 @@ public sealed class DaemonOptions
     public string? Group;
     public bool PrintRoutes;
     public bool Verbose;
+    /// <summary>The largest JSON request body (every route but the uploads).</summary>
+    public long MaxJsonBody = Size("HULL_MAX_JSON_BODY", 4L << 20);
+    /// <summary>The largest upload: an image, an instance backup, a file pushed into an instance.</summary>
+    public long MaxUpload = Size("HULL_MAX_UPLOAD", 64L << 30);
+
+    static long Size(string env, long def) =>
+        Environment.GetEnvironmentVariable(env) is { Length: > 0 } v ? ParseSize(env, v) : def;
+
+    static long ParseSize(string what, string v) =>
+        ConfigSchema.TryParseSize(v, out var n) && n >= 1024 ? n
+            : throw new ArgumentException($"{what} '{v}' is invalid: use a size of at least 1KiB, such as 8MiB or 100GiB");
 
     public const string Usage = """
-        usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--verbose]
+        usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE] [--verbose]
           Runs the Hull daemon in the foreground. It serves the REST API on a unix socket and owns every instance.
           --socket PATH     the API socket (default $HULL_SOCKET or /run/hull/hulld.sock)
           --state-dir DIR   the state directory (default $HULL_DIR or /var/lib/hull)
           --group NAME      let members of this group use the socket (mode 0660); without it only root can (0600)
+          --max-json-body SIZE  the largest JSON request body (default $HULL_MAX_JSON_BODY or 4MiB)
+          --max-upload SIZE     the largest upload: image, backup, pushed file (default $HULL_MAX_UPLOAD or 64GiB)
           --verbose         log every request
           --routes          print the API routes and exit
         """;
@@ -42,6 +55,8 @@ public sealed class DaemonOptions
                 case "--socket": o.Socket = Path.GetFullPath(Next()); break;
                 case "--state-dir": o.StateDir = Path.GetFullPath(Next()); break;
                 case "--group": o.Group = Next(); break;
+                case "--max-json-body": o.MaxJsonBody = ParseSize("--max-json-body", Next()); break;
+                case "--max-upload": o.MaxUpload = ParseSize("--max-upload", Next()); break;
                 case "--routes": o.PrintRoutes = true; break;
                 case "--verbose" or "-v": o.Verbose = true; break;
                 default: throw new ArgumentException($"unknown option '{args[i]}'");
@@ -130,11 +145,13 @@ public sealed class Daemon
         b.WebHost.ConfigureKestrel(k =>
         {
             k.ListenUnixSocket(o.Socket);
-            k.Limits.MaxRequestBodySize = null;
+            // The largest body any route takes; each route lowers it to its own limit (Api.Route).
+            k.Limits.MaxRequestBodySize = Math.Max(o.MaxUpload, o.MaxJsonBody);
             k.AddServerHeader = false;
         });
         var app = b.Build();
         app.UseWebSockets();
+        app.Use(Api.UnmatchedRoutes);
         new Api(d).Map(app);
 
         // Streams (events, logs -f, exec) end when hulld is asked to stop, rather than holding the shutdown up.

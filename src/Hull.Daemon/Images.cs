@@ -42,6 +42,8 @@ public sealed partial class ImageStore
             if (name == BlobsDirName) continue;
             if (name.StartsWith("tmp-", StringComparison.Ordinal) || !known.Contains(name)) Files.RemoveTree(d);
         }
+        // Upload spools (tmp-upload-*) a crash, a full disk or a kill -9 left behind.
+        foreach (var f in Directory.GetFiles(_dir, "tmp-*")) File.Delete(f);
         RecoverBlobs(known);
     }
 

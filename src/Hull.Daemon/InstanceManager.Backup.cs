@@ -69,6 +69,7 @@ public sealed partial class InstanceManager
     void SweepBackupStaging()
     {
         foreach (var d in Directory.GetDirectories(_instancesDir, ".tmp-*")) Files.RemoveTree(d);
+        foreach (var f in Directory.GetFiles(_instancesDir, ".tmp-upload-*")) File.Delete(f);
     }
 
     /// <summary>Reads the index of a backup tarball without unpacking the rest.</summary>

@@ -202,6 +202,7 @@ public sealed partial class InstanceManager
 
     async Task RollbackCreateAsync(InstanceRecord r, IInstanceDriver? driver)
     {
+        using var essential = _store.Essential();
         try
         {
             if (driver is not null) await driver.DeleteAsync(Spec(r), CancellationToken.None);
@@ -220,6 +221,7 @@ public sealed partial class InstanceManager
 
     public async Task DeleteAsync(string name, bool force, OperationContext? op, CancellationToken ct)
     {
+        using var essential = _store.Essential();
         using (await LockAsync(name, ct))
         {
             PrecheckDelete(name, force);
@@ -340,6 +342,7 @@ public sealed partial class InstanceManager
 
     public async Task StopAsync(string name, bool force, TimeSpan timeout, OperationContext? op, CancellationToken ct)
     {
+        using var essential = _store.Essential();
         using var held = await LockAsync(name, ct);
         PrecheckState(name, "stop");
         var r = Get(name);
@@ -363,7 +366,8 @@ public sealed partial class InstanceManager
             throw;
         }
         foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), r.Name);
-        r.State = InstanceStates.Stopped; r.Pending = null; r.Pid = null; r.LastExitCode = code; r.StatusMessage = null;
+        r.State = InstanceStates.Stopped; r.Pending = null; r.Pid = null; r.LastExitCode = code;
+        r.StatusMessage = code is null ? UnknownExitCode : null;
         _store.UpdateInstance(r);
         _events.Lifecycle("instance-stopped", r.Name);
     }
@@ -421,7 +425,7 @@ public sealed partial class InstanceManager
         _watchers[name] = cts;
         _ = Task.Run(async () =>
         {
-            int code;
+            int? code;
             try { code = await driver.WaitForExitAsync(spec, cts.Token); }
             catch (OperationCanceledException) { return; }
             catch (Exception e) { _events.Log("error", $"watching {name}: {e.Message}", name); return; }
@@ -434,8 +438,13 @@ public sealed partial class InstanceManager
         if (_watchers.TryRemove(name, out var c)) { c.Cancel(); c.Dispose(); }
     }
 
-    async Task OnExitedAsync(string name, int code, CancellationTokenSource watcher)
+    /// <summary>Why an instance that ended has no last exit code.</summary>
+    public const string UnknownExitCode = "exit code unknown: the engine could not learn how the main process ended " +
+        "(what records it, such as the container monitor, was gone)";
+
+    async Task OnExitedAsync(string name, int? code, CancellationTokenSource watcher)
     {
+        using var essential = _store.Essential();
         using var held = await LockAsync(name, CancellationToken.None);
         if (!_watchers.TryGetValue(name, out var current) || current != watcher) return; // a stop or restart took over
         _watchers.TryRemove(name, out _);
@@ -444,6 +453,7 @@ public sealed partial class InstanceManager
         var spec = Spec(r);
         foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
         r.State = InstanceStates.Stopped; r.Pid = null; r.LastExitCode = code;
+        r.StatusMessage = code is null ? UnknownExitCode : null;
         // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
         if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceStates.Error } ds)
         {
@@ -458,6 +468,7 @@ public sealed partial class InstanceManager
     /// <summary>After a (re)start of hulld: finishes or undoes interrupted work and finds running instances again.</summary>
     public async Task RecoverAsync(CancellationToken ct)
     {
+        using var essential = _store.Essential();
         SweepBackupStaging();
         foreach (var (inst, snap, pending) in _store.PendingSnapshots())
         {
@@ -517,7 +528,13 @@ public sealed partial class InstanceManager
             r.State = InstanceStates.Stopped; r.Pid = null;
             if (was is InstanceStates.Running or InstanceStates.Frozen or InstanceStates.Stopping or InstanceStates.Starting)
             {
-                r.LastExitCode = res.ExitCode ?? r.LastExitCode;
+                r.LastExitCode = res.ExitCode;
+                r.StatusMessage = res.ExitCode is null ? UnknownExitCode : null;
+                // An engine that knows the instance died badly meanwhile (QEMU killed or crashed) says why: Error.
+                if (await SafeStateAsync(driver, spec) is { State: InstanceStates.Error } ds)
+                {
+                    r.State = InstanceStates.Error; r.StatusMessage = ds.Message;
+                }
                 foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), r.Name);
                 _events.Lifecycle("instance-exited", r.Name);
             }
@@ -588,7 +605,8 @@ public sealed partial class InstanceManager
         if (r.State == InstanceStates.Frozen) throw new InstanceException($"instance '{name}' is paused: resume it first", 409);
         if (r.State != InstanceStates.Running) throw new InstanceException($"instance '{name}' is {r.State.ToLowerInvariant()}, not running: start it first", 409);
         r.LastUsed = DateTimeOffset.UtcNow;
-        _store.UpdateInstance(r);
+        try { _store.UpdateInstance(r); }
+        catch (InstanceException e) when (e.Status == 507) { } // last-used is a hint: exec works on a full disk
         return (Driver(r.Type), Spec(r));
     }
 

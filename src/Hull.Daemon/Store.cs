@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Hull.Api;
+using Hull.Instances;
 using Microsoft.Data.Sqlite;
 
 namespace Hull.Daemon;
@@ -113,8 +114,21 @@ public sealed class Store : IDisposable
 
     public int SchemaVersion { get; private set; }
 
+    /// <summary>
+    /// Room kept on the state disk for the calls that must work when it is full (stop, delete, recording an exit):
+    /// a file of this size beside the database, given back when the disk is full during such a call, made again at
+    /// start and once the disk has room.
+    /// </summary>
+    public const long ReserveBytes = 8 << 20;
+    const int SqliteFull = 13;
+    readonly string _dir;
+    readonly string _reserve;
+    static readonly AsyncLocal<bool> EssentialCall = new();
+
     public Store(string path)
     {
+        _dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        _reserve = path + ".reserve";
         _db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
         _db.Open();
         Exec("PRAGMA journal_mode=WAL");
@@ -122,6 +136,74 @@ public sealed class Store : IDisposable
         Exec("PRAGMA foreign_keys=ON");
         Exec("PRAGMA busy_timeout=5000");
         Migrate();
+        EnsureReserve();
+    }
+
+    /// <summary>
+    /// Marks the calls made until the result is disposed (in this async flow) as ones that must work on a full disk:
+    /// if the state disk is (nearly) full the reserve is given back first, and a write that still finds it full is
+    /// retried once after that.
+    /// </summary>
+    public IDisposable Essential()
+    {
+        var outer = EssentialCall.Value;
+        EssentialCall.Value = true;
+        if (FreeBytes() < ReserveBytes) ReleaseReserve();
+        return new Restore(() => EssentialCall.Value = outer);
+    }
+
+    sealed class Restore(Action a) : IDisposable { public void Dispose() => a(); }
+
+    long FreeBytes()
+    {
+        try { return new DriveInfo(_dir).AvailableFreeSpace; } catch (IOException) { return long.MaxValue; }
+    }
+
+    bool ReleaseReserve()
+    {
+        if (!File.Exists(_reserve)) return false;
+        File.Delete(_reserve);
+        return true;
+    }
+
+    /// <summary>Makes the reserve file if it is missing and the disk has room for it and as much again.</summary>
+    void EnsureReserve()
+    {
+        if (File.Exists(_reserve) || FreeBytes() < 2 * ReserveBytes) return;
+        var tmp = _reserve + ".tmp";
+        try
+        {
+            using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+            {
+                var zeros = new byte[1 << 20];
+                for (long n = 0; n < ReserveBytes; n += zeros.Length) f.Write(zeros);
+                f.Flush(true);
+            }
+            File.Move(tmp, _reserve);
+        }
+        catch (IOException) { try { File.Delete(tmp); } catch (IOException) { } }
+    }
+
+    static InstanceException DiskFull(string dir, Exception e) =>
+        new($"the disk holding hulld's state ({dir}) is full ({e.Message}): free some space and retry", 507);
+
+    int Run(SqliteCommand cmd) => Run(cmd, c => c.ExecuteNonQuery());
+
+    /// <summary>Runs a write; a full disk is a 507 (after giving back the reserve once, for an essential call).</summary>
+    T Run<T>(SqliteCommand cmd, Func<SqliteCommand, T> exec)
+    {
+        try
+        {
+            var r = exec(cmd);
+            if (!EssentialCall.Value && !File.Exists(_reserve)) EnsureReserve();
+            return r;
+        }
+        catch (SqliteException e) when (e.SqliteErrorCode == SqliteFull)
+        {
+            if (!EssentialCall.Value || !ReleaseReserve()) throw DiskFull(_dir, e);
+            try { return exec(cmd); }
+            catch (SqliteException e2) when (e2.SqliteErrorCode == SqliteFull) { throw DiskFull(_dir, e2); }
+        }
     }
 
     void Migrate()
@@ -136,7 +218,7 @@ public sealed class Store : IDisposable
             {
                 cmd.Transaction = tx;
                 cmd.CommandText = Migrations[v] + $"\nPRAGMA user_version = {v + 1};";
-                cmd.ExecuteNonQuery();
+                Run(cmd);
             }
             tx.Commit();
         }
@@ -218,7 +300,7 @@ public sealed class Store : IDisposable
                 ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)), ("$d", J(i.Devices)),
                 ("$p", J(i.Profiles)), ("$s", i.State), ("$cr", T(i.Created)), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
                 ("$pe", i.Pending), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
-            return cmd.ExecuteNonQuery() == 1;
+            return Run(cmd) == 1;
         }
     }
 
@@ -230,7 +312,7 @@ public sealed class Store : IDisposable
                 ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)), ("$d", J(i.Devices)),
                 ("$p", J(i.Profiles)), ("$s", i.State), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
                 ("$pe", i.Pending), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
-            if (cmd.ExecuteNonQuery() != 1) throw new InvalidOperationException($"instance {i.Name} vanished from the store");
+            if (Run(cmd) != 1) throw new InvalidOperationException($"instance {i.Name} vanished from the store");
         }
     }
 
@@ -239,7 +321,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("UPDATE OR IGNORE instances SET name=$to WHERE name=$from", ("$from", from), ("$to", to));
-            return cmd.ExecuteNonQuery() == 1;
+            return Run(cmd) == 1;
         }
     }
 
@@ -248,7 +330,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("DELETE FROM instances WHERE name=$n", ("$n", name));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -290,7 +372,7 @@ public sealed class Store : IDisposable
         {
             using var cmd = Cmd("INSERT OR IGNORE INTO snapshots (instance, name, created, config, devices, profiles, pending) VALUES ($i,$n,$c,$cf,$d,$p,$pe)",
                 ("$i", s.Instance), ("$n", s.Name), ("$c", T(s.CreatedAt)), ("$cf", J(s.Config)), ("$d", J(s.Devices)), ("$p", J(s.Profiles)), ("$pe", pending));
-            return cmd.ExecuteNonQuery() == 1;
+            return Run(cmd) == 1;
         }
     }
 
@@ -299,7 +381,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("UPDATE snapshots SET pending=$p WHERE instance=$i AND name=$n", ("$i", instance), ("$n", name), ("$p", pending));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -308,7 +390,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("DELETE FROM snapshots WHERE instance=$i AND name=$n", ("$i", instance), ("$n", name));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -334,7 +416,7 @@ public sealed class Store : IDisposable
         {
             using var cmd = Cmd("INSERT OR IGNORE INTO profiles (name, description, config, devices) VALUES ($n,$de,$c,$d)",
                 ("$n", p.Name), ("$de", p.Description), ("$c", J(p.Config)), ("$d", J(p.Devices)));
-            return cmd.ExecuteNonQuery() == 1;
+            return Run(cmd) == 1;
         }
     }
 
@@ -344,7 +426,7 @@ public sealed class Store : IDisposable
         {
             using var cmd = Cmd("UPDATE profiles SET description=$de, config=$c, devices=$d WHERE name=$n",
                 ("$n", p.Name), ("$de", p.Description), ("$c", J(p.Config)), ("$d", J(p.Devices)));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -353,7 +435,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("DELETE FROM profiles WHERE name=$n", ("$n", name));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -378,7 +460,7 @@ public sealed class Store : IDisposable
         {
             using var cmd = Cmd("INSERT OR IGNORE INTO images (fingerprint, type, size, created, description, builtin) VALUES ($f,$t,$s,$c,$d,$b)",
                 ("$f", i.Fingerprint), ("$t", i.Type), ("$s", i.Size), ("$c", T(i.Created)), ("$d", i.Description), ("$b", i.Builtin ? 1 : 0));
-            return cmd.ExecuteNonQuery() == 1;
+            return Run(cmd) == 1;
         }
     }
 
@@ -387,7 +469,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("DELETE FROM images WHERE fingerprint=$f", ("$f", fp));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -409,7 +491,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("INSERT INTO image_aliases (name, type, fingerprint) VALUES ($n,$t,$f) ON CONFLICT(name, type) DO UPDATE SET fingerprint=$f", ("$n", name), ("$t", type), ("$f", fp));
-            cmd.ExecuteNonQuery();
+            Run(cmd);
         }
     }
 
@@ -418,7 +500,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("DELETE FROM image_aliases WHERE name=$n", ("$n", name));
-            return cmd.ExecuteNonQuery();
+            return Run(cmd);
         }
     }
 
@@ -429,7 +511,7 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("INSERT INTO counters (name, value) VALUES ($n,$d) ON CONFLICT(name) DO UPDATE SET value=value+$d RETURNING value", ("$n", name), ("$d", delta));
-            return Convert.ToInt64(cmd.ExecuteScalar());
+            return Convert.ToInt64(Run(cmd, c => c.ExecuteScalar()));
         }
     }
 

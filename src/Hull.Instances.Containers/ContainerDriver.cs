@@ -383,8 +383,9 @@ public sealed class ContainerDriver : IInstanceDriver
                 if (IsRunning(spec)) throw new InstanceException($"container '{spec.Name}' did not die within 10 s of SIGKILL; try again", 500);
                 if (await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct) is null) WriteExit(spec, 128 + Signals.SIGKILL);
             }
-            // Not recorded (an init the monitor is not the parent of): what it most likely was.
-            else if (await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct) is null) WriteExit(spec, 128 + Signals.SIGTERM);
+            // Not recorded (an init the monitor is not the parent of): it ended after the SIGTERM, with a code
+            // nobody saw, so it stays unknown.
+            else await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct);
         }
         AfterExit(spec);
         return ReadExit(spec);
@@ -443,7 +444,7 @@ public sealed class ContainerDriver : IInstanceDriver
         return new ReattachResult { State = state, Pid = f!.Value.Record.Pid };
     }
 
-    public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
+    public async Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
     {
         // The init is the monitor's child, not ours: watch it through a pidfd (one thread watches every instance), then
         // read the code the monitor recorded.
@@ -467,7 +468,8 @@ public sealed class ContainerDriver : IInstanceDriver
             await RecordedExitAsync(spec, f.Record.Pid, f.Record.PidStartTime, ct);
         }
         await Task.Run(() => AfterExit(spec), ct);
-        return ReadExit(spec) ?? 128 + Signals.SIGKILL;
+        // Not recorded (its monitor was killed): unknown, not made up.
+        return ReadExit(spec);
     }
 
     public Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct)
@@ -558,7 +560,8 @@ public sealed class ContainerDriver : IInstanceDriver
     public Task<Stream> PullFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
         using var root = OpenRoot(spec);
-        var fd = OpenIn(spec, root, path, O.RDONLY);
+        // O_NONBLOCK: a fifo swapped in after the stat must not hang the open (it is refused below).
+        var fd = OpenIn(spec, root, path, O.RDONLY | O.NONBLOCK);
         if (TypeOf(RootedFs.FStat(fd).Mode) != "file") { fd.Dispose(); throw new InstanceException($"{path} in instance '{spec.Name}' is not a regular file"); }
         return Task.FromResult<Stream>(new FileStream(new SafeFileHandle(fd.Detach(), true), FileAccess.Read, 1));
     }

@@ -133,12 +133,13 @@ public sealed partial class VmDriver
     {
         if (string.IsNullOrEmpty(user) || user is "root" or "0" or "0:0") return (0, 0);
         var parts = user.Split(':');
-        if (parts.Length <= 2 && uint.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var u))
+        if (parts.Length <= 2 && uint.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var u)
+            && u != uint.MaxValue)
         {
             if (parts.Length == 1) return (u, u);
-            if (uint.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var g)) return (u, g);
+            if (uint.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var g) && g != uint.MaxValue) return (u, g);
         }
-        throw new InstanceException($"user '{user}' is not supported for a VM exec: give a numeric UID or UID:GID (names are not looked up in the guest)");
+        throw new InstanceException($"user '{user}' is not supported for a VM exec: give a numeric UID or UID:GID from 0 to 4294967294 (names are not looked up in the guest)");
     }
 
     // ---- files ----

@@ -489,7 +489,7 @@ public sealed partial class VmDriver : IInstanceDriver
         return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
     }
 
-    public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
+    public async Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
     {
         var vm = await VmAsync(spec, ct);
         while (vm.Pid is int pid)

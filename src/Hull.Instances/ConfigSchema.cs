@@ -9,6 +9,8 @@ public static class ConfigSchema
     public const long MinMemory = 4L << 20;
     public const long MaxMemory = 16L << 40;
     public const int MaxProcesses = 4194304;
+    /// <summary>Size limits of a config (own or expanded): keys, key length, value length (bytes of UTF-8).</summary>
+    public const int MaxKeys = 1024, MaxKeyLength = 256, MaxValueLength = 65536;
 
     /// <summary>Every fixed key with its description (environment.* and user.* are prefixes).</summary>
     public static readonly (string Key, string Help)[] Keys =
@@ -62,7 +64,16 @@ public static class ConfigSchema
 
     public static void Validate(IReadOnlyDictionary<string, string> config)
     {
-        foreach (var (k, v) in config) ValidateKey(k, v);
+        if (config.Count > MaxKeys)
+            throw new InstanceException($"the config has {config.Count} keys, more than the limit of {MaxKeys}: keep fewer keys");
+        foreach (var (k, v) in config)
+        {
+            if (k.Length > MaxKeyLength)
+                throw new InstanceException($"config key '{k[..40]}...' is {k.Length} characters long: keys are at most {MaxKeyLength}");
+            if (System.Text.Encoding.UTF8.GetByteCount(v) > MaxValueLength)
+                throw new InstanceException($"the value of config key '{k}' is larger than {MaxValueLength / 1024} KiB, the limit for a config value: store large data in a file (hull file push)");
+            ValidateKey(k, v);
+        }
     }
 
     static string? Suggest(string key)
@@ -98,6 +109,16 @@ public static class ConfigSchema
             case "false" or "0" or "no" or "off": b = false; return true;
             default: b = false; return false;
         }
+    }
+
+    /// <summary>Formats a size as TryParseSize reads it back: "4MiB", "64GiB", "1.5GiB", "100B".</summary>
+    public static string FormatSize(long bytes)
+    {
+        (string Unit, long Mult)[] units = [("TiB", 1L << 40), ("GiB", 1L << 30), ("MiB", 1L << 20), ("KiB", 1L << 10)];
+        foreach (var (unit, mult) in units)
+            if (bytes >= mult)
+                return (bytes / (decimal)mult).ToString("0.##", CultureInfo.InvariantCulture) + unit;
+        return bytes.ToString(CultureInfo.InvariantCulture) + "B";
     }
 
     /// <summary>Parses "512MiB", "2GB", "1048576", "4 GiB" into bytes.</summary>

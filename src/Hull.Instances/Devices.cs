@@ -58,8 +58,12 @@ public static class DeviceFactory
         return d;
     }
 
+    /// <summary>Limits of the devices of an instance or profile: how many, and the length of each value.</summary>
+    public const int MaxDevices = 64, MaxValueLength = 4096;
+
     public static List<IDevice> CreateAll(IReadOnlyDictionary<string, Dictionary<string, string>> devices, bool validate = true)
     {
+        if (validate) CheckLimits(devices);
         var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => Create(d.Key, d.Value, validate)).ToList();
         var targets = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var d in list)
@@ -71,6 +75,19 @@ public static class DeviceFactory
             targets[path] = d.Name;
         }
         return list;
+    }
+
+    static void CheckLimits(IReadOnlyDictionary<string, Dictionary<string, string>> devices)
+    {
+        if (devices.Count > MaxDevices)
+            throw new InstanceException($"{devices.Count} devices are more than the limit of {MaxDevices}: use fewer devices");
+        foreach (var (name, config) in devices)
+            foreach (var (k, v) in config)
+            {
+                if (v.Length > MaxValueLength)
+                    throw new InstanceException($"device '{name}': the value of '{k}' is {v.Length} characters long: values are at most {MaxValueLength}");
+                if (v.Contains('\0')) throw new InstanceException($"device '{name}': the value of '{k}' must not contain NUL bytes");
+            }
     }
 
     internal static string NormalizeTarget(string p) => p.Length > 1 ? p.TrimEnd('/') : p;

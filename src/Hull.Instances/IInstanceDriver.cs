@@ -76,8 +76,9 @@ public interface IInstanceDriver
     Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct);
 
     /// <summary>Completes with the main process's exit code (128+n for signal n) when a started or reattached instance
-    /// ends by itself or is stopped. Cancelled through <paramref name="ct"/> when hulld stops watching.</summary>
-    Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct);
+    /// ends by itself or is stopped; null when the code is unknown (what records it was gone). Cancelled through
+    /// <paramref name="ct"/> when hulld stops watching.</summary>
+    Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct);
 
     /// <summary>Applies changed limits to a running instance; returns false if a restart is needed to apply them.</summary>
     Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct);

@@ -271,6 +271,7 @@ public sealed class HullClient : IDisposable
         req.Headers.Add("X-Hull-Mode", mode.ToString(CultureInfo.InvariantCulture));
         req.Headers.Add("X-Hull-Uid", uid.ToString(CultureInfo.InvariantCulture));
         req.Headers.Add("X-Hull-Gid", gid.ToString(CultureInfo.InvariantCulture));
+        req.Headers.ExpectContinue = true; // a refusal (413 too large, 404, 409) comes before the upload is sent
         using var resp = await _http.SendAsync(req, ct);
         if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
     }
@@ -371,6 +372,7 @@ public sealed class HullClient : IDisposable
         if (reference is not null) req.Headers.Add("X-Hull-Oci-Ref", reference);
         if (alias is not null) req.Headers.Add("X-Hull-Alias", alias);
         if (description is not null) req.Headers.Add("X-Hull-Description", description);
+        req.Headers.ExpectContinue = true; // a refusal (413 too large, 400) comes before the upload is sent
         using var resp = await _http.SendAsync(req, ct);
         if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
         var op = await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);
@@ -411,6 +413,7 @@ public sealed class HullClient : IDisposable
         body.Headers.ContentType = new MediaTypeHeaderValue("application/x-tar");
         using var req = new HttpRequestMessage(HttpMethod.Post, start ? "1.0/instances?start=true" : "1.0/instances") { Content = body };
         if (name is not null) req.Headers.Add("X-Hull-Name", name);
+        req.Headers.ExpectContinue = true; // a refusal (413 too large) comes before the upload is sent
         using var resp = await _http.SendAsync(req, ct);
         if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
         var op = await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);

@@ -238,6 +238,7 @@ public sealed partial class Vm : IAsyncDisposable
         var c = JsonSerializer.Deserialize(File.ReadAllText(cfgPath), VmJson.Default.VmConfig)
             ?? throw new VmException($"{cfgPath} is empty or invalid");
         var vm = new Vm(dir, c, host.CacheDir);
+        if (ReadPid(dir) is int && vm.Pid is null) vm.EndedUnwatched();
         if (vm.Pid is int && Path.Exists(vm.QmpSocketPath))
         {
             // QEMU serves one QMP client at a time: if another holds it, the VM is still attached (state from the
@@ -494,6 +495,24 @@ public sealed partial class Vm : IAsyncDisposable
         for (var i = 0; i < 100 && pid is int p && Sys.ProcessExists(p); i++) Thread.Sleep(50);
         if (pid is int p2 && Sys.ProcessExists(p2)) return;
         Finished(null, pid);
+    }
+
+    /// <summary>
+    /// QEMU ended while no Hull process watched it (hulld was down): its exit status is lost. A guest that powered
+    /// off says so last on its console; anything else (QEMU killed, or crashed) is recorded as a crash with what
+    /// QEMU's log says, so the instance shows Error with the reason rather than a plain Stopped.
+    /// </summary>
+    void EndedUnwatched()
+    {
+        if (Tools.Tail(ConsoleLogPath, 3).Contains("reboot: Power down", StringComparison.Ordinal))
+            Record("stopped", "the guest powered off (while no Hull process was watching)");
+        else
+        {
+            var log = Tools.Tail(QemuLogPath, 6).Trim();
+            Record("crashed", "QEMU ended while no Hull process was watching it (killed, or crashed; its exit status is " +
+                $"unknown){(log.Length > 0 ? ": " + log : "")}");
+        }
+        CleanRuntimeFiles();
     }
 
     void Finished(int? status, int? pid)

@@ -45,6 +45,25 @@ public class BadInputTests(OciHarnessFixture f)
         Fails(["create", "--bundle", H.Bundle(s => s.Root!.Path = "/nonexistent/rootfs"), H.NewId()], "/nonexistent/rootfs", "does not exist");
 
     [SkippableFact]
+    public void Host_root_as_rootfs_is_refused_naming_root_path() =>
+        Fails(["create", "--bundle", H.Bundle(s => s.Root!.Path = "/"), H.NewId()], "root.path is \"/\"", "the host's own root");
+
+    [SkippableFact]
+    public void A_namespace_path_of_the_wrong_kind_is_named_with_its_type_and_why()
+    {
+        var file = Path.Combine(H.Bundle(), "not-a-namespace");
+        File.WriteAllText(file, "");
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.First(n => n.Type == "network").Path = file), H.NewId()],
+            $"the network namespace path {file} is not a network namespace", "not a namespace file");
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.First(n => n.Type == "network").Path = "/proc/self/ns/uts"), H.NewId()],
+            "the network namespace path /proc/self/ns/uts is not a network namespace", "it is a uts namespace");
+    }
+
+    [SkippableFact]
+    public void User_id_minus_one_is_refused_not_run_as_root() =>
+        Fails(["create", "--bundle", H.Bundle(s => s.Process!.User.Uid = uint.MaxValue), H.NewId()], "4294967295 (-1) is not a user or group id");
+
+    [SkippableFact]
     public void Missing_args() => Fails(["create", "--bundle", H.Bundle(s => s.Process!.Args = []), H.NewId()], "process.args is empty");
 
     [SkippableFact]

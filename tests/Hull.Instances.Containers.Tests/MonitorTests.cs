@@ -117,6 +117,29 @@ public sealed class MonitorTests
     }
 
     [SkippableFact]
+    public async Task After_its_monitor_is_killed_an_exit_code_nobody_saw_is_unknown_not_made_up()
+    {
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        var pid = (await LaunchWaiter(d, "orphan")).Pid!.Value;
+        var monitor = MonitorPid(d);
+        Libc.kill(monitor, Signals.SIGKILL);
+        await Wait.UntilAsync(() => Task.FromResult(Gone(monitor)), "the monitor to die");
+        // The orphan ends with 0; nothing that could record it was its parent.
+        await EndWith(pid, 0);
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("orphan")).State == InstanceStates.Stopped, "'orphan' to stop");
+        var i = await c.GetInstanceAsync("orphan");
+        Assert.Null(i.LastExitCode);
+        Assert.Contains("exit code unknown", i.StatusMessage);
+        Assert.Null((await c.GetStateAsync("orphan")).LastExitCode);
+        var (code, info, _) = d.Cli("info", "orphan");
+        Assert.Equal(0, code);
+        Assert.Contains("exit code unknown", info);
+        Assert.DoesNotContain("Last exit code: 137", info);
+        await c.DeleteInstanceAsync("orphan");
+    }
+
+    [SkippableFact]
     public async Task After_an_upgrade_the_old_monitor_keeps_its_containers_and_a_new_one_serves_new_ones()
     {
         using var d = new ContainerDaemon();

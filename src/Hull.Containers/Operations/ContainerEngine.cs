@@ -41,6 +41,21 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         ["pid"] = CLONE.NEWPID, ["network"] = CLONE.NEWNET, ["mount"] = CLONE.NEWNS, ["ipc"] = CLONE.NEWIPC,
         ["uts"] = CLONE.NEWUTS, ["user"] = CLONE.NEWUSER, ["cgroup"] = CLONE.NEWCGROUP, ["time"] = CLONE.NEWTIME,
     };
+    /// <summary>
+    /// A namespace path must name a namespace of its type: setns(2) would only say EINVAL. The fd's link in
+    /// /proc/self/fd reads "TYPE:[inode]" for a namespace file (nsfs).
+    /// </summary>
+    static void CheckNamespaceFile(SafeFd fd, string type, string path)
+    {
+        var want = NsProcName[type];
+        var link = new FileInfo($"/proc/self/fd/{fd.Fd}").LinkTarget ?? "";
+        if (link.StartsWith(want + ":[", StringComparison.Ordinal)) return;
+        var colon = link.IndexOf(":[", StringComparison.Ordinal);
+        var what = colon > 0 && !link.StartsWith('/') ? $"it is a {link[..colon]} namespace" : "it is not a namespace file";
+        throw new ContainerException($"linux.namespaces: the {type} namespace path {path} is not a {type} namespace " +
+            $"({what}): give a {type} namespace file such as /proc/PID/ns/{want}");
+    }
+
     internal static readonly Dictionary<string, string> NsProcName = new()
     {
         ["pid"] = "pid", ["network"] = "net", ["mount"] = "mnt", ["ipc"] = "ipc", ["uts"] = "uts", ["user"] = "user", ["cgroup"] = "cgroup", ["time"] = "time",
@@ -174,6 +189,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 {
                     var nsFd = Sys.Open(ns.Path, O.RDONLY);
                     nsFds.Add(nsFd);
+                    CheckNamespaceFile(nsFd, ns.Type, ns.Path);
                     if (ns.Type == "pid") req.PidNamespace = nsFd;
                     else req.JoinNamespaces.Add((nsFd, flag));
                     if (ns.Type == "user") inUser = true;

@@ -16,6 +16,9 @@ public static class SpecValidator
         if (spec.Root is null || string.IsNullOrEmpty(spec.Root.Path))
             throw new InvalidSpecException("root.path is missing: set it to the container's root filesystem directory (e.g. \"rootfs\")");
         var rootfs = RootfsPath(spec, bundle);
+        if (rootfs == "/")
+            throw new InvalidSpecException("root.path is \"/\", the host's own root: a container needs a root filesystem " +
+                "directory of its own (e.g. \"rootfs\" in the bundle); share host directories with bind mounts instead");
         if (!Directory.Exists(rootfs))
             throw new InvalidSpecException($"root.path {rootfs} does not exist or is not a directory: create the rootfs (e.g. unpack an image into it) or fix root.path");
         ValidateProcess(spec.Process, "process");

@@ -184,7 +184,8 @@ public sealed partial class ImageStore
     /// <summary>Forgets the layers an image was made from and removes the blobs no other image needs.</summary>
     void ReleaseLayers(string fingerprint)
     {
-        lock (_blobLock) File.Delete(Path.Combine(RefsDir, fingerprint));
+        // An imported image has no refs (the refs dir may not even exist): nothing to release.
+        lock (_blobLock) { if (Directory.Exists(RefsDir)) File.Delete(Path.Combine(RefsDir, fingerprint)); }
         CollectBlobs();
     }
 

@@ -54,9 +54,13 @@ public static unsafe partial class RootedFs
         var p = Marshal.StringToCoTaskMemUTF8(rel);
         try
         {
+            // EAGAIN: a rename or mount anywhere on the host raced a ".." in the path, so the kernel could not vouch
+            // that it stayed inside the root; openat2(2) says to retry.
             long r;
+            var tries = 0;
             do r = Libc.syscall(SYS.openat2, root.Fd, p, (long)&how, sizeof(OpenHow), 0, 0);
-            while (r < 0 && Marshal.GetLastPInvokeError() == Errors.EINTR);
+            while (r < 0 && (Marshal.GetLastPInvokeError() == Errors.EINTR
+                             || (Marshal.GetLastPInvokeError() == Errors.EAGAIN && ++tries < 1000)));
             errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
             fd = new SafeFd(r < 0 ? -1 : (int)r);
             return r >= 0;

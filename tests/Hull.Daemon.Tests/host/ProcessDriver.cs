@@ -232,7 +232,7 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         });
     }
 
-    public async Task<int> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
+    public async Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)
     {
         while (Alive(spec) is not null) await Task.Delay(100, ct);
         for (var n = 0; n < 100 && !File.Exists(F(spec, "exit")); n++) await Task.Delay(10, ct);
