@@ -196,7 +196,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 WriteIdMap(pid, "gid_map", spec.Linux!.GidMappings!);
             }
             try { child.Finish(); }
-            catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
+            catch (SpawnException e)
+            {
+                cleanup.RemoveLast(); // a child that failed before its exec is reaped by Finish
+                throw new ContainerException($"starting the container init: {e.Message}", e);
+            }
 
             var hookState = new State { Id = o.Id, Status = "creating", Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
             var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
@@ -309,10 +313,17 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
     void RunPoststart(string id, ContainerRecord? record = null)
     {
-        if (!(record ?? Store.Load(id)).HasPoststart) return;
+        var r = record ?? Store.Load(id);
+        if (!r.HasPoststart) return;
         var spec = Store.LoadSpec(id);
         if (spec.Hooks?.Poststart is not { Count: > 0 } hooks) return;
-        try { HookRunner.Run("poststart", hooks, StateOf(id)); }
+        // The state of the start that just happened (as runc), not a fresh look: a short-lived process may have
+        // exited already, and a hook must still learn that the container ran, and its pid.
+        var state = new State
+        {
+            Id = r.Id, Status = "running", Pid = r.Pid, Bundle = r.Bundle, Annotations = r.Annotations,
+        };
+        try { HookRunner.Run("poststart", hooks, state); }
         catch (ContainerException e) { Console.Error.WriteLine($"hull: warning: {e.Message}"); }
     }
 }
