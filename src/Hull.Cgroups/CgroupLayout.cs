@@ -229,7 +229,7 @@ public static class CgroupLayout
     }
 
     /// <summary>mountinfo escapes space, tab, newline and backslash as \ooo.</summary>
-    static string Unescape(string s)
+    public static string Unescape(string s)
     {
         if (!s.Contains('\\')) return s;
         var sb = new StringBuilder();

@@ -96,7 +96,9 @@ public class RootfsSetupTests
     {
         var (sys, setup) = Make();
         setup.PivotRoot(noPivot: false);
-        Assert.Equal(["chdir /r", "pivot_root . .", "mount none . - 0x84000 -", "umount . 2", "chdir /"], sys.Calls);
+        Assert.Equal(
+            ["open /", "chdir /r", "pivot_root . .", "fchdir", "mount none . - 0x84000 -", "umount . 2", "chdir /"],
+            sys.Calls);
         sys.Calls.Clear();
         setup.PivotRoot(noPivot: true);
         Assert.Equal(["chdir /r", "mount /r / - 0x2000 -", "chroot .", "chdir /"], sys.Calls);

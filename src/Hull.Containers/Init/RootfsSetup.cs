@@ -31,7 +31,25 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
             _ => MS.SLAVE,
         };
         sys.Mount(null, "/", null, MS.REC | prop, null);
+        // pivot_root refuses a shared new root or a shared parent of it (EINVAL). With "/" shared (rshared keeps
+        // the host's mounts peers, for bidirectional volumes), the one mount holding the rootfs is made private
+        // here, in the container's copy, as runc does; the rootfs's own propagation is set after pivot_root.
+        if (prop == MS.SHARED) sys.Mount(null, MountPointOf(Rootfs), null, MS.PRIVATE, null);
         sys.Mount(Rootfs, Rootfs, null, MS.BIND | MS.REC, null);
+    }
+
+    /// <summary>The mount point of the mount that holds <paramref name="path"/> (the longest one above it).</summary>
+    string MountPointOf(string path)
+    {
+        if (sys is not LinuxSyscalls) return "/";
+        var best = "/";
+        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            var point = Hull.Cgroups.CgroupLayout.Unescape(line.Split(' ', 6)[4]);
+            if (point.Length > best.Length && (path == point || path.StartsWith(point + "/", StringComparison.Ordinal)))
+                best = point;
+        }
+        return best;
     }
 
     public void MountAll()
@@ -188,9 +206,13 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
             sys.Chdir("/");
             return;
         }
+        using var oldRoot = sys.OpenDirectory("/");
         sys.Chdir(Rootfs);
         sys.PivotRoot(".", ".");
         // The old root is now stacked on "/": keep its unmount from propagating to the host, then detach it.
+        // "." must be the old root itself: the cwd (the new root, under it) would make the container's own mounts
+        // slaves, cutting bidirectional (rshared) volumes off the host.
+        sys.Fchdir(oldRoot);
         sys.Mount(null, ".", null, MS.SLAVE | MS.REC, null);
         sys.Umount(".", MS.MNT_DETACH);
         sys.Chdir("/");

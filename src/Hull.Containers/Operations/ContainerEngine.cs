@@ -95,8 +95,12 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         // gets the program instead of the profile (unless it must hand a notify fd to a listener itself).
         var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp, SeccompCache);
         var namespaces = spec.Linux?.Namespaces ?? [];
-        if (!namespaces.Any(n => n.Type == "mount"))
-            throw new InvalidSpecException("linux.namespaces has no mount namespace: Hull needs {\"type\": \"mount\"} to set up the root filesystem");
+        var ownsUserNamespace = namespaces.Any(n => n.Type == "user" && string.IsNullOrEmpty(n.Path));
+        var bounding = Capabilities.OwnBounding();
+        foreach (var w in Capabilities.Check(spec.Process!.Capabilities, "process", ownsUserNamespace, bounding))
+            Console.Error.WriteLine($"hull: warning: {w}");
+        var mountNamespace = namespaces.Any(n => n.Type == "mount");
+        if (!mountNamespace) WarnNoMountNamespace(spec);
         if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == "create")
             throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be handed to the caller");
         SafeFd? consoleSocket = null;
@@ -139,6 +143,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 var fifoPath = Store.FifoPath(o.Id);
                 Sys.Check(Libc.mkfifo(fifoPath, 0b110_000_000), $"mkfifo {fifoPath}");
                 fifo = Sys.Open(fifoPath, O.PATH);
+                // The init opens it for writing as the container's root: in a new user namespace that is a host
+                // uid of the mapping, which must own it (as runc's fifo). It reaches it through the fd, not the path.
+                if (ownsUserNamespace && HostIdOfRoot(spec.Linux!.UidMappings) is { } ru
+                    && HostIdOfRoot(spec.Linux.GidMappings) is { } rg)
+                    Sys.Check(Libc.lchown(fifoPath, ru, rg), $"chown {fifoPath}");
             }
 
             var (parentEnd, childEnd) = Sys.SocketPair();
@@ -212,7 +221,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 WriteIdMap(pid, "gid_map", spec.Linux!.GidMappings!);
             }
             try { child.Finish(); }
-            catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
+            catch (SpawnException e)
+            {
+                cleanup.RemoveLast(); // a child that failed before its exec is reaped by Finish
+                throw new ContainerException($"starting the container init: {e.Message}", e);
+            }
 
             var hookState = new State { Id = o.Id, Status = "creating", Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
             var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
@@ -223,7 +236,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             {
                 Mode = mode, Id = o.Id, Bundle = bundle, Rootfs = rootfs, Spec = spec,
                 SeccompProgram = shipProgram ? seccomp!.Value.Program : null, SeccompFlags = shipProgram ? seccomp!.Value.Flags : 0,
-                NewMountNamespace = (req.CloneFlags & CLONE.NEWNS) != 0,
+                // A mount namespace joined by path is set up as a new one (as runc): the rootfs is made "/" there.
+                NewMountNamespace = mountNamespace,
                 NewUserNamespace = newUser, InUserNamespace = inUser,
                 NewNetworkNamespace = (req.CloneFlags & CLONE.NEWNET) != 0,
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
@@ -305,6 +319,31 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         };
     }
 
+    /// <summary>The host id that a user namespace's mappings give to id 0, or null if 0 is not mapped.</summary>
+    static uint? HostIdOfRoot(List<IdMapping>? maps) =>
+        maps?.FirstOrDefault(m => m.ContainerId == 0 && m.Size > 0) is { } m ? m.HostId : null;
+
+    /// <summary>
+    /// Without a mount namespace the container shares the runtime's mounts (the spec's rule for an absent
+    /// namespace): the init only chroots into root.path, as runc does without one. Mounting there would change
+    /// the host's own mount table and outlive the container, so the fields that need a mount are not applied.
+    /// </summary>
+    static void WarnNoMountNamespace(Spec spec)
+    {
+        var ignored = new List<string>();
+        if (spec.Mounts is { Count: > 0 } m) ignored.Add($"mounts ({m.Count})");
+        if (spec.Linux?.MaskedPaths is { Count: > 0 }) ignored.Add("linux.maskedPaths");
+        if (spec.Linux?.ReadonlyPaths is { Count: > 0 }) ignored.Add("linux.readonlyPaths");
+        if (spec.Linux?.Devices is { Count: > 0 }) ignored.Add("linux.devices");
+        if (spec.Linux?.Sysctl is { Count: > 0 }) ignored.Add("linux.sysctl");
+        if (spec.Root?.Readonly == true) ignored.Add("root.readonly");
+        if (!string.IsNullOrEmpty(spec.Linux?.RootfsPropagation)) ignored.Add("linux.rootfsPropagation");
+        if (ignored.Count > 0)
+            Console.Error.WriteLine("hull: warning: linux.namespaces has no mount namespace, so the container shares " +
+                $"the runtime's mounts and only chroots into root.path; not applied: {string.Join(", ", ignored)} " +
+                "(add {\"type\": \"mount\"} to get them)");
+    }
+
     static void WriteIdMap(int pid, string file, List<IdMapping> maps)
     {
         var text = string.Join("\n", maps.Select(m => $"{m.ContainerId} {m.HostId} {m.Size}")) + "\n";
@@ -325,10 +364,17 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
     void RunPoststart(string id, ContainerRecord? record = null)
     {
-        if (!(record ?? Store.Load(id)).HasPoststart) return;
+        var r = record ?? Store.Load(id);
+        if (!r.HasPoststart) return;
         var spec = Store.LoadSpec(id);
         if (spec.Hooks?.Poststart is not { Count: > 0 } hooks) return;
-        try { HookRunner.Run("poststart", hooks, StateOf(id)); }
+        // The state of the start that just happened (as runc), not a fresh look: a short-lived process may have
+        // exited already, and a hook must still learn that the container ran, and its pid.
+        var state = new State
+        {
+            Id = r.Id, Status = "running", Pid = r.Pid, Bundle = r.Bundle, Annotations = r.Annotations,
+        };
+        try { HookRunner.Run("poststart", hooks, state); }
         catch (ContainerException e) { Console.Error.WriteLine($"hull: warning: {e.Message}"); }
     }
 }

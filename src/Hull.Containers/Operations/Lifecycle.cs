@@ -57,10 +57,14 @@ public sealed unsafe partial class ContainerEngine
             cg.Kill(signal);
             return;
         }
+        // "container not running" is runc's wording: containerd and Podman match it to treat the kill of a container
+        // that has just exited as done (containerd's StopPodSandbox fails otherwise).
         if (status is "stopped" or "creating")
-            throw new ContainerException($"cannot kill container \"{id}\": it is {status}") { ExitCode = 1 };
-        using var pidfd = OpenProcess(r) ?? throw new ContainerException($"cannot kill container \"{id}\": its process has exited");
-        Sys.PidfdSendSignal(pidfd, signal);
+            throw new ContainerException($"cannot kill container \"{id}\": container not running (it is {status})");
+        var exited = $"cannot kill container \"{id}\": container not running (its process has exited)";
+        using var pidfd = OpenProcess(r) ?? throw new ContainerException(exited);
+        try { Sys.PidfdSendSignal(pidfd, signal); }
+        catch (LinuxException e) when (e.Errno == Errors.ESRCH) { throw new ContainerException(exited); }
         if (status == "paused" && signal == Signals.SIGKILL)
             Cgroups.Open(r.CgroupPath, id).Thaw();
     }
@@ -146,7 +150,8 @@ public sealed unsafe partial class ContainerEngine
     {
         var r = Store.Load(id);
         var status = StatusOf(r);
-        if (status != "running") throw new ContainerException($"cannot pause container \"{id}\": it is {status}, not running");
+        if (status != "running")
+            throw new ContainerException($"cannot pause container \"{id}\": container not running (it is {status})");
         Cgroups.Open(r.CgroupPath, id).Freeze();
     }
 
@@ -162,7 +167,8 @@ public sealed unsafe partial class ContainerEngine
     {
         var r = Store.Load(id);
         var status = StatusOf(r);
-        if (status == "stopped") throw new ContainerException($"cannot update container \"{id}\": it is stopped");
+        if (status == "stopped")
+            throw new ContainerException($"cannot update container \"{id}\": container not running (it is stopped)");
         Cgroups.Open(r.CgroupPath, id).Apply(resources);
         var spec = Store.LoadSpec(id);
         spec.Linux ??= new Hull.Oci.Linux();

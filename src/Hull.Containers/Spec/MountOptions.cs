@@ -39,11 +39,13 @@ public static class MountOptions
         m.Type == "bind" || (m.Options?.Any(o => o is "bind" or "rbind") ?? false);
 
     /// <summary>
-    /// For a filesystem mount any other word is fs data (mode=, size=, a flag of that fs) that the kernel judges;
-    /// a bind mount has no fs data, so there an unknown word is a mistake.
+    /// For a filesystem mount any other word is fs data (mode=, size=, a flag of that fs) that the kernel judges.
+    /// A bind mount has no fs data: a name=value word there (mode=755, size=1k: a config written for a tmpfs and
+    /// reused as a bind) is ignored, as runc does, while an unknown bare word is a mistake (a typo of a flag).
     /// </summary>
     public static bool IsKnown(string option, bool bind) =>
-        Flags.ContainsKey(option) || Propagation.ContainsKey(option) || Ignored.Contains(option) || !bind;
+        Flags.ContainsKey(option) || Propagation.ContainsKey(option) || Ignored.Contains(option) || !bind
+        || option.Contains('=');
 
     public static ParsedMount Parse(Hull.Oci.Mount m)
     {

@@ -12,6 +12,9 @@ public interface ISyscalls
     void PivotRoot(string newRoot, string putOld);
     void Chroot(string path);
     void Chdir(string path);
+    /// <summary>A directory opened O_PATH, to come back to with <see cref="Fchdir"/> when no path reaches it.</summary>
+    SafeFd OpenDirectory(string path);
+    void Fchdir(SafeFd dir);
     void MkdirAll(string path, uint mode);
     /// <summary>Creates an empty file (and its parents) if nothing is there: a target for a file bind mount.</summary>
     void CreateFile(string path, uint mode);
@@ -38,6 +41,8 @@ public sealed class LinuxSyscalls : ISyscalls
     public void PivotRoot(string newRoot, string putOld) => Sys.PivotRoot(newRoot, putOld);
     public void Chroot(string path) => Sys.Check(Libc.chroot(path), $"chroot {path}");
     public void Chdir(string path) => Sys.Check(Libc.chdir(path), $"chdir {path}");
+    public SafeFd OpenDirectory(string path) => Sys.Open(path, O.PATH | O.DIRECTORY);
+    public void Fchdir(SafeFd dir) => Sys.Check(Libc.fchdir(dir.Fd), "fchdir");
 
     public void MkdirAll(string path, uint mode)
     {
@@ -97,6 +102,8 @@ public sealed class RecordingSyscalls : ISyscalls
     public void PivotRoot(string newRoot, string putOld) => Rec("pivot_root", $"pivot_root {newRoot} {putOld}");
     public void Chroot(string path) => Rec("chroot", $"chroot {path}");
     public void Chdir(string path) => Rec("chdir", $"chdir {path}");
+    public SafeFd OpenDirectory(string path) { Rec("open", $"open {path}"); return new SafeFd(); }
+    public void Fchdir(SafeFd dir) => Rec("fchdir", "fchdir");
     public void MkdirAll(string path, uint mode) { Rec("mkdir", $"mkdir {path} {Convert.ToString(mode, 8)}"); Directories.Add(path); }
     public void CreateFile(string path, uint mode) { Rec("create", $"create {path}"); Files.Add(path); }
     public void Mknod(string path, uint mode, ulong dev) { Rec("mknod", $"mknod {path} {Convert.ToString(mode, 8)} {dev >> 8}:{dev & 0xff}"); Files.Add(path); }
