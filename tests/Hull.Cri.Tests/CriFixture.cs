@@ -42,6 +42,13 @@ public sealed class CriFixture : IDisposable
     /// <summary>The cgroup (cgroupfs layout) every pod of this fixture lives under.</summary>
     public string CgroupParent { get; } = "/hull-cri-" + Guid.NewGuid().ToString("N")[..8];
 
+    /// <summary>A path as containerd's mount namespace sees it (the host's view in these tests).</summary>
+    public string InMountNs(string path) => $"/proc/{containerd!.Id}/root{path}";
+
+    /// <summary>Runs a command in containerd's mount namespace.</summary>
+    public CmdResult RunInMountNs(params string[] command) =>
+        Cmd.Run("nsenter", ["--target", containerd!.Id.ToString(), "--mount", "--", .. command], 60);
+
     public RuntimeService.RuntimeServiceClient Runtime { get; private set; } = null!;
     public ImageService.ImageServiceClient Images { get; private set; } = null!;
 
@@ -62,7 +69,8 @@ public sealed class CriFixture : IDisposable
 
     public CriFixture()
     {
-        string[] programs = ["containerd", "ctr", "containerd-shim-runc-v2", "runc", "umoci", "catatonit", "unshare"];
+        string[] programs =
+            ["containerd", "ctr", "containerd-shim-runc-v2", "runc", "umoci", "catatonit", "unshare", "nsenter"];
         foreach (var p in programs)
             if (Which(p) is null) { startError = $"the program '{p}' (scripts/setup.sh installs it)"; return; }
         foreach (var plugin in new[] { "bridge", "host-local", "loopback" })

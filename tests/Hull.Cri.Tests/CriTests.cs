@@ -12,27 +12,26 @@ namespace Hull.Cri.Tests;
 /// <summary>
 /// Kubernetes' view of Hull: each case drives containerd's CRI plugin with the runtime handler <c>hull</c>
 /// (hull-oci under the runc v2 shim) and with <c>runc</c> in the same run, asserts what the kubelet relies on, and
-/// asserts that both handlers show the same observable results.
+/// asserts that both handlers show the same observable results. The helpers the cases share.
 /// </summary>
-public sealed partial class CriTests : IClassFixture<CriFixture>
+public abstract class CriCases(CriFixture fixture, ITestOutputHelper output)
 {
-    readonly CriFixture f;
-    readonly ITestOutputHelper output;
-    RuntimeService.RuntimeServiceClient Cri => f.Runtime;
+    protected readonly CriFixture f = fixture;
+    protected readonly ITestOutputHelper output = output;
+    protected RuntimeService.RuntimeServiceClient Cri => f.Runtime;
 
-    public CriTests(CriFixture fixture, ITestOutputHelper output)
-    {
-        f = fixture;
-        this.output = output;
-    }
-
-    static DateTime In(int seconds) => CriFixture.In(seconds);
+    protected static DateTime In(int seconds) => CriFixture.In(seconds);
 
     /// <summary>Runs the case once per handler (runc first) and asserts hull's observations equal runc's.</summary>
-    void SameForBothHandlers(Func<string, List<string>> scenario)
+    protected void SameForBothHandlers(Func<string, List<string>> scenario)
     {
         f.Require();
-        var seen = CriFixture.Handlers.ToDictionary(h => h, scenario);
+        var seen = CriFixture.Handlers.ToDictionary(h => h, h =>
+        {
+            try { return scenario(h); }
+            catch (Exception e) when (e is RpcException or InvalidOperationException or TimeoutException)
+            { throw new InvalidOperationException($"with handler {h}: {e.Message}", e); }
+        });
         var runc = seen["runc"];
         var hull = seen["hull"];
         output.WriteLine("observed with both handlers:\n" + string.Join('\n', runc));
@@ -40,7 +39,8 @@ public sealed partial class CriTests : IClassFixture<CriFixture>
             + "\n--- hull\n" + string.Join('\n', hull));
     }
 
-    static ContainerConfig Container(string name, string script, LinuxContainerResources? resources = null) => new()
+    protected static ContainerConfig Container(string name, string script, LinuxContainerResources? resources = null,
+        bool privileged = false) => new()
     {
         Metadata = new ContainerMetadata { Name = name, Attempt = 0 },
         Image = new ImageSpec { Image = CriFixture.BusyboxImage },
@@ -51,50 +51,56 @@ public sealed partial class CriTests : IClassFixture<CriFixture>
         Linux = new LinuxContainerConfig
         {
             Resources = resources ?? new LinuxContainerResources(),
-            SecurityContext = new LinuxContainerSecurityContext { NamespaceOptions = CriFixture.PodNamespaces() },
+            SecurityContext = new LinuxContainerSecurityContext
+            {
+                NamespaceOptions = CriFixture.PodNamespaces(), Privileged = privileged,
+            },
         },
     };
 
-    string Create(string pod, PodSandboxConfig podConfig, ContainerConfig config) =>
+    protected string Create(string pod, PodSandboxConfig podConfig, ContainerConfig config) =>
         Cri.CreateContainer(
             new CreateContainerRequest { PodSandboxId = pod, Config = config, SandboxConfig = podConfig },
             deadline: In(60)).ContainerId;
 
-    void Start(string id) => Cri.StartContainer(new StartContainerRequest { ContainerId = id }, deadline: In(60));
+    protected void Start(string id) =>
+        Cri.StartContainer(new StartContainerRequest { ContainerId = id }, deadline: In(60));
 
-    ContainerStatus Status(string id) =>
+    protected ContainerStatus Status(string id) =>
         Cri.ContainerStatus(new ContainerStatusRequest { ContainerId = id }, deadline: In(30)).Status;
 
-    PodSandboxStatusResponse PodStatus(string pod, bool verbose = false) =>
+    protected PodSandboxStatusResponse PodStatus(string pod, bool verbose = false) =>
         Cri.PodSandboxStatus(new PodSandboxStatusRequest { PodSandboxId = pod, Verbose = verbose }, deadline: In(30));
 
-    void StopPod(string pod) => Cri.StopPodSandbox(new StopPodSandboxRequest { PodSandboxId = pod }, deadline: In(60));
+    protected void StopPod(string pod) =>
+        Cri.StopPodSandbox(new StopPodSandboxRequest { PodSandboxId = pod }, deadline: In(60));
 
-    void RemovePod(string pod) =>
+    protected void RemovePod(string pod) =>
         Cri.RemovePodSandbox(new RemovePodSandboxRequest { PodSandboxId = pod }, deadline: In(60));
 
-    void Stop(string id, int timeout) =>
+    protected void Stop(string id, int timeout) =>
         Cri.StopContainer(new StopContainerRequest { ContainerId = id, Timeout = timeout }, deadline: In(60));
 
-    void Remove(string id) => Cri.RemoveContainer(new RemoveContainerRequest { ContainerId = id }, deadline: In(60));
+    protected void Remove(string id) =>
+        Cri.RemoveContainer(new RemoveContainerRequest { ContainerId = id }, deadline: In(60));
 
-    ExecSyncResponse Exec(string id, params string[] cmd)
+    protected ExecSyncResponse Exec(string id, params string[] cmd)
     {
         var request = new ExecSyncRequest { ContainerId = id, Timeout = 30 };
         request.Cmd.AddRange(cmd);
         return Cri.ExecSync(request, deadline: In(60));
     }
 
-    static StatusCode CodeOf(Action call)
+    protected static StatusCode CodeOf(Action call)
     {
         try { call(); return StatusCode.OK; }
         catch (RpcException e) { return e.StatusCode; }
     }
 
-    static string Text(Google.Protobuf.ByteString b) => b.ToStringUtf8().Trim().Replace("\n", " | ");
+    protected static string Text(Google.Protobuf.ByteString b) => b.ToStringUtf8().Trim().Replace("\n", " | ");
 
     /// <summary>Whether the handler's runtime still lists the container (in the state dir the shim gave it).</summary>
-    bool RuntimeStateLeft(string handler, string id)
+    protected bool RuntimeStateLeft(string handler, string id)
     {
         var root = Path.Combine(f.RuntimeRoot(handler), CriFixture.Namespace);
         if (!Directory.Exists(root)) return false;
@@ -102,12 +108,17 @@ public sealed partial class CriTests : IClassFixture<CriFixture>
         return list.Stdout.Contains(id, StringComparison.Ordinal);
     }
 
-    static string Read(string dir, string file)
+    protected static string Read(string dir, string file)
     {
         var p = Path.Combine(dir, file);
         return File.Exists(p) ? File.ReadAllText(p).Trim() : "(no " + p + ")";
     }
+}
 
+/// <summary>The pod, container and pod-stop cases, and the per-pod time of each handler.</summary>
+public sealed partial class CriTests(CriFixture fixture, ITestOutputHelper output)
+    : CriCases(fixture, output), IClassFixture<CriFixture>
+{
     [SkippableFact]
     public void Pod_sandbox_runs_reports_its_status_stops_and_is_removed()
     {
