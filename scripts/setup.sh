@@ -5,6 +5,7 @@ PKGS=(
   build-essential clang lld zlib1g-dev                 # NativeAOT link + the spawn shim
   busybox-static                                       # the built-in container rootfs
   runc crun podman containerd                          # OCI clients and the runtimes we compare with
+  containernetworking-plugins catatonit                # the CRI test: pod networking (bridge), the pause process
   iproute2 nftables dnsmasq-base                       # networking
   qemu-system-x86 qemu-utils ovmf seabios              # the VM engine's device model and firmware
   linux-image-amd64 e2fsprogs cpio xz-utils            # the default VM image (guest kernel, root disk, initramfs)
