@@ -67,7 +67,8 @@ public class PlanCodecTests
             Process = new Hull.Oci.Process { Args = ["ls"], Cwd = "/" },
             NewMountNamespace = true, NewUserNamespace = false, NewNetworkNamespace = true, NewUtsNamespace = false,
             NewCgroupNamespace = true, InUserNamespace = false, NoPivot = true, ParentHooks = true,
-            ConsoleSocketFd = 5, FifoFd = -1, FirstPrivateFd = 3, SeccompProgram = [1, 2, 3, 4, 5, 6, 7, 8], SeccompFlags = 9,
+            ConsoleSocketFd = 5, FifoFd = -1, FirstPrivateFd = 3, MountNamespaceFd = 7,
+            SeccompProgram = [1, 2, 3, 4, 5, 6, 7, 8], SeccompFlags = 9,
             HookState = new State { Id = "c1", Status = "creating", Pid = 42, Bundle = "/b", Annotations = new() { ["k"] = "v" } },
         };
         var back = PlanCodec.DecodePlan(PlanCodec.Encode(plan));
@@ -77,6 +78,7 @@ public class PlanCodecTests
         Assert.Equal((true, false, true, false, true, false, true, true),
             (back.NewMountNamespace, back.NewUserNamespace, back.NewNetworkNamespace, back.NewUtsNamespace, back.NewCgroupNamespace, back.InUserNamespace, back.NoPivot, back.ParentHooks));
         Assert.Equal((5, -1, 3, 9u), (back.ConsoleSocketFd, back.FifoFd, back.FirstPrivateFd, back.SeccompFlags));
+        Assert.Equal(7, back.MountNamespaceFd);
         Assert.Equal(plan.SeccompProgram, back.SeccompProgram);
         Assert.Equal(JsonSerializer.Serialize(plan.HookState, OciJson.Default.State), JsonSerializer.Serialize(back.HookState!, OciJson.Default.State));
         Assert.Equal(["ls"], back.Process!.Args!);

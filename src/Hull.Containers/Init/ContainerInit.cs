@@ -47,6 +47,7 @@ public static unsafe class ContainerInit
     {
         var spec = plan.Spec!;
         var process = spec.Process!;
+        if (plan.MountNamespaceFd >= 0) JoinMountNamespace(plan.MountNamespaceFd);
         var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(), plan.NewCgroupNamespace);
         if (plan.NewMountNamespace)
         {
@@ -110,6 +111,18 @@ public static unsafe class ContainerInit
             seccomp = null;
         }
         ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Item1, seccomp?.Item2 ?? 0);
+    }
+
+    /// <summary>
+    /// Enters a mount namespace joined by path. setns refuses a process whose threads share its filesystem context
+    /// (the runtime's threads do), so this thread takes its own first; it is the one that goes on to exec the
+    /// container's process, and the exec leaves it alone, in this namespace.
+    /// </summary>
+    static void JoinMountNamespace(int fd)
+    {
+        using var ns = new SafeFd(fd);
+        Sys.Check(Libc.unshare((int)CLONE.FS), "unshare CLONE_FS");
+        Sys.Check(Libc.setns(fd, (int)CLONE.NEWNS), "setns into the mount namespace of linux.namespaces");
     }
 
     /// <summary>

@@ -25,6 +25,8 @@ public sealed class InitPlan
     /// <summary>The init's fd numbers: the console socket (or -1), the exec fifo opened O_PATH (or -1).</summary>
     public int ConsoleSocketFd { get; set; } = -1;
     public int FifoFd { get; set; } = -1;
+    /// <summary>A mount namespace joined by path, for the init to enter itself (or -1).</summary>
+    public int MountNamespaceFd { get; set; } = -1;
     /// <summary>Fds below this (3 + --preserve-fds) are passed on to the container process.</summary>
     public int FirstPrivateFd { get; set; } = 3;
     /// <summary>Whether to report back before pivot_root so that the parent runs prestart/createRuntime hooks.</summary>

@@ -184,6 +184,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             if (fifo is not null) { fifoFd = next++; req.Fds.Add((fifo, fifoFd)); }
 
             bool newUser = false, inUser = false;
+            var mountNsFd = -1;
             foreach (var ns in namespaces.OrderBy(n => n.Type == "user" ? 0 : 1))
             {
                 var flag = NsFlags[ns.Type];
@@ -199,7 +200,10 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                     var nsFd = Sys.Open(ns.Path, O.RDONLY);
                     nsFds.Add(nsFd);
                     CheckNamespaceFile(nsFd, ns.Type, ns.Path);
-                    if (ns.Type == "pid") req.PidNamespace = nsFd;
+                    // The init enters a mount namespace itself, once exec'd: the namespace's own root may not
+                    // hold this binary or the libraries it loads (another container's, say).
+                    if (ns.Type == "mount") { mountNsFd = next++; req.Fds.Add((nsFd, mountNsFd)); }
+                    else if (ns.Type == "pid") req.PidNamespace = nsFd;
                     else req.JoinNamespaces.Add((nsFd, flag));
                     if (ns.Type == "user") inUser = true;
                 }
@@ -243,6 +247,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
                 NewCgroupNamespace = (req.CloneFlags & CLONE.NEWCGROUP) != 0,
                 NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
+                MountNamespaceFd = mountNsFd,
                 ParentHooks = parentHooks, HookState = hookState,
             });
             if (spec.Linux is not null) spec.Linux.Seccomp = profile;

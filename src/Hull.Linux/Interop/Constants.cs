@@ -24,6 +24,8 @@ public static class CLONE
 {
     public const ulong NEWTIME = 0x80, NEWNS = 0x20000, NEWCGROUP = 0x02000000, NEWUTS = 0x04000000,
         NEWIPC = 0x08000000, NEWUSER = 0x10000000, NEWPID = 0x20000000, NEWNET = 0x40000000;
+    /// <summary>For unshare(2): a filesystem context (root, cwd, umask) of the calling thread's own.</summary>
+    public const ulong FS = 0x200;
 }
 
 /// <summary>Syscall numbers (x86_64) for calls that glibc 2.36 does not wrap.</summary>
