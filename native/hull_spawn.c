@@ -387,6 +387,19 @@ static long clone3_run(struct clone_args *ca, struct hull_spawn *s) {
     return ret;
 }
 
+/*
+ * The container init ("hull-oci init", with _HULL_INIT_FD set) lives in the container's namespaces until it execs
+ * the container's process: it turns itself non-dumpable before any other code of it runs (this constructor runs
+ * before the .NET runtime starts), so no process in the container can open its /proc/PID/exe or /proc/PID/mem.
+ * exec gives the container's process a dumpable mm again. ContainerInit.Main repeats this for builds that load
+ * this file as a shared library.
+ */
+__attribute__((constructor)) static void hull_init_nondumpable(int argc, char **argv, char **envp) {
+    if (argc != 2 || !argv || !argv[1] || strcmp(argv[1], "init") != 0 || !envp) return;
+    for (char **e = envp; *e; e++)
+        if (strncmp(*e, "_HULL_INIT_FD=", 14) == 0) { prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); return; }
+}
+
 /* Starts the child. Returns 0 and fills pid/pidfd, or a negative errno. */
 int hull_spawn_start(struct hull_spawn *s) {
     int ep[2];

@@ -14,7 +14,11 @@ public sealed class OciContext
     public bool Debug { get; init; }
 
     ContainerEngine? _engine;
-    public ContainerEngine Engine => _engine ??= new ContainerEngine(new StateStore(Root), CgroupFactory.Create(SystemdCgroup));
+    public ContainerEngine Engine => _engine ??=
+        new ContainerEngine(new StateStore(Root), CgroupFactory.Create(SystemdCgroup))
+    {
+        ReExecSealedToJoinPidNamespace = true,
+    };
 
     /// <summary>Reports an error on stderr and, with --log, in the log file (JSON lines with --log-format json, as containerd reads).</summary>
     public void Error(string message)

@@ -17,6 +17,9 @@ public static unsafe class ContainerInit
 
     public static int Main()
     {
+        // First act: nothing in the container may open this process's /proc/PID/exe or mem until it execs the
+        // container's process (native/hull_spawn.c already did this before the runtime started; see there).
+        Sys.Prctl(PR.SET_DUMPABLE, 0);
         if (!int.TryParse(Environment.GetEnvironmentVariable(SyncFdVariable), out var syncFd))
         {
             System.Console.Error.WriteLine("hull init is started by the runtime, not by hand");

@@ -34,7 +34,47 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
     /// <summary>The hull binary to run as the container init (this executable, or HULL_INIT_BINARY).</summary>
     public static string InitBinary =>
-        Environment.GetEnvironmentVariable("HULL_INIT_BINARY") ?? Environment.ProcessPath ?? "/proc/self/exe";
+        Environment.GetEnvironmentVariable("HULL_INIT_BINARY")
+        ?? (Environment.ProcessPath is { Length: > 0 } self ? self : "/proc/self/exe");
+
+    /// <summary>Set by hull-oci (a short-lived process): create re-executes it from its sealed view when the container
+    /// joins an existing pid namespace, where the init's spawn child (which maps this binary until it execs the init)
+    /// is visible to that namespace's processes. A daemon that hosts the engine leaves it off.</summary>
+    public bool ReExecSealedToJoinPidNamespace { get; init; }
+
+    /// <summary>Set when hull-oci re-executes itself from its sealed view (<see cref="EnsureRunningSealed"/>): a
+    /// second attempt that still does not run sealed fails instead of looping.</summary>
+    public const string SealedVariable = "_HULL_OCI_SEALED";
+
+    /// <summary>
+    /// The runtime binary (<see cref="InitBinary"/>) through a sealed, read-only view (<see cref="SealedExe"/>): what
+    /// a process that enters a container executes or maps, so /proc/PID/exe gives nothing writable (CVE-2019-5736).
+    /// A process already running sealed opens its own image.
+    /// </summary>
+    public SafeFd OpenSealedRuntime()
+    {
+        if (Environment.GetEnvironmentVariable("HULL_INIT_BINARY") is null && SealedExe.RunningSealed())
+            return Sys.Open("/proc/self/exe", O.RDONLY);
+        Directory.CreateDirectory(Store.Root);
+        return SealedExe.Open(InitBinary, SealedExe.EnsureEmptyDir(Path.Combine(Store.Root, "@empty")));
+    }
+
+    /// <summary>
+    /// For a process about to enter a container through the spawn shim (a CLONE_VM child, whose exe is this
+    /// process's): re-executes this process once from the sealed view of itself unless it already runs from one.
+    /// Call it first thing, before any state is made: the process starts over with the same arguments.
+    /// </summary>
+    public void EnsureRunningSealed()
+    {
+        if (SealedExe.RunningSealed()) return;
+        if (Environment.GetEnvironmentVariable(SealedVariable) is not null)
+            throw new ContainerException($"{Environment.ProcessPath} re-executed itself from a sealed view but does "
+                + "not run from one: is overlayfs (or memfd_create) available?");
+        Directory.CreateDirectory(Store.Root);
+        var self = Environment.ProcessPath ?? throw new ContainerException("cannot tell this process's executable");
+        using var exe = SealedExe.Open(self, SealedExe.EnsureEmptyDir(Path.Combine(Store.Root, "@empty")));
+        SealedExe.ReExec(exe, SealedVariable + "=1");
+    }
 
     static readonly Dictionary<string, ulong> NsFlags = new()
     {
@@ -95,6 +135,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         // gets the program instead of the profile (unless it must hand a notify fd to a listener itself).
         var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp, SeccompCache);
         var namespaces = spec.Linux?.Namespaces ?? [];
+        if (ReExecSealedToJoinPidNamespace && namespaces.Any(n => n.Type == "pid" && !string.IsNullOrEmpty(n.Path)))
+            EnsureRunningSealed();
         var ownsUserNamespace = namespaces.Any(n => n.Type == "user" && string.IsNullOrEmpty(n.Path));
         var bounding = Capabilities.OwnBounding();
         foreach (var w in Capabilities.Check(spec.Process!.Capabilities, "process", ownsUserNamespace, bounding))
@@ -153,7 +195,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             var (parentEnd, childEnd) = Sys.SocketPair();
             var channel = new SyncChannel(parentEnd);
             cleanup.Add(channel.Dispose);
-            using var exe = Sys.Open(InitBinary, O.RDONLY);
+            // The init runs the runtime in the container's namespaces until it execs the container's process: it
+            // runs from the sealed view (its /proc/PID/exe is read-only) and turns non-dumpable first thing.
+            using var exe = OpenSealedRuntime();
             var firstPrivate = 3 + o.PreserveFds;
             var req = new SpawnRequest
             {
@@ -214,6 +258,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             req.WaitForRelease = newUser;
             req.BecomeNamespaceRoot = newUser;
 
+            // The spawn child shares this process's memory until it execs and may join a pid namespace that other
+            // containers' processes see: non-dumpable, so none of them can open its /proc/PID/mem or exe.
+            Sys.Prctl(PR.SET_DUMPABLE, 0);
             try { child = Spawner.Start(req); }
             catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
             finally { childEnd.Dispose(); consoleSocket?.Dispose(); fifo?.Dispose(); devNull?.Dispose(); }

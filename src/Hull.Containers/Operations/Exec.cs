@@ -19,6 +19,10 @@ public sealed class ExecOptions
 
 public sealed unsafe partial class ContainerEngine
 {
+    /// <summary>Internal flags of <c>hull-oci exec</c> for hulld's execs: a unix socket fd for the outcome (the
+    /// process's pidfd, or the error), and "fd 0 is a pty slave to become the controlling terminal".</summary>
+    public const string ExecReportFdFlag = "hull-report-fd", ExecStdioTtyFlag = "hull-stdio-tty";
+
     /// <summary>
     /// The process an exec runs: the container's own process settings (capabilities, LSM labels, no_new_privs,
     /// rlimits) with the caller's args, env, cwd, user and terminal, as runc exec does.
@@ -126,6 +130,11 @@ public sealed unsafe partial class ContainerEngine
             }
             // rlimits and the OOM score are set on the child from here, before it is released to exec.
             req.WaitForRelease = (p.Rlimits?.Count ?? 0) > 0 || p.OomScoreAdj is not null;
+            // The shim shares this process's memory (CLONE_VM) and is visible in the container from clone3 on: this
+            // process turns non-dumpable for good, so nothing in the container can open the shim's /proc/PID/mem
+            // (this process's memory) or /proc/PID/exe (this process's binary) until the shim has exec'd. Call this
+            // only from a short-lived process that runs sealed (hull-oci exec), never from a daemon.
+            Sys.Prctl(PR.SET_DUMPABLE, 0);
             SpawnedChild child;
             try
             {

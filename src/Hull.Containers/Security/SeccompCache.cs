@@ -25,7 +25,9 @@ public sealed class SeccompCache(string directory)
     static string Identity()
     {
         if (_identity is not null) return _identity;
-        var exe = Environment.ProcessPath ?? "";
+        // This process's image (through /proc/self/exe: the runtime may run from a sealed view of its binary,
+        // which has no path of its own but the binary's size and modification time).
+        var exe = "/proc/self/exe";
         try
         {
             var fi = new FileInfo(exe);

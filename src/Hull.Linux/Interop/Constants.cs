@@ -39,7 +39,8 @@ public static class SYS
 /// <summary>prctl(2) options.</summary>
 public static class PR
 {
-    public const int SET_PDEATHSIG = 1, SET_KEEPCAPS = 8, SET_NAME = 15, CAPBSET_READ = 23, CAPBSET_DROP = 24,
+    public const int SET_PDEATHSIG = 1, SET_DUMPABLE = 4, SET_KEEPCAPS = 8, SET_NAME = 15, CAPBSET_READ = 23,
+        CAPBSET_DROP = 24,
         SET_SECUREBITS = 28, SET_NO_NEW_PRIVS = 38, SET_CHILD_SUBREAPER = 36, CAP_AMBIENT = 47,
         CAP_AMBIENT_RAISE = 2, CAP_AMBIENT_CLEAR_ALL = 4;
 }

@@ -142,6 +142,12 @@ public static unsafe class Sys
     public static void PivotRoot(string newRoot, string putOld) =>
         Check(WithPaths(newRoot, putOld, (a, b) => Libc.syscall(SYS.pivot_root, (long)a, (long)b, 0, 0, 0, 0)), $"pivot_root {newRoot}");
 
+    /// <summary>close_range(first, ~0U, CLOSE_RANGE_CLOEXEC): every fd from <paramref name="first"/> on becomes
+    /// close-on-exec.</summary>
+    public static void CloseRangeOnExec(int first) =>
+        Check(Libc.syscall(436 /* close_range */, first, uint.MaxValue, 4 /* CLOSE_RANGE_CLOEXEC */, 0, 0, 0),
+            $"close_range {first}");
+
     public static void Prctl(int option, ulong a2 = 0, ulong a3 = 0, ulong a4 = 0, ulong a5 = 0) =>
         Check(Libc.prctl(option, (nuint)a2, (nuint)a3, (nuint)a4, (nuint)a5), $"prctl {option}");
 

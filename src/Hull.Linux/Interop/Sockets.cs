@@ -49,13 +49,20 @@ public static unsafe class UnixSockets
     /// <summary>Receives one fd sent with <see cref="SendFd"/>; returns it and the name.</summary>
     public static (SafeFd Fd, string Name) ReceiveFd(SafeFd socket)
     {
+        var (fd, name) = ReceiveMessage(socket);
+        return (fd ?? throw new LinuxException(Errors.EINVAL, "recvmsg: no file descriptor received"), name);
+    }
+
+    /// <summary>Receives one message of up to 4 KiB and the fd it carries, if any (null fd and "" at EOF).</summary>
+    public static (SafeFd? Fd, string Text) ReceiveMessage(SafeFd socket)
+    {
         var data = stackalloc byte[4096];
         var control = stackalloc byte[24];
         var iov = new IoVec { Base = data, Len = 4096 };
         var msg = new MsgHdr { Iov = &iov, IovLen = 1, Control = control, ControlLen = 24 };
         var n = Libc.recvmsg(socket.Fd, &msg, 0x40000000 /* MSG_CMSG_CLOEXEC */);
         if (n < 0) throw LinuxException.FromLastError("recvmsg SCM_RIGHTS");
-        if (msg.ControlLen < 20 || *(int*)(control + 12) != SCM_RIGHTS) throw new LinuxException(Errors.EINVAL, "recvmsg: no file descriptor received");
-        return (new SafeFd(*(int*)(control + 16)), Encoding.UTF8.GetString(data, (int)n).TrimEnd('\0'));
+        var fd = msg.ControlLen >= 20 && *(int*)(control + 12) == SCM_RIGHTS ? new SafeFd(*(int*)(control + 16)) : null;
+        return (fd, Encoding.UTF8.GetString(data, (int)n).TrimEnd('\0'));
     }
 }
