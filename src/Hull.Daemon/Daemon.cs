@@ -20,6 +20,21 @@ public sealed class DaemonOptions
     public string? Group;
     public bool PrintRoutes;
     public bool Verbose;
+    /// <summary>The most an image (every layer) may unpack to, in bytes and in entries.</summary>
+    public ImageLimits ImageLimits = new()
+    {
+        MaxBytes = Env("HULL_MAX_IMAGE_SIZE", 32L << 30, size: true),
+        MaxEntries = Env("HULL_MAX_IMAGE_ENTRIES", 2_000_000, size: false),
+    };
+
+    static long Env(string env, long def, bool size) =>
+        Environment.GetEnvironmentVariable(env) is { Length: > 0 } v ? Parse(env, v, size) : def;
+
+    /// <summary>A size ("16GiB") or a count, at least 1.</summary>
+    static long Parse(string what, string v, bool size) =>
+        (size ? ConfigSchema.TryParseSize(v, out var n) : long.TryParse(v, out n)) && n >= 1 ? n
+            : throw new ArgumentException(
+                $"{what} '{v}' is invalid: use {(size ? "a size such as 16GiB" : "a number of at least 1")}");
 
     public const string Usage = """
         usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--verbose]
@@ -27,6 +42,8 @@ public sealed class DaemonOptions
           --socket PATH     the API socket (default $HULL_SOCKET or /run/hull/hulld.sock)
           --state-dir DIR   the state directory (default $HULL_DIR or /var/lib/hull)
           --group NAME      let members of this group use the socket (mode 0660); without it only root can (0600)
+          --max-image-size SIZE   the most an image may unpack to (default $HULL_MAX_IMAGE_SIZE or 32GiB)
+          --max-image-entries N   the most files an image may hold (default $HULL_MAX_IMAGE_ENTRIES or 2000000)
           --verbose         log every request
           --routes          print the API routes and exit
         """;
@@ -42,6 +59,18 @@ public sealed class DaemonOptions
                 case "--socket": o.Socket = Path.GetFullPath(Next()); break;
                 case "--state-dir": o.StateDir = Path.GetFullPath(Next()); break;
                 case "--group": o.Group = Next(); break;
+                case "--max-image-size":
+                    o.ImageLimits = new()
+                    {
+                        MaxBytes = Parse(args[i], Next(), true), MaxEntries = o.ImageLimits.MaxEntries,
+                    };
+                    break;
+                case "--max-image-entries":
+                    o.ImageLimits = new()
+                    {
+                        MaxBytes = o.ImageLimits.MaxBytes, MaxEntries = Parse(args[i], Next(), false),
+                    };
+                    break;
                 case "--routes": o.PrintRoutes = true; break;
                 case "--verbose" or "-v": o.Verbose = true; break;
                 default: throw new ArgumentException($"unknown option '{args[i]}'");
@@ -114,7 +143,7 @@ public sealed class Daemon
 
         using var shutdown = new CancellationTokenSource();
         using var store = new Store(Path.Combine(o.StateDir, "hull.db"));
-        var imageStore = new ImageStore(o.StateDir, store);
+        var imageStore = new ImageStore(o.StateDir, store) { Limits = o.ImageLimits };
         imageStore.Recover();
         images?.Invoke(o, imageStore);
         var events = new EventHub();
