@@ -137,6 +137,7 @@ public sealed class HostileLayerTests
         var layout = HostileLayout(d.Dir, sentinel);
 
         var r = d.Cli("image", "import", layout, "--alias", "evil");
+        Assert.Equal(before, Snapshot(sentinel));
         Assert.True(r.Code == 0, r.Err + r.Out);
         var img = await d.Client.GetImageAsync("evil");
         AssertConfined(d, sentinel, before, img.Fingerprint);
@@ -158,6 +159,7 @@ public sealed class HostileLayerTests
         Push(layout, "evil", $"{reg.Host}/evil");
 
         var r = d.Cli("launch", $"{reg.Host}/evil", "c1");
+        Assert.Equal(before, Snapshot(sentinel));
         Assert.True(r.Code == 0, r.Err + r.Out + reg.Log);
         var img = await d.Client.GetImageAsync($"{reg.Host}/evil:latest");
         AssertConfined(d, sentinel, before, img.Fingerprint);
