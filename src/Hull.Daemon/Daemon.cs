@@ -21,25 +21,36 @@ public sealed class DaemonOptions
     public bool PrintRoutes;
     public bool Verbose;
     /// <summary>The largest JSON request body (every route but the uploads).</summary>
-    public long MaxJsonBody = Size("HULL_MAX_JSON_BODY", 4L << 20);
+    public long MaxJsonBody = Env("HULL_MAX_JSON_BODY", 4L << 20, size: true);
     /// <summary>The largest upload: an image, an instance backup, a file pushed into an instance.</summary>
-    public long MaxUpload = Size("HULL_MAX_UPLOAD", 64L << 30);
+    public long MaxUpload = Env("HULL_MAX_UPLOAD", 64L << 30, size: true);
+    /// <summary>The most an image (every layer) may unpack to, in bytes and in entries.</summary>
+    public ImageLimits ImageLimits = new()
+    {
+        MaxBytes = Env("HULL_MAX_IMAGE_SIZE", 32L << 30, size: true),
+        MaxEntries = Env("HULL_MAX_IMAGE_ENTRIES", 2_000_000, size: false),
+    };
 
-    static long Size(string env, long def) =>
-        Environment.GetEnvironmentVariable(env) is { Length: > 0 } v ? ParseSize(env, v) : def;
+    static long Env(string env, long def, bool size) =>
+        Environment.GetEnvironmentVariable(env) is { Length: > 0 } v ? Parse(env, v, size) : def;
 
-    static long ParseSize(string what, string v) =>
-        ConfigSchema.TryParseSize(v, out var n) && n >= 1024 ? n
-            : throw new ArgumentException($"{what} '{v}' is invalid: use a size of at least 1KiB, such as 8MiB or 100GiB");
+    /// <summary>A size ("16GiB", at least 1KiB) or a count (at least 1).</summary>
+    static long Parse(string what, string v, bool size) =>
+        (size ? ConfigSchema.TryParseSize(v, out var n) && n >= 1024 : long.TryParse(v, out n) && n >= 1) ? n
+            : throw new ArgumentException(
+                $"{what} '{v}' is invalid: use {(size ? "a size of at least 1KiB, such as 16GiB" : "a number of at least 1")}");
 
     public const string Usage = """
-        usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE] [--verbose]
+        usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE]
+                     [--max-image-size SIZE] [--max-image-entries N] [--verbose]
           Runs the Hull daemon in the foreground. It serves the REST API on a unix socket and owns every instance.
           --socket PATH     the API socket (default $HULL_SOCKET or /run/hull/hulld.sock)
           --state-dir DIR   the state directory (default $HULL_DIR or /var/lib/hull)
           --group NAME      let members of this group use the socket (mode 0660); without it only root can (0600)
-          --max-json-body SIZE  the largest JSON request body (default $HULL_MAX_JSON_BODY or 4MiB)
-          --max-upload SIZE     the largest upload: image, backup, pushed file (default $HULL_MAX_UPLOAD or 64GiB)
+          --max-json-body SIZE    the largest JSON request body (default $HULL_MAX_JSON_BODY or 4MiB)
+          --max-upload SIZE       the largest upload: image, backup, pushed file (default $HULL_MAX_UPLOAD or 64GiB)
+          --max-image-size SIZE   the most an image may unpack to (default $HULL_MAX_IMAGE_SIZE or 32GiB)
+          --max-image-entries N   the most files an image may hold (default $HULL_MAX_IMAGE_ENTRIES or 2000000)
           --verbose         log every request
           --routes          print the API routes and exit
         """;
@@ -55,8 +66,20 @@ public sealed class DaemonOptions
                 case "--socket": o.Socket = Path.GetFullPath(Next()); break;
                 case "--state-dir": o.StateDir = Path.GetFullPath(Next()); break;
                 case "--group": o.Group = Next(); break;
-                case "--max-json-body": o.MaxJsonBody = ParseSize("--max-json-body", Next()); break;
-                case "--max-upload": o.MaxUpload = ParseSize("--max-upload", Next()); break;
+                case "--max-json-body": o.MaxJsonBody = Parse(args[i], Next(), true); break;
+                case "--max-upload": o.MaxUpload = Parse(args[i], Next(), true); break;
+                case "--max-image-size":
+                    o.ImageLimits = new()
+                    {
+                        MaxBytes = Parse(args[i], Next(), true), MaxEntries = o.ImageLimits.MaxEntries,
+                    };
+                    break;
+                case "--max-image-entries":
+                    o.ImageLimits = new()
+                    {
+                        MaxBytes = o.ImageLimits.MaxBytes, MaxEntries = Parse(args[i], Next(), false),
+                    };
+                    break;
                 case "--routes": o.PrintRoutes = true; break;
                 case "--verbose" or "-v": o.Verbose = true; break;
                 default: throw new ArgumentException($"unknown option '{args[i]}'");
@@ -129,7 +152,7 @@ public sealed class Daemon
 
         using var shutdown = new CancellationTokenSource();
         using var store = new Store(Path.Combine(o.StateDir, "hull.db"));
-        var imageStore = new ImageStore(o.StateDir, store);
+        var imageStore = new ImageStore(o.StateDir, store) { Limits = o.ImageLimits };
         imageStore.Recover();
         images?.Invoke(o, imageStore);
         var events = new EventHub();

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using Hull.Api;
 using Hull.Instances;
+using Hull.Linux;
 
 namespace Hull.Daemon;
 
@@ -18,6 +19,9 @@ public sealed partial class ImageStore
     readonly Store _store;
     readonly SemaphoreSlim _lock = new(1, 1);
     readonly Dictionary<(string Name, string Type), BuiltinImageBuilder> _builtins = [];
+
+    /// <summary>How much an image may unpack to (hulld's --max-image-size and --max-image-entries).</summary>
+    public ImageLimits Limits { get; set; } = new();
 
     public ImageStore(string stateDir, Store store)
     {
@@ -137,8 +141,12 @@ public sealed partial class ImageStore
             await using (var f = File.Create(upload)) await body.CopyToAsync(f, ct);
             var layout = Path.Combine(work, "layout");
             Directory.CreateDirectory(layout);
-            var (rc, err) = await Files.RunAsync("tar", ["-xf", upload, "-C", layout], ct);
-            if (rc != 0) throw new InstanceException($"the OCI layout upload is not a readable tarball: {err.Trim()}");
+            try
+            {
+                var options = Limits.Options(default, whiteouts: false, keepOwners: false);
+                await ImageUnpack.ExtractAsync(upload, layout, options, "the OCI layout upload", ct);
+            }
+            catch (RootedTarLimitException e) { throw Limits.TooLarge(e); }
             File.Delete(upload);
             var rec = await AddOciLayoutAsync(work, layout, reference, alias is null ? [] : [alias], description, op, ct);
             return ToApi(rec, _store.ListAliases());
@@ -150,7 +158,7 @@ public sealed partial class ImageStore
     async Task<ImageRecord> AddOciLayoutAsync(string work, string layout, string? reference, IReadOnlyList<string> aliases, string description, OperationContext? op, CancellationToken ct)
     {
         var rootfs = Path.Combine(work, "rootfs");
-        await OciLayout.FlattenAsync(layout, reference, rootfs, op, ct);
+        await OciLayout.FlattenAsync(layout, reference, rootfs, Limits, op, ct);
         Files.RemoveTree(layout);
         op?.Progress("packing the root filesystem");
         var tar = Path.Combine(work, "image.tar");
@@ -206,8 +214,13 @@ public sealed partial class ImageStore
             var rootfs = Path.Combine(stage, "rootfs");
             Directory.CreateDirectory(rootfs);
             op?.Progress("unpacking the root filesystem");
-            var (rc, err) = await Files.RunAsync("tar", ["--numeric-owner", "-xpf", file, "-C", rootfs], ct);
-            if (rc != 0) throw new InstanceException($"the image is not a readable tarball (tar said: {err.Trim()}): give a rootfs tarball (tar, tar.gz, tar.xz)");
+            var options = Limits.Options(default, whiteouts: false);
+            try { await ImageUnpack.ExtractAsync(file, rootfs, options, "the image tarball", ct); }
+            catch (RootedTarLimitException e) { throw Limits.TooLarge(e); }
+            catch (InstanceException e) when (e.Status == 400)
+            {
+                throw new InstanceException($"{e.Message}: give a rootfs tarball (tar, tar.gz, tar.xz)");
+            }
             if (!Directory.EnumerateFileSystemEntries(rootfs).Any()) throw new InstanceException("the image tarball is empty: give a tarball of a root filesystem");
             File.Move(file, Path.Combine(stage, "image.tar"));
         }

@@ -1,6 +1,8 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using Hull.Instances;
+using Hull.Linux;
+using Microsoft.Win32.SafeHandles;
 
 namespace Hull.Daemon;
 
@@ -8,17 +10,22 @@ namespace Hull.Daemon;
 /// Flattens an OCI image layout (as skopeo and umoci write it: oci-layout, index.json, blobs/sha256/...) into a root
 /// filesystem: picks the manifest (by ref name, or the only one; linux/amd64 from an image index), checks every blob
 /// against its digest, and applies the layers in order, honouring whiteouts (.wh.NAME removes NAME from the layers
-/// below, .wh..wh..opq hides everything below in that directory).
+/// below, .wh..wh..opq hides everything below in that directory). Layers are unpacked by <see cref="ImageUnpack"/>:
+/// whatever a layer holds (symlinks out of the root from an earlier layer, "..", hard links to host paths) stays inside
+/// the rootfs, and the image as a whole stays within hulld's <see cref="ImageLimits"/>. The layout's own files are
+/// opened with openat2 RESOLVE_IN_ROOT, so a symlink in an uploaded layout never reads a host file.
 /// </summary>
 public static class OciLayout
 {
     const string RefAnnotation = "org.opencontainers.image.ref.name";
 
-    public static async Task FlattenAsync(string layout, string? reference, string rootfs, OperationContext? op, CancellationToken ct)
+    public static async Task FlattenAsync(string layout, string? reference, string rootfs, ImageLimits limits,
+        OperationContext? op, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(layout, "oci-layout")) || !File.Exists(Path.Combine(layout, "index.json")))
+        using var layoutFd = Sys.Open(layout, O.RDONLY | O.DIRECTORY);
+        if (!LayoutFileExists(layoutFd, "oci-layout") || !LayoutFileExists(layoutFd, "index.json"))
             throw new InstanceException("this is not an OCI image layout (oci-layout and index.json are missing): give a directory written by skopeo or umoci");
-        using var index = JsonDocument.Parse(await File.ReadAllBytesAsync(Path.Combine(layout, "index.json"), ct));
+        using var index = JsonDocument.Parse(await ReadLayoutFileAsync(layoutFd, "index.json", ct));
         var manifests = index.RootElement.TryGetProperty("manifests", out var m) ? m.EnumerateArray().ToList() : [];
         string Ref(JsonElement e) => e.TryGetProperty("annotations", out var a) && a.TryGetProperty(RefAnnotation, out var r) ? r.GetString() ?? "" : "";
         JsonElement chosen;
@@ -32,29 +39,60 @@ public static class OciLayout
         else if (manifests.Count == 1) chosen = manifests[0];
         else throw new InstanceException($"the OCI layout holds {manifests.Count} images: choose one with --ref ({string.Join(", ", manifests.Select(Ref).Where(r => r.Length > 0))})");
 
-        var manifest = await ReadManifestAsync(layout, chosen, ct);
+        var manifest = await ReadManifestAsync(layoutFd, chosen, ct);
         using (manifest)
         {
             var layers = manifest.RootElement.GetProperty("layers").EnumerateArray().ToList();
             Directory.CreateDirectory(rootfs);
+            var used = new RootedTarResult();
             for (var i = 0; i < layers.Count; i++)
             {
                 op?.Progress($"applying layer {i + 1} of {layers.Count}");
-                var blob = await VerifiedBlobAsync(layout, layers[i], ct);
-                var plain = Path.Combine(Path.GetDirectoryName(rootfs)!, "layer.tar");
-                await DecompressAsync(blob, plain, ct);
-                try { await ApplyLayerAsync(plain, rootfs, ct); }
-                finally { File.Delete(plain); }
+                // Unpacked from the fd that was hashed: the bytes applied are the bytes verified.
+                await using var blob = await VerifiedBlobAsync(layoutFd, layers[i], ct);
+                try
+                {
+                    var r = await ImageUnpack.ExtractAsync(blob, rootfs, limits.Options(used, whiteouts: true),
+                        $"layer {i + 1} of {layers.Count} ({layers[i].GetProperty("digest").GetString()})", ct);
+                    used = new RootedTarResult(used.Bytes + r.Bytes, used.Entries + r.Entries, 0);
+                }
+                catch (RootedTarLimitException e) { throw limits.TooLarge(e); }
             }
         }
     }
 
-    static async Task<JsonDocument> ReadManifestAsync(string layout, JsonElement descriptor, CancellationToken ct)
+    static bool LayoutFileExists(SafeFd layout, string path)
+    {
+        if (!RootedFs.TryOpen(layout, path, O.RDONLY, 0, out var fd, out _)) return false;
+        fd.Dispose();
+        return true;
+    }
+
+    /// <summary>Opens a file of the layout: its symlinks resolve inside the layout, never to a host file.</summary>
+    static FileStream OpenLayoutFile(SafeFd layout, string path) =>
+        new(new SafeFileHandle(RootedFs.Open(layout, path, O.RDONLY).Detach(), ownsHandle: true), FileAccess.Read);
+
+    static async Task<byte[]> ReadLayoutFileAsync(SafeFd layout, string path, CancellationToken ct)
+    {
+        await using var f = OpenLayoutFile(layout, path);
+        if (f.Length > 4 << 20)
+            throw new InstanceException($"the OCI layout's {path} is larger than 4 MiB: it is not an image index");
+        var ms = new MemoryStream();
+        await f.CopyToAsync(ms, ct);
+        return ms.ToArray();
+    }
+
+    static async Task<JsonDocument> ReadManifestAsync(SafeFd layout, JsonElement descriptor, CancellationToken ct)
     {
         for (var depth = 0; depth < 4; depth++)
         {
-            var path = await VerifiedBlobAsync(layout, descriptor, ct);
-            var doc = JsonDocument.Parse(await File.ReadAllBytesAsync(path, ct));
+            JsonDocument doc;
+            await using (var f = await VerifiedBlobAsync(layout, descriptor, ct))
+            {
+                if (f.Length > 4 << 20)
+                    throw new InstanceException("an OCI manifest of the layout is larger than 4 MiB: it is not a manifest");
+                doc = await JsonDocument.ParseAsync(f, cancellationToken: ct);
+            }
             var mediaType = doc.RootElement.TryGetProperty("mediaType", out var mt) ? mt.GetString() : null;
             if (doc.RootElement.TryGetProperty("layers", out _)) return doc;
             if (!doc.RootElement.TryGetProperty("manifests", out var list))
@@ -73,77 +111,22 @@ public static class OciLayout
         throw new InstanceException("the OCI image indexes nest too deeply");
     }
 
-    static async Task<string> VerifiedBlobAsync(string layout, JsonElement descriptor, CancellationToken ct)
+    static async Task<FileStream> VerifiedBlobAsync(SafeFd layout, JsonElement descriptor, CancellationToken ct)
     {
         var digest = descriptor.GetProperty("digest").GetString() ?? "";
         if (!digest.StartsWith("sha256:", StringComparison.Ordinal) || digest.Length != 71 || !digest[7..].All(Uri.IsHexDigit))
             throw new InstanceException($"the OCI layout uses an unsupported digest '{digest}': only sha256 is supported");
-        var path = Path.Combine(layout, "blobs", "sha256", digest[7..]);
-        if (!File.Exists(path)) throw new InstanceException($"the OCI layout is missing blob {digest}");
-        await using var f = File.OpenRead(path);
-        var actual = "sha256:" + Convert.ToHexStringLower(await SHA256.HashDataAsync(f, ct));
-        if (actual != digest) throw new InstanceException($"blob {digest} of the OCI layout is corrupt (its content hashes to {actual})");
-        return path;
-    }
-
-    /// <summary>Writes the layer as a plain tarball (gzip and zstd are undone), padded with zero blocks: some writers end a
-    /// layer right after the last file's data, which GNU tar calls an unexpected EOF.</summary>
-    static async Task DecompressAsync(string blob, string plain, CancellationToken ct)
-    {
-        var magic = new byte[4];
-        await using (var f = File.OpenRead(blob)) await f.ReadAtLeastAsync(magic, 4, throwOnEndOfStream: false, ct);
-        if (magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd)
+        var path = "blobs/sha256/" + digest[7..];
+        if (!LayoutFileExists(layout, path)) throw new InstanceException($"the OCI layout is missing blob {digest}");
+        var f = OpenLayoutFile(layout, path);
+        try
         {
-            var (rc, err) = await Files.RunAsync("zstd", ["-q", "-d", "-f", blob, "-o", plain], ct);
-            if (rc != 0) throw new InstanceException($"a zstd OCI layer could not be decompressed (install zstd): {err.Trim()}");
+            var actual = "sha256:" + Convert.ToHexStringLower(await SHA256.HashDataAsync(f, ct));
+            if (actual != digest)
+                throw new InstanceException($"blob {digest} of the OCI layout is corrupt (its content hashes to {actual})");
+            f.Position = 0;
+            return f;
         }
-        else
-        {
-            await using var input = File.OpenRead(blob);
-            await using var output = File.Create(plain);
-            if (magic[0] == 0x1f && magic[1] == 0x8b)
-            {
-                await using var gz = new System.IO.Compression.GZipStream(input, System.IO.Compression.CompressionMode.Decompress);
-                await gz.CopyToAsync(output, ct);
-            }
-            else await input.CopyToAsync(output, ct);
-        }
-        await using (var o = new FileStream(plain, FileMode.Append))
-        {
-            var pad = (int)((512 - o.Length % 512) % 512) + 1024;
-            await o.WriteAsync(new byte[pad], ct);
-        }
-    }
-
-    /// <summary>Applies one layer tarball (plain, gzip or zstd): whiteouts first, then the content without the whiteout markers.</summary>
-    static async Task ApplyLayerAsync(string blob, string rootfs, CancellationToken ct)
-    {
-        var (rc, list) = await Files.RunAsync("tar", ["-tf", blob], ct);
-        if (rc != 0) throw new InstanceException($"an OCI layer is not a readable tarball: {list.Trim()}");
-        foreach (var raw in list.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-        {
-            var entry = raw.StartsWith("./", StringComparison.Ordinal) ? raw[2..] : raw.TrimStart('/');
-            var name = Path.GetFileName(entry.TrimEnd('/'));
-            if (!name.StartsWith(".wh.", StringComparison.Ordinal)) continue;
-            var dir = Path.GetDirectoryName(entry.TrimEnd('/')) ?? "";
-            if (dir.Split('/').Contains("..")) throw new InstanceException($"an OCI layer has an unsafe path '{raw}'");
-            var hostDir = Path.Combine(rootfs, dir);
-            if (name == ".wh..wh..opq")
-            {
-                if (Directory.Exists(hostDir) && !IsLink(hostDir))
-                    foreach (var child in Directory.EnumerateFileSystemEntries(hostDir)) Remove(child);
-            }
-            else Remove(Path.Combine(hostDir, name[4..]));
-        }
-        (rc, var err) = await Files.RunAsync("tar", ["--numeric-owner", "-xpf", blob, "-C", rootfs, "--exclude=.wh.*"], ct);
-        if (rc != 0) throw new InstanceException($"unpacking an OCI layer failed: {err.Trim()}");
-    }
-
-    static bool IsLink(string p) => new FileInfo(p).LinkTarget is not null;
-
-    static void Remove(string path)
-    {
-        if (IsLink(path) || File.Exists(path)) File.Delete(path);
-        else if (Directory.Exists(path)) Files.RemoveTree(path);
+        catch { await f.DisposeAsync(); throw; }
     }
 }

@@ -135,7 +135,7 @@ public sealed partial class ImageStore
         return layout;
     }
 
-    static string Size(long n) => n switch
+    internal static string Size(long n) => n switch
     {
         < 1024 => $"{n} B",
         < 1024 * 1024 => (n / 1024.0).ToString("0.0", CultureInfo.InvariantCulture) + " KiB",
