@@ -69,6 +69,86 @@ public sealed class ContainerDriver : IInstanceDriver
     static string Rootfs(InstanceSpec s) => P(s, "rootfs");
     static string Upper(InstanceSpec s) => P(s, "upper");
     static string Work(InstanceSpec s) => P(s, "work");
+
+    // ---- the instance's own files and dirs: never reached through a symlink ----
+    // An instance dir may come from a backup (or be changed by hand): Hull follows no symlink among its own files
+    // (lower, config.json, console.log, exit) and dirs (upper, work, rootfs, base, snapshots), so none of them can
+    // stand for a host path. The container's own files inside them are reached only through RootedFs, cp -a and rm
+    // (which follow no link in what they copy or remove) or by the kernel inside the container.
+
+    static InstanceException NotOwn(InstanceSpec spec, string rel, string what) => new(
+        $"{rel} in the dir of instance '{spec.Name}' {what}: Hull follows no symlink among its own files. Delete the " +
+        "instance and import it again from a backup made by 'hull export'", 500);
+
+    static SafeFd? OpenInstanceDir(InstanceSpec spec)
+    {
+        try { return Sys.Open(spec.Dir, O.PATH | O.DIRECTORY); }
+        catch (LinuxException e) when (e.Errno == Errors.ENOENT) { return null; }
+    }
+
+    /// <summary>Opens <paramref name="rel"/> below the instance dir through no symlink; false if it does not exist.</summary>
+    static bool TryOpenOwn(InstanceSpec spec, string rel, int flags, uint mode, out SafeFd fd)
+    {
+        using var dir = OpenInstanceDir(spec);
+        fd = new SafeFd(-1);
+        if (dir is null) return false;
+        if (RootedFs.TryOpenBeneath(dir, rel, flags, mode, out fd, out var e)) return true;
+        if (e == Errors.ENOENT) return false;
+        throw NotOwn(spec, rel, e == Errors.ENOTDIR ? "is not a directory, or lies under a file"
+            : e is Errors.ELOOP or Errors.EXDEV ? "is a symlink or lies under one" : $"cannot be opened ({Errors.Describe(e)})");
+    }
+
+    /// <summary>The path of the instance's own dir <paramref name="rel"/>, checked to be a directory reached through no
+    /// symlink; null if it does not exist.</summary>
+    static string? OwnDir(InstanceSpec spec, string rel)
+    {
+        if (!TryOpenOwn(spec, rel, O.PATH | O.DIRECTORY, 0, out var fd)) return null;
+        fd.Dispose();
+        return P(spec, rel);
+    }
+
+    /// <summary>The instance's own file <paramref name="rel"/> (a regular file, reached through no symlink); null if
+    /// it does not exist.</summary>
+    static string? ReadOwn(InstanceSpec spec, string rel)
+    {
+        if (!TryOpenOwn(spec, rel, O.RDONLY | O.NONBLOCK, 0, out var fd)) return null;
+        using (fd)
+        {
+            if (TypeOf(RootedFs.FStat(fd).Mode) != "file") throw NotOwn(spec, rel, "is not a regular file");
+            using var fs = new FileStream(new SafeFileHandle(fd.Detach(), true), FileAccess.Read, 1);
+            return new StreamReader(fs).ReadToEnd();
+        }
+    }
+
+    /// <summary>Replaces the instance's own file <paramref name="rel"/>: a new file (O_EXCL, so never through a
+    /// symlink) renamed over it (rename replaces a symlink itself, not its target).</summary>
+    static void WriteOwn(InstanceSpec spec, string rel, string text)
+    {
+        var tmp = P(spec, rel + ".tmp");
+        File.Delete(tmp);
+        using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write)) f.Write(System.Text.Encoding.UTF8.GetBytes(text));
+        File.Move(tmp, P(spec, rel), overwrite: true);
+    }
+
+    /// <summary>console.log opened for appending: a regular file of the instance's own (created if missing).</summary>
+    static SafeFd OpenConsoleLog(InstanceSpec spec)
+    {
+        if (TryOpenOwn(spec, "console.log", O.PATH, 0, out var probe))
+            using (probe)
+                if (TypeOf(RootedFs.FStat(probe).Mode) != "file") throw NotOwn(spec, "console.log", "is not a regular file");
+        if (!TryOpenOwn(spec, "console.log", O.WRONLY | O.CREAT | O.APPEND, 0b110_000_000, out var fd))
+            throw new InstanceException($"the dir of instance '{spec.Name}' is gone", 500);
+        return fd;
+    }
+
+    /// <summary>console.log for reading (null while it does not exist), refused if it is not a regular file.</summary>
+    static string ConsoleLogPath(InstanceSpec spec)
+    {
+        if (TryOpenOwn(spec, "console.log", O.PATH, 0, out var probe))
+            using (probe)
+                if (TypeOf(RootedFs.FStat(probe).Mode) != "file") throw NotOwn(spec, "console.log", "is not a regular file");
+        return P(spec, "console.log");
+    }
     SemaphoreSlim Lock(InstanceSpec s) => _locks.GetOrAdd(s.Name, _ => new SemaphoreSlim(1, 1));
 
     public void Validate(InstanceSpec spec)
@@ -93,8 +173,8 @@ public sealed class ContainerDriver : IInstanceDriver
             if (spec.CopyOf is { } cs && IsCopy(cs))
             {
                 made.Add(Rootfs(spec));
-                await Run(ct, "cp", "-a", "--reflink=auto", Rootfs(cs), Rootfs(spec));
-                File.WriteAllText(P(spec, "lower"), "copy\n");
+                await Run(ct, "cp", "-a", "--reflink=auto", OwnDir(cs, "rootfs") ?? throw NotOwn(cs, "rootfs", "is missing"), Rootfs(spec));
+                WriteOwn(spec, "lower", "copy\n");
                 return;
             }
             if (spec.CopyOf is { } src)
@@ -102,7 +182,7 @@ public sealed class ContainerDriver : IInstanceDriver
                 lower = LowerOf(src);
                 if (lower == P(src, "base")) { made.Add(P(spec, "base")); await Run(ct, "cp", "-a", "--reflink=auto", lower, P(spec, "base")); lower = P(spec, "base"); }
                 made.Add(Upper(spec));
-                await Run(ct, "cp", "-a", "--reflink=auto", Upper(src), Upper(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto", OwnDir(src, "upper") ?? throw NotOwn(src, "upper", "is missing"), Upper(spec));
             }
             else if (spec.Image.Rootfs is { } ir && Directory.Exists(ir)) lower = ir;
             else
@@ -117,7 +197,7 @@ public sealed class ContainerDriver : IInstanceDriver
                 if (!Directory.Exists(d)) { made.Add(d); Directory.CreateDirectory(d); }
             }
             // An unpacked tarball is the instance's own: recorded relative, so a renamed instance still finds it.
-            File.WriteAllText(P(spec, "lower"), (lower == P(spec, "base") ? "base" : lower) + "\n");
+            WriteOwn(spec, "lower", (lower == P(spec, "base") ? "base" : lower) + "\n");
             made.Add(P(spec, "lower"));
             // Prove the overlay can be made here now, rather than at the first start. Where it cannot (the state dir is
             // itself on an overlayfs, or on a filesystem overlayfs does not take as upper), the instance gets a full copy.
@@ -130,7 +210,7 @@ public sealed class ContainerDriver : IInstanceDriver
                 made.Add(Rootfs(spec));
                 await Run(ct, "cp", "-a", "--reflink=auto", lower, Rootfs(spec));
                 if (lower == P(spec, "base")) RemoveTree(lower);
-                File.WriteAllText(P(spec, "lower"), "copy\n");
+                WriteOwn(spec, "lower", "copy\n");
             }
             UnmountRootfs(spec);
         }
@@ -171,39 +251,50 @@ public sealed class ContainerDriver : IInstanceDriver
     }
 
     /// <summary>True for an instance whose rootfs/ is a plain copy of the image (no overlayfs here).</summary>
-    static bool IsCopy(InstanceSpec spec) => File.Exists(P(spec, "lower")) && File.ReadAllText(P(spec, "lower")).Trim() == "copy";
+    static bool IsCopy(InstanceSpec spec) => ReadOwn(spec, "lower")?.Trim() == "copy";
 
     /// <summary>The dir that holds the instance's own state: the overlay's upper dir, or the whole copy.</summary>
-    static string Layer(InstanceSpec spec) => IsCopy(spec) ? Rootfs(spec) : Upper(spec);
+    static string Layer(InstanceSpec spec)
+    {
+        var rel = IsCopy(spec) ? "rootfs" : "upper";
+        return OwnDir(spec, rel) ?? throw NotOwn(spec, rel, "is missing");
+    }
 
     sealed class OverlayUnsupportedException(string message) : InstanceException(message, 500);
 
     static void MountRootfs(InstanceSpec spec)
     {
-        var target = Rootfs(spec);
-        if (IsCopy(spec) || IsMounted(target)) return;
+        // Checked first in both modes: a copy's rootfs/ is the container's root as it is.
+        var target = OwnDir(spec, "rootfs");
+        if (IsCopy(spec))
+        {
+            if (target is null) throw NotOwn(spec, "rootfs", "is missing");
+            return;
+        }
+        if (target is not null && IsMounted(target)) return;
         var lower = LowerOf(spec);
         if (!Directory.Exists(lower))
             throw new InstanceException($"the image root filesystem {lower} of instance '{spec.Name}' is gone: was its image deleted?", 500);
-        foreach (var p in new[] { lower, Upper(spec), Work(spec) })
+        var upper = OwnDir(spec, "upper") ?? throw NotOwn(spec, "upper", "is missing");
+        var work = OwnDir(spec, "work") ?? throw NotOwn(spec, "work", "is missing");
+        foreach (var p in new[] { lower, upper, work })
             if (p.IndexOfAny([',', ':']) >= 0) throw new InstanceException($"the path {p} contains ',' or ':' and cannot be an overlayfs layer: use a state dir without them", 500);
-        Directory.CreateDirectory(target);
-        try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lower},upperdir={Upper(spec)},workdir={Work(spec)}"); }
+        target ??= Directory.CreateDirectory(Rootfs(spec)).FullName;
+        try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lower},upperdir={upper},workdir={work}"); }
         catch (LinuxException e) { throw new OverlayUnsupportedException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
     }
 
     static string LowerOf(InstanceSpec spec)
     {
-        var f = P(spec, "lower");
-        if (!File.Exists(f)) throw new InstanceException($"instance '{spec.Name}' has no root filesystem ({f} is missing): delete it and create it again", 500);
-        var lower = File.ReadAllText(f).Trim();
-        return lower == "base" ? P(spec, "base") : lower;
+        var lower = ReadOwn(spec, "lower")?.Trim()
+            ?? throw new InstanceException($"instance '{spec.Name}' has no root filesystem ({P(spec, "lower")} is missing): delete it and create it again", 500);
+        return lower == "base" ? OwnDir(spec, "base") ?? P(spec, "base") : lower;
     }
 
     static void UnmountRootfs(InstanceSpec spec)
     {
         var target = Rootfs(spec);
-        for (var i = 0; i < 8 && File.Exists("/proc/self/mountinfo") && IsMounted(target); i++) Libc.umount2(target, MS.MNT_DETACH);
+        for (var i = 0; i < 8 && File.Exists("/proc/self/mountinfo") && IsMounted(target); i++) Libc.umount2(target, MS.MNT_DETACH | MS.UMOUNT_NOFOLLOW);
     }
 
     // ---- lifecycle ----
@@ -242,7 +333,7 @@ public sealed class ContainerDriver : IInstanceDriver
         var app = AppContainers.IsHostImage(IsCopy(spec) ? root : LowerOf(spec));
         var custom = AppConfig.Command(spec.Config);
         List<string> args;
-        var hasInit = File.Exists(Path.Combine(root, "etc/inittab")) || File.Exists(Path.Combine(root, "lib/systemd/systemd"));
+        var hasInit = Exists(root, "etc/inittab") || Exists(root, "lib/systemd/systemd");
         if (custom is not null || app) args = custom ?? ["/"];
         else if (hasInit && Exists(root, "sbin/init")) args = ["/sbin/init"];
         else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
@@ -306,9 +397,9 @@ public sealed class ContainerDriver : IInstanceDriver
             try
             {
                 var oci = BuildSpec(spec, devices);
-                File.WriteAllText(P(spec, "config.json"), JsonSerializer.Serialize(oci, OciJson.Default.Spec));
+                WriteOwn(spec, "config.json", JsonSerializer.Serialize(oci, OciJson.Default.Spec));
                 using var devnull = Sys.Open("/dev/null", O.RDWR);
-                using var log = Sys.Open(P(spec, "console.log"), O.WRONLY | O.CREAT | O.APPEND, 0b110_000_000);
+                using var log = OpenConsoleLog(spec);
                 // The monitor creates and starts it (and rolls back if that fails): the init is the monitor's child.
                 await Task.Run(() => _monitor.CreateAndStart(spec.Name, spec.Dir, oci, P(spec, "exit"), [devnull, log, log]), ct);
             }
@@ -340,12 +431,11 @@ public sealed class ContainerDriver : IInstanceDriver
     static void WriteExit(InstanceSpec spec, int code)
     {
         if (!Directory.Exists(spec.Dir)) return;
-        File.WriteAllText(P(spec, "exit.tmp"), code.ToString(CultureInfo.InvariantCulture));
-        File.Move(P(spec, "exit.tmp"), P(spec, "exit"), overwrite: true);
+        WriteOwn(spec, "exit", code.ToString(CultureInfo.InvariantCulture));
     }
 
     static int? ReadExit(InstanceSpec spec) =>
-        File.Exists(P(spec, "exit")) && int.TryParse(File.ReadAllText(P(spec, "exit")).Trim(), CultureInfo.InvariantCulture, out var c) ? c : null;
+        int.TryParse(ReadOwn(spec, "exit")?.Trim(), CultureInfo.InvariantCulture, out var c) ? c : null;
 
     /// <summary>
     /// The exit code the monitor recorded for an init that has ended (or is ending). The monitor writes the file before
@@ -631,7 +721,7 @@ public sealed class ContainerDriver : IInstanceDriver
     public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (!IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is not running", 409);
-        return Task.FromResult<IConsoleSession>(new LogConsole(new LogFileStream(P(spec, "console.log"), () => IsRunning(spec), follow: true, fromEnd: true)));
+        return Task.FromResult<IConsoleSession>(new LogConsole(new LogFileStream(ConsoleLogPath(spec), () => IsRunning(spec), follow: true, fromEnd: true)));
     }
 
     sealed class LogConsole(Stream output) : IConsoleSession
@@ -642,25 +732,29 @@ public sealed class ContainerDriver : IInstanceDriver
     }
 
     public Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct) =>
-        Task.FromResult<Stream>(new LogFileStream(P(spec, "console.log"), () => IsRunning(spec), follow, fromEnd: false));
+        Task.FromResult<Stream>(new LogFileStream(ConsoleLogPath(spec), () => IsRunning(spec), follow, fromEnd: false));
 
     // ---- snapshots: copies of the upper dir ----
 
-    string SnapDir(InstanceSpec spec, string snap) => Path.Combine(spec.Dir, "snapshots", snap);
+    /// <summary>snapshots/NAME, relative to the instance dir (the name checked: one plain path component).</summary>
+    static string SnapRel(InstanceSpec spec, string snap) => ConfigSchema.IsValidName(snap) ? "snapshots/" + snap
+        : throw new InstanceException($"snapshot name '{snap}' of '{spec.Name}' is invalid: use 1-63 letters, digits, '-', '_' or '.'");
 
     public async Task CreateSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
     {
-        var dir = SnapDir(spec, snapshot);
-        if (Directory.Exists(dir)) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' exists already", 409);
-        Directory.CreateDirectory(dir);
-        try { await Run(ct, "cp", "-a", "--reflink=auto", Layer(spec), Path.Combine(dir, "upper")); }
+        var rel = SnapRel(spec, snapshot);
+        var layer = Layer(spec);
+        OwnDir(spec, "snapshots");
+        if (OwnDir(spec, rel) is not null) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' exists already", 409);
+        var dir = Directory.CreateDirectory(P(spec, rel)).FullName;
+        try { await Run(ct, "cp", "-a", "--reflink=auto", layer, Path.Combine(dir, "upper")); }
         catch { RemoveTree(dir); throw; }
     }
 
     public async Task RestoreSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
     {
-        var src = Path.Combine(SnapDir(spec, snapshot), "upper");
-        if (!Directory.Exists(src)) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' does not exist", 404);
+        var src = OwnDir(spec, SnapRel(spec, snapshot) + "/upper")
+            ?? throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' does not exist", 404);
         if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is running: stop it before restoring a snapshot", 409);
         UnmountRootfs(spec);
         var layer = Layer(spec);
@@ -681,7 +775,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     public Task DeleteSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
     {
-        RemoveTree(SnapDir(spec, snapshot));
+        if (OwnDir(spec, SnapRel(spec, snapshot)) is { } dir) RemoveTree(dir);
         return Task.CompletedTask;
     }
 
@@ -690,14 +784,15 @@ public sealed class ContainerDriver : IInstanceDriver
     public IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) =>
         IsCopy(spec) ? ["work", "config.json", "exit"] : ["rootfs", "work", "config.json", "exit"];
 
+    public IReadOnlyList<string> BackupContentDirs => ["upper", "rootfs", "base", "snapshots/*/upper"];
+
     public Task ImportAsync(InstanceSpec spec, CancellationToken ct)
     {
-        var lowerFile = P(spec, "lower");
-        if (!File.Exists(lowerFile)) throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it was not made by a container export", 400);
-        var lower = File.ReadAllText(lowerFile).Trim();
+        var lower = ReadOwn(spec, "lower")?.Trim()
+            ?? throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it was not made by a container export", 400);
         if (lower == "copy")
         {
-            if (!Directory.Exists(Rootfs(spec))) throw new InstanceException($"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
+            if (OwnDir(spec, "rootfs") is null) throw new InstanceException($"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
             return Task.CompletedTask;
         }
         if (lower != "base")
@@ -705,7 +800,7 @@ public sealed class ContainerDriver : IInstanceDriver
             // The source host's image path: this host's copy of the same image (same fingerprint) takes its place.
             if (spec.Image.Rootfs is not { } ir || !Directory.Exists(ir))
                 throw new InstanceException($"image {spec.Image.Fingerprint[..Math.Min(12, spec.Image.Fingerprint.Length)]} of '{spec.Name}' is not on this host: copy the image here first (hull image export/import)", 409);
-            File.WriteAllText(lowerFile, ir + "\n");
+            WriteOwn(spec, "lower", ir + "\n");
         }
         foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) }) Directory.CreateDirectory(d);
         // Prove the overlay mounts here now rather than at the first start.

@@ -92,6 +92,14 @@ public interface IInstanceDriver
     IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) => null;
 
     /// <summary>
+    /// The dirs of an instance dir (relative to it; a "*" component stands for one snapshot name) whose contents are
+    /// the instance's own files, where a backup may hold any file type, symlinks and hard links (within the same dir).
+    /// Everywhere else a backup may hold only regular files and directories: Hull's own files are checked against this
+    /// before anything is unpacked.
+    /// </summary>
+    IReadOnlyList<string> BackupContentDirs => [];
+
+    /// <summary>
     /// After an import unpacked a backup's instance dir into <see cref="InstanceSpec.Dir"/> (on this host, maybe under a
     /// new name): makes it usable here (re-links the image, rewrites absolute paths, makes scratch dirs). On failure the
     /// caller removes the dir.

@@ -40,6 +40,8 @@ public sealed class LogFileStream(string path, Func<bool> running, bool follow, 
         {
             if (_f is null && File.Exists(path))
             {
+                // The log is the instance's own file: never read through a symlink (to a host file).
+                if (new FileInfo(path).LinkTarget is { } target) throw new IOException($"{path} is a symlink (to {target}): not read");
                 _f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
                 if (fromEnd) _f.Seek(0, SeekOrigin.End);
             }

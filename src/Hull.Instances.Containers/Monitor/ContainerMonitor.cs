@@ -263,7 +263,10 @@ sealed class MonitorServer(string stateDir)
             if (Directory.Exists(Path.GetDirectoryName(exitFile)))
             {
                 var tmp = exitFile + ".tmp";
-                File.WriteAllText(tmp, code.Value.ToString(CultureInfo.InvariantCulture) + "\n");
+                // A new file (never through a symlink left in the instance dir), renamed over the old one.
+                File.Delete(tmp);
+                using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
+                    f.Write(Encoding.UTF8.GetBytes(code.Value.ToString(CultureInfo.InvariantCulture) + "\n"));
                 File.Move(tmp, exitFile, overwrite: true);
             }
         }

@@ -24,7 +24,7 @@ public static class DaemonInterop
 /// <summary>Path resolution confined to a root directory (openat2 RESOLVE_IN_ROOT) and fstat, for file transfer into a rootfs.</summary>
 public static unsafe partial class RootedFs
 {
-    const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
+    const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08, RESOLVE_IN_ROOT = 0x10;
 
     [StructLayout(LayoutKind.Sequential)]
     struct OpenHow { public ulong Flags, Mode, Resolve; }
@@ -46,9 +46,17 @@ public static unsafe partial class RootedFs
     private static partial int unlinkat(int dirfd, string path, int flags);
 
     /// <summary>Opens <paramref name="path"/> (absolute inside the root) as if <paramref name="root"/> were "/".</summary>
-    public static bool TryOpen(SafeFd root, string path, int flags, uint mode, out SafeFd fd, out int errno)
+    public static bool TryOpen(SafeFd root, string path, int flags, uint mode, out SafeFd fd, out int errno) =>
+        TryOpenAt2(root, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, out fd, out errno);
+
+    /// <summary>Opens <paramref name="path"/> below <paramref name="dir"/> following no symlink at all (any component
+    /// that is one fails with ELOOP) and never leaving it (EXDEV): for a program's own files in a dir it owns.</summary>
+    public static bool TryOpenBeneath(SafeFd dir, string path, int flags, uint mode, out SafeFd fd, out int errno) =>
+        TryOpenAt2(dir, path, flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, out fd, out errno);
+
+    static bool TryOpenAt2(SafeFd root, string path, int flags, uint mode, ulong resolve, out SafeFd fd, out int errno)
     {
-        var how = new OpenHow { Flags = (ulong)(flags | O.CLOEXEC), Mode = mode, Resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+        var how = new OpenHow { Flags = (ulong)(flags | O.CLOEXEC), Mode = mode, Resolve = resolve };
         var rel = path.TrimStart('/');
         if (rel.Length == 0) rel = ".";
         var p = Marshal.StringToCoTaskMemUTF8(rel);
