@@ -239,6 +239,13 @@ public sealed partial class InstanceManager
                 Directory.Move(Path.Combine(stage, BackupDir), dir);
                 op?.Progress("adapting the instance to this host");
                 var spec = Spec(r);
+                // What an export leaves out (runtime files: pid files, sockets, scratch dirs) is never taken from a backup.
+                foreach (var x in driver.ExportExcludes(spec) ?? [])
+                {
+                    var p = Path.Combine(dir, x.TrimStart('/'));
+                    if (Directory.Exists(p) && new DirectoryInfo(p).LinkTarget is null) Files.RemoveTree(p);
+                    else File.Delete(p);
+                }
                 await driver.ImportAsync(spec, ct);
                 foreach (var s in b.Snapshots)
                 {

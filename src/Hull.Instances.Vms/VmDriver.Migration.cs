@@ -88,6 +88,8 @@ public sealed partial class VmDriver
         if (sc.Disks.Count == 0 || !sc.Disks[0].Owned) throw new InstanceException($"the backup of '{spec.Name}' has no root disk of its own", 400);
         var disk0 = Path.Combine(dir, Path.GetFileName(sc.Disks[0].Path));
         if (!File.Exists(disk0)) throw new InstanceException($"the backup of '{spec.Name}' lacks its root disk ({Path.GetFileName(disk0)})", 400);
+        if (ExternalDataFile(disk0))
+            throw new InstanceException($"the root disk {Path.GetFileName(disk0)} in the backup of '{spec.Name}' keeps its data in an external file (a host path): refused; a Hull VM disk never does", 400);
         var layout = await VmImages.ResolveAsync(spec.Image.File, ct);
         // The overlay names the source host's base: point it at this host's copy of the same image (same content,
         // so an unsafe rebase that only rewrites the backing file name is exact).
@@ -102,6 +104,18 @@ public sealed partial class VmDriver
         File.Delete(Path.Combine(dir, StateFiles.Config));
         try { _vms[spec.Name] = await Hull.Vm.Vm.CreateAsync(dir, c, _host, ct); }
         catch (VmException e) { throw new InstanceException($"the imported VM '{spec.Name}' cannot be defined here: {e.Message}"); }
+    }
+
+    /// <summary>True for a qcow2 image whose header sets the "external data file" incompatible feature (bit 2): its
+    /// data would be read and written at a path the image names, on the host. Checked before qemu-img opens it.</summary>
+    static bool ExternalDataFile(string path)
+    {
+        Span<byte> h = stackalloc byte[80];
+        using var f = new FileStream(path, new FileStreamOptions { Mode = FileMode.Open, Access = FileAccess.Read, Options = FileOptions.None });
+        if (f.ReadAtLeast(h, h.Length, throwOnEndOfStream: false) < h.Length) return false;
+        if (!h[..4].SequenceEqual((ReadOnlySpan<byte>)[0x51, 0x46, 0x49, 0xfb])) return false;
+        var version = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(h[4..]);
+        return version >= 3 && (System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(h[72..]) & 0x4) != 0;
     }
 
     static string BaseFormat(string path)
