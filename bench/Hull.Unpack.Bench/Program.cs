@@ -8,7 +8,9 @@ using Hull.Linux;
 if (args.Length < 1) { Console.Error.WriteLine("usage: Hull.Unpack.Bench TARBALL [rounds]"); return 2; }
 var tarball = Path.GetFullPath(args[0]);
 var rounds = args.Length > 1 ? int.Parse(args[1]) : 5;
-var gzip = File.ReadAllBytes(tarball).AsSpan(0, 2) is [0x1f, 0x8b];
+var magic = new byte[2];
+using (var m = File.OpenRead(tarball)) m.ReadExactly(magic);
+var gzip = magic is [0x1f, 0x8b];
 var work = Path.Combine(Path.GetDirectoryName(tarball)!, "unpack-bench-" + Environment.ProcessId);
 var times = new Dictionary<string, List<double>> { ["tar"] = [], ["rooted"] = [] };
 
