@@ -69,7 +69,8 @@ static class ExecVerb
         {
             var process = SpecLoader.ParseProcess(File.ReadAllText(file), file);
             var tty = a.Has(StdioTtyFlag);
-            IReadOnlyList<SafeFd>? stdio = tty ? [.. Enumerable.Range(0, 3).Select(i => new SafeFd(i, owns: false))] : null;
+            IReadOnlyList<SafeFd>? stdio =
+                tty ? [.. Enumerable.Range(0, 3).Select(i => new SafeFd(i, owns: false))] : null;
             child = ctx.Engine.Exec(new ExecOptions
             {
                 Id = a.Positional[0], Process = process, Stdio = stdio, StdioIsTerminal = tty,

@@ -16,7 +16,7 @@ public sealed class SealedRuntimeTests : IDisposable
 
     static string Hash(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
 
-    /// <summary>Starts the attacker as the process of a new container; returns the container id and the log path.</summary>
+    /// <summary>Starts the attacker as the process of a new container; returns its id, log and stop file.</summary>
     (string Id, string Log, string Stop) StartAttacker(Action<Hull.Oci.Spec>? edit, params string[] args)
     {
         ExeAttacker.Build(Path.Combine(_h.Rootfs, "attack"));

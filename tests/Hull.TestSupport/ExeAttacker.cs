@@ -62,7 +62,8 @@ public static class ExeAttacker
             int n = read(fd, b, sizeof b - 1); close(fd); if (n <= 0) return 0;
             char *q = strrchr(b, ')'); if (!q) return 0;
             int field = 2; unsigned long v = 0;
-            for (char *t = strtok(q + 1, " "); t; t = strtok(NULL, " ")) if (++field == 50) { v = strtoul(t, NULL, 10); break; }
+            for (char *t = strtok(q + 1, " "); t; t = strtok(NULL, " "))
+                if (++field == 50) { v = strtoul(t, NULL, 10); break; }
             return v;
         }
 
@@ -163,7 +164,8 @@ public static class ExeAttacker
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEnd();
         p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"gcc -static failed (is libc6-dev installed?): {err}");
+        if (p.ExitCode != 0)
+            throw new InvalidOperationException($"gcc -static failed (is libc6-dev installed?): {err}");
     }
 
     /// <summary>The dynamic loader and libraries <paramref name="binary"/> needs (from ldd), so that a host binary
@@ -194,13 +196,16 @@ public static class ExeAttacker
     public static List<string> ExeWrites(string log) =>
         [.. File.ReadAllLines(log).Where(l => l.StartsWith("EXE-WRITE", StringComparison.Ordinal))];
 
-    /// <summary>Lines of the attacker's log that show the memory of a runtime or daemon process opened for writing.</summary>
+    /// <summary>Lines of the attacker's log that show the memory of a runtime or daemon process opened for
+    /// writing.</summary>
     public static List<string> MemWrites(string log) =>
-        [.. File.ReadAllLines(log).Where(l => l.StartsWith("MEM-OPEN", StringComparison.Ordinal) || l.StartsWith("MEM-WRITE", StringComparison.Ordinal))];
+        [.. File.ReadAllLines(log).Where(l => l.StartsWith("MEM-OPEN", StringComparison.Ordinal)
+            || l.StartsWith("MEM-WRITE", StringComparison.Ordinal))];
 
-    /// <summary>The files (st_dev:st_ino, as the attacker logs them) that it got an fd for through /proc/PID/exe.</summary>
+    /// <summary>The files (st_dev:st_ino, as the attacker logs them) it got an fd for through /proc/PID/exe.</summary>
     public static List<string> ExeOpened(string log) =>
-        [.. File.ReadAllLines(log).Where(l => l.StartsWith("EXE-OPEN", StringComparison.Ordinal)).Select(l => l[(l.IndexOf("file=", StringComparison.Ordinal) + 5)..])];
+        [.. File.ReadAllLines(log).Where(l => l.StartsWith("EXE-OPEN", StringComparison.Ordinal))
+            .Select(l => l[(l.IndexOf("file=", StringComparison.Ordinal) + 5)..])];
 
     /// <summary>A host file's identity in the form <see cref="ExeOpened"/> returns.</summary>
     public static string FileId(string path)

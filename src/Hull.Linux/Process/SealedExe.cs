@@ -88,7 +88,8 @@ public static unsafe class SealedExe
         catch { mem.Dispose(); throw; }
     }
 
-    /// <summary>True when this process runs from a sealed view (a read-only overlay, or a write-sealed memfd).</summary>
+    /// <summary>True when this process runs from a sealed view (a read-only overlay, or a write-sealed memfd).
+    /// </summary>
     public static bool RunningSealed()
     {
         if (!Sys.TryOpen("/proc/self/exe", O.RDONLY, out var fd, out _)) return false;
