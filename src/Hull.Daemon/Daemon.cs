@@ -30,10 +30,12 @@ public sealed class DaemonOptions
 
     static long ParseSize(string what, string v) =>
         ConfigSchema.TryParseSize(v, out var n) && n >= 1024 ? n
-            : throw new ArgumentException($"{what} '{v}' is invalid: use a size of at least 1KiB, such as 8MiB or 100GiB");
+            : throw new ArgumentException(
+                $"{what} '{v}' is invalid: use a size of at least 1KiB, such as 8MiB or 100GiB");
 
     public const string Usage = """
-        usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE] [--verbose]
+        usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE]
+                     [--verbose]
           Runs the Hull daemon in the foreground. It serves the REST API on a unix socket and owns every instance.
           --socket PATH     the API socket (default $HULL_SOCKET or /run/hull/hulld.sock)
           --state-dir DIR   the state directory (default $HULL_DIR or /var/lib/hull)
