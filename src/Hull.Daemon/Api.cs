@@ -76,7 +76,8 @@ public sealed partial class Api(Daemon d)
 
     /// <param name="upload">Whether a request is an upload (image, backup, file), whose body may be up to
     /// --max-upload; every other body is JSON, up to --max-json-body.</param>
-    void Route(IEndpointRouteBuilder app, string method, string pattern, RequestDelegate handler, Func<HttpContext, bool>? upload = null)
+    void Route(IEndpointRouteBuilder app, string method, string pattern, RequestDelegate handler,
+        Func<HttpContext, bool>? upload = null)
     {
         app.MapMethods(pattern, [method], async c =>
         {
@@ -96,7 +97,8 @@ public sealed partial class Api(Daemon d)
         });
     }
 
-    /// <summary>Middleware: a request no route takes (unknown path, or a method the path lacks) gets the error JSON.</summary>
+    /// <summary>Middleware: a request no route takes (unknown path, or a method the path lacks) gets the error
+    /// JSON.</summary>
     public static async Task UnmatchedRoutes(HttpContext c, RequestDelegate next)
     {
         await next(c);
@@ -115,15 +117,16 @@ public sealed partial class Api(Daemon d)
     {
         c.Items[UploadLimitKey] = upload;
         var limit = upload ? d.Options.MaxUpload : d.Options.MaxJsonBody;
-        if (c.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } f)
-            f.MaxRequestBodySize = limit;
+        if (c.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()
+            is { IsReadOnly: false } f) f.MaxRequestBodySize = limit;
         if (c.Request.ContentLength > limit) throw new InstanceException(TooLarge(c), 413);
     }
 
     string TooLarge(HttpContext c) => c.Items[UploadLimitKey] is true
         ? $"the upload is larger than {ConfigSchema.FormatSize(d.Options.MaxUpload)}, hulld's limit for uploads: " +
           "raise it with hulld --max-upload SIZE (or HULL_MAX_UPLOAD)"
-        : $"the request body is larger than {ConfigSchema.FormatSize(d.Options.MaxJsonBody)}, hulld's limit for JSON requests: " +
+        : $"the request body is larger than {ConfigSchema.FormatSize(d.Options.MaxJsonBody)}, " +
+          "hulld's limit for JSON requests: " +
           "send less, or raise it with hulld --max-json-body SIZE (or HULL_MAX_JSON_BODY)";
 
     static InstanceException OpNotFound(string id) => new($"operation '{id}' not found: 'hull operation list' shows the known ones", 404);
@@ -152,7 +155,10 @@ public sealed partial class Api(Daemon d)
     static async Task<T> Body<T>(HttpContext c, JsonTypeInfo<T> type) where T : class
     {
         try { return await JsonSerializer.DeserializeAsync(c.Request.Body, type, c.RequestAborted) ?? throw new InstanceException("the request body is empty: send a JSON object"); }
-        catch (JsonException e) { throw new InstanceException($"the request body is not valid for this call: {JsonError(e)}"); }
+        catch (JsonException e)
+        {
+            throw new InstanceException($"the request body is not valid for this call: {JsonError(e)}");
+        }
     }
 
     /// <summary>
@@ -161,7 +167,8 @@ public sealed partial class Api(Daemon d)
     /// </summary>
     public static string JsonError(JsonException e)
     {
-        var where = e.LineNumber is { } line && e.BytePositionInLine is { } col ? $" (line {line + 1}, byte {col + 1})" : "";
+        var where = e.LineNumber is { } line && e.BytePositionInLine is { } col
+            ? $" (line {line + 1}, byte {col + 1})" : "";
         var field = e.Path is { Length: > 1 } p ? p.TrimStart('$').TrimStart('.') : null;
         var m = ConvertedTo().Match(e.Message);
         if (!m.Success)
@@ -175,8 +182,10 @@ public sealed partial class Api(Daemon d)
         var expected =
             t.Contains("Dictionary", StringComparison.Ordinal) ? "an object" :
             t.Contains("List`1", StringComparison.Ordinal) || t.EndsWith("[]", StringComparison.Ordinal) ? "an array" :
-            t.Contains("System.Int", StringComparison.Ordinal) || t.Contains("System.UInt", StringComparison.Ordinal) ? "a whole number" :
-            t.Contains("System.Double", StringComparison.Ordinal) || t.Contains("System.Decimal", StringComparison.Ordinal) ? "a number" :
+            t.Contains("System.Int", StringComparison.Ordinal) || t.Contains("System.UInt", StringComparison.Ordinal)
+                ? "a whole number" :
+            t.Contains("System.Double", StringComparison.Ordinal)
+                || t.Contains("System.Decimal", StringComparison.Ordinal) ? "a number" :
             t.Contains("System.Boolean", StringComparison.Ordinal) ? "true or false" :
             t.Contains("System.String", StringComparison.Ordinal) ? "a string" :
             t.Contains("DateTime", StringComparison.Ordinal) ? "a date and time string (ISO 8601)" : "an object";
@@ -289,11 +298,15 @@ public sealed partial class Api(Daemon d)
         if (r.Command.Count == 0 || string.IsNullOrEmpty(r.Command[0])) throw new InstanceException("no command given: name the program to run");
         // The kernel takes C strings: a NUL would silently cut the value, so refuse it.
         for (var i = 0; i < r.Command.Count; i++)
-            if (r.Command[i].Contains('\0')) throw new InstanceException($"command[{i}] contains a NUL byte: arguments cannot hold NUL");
+            if (r.Command[i].Contains('\0'))
+                throw new InstanceException($"command[{i}] contains a NUL byte: arguments cannot hold NUL");
         foreach (var (k, v) in r.Environment)
-            if (v.Contains('\0')) throw new InstanceException($"environment variable '{k}' contains a NUL byte: values cannot hold NUL");
-        if (r.Cwd?.Contains('\0') == true) throw new InstanceException("cwd contains a NUL byte: use a path without NUL");
-        if (r.User?.Contains('\0') == true) throw new InstanceException("user contains a NUL byte: use a name or uid without NUL");
+            if (v.Contains('\0'))
+                throw new InstanceException($"environment variable '{k}' contains a NUL byte: values cannot hold NUL");
+        if (r.Cwd?.Contains('\0') == true)
+            throw new InstanceException("cwd contains a NUL byte: use a path without NUL");
+        if (r.User?.Contains('\0') == true)
+            throw new InstanceException("user contains a NUL byte: use a name or uid without NUL");
         foreach (var k in r.Environment.Keys)
             if (!ConfigSchema.IsEnvName(k)) throw new InstanceException($"environment variable name '{k}' is invalid: use letters, digits and '_', not starting with a digit");
         if (r.Cwd is { } cwd && !cwd.StartsWith('/')) throw new InstanceException($"cwd '{cwd}' is invalid: use an absolute path");
@@ -319,13 +332,15 @@ public sealed partial class Api(Daemon d)
         var overflow = false;
         void TooMuch() { overflow = true; try { s.Signal(9); } catch (Exception) { } }
         var outTask = ReadBoundedAsync(s.Stdout, MaxExecOutput, TooMuch, c.RequestAborted);
-        var errTask = s.Stderr is null ? Task.FromResult("") : ReadBoundedAsync(s.Stderr, MaxExecOutput, TooMuch, c.RequestAborted);
+        var errTask = s.Stderr is null ? Task.FromResult("")
+            : ReadBoundedAsync(s.Stderr, MaxExecOutput, TooMuch, c.RequestAborted);
         var code = await s.Exit.WaitAsync(c.RequestAborted);
         await stdin;
         var (stdout, stderr) = (await outTask, await errTask);
         if (overflow)
-            throw new InstanceException($"the command wrote more than {ConfigSchema.FormatSize(MaxExecOutput)} to stdout or stderr, " +
-                "the limit of an exec whose output is collected, and was killed: use the interactive exec (websocket), " +
+            throw new InstanceException($"the command wrote more than {ConfigSchema.FormatSize(MaxExecOutput)} " +
+                "to stdout or stderr, the limit of an exec whose output is collected, and was killed: " +
+                "use the interactive exec (websocket), " +
                 "which streams (hull exec)", 413);
         await Ok(c, new ExecResult { ExitCode = code, Stdout = stdout, Stderr = stderr }, J.ExecResult);
     }
@@ -425,7 +440,8 @@ public sealed partial class Api(Daemon d)
             return;
         }
         if (st.Type != "file")
-            throw new InstanceException($"{path} in instance '{inst.Name}' is a {st.Type} (a device, fifo or socket), " +
+            throw new InstanceException($"{path} in instance '{inst.Name}' is a {st.Type} " +
+                "(a device, fifo or socket), " +
                 "not a regular file or directory: only those can be pulled");
         await using var s = await drv.PullFileAsync(inst, path, c.RequestAborted);
         c.Response.ContentType = "application/octet-stream";
@@ -434,7 +450,8 @@ public sealed partial class Api(Daemon d)
         var left = st.Size > 0 ? st.Size : MaxPseudoFile;
         var buf = new byte[65536];
         int n;
-        while (left > 0 && (n = await s.ReadAsync(buf.AsMemory(0, (int)Math.Min(buf.Length, left)), c.RequestAborted)) > 0)
+        while (left > 0
+               && (n = await s.ReadAsync(buf.AsMemory(0, (int)Math.Min(buf.Length, left)), c.RequestAborted)) > 0)
         {
             await c.Response.Body.WriteAsync(buf.AsMemory(0, n), c.RequestAborted);
             left -= n;
@@ -550,8 +567,9 @@ public sealed partial class Api(Daemon d)
     internal async Task SpoolAsync(HttpContext c, string spool)
     {
         if (c.Request.ContentLength is { } len && FreeBytes(Path.GetDirectoryName(spool)!) is var free && len > free)
-            throw new InstanceException($"the upload ({ConfigSchema.FormatSize(len)}) does not fit on the disk holding " +
-                $"hulld's state ({d.Options.StateDir}, {ConfigSchema.FormatSize(free)} free): free some space and retry", 507);
+            throw new InstanceException($"the upload ({ConfigSchema.FormatSize(len)}) does not fit on the disk " +
+                $"holding hulld's state ({d.Options.StateDir}, {ConfigSchema.FormatSize(free)} free): " +
+                "free some space and retry", 507);
         try
         {
             await using var f = File.Create(spool);
@@ -686,7 +704,8 @@ public static class StreamBridge
                     {
                         // Input is streamed message by message; one message is not buffered past this.
                         await ws.CloseOutputAsync(WebSocketCloseStatus.MessageTooBig,
-                            $"a message is at most {MaxMessage} bytes: send input in smaller pieces", CancellationToken.None);
+                            $"a message is at most {MaxMessage} bytes: send input in smaller pieces",
+                            CancellationToken.None);
                         stdin?.Close();
                         return;
                     }

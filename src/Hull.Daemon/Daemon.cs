@@ -38,7 +38,8 @@ public sealed class DaemonOptions
     static long Parse(string what, string v, bool size) =>
         (size ? ConfigSchema.TryParseSize(v, out var n) && n >= 1024 : long.TryParse(v, out n) && n >= 1) ? n
             : throw new ArgumentException(
-                $"{what} '{v}' is invalid: use {(size ? "a size of at least 1KiB, such as 16GiB" : "a number of at least 1")}");
+                $"{what} '{v}' is invalid: use "
+                + (size ? "a size of at least 1KiB, such as 16GiB" : "a number of at least 1"));
 
     public const string Usage = """
         usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE]

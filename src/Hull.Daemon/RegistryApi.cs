@@ -11,7 +11,10 @@ public static class RegistryApi
     {
         ImagePullRequest req;
         try { req = await System.Text.Json.JsonSerializer.DeserializeAsync(c.Request.Body, HullJson.Default.ImagePullRequest, c.RequestAborted) ?? throw new InstanceException("the request body is empty: send a JSON object"); }
-        catch (System.Text.Json.JsonException e) { throw new InstanceException($"the request body is not valid for this call: {Api.JsonError(e)}"); }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new InstanceException($"the request body is not valid for this call: {Api.JsonError(e)}");
+        }
         if (!Hull.Registry.ImageReference.TryParse(req.Reference, out var reference, out var error)) throw new InstanceException(error!);
         if (req.Alias is not null && !ConfigSchema.IsValidName(req.Alias, 128))
             throw new InstanceException($"image alias '{req.Alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");

@@ -189,7 +189,8 @@ public sealed class Store : IDisposable
 
     int Run(SqliteCommand cmd) => Run(cmd, c => c.ExecuteNonQuery());
 
-    /// <summary>Runs a write; a full disk is a 507 (after giving back the reserve once, for an essential call).</summary>
+    /// <summary>Runs a write; a full disk is a 507 (after giving back the reserve once, for an essential
+    /// call).</summary>
     T Run<T>(SqliteCommand cmd, Func<SqliteCommand, T> exec)
     {
         try

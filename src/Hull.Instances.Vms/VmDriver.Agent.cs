@@ -137,9 +137,11 @@ public sealed partial class VmDriver
             && u != uint.MaxValue)
         {
             if (parts.Length == 1) return (u, u);
-            if (uint.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var g) && g != uint.MaxValue) return (u, g);
+            if (uint.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var g)
+                && g != uint.MaxValue) return (u, g);
         }
-        throw new InstanceException($"user '{user}' is not supported for a VM exec: give a numeric UID or UID:GID from 0 to 4294967294 (names are not looked up in the guest)");
+        throw new InstanceException($"user '{user}' is not supported for a VM exec: give a numeric UID or UID:GID " +
+            "from 0 to 4294967294 (names are not looked up in the guest)");
     }
 
     // ---- files ----

@@ -65,13 +65,17 @@ public static class ConfigSchema
     public static void Validate(IReadOnlyDictionary<string, string> config)
     {
         if (config.Count > MaxKeys)
-            throw new InstanceException($"the config has {config.Count} keys, more than the limit of {MaxKeys}: keep fewer keys");
+            throw new InstanceException(
+                $"the config has {config.Count} keys, more than the limit of {MaxKeys}: keep fewer keys");
         foreach (var (k, v) in config)
         {
             if (k.Length > MaxKeyLength)
-                throw new InstanceException($"config key '{k[..40]}...' is {k.Length} characters long: keys are at most {MaxKeyLength}");
+                throw new InstanceException(
+                    $"config key '{k[..40]}...' is {k.Length} characters long: keys are at most {MaxKeyLength}");
             if (System.Text.Encoding.UTF8.GetByteCount(v) > MaxValueLength)
-                throw new InstanceException($"the value of config key '{k}' is larger than {MaxValueLength / 1024} KiB, the limit for a config value: store large data in a file (hull file push)");
+                throw new InstanceException($"the value of config key '{k}' is larger than " +
+                    $"{MaxValueLength / 1024} KiB, the limit for a config value: store large data in a file " +
+                    "(hull file push)");
             ValidateKey(k, v);
         }
     }

@@ -80,13 +80,16 @@ public static class DeviceFactory
     static void CheckLimits(IReadOnlyDictionary<string, Dictionary<string, string>> devices)
     {
         if (devices.Count > MaxDevices)
-            throw new InstanceException($"{devices.Count} devices are more than the limit of {MaxDevices}: use fewer devices");
+            throw new InstanceException(
+                $"{devices.Count} devices are more than the limit of {MaxDevices}: use fewer devices");
         foreach (var (name, config) in devices)
             foreach (var (k, v) in config)
             {
                 if (v.Length > MaxValueLength)
-                    throw new InstanceException($"device '{name}': the value of '{k}' is {v.Length} characters long: values are at most {MaxValueLength}");
-                if (v.Contains('\0')) throw new InstanceException($"device '{name}': the value of '{k}' must not contain NUL bytes");
+                    throw new InstanceException($"device '{name}': the value of '{k}' is {v.Length} characters long: " +
+                        $"values are at most {MaxValueLength}");
+                if (v.Contains('\0'))
+                    throw new InstanceException($"device '{name}': the value of '{k}' must not contain NUL bytes");
             }
     }
 

@@ -509,8 +509,8 @@ public sealed partial class Vm : IAsyncDisposable
         else
         {
             var log = Tools.Tail(QemuLogPath, 6).Trim();
-            Record("crashed", "QEMU ended while no Hull process was watching it (killed, or crashed; its exit status is " +
-                $"unknown){(log.Length > 0 ? ": " + log : "")}");
+            Record("crashed", "QEMU ended while no Hull process was watching it (killed, or crashed; " +
+                $"its exit status is unknown){(log.Length > 0 ? ": " + log : "")}");
         }
         CleanRuntimeFiles();
     }

@@ -65,8 +65,10 @@ public static unsafe class ProcessSetup
     public static ProcessAttributes Attributes(Hull.Oci.Process p, Hull.Oci.Spec? spec, byte[]? seccomp = null, uint seccompFlags = 0)
     {
         // (uid_t)-1 tells setresuid/setresgid "leave unchanged": the process would keep the runtime's root.
-        if (p.User.Uid == uint.MaxValue || p.User.Gid == uint.MaxValue || p.User.AdditionalGids?.Contains(uint.MaxValue) == true)
-            throw new ContainerException("process.user: 4294967295 (-1) is not a user or group id: give one from 0 to 4294967294");
+        if (p.User.Uid == uint.MaxValue || p.User.Gid == uint.MaxValue
+            || p.User.AdditionalGids?.Contains(uint.MaxValue) == true)
+            throw new ContainerException(
+                "process.user: 4294967295 (-1) is not a user or group id: give one from 0 to 4294967294");
         var caps = p.Capabilities ?? new Hull.Oci.Capabilities();
         var a = new ProcessAttributes
         {

@@ -91,7 +91,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         var link = new FileInfo($"/proc/self/fd/{fd.Fd}").LinkTarget ?? "";
         if (link.StartsWith(want + ":[", StringComparison.Ordinal)) return;
         var colon = link.IndexOf(":[", StringComparison.Ordinal);
-        var what = colon > 0 && !link.StartsWith('/') ? $"it is a {link[..colon]} namespace" : "it is not a namespace file";
+        var what = colon > 0 && !link.StartsWith('/')
+            ? $"it is a {link[..colon]} namespace" : "it is not a namespace file";
         throw new ContainerException($"linux.namespaces: the {type} namespace path {path} is not a {type} namespace " +
             $"({what}): give a {type} namespace file such as /proc/PID/ns/{want}");
     }

@@ -45,7 +45,8 @@ public sealed unsafe partial class ContainerEngine
             if (!uint.TryParse(parts[0], out var uid) || (parts.Length > 1 && !uint.TryParse(parts[1], out _)))
                 throw new ContainerException($"--user \"{user}\": give a numeric UID[:GID]");
             if (uid == uint.MaxValue || (parts.Length > 1 && uint.Parse(parts[1]) == uint.MaxValue))
-                throw new ContainerException($"--user \"{user}\": 4294967295 (-1) is not a user or group id: give one from 0 to 4294967294");
+                throw new ContainerException(
+                    $"--user \"{user}\": 4294967295 (-1) is not a user or group id: give one from 0 to 4294967294");
             p.User.Uid = uid;
             p.User.Gid = parts.Length > 1 ? uint.Parse(parts[1]) : p.User.Gid;
         }

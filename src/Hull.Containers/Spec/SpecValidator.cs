@@ -17,8 +17,9 @@ public static class SpecValidator
             throw new InvalidSpecException("root.path is missing: set it to the container's root filesystem directory (e.g. \"rootfs\")");
         var rootfs = RootfsPath(spec, bundle);
         if (rootfs == "/")
-            throw new InvalidSpecException("root.path is \"/\", the host's own root: a container needs a root filesystem " +
-                "directory of its own (e.g. \"rootfs\" in the bundle); share host directories with bind mounts instead");
+            throw new InvalidSpecException("root.path is \"/\", the host's own root: a container needs a root " +
+                "filesystem directory of its own (e.g. \"rootfs\" in the bundle); share host directories with " +
+                "bind mounts instead");
         if (!Directory.Exists(rootfs))
             throw new InvalidSpecException($"root.path {rootfs} does not exist or is not a directory: create the rootfs (e.g. unpack an image into it) or fix root.path");
         ValidateProcess(spec.Process, "process");
@@ -39,6 +40,11 @@ public static class SpecValidator
             throw new InvalidSpecException($"{field}.cwd \"{p.Cwd}\" must be an absolute path");
         foreach (var e in p.Env ?? [])
             if (!e.Contains('=')) throw new InvalidSpecException($"{field}.env entry \"{e}\" is not of the form KEY=value");
+        // (uid_t)-1 tells setresuid/setresgid "leave unchanged": the process would keep the runtime's root.
+        if (p.User.Uid == uint.MaxValue || p.User.Gid == uint.MaxValue
+            || p.User.AdditionalGids?.Contains(uint.MaxValue) == true)
+            throw new InvalidSpecException(
+                $"{field}.user: 4294967295 (-1) is not a user or group id: give one from 0 to 4294967294");
         if (p.Capabilities is { } caps)
         {
             foreach (var (set, names) in new[] { ("bounding", caps.Bounding), ("effective", caps.Effective), ("inheritable", caps.Inheritable), ("permitted", caps.Permitted), ("ambient", caps.Ambient) })
