@@ -68,6 +68,10 @@ public static unsafe class ContainerInit
         }
         HookRunner.Run("createContainer", spec.Hooks?.CreateContainer, plan.HookState!);
         using var listener = plan.SeccompProgram is null ? SeccompSupport.ConnectListenerBeforePivot(spec.Linux?.Seccomp) : null;
+        // The exec fifo is reopened for writing through this process's fd directory, taken while the runtime's
+        // /proc is still reachable: the container's root need not have /proc (nor any mount, without a mount
+        // namespace).
+        using var fdDir = plan.FifoFd >= 0 ? Sys.Open("/proc/self/fd", O.PATH | O.DIRECTORY) : null;
         if (plan.NewMountNamespace) setup.PivotRoot(plan.NoPivot);
         else
         {
@@ -75,17 +79,21 @@ public static unsafe class ContainerInit
             Sys.Check(Libc.chdir("/"), "chdir /");
         }
         SafeFd? slave = null;
-        if (process.Terminal) slave = OpenConsole(plan.ConsoleSocketFd, process.ConsoleSize, mountOnDevConsole: true);
-        setup.Finish();
+        if (process.Terminal)
+            slave = OpenConsole(plan.ConsoleSocketFd, process.ConsoleSize, mountOnDevConsole: plan.NewMountNamespace);
+        if (plan.NewMountNamespace) setup.Finish();
         ProcessSetup.ApplyProcessAttributes(process, spec);
         var exe = ProcessSetup.ResolveExecutable(process);
         // The runtime normally compiled the profile; only a SCMP_ACT_NOTIFY profile comes here to be loaded by us.
         var seccomp = plan.SeccompProgram is { } prog
             ? (prog, plan.SeccompFlags, (Hull.Seccomp.SeccompProgram?)null)
             : SeccompSupport.Compile(spec.Linux?.Seccomp) is { } c ? (c.Program, c.Flags, c.Compiled) : ((byte[], uint, Hull.Seccomp.SeccompProgram?)?)null;
+        // create must fail, not leave a container that cannot start: whatever would stop the init from opening
+        // the exec fifo (its owner, its mode) shows now, before "ready".
+        if (fdDir is not null) CheckFifo(fdDir, plan.FifoFd);
         ch.Send(new SyncMessage { Type = SyncMessage.Ready, Pid = Libc.getpid() });
         markReady();
-        if (plan.Mode == "create") WaitForStart(plan.FifoFd);
+        if (plan.Mode == "create") WaitForStart(fdDir!, plan.FifoFd);
         else
         {
             var m = ch.Receive();
@@ -104,12 +112,27 @@ public static unsafe class ContainerInit
         ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Item1, seccomp?.Item2 ?? 0);
     }
 
-    /// <summary>Blocks until "start" opens the exec fifo for reading, then hands it one byte.</summary>
-    static void WaitForStart(int fifoPathFd)
+    /// <summary>
+    /// Opens the exec fifo for writing without waiting: with no reader yet that fails with ENXIO once every
+    /// permission check has passed; any other error is why the init could not wait for start.
+    /// </summary>
+    static void CheckFifo(SafeFd fdDir, int fifoPathFd)
     {
-        var path = $"/proc/self/fd/{fifoPathFd}";
-        var fd = Libc.open(path, O.WRONLY | O.CLOEXEC, 0);
-        if (fd < 0) throw LinuxException.FromLastError($"open exec fifo via {path} (the container needs /proc mounted)");
+        var fd = Libc.openat(fdDir.Fd, fifoPathFd.ToString(), O.WRONLY | O.NONBLOCK | O.CLOEXEC, 0);
+        if (fd >= 0) { Libc.close(fd); return; }
+        var e = Marshal.GetLastPInvokeError();
+        if (e == Errors.ENXIO) return;
+        throw new ContainerException(
+            $"the container's root cannot open the exec fifo for writing: {Errors.Describe(e)}" +
+            (e == Errors.EACCES ? " — with a user namespace, linux.uidMappings and gidMappings must map id 0" : ""));
+    }
+
+    /// <summary>Blocks until "start" opens the exec fifo for reading, then hands it one byte.</summary>
+    static void WaitForStart(SafeFd fdDir, int fifoPathFd)
+    {
+        var fd = Libc.openat(fdDir.Fd, fifoPathFd.ToString(), O.WRONLY | O.CLOEXEC, 0);
+        if (fd < 0) throw LinuxException.FromLastError("open exec fifo for writing");
+        fdDir.Dispose();
         using var f = new SafeFd(fd);
         Sys.WriteAll(f, "0"u8, "write exec fifo");
         Libc.close(fifoPathFd);

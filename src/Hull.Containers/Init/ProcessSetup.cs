@@ -71,7 +71,10 @@ public static unsafe class ProcessSetup
             Personality = spec?.Linux?.Personality is { } pers ? (pers.Domain == "LINUX32" ? 0x0008 : 0) : -1,
             Bounding = Capabilities.Mask(caps.Bounding), Effective = Capabilities.Mask(caps.Effective),
             Permitted = Capabilities.Mask(caps.Permitted), Inheritable = Capabilities.Mask(caps.Inheritable),
-            Ambient = Capabilities.Mask(caps.Ambient), LastCap = Capabilities.LastCap,
+            // The kernel raises an ambient capability only if it is inheritable and permitted: runc skips the rest.
+            Ambient = Capabilities.Mask(caps.Ambient) & Capabilities.Mask(caps.Inheritable)
+                & Capabilities.Mask(caps.Permitted),
+            LastCap = Capabilities.LastCap,
             Uid = p.User.Uid, Gid = p.User.Gid, Groups = p.User.AdditionalGids ?? [],
             NoNewPrivileges = p.NoNewPrivileges, SeccompProgram = seccomp, SeccompFlags = seccompFlags,
         };

@@ -80,8 +80,12 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         // gets the program instead of the profile (unless it must hand a notify fd to a listener itself).
         var seccomp = SeccompSupport.Compile(spec.Linux?.Seccomp, SeccompCache);
         var namespaces = spec.Linux?.Namespaces ?? [];
-        if (!namespaces.Any(n => n.Type == "mount"))
-            throw new InvalidSpecException("linux.namespaces has no mount namespace: Hull needs {\"type\": \"mount\"} to set up the root filesystem");
+        var ownsUserNamespace = namespaces.Any(n => n.Type == "user" && string.IsNullOrEmpty(n.Path));
+        var bounding = Capabilities.OwnBounding();
+        foreach (var w in Capabilities.Check(spec.Process!.Capabilities, "process", ownsUserNamespace, bounding))
+            Console.Error.WriteLine($"hull: warning: {w}");
+        var mountNamespace = namespaces.Any(n => n.Type == "mount");
+        if (!mountNamespace) WarnNoMountNamespace(spec);
         if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == "create")
             throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be handed to the caller");
         SafeFd? consoleSocket = null;
@@ -124,6 +128,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 var fifoPath = Store.FifoPath(o.Id);
                 Sys.Check(Libc.mkfifo(fifoPath, 0b110_000_000), $"mkfifo {fifoPath}");
                 fifo = Sys.Open(fifoPath, O.PATH);
+                // The init opens it for writing as the container's root: in a new user namespace that is a host
+                // uid of the mapping, which must own it (as runc's fifo). It reaches it through the fd, not the path.
+                if (ownsUserNamespace && HostIdOfRoot(spec.Linux!.UidMappings) is { } ru
+                    && HostIdOfRoot(spec.Linux.GidMappings) is { } rg)
+                    Sys.Check(Libc.lchown(fifoPath, ru, rg), $"chown {fifoPath}");
             }
 
             var (parentEnd, childEnd) = Sys.SocketPair();
@@ -207,7 +216,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             {
                 Mode = mode, Id = o.Id, Bundle = bundle, Rootfs = rootfs, Spec = spec,
                 SeccompProgram = shipProgram ? seccomp!.Value.Program : null, SeccompFlags = shipProgram ? seccomp!.Value.Flags : 0,
-                NewMountNamespace = (req.CloneFlags & CLONE.NEWNS) != 0,
+                // A mount namespace joined by path is set up as a new one (as runc): the rootfs is made "/" there.
+                NewMountNamespace = mountNamespace,
                 NewUserNamespace = newUser, InUserNamespace = inUser,
                 NewNetworkNamespace = (req.CloneFlags & CLONE.NEWNET) != 0,
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
@@ -287,6 +297,31 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             Devices = rules, Memory = res.Memory, Cpu = res.Cpu, Pids = res.Pids, BlockIo = res.BlockIo,
             HugepageLimits = res.HugepageLimits, Network = res.Network, Rdma = res.Rdma, Unified = res.Unified,
         };
+    }
+
+    /// <summary>The host id that a user namespace's mappings give to id 0, or null if 0 is not mapped.</summary>
+    static uint? HostIdOfRoot(List<IdMapping>? maps) =>
+        maps?.FirstOrDefault(m => m.ContainerId == 0 && m.Size > 0) is { } m ? m.HostId : null;
+
+    /// <summary>
+    /// Without a mount namespace the container shares the runtime's mounts (the spec's rule for an absent
+    /// namespace): the init only chroots into root.path, as runc does without one. Mounting there would change
+    /// the host's own mount table and outlive the container, so the fields that need a mount are not applied.
+    /// </summary>
+    static void WarnNoMountNamespace(Spec spec)
+    {
+        var ignored = new List<string>();
+        if (spec.Mounts is { Count: > 0 } m) ignored.Add($"mounts ({m.Count})");
+        if (spec.Linux?.MaskedPaths is { Count: > 0 }) ignored.Add("linux.maskedPaths");
+        if (spec.Linux?.ReadonlyPaths is { Count: > 0 }) ignored.Add("linux.readonlyPaths");
+        if (spec.Linux?.Devices is { Count: > 0 }) ignored.Add("linux.devices");
+        if (spec.Linux?.Sysctl is { Count: > 0 }) ignored.Add("linux.sysctl");
+        if (spec.Root?.Readonly == true) ignored.Add("root.readonly");
+        if (!string.IsNullOrEmpty(spec.Linux?.RootfsPropagation)) ignored.Add("linux.rootfsPropagation");
+        if (ignored.Count > 0)
+            Console.Error.WriteLine("hull: warning: linux.namespaces has no mount namespace, so the container shares " +
+                $"the runtime's mounts and only chroots into root.path; not applied: {string.Join(", ", ignored)} " +
+                "(add {\"type\": \"mount\"} to get them)");
     }
 
     static void WriteIdMap(int pid, string file, List<IdMapping> maps)

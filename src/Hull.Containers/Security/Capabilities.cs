@@ -38,6 +38,47 @@ public static class Capabilities
         catch (IOException) { return Names.Length - 1; }
     }
 
+    /// <summary>The bounding set of this process (CapBnd in /proc/self/status): what an init it starts can
+    /// hold.</summary>
+    public static ulong OwnBounding()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith("CapBnd:", StringComparison.Ordinal))
+                return Convert.ToUInt64(line["CapBnd:".Length..].Trim(), 16);
+        return ulong.MaxValue;
+    }
+
+    /// <summary>
+    /// Checks process.capabilities against what the runtime can give, as runc does: a capability missing from the
+    /// runtime's own bounding set fails in effective, permitted, inheritable or ambient (runc fails at "apply caps"
+    /// when the process is already started; this says so at create), and is dropped from bounding (one cannot keep
+    /// what one lacks). In a new user namespace the init holds every capability of that namespace: nothing to check.
+    /// Returns the warnings: ambient capabilities that are not also inheritable and permitted are not raised (the
+    /// kernel refuses them; runc skips them too, so a bundle from "runc spec" runs).
+    /// </summary>
+    public static List<string> Check(Hull.Oci.Capabilities? caps, string field, bool newUserNamespace, ulong bounding)
+    {
+        var warnings = new List<string>();
+        if (caps is null) return warnings;
+        if (!newUserNamespace)
+            foreach (var (set, names) in new[] { ("effective", caps.Effective), ("permitted", caps.Permitted),
+                         ("inheritable", caps.Inheritable), ("ambient", caps.Ambient) })
+            {
+                var missing = Mask(names) & ~bounding;
+                if (missing != 0)
+                    throw new ContainerException($"{field}.capabilities.{set} lists {NamesOf(missing)}, which this " +
+                        "runtime does not have (its own bounding set lacks it, so the container's process could not " +
+                        "hold it): remove it from the config, or run the runtime with it");
+            }
+        var notRaised = Mask(caps.Ambient) & ~(Mask(caps.Inheritable) & Mask(caps.Permitted));
+        if (notRaised != 0)
+            warnings.Add($"{field}.capabilities.ambient lists {NamesOf(notRaised)}, " +
+                "not also in inheritable and permitted: not raised (an ambient capability must be in both)");
+        return warnings;
+    }
+
+    static string NamesOf(ulong mask) => string.Join(", ", Names.Where((_, c) => (mask & (1UL << c)) != 0));
+
     public static ulong Mask(IEnumerable<string>? names)
     {
         ulong m = 0;

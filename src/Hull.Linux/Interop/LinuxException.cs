@@ -25,7 +25,7 @@ public static class Errors
         ENOMEM = 12, EACCES = 13, EFAULT = 14, EBUSY = 16, EEXIST = 17, EXDEV = 18, ENODEV = 19, ENOTDIR = 20,
         EISDIR = 21, EINVAL = 22, ENFILE = 23, EMFILE = 24, ENOTTY = 25, ETXTBSY = 26, ENOSPC = 28, EROFS = 30,
         EPIPE = 32, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ENOTEMPTY = 39, ELOOP = 40, ENODATA = 61,
-        EOPNOTSUPP = 95, ECONNREFUSED = 111, ETIMEDOUT = 110;
+        EOPNOTSUPP = 95, ECONNREFUSED = 111, ETIMEDOUT = 110, ENXIO = 6;
 
     /// <summary>"ENOENT (No such file or directory)".</summary>
     public static string Describe(int errno) => $"{Name(errno)} ({Marshal.GetPInvokeErrorMessage(errno)})";
@@ -39,6 +39,6 @@ public static class Errors
         ETXTBSY => "ETXTBSY", ENOSPC => "ENOSPC", EROFS => "EROFS", EPIPE => "EPIPE", ERANGE => "ERANGE",
         ENAMETOOLONG => "ENAMETOOLONG", ENOSYS => "ENOSYS", ENOTEMPTY => "ENOTEMPTY", ELOOP => "ELOOP",
         ENODATA => "ENODATA", EOPNOTSUPP => "EOPNOTSUPP", ECONNREFUSED => "ECONNREFUSED", ETIMEDOUT => "ETIMEDOUT",
-        8 => "ENOEXEC", _ => $"errno {errno}",
+        ENXIO => "ENXIO", 8 => "ENOEXEC", _ => $"errno {errno}",
     };
 }
