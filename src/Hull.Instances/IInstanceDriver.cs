@@ -90,6 +90,10 @@ public interface IInstanceDriver
     /// </summary>
     IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) => null;
 
+    /// <summary>Before a backup of a stopped instance is written: puts its files in the form a backup holds (a
+    /// container's: the owners as the container sees them).</summary>
+    Task PrepareExportAsync(InstanceSpec spec, CancellationToken ct) => Task.CompletedTask;
+
     /// <summary>
     /// After an import unpacked a backup's instance dir into <see cref="InstanceSpec.Dir"/> (on this host, maybe under a
     /// new name): makes it usable here (re-links the image, rewrites absolute paths, makes scratch dirs). On failure the
