@@ -118,13 +118,18 @@ sealed class Unprivileged
     /// Replaces the read-only host binds of an application container (its host system dirs and app.share) with
     /// idmapped mounts attached under the mounted root <paramref name="root"/> before the container is made, so the
     /// host's files keep their owners inside (root's files are root's); the engine's recursive bind of the root takes
-    /// them along. A host dir that cannot be idmapped stays a plain bind (its files then appear owned by nobody).
+    /// them along. A host dir that cannot be idmapped, or one under a mount the init makes (such as an app.share under
+    /// /tmp), stays a plain bind (its files then appear owned by nobody).
     /// </summary>
     public void IdmapReadOnlyBinds(InstanceSpec spec, Spec s, string root, IdMap map)
     {
         using var rootFd = Sys.Open(root, O.RDONLY | O.DIRECTORY);
-        foreach (var m in s.Mounts!.Where(m => m is { Type: "bind", Options: ["rbind", "ro"] }).ToList())
+        var binds = s.Mounts!.Where(m => m is { Type: "bind", Options: ["rbind", "ro"] }).ToList();
+        foreach (var m in binds)
         {
+            // One under a mount the init makes (the private /tmp...) would be hidden by it: it stays a plain bind.
+            if (s.Mounts!.Any(o => !binds.Contains(o) && (m.Destination + "/").StartsWith(o.Destination.TrimEnd('/') + "/", StringComparison.Ordinal)))
+                continue;
             SafeFd tree;
             try { tree = IdmappedMounts.Clone(m.Source!, UserNamespace(map), readOnly: true, nodev: true); }
             catch (LinuxException e)
