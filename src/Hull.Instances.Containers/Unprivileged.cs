@@ -34,7 +34,8 @@ sealed class Unprivileged
         var text = System.IO.File.ReadAllText(f).Trim();
         if (text == PrivilegedText) return null;
         return IdMap.Parse(text)
-            ?? throw new InstanceException($"instance '{spec.Name}': {f} is damaged ('{text}'): write \"{PrivilegedText}\" or \"UIDBASE GIDBASE SIZE\" as its files are owned", 500);
+            ?? throw new InstanceException($"instance '{spec.Name}': {f} is damaged ('{text}'): " +
+                $"write \"{PrivilegedText}\" or \"UIDBASE GIDBASE SIZE\" as its files are owned", 500);
     }
 
     public static void Record(InstanceSpec spec, IdMap? map)
@@ -53,7 +54,8 @@ sealed class Unprivileged
     {
         if (OnDisk(spec) is not { } map) return ((uint)uid, (uint)gid);
         if (uid < 0 || gid < 0 || uid >= map.Size || gid >= map.Size)
-            throw new InstanceException($"owner {uid}:{gid} does not exist in instance '{spec.Name}': its ids are 0 to {map.Size - 1} (security.idmap.size)");
+            throw new InstanceException($"owner {uid}:{gid} does not exist in instance '{spec.Name}': " +
+                $"its ids are 0 to {map.Size - 1} (security.idmap.size)");
         return ((uint)(map.UidBase + uid), (uint)(map.GidBase + gid));
     }
 
@@ -77,7 +79,9 @@ sealed class Unprivileged
             if (!GuestSys.TryStat(dir, true, out var st, out var e)) throw new LinuxException(e, $"stat {dir}");
             if ((st.Mode & 1) != 0) continue;
             if (level > 2)
-                throw new InstanceException($"unprivileged container '{spec.Name}' cannot reach its root filesystem: {dir} is not searchable by others (mode {Convert.ToString(st.Mode & 0xFFF, 8)}): chmod o+x {dir}, or set security.privileged=true", 500);
+                throw new InstanceException($"unprivileged container '{spec.Name}' cannot reach its root filesystem: " +
+                    $"{dir} is not searchable by others (mode {Convert.ToString(st.Mode & 0xFFF, 8)}): " +
+                    $"chmod o+x {dir}, or set security.privileged=true", 500);
             Sys.Check(Libc.chmod(dir, (st.Mode & 0xFFF) | 1), $"chmod o+x {dir}");
         }
     }
@@ -134,7 +138,8 @@ sealed class Unprivileged
             try { tree = IdmappedMounts.Clone(m.Source!, UserNamespace(map), readOnly: true, nodev: true); }
             catch (LinuxException e)
             {
-                Console.Error.WriteLine($"hulld: warning: instance '{spec.Name}': {m.Source} stays a plain bind: {e.Message}");
+                Console.Error.WriteLine($"hulld: warning: instance '{spec.Name}': {m.Source} stays a plain bind: " +
+                    $"{e.Message}");
                 continue;
             }
             using (tree)

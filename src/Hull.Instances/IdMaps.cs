@@ -100,7 +100,8 @@ public static class IdMaps
         if (Isolated(config))
         {
             var a = Number(config, AllocatedKey)
-                ?? throw new InstanceException($"the isolated id range of this instance ({IsolatedKey}=true) was never allocated: set {IsolatedKey} again", 500);
+                ?? throw new InstanceException($"the isolated id range of this instance ({IsolatedKey}=true) " +
+                    $"was never allocated: set {IsolatedKey} again", 500);
             return new IdMap(a, gids.Start + (a - uids.Start), size);
         }
         return new IdMap(uids.Start, gids.Start, size);
@@ -117,16 +118,20 @@ public static class IdMaps
             case SizeKey:
                 if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var n) || n < DefaultSize
                     || n > Math.Min(Uids.Count, Gids.Count))
-                    throw new InstanceException($"{key}='{value}' is invalid: use a whole number from {DefaultSize} to {Math.Min(Uids.Count, Gids.Count)} (the ids root may map: uids {Uids}, gids {Gids})");
+                    throw new InstanceException($"{key}='{value}' is invalid: " +
+                        $"use a whole number from {DefaultSize} to {Math.Min(Uids.Count, Gids.Count)} (the ids root may map: uids {Uids}, gids {Gids})");
                 return;
             case AllocatedKey:
                 if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var a) || a < Uids.Start
                     || a - Uids.Start + DefaultSize > Math.Min(Uids.Count, Gids.Count))
-                    throw new InstanceException($"{key}='{value}' is invalid: it is set by hulld; remove it and hulld allocates a range again");
+                    throw new InstanceException($"{key}='{value}' is invalid: it is set by hulld; " +
+                        $"remove it and hulld allocates a range again");
                 return;
             case BaseKey:
                 if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var b) || !Inside(b, DefaultSize))
-                    throw new InstanceException($"{key}='{value}' is invalid: use a host id inside the ranges root may map (uids {Uids}, gids {Gids}), with room for {DefaultSize} ids after it");
+                    throw new InstanceException($"{key}='{value}' is invalid: " +
+                        $"use a host id inside the ranges root may map (uids {Uids}, gids {Gids}), " +
+                        $"with room for {DefaultSize} ids after it");
                 return;
         }
     }
