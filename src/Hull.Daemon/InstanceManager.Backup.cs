@@ -32,6 +32,7 @@ public sealed partial class InstanceManager
         var spec = Spec(r);
         var excludes = driver.ExportExcludes(spec)
             ?? throw new InstanceException($"{r.Type} instances cannot be exported or moved by this hulld yet", 501);
+        await driver.PrepareExportAsync(spec, ct);
         var index = new InstanceBackup
         {
             Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, Config = r.Config, Devices = r.Devices,
@@ -238,6 +239,7 @@ public sealed partial class InstanceManager
                 Files.RemoveTree(dir);
                 Directory.Move(Path.Combine(stage, BackupDir), dir);
                 op?.Progress("adapting the instance to this host");
+                AssignIdmap(r);
                 var spec = Spec(r);
                 // What an export leaves out (runtime files: pid files, sockets, scratch dirs) is never taken from a backup.
                 foreach (var x in driver.ExportExcludes(spec) ?? [])

@@ -12,6 +12,7 @@ namespace Hull.Daemon;
 public sealed partial class InstanceManager
 {
     readonly Store _store;
+    readonly Lock _idmapLock = new();
     readonly ImageStore _images;
     readonly EventHub _events;
     readonly string _instancesDir;
@@ -176,7 +177,9 @@ public sealed partial class InstanceManager
         {
             if (!_store.InsertInstance(r))
                 throw new InstanceException($"instance '{r.Name}' already exists: choose another name or delete it first", 409);
-            var spec = Spec(r, sourceSpec);
+            InstanceSpec spec;
+            try { AssignIdmap(r); spec = Spec(r, sourceSpec); }
+            catch { await RollbackCreateAsync(r, null); throw; }
             try
             {
                 driver.Validate(spec);
@@ -198,6 +201,46 @@ public sealed partial class InstanceManager
         _events.Lifecycle("instance-created", r.Name);
         if (req.Start) await StartAsync(r.Name, op, ct);
         return GetApi(r.Name);
+    }
+
+    /// <summary>
+    /// Gives a container with security.idmap.isolated=true a host id range of its own, unique among this hulld's
+    /// instances, kept in its config as volatile.idmap.base (a range it has already, e.g. from a backup, is kept if it
+    /// is free here); removes it from one that is no longer isolated. The range is freed with the instance record.
+    /// </summary>
+    void AssignIdmap(InstanceRecord r)
+    {
+        if (r.Type != InstanceTypes.Container) return;
+        lock (_idmapLock)
+        {
+            var cfg = Expand(r).Config;
+            var had = r.Config.TryGetValue(IdMaps.AllocatedKey, out var cur);
+            if (!IdMaps.Isolated(cfg))
+            {
+                if (had && r.Config.Remove(IdMaps.AllocatedKey)) _store.UpdateInstance(r);
+                return;
+            }
+            var size = IdMaps.Size(cfg);
+            var profiles = ProfilesByName();
+            var others = new List<IdMap>();
+            foreach (var o in _store.ListInstances().Where(o => o.Name != r.Name && o.Type == InstanceTypes.Container))
+            {
+                try { if (IdMaps.For(Expand(o, profiles).Config) is { } m) others.Add(m); }
+                catch (InstanceException) { } // an isolated one without a range yet: it gets one at its start
+            }
+            if (had && long.TryParse(cur, System.Globalization.CultureInfo.InvariantCulture, out var b)
+                && IsFree(b, size, others)) return;
+            var next = IdMaps.Allocate(size, others)
+                ?? throw new InstanceException($"no free range of {size} host ids is left for isolated container '{r.Name}' in root's range (uids {IdMaps.Uids}): delete an isolated container, lower {IdMaps.SizeKey}, or give root a wider range in /etc/subuid and /etc/subgid", 507);
+            r.Config[IdMaps.AllocatedKey] = next.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            _store.UpdateInstance(r);
+        }
+
+        static bool IsFree(long b, long size, List<IdMap> others)
+        {
+            var uids = IdMaps.Uids;
+            return b >= uids.Start + IdMaps.DefaultSize && b + size <= uids.End && !others.Any(o => o.UidBase < b + size && b < o.UidBase + o.Size);
+        }
     }
 
     async Task RollbackCreateAsync(InstanceRecord r, IInstanceDriver? driver)
@@ -297,6 +340,7 @@ public sealed partial class InstanceManager
         InstanceSpec spec;
         try
         {
+            AssignIdmap(r);
             spec = Spec(r);
             ConfigSchema.Validate(spec.Config);
             driver.Validate(spec);

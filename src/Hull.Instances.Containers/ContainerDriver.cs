@@ -19,7 +19,9 @@ namespace Hull.Instances.Containers;
 /// <item>rootfs/: the overlay mount point, mounted while the container runs (and briefly for file operations);</item>
 /// <item>config.json: the OCI spec of the last start (the bundle is the instance dir);</item>
 /// <item>console.log: the init's stdout and stderr; exit: the init's exit code once it ended;</item>
-/// <item>snapshots/NAME/upper: copies of the upper dir.</item>
+/// <item>snapshots/NAME/upper: copies of the upper dir;</item>
+/// <item>idmap: the id map the files of upper/ (or of a copy's rootfs/) and of snapshots/ are owned in (an
+/// <see cref="IdMap"/>, or "privileged" for the container's own view); see <see cref="Unprivileged"/>.</item>
 /// </list>
 /// The engine's state lives in &lt;state dir&gt;/containers. Containers are created and started by the container monitor
 /// (<see cref="ContainerMonitor"/>): one long-lived process per state dir, the parent of every container init, which
@@ -35,6 +37,7 @@ public sealed class ContainerDriver : IInstanceDriver
     readonly MonitorClient _monitor;
     readonly Lazy<PidfdWatcher> _exits = new(() => new PidfdWatcher("hulld-container-exits"));
     readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
+    readonly Unprivileged _ids = new();
 
     const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; while :; do sleep 3600 & wait $!; done";
 
@@ -100,7 +103,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     /// <summary>The path of the instance's own dir <paramref name="rel"/>, checked to be a directory reached through no
     /// symlink; null if it does not exist.</summary>
-    static string? OwnDir(InstanceSpec spec, string rel)
+    internal static string? OwnDir(InstanceSpec spec, string rel)
     {
         if (!TryOpenOwn(spec, rel, O.PATH | O.DIRECTORY, 0, out var fd)) return null;
         fd.Dispose();
@@ -109,7 +112,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     /// <summary>The instance's own file <paramref name="rel"/> (a regular file, reached through no symlink); null if
     /// it does not exist.</summary>
-    static string? ReadOwn(InstanceSpec spec, string rel)
+    internal static string? ReadOwn(InstanceSpec spec, string rel)
     {
         if (!TryOpenOwn(spec, rel, O.RDONLY | O.NONBLOCK, 0, out var fd)) return null;
         using (fd)
@@ -122,7 +125,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     /// <summary>Replaces the instance's own file <paramref name="rel"/>: a new file (O_EXCL, so never through a
     /// symlink) renamed over it (rename replaces a symlink itself, not its target).</summary>
-    static void WriteOwn(InstanceSpec spec, string rel, string text)
+    internal static void WriteOwn(InstanceSpec spec, string rel, string text)
     {
         var tmp = P(spec, rel + ".tmp");
         File.Delete(tmp);
@@ -175,6 +178,9 @@ public sealed class ContainerDriver : IInstanceDriver
                 made.Add(Rootfs(spec));
                 await Run(ct, "cp", "-a", "--reflink=auto", OwnDir(cs, "rootfs") ?? throw NotOwn(cs, "rootfs", "is missing"), Rootfs(spec));
                 WriteOwn(spec, "lower", "copy\n");
+                made.Add(P(spec, Unprivileged.File));
+                Unprivileged.Record(spec, Unprivileged.OnDisk(cs));
+                _ids.Shift(spec, Unprivileged.Wanted(spec));
                 return;
             }
             if (spec.CopyOf is { } src)
@@ -199,6 +205,10 @@ public sealed class ContainerDriver : IInstanceDriver
             // An unpacked tarball is the instance's own: recorded relative, so a renamed instance still finds it.
             WriteOwn(spec, "lower", (lower == P(spec, "base") ? "base" : lower) + "\n");
             made.Add(P(spec, "lower"));
+            // The upper dir is owned in the instance's id map (a copy's in its source's until shifted).
+            made.Add(P(spec, Unprivileged.File));
+            Unprivileged.Record(spec, spec.CopyOf is { } from ? Unprivileged.OnDisk(from) : null);
+            _ids.Shift(spec, Unprivileged.Wanted(spec));
             // Prove the overlay can be made here now, rather than at the first start. Where it cannot (the state dir is
             // itself on an overlayfs, or on a filesystem overlayfs does not take as upper), the instance gets a full copy.
             try { MountRootfs(spec); }
@@ -211,6 +221,8 @@ public sealed class ContainerDriver : IInstanceDriver
                 await Run(ct, "cp", "-a", "--reflink=auto", lower, Rootfs(spec));
                 if (lower == P(spec, "base")) RemoveTree(lower);
                 WriteOwn(spec, "lower", "copy\n");
+                Unprivileged.Record(spec, null);
+                _ids.Shift(spec, Unprivileged.Wanted(spec));
             }
             UnmountRootfs(spec);
         }
@@ -232,7 +244,7 @@ public sealed class ContainerDriver : IInstanceDriver
             CleanupEngine(spec);
             UnmountRootfs(spec);
             foreach (var d in new[] { "rootfs", "upper", "work", "base", "snapshots" }) RemoveTree(P(spec, d));
-            foreach (var f in new[] { "lower", "config.json", "exit" }) File.Delete(P(spec, f));
+            foreach (var f in new[] { "lower", "config.json", "exit", Unprivileged.File }) File.Delete(P(spec, f));
         }
         finally { Lock(spec).Release(); }
     }
@@ -254,7 +266,7 @@ public sealed class ContainerDriver : IInstanceDriver
     static bool IsCopy(InstanceSpec spec) => ReadOwn(spec, "lower")?.Trim() == "copy";
 
     /// <summary>The dir that holds the instance's own state: the overlay's upper dir, or the whole copy.</summary>
-    static string Layer(InstanceSpec spec)
+    internal static string Layer(InstanceSpec spec)
     {
         var rel = IsCopy(spec) ? "rootfs" : "upper";
         return OwnDir(spec, rel) ?? throw NotOwn(spec, rel, "is missing");
@@ -262,7 +274,7 @@ public sealed class ContainerDriver : IInstanceDriver
 
     sealed class OverlayUnsupportedException(string message) : InstanceException(message, 500);
 
-    static void MountRootfs(InstanceSpec spec)
+    void MountRootfs(InstanceSpec spec)
     {
         // Checked first in both modes: a copy's rootfs/ is the container's root as it is.
         var target = OwnDir(spec, "rootfs");
@@ -280,7 +292,13 @@ public sealed class ContainerDriver : IInstanceDriver
         foreach (var p in new[] { lower, upper, work })
             if (p.IndexOfAny([',', ':']) >= 0) throw new InstanceException($"the path {p} contains ',' or ':' and cannot be an overlayfs layer: use a state dir without them", 500);
         target ??= Directory.CreateDirectory(Rootfs(spec)).FullName;
-        try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lower},upperdir={upper},workdir={work}"); }
+        // Unprivileged: the shared image is seen through an idmapped mount (its files stay as they are on disk).
+        SafeFd? idmapped;
+        try { idmapped = Unprivileged.OnDisk(spec) is { } map ? _ids.IdmappedLower(spec, lower, map) : null; }
+        catch (InstanceException e) { throw new OverlayUnsupportedException(e.Message); }
+        using var _ = idmapped;
+        var lowerdir = idmapped is null ? lower : $"/proc/self/fd/{idmapped.Fd}";
+        try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lowerdir},upperdir={upper},workdir={work}"); }
         catch (LinuxException e) { throw new OverlayUnsupportedException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
     }
 
@@ -351,8 +369,14 @@ public sealed class ContainerDriver : IInstanceDriver
         // A full-OS container: the init may need to change identity, as in Incus (no no_new_privs on the init).
         s.Process.NoNewPrivileges = false;
         s.Linux!.CgroupsPath = _cgroupPrefix + spec.Name;
+        if (Unprivileged.OnDisk(spec) is { } map)
+        {
+            Unprivileged.Apply(s, map);
+            Unprivileged.MakeReachable(spec);
+        }
         s.Linux.Resources = Resources(spec, s.Linux.Resources);
         if (app) AppContainers.Apply(spec, s, root);
+        if (app && Unprivileged.OnDisk(spec) is { } appMap) _ids.IdmapReadOnlyBinds(spec, s, root, appMap);
         foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
             throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
         foreach (var m in devices.SelectMany(d => d.Mounts))
@@ -393,6 +417,7 @@ public sealed class ContainerDriver : IInstanceDriver
             if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is already running", 409);
             CleanupEngine(spec);
             File.Delete(P(spec, "exit"));
+            _ids.Shift(spec, Unprivileged.Wanted(spec));
             MountRootfs(spec);
             try
             {
@@ -622,10 +647,12 @@ public sealed class ContainerDriver : IInstanceDriver
 
     static string TypeOf(uint mode) => (mode & 0xF000) switch { 0x8000 => "file", 0x4000 => "directory", 0xA000 => "symlink", _ => "special" };
 
-    static FileEntry Entry(string name, SafeFd fd)
+    /// <summary>A file's description, with its owners as the container sees them.</summary>
+    static FileEntry Entry(InstanceSpec spec, string name, SafeFd fd)
     {
         var st = RootedFs.FStat(fd);
-        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF), Uid = (int)st.Uid, Gid = (int)st.Gid };
+        var (uid, gid) = Unprivileged.Inside(Unprivileged.OnDisk(spec), st.Uid, st.Gid);
+        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF), Uid = uid, Gid = gid };
     }
 
     static InstanceException NotFound(InstanceSpec spec, string path) => new($"{path} does not exist in instance '{spec.Name}'", 404);
@@ -644,7 +671,7 @@ public sealed class ContainerDriver : IInstanceDriver
         using var root = OpenRoot(spec);
         if (!RootedFs.TryOpen(root, path, O.PATH, 0, out var fd, out var e))
             return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null) : throw new InstanceException($"{path}: {Errors.Describe(e)}", 500);
-        using (fd) return Task.FromResult<FileEntry?>(Entry(Path.GetFileName(path.TrimEnd('/')) is { Length: > 0 } n ? n : "/", fd));
+        using (fd) return Task.FromResult<FileEntry?>(Entry(spec, Path.GetFileName(path.TrimEnd('/')) is { Length: > 0 } n ? n : "/", fd));
     }
 
     public Task<Stream> PullFileAsync(InstanceSpec spec, string path, CancellationToken ct)
@@ -664,7 +691,7 @@ public sealed class ContainerDriver : IInstanceDriver
         foreach (var child in Directory.EnumerateFileSystemEntries($"/proc/self/fd/{dir.Fd}").Select(x => Path.GetFileName(x)!).Order(StringComparer.Ordinal))
         {
             if (RootedFs.TryOpen(dir, child, O.PATH | O.NOFOLLOW, 0, out var cfd, out _))
-                using (cfd) list.Add(Entry(child, cfd));
+                using (cfd) list.Add(Entry(spec, child, cfd));
         }
         return Task.FromResult<IReadOnlyList<FileEntry>>(list);
     }
@@ -673,12 +700,14 @@ public sealed class ContainerDriver : IInstanceDriver
     {
         if (!path.StartsWith('/') || Path.GetFileName(path).Length == 0)
             throw new InstanceException($"push target '{path}' must be an absolute file path such as /root/file.txt");
+        var (uid, gid) = Unprivileged.Outside(spec, meta.Uid, meta.Gid);
         using var root = OpenRoot(spec);
         var parent = Path.GetDirectoryName(path) ?? "/";
         var cur = "/";
         foreach (var part in parent.Split('/', StringSplitOptions.RemoveEmptyEntries))
         {
-            using (var d = OpenIn(spec, root, cur, O.RDONLY | O.DIRECTORY)) RootedFs.MkdirAt(d, part, 0b111_101_101);
+            using (var d = OpenIn(spec, root, cur, O.RDONLY | O.DIRECTORY))
+                if (RootedFs.MkdirAt(d, part, 0b111_101_101)) Unprivileged.OwnByRoot(spec, d, part);
             cur = cur.TrimEnd('/') + "/" + part;
         }
         using var pd = OpenIn(spec, root, parent, O.RDONLY | O.DIRECTORY);
@@ -688,7 +717,7 @@ public sealed class ContainerDriver : IInstanceDriver
         {
             try
             {
-                RootedFs.FChown(fd, (uint)meta.Uid, (uint)meta.Gid);
+                RootedFs.FChown(fd, uid, gid);
                 RootedFs.FChmod(fd, (uint)meta.Mode & 0xFFF);
                 await using var fs = new FileStream(new SafeFileHandle(fd.DangerousGetHandle(), false), FileAccess.Write, 1);
                 await content.CopyToAsync(fs, ct);
@@ -710,7 +739,7 @@ public sealed class ContainerDriver : IInstanceDriver
         using var root = OpenRoot(spec);
         FileEntry st;
         // The entry itself (a symlink is removed, not its target).
-        using (var self = OpenIn(spec, root, path, O.PATH | O.NOFOLLOW)) st = Entry(path, self);
+        using (var self = OpenIn(spec, root, path, O.PATH | O.NOFOLLOW)) st = Entry(spec, path, self);
         using var d = OpenIn(spec, root, Path.GetDirectoryName(path.TrimEnd('/')) ?? "/", O.RDONLY | O.DIRECTORY);
         try { RootedFs.UnlinkAt(d, Path.GetFileName(path.TrimEnd('/')), st.Type == "directory"); }
         catch (LinuxException e) { throw new InstanceException($"deleting {path} in instance '{spec.Name}': {e.Message}", e.Errno == Errors.ENOTEMPTY ? 409 : 500); }
@@ -781,6 +810,9 @@ public sealed class ContainerDriver : IInstanceDriver
 
     // ---- backup / move: the instance dir travels; the image root filesystem is the importing host's own ----
 
+    /// <summary>A backup holds the files with the owners the container sees (shifted back at the next start).</summary>
+    public Task PrepareExportAsync(InstanceSpec spec, CancellationToken ct) => Task.Run(() => _ids.Shift(spec, null), ct);
+
     public IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) =>
         IsCopy(spec) ? ["work", "config.json", "exit"] : ["rootfs", "work", "config.json", "exit"];
 
@@ -790,9 +822,12 @@ public sealed class ContainerDriver : IInstanceDriver
     {
         var lower = ReadOwn(spec, "lower")?.Trim()
             ?? throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it was not made by a container export", 400);
+        // A backup holds the owners as the container sees them (whatever its idmap file says): mapped to this host's.
+        Unprivileged.Record(spec, null);
         if (lower == "copy")
         {
             if (OwnDir(spec, "rootfs") is null) throw new InstanceException($"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
+            _ids.Shift(spec, Unprivileged.Wanted(spec));
             return Task.CompletedTask;
         }
         if (lower != "base")
@@ -803,6 +838,7 @@ public sealed class ContainerDriver : IInstanceDriver
             WriteOwn(spec, "lower", ir + "\n");
         }
         foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) }) Directory.CreateDirectory(d);
+        _ids.Shift(spec, Unprivileged.Wanted(spec));
         // Prove the overlay mounts here now rather than at the first start.
         try { MountRootfs(spec); }
         finally { UnmountRootfs(spec); }

@@ -22,9 +22,10 @@ public static class ConfigSchema
         ("environment.NAME", "an environment variable for the instance's processes"),
         ("user.NAME", "free-form user metadata"),
         .. AppConfig.Keys,
+        .. IdMaps.Keys,
     ];
 
-    static string KeyList => "limits.cpu, limits.memory, limits.processes, boot.autostart, app.command, app.share, app.system, environment.<NAME>, user.<NAME>";
+    static string KeyList => "limits.cpu, limits.memory, limits.processes, boot.autostart, app.command, app.share, app.system, security.privileged, security.idmap.isolated, security.idmap.base, security.idmap.size, environment.<NAME>, user.<NAME>";
 
     /// <summary>Validates one key and value; throws <see cref="InstanceException"/> naming the key and the valid range.</summary>
     public static void ValidateKey(string key, string value)
@@ -49,6 +50,7 @@ public static class ConfigSchema
                 return;
         }
         if (AppConfig.IsKey(key)) { AppConfig.Validate(key, value); return; }
+        if (IdMaps.Keys.Any(k => k.Key == key)) { IdMaps.ValidateKey(key, value); return; }
         if (key.StartsWith("environment.", StringComparison.Ordinal))
         {
             var name = key["environment.".Length..];
@@ -78,11 +80,12 @@ public static class ConfigSchema
                     "(hull file push)");
             ValidateKey(k, v);
         }
+        IdMaps.Validate(config);
     }
 
     static string? Suggest(string key)
     {
-        string[] fixedKeys = ["limits.cpu", "limits.memory", "limits.processes", "boot.autostart"];
+        string[] fixedKeys = ["limits.cpu", "limits.memory", "limits.processes", "boot.autostart", .. IdMaps.Keys.Select(k => k.Key)];
         return fixedKeys.Select(k => (k, d: Distance(k, key))).Where(x => x.d <= 3).OrderBy(x => x.d).Select(x => x.k).FirstOrDefault();
     }
 

@@ -91,6 +91,10 @@ public interface IInstanceDriver
     /// </summary>
     IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) => null;
 
+    /// <summary>Before a backup of a stopped instance is written: puts its files in the form a backup holds (a
+    /// container's: the owners as the container sees them).</summary>
+    Task PrepareExportAsync(InstanceSpec spec, CancellationToken ct) => Task.CompletedTask;
+
     /// <summary>
     /// The dirs of an instance dir (relative to it; a "*" component stands for one snapshot name) whose contents are
     /// the instance's own files, where a backup may hold any file type, symlinks and hard links (within the same dir).
