@@ -160,7 +160,7 @@ public class SpecValidatorTests
     static Spec Valid(Action<Spec> edit)
     {
         var s = DefaultSpec.Create(["sh"], false);
-        s.Root!.Path = "/";
+        s.Root!.Path = "/tmp"; // any directory but the host root
         edit(s);
         return s;
     }

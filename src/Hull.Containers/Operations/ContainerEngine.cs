@@ -90,9 +90,10 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         var want = NsProcName[type];
         var link = new FileInfo($"/proc/self/fd/{fd.Fd}").LinkTarget ?? "";
         if (link.StartsWith(want + ":[", StringComparison.Ordinal)) return;
+        // A bind-mounted namespace file reads back as its path: setns itself checks that one.
         var colon = link.IndexOf(":[", StringComparison.Ordinal);
-        var what = colon > 0 && !link.StartsWith('/')
-            ? $"it is a {link[..colon]} namespace" : "it is not a namespace file";
+        if (colon <= 0 || link.StartsWith('/')) return;
+        var what = $"it is a {link[..colon]} namespace";
         throw new ContainerException($"linux.namespaces: the {type} namespace path {path} is not a {type} namespace " +
             $"({what}): give a {type} namespace file such as /proc/PID/ns/{want}");
     }
