@@ -201,9 +201,59 @@ sealed class Unprivileged
         long nu = u is { } cu && (to is null || cu < to.Size) ? (to?.UidBase ?? 0) + cu : st.Uid;
         long ng = g is { } cg && (to is null || cg < to.Size) ? (to?.GidBase ?? 0) + cg : st.Gid;
         if (nu == st.Uid && ng == st.Gid) return;
+        var file = (st.Mode & StatxInfo.S_IFMT) == StatxInfo.S_IFREG;
+        var caps = file ? FileCaps.Read(path) : null;
         Sys.Check(Libc.lchown(path, (uint)nu, (uint)ng), $"re-owning {path} of instance '{spec.Name}' for its id map");
-        // chown clears set-uid and set-gid bits: put them back.
+        // chown clears set-uid and set-gid bits and drops file capabilities: put them back.
         if ((st.Mode & 0b110_000_000_000) != 0 && (st.Mode & StatxInfo.S_IFMT) != StatxInfo.S_IFLNK)
             Sys.Check(Libc.chmod(path, st.Mode & 0xFFF), $"chmod {path} of instance '{spec.Name}'");
+        if (caps is not null) FileCaps.Write(path, FileCaps.Shift(caps, from, to), spec.Name);
+    }
+}
+
+/// <summary>
+/// The security.capability xattr of a file (capabilities(7), "File capability extended attribute versioning"):
+/// version 2 applies in every namespace; version 3 names the host uid that is root where it applies (a container's
+/// root wrote it), so it moves with the id map like an owner.
+/// </summary>
+static unsafe class FileCaps
+{
+    const string Name = "security.capability";
+    const uint Revision2 = 0x02000000, Revision3 = 0x03000000, RevisionMask = 0xFF000000;
+    const int Size2 = 20, Size3 = 24;
+
+    public static byte[]? Read(string path)
+    {
+        var buf = new byte[Size3];
+        nint n;
+        fixed (byte* b = buf) n = Libc.lgetxattr(path, Name, b, (nuint)buf.Length);
+        return n is Size2 or Size3 ? buf[..(int)n] : null; // none (ENODATA), or not one the kernel would use
+    }
+
+    public static void Write(string path, byte[] value, string instance)
+    {
+        fixed (byte* b = value)
+            Sys.Check(Libc.lsetxattr(path, Name, b, (nuint)value.Length, 0),
+                $"restoring the file capabilities of {path} of instance '{instance}'");
+    }
+
+    /// <summary>A version 3 root id moved from one map to the other (root of the container's view: version 2).</summary>
+    public static byte[] Shift(byte[] caps, IdMap? from, IdMap? to)
+    {
+        var magic = BitConverter.ToUInt32(caps, 0);
+        if ((magic & RevisionMask) != Revision3 || caps.Length != Size3) return caps;
+        var root = BitConverter.ToUInt32(caps, Size2);
+        long? inside = from is null ? root : from.UidIn(root);
+        if (inside is not { } k || (to is not null && k >= to.Size)) return caps;
+        var host = (to?.UidBase ?? 0) + k;
+        if (host == 0)
+        {
+            var v2 = caps[..Size2];
+            BitConverter.TryWriteBytes(v2.AsSpan(0, 4), (magic & ~RevisionMask) | Revision2);
+            return v2;
+        }
+        var v3 = (byte[])caps.Clone();
+        BitConverter.TryWriteBytes(v3.AsSpan(Size2, 4), (uint)host);
+        return v3;
     }
 }

@@ -34,28 +34,33 @@ public sealed class BackupRoundTripTests
         File.CreateSymbolicLink(Path.Combine(d, "abs"), "/etc/passwd");
         File.CreateSymbolicLink(Path.Combine(d, "sub", "up"), "../../data/./file");
         File.WriteAllText(Path.Combine(d, "suid"), "#!/bin/sh\n");
-        Check(chmod(Path.Combine(d, "suid"), 0x9ED)); // 04755
         Directory.CreateDirectory(Path.Combine(d, "sticky"));
-        Check(chmod(Path.Combine(d, "sticky"), 0x3FF)); // 01777
-        Check(chmod(Path.Combine(d, "file"), 0x1A0)); // 0640
-        Check(lchown(Path.Combine(d, "file"), 1234, 5678));
-        Check(lchown(Path.Combine(d, "abs"), 4321, 8765));
-        Check(lchown(Path.Combine(d, "sticky"), 65534, 65534));
         Check(Hull.Linux.Libc.mknod(Path.Combine(d, "whiteout"), 0x2000, 0)); // char 0:0, an overlay whiteout
         Check(Hull.Linux.Libc.mknod(Path.Combine(d, "null"), 0x2000 | 0x1B6, (1 << 8) | 3));
         Check(Hull.Linux.Libc.mknod(Path.Combine(d, "loop0"), 0x6000 | 0x180, (7 << 8) | 0));
         Check(Hull.Linux.Libc.mknod(Path.Combine(d, "fifo"), 0x1000 | 0x1A4, 0));
         Directory.CreateDirectory(Path.Combine(d, "opaque"));
         File.WriteAllText(Path.Combine(d, "opaque", "x"), "x");
-        SetXattr(Path.Combine(d, "opaque"), "trusted.overlay.opaque", "y"u8.ToArray());
-        SetXattr(Path.Combine(d, "suid"), "security.capability", Convert.FromHexString("0100000200200000000000000000000000000000"));
-        SetXattr(Path.Combine(d, "file"), "user.note", "a note"u8.ToArray());
         using (var f = File.Create(Path.Combine(d, "sparse")))
         {
             f.Seek(64 << 20, SeekOrigin.Begin);
             f.Write(RandomNumberGenerator.GetBytes(4096));
             f.SetLength(128 << 20);
         }
+        // The instance is unprivileged (the default): its layer is owned by the host ids its map gives the container's
+        // ids, as a container would have written it. Owners first: chown clears set-id bits and file capabilities.
+        var (uidBase, gidBase) = MapBase(Path.Combine(a.StateDir, "instances", "rt"));
+        Assert.True(uidBase > 0, "the instance is unprivileged by default");
+        foreach (var p in Walk(d).Append(d)) Check(lchown(p, uidBase, gidBase));
+        Check(lchown(Path.Combine(d, "file"), uidBase + 1234, gidBase + 5678));
+        Check(lchown(Path.Combine(d, "abs"), uidBase + 4321, gidBase + 8765));
+        Check(lchown(Path.Combine(d, "sticky"), uidBase + 65534, gidBase + 65534));
+        Check(chmod(Path.Combine(d, "suid"), 0x9ED)); // 04755
+        Check(chmod(Path.Combine(d, "sticky"), 0x3FF)); // 01777
+        Check(chmod(Path.Combine(d, "file"), 0x1A0)); // 0640
+        SetXattr(Path.Combine(d, "opaque"), "trusted.overlay.opaque", "y"u8.ToArray());
+        SetXattr(Path.Combine(d, "suid"), "security.capability", Convert.FromHexString("0100000200200000000000000000000000000000"));
+        SetXattr(Path.Combine(d, "file"), "user.note", "a note"u8.ToArray());
         // Times last (files first, then dirs bottom-up), to the nanosecond, symlinks included.
         var paths = Walk(d).Append(d).OrderByDescending(p => p.Length).ToList();
         var i = 0;
@@ -65,8 +70,10 @@ public sealed class BackupRoundTripTests
         Ok(a.Cli("import", Path.Combine(a.Dir, "rt.tar"), "rt2"), "import");
         var copy = Path.Combine(a.StateDir, "instances", "rt2", "upper");
 
-        var want = Describe(upper);
-        var got = Describe(copy);
+        // Owners as each container sees them: export may leave the source's files in the container's view, and the
+        // copy's are in its own map.
+        var want = Describe(upper, MapBase(Path.Combine(a.StateDir, "instances", "rt")));
+        var got = Describe(copy, MapBase(Path.Combine(a.StateDir, "instances", "rt2")));
         // The description holds what it should (so an equal one means something).
         Assert.Contains(want, l => l.StartsWith("data/rel-dotdot symlink", StringComparison.Ordinal) && l.Contains("-> ../bin/busybox"));
         Assert.Contains(want, l => l.StartsWith("data/abs symlink", StringComparison.Ordinal) && l.Contains("owner=4321:8765"));
@@ -88,9 +95,20 @@ public sealed class BackupRoundTripTests
         Assert.Equal("../bin/busybox\n./file\n100000\nx\n", r.Stdout);
     }
 
+    /// <summary>The host uid and gid that the instance's root is on disk now: its idmap file says "UIDBASE GIDBASE
+    /// SIZE", or "privileged" when the files hold the container's own view.</summary>
+    static (uint Uid, uint Gid) MapBase(string instanceDir)
+    {
+        var text = File.ReadAllText(Path.Combine(instanceDir, "idmap")).Trim();
+        if (text == "privileged") return (0, 0);
+        var f = text.Split(' ');
+        Assert.True(f.Length == 3, $"{instanceDir}/idmap says '{text}'");
+        return (uint.Parse(f[0]), uint.Parse(f[1]));
+    }
+
     /// <summary>One line per entry below <paramref name="root"/> (sorted by path): everything the round trip keeps.
     /// Hard links are shown as the first path of their inode within the tree.</summary>
-    static List<string> Describe(string root)
+    static List<string> Describe(string root, (uint Uid, uint Gid) map)
     {
         var firstOfInode = new Dictionary<ulong, string>();
         var lines = new List<string>();
@@ -102,7 +120,7 @@ public sealed class BackupRoundTripTests
             {
                 0x8000 => "file", 0x4000 => "dir", 0xA000 => "symlink", 0x2000 => "char", 0x6000 => "block", 0x1000 => "fifo", _ => "other",
             };
-            var sb = new StringBuilder($"{rel} {type} mode={Convert.ToString(st.Mode & 0xFFF, 8)} owner={st.Uid}:{st.Gid} mtime={st.MtimeSec}.{st.MtimeNsec:D9}");
+            var sb = new StringBuilder($"{rel} {type} mode={Convert.ToString(st.Mode & 0xFFF, 8)} owner={st.Uid - map.Uid}:{st.Gid - map.Gid} mtime={st.MtimeSec}.{st.MtimeNsec:D9}");
             if (type != "dir") sb.Append($" size={st.Size}");
             if (type is "char" or "block") sb.Append($" dev={st.RdevMajor}:{st.RdevMinor}");
             if (type == "symlink") sb.Append($" -> {new FileInfo(p).LinkTarget}");

@@ -84,6 +84,9 @@ public static class ExeAttacker
             if (cmdline(pid, c2, sizeof c2) < 0 || strcmp(c1, c2) != 0) { if (m >= 0) close(m); return; }
             if (m < 0) { note("MEM-DENIED pid=%d errno=%d", pid, merr); return; }
             if (strcmp(c1, "/proc/self/exe") == 0) { note("MEM-OWN pid=%d", pid); close(m); return; }
+            /* An empty command line twice: no address space (the process is exiting), or one that execve is still
+               building for the container's program (arguments not yet placed): neither is the runtime's memory. */
+            if (c1[0] == 0) { note("MEM-GONE pid=%d", pid); close(m); return; }
             note("MEM-OPEN pid=%d cmd=%s", pid, c1);
             if (env && pwrite(m, "PWNED", 5, (off_t)env) == 5) note("MEM-WRITE pid=%d env=%lx", pid, env);
             close(m);

@@ -82,21 +82,23 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         ["uts"] = CLONE.NEWUTS, ["user"] = CLONE.NEWUSER, ["cgroup"] = CLONE.NEWCGROUP, ["time"] = CLONE.NEWTIME,
     };
     /// <summary>
-    /// A namespace path must name a namespace of its type: setns(2) would only say EINVAL. The fd's link in
-    /// /proc/self/fd reads "TYPE:[inode]" for a namespace file (nsfs).
+    /// A namespace path must name a namespace of its type: setns(2) would only say EINVAL. ioctl(NS_GET_NSTYPE)
+    /// answers for any nsfs file, a bind-mounted one (as runtimes pin namespaces) included, and fails with ENOTTY
+    /// on anything else.
     /// </summary>
     static void CheckNamespaceFile(SafeFd fd, string type, string path)
     {
         var want = NsProcName[type];
-        var link = new FileInfo($"/proc/self/fd/{fd.Fd}").LinkTarget ?? "";
-        if (link.StartsWith(want + ":[", StringComparison.Ordinal)) return;
-        // A bind-mounted namespace file reads back as its path: setns itself checks that one.
-        var colon = link.IndexOf(":[", StringComparison.Ordinal);
-        if (colon <= 0 || link.StartsWith('/')) return;
-        var what = $"it is a {link[..colon]} namespace";
+        var got = Libc.ioctl(fd.Fd, NS_GET_NSTYPE, 0);
+        if (got >= 0 && (ulong)got == NsFlags[type]) return;
+        var kind = NsFlags.FirstOrDefault(kv => got >= 0 && kv.Value == (ulong)got).Key;
+        var what = kind is null ? "not a namespace file" : $"it is a {NsProcName[kind]} namespace";
         throw new ContainerException($"linux.namespaces: the {type} namespace path {path} is not a {type} namespace " +
             $"({what}): give a {type} namespace file such as /proc/PID/ns/{want}");
     }
+
+    /// <summary>ioctl_ns(2): _IO(0xb7, 0x3), the CLONE_NEW* flag of a namespace file.</summary>
+    const ulong NS_GET_NSTYPE = 0xb703;
 
     internal static readonly Dictionary<string, string> NsProcName = new()
     {

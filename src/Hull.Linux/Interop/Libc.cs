@@ -56,6 +56,10 @@ public static unsafe partial class Libc
     public static partial int access(string path, int mode);
     [LibraryImport(L, SetLastError = true)]
     public static partial uint umask(uint mask);
+    [LibraryImport(L, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial nint lgetxattr(string path, string name, byte* value, nuint size);
+    [LibraryImport(L, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int lsetxattr(string path, string name, byte* value, nuint size, int flags);
 
     // ---- mounts ----
     [LibraryImport(L, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
