@@ -337,6 +337,16 @@ static int child_main(struct hull_spawn *s) {
     int hi = 3;
     for (int i = 0; i < s->n_fds; i++) if (s->fd_dst[i] >= hi) hi = s->fd_dst[i] + 1;
     for (int i = 0; i < s->n_fds; i++) if (s->fd_src[i] >= hi) hi = s->fd_src[i] + 1;
+    /* The fds used after the map (the error pipe, the binary to execveat, the listener socket) move above it too:
+       one of them may have the number of a target (a mount source fd handed to the container init, say). The
+       parent reads none of these fields after clone3, so the child may rewrite them in the shared struct. */
+    int32_t *used[] = { &s->error_fd, &s->exec_fd, &s->listener_sock };
+    for (unsigned i = 0; i < sizeof used / sizeof used[0]; i++) {
+        if (*used[i] < 0 || *used[i] >= hi) continue;
+        r = raw3(SYS_fcntl, *used[i], F_DUPFD_CLOEXEC, hi);
+        if (r < 0) child_fail(s, ST_FD_MAP, r);
+        *used[i] = (int32_t)r;
+    }
     int tmp[HULL_MAX_FDS];
     for (int i = 0; i < s->n_fds; i++) {
         r = raw3(SYS_fcntl, s->fd_src[i], F_DUPFD_CLOEXEC, hi);

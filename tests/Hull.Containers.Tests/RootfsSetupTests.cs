@@ -56,6 +56,15 @@ public class RootfsSetupTests
     }
 
     [Fact]
+    public void A_bind_source_the_runtime_cloned_is_attached_then_remounted_with_its_flags()
+    {
+        var (sys, setup) = Make();
+        sys.Directories.Add("/proc/self/fd/7");
+        setup.MountOne(new Mount { Destination = "/data", Source = "/src", Type = "bind", Options = ["rbind", "ro"] }, 7);
+        Assert.Equal(["mkdir /r/data 755", "move_mount fd 7 /r/data", "mount none /r/data - 0x1021 -"], sys.Calls);
+    }
+
+    [Fact]
     public void File_bind_mount_creates_a_file_target()
     {
         var (sys, setup) = Make();

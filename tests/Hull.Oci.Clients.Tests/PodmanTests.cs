@@ -137,6 +137,40 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
         Assert.False(f.HullHas(id), "Hull still has the state of container " + id);
     }
 
+    /// <summary>
+    /// A user namespace from Podman's --uidmap: the init mounts as the namespace's root, which cannot reach Podman's
+    /// bind sources (userdata/ under a 0700 dir); the runtime clones them for it. Checked side by side with runc.
+    /// </summary>
+    [SkippableFact]
+    public void Run_with_uidmap_mounts_podmans_files_and_a_volume()
+    {
+        Require();
+        const int Base = 200000;
+        var rootfs = Path.Combine(f.Dir.Path, "rootfs-mapped");
+        BusyboxRootfs.Create(rootfs);
+        foreach (var d in new[] { "proc", "dev", "sys", "etc", "tmp", "run" }) Directory.CreateDirectory(Path.Combine(rootfs, d));
+        var vol = Path.Combine(f.Dir.Path, "vol-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(vol);
+        Cmd.Ok("chown", ["-R", $"{Base}:{Base}", rootfs, vol]);
+        var runc = new[] { "/usr/sbin/runc", "/usr/bin/runc" }.FirstOrDefault(File.Exists);
+        foreach (var runtime in runc is null ? [f.HullOci] : new[] { f.HullOci, runc })
+        {
+            File.Delete(Path.Combine(vol, "x"));
+            var r = Cmd.Run("podman", [.. f.Global.Select(a => a == f.HullOci ? runtime : a), "run", "--rm",
+                .. PodmanFixture.RunFlags, "--uidmap", $"0:{Base}:65536", "--gidmap", $"0:{Base}:65536",
+                "-v", $"{vol}:/vol", "--rootfs", rootfs,
+                "sh", "-c", "id -u; cat /proc/self/uid_map; cat /etc/hosts >/dev/null && echo hosts-ok; echo hi > /vol/x"]);
+            Assert.True(r.ExitCode == 0, $"{runtime}: {r}");
+            var lines = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            Assert.Equal("0", lines[0]);
+            Assert.Equal($"0 {Base} 65536", string.Join(' ', lines[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)));
+            Assert.Contains("hosts-ok", lines);
+            var st = new FileInfo(Path.Combine(vol, "x"));
+            Assert.True(st.Exists, $"{runtime}: the volume was not written");
+            Assert.Equal($"{Base}", Cmd.Ok("stat", ["-c", "%u", st.FullName]).Stdout.Trim());
+        }
+    }
+
     [SkippableFact]
     public void Interactive_run_with_a_pty()
     {

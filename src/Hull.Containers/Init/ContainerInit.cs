@@ -51,7 +51,8 @@ public static unsafe class ContainerInit
         var spec = plan.Spec!;
         var process = spec.Process!;
         if (plan.MountNamespaceFd >= 0) JoinMountNamespace(plan.MountNamespaceFd);
-        var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(), plan.NewCgroupNamespace);
+        var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(), plan.NewCgroupNamespace,
+            plan.BindSourceFds);
         if (plan.NewMountNamespace)
         {
             setup.PrepareRoot();

@@ -27,6 +27,11 @@ public sealed class InitPlan
     public int FifoFd { get; set; } = -1;
     /// <summary>A mount namespace joined by path, for the init to enter itself (or -1).</summary>
     public int MountNamespaceFd { get; set; } = -1;
+    /// <summary>
+    /// Per entry of Spec.Mounts: the fd of its bind source, cloned by the runtime (open_tree) where the path resolves
+    /// with host root's rights, or -1 for the init to mount by path. Empty when the runtime cloned none.
+    /// </summary>
+    public List<int> BindSourceFds { get; set; } = [];
     /// <summary>Fds below this (3 + --preserve-fds) are passed on to the container process.</summary>
     public int FirstPrivateFd { get; set; } = 3;
     /// <summary>Whether to report back before pivot_root so that the parent runs prestart/createRuntime hooks.</summary>

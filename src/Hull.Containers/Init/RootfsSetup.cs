@@ -11,7 +11,8 @@ public sealed record CgroupHierarchy(string Name, string FsType, string Options,
 /// checked without root. Runs in the container's new mount namespace, before and around pivot_root.
 /// Order: PrepareRoot → MountAll → CreateDevices → (hooks) → PivotRoot → Finish.
 /// </summary>
-public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool inUserNamespace, IReadOnlyList<CgroupHierarchy> cgroups, bool newCgroupNamespace)
+public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool inUserNamespace, IReadOnlyList<CgroupHierarchy> cgroups, bool newCgroupNamespace,
+    IReadOnlyList<int>? bindSourceFds = null)
 {
     static readonly (string Path, uint Major, uint Minor)[] DefaultDevices =
         [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
@@ -54,22 +55,26 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
 
     public void MountAll()
     {
-        foreach (var m in spec.Mounts ?? []) MountOne(m);
+        var mounts = spec.Mounts ?? [];
+        for (var i = 0; i < mounts.Count; i++) MountOne(mounts[i], bindSourceFds is { } fds && i < fds.Count ? fds[i] : -1);
     }
 
-    public void MountOne(Mount m)
+    /// <param name="sourceFd">The bind source as a detached mount the runtime cloned (see InitPlan.BindSourceFds),
+    /// or -1.</param>
+    public void MountOne(Mount m, int sourceFd = -1)
     {
         var p = MountOptions.Parse(m);
         var dest = InRoot(m.Destination);
         if (m.Type == "cgroup") { MountCgroup(dest, p); return; }
         if (p.Bind)
         {
-            var source = m.Source!;
+            var source = sourceFd >= 0 ? $"/proc/self/fd/{sourceFd}" : m.Source!;
             if (!sys.Exists(source))
                 throw new ContainerException($"bind mount source {source} (for {m.Destination}) does not exist: create it or fix mounts[].source");
             if (sys.IsDirectory(source)) sys.MkdirAll(dest, 0b111_101_101);
             else sys.CreateFile(dest, 0b110_100_100);
-            sys.Mount(source, dest, null, MS.BIND | (p.Recursive ? MS.REC : 0), null);
+            if (sourceFd >= 0) sys.AttachMount(sourceFd, dest);
+            else sys.Mount(source, dest, null, MS.BIND | (p.Recursive ? MS.REC : 0), null);
             if ((p.Flags & ParsedMount.RemountFlags) != 0)
                 Remount(dest, p.Flags & ParsedMount.RemountFlags, m.Destination);
         }

@@ -100,6 +100,37 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     /// <summary>ioctl_ns(2): _IO(0xb7, 0x3), the CLONE_NEW* flag of a namespace file.</summary>
     const ulong NS_GET_NSTYPE = 0xb703;
 
+    /// <summary>
+    /// Detached copies (open_tree) of the bind mount sources, passed to the init from fd <paramref name="next"/> on;
+    /// per mount its fd number in the init, or -1. <paramref name="keep"/> holds them until the init has exec'd.
+    /// </summary>
+    static List<int> CloneBindSources(IList<Mount> mounts, string bundle, SpawnRequest req, List<SafeFd> keep,
+        ref int next)
+    {
+        var fds = new List<int>(mounts.Count);
+        foreach (var m in mounts)
+        {
+            var p = MountOptions.Parse(m);
+            if (!p.Bind || m.Type == "cgroup" || string.IsNullOrEmpty(m.Source)) { fds.Add(-1); continue; }
+            var source = Path.IsPathRooted(m.Source) ? m.Source : Path.Combine(bundle, m.Source);
+            SafeFd tree;
+            try { tree = IdmappedMounts.CloneBind(source, p.Recursive); }
+            catch (LinuxException e) when (e.Errno == Errors.ENOENT)
+            {
+                throw new ContainerException($"bind mount source {m.Source} (for {m.Destination}) does not exist: " +
+                    "create it or fix mounts[].source");
+            }
+            catch (LinuxException e)
+            {
+                throw new ContainerException($"bind mount source {m.Source} (for {m.Destination}): {e.Message}", e);
+            }
+            keep.Add(tree);
+            req.Fds.Add((tree, next));
+            fds.Add(next++);
+        }
+        return fds;
+    }
+
     internal static readonly Dictionary<string, string> NsProcName = new()
     {
         ["pid"] = "pid", ["network"] = "net", ["mount"] = "mnt", ["ipc"] = "ipc", ["uts"] = "uts", ["user"] = "user", ["cgroup"] = "cgroup", ["time"] = "time",
@@ -256,6 +287,10 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                     if (ns.Type == "user") inUser = true;
                 }
             }
+            // The init mounts as the root of a new user namespace, which may not reach a bind source in a 0700 dir
+            // of the caller's (Podman's userdata): clone each source here, where host root resolves it (as runc).
+            var bindFds = newUser && mountNamespace && mountNsFd < 0
+                ? CloneBindSources(spec.Mounts ?? [], bundle, req, nsFds, ref next) : [];
             using var join = cg.PrepareJoin();
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
@@ -298,7 +333,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
                 NewCgroupNamespace = (req.CloneFlags & CLONE.NEWCGROUP) != 0,
                 NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
-                MountNamespaceFd = mountNsFd,
+                MountNamespaceFd = mountNsFd, BindSourceFds = bindFds,
                 ParentHooks = parentHooks, HookState = hookState,
             });
             if (spec.Linux is not null) spec.Linux.Seccomp = profile;

@@ -36,6 +36,25 @@ public static unsafe class IdmappedMounts
         finally { child.Abort(); }
     }
 
+    /// <summary>
+    /// A detached copy of the mount at <paramref name="path"/> (with the mounts below it if <paramref name="recursive"/>),
+    /// made here, where the path resolves with this process's rights: a process in a new user namespace attaches it
+    /// with move_mount(2) where it could not reach the path itself (a 0700 directory of its runtime's).
+    /// </summary>
+    public static SafeFd CloneBind(string path, bool recursive)
+    {
+        var p = Marshal.StringToCoTaskMemUTF8(path);
+        long fd;
+        try
+        {
+            fd = Libc.syscall(SYS.open_tree, O.AT_FDCWD, p, OPEN_TREE_CLONE | O.CLOEXEC | (recursive ? AT_RECURSIVE : 0),
+                0, 0, 0);
+        }
+        finally { Marshal.FreeCoTaskMem(p); }
+        if (fd < 0) throw LinuxException.FromLastError($"open_tree {path}");
+        return new SafeFd((int)fd);
+    }
+
     /// <summary>A detached, recursive copy of the mount tree at <paramref name="path"/>, idmapped through the user
     /// namespace <paramref name="userns"/> (and read-only, nosuid and nodev as asked). Attach it with
     /// <see cref="Attach"/>, or name it as /proc/self/fd/N (an overlayfs layer); closing it unmounts it.</summary>
@@ -65,15 +84,18 @@ public static unsafe class IdmappedMounts
     }
 
     /// <summary>Attaches a detached mount (<see cref="Clone"/>) at <paramref name="target"/> (move_mount(2)).</summary>
-    public static void Attach(SafeFd tree, string target)
+    public static void Attach(SafeFd tree, string target) => Attach(tree.Fd, target);
+
+    /// <summary>Attaches the detached mount open as fd <paramref name="tree"/> at <paramref name="target"/>.</summary>
+    public static void Attach(int tree, string target)
     {
         var empty = stackalloc byte[1];
         empty[0] = 0;
         var t = Marshal.StringToCoTaskMemUTF8(target);
         try
         {
-            Sys.Check(Libc.syscall(SYS.move_mount, tree.Fd, (long)empty, O.AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH, 0),
-                $"attaching an idmapped mount at {target} (move_mount)");
+            Sys.Check(Libc.syscall(SYS.move_mount, tree, (long)empty, O.AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH, 0),
+                $"attaching a mount at {target} (move_mount)");
         }
         finally { Marshal.FreeCoTaskMem(t); }
     }

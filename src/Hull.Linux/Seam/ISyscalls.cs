@@ -8,6 +8,8 @@ namespace Hull.Linux;
 public interface ISyscalls
 {
     void Mount(string? source, string target, string? fstype, ulong flags, string? data);
+    /// <summary>Attaches the detached mount open as fd <paramref name="tree"/> at <paramref name="target"/>.</summary>
+    void AttachMount(int tree, string target);
     void Umount(string target, int flags);
     void PivotRoot(string newRoot, string putOld);
     void Chroot(string path);
@@ -36,6 +38,7 @@ public sealed class LinuxSyscalls : ISyscalls
 
     public void Mount(string? source, string target, string? fstype, ulong flags, string? data) =>
         Sys.Mount(source, target, fstype, flags, data);
+    public void AttachMount(int tree, string target) => IdmappedMounts.Attach(tree, target);
 
     public void Umount(string target, int flags) => Sys.Check(Libc.umount2(target, flags), $"umount {target}");
     public void PivotRoot(string newRoot, string putOld) => Sys.PivotRoot(newRoot, putOld);
@@ -98,6 +101,7 @@ public sealed class RecordingSyscalls : ISyscalls
 
     public void Mount(string? source, string target, string? fstype, ulong flags, string? data) =>
         Rec("mount", $"mount {source ?? "none"} {target} {fstype ?? "-"} 0x{flags:x} {data ?? "-"}");
+    public void AttachMount(int tree, string target) => Rec("move_mount", $"move_mount fd {tree} {target}");
     public void Umount(string target, int flags) => Rec("umount", $"umount {target} {flags}");
     public void PivotRoot(string newRoot, string putOld) => Rec("pivot_root", $"pivot_root {newRoot} {putOld}");
     public void Chroot(string path) => Rec("chroot", $"chroot {path}");
