@@ -2,7 +2,8 @@
 # hulld benchmark: instances through the daemon (docs/benchmarks.md, "Instances (hulld)").
 #   bench/daemon/run.sh [all|latency|scale]        (as root, after `make build`; `make bench-daemon` runs "all")
 # Environment:
-#   ITER=30        latency: iterations of (hull launch + hull exec) and of `podman run --rm`, interleaved
+#   ITER=30        latency: iterations of (hull launch + hull exec), the same privileged (security.privileged=true)
+#                  and of `podman run --rm`, interleaved
 #   N=1000         scale: containers launched through the SDK (N=10000 on request)
 #   RUNNING=1000   scale: how many stay running (0..N); the later ones are handled as REST says
 #   REST=stop      scale: stop each later one right after its launch, or REST=init: only create it (not started)
@@ -131,8 +132,8 @@ latency() {
   "${P[@]}" "${PR[@]}" # warm-up, and fail early if Podman cannot run here
   local runtime_v; runtime_v=$(runc --version | head -1)
   : > "$TMP/lat"
-  local i t0 t1 t2 t3 t4 t5
-  echo "latency: $ITER iterations, hull (launch, exec) and podman run --rm interleaved" >&2
+  local i t0 t1 t2 t3 t4 t5 t6
+  echo "latency: $ITER iterations, hull (launch, exec), privileged and podman run --rm interleaved" >&2
   for ((i = 0; i < ITER; i++)); do
     t0=$EPOCHREALTIME
     "$BIN/hull" launch busybox "l$i" >/dev/null
@@ -143,17 +144,27 @@ latency() {
     t3=$EPOCHREALTIME
     "$BIN/hull" delete --force "l$i" >/dev/null
     t4=$EPOCHREALTIME
-    echo "$(ms "$t0" "$t1") $(ms "$t1" "$t2") $(ms "$t0" "$t2") $(ms "$t2" "$t3") $(ms "$t3" "$t4")" >> "$TMP/lat"
+    "$BIN/hull" launch busybox "p$i" -c security.privileged=true >/dev/null
+    t5=$EPOCHREALTIME
+    "$BIN/hull" exec "p$i" -- true
+    t6=$EPOCHREALTIME
+    "$BIN/hull" delete --force "p$i" >/dev/null
+    echo "$(ms "$t0" "$t1") $(ms "$t1" "$t2") $(ms "$t0" "$t2") $(ms "$t2" "$t3") $(ms "$t3" "$t4")" \
+      "$(ms "$t4" "$t5") $(ms "$t4" "$t6")" >> "$TMP/lat"
   done
-  local launch exec both podman del
+  local launch exec both podman del plaunch pboth
   launch=$(awk '{print $1}' "$TMP/lat" | median); exec=$(awk '{print $2}' "$TMP/lat" | median)
   both=$(awk '{print $3}' "$TMP/lat" | median); podman=$(awk '{print $4}' "$TMP/lat" | median); del=$(awk '{print $5}' "$TMP/lat" | median)
+  plaunch=$(awk '{print $6}' "$TMP/lat" | median); pboth=$(awk '{print $7}' "$TMP/lat" | median)
   printf '\nlatency, median of %d (ms):\n' "$ITER"
   printf '  hull launch busybox      %8.1f\n  hull exec -- true        %8.1f\n  launch + exec            %8.1f\n' "$launch" "$exec" "$both"
+  printf '  privileged launch        %8.1f\n  privileged launch + exec %8.1f\n' "$plaunch" "$pboth"
   printf '  podman run --rm (%s) %8.1f\n  hull delete --force      %8.1f\n' "$runtime_v" "$podman" "$del"
+  printf '  unprivileged (the default) / privileged: launch %.2f, launch + exec %.2f\n' \
+    "$(awk -v a="$launch" -v b="$plaunch" 'BEGIN {print a / b}')" "$(awk -v a="$both" -v b="$pboth" 'BEGIN {print a / b}')"
   printf '  ratio (launch + exec) / podman run: %.2f; launch / podman run: %.2f\n' \
     "$(awk -v a="$both" -v b="$podman" 'BEGIN {print a / b}')" "$(awk -v a="$launch" -v b="$podman" 'BEGIN {print a / b}')"
-  echo "  ,\"latency\": {\"iter\": $ITER, \"hull_launch_ms\": $launch, \"hull_exec_ms\": $exec, \"hull_launch_exec_ms\": $both, \"podman_run_ms\": $podman, \"hull_delete_ms\": $del, \"podman_runtime\": \"$runtime_v\"}" >> "$JSON"
+  echo "  ,\"latency\": {\"iter\": $ITER, \"hull_launch_ms\": $launch, \"hull_exec_ms\": $exec, \"hull_launch_exec_ms\": $both, \"podman_run_ms\": $podman, \"hull_delete_ms\": $del, \"privileged_launch_ms\": $plaunch, \"privileged_launch_exec_ms\": $pboth, \"podman_runtime\": \"$runtime_v\"}" >> "$JSON"
 }
 
 scale() {
