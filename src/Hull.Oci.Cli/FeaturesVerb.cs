@@ -23,7 +23,7 @@ public sealed class LinuxFeatures
     [JsonPropertyName("apparmor")] public Dictionary<string, bool> Apparmor { get; set; } = [];
     [JsonPropertyName("selinux")] public Dictionary<string, bool> Selinux { get; set; } = [];
     [JsonPropertyName("intelRdt")] public Dictionary<string, bool> IntelRdt { get; set; } = new() { ["enabled"] = false };
-    [JsonPropertyName("mountExtensions")] public Dictionary<string, Dictionary<string, bool>> MountExtensions { get; set; } = new() { ["idmap"] = new() { ["enabled"] = false } };
+    [JsonPropertyName("mountExtensions")] public Dictionary<string, Dictionary<string, bool>> MountExtensions { get; set; } = new() { ["idmap"] = new() { ["enabled"] = true } };
 }
 
 public sealed class SeccompFeatures

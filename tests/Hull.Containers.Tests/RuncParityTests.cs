@@ -111,6 +111,49 @@ public class RuncParityTests(OciHarnessFixture f)
     }
 
     /// <summary>
+    /// An idmapped bind mount (mounts[].uidMappings, OCI 1.1): host files owned by root show as the container's root
+    /// in a user namespace that maps root to 1000, and what root writes there lands as host root. Without the mount's
+    /// mappings the same files show as the overflow id and cannot be written. The volume sits in a 0700 dir, which
+    /// only the runtime (host root) can pass.
+    /// </summary>
+    [SkippableFact]
+    public void An_idmapped_bind_mount_shows_host_owners_through_its_mappings()
+    {
+        var outer = Path.Combine(H.Dir.Path, "private-" + H.NewId());
+        var vol = Path.Combine(outer, "vol");
+        Directory.CreateDirectory(vol);
+        Assert.Equal(0, Hull.Linux.Libc.chmod(outer, 0b111_000_000));
+        File.WriteAllText(Path.Combine(vol, "f"), "x");
+        Directory.CreateDirectory(Path.Combine(H.Rootfs, "vol")); // the rootfs is host root's: its root cannot mkdir
+        string Run(bool idmap, string script)
+        {
+            var b = H.Bundle(s =>
+            {
+                MapRootTo1000(s);
+                s.Mounts!.Add(new Mount
+                {
+                    Destination = "/vol", Type = "bind", Source = vol, Options = ["rbind"],
+                    UidMappings = idmap ? [new IdMapping { ContainerId = 0, HostId = 1000, Size = 3000 }] : null,
+                    GidMappings = idmap ? [new IdMapping { ContainerId = 0, HostId = 1000, Size = 3000 }] : null,
+                });
+            }, "sh", "-c", script);
+            var (code, o, e) = H.Run("run", "--bundle", b, H.NewId());
+            Assert.True(code == 0, e);
+            return o.Trim();
+        }
+        Assert.Equal("0:0 ok", Run(true, "stat -c %u:%g /vol/f | tr '\\n' ' '; echo new > /vol/g && echo ok"));
+        Assert.True(Hull.Linux.Agent.GuestSys.TryStat(Path.Combine(vol, "g"), false, out var st, out _));
+        Assert.Equal(0u, st.Uid); // the container's root wrote it: host root through the mapping
+        Assert.Equal("65534:65534 denied", Run(false, "stat -c %u:%g /vol/f | tr '\\n' ' '; echo x > /vol/h 2>/dev/null || echo denied"));
+        Assert.Contains("need a bind mount", H.Run("run", "--bundle", H.Bundle(s => s.Mounts!.Add(new Mount
+        {
+            Destination = "/t", Type = "tmpfs", Source = "tmpfs",
+            UidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 1 }],
+            GidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 1 }],
+        }), "true"), H.NewId()).Err);
+    }
+
+    /// <summary>
     /// A mount namespace to join: a copy of the host's, or (<paramref name="foreignRoot"/>) one whose root is a bare
     /// busybox tree, as another container's is, where the runtime's binary and libraries are not (only this
     /// harness's directory is bound in at its own path, so that root.path is there).

@@ -100,21 +100,37 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     /// <summary>ioctl_ns(2): _IO(0xb7, 0x3), the CLONE_NEW* flag of a namespace file.</summary>
     const ulong NS_GET_NSTYPE = 0xb703;
 
+    static bool IsIdmapped(Mount m) => m.UidMappings is { Count: > 0 } || m.GidMappings is { Count: > 0 };
+
     /// <summary>
-    /// Detached copies (open_tree) of the bind mount sources, passed to the init from fd <paramref name="next"/> on;
-    /// per mount its fd number in the init, or -1. <paramref name="keep"/> holds them until the init has exec'd.
+    /// Detached copies (open_tree) of the bind mount sources (of all, or of the idmapped ones only), idmapped where
+    /// the mount has uidMappings (files owned by containerID on disk show as hostID, as runc), passed to the init from
+    /// fd <paramref name="next"/> on; per mount its fd number in the init, or -1. <paramref name="keep"/> holds them
+    /// until the init has exec'd.
     /// </summary>
-    static List<int> CloneBindSources(IList<Mount> mounts, string bundle, SpawnRequest req, List<SafeFd> keep,
+    static List<int> CloneBindSources(IList<Mount> mounts, string bundle, bool all, SpawnRequest req, List<SafeFd> keep,
         ref int next)
     {
         var fds = new List<int>(mounts.Count);
         foreach (var m in mounts)
         {
             var p = MountOptions.Parse(m);
-            if (!p.Bind || m.Type == "cgroup" || string.IsNullOrEmpty(m.Source)) { fds.Add(-1); continue; }
+            if (!p.Bind || m.Type == "cgroup" || string.IsNullOrEmpty(m.Source) || !(all || IsIdmapped(m)))
+            {
+                fds.Add(-1);
+                continue;
+            }
             var source = Path.IsPathRooted(m.Source) ? m.Source : Path.Combine(bundle, m.Source);
             SafeFd tree;
-            try { tree = IdmappedMounts.CloneBind(source, p.Recursive); }
+            try
+            {
+                if (IsIdmapped(m))
+                {
+                    using var userns = IdmappedMounts.UserNamespace(MapLines(m.UidMappings!), MapLines(m.GidMappings!));
+                    tree = IdmappedMounts.Clone(source, userns, recursive: p.Recursive);
+                }
+                else tree = IdmappedMounts.CloneBind(source, p.Recursive);
+            }
             catch (LinuxException e) when (e.Errno == Errors.ENOENT)
             {
                 throw new ContainerException($"bind mount source {m.Source} (for {m.Destination}) does not exist: " +
@@ -130,6 +146,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         }
         return fds;
     }
+
+    static string MapLines(List<IdMapping> maps) =>
+        string.Concat(maps.Select(x => $"{x.ContainerId} {x.HostId} {x.Size}\n"));
 
     internal static readonly Dictionary<string, string> NsProcName = new()
     {
@@ -289,8 +308,10 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             }
             // The init mounts as the root of a new user namespace, which may not reach a bind source in a 0700 dir
             // of the caller's (Podman's userdata): clone each source here, where host root resolves it (as runc).
-            var bindFds = newUser && mountNamespace && mountNsFd < 0
-                ? CloneBindSources(spec.Mounts ?? [], bundle, req, nsFds, ref next) : [];
+            // Idmapped mounts (mounts[].uidMappings) are made here too, with a user namespace of their mappings.
+            var cloneAll = newUser && mountNamespace && mountNsFd < 0;
+            var bindFds = cloneAll || (spec.Mounts?.Any(IsIdmapped) ?? false)
+                ? CloneBindSources(spec.Mounts ?? [], bundle, cloneAll, req, nsFds, ref next) : [];
             using var join = cg.PrepareJoin();
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);

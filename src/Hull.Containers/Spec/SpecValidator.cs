@@ -78,6 +78,13 @@ public static class SpecValidator
                     throw new InvalidSpecException($"mounts[{i}] ({m.Destination}): unknown bind mount option \"{o}\" (valid: ro, rw, nosuid, nodev, noexec, rbind, rprivate, rslave, ...)");
             if (isBind && string.IsNullOrEmpty(m.Source))
                 throw new InvalidSpecException($"mounts[{i}] ({m.Destination}): a bind mount needs a source");
+            if (m.UidMappings is null && m.GidMappings is null) continue;
+            if (!isBind)
+                throw new InvalidSpecException($"mounts[{i}] ({m.Destination}): uidMappings and gidMappings (an idmapped " +
+                    "mount) need a bind mount: add the bind or rbind option");
+            if (m.UidMappings is not { Count: > 0 } || m.GidMappings is not { Count: > 0 })
+                throw new InvalidSpecException($"mounts[{i}] ({m.Destination}): an idmapped mount needs both " +
+                    "uidMappings and gidMappings");
         }
     }
 

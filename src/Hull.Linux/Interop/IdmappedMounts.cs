@@ -58,14 +58,10 @@ public static unsafe class IdmappedMounts
     /// <summary>A detached, recursive copy of the mount tree at <paramref name="path"/>, idmapped through the user
     /// namespace <paramref name="userns"/> (and read-only, nosuid and nodev as asked). Attach it with
     /// <see cref="Attach"/>, or name it as /proc/self/fd/N (an overlayfs layer); closing it unmounts it.</summary>
-    public static SafeFd Clone(string path, SafeFd userns, bool readOnly = false, bool nosuid = false, bool nodev = false)
+    public static SafeFd Clone(string path, SafeFd userns, bool readOnly = false, bool nosuid = false, bool nodev = false,
+        bool recursive = true)
     {
-        var p = Marshal.StringToCoTaskMemUTF8(path);
-        long fd;
-        try { fd = Libc.syscall(SYS.open_tree, O.AT_FDCWD, p, OPEN_TREE_CLONE | O.CLOEXEC | AT_RECURSIVE, 0, 0, 0); }
-        finally { Marshal.FreeCoTaskMem(p); }
-        if (fd < 0) throw LinuxException.FromLastError($"open_tree {path}");
-        var tree = new SafeFd((int)fd);
+        var tree = CloneBind(path, recursive);
         try
         {
             var attr = new MountAttr
