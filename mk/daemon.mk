@@ -8,7 +8,7 @@ install: install-hulld
 HULLD_PUBLISH := out/hulld-publish
 
 hulld:
-	$(DOTNET) publish src/Hull.Daemon/Hull.Daemon.csproj -c Release -o $(HULLD_PUBLISH) --nologo -v q
+	$(DOTNET) publish src/Hulld/Hulld.csproj -c Release -o $(HULLD_PUBLISH) --nologo -v q
 	mkdir -p $(OUT)
 	cp $(HULLD_PUBLISH)/hulld $(HULLD_PUBLISH)/libe_sqlite3.so $(OUT)/
 

@@ -9,10 +9,42 @@ public static class InstanceTypes
     public static bool IsValid(string t) => t is Container or Vm;
 }
 
+/// <summary>
+/// Where an instance is in its life. Inside Hull it is this enum; on the wire and in hulld's store it is its
+/// <see cref="InstanceStates"/> word (<see cref="Paused"/> is "Frozen" there, as documented).
+/// </summary>
+public enum InstanceState { Stopped, Starting, Running, Stopping, Paused, Error }
+
+/// <summary>The instance states as they appear on the wire.</summary>
 public static class InstanceStates
 {
     public const string Stopped = "Stopped", Starting = "Starting", Running = "Running", Stopping = "Stopping",
         Frozen = "Frozen", Error = "Error";
+
+    public static string ToWire(this InstanceState s) => s switch
+    {
+        InstanceState.Stopped => Stopped,
+        InstanceState.Starting => Starting,
+        InstanceState.Running => Running,
+        InstanceState.Stopping => Stopping,
+        InstanceState.Paused => Frozen,
+        _ => Error,
+    };
+
+    public static InstanceState Parse(string wire) => wire switch
+    {
+        Stopped => InstanceState.Stopped,
+        Starting => InstanceState.Starting,
+        Running => InstanceState.Running,
+        Stopping => InstanceState.Stopping,
+        Frozen => InstanceState.Paused,
+        Error => InstanceState.Error,
+        _ => throw new ArgumentException($"instance state '{wire}' is unknown: expected one of {Stopped}, " +
+            $"{Starting}, {Running}, {Stopping}, {Frozen} or {Error}"),
+    };
+
+    /// <summary>Running or paused: the engine holds a live instance.</summary>
+    public static bool IsLive(this InstanceState s) => s is InstanceState.Running or InstanceState.Paused;
 }
 
 /// <summary>An error reply: the message says what went wrong and what to do.</summary>

@@ -513,7 +513,7 @@ public static partial class CliApp
         {
             var name = NameArg();
             var kv = new Argument<string[]>("key=value") { Arity = ArgumentArity.OneOrMore, Description = "Keys to set" };
-            var set = new Command("set", "Set config keys (limits.cpu, limits.memory, limits.processes, environment.NAME, boot.autostart, user.NAME)") { name, kv };
+            var set = new Command("set", $"Set config keys ({Hull.Instances.ConfigSchema.KeyList})") { name, kv };
             Act(set, async (pr, c, ct) =>
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);

@@ -277,17 +277,16 @@ public sealed partial class Api(Daemon d)
     {
         var name = Name(c);
         var req = await Body(c, J.InstanceStateRequest);
-        var action = req.Action switch { "freeze" => "pause", "unfreeze" => "resume", var a => a };
-        M.PrecheckState(name, action);
+        var action = M.PrecheckState(name, req.Action);
         if (req.Timeout < -1 || req.Timeout > 86400)
             throw new InstanceException($"timeout={req.Timeout} is invalid: use -1 (wait forever) or 0 to 86400 seconds");
         var timeout = req.Timeout < 0 ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(req.Timeout);
-        var op = d.Operations.Start($"{action} {name}", [$"/1.0/instances/{name}"], mayCancel: false, action switch
+        var op = d.Operations.Start($"{action.Word()} {name}", [$"/1.0/instances/{name}"], mayCancel: false, action switch
         {
-            "start" => ctx => M.StartAsync(name, ctx, CancellationToken.None),
-            "stop" => ctx => M.StopAsync(name, req.Force, timeout, ctx, CancellationToken.None),
-            "restart" => ctx => M.RestartAsync(name, req.Force, timeout, ctx, CancellationToken.None),
-            "pause" => _ => M.PauseAsync(name, CancellationToken.None),
+            StateAction.Start => ctx => M.StartAsync(name, ctx, CancellationToken.None),
+            StateAction.Stop => ctx => M.StopAsync(name, req.Force, timeout, ctx, CancellationToken.None),
+            StateAction.Restart => ctx => M.RestartAsync(name, req.Force, timeout, ctx, CancellationToken.None),
+            StateAction.Pause => _ => M.PauseAsync(name, CancellationToken.None),
             _ => (Func<OperationContext, Task>)(_ => M.ResumeAsync(name, CancellationToken.None)),
         });
         await Accepted(c, op);

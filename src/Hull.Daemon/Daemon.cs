@@ -253,8 +253,8 @@ public sealed class Daemon
         PerInstance("hull_instance_io_read_bytes_total", "counter", "Bytes read from storage by the instance.", s => s.IoReadBytes.ToString(CultureInfo.InvariantCulture));
         PerInstance("hull_instance_io_write_bytes_total", "counter", "Bytes written to storage by the instance.", s => s.IoWriteBytes.ToString(CultureInfo.InvariantCulture));
         Head("hull_instances", "gauge", "Instances by state.");
-        foreach (var st in new[] { InstanceStates.Stopped, InstanceStates.Starting, InstanceStates.Running, InstanceStates.Stopping, InstanceStates.Frozen, InstanceStates.Error })
-            sb.Append("hull_instances{state=\"").Append(st).Append("\"} ").Append(records.Count(r => r.State == st && r.Pending != "create")).Append('\n');
+        foreach (var st in Enum.GetValues<InstanceState>())
+            sb.Append("hull_instances{state=\"").Append(st.ToWire()).Append("\"} ").Append(records.Count(r => r.State == st && r.Pending != PendingOp.Create)).Append('\n');
         var counters = Store.Counters();
         Head("hull_instances_created_total", "counter", "Instances created since the state dir was made.");
         sb.Append("hull_instances_created_total ").Append(counters.GetValueOrDefault("instances_created")).Append('\n');

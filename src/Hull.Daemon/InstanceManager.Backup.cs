@@ -25,9 +25,9 @@ public sealed partial class InstanceManager
     {
         using var held = await LockAsync(name, ct);
         var r = Get(name);
-        if (r.State != InstanceStates.Stopped)
-            throw new InstanceException($"instance '{name}' is {r.State.ToLowerInvariant()}: stop it before exporting or moving it{(r.Type == InstanceTypes.Container ? " (hull move --stateless stops it, moves it and starts it there)" : "")}", 409);
-        if (r.Pending is not null) throw new InstanceException($"instance '{name}' has an unfinished '{r.Pending}': retry when it is done", 409);
+        if (r.State != InstanceState.Stopped)
+            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before exporting or moving it{(r.Type == InstanceTypes.Container ? " (hull move --stateless stops it, moves it and starts it there)" : "")}", 409);
+        if (r.Pending is not null) throw new InstanceException($"instance '{name}' has an unfinished '{r.Pending.Value.Word()}': retry when it is done", 409);
         var driver = Driver(r.Type);
         var spec = Spec(r);
         var excludes = driver.ExportExcludes(spec)
@@ -213,7 +213,7 @@ public sealed partial class InstanceManager
     static InstanceRecord RecordOf(InstanceBackup b, string name) => new()
     {
         Name = name, Type = b.Type, Image = b.Image, ImageFingerprint = b.ImageFingerprint, Config = b.Config, Devices = b.Devices,
-        Profiles = b.Profiles, State = InstanceStates.Stopped, Created = b.CreatedAt, Pending = "create",
+        Profiles = b.Profiles, State = InstanceState.Stopped, Created = b.CreatedAt, Pending = PendingOp.Create,
     };
 
     /// <summary>Makes an instance from a backup tarball (stopped; the caller starts it if wanted). All or nothing.</summary>

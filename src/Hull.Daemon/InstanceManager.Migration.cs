@@ -14,8 +14,6 @@ namespace Hull.Daemon;
 /// </summary>
 public sealed partial class InstanceManager
 {
-    const string MigrateIn = "migrate-in";
-
     public async Task<MigrationTarget> PrepareIncomingAsync(string name, MigrationIncomingRequest req, CancellationToken ct)
     {
         var b = req.Instance;
@@ -27,7 +25,7 @@ public sealed partial class InstanceManager
         var image = _store.ListImages().FirstOrDefault(i => i.Fingerprint == b.ImageFingerprint)
             ?? throw new InstanceException($"image {Short(b.ImageFingerprint)} is not on this host: copy the image here first", 409);
         var r = RecordOf(b, name);
-        r.Pending = MigrateIn;
+        r.Pending = PendingOp.MigrateIn;
         ValidateRecord(r);
         using (await LockAsync(name, ct))
         {
@@ -45,7 +43,7 @@ public sealed partial class InstanceManager
                 var runs = new List<DeviceRunConfig>();
                 foreach (var d in spec.Devices) { runs.Add(d.Start(spec.Dir)); started.Add(d); }
                 var uri = await driver.PrepareIncomingAsync(spec, runs, req.ListenAddress, ct);
-                r.State = InstanceStates.Starting;
+                r.State = InstanceState.Starting;
                 _store.UpdateInstance(r);
                 _events.Lifecycle("instance-migration-incoming", name);
                 return new MigrationTarget { Uri = uri };
@@ -67,8 +65,8 @@ public sealed partial class InstanceManager
         using (await LockAsync(name, ct))
         {
             var r = Get(name);
-            if (r.State is not (InstanceStates.Running or InstanceStates.Frozen))
-                throw new InstanceException($"instance '{name}' is {r.State.ToLowerInvariant()}: only a running instance moves live (a stopped one moves as a backup)", 409);
+            if (!r.State.IsLive())
+                throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: only a running instance moves live (a stopped one moves as a backup)", 409);
             var driver = Driver(r.Type);
             if (!driver.CanMigrateLive) throw new InstanceException($"running {r.Type} instances cannot move live: stop it first, or use --stateless", 501);
             var spec = Spec(r);
@@ -86,7 +84,7 @@ public sealed partial class InstanceManager
             op?.Result("transferred_bytes", stats.TransferredBytes.ToString(CultureInfo.InvariantCulture));
             // The instance runs on the target now: forget it here.
             foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
-            r.Pending = "delete";
+            r.Pending = PendingOp.Delete;
             _store.UpdateInstance(r);
             await FinishDeleteAsync(r, driver, spec);
         }
@@ -100,7 +98,7 @@ public sealed partial class InstanceManager
         using (await LockAsync(name, ct))
         {
             var r = Get(name);
-            if (r.Pending != MigrateIn) throw new InstanceException($"instance '{name}' is not waiting for a migration", 409);
+            if (r.Pending != PendingOp.MigrateIn) throw new InstanceException($"instance '{name}' is not waiting for a migration", 409);
             var driver = Driver(r.Type);
             var spec = Spec(r);
             if (!succeeded)
@@ -112,12 +110,12 @@ public sealed partial class InstanceManager
             try { await driver.CompleteIncomingAsync(spec, ct); }
             catch (Exception e)
             {
-                r.State = InstanceStates.Error; r.Pending = null; r.StatusMessage = $"the migrated instance did not come up here: {ApiErrors.Describe(e).Message}";
+                r.State = InstanceState.Error; r.Pending = null; r.StatusMessage = $"the migrated instance did not come up here: {ApiErrors.Describe(e).Message}";
                 _store.UpdateInstance(r);
                 throw;
             }
             var st = await driver.GetStateAsync(spec, ct);
-            r.State = InstanceStates.Running; r.Pid = st.Pid; r.Pending = null; r.LastUsed = DateTimeOffset.UtcNow;
+            r.State = InstanceState.Running; r.Pid = st.Pid; r.Pending = null; r.LastUsed = DateTimeOffset.UtcNow;
             _store.UpdateInstance(r);
             _events.Lifecycle("instance-started", name);
             Watch(name, driver, spec);

@@ -16,14 +16,45 @@ public sealed class InstanceRecord
     public Dictionary<string, string> Config = [];
     public Dictionary<string, Dictionary<string, string>> Devices = [];
     public List<string> Profiles = [];
-    public string State = InstanceStates.Stopped;
+    public InstanceState State = InstanceState.Stopped;
     public DateTimeOffset Created;
     public DateTimeOffset? LastUsed;
-    /// <summary>An engine call in progress when the row was written (create, delete, start, stop, restore...). Crash recovery reads it.</summary>
-    public string? Pending;
+    /// <summary>An engine call in progress when the row was written. Crash recovery reads it.</summary>
+    public PendingOp? Pending;
     public int? Pid;
     public int? LastExitCode;
     public string? StatusMessage;
+}
+
+/// <summary>
+/// The engine call in progress when an instance or snapshot row was written (crash recovery finishes or undoes it).
+/// Stored as its word (<see cref="PendingOps.Word"/>).
+/// </summary>
+public enum PendingOp { Create, Delete, Start, Stop, Restore, MigrateIn }
+
+public static class PendingOps
+{
+    public static string Word(this PendingOp p) => p switch
+    {
+        PendingOp.Create => "create",
+        PendingOp.Delete => "delete",
+        PendingOp.Start => "start",
+        PendingOp.Stop => "stop",
+        PendingOp.Restore => "restore",
+        _ => "migrate-in",
+    };
+
+    public static PendingOp Parse(string word) => word switch
+    {
+        "create" => PendingOp.Create,
+        "delete" => PendingOp.Delete,
+        "start" => PendingOp.Start,
+        "stop" => PendingOp.Stop,
+        "restore" => PendingOp.Restore,
+        "migrate-in" => PendingOp.MigrateIn,
+        _ => throw new InvalidOperationException($"the store holds an unknown pending operation '{word}': " +
+            "this hulld is older than the one that wrote it; run the newer hulld"),
+    };
 }
 
 public sealed class ProfileRecord
@@ -264,8 +295,9 @@ public sealed class Store : IDisposable
     static InstanceRecord ReadInstance(SqliteDataReader r) => new()
     {
         Name = r.GetString(0), Type = r.GetString(1), Image = r.GetString(2), ImageFingerprint = r.GetString(3),
-        Config = Cfg(r.GetString(4)), Devices = Dev(r.GetString(5)), Profiles = Lst(r.GetString(6)), State = r.GetString(7),
-        Created = T(r.GetInt64(8)), LastUsed = r.IsDBNull(9) ? null : T(r.GetInt64(9)), Pending = r.IsDBNull(10) ? null : r.GetString(10),
+        Config = Cfg(r.GetString(4)), Devices = Dev(r.GetString(5)), Profiles = Lst(r.GetString(6)),
+        State = InstanceStates.Parse(r.GetString(7)),
+        Created = T(r.GetInt64(8)), LastUsed = r.IsDBNull(9) ? null : T(r.GetInt64(9)), Pending = r.IsDBNull(10) ? null : PendingOps.Parse(r.GetString(10)),
         Pid = r.IsDBNull(11) ? null : r.GetInt32(11), LastExitCode = r.IsDBNull(12) ? null : r.GetInt32(12),
         StatusMessage = r.IsDBNull(13) ? null : r.GetString(13),
     };
@@ -299,8 +331,8 @@ public sealed class Store : IDisposable
         {
             using var cmd = Cmd($"INSERT OR IGNORE INTO instances ({InstanceCols}) VALUES ($n,$t,$i,$f,$c,$d,$p,$s,$cr,$lu,$pe,$pid,$ec,$sm)",
                 ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)), ("$d", J(i.Devices)),
-                ("$p", J(i.Profiles)), ("$s", i.State), ("$cr", T(i.Created)), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
-                ("$pe", i.Pending), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
+                ("$p", J(i.Profiles)), ("$s", i.State.ToWire()), ("$cr", T(i.Created)), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
+                ("$pe", i.Pending?.Word()), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
             return Run(cmd) == 1;
         }
     }
@@ -311,8 +343,8 @@ public sealed class Store : IDisposable
         {
             using var cmd = Cmd("UPDATE instances SET type=$t, image=$i, image_fingerprint=$f, config=$c, devices=$d, profiles=$p, state=$s, last_used=$lu, pending=$pe, pid=$pid, last_exit_code=$ec, status_message=$sm WHERE name=$n",
                 ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)), ("$d", J(i.Devices)),
-                ("$p", J(i.Profiles)), ("$s", i.State), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
-                ("$pe", i.Pending), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
+                ("$p", J(i.Profiles)), ("$s", i.State.ToWire()), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
+                ("$pe", i.Pending?.Word()), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
             if (Run(cmd) != 1) throw new InvalidOperationException($"instance {i.Name} vanished from the store");
         }
     }
@@ -355,33 +387,33 @@ public sealed class Store : IDisposable
     }
 
     /// <summary>Snapshot rows whose engine call did not finish (crash recovery).</summary>
-    public List<(string Instance, string Name, string Pending)> PendingSnapshots()
+    public List<(string Instance, string Name, PendingOp Pending)> PendingSnapshots()
     {
         lock (_lock)
         {
             using var cmd = Cmd("SELECT instance, name, pending FROM snapshots WHERE pending IS NOT NULL");
             using var r = cmd.ExecuteReader();
-            var list = new List<(string, string, string)>();
-            while (r.Read()) list.Add((r.GetString(0), r.GetString(1), r.GetString(2)));
+            var list = new List<(string, string, PendingOp)>();
+            while (r.Read()) list.Add((r.GetString(0), r.GetString(1), PendingOps.Parse(r.GetString(2))));
             return list;
         }
     }
 
-    public bool InsertSnapshot(Snapshot s, string? pending)
+    public bool InsertSnapshot(Snapshot s, PendingOp? pending)
     {
         lock (_lock)
         {
             using var cmd = Cmd("INSERT OR IGNORE INTO snapshots (instance, name, created, config, devices, profiles, pending) VALUES ($i,$n,$c,$cf,$d,$p,$pe)",
-                ("$i", s.Instance), ("$n", s.Name), ("$c", T(s.CreatedAt)), ("$cf", J(s.Config)), ("$d", J(s.Devices)), ("$p", J(s.Profiles)), ("$pe", pending));
+                ("$i", s.Instance), ("$n", s.Name), ("$c", T(s.CreatedAt)), ("$cf", J(s.Config)), ("$d", J(s.Devices)), ("$p", J(s.Profiles)), ("$pe", pending?.Word()));
             return Run(cmd) == 1;
         }
     }
 
-    public void SetSnapshotPending(string instance, string name, string? pending)
+    public void SetSnapshotPending(string instance, string name, PendingOp? pending)
     {
         lock (_lock)
         {
-            using var cmd = Cmd("UPDATE snapshots SET pending=$p WHERE instance=$i AND name=$n", ("$i", instance), ("$n", name), ("$p", pending));
+            using var cmd = Cmd("UPDATE snapshots SET pending=$p WHERE instance=$i AND name=$n", ("$i", instance), ("$n", name), ("$p", pending?.Word()));
             Run(cmd);
         }
     }

@@ -12,54 +12,64 @@ public static class ConfigSchema
     /// <summary>Size limits of a config (own or expanded): keys, key length, value length (bytes of UTF-8).</summary>
     public const int MaxKeys = 1024, MaxKeyLength = 256, MaxValueLength = 65536;
 
-    /// <summary>Every fixed key with its description (environment.* and user.* are prefixes).</summary>
+    public const string CpuKey = "limits.cpu", MemoryKey = "limits.memory", ProcessesKey = "limits.processes",
+        AutostartKey = "boot.autostart", EnvironmentPrefix = "environment.", UserPrefix = "user.";
+
+    /// <summary>
+    /// The one table of config keys, each with its description: the fixed keys, then the prefixes (a key ending in
+    /// ".NAME" stands for any name). Error messages, suggestions and the CLI's help are made from it.
+    /// </summary>
     public static readonly (string Key, string Help)[] Keys =
     [
-        ("limits.cpu", $"number of CPUs, a whole number from 1 to {MaxCpus}"),
-        ("limits.memory", "memory limit, from 4MiB to 16TiB, e.g. 512MiB or 2GiB (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
-        ("limits.processes", $"maximum number of processes, a whole number from 1 to {MaxProcesses}"),
-        ("boot.autostart", "start the instance when hulld starts: true or false"),
-        ("environment.NAME", "an environment variable for the instance's processes"),
-        ("user.NAME", "free-form user metadata"),
+        (CpuKey, $"number of CPUs, a whole number from 1 to {MaxCpus}"),
+        (MemoryKey, "memory limit, from 4MiB to 16TiB, e.g. 512MiB or 2GiB (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+        (ProcessesKey, $"maximum number of processes, a whole number from 1 to {MaxProcesses}"),
+        (AutostartKey, "start the instance when hulld starts: true or false"),
         .. AppConfig.Keys,
         .. IdMaps.Keys,
+        (EnvironmentPrefix + "NAME", "an environment variable for the instance's processes"),
+        (UserPrefix + "NAME", "free-form user metadata"),
     ];
 
-    static string KeyList => "limits.cpu, limits.memory, limits.processes, boot.autostart, app.command, app.share, app.system, security.privileged, security.idmap.isolated, security.idmap.base, security.idmap.size, environment.<NAME>, user.<NAME>";
+    /// <summary>The keys a user sets (every key but the ones hulld sets itself, volatile.*).</summary>
+    static IEnumerable<string> SettableKeys => Keys.Select(k => k.Key).Where(k => !k.StartsWith("volatile.", StringComparison.Ordinal));
+
+    /// <summary>"limits.cpu, ..., environment.&lt;NAME&gt;, user.&lt;NAME&gt;": the keys a user sets, for messages and help.</summary>
+    public static string KeyList => string.Join(", ", SettableKeys.Select(k => k.EndsWith(".NAME", StringComparison.Ordinal) ? k[..^4] + "<NAME>" : k));
 
     /// <summary>Validates one key and value; throws <see cref="InstanceException"/> naming the key and the valid range.</summary>
     public static void ValidateKey(string key, string value)
     {
         switch (key)
         {
-            case "limits.cpu":
+            case CpuKey:
                 if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var cpus) || cpus < 1 || cpus > MaxCpus)
                     throw new InstanceException($"limits.cpu='{value}' is invalid: use a whole number of CPUs from 1 to {MaxCpus}");
                 return;
-            case "limits.memory":
+            case MemoryKey:
                 if (!TryParseSize(value, out var mem) || mem < MinMemory || mem > MaxMemory)
                     throw new InstanceException($"limits.memory='{value}' is invalid: use a size from 4MiB to 16TiB, such as 512MiB or 2GiB");
                 return;
-            case "limits.processes":
+            case ProcessesKey:
                 if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var procs) || procs < 1 || procs > MaxProcesses)
                     throw new InstanceException($"limits.processes='{value}' is invalid: use a whole number from 1 to {MaxProcesses}");
                 return;
-            case "boot.autostart":
+            case AutostartKey:
                 if (!TryParseBool(value, out _))
                     throw new InstanceException($"boot.autostart='{value}' is invalid: use true or false");
                 return;
         }
         if (AppConfig.IsKey(key)) { AppConfig.Validate(key, value); return; }
         if (IdMaps.Keys.Any(k => k.Key == key)) { IdMaps.ValidateKey(key, value); return; }
-        if (key.StartsWith("environment.", StringComparison.Ordinal))
+        if (key.StartsWith(EnvironmentPrefix, StringComparison.Ordinal))
         {
-            var name = key["environment.".Length..];
+            var name = key[EnvironmentPrefix.Length..];
             if (!IsEnvName(name))
                 throw new InstanceException($"config key '{key}' is invalid: an environment variable name has letters, digits and '_' and does not start with a digit");
             if (value.Contains('\0')) throw new InstanceException($"{key}: the value must not contain NUL bytes");
             return;
         }
-        if (key.StartsWith("user.", StringComparison.Ordinal) && key.Length > 5) return;
+        if (key.StartsWith(UserPrefix, StringComparison.Ordinal) && key.Length > UserPrefix.Length) return;
         var hint = Suggest(key);
         throw new InstanceException($"unknown config key '{key}'{(hint is null ? "" : $" (did you mean {hint}?)")}: valid keys are {KeyList}");
     }
@@ -85,7 +95,7 @@ public static class ConfigSchema
 
     static string? Suggest(string key)
     {
-        string[] fixedKeys = ["limits.cpu", "limits.memory", "limits.processes", "boot.autostart", .. IdMaps.Keys.Select(k => k.Key)];
+        var fixedKeys = SettableKeys.Where(k => !k.EndsWith(".NAME", StringComparison.Ordinal));
         return fixedKeys.Select(k => (k, d: Distance(k, key))).Where(x => x.d <= 3).OrderBy(x => x.d).Select(x => x.k).FirstOrDefault();
     }
 
@@ -167,15 +177,15 @@ public static class ConfigSchema
 
     public static InstanceLimits ParseLimits(IReadOnlyDictionary<string, string> config) => new()
     {
-        Cpus = config.TryGetValue("limits.cpu", out var c) && int.TryParse(c, CultureInfo.InvariantCulture, out var ci) ? ci : null,
-        MemoryBytes = config.TryGetValue("limits.memory", out var m) && TryParseSize(m, out var mb) ? mb : null,
-        Processes = config.TryGetValue("limits.processes", out var p) && int.TryParse(p, CultureInfo.InvariantCulture, out var pi) ? pi : null,
+        Cpus = config.TryGetValue(CpuKey, out var c) && int.TryParse(c, CultureInfo.InvariantCulture, out var ci) ? ci : null,
+        MemoryBytes = config.TryGetValue(MemoryKey, out var m) && TryParseSize(m, out var mb) ? mb : null,
+        Processes = config.TryGetValue(ProcessesKey, out var p) && int.TryParse(p, CultureInfo.InvariantCulture, out var pi) ? pi : null,
     };
 
     public static Dictionary<string, string> ParseEnvironment(IReadOnlyDictionary<string, string> config) =>
-        config.Where(kv => kv.Key.StartsWith("environment.", StringComparison.Ordinal))
-            .ToDictionary(kv => kv.Key["environment.".Length..], kv => kv.Value, StringComparer.Ordinal);
+        config.Where(kv => kv.Key.StartsWith(EnvironmentPrefix, StringComparison.Ordinal))
+            .ToDictionary(kv => kv.Key[EnvironmentPrefix.Length..], kv => kv.Value, StringComparer.Ordinal);
 
     public static bool Autostart(IReadOnlyDictionary<string, string> config) =>
-        config.TryGetValue("boot.autostart", out var v) && TryParseBool(v, out var b) && b;
+        config.TryGetValue(AutostartKey, out var v) && TryParseBool(v, out var b) && b;
 }

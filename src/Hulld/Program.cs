@@ -7,7 +7,7 @@ namespace Hull.Daemon;
 
 public static class Program
 {
-    /// <summary>hulld. The engines (containers, VMs) are registered here as they land.</summary>
+    /// <summary>hulld: the daemon library (src/Hull.Daemon) with the container and VM engines and their built-in images.</summary>
     public static Task<int> Main(string[] args)
     {
         // The container init is hull-oci installed next to hulld (make install links it there), unless HULL_INIT_BINARY says otherwise.
