@@ -42,7 +42,7 @@ sealed class ContainerExec : IExecSession
 
     static FileStream Wrap(SafeFd fd, FileAccess access) => new(new SafeFileHandle(fd.Detach(), true), access, 1, false);
 
-    public static IExecSession StartPipes(ContainerEngine engine, string id, Hull.Oci.Process p)
+    public static IExecSession StartPipes(string root, string id, Hull.Oci.Process p)
     {
         var (inR, inW) = Sys.Pipe();
         var (outR, outW) = Sys.Pipe();
@@ -51,7 +51,7 @@ sealed class ContainerExec : IExecSession
         {
             (SpawnedChild, SafeFd) child;
             using (inR) using (outW) using (errW)
-                child = StartRuntime(engine, id, p, [inR, outW, errW], tty: false);
+                child = StartRuntime(root, id, p, [inR, outW, errW], tty: false);
             return new ContainerExec(child, null, Wrap(inW, FileAccess.Write), Wrap(outR, FileAccess.Read), Wrap(errR, FileAccess.Read));
         }
         catch
@@ -61,7 +61,7 @@ sealed class ContainerExec : IExecSession
         }
     }
 
-    public static IExecSession StartPty(ContainerEngine engine, string id, int initPid, Hull.Oci.Process p, int width, int height)
+    public static IExecSession StartPty(string root, string id, int initPid, Hull.Oci.Process p, int width, int height)
     {
         // The pty comes from the container's own devpts instance, so the process sees a /dev/pts/N that exists there.
         var master = Sys.Open($"/proc/{initPid}/root/dev/pts/ptmx", O.RDWR | O.NOCTTY);
@@ -73,7 +73,7 @@ sealed class ContainerExec : IExecSession
             SetSize(master, width, height);
             (SpawnedChild, SafeFd) child;
             using (var slave = new SafeFd(sfd))
-                child = StartRuntime(engine, id, p, [slave, slave, slave], tty: true);
+                child = StartRuntime(root, id, p, [slave, slave, slave], tty: true);
             var dup = Libc.fcntl(master.Fd, 1030 /* F_DUPFD_CLOEXEC */, 3);
             if (dup < 0) throw LinuxException.FromLastError("dup pty master");
             var stream = new FileStream(new SafeFileHandle(dup, true), FileAccess.ReadWrite, 1, false);
@@ -88,7 +88,7 @@ sealed class ContainerExec : IExecSession
 
     /// <summary>Runs <c>hull-oci exec</c> for the process with <paramref name="stdio"/> as its fds 0-2 and waits
     /// for its report: the process's pidfd, or the exec's error (a ContainerException with its exit code).</summary>
-    static (SpawnedChild Runtime, SafeFd Process) StartRuntime(ContainerEngine engine, string id, Hull.Oci.Process p,
+    static (SpawnedChild Runtime, SafeFd Process) StartRuntime(string root, string id, Hull.Oci.Process p,
         IReadOnlyList<SafeFd> stdio, bool tty)
     {
         var json = JsonSerializer.SerializeToUtf8Bytes(p, Hull.Oci.OciJson.Default.Process);
@@ -102,7 +102,7 @@ sealed class ContainerExec : IExecSession
                 var req = new SpawnRequest
                 {
                     Path = ContainerEngine.InitBinary,
-                    Argv = ["hull-oci", "--root", engine.Store.Root, "exec", "--process", "/proc/self/fd/3",
+                    Argv = ["hull-oci", "--root", root, "exec", "--process", "/proc/self/fd/3",
                         $"--{ContainerEngine.ExecReportFdFlag}=4",
                         .. tty ? [$"--{ContainerEngine.ExecStdioTtyFlag}"] : Array.Empty<string>(), id],
                     Env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],

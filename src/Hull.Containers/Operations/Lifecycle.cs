@@ -6,15 +6,18 @@ namespace Hull.Containers;
 public sealed unsafe partial class ContainerEngine
 {
     /// <summary>The OCI status: creating, created, running, paused or stopped.</summary>
-    public string StatusOf(ContainerRecord r)
+    public ContainerStatus Status(ContainerRecord r)
     {
-        if (r.Pid == 0) return "creating";
-        if (!ProcFs.IsAlive(r.Pid, r.PidStartTime)) return "stopped";
-        if (!r.Started && File.Exists(Store.FifoPath(r.Id))) return "created";
-        try { if (Cgroups.Open(r.CgroupPath, r.Id).IsFrozen) return "paused"; }
+        if (r.Pid == 0) return ContainerStatus.Creating;
+        if (!ProcFs.IsAlive(r.Pid, r.PidStartTime)) return ContainerStatus.Stopped;
+        if (!r.Started && File.Exists(Store.FifoPath(r.Id))) return ContainerStatus.Created;
+        try { if (Cgroups.Open(r.CgroupPath, r.Id).IsFrozen) return ContainerStatus.Paused; }
         catch (Exception) { /* the cgroup is gone: the status is what the process says */ }
-        return "running";
+        return ContainerStatus.Running;
     }
+
+    /// <summary>The OCI status as the runtime-spec word (for the OCI command line's JSON).</summary>
+    public string StatusOf(ContainerRecord r) => Status(r).Oci();
 
     public State StateOf(string id)
     {

@@ -183,8 +183,9 @@ public sealed class StateStore(string root)
 /// <summary>Facts about a live process read from /proc.</summary>
 public static class ProcFs
 {
-    /// <summary>Start time (field 22 of /proc/PID/stat) and state letter; null if the process does not exist.</summary>
-    public static (ulong StartTime, char State)? Stat(int pid)
+    /// <summary>Start time (field 22 of /proc/PID/stat), state letter and parent pid; null if the process does not
+    /// exist.</summary>
+    public static (ulong StartTime, char State, int Parent)? Stat(int pid)
     {
         string text;
         try { text = File.ReadAllText($"/proc/{pid}/stat"); }
@@ -194,7 +195,7 @@ public static class ProcFs
         if (close < 0) return null;
         var fields = text[(close + 2)..].Split(' ');
         // fields[0] is field 3 (state); field 22 is fields[19]
-        return (ulong.Parse(fields[19]), fields[0][0]);
+        return (ulong.Parse(fields[19]), fields[0][0], int.Parse(fields[1]));
     }
 
     /// <summary>True if pid is alive (not a zombie) and is the process that started at startTime.</summary>

@@ -9,17 +9,20 @@ namespace Hull.Instances.Containers;
 
 /// <summary>
 /// The container monitor: one long-lived process per hulld state dir ("hulld monitor --state-dir DIR") that is the
-/// parent of every container init. hulld asks it to create and start containers; it watches each init through a pidfd
-/// (one epoll thread for all), and when one ends it writes the exit code into the instance dir (atomically) before it
-/// reaps the init. It runs in its own session, so it outlives hulld (stop, crash, upgrade); hulld reconnects when it
-/// starts. It exits by itself when it is the parent of no container and no hulld is connected.
+/// parent of every container init and the only process of hulld's that runs the container engine on it. hulld asks
+/// it to create, start, signal, pause, resume, update, measure and delete containers (<see cref="MonitorOp"/>); it
+/// watches each init through a pidfd (one epoll thread for all), and when one ends it writes the exit code into the
+/// instance dir (atomically: the record hulld reads when it was away), pushes an exit event on every connection that
+/// said hello, then reaps the init. It runs in its own session, so it outlives hulld (stop, crash, upgrade); hulld
+/// reconnects when it starts. It exits by itself when it is the parent of no container and no hulld is connected (a
+/// retired one: after its last container).
 /// Files in the state dir: monitor.sock (the socket, 0600), monitor.lock (flock: one monitor per state dir),
 /// monitor.pid (the pid of the monitor holding the lock), monitor.log (its output).
 /// </summary>
 public static class ContainerMonitor
 {
     /// <summary>Bumped whenever a request or reply other than hello/retire changes.</summary>
-    public const int ProtocolVersion = 1;
+    public const int ProtocolVersion = 2;
 
     public static string SocketPath(string stateDir) => Path.Combine(stateDir, "monitor.sock");
     public static string LockPath(string stateDir) => Path.Combine(stateDir, "monitor.lock");
@@ -85,14 +88,24 @@ sealed class MonitorServer(string stateDir)
 {
     readonly object _gate = new();
     readonly ManualResetEventSlim _done = new();
+    /// <summary>The inits this monitor is the parent of and has not reaped yet, by container id.</summary>
+    readonly Dictionary<string, Init> _inits = new(StringComparer.Ordinal);
+    /// <summary>Connections that said hello: they get the pushed events.</summary>
+    readonly List<SafeFd> _subscribers = [];
     ContainerEngine _engine = null!;
     PidfdWatcher _watcher = null!;
     SafeFd? _lock;
     SafeFd? _listener;
     string _identity = "";
-    int _connections, _live;
+    int _connections;
     bool _retired, _exiting;
     Timer? _idle;
+
+    sealed class Init(int pid)
+    {
+        public int Pid { get; } = pid;
+        public ManualResetEventSlim Reaped { get; } = new();
+    }
 
     public void Open()
     {
@@ -107,10 +120,13 @@ sealed class MonitorServer(string stateDir)
         for (var i = 0; i < 100 && !(locked = DaemonInterop.TryLockExclusive(_lock)); i++) Thread.Sleep(50);
         if (!locked)
         {
-            var other = File.Exists(ContainerMonitor.PidPath(stateDir)) ? File.ReadAllText(ContainerMonitor.PidPath(stateDir)).Trim() : "?";
-            throw new IOException($"another monitor (pid {other}) holds {ContainerMonitor.LockPath(stateDir)} and does not answer on its socket");
+            var pidPath = ContainerMonitor.PidPath(stateDir);
+            var other = File.Exists(pidPath) ? File.ReadAllText(pidPath).Trim() : "?";
+            throw new IOException($"another monitor (pid {other}) holds {ContainerMonitor.LockPath(stateDir)} and " +
+                "does not answer on its socket");
         }
-        File.WriteAllText(ContainerMonitor.PidPath(stateDir), Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
+        File.WriteAllText(ContainerMonitor.PidPath(stateDir),
+            Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
         var sock = ContainerMonitor.SocketPath(stateDir);
         File.Delete(sock); // stale: we hold the lock, so no live monitor serves it
         _listener = MonitorInterop.Listen(sock);
@@ -126,7 +142,8 @@ sealed class MonitorServer(string stateDir)
         var accept = new Thread(AcceptLoop) { IsBackground = true, Name = "hull-monitor-accept" };
         accept.Start();
         _done.Wait();
-        ContainerMonitor.Log("no containers and no hulld left: exiting");
+        ContainerMonitor.Log(_retired ? "retired, and its last container has ended: exiting"
+            : "no containers and no hulld left: exiting");
         return 0;
     }
 
@@ -165,7 +182,13 @@ sealed class MonitorServer(string stateDir)
                 {
                     var m = MonitorWire.Receive(conn, fds, buffer);
                     if (m is null) return;
-                    MonitorWire.Send(conn, Handle(m, fds));
+                    var reply = Handle(m, fds);
+                    // Events go out under the gate too: a reply and an event never interleave within a message.
+                    lock (_gate)
+                    {
+                        MonitorWire.Send(conn, reply);
+                        if (m.Op == MonitorOp.Hello && reply.Op == MonitorOp.Ok) _subscribers.Add(conn);
+                    }
                 }
                 finally { foreach (var f in fds) f.Dispose(); }
             }
@@ -173,74 +196,161 @@ sealed class MonitorServer(string stateDir)
         catch (Exception e) when (e is LinuxException or IOException) { ContainerMonitor.Log($"a connection failed: {e.Message}"); }
         finally
         {
-            conn.Dispose();
-            lock (_gate) { _connections--; MaybeExit(); }
+            lock (_gate)
+            {
+                _subscribers.Remove(conn);
+                conn.Dispose();
+                _connections--;
+                MaybeExit();
+            }
         }
     }
 
     MonitorMessage Reply(string? error = null) => new()
     {
-        Op = error is null ? "ok" : "error", Error = error, Version = ContainerMonitor.ProtocolVersion, Identity = _identity,
-        Pid = Environment.ProcessId, Containers = Volatile.Read(ref _live),
+        Op = error is null ? MonitorOp.Ok : MonitorOp.Error, Error = error, Version = ContainerMonitor.ProtocolVersion,
+        Identity = _identity, Pid = Environment.ProcessId, Containers = Live,
     };
+
+    int Live { get { lock (_gate) return _inits.Count; } }
 
     MonitorMessage Handle(MonitorMessage m, List<SafeFd> fds)
     {
         switch (m.Op)
         {
-            case "hello": return Reply();
-            case "retire":
+            case MonitorOp.Hello: return Reply();
+            case MonitorOp.Retire:
                 lock (_gate)
                 {
                     if (!_retired)
                     {
                         _retired = true;
                         // No new containers: a newer monitor takes the socket and the lock; this one stays the parent
-                        // of its containers and exits after the last one.
+                        // of its containers (and tells the hulld that retired it when each ends) and exits after the
+                        // last one.
                         MonitorInterop.Shutdown(_listener!);
                         File.Delete(ContainerMonitor.SocketPath(stateDir));
                         _listener!.Dispose();
                         _lock!.Dispose();
-                        ContainerMonitor.Log($"retired by a hulld of another build; {_live} container(s) left to watch");
+                        ContainerMonitor.Log($"retired by a hulld of another build; {_inits.Count} container(s) left to watch");
                     }
                 }
                 return Reply();
-            case "create": return Create(m, fds);
-            default: return Reply($"unknown request '{m.Op}' (this monitor speaks protocol {ContainerMonitor.ProtocolVersion})");
         }
+        if (m.Version != ContainerMonitor.ProtocolVersion)
+            return Reply($"protocol version {m.Version} is not this monitor's ({ContainerMonitor.ProtocolVersion})");
+        if (m.Id is null) return Reply($"{m.Op} needs the container's id");
+        try
+        {
+            switch (m.Op)
+            {
+                case MonitorOp.Create: return Create(m, fds);
+                case MonitorOp.State: return State(m.Id);
+                case MonitorOp.Kill: _engine.Kill(m.Id, m.Signal, m.All); return Reply();
+                case MonitorOp.Pause: _engine.Pause(m.Id); return Reply();
+                case MonitorOp.Resume: _engine.Resume(m.Id); return Reply();
+                case MonitorOp.Update:
+                    _engine.Update(m.Id, JsonSerializer.Deserialize(m.Spec ?? "null", OciJson.Default.Resources)
+                        ?? throw new ContainerException("update needs the resources"));
+                    return Reply();
+                case MonitorOp.Stats: return Stats(m.Id);
+                case MonitorOp.Delete: return Delete(m.Id);
+                case MonitorOp.Exec:
+                    var process = _engine.ExecProcess(m.Id, m.Command ?? [], false, m.Env, m.Cwd, m.User, null);
+                    var r = Reply();
+                    r.Spec = JsonSerializer.Serialize(process, OciJson.Default.Process);
+                    return r;
+                default:
+                    return Reply($"unknown request '{m.Op}' (this monitor speaks protocol {ContainerMonitor.ProtocolVersion})");
+            }
+        }
+        catch (Exception e) when (e is ContainerException or LinuxException or IOException or JsonException
+            or SpawnException or UnauthorizedAccessException or Hull.Cgroups.CgroupException)
+        {
+            return Reply(e.Message);
+        }
+    }
+
+    MonitorMessage State(string id)
+    {
+        var r = Reply();
+        if (!_engine.Store.Exists(id)) return r;
+        var rec = _engine.Store.Load(id);
+        r.Status = _engine.Status(rec);
+        r.Pid = rec.Pid;
+        r.PidStartTime = rec.PidStartTime;
+        return r;
+    }
+
+    MonitorMessage Stats(string id)
+    {
+        var r = Reply();
+        var s = new MonitorStats();
+        r.Stats = s;
+        if (!_engine.Store.Exists(id) || _engine.Status(_engine.Store.Load(id)) == ContainerStatus.Stopped) return r;
+        using var doc = JsonDocument.Parse(_engine.StatsJson(id));
+        var root = doc.RootElement;
+        static long Get(JsonElement e, params string[] path)
+        {
+            foreach (var p in path)
+                if (e.ValueKind != JsonValueKind.Object || !e.TryGetProperty(p, out e)) return 0;
+            return e.ValueKind == JsonValueKind.Number ? (long)e.GetUInt64() : 0;
+        }
+        s.CpuUsageNs = Get(root, "cpu", "usage", "total");
+        s.MemoryBytes = Get(root, "memory", "usage", "usage");
+        s.Pids = Get(root, "pids", "current");
+        if (root.TryGetProperty("blkio", out var blkio) && blkio.TryGetProperty("ioServiceBytesRecursive", out var io)
+            && io.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var e in io.EnumerateArray())
+            {
+                var op = e.TryGetProperty("op", out var o) ? o.GetString() : null;
+                if (string.Equals(op, "read", StringComparison.OrdinalIgnoreCase)) s.IoReadBytes += Get(e, "value");
+                else if (string.Equals(op, "write", StringComparison.OrdinalIgnoreCase)) s.IoWriteBytes += Get(e, "value");
+            }
+        }
+        return r;
+    }
+
+    /// <summary>Removes a container. An init of ours still alive is killed and reaped (its exit recorded) first, so
+    /// the engine never reaps a child the watcher is waiting for.</summary>
+    MonitorMessage Delete(string id)
+    {
+        Init? init;
+        lock (_gate) _inits.TryGetValue(id, out init);
+        if (init is not null)
+        {
+            try { _engine.Kill(id, Signals.SIGKILL, all: true); } catch (ContainerException) { }
+            if (!init.Reaped.Wait(TimeSpan.FromSeconds(10)))
+                return Reply($"container \"{id}\" (pid {init.Pid}) did not die within 10 s of SIGKILL; try again");
+        }
+        _engine.Delete(id, force: true);
+        return Reply();
     }
 
     MonitorMessage Create(MonitorMessage m, List<SafeFd> fds)
     {
-        if (m.Version != ContainerMonitor.ProtocolVersion)
-            return Reply($"protocol version {m.Version} is not this monitor's ({ContainerMonitor.ProtocolVersion})");
         lock (_gate) if (_retired) return Reply("this monitor is retired: connect again to reach the current one");
         if (m.Id is null || m.Bundle is null || m.Spec is null || m.ExitFile is null || fds.Count != 3)
             return Reply("create needs id, bundle, spec, exitFile and three descriptors (stdin, stdout, stderr)");
         Spec spec;
         try { spec = JsonSerializer.Deserialize(m.Spec, OciJson.Default.Spec) ?? throw new JsonException("null"); }
         catch (JsonException e) { return Reply($"the spec of '{m.Id}' is not valid JSON: {e.Message}"); }
-        int pid;
-        try
-        {
-            pid = _engine.Create(new CreateOptions { Id = m.Id, Bundle = m.Bundle, Spec = spec, Stdio = fds });
-            try { _engine.Start(m.Id); }
-            catch { _engine.Delete(m.Id, force: true); throw; }
-        }
-        catch (Exception e) when (e is ContainerException or LinuxException or IOException or SpawnException or Hull.Cgroups.CgroupException)
-        {
-            return Reply(e.Message);
-        }
+        var pid = _engine.Create(new CreateOptions { Id = m.Id, Bundle = m.Bundle, Spec = spec, Stdio = fds });
+        try { _engine.Start(m.Id); }
+        catch { _engine.Delete(m.Id, force: true); throw; }
         var exitFile = m.ExitFile;
         var id = m.Id;
         try
         {
             // The init is our child: its pidfd stays valid until we reap it, even if it has exited already.
             var pidfd = Sys.PidfdOpen(pid);
+            var init = new Init(pid);
             lock (_gate)
             {
-                _watcher.Register(pidfd, () => Reaped(id, pid, pidfd, exitFile));
-                _live++;
+                _inits[id] = init;
+                try { _watcher.Register(pidfd, () => Reaped(id, init, pidfd, exitFile)); }
+                catch { _inits.Remove(id); throw; }
             }
         }
         catch (LinuxException e)
@@ -253,9 +363,11 @@ sealed class MonitorServer(string stateDir)
         return r;
     }
 
-    /// <summary>On the watcher thread: records the exit code, then reaps (the file exists before the pid is gone).</summary>
-    void Reaped(string id, int pid, SafeFd pidfd, string exitFile)
+    /// <summary>On the watcher thread: records the exit code, tells every hulld, then reaps (the record exists before
+    /// the pid is gone).</summary>
+    void Reaped(string id, Init init, SafeFd pidfd, string exitFile)
     {
+        var pid = init.Pid;
         var code = MonitorInterop.TryWaitPidfd(pidfd, reap: false);
         if (code is null) { ContainerMonitor.Log($"{id}: pid {pid} reported ready but has not exited"); return; }
         try
@@ -275,15 +387,27 @@ sealed class MonitorServer(string stateDir)
         ContainerMonitor.Log($"{id}: init (pid {pid}) exited with code {code}");
         lock (_gate)
         {
-            _live--;
+            if (_inits.TryGetValue(id, out var cur) && ReferenceEquals(cur, init)) _inits.Remove(id);
+            init.Reaped.Set();
+            var ev = new MonitorMessage
+            {
+                Op = MonitorOp.Exit, Version = ContainerMonitor.ProtocolVersion, Id = id, Pid = pid, ExitCode = code,
+            };
+            foreach (var s in _subscribers)
+            {
+                // A hulld that went away is dropped by its connection's thread; it reads the record on disk.
+                try { MonitorWire.Send(s, ev); }
+                catch (LinuxException e) { ContainerMonitor.Log($"{id}: telling a hulld of the exit: {e.Message}"); }
+            }
             MaybeExit();
         }
     }
 
-    /// <summary>Under the gate: exits once no container is left to watch and no hulld is connected.</summary>
+    /// <summary>Under the gate: exits once no container is left to watch and no hulld is connected (retired: once no
+    /// container is left; the hulld that retired it holds a connection only to hear of their exits).</summary>
     void MaybeExit()
     {
-        if (_connections == 0 && _live == 0) Exit();
+        if (_inits.Count == 0 && (_connections == 0 || _retired)) Exit();
     }
 
     void Exit()

@@ -1,0 +1,81 @@
+using System.Globalization;
+using System.Text.Json;
+using Hull.Api;
+using Hull.Containers;
+using Hull.Linux;
+using Hull.Oci;
+using Microsoft.Win32.SafeHandles;
+
+namespace Hull.Instances.Containers;
+
+/// <summary>The OCI spec of a start: the init to run, the environment, limits, id map, app containers and devices.
+/// </summary>
+public sealed partial class ContainerDriver
+{
+    const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; while :; do sleep 3600 & wait $!; done";
+
+    Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices)
+    {
+        var root = Rootfs(spec);
+        // An instance of the host image is an application container (AppContainers); app.command replaces the init.
+        var app = AppContainers.IsHostImage(IsCopy(spec) ? root : LowerOf(spec));
+        var custom = AppConfig.Command(spec.Config);
+        List<string> args;
+        var hasInit = Exists(root, "etc/inittab") || Exists(root, "lib/systemd/systemd");
+        if (custom is not null || app) args = custom ?? ["/"];
+        else if (hasInit && Exists(root, "sbin/init")) args = ["/sbin/init"];
+        else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
+        else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor /bin/sh: nothing to run as the container's init");
+        var s = DefaultSpec.Create(args, terminal: false);
+        s.Root = new Root { Path = "rootfs", Readonly = false };
+        s.Hostname = spec.Name;
+        var env = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ["TERM"] = "xterm", ["HOME"] = "/root",
+            ["container"] = "hull", ["HOSTNAME"] = spec.Name,
+        };
+        foreach (var (k, v) in spec.Environment) env[k] = v;
+        s.Process!.Env = env.Select(kv => $"{kv.Key}={kv.Value}").ToList();
+        // A full-OS container: the init may need to change identity, as in Incus (no no_new_privs on the init).
+        s.Process.NoNewPrivileges = false;
+        s.Linux!.CgroupsPath = _cgroupPrefix + spec.Name;
+        if (Unprivileged.OnDisk(spec) is { } map)
+        {
+            Unprivileged.Apply(s, map);
+            Unprivileged.MakeReachable(spec);
+        }
+        s.Linux.Resources = Resources(spec, s.Linux.Resources);
+        if (app) AppContainers.Apply(spec, s, root);
+        if (app && Unprivileged.OnDisk(spec) is { } appMap) _ids.IdmapReadOnlyBinds(spec, s, root, appMap);
+        foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
+            throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
+        foreach (var m in devices.SelectMany(d => d.Mounts))
+        {
+            if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
+                throw new InstanceException($"device source {m.Source} does not exist on the host");
+            s.Mounts!.Add(new Mount
+            {
+                Destination = m.Target, Type = "bind", Source = m.Source,
+                Options = m.ReadOnly ? ["rbind", "ro", "nosuid", "nodev"] : ["rbind", "rw", "nosuid", "nodev"],
+            });
+        }
+        return s;
+    }
+
+    static bool Exists(string root, string rel)
+    {
+        using var r = Sys.Open(root, O.RDONLY | O.DIRECTORY);
+        if (!RootedFs.TryOpen(r, rel, O.PATH, 0, out var fd, out _)) return false;
+        fd.Dispose();
+        return true;
+    }
+
+    static Resources Resources(InstanceSpec spec, Resources? baseRes)
+    {
+        var r = baseRes ?? new Resources();
+        if (spec.Limits.MemoryBytes is { } mem) r.Memory = new Memory { Limit = mem };
+        if (spec.Limits.Processes is { } pids) r.Pids = new Pids { Limit = pids };
+        if (spec.Limits.Cpus is { } cpus) r.Cpu = new Cpu { Quota = cpus * 100_000L, Period = 100_000 };
+        return r;
+    }
+}
