@@ -127,8 +127,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
     {
         var cmd = action switch
         {
-            "poweroff" => Linux.Agent.GuestSys.LINUX_REBOOT_CMD_POWER_OFF,
-            "reboot" => Linux.Agent.GuestSys.LINUX_REBOOT_CMD_RESTART,
+            "poweroff" => GuestSys.LINUX_REBOOT_CMD_POWER_OFF,
+            "reboot" => GuestSys.LINUX_REBOOT_CMD_RESTART,
             _ => 0u,
         };
         Log($"{action} requested by the host");
@@ -138,8 +138,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
             Environment.Exit(0);
         }
         foreach (var session in _sessions.Values) session.Abort();
-        Linux.Agent.GuestSys.SyncAll();
-        try { Linux.Agent.GuestSys.Reboot(cmd); }
+        GuestSys.SyncAll();
+        try { GuestSys.Reboot(cmd); }
         catch (LinuxException e) { Log($"{action} failed: {e.Message}"); }
     }
 

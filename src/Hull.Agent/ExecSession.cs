@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using Hull.Agent.Protocol;
 using Hull.Linux;
-using Hull.Linux.Agent;
 
 namespace Hull.Agent;
 

@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
 using Hull.Agent.Protocol;
 using Hull.Linux;
-using Hull.Linux.Agent;
 
 namespace Hull.Agent;
 

@@ -1,6 +1,5 @@
 using System.Net.Sockets;
 using Hull.Linux;
-using Hull.Linux.Agent;
 
 namespace Hull.Agent;
 

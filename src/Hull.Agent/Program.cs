@@ -1,5 +1,4 @@
 using Hull.Linux;
-using Hull.Linux.Agent;
 
 [assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
 

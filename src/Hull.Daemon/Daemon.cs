@@ -14,8 +14,8 @@ namespace Hull.Daemon;
 
 public sealed class DaemonOptions
 {
-    public string StateDir = Environment.GetEnvironmentVariable("HULL_DIR") is { Length: > 0 } d ? d : "/var/lib/hull";
-    public string Socket = Environment.GetEnvironmentVariable("HULL_SOCKET") is { Length: > 0 } s ? s : "/run/hull/hulld.sock";
+    public string StateDir = HullPaths.StateDir;
+    public string Socket = HullPaths.Socket;
     /// <summary>A group allowed to use the socket (0660); null keeps it root-only (0600).</summary>
     public string? Group;
     public bool PrintRoutes;
@@ -41,12 +41,12 @@ public sealed class DaemonOptions
                 $"{what} '{v}' is invalid: use "
                 + (size ? "a size of at least 1KiB, such as 16GiB" : "a number of at least 1"));
 
-    public const string Usage = """
+    public const string Usage = $"""
         usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE]
                      [--max-image-size SIZE] [--max-image-entries N] [--verbose]
           Runs the Hull daemon in the foreground. It serves the REST API on a unix socket and owns every instance.
-          --socket PATH     the API socket (default $HULL_SOCKET or /run/hull/hulld.sock)
-          --state-dir DIR   the state directory (default $HULL_DIR or /var/lib/hull)
+          --socket PATH     the API socket (default $HULL_SOCKET or {HullPaths.DefaultSocket})
+          --state-dir DIR   the state directory (default $HULL_DIR or {HullPaths.DefaultStateDir})
           --group NAME      let members of this group use the socket (mode 0660); without it only root can (0600)
           --max-json-body SIZE    the largest JSON request body (default $HULL_MAX_JSON_BODY or 4MiB)
           --max-upload SIZE       the largest upload: image, backup, pushed file (default $HULL_MAX_UPLOAD or 64GiB)

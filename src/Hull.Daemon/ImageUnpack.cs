@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.IO.Compression;
 using Hull.Instances;
 using Hull.Linux;
@@ -64,44 +63,17 @@ public static class ImageUnpack
             await using var gz = new GZipStream(archive, CompressionMode.Decompress, leaveOpen: true);
             return await RunAsync(new ZeroPadded(gz), root, options, what, ct);
         }
-        var psi = new ProcessStartInfo(tool)
+        RootedTarResult? result = null;
+        var r = await HostProgram.ExecAsync(tool, ["-d", "-c"], new HostProgramOptions
         {
-            RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true,
-        };
-        foreach (var a in new[] { "-d", "-c" }) psi.ArgumentList.Add(a);
-        Process p;
-        try { p = Process.Start(psi) ?? throw new InvalidOperationException(); }
-        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException)
-        {
-            throw new InstanceException($"{what} is {tool}-compressed and {tool} cannot be run: install it", 500);
-        }
-        using (p)
-        {
-            var err = p.StandardError.ReadToEndAsync(CancellationToken.None);
-            var feed = Task.Run(async () =>
-            {
-                try { await archive.CopyToAsync(p.StandardInput.BaseStream, ct); }
-                catch (IOException) { } // the decompressor stopped reading: its exit code says why
-                finally { try { p.StandardInput.Close(); } catch (IOException) { } }
-            }, CancellationToken.None);
-            try
-            {
-                var result = await RunAsync(new ZeroPadded(p.StandardOutput.BaseStream), root, options, what, ct);
-                await p.WaitForExitAsync(ct);
-                if (p.ExitCode != 0)
-                    throw new InstanceException($"{what} could not be decompressed ({tool}: {(await err).Trim()})");
-                return result;
-            }
-            finally
-            {
-                if (!p.HasExited)
-                {
-                    try { p.Kill(); } catch (InvalidOperationException) { }
-                    await p.WaitForExitAsync(CancellationToken.None);
-                }
-                await feed;
-            }
-        }
+            Stdin = archive,
+            ReadStdout = async decompressed =>
+                result = await RunAsync(new ZeroPadded(decompressed), root, options, what, ct),
+            Error = e => new InstanceException($"{what} is {tool}-compressed and {tool} cannot be run: install it", 500),
+        }, ct);
+        if (r.ExitCode != 0)
+            throw new InstanceException($"{what} could not be decompressed ({tool}: {r.Stderr.Trim()})");
+        return result!.Value;
     }
 
     static async Task<RootedTarResult> RunAsync(Stream tar, SafeFd root, RootedTarOptions options, string what,

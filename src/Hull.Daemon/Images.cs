@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using Hull.Api;
 using Hull.Instances;
@@ -162,8 +161,8 @@ public sealed partial class ImageStore
         Files.RemoveTree(layout);
         op?.Progress("packing the root filesystem");
         var tar = Path.Combine(work, "image.tar");
-        var (rc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."], ct);
-        if (rc != 0) throw new InstanceException($"packing the flattened image failed: {err.Trim()}", 500);
+        await HostProgram.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."],
+            new() { What = "packing the flattened image" }, ct);
         Files.RemoveTree(rootfs);
         await _lock.WaitAsync(ct);
         try
@@ -276,8 +275,8 @@ public sealed partial class ImageStore
         File.Copy(busybox, Path.Combine(root, "bin/busybox"));
         File.SetUnixFileMode(Path.Combine(root, "bin/busybox"), (UnixFileMode)0b111_101_101);
         File.SetUnixFileMode(Path.Combine(root, "tmp"), (UnixFileMode)0b1_111_111_111);
-        var (rc, list) = await Files.RunAsync(busybox, ["--list-full"], ct);
-        if (rc != 0) throw new InstanceException($"{busybox} --list-full failed: install busybox-static", 500);
+        var list = await HostProgram.RunAsync(busybox, ["--list-full"],
+            new() { What = "listing busybox's applets (install busybox-static)" }, ct);
         foreach (var line in list.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             if (line == "bin/busybox" || line.Contains("..")) continue;
@@ -290,38 +289,9 @@ public sealed partial class ImageStore
         await File.WriteAllTextAsync(Path.Combine(root, "etc/hostname"), "busybox\n", ct);
         op?.Progress("packing the busybox root filesystem");
         var tar = Path.Combine(work, "busybox.tar");
-        var (trc, err) = await Files.RunAsync("tar", ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", tar, "-C", root, "."], ct);
-        if (trc != 0) throw new InstanceException($"packing the busybox image failed: {err.Trim()}", 500);
+        await HostProgram.RunAsync("tar",
+            ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", tar, "-C", root, "."],
+            new() { What = "packing the busybox image" }, ct);
         return tar;
-    }
-}
-
-/// <summary>File helpers: tree removal that survives oddities, running a helper program.</summary>
-public static class Files
-{
-    public static void RemoveTree(string path)
-    {
-        if (!Directory.Exists(path) && !File.Exists(path)) return;
-        try { Directory.Delete(path, recursive: true); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // Read-only dirs or odd files (device nodes, immutable bits): fall back to rm.
-            RunAsync("rm", ["-rf", "--one-file-system", path], CancellationToken.None).GetAwaiter().GetResult();
-        }
-    }
-
-    /// <summary>Runs a program, returns its exit code and stdout (stderr on failure).</summary>
-    public static async Task<(int Code, string Output)> RunAsync(string program, IEnumerable<string> args, CancellationToken ct)
-    {
-        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new InstanceException($"cannot start {program}", 500);
-        p.StandardInput.Close();
-        var o = p.StandardOutput.ReadToEndAsync(ct);
-        var e = p.StandardError.ReadToEndAsync(ct);
-        try { await p.WaitForExitAsync(ct); }
-        catch (OperationCanceledException) { try { p.Kill(true); } catch (InvalidOperationException) { } throw; }
-        var stdout = await o; var stderr = await e;
-        return (p.ExitCode, p.ExitCode == 0 ? stdout : stderr + stdout);
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Hull.Api;
 using Hull.Instances;
@@ -48,22 +47,9 @@ public sealed partial class InstanceManager
             // Members "./..." of the instance dir become "instance/...".
             // S: not in symlink targets (a link "../bin/x" stays that); hard link targets are member names, so renamed.
             args.AddRange(["--transform", @"s,^\.,instance,S", "-C", spec.Dir, "."]);
-            var psi = new ProcessStartInfo("tar") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var a in args) psi.ArgumentList.Add(a);
-            using var p = Process.Start(psi) ?? throw new InstanceException("cannot start tar", 500);
-            var err = p.StandardError.ReadToEndAsync(ct);
-            try
-            {
-                await p.StandardOutput.BaseStream.CopyToAsync(output(), ct);
-                await p.WaitForExitAsync(ct);
-            }
-            catch
-            {
-                try { p.Kill(true); } catch (InvalidOperationException) { }
-                throw;
-            }
             // 1 = "some files differ" (changed while being read); the instance is locked and stopped, so treat any failure as one.
-            if (p.ExitCode != 0) throw new InstanceException($"writing the backup of '{name}' failed: {(await err).Trim()}", 500);
+            await HostProgram.RunAsync("tar", args,
+                new() { What = $"writing the backup of '{name}'", Stdout = output() }, ct);
         }
         finally { Files.RemoveTree(stage); }
         _events.Lifecycle("instance-exported", name);
@@ -232,9 +218,10 @@ public sealed partial class InstanceManager
                 Directory.CreateDirectory(stage);
                 op?.Progress("unpacking the backup");
                 // Checked by the precheck: a fresh dir, nothing replaced (--keep-old-files), only what the listing showed.
-                var (code, output) = await Files.RunAsync("tar",
-                    ["-x", "-f", tarball, "-p", "--keep-old-files", .. TarTreeFlags, "-C", stage, BackupDir], ct);
-                if (code != 0) throw new InstanceException($"unpacking the backup failed (is it complete?): {output.Trim()}");
+                await HostProgram.RunAsync("tar",
+                    ["-x", "-f", tarball, "-p", "--keep-old-files", .. TarTreeFlags, "-C", stage, BackupDir],
+                    new() { What = "unpacking the backup (is it complete?)", Error = e => new InstanceException(e.Message) },
+                    ct);
                 var dir = Dir(r.Name);
                 Files.RemoveTree(dir);
                 Directory.Move(Path.Combine(stage, BackupDir), dir);

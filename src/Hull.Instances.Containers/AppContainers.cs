@@ -29,12 +29,9 @@ public static class AppContainers
         await File.WriteAllTextAsync(Path.Combine(root, Marker),
             "The root of a Hull application container: the host's system directories are bind-mounted read-only at start.\n", ct);
         var tar = Path.Combine(work, "host.tar");
-        var psi = new System.Diagnostics.ProcessStartInfo("tar") { UseShellExecute = false, RedirectStandardError = true };
-        foreach (var a in new[] { "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", tar, "-C", root, "." }) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi) ?? throw new InstanceException("cannot run tar", 500);
-        var err = await p.StandardError.ReadToEndAsync(ct);
-        await p.WaitForExitAsync(ct);
-        if (p.ExitCode != 0) throw new InstanceException($"packing the host image failed: {err.Trim()}", 500);
+        await HostProgram.RunAsync("tar",
+            ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", tar, "-C", root, "."],
+            new() { What = "packing the host image", Error = e => new InstanceException(e.Message, 500) }, ct);
         return tar;
     }
 

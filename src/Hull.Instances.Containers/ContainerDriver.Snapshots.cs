@@ -5,6 +5,7 @@ using Hull.Containers;
 using Hull.Linux;
 using Hull.Oci;
 using Microsoft.Win32.SafeHandles;
+using static Hull.Linux.Files;
 
 namespace Hull.Instances.Containers;
 

@@ -5,6 +5,7 @@ using Hull.Containers;
 using Hull.Linux;
 using Hull.Oci;
 using Microsoft.Win32.SafeHandles;
+using static Hull.Linux.Files;
 
 namespace Hull.Instances.Containers;
 
@@ -181,7 +182,7 @@ public sealed partial class ContainerDriver
 
     static bool IsMounted(string path)
     {
-        if (Hull.Linux.Scale.MountPoint.IsMountRoot(path) is { } root) return root;
+        if (MountPoint.IsMountRoot(path) is { } root) return root;
         foreach (var line in File.ReadLines("/proc/self/mountinfo"))
         {
             var mp = line.Split(' ')[4].Replace("\\040", " ");

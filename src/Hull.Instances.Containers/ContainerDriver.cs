@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Hull.Api;
@@ -88,23 +87,6 @@ public sealed partial class ContainerDriver : IInstanceDriver
 
     // ---- helpers ----
 
-    static async Task Run(CancellationToken ct, string program, params string[] args)
-    {
-        var psi = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi) ?? throw new InstanceException($"cannot run {program}", 500);
-        var o = p.StandardOutput.ReadToEndAsync(ct);
-        var e = p.StandardError.ReadToEndAsync(ct);
-        await p.WaitForExitAsync(ct);
-        if (p.ExitCode != 0) throw new InstanceException($"{program} {string.Join(' ', args)} failed: {(await e + await o).Trim()}", 500);
-    }
-
-    static void RemoveTree(string path)
-    {
-        if (!Directory.Exists(path) && !File.Exists(path)) return;
-        var psi = new ProcessStartInfo("rm") { UseShellExecute = false };
-        foreach (var a in new[] { "-rf", "--one-file-system", path }) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        p.WaitForExit();
-    }
+    static Task Run(CancellationToken ct, string program, params string[] args) =>
+        HostProgram.RunAsync(program, args, new() { Error = e => new InstanceException(e.Message, 500) }, ct);
 }

@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using Hull.Linux;
-using Hull.Linux.Agent;
 using Hull.Oci;
 
 namespace Hull.Instances.Containers;

@@ -53,7 +53,6 @@ public sealed partial class VmDriver : IInstanceDriver
 
     /// <summary>The file in the VM dir that says the next start resumes from this full snapshot's memory.</summary>
     const string ResumeMarker = "resume-snapshot";
-    const int MinMemoryMiB = 64;
 
     public VmDriver(VmDriverOptions options)
     {
@@ -79,11 +78,8 @@ public sealed partial class VmDriver : IInstanceDriver
         if (spec.Limits.Cpus is < 1 or > 255)
             throw new InstanceException($"limits.cpu={spec.Limits.Cpus} is out of range for a VM: use 1 to 255 vCPUs");
         var mem = MemoryMiB(spec);
-        if (mem < MinMemoryMiB)
-            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} is too small for a VM: give at least {MinMemoryMiB}MiB");
-        var host = HostMemoryMiB();
-        if (mem > host)
-            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} ({mem} MiB) is more than this host has ({host} MiB): ask for less memory");
+        if (VmMemory.Problem(mem) is { } memory)
+            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} ({mem} MiB) {memory}");
         foreach (var d in spec.Devices)
         {
             if (d.Type == "bind")
@@ -96,14 +92,6 @@ public sealed partial class VmDriver : IInstanceDriver
     }
 
     int MemoryMiB(InstanceSpec spec) => spec.Limits.MemoryBytes is { } b ? (int)Math.Min(int.MaxValue, (b + (1L << 20) - 1) >> 20) : _o.DefaultMemoryMiB;
-
-    static long HostMemoryMiB()
-    {
-        foreach (var l in File.ReadLines("/proc/meminfo"))
-            if (l.StartsWith("MemTotal:", StringComparison.Ordinal))
-                return long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
-        return long.MaxValue;
-    }
 
     static string? FindOnPath(string name) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
@@ -618,11 +606,8 @@ public sealed partial class VmDriver : IInstanceDriver
         s.Pids = vm.Config.Cpus;
         try
         {
-            // /proc/PID/stat: fields after the ")" of the command; utime and stime are fields 14 and 15 (clock ticks).
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            var ticks = long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture);
-            s.CpuUsageNs = ticks * (1_000_000_000L / 100);
+            if (ProcFs.Stat(pid) is not { } stat) return s;
+            s.CpuUsageNs = (long)(stat.UserTicks + stat.SystemTicks) * (1_000_000_000L / 100);
             foreach (var l in File.ReadLines($"/proc/{pid}/status"))
                 if (l.StartsWith("VmRSS:", StringComparison.Ordinal))
                     s.MemoryBytes = long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;

@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using Hull.Linux;
 using System.Globalization;
 using System.Text;
 using Hull.Vm.Image;
@@ -112,16 +112,7 @@ public static class VmImages
         return bundle;
     }
 
-    internal static async Task<string> RunAsync(string program, IEnumerable<string> args, CancellationToken ct)
-    {
-        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new InstanceException($"cannot start {program}", 500);
-        var o = p.StandardOutput.ReadToEndAsync(CancellationToken.None);
-        var e = p.StandardError.ReadToEndAsync(CancellationToken.None);
-        try { await p.WaitForExitAsync(ct); }
-        catch (OperationCanceledException) { try { p.Kill(true); } catch (InvalidOperationException) { } throw; }
-        if (p.ExitCode != 0) throw new InstanceException($"{program} {string.Join(' ', psi.ArgumentList)} failed: {(await e + await o).Trim()}", 500);
-        return await o;
-    }
+    /// <summary>Runs a helper program (<see cref="HostProgram"/>); its failure is hulld's (500).</summary>
+    internal static Task<string> RunAsync(string program, IEnumerable<string> args, CancellationToken ct) =>
+        HostProgram.RunAsync(program, args, new() { Error = e => new InstanceException(e.Message, 500) }, ct);
 }

@@ -21,7 +21,7 @@ static class PsVerb
             try
             {
                 cmd = File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ').Trim();
-                stat = Hull.Containers.ProcFs.Stat(pid)?.State.ToString() ?? "?";
+                stat = Hull.Linux.ProcFs.Stat(pid)?.State.ToString() ?? "?";
             }
             catch (IOException) { continue; }
             Console.WriteLine($"{pid,-8} {stat,-5} {cmd}");

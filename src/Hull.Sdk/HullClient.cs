@@ -30,8 +30,7 @@ public sealed class HullClient : IDisposable
     public string SocketPath { get; }
 
     /// <summary>The socket: the argument, else $HULL_SOCKET, else /run/hull/hulld.sock.</summary>
-    public static string DefaultSocket =>
-        Environment.GetEnvironmentVariable("HULL_SOCKET") is { Length: > 0 } s ? s : "/run/hull/hulld.sock";
+    public static string DefaultSocket => HullPaths.Socket;
 
     public HullClient(string? socketPath = null)
     {

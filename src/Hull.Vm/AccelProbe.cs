@@ -1,6 +1,6 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using Hull.Linux;
 
 namespace Hull.Vm;
 
@@ -138,43 +138,25 @@ public static class AccelProbe
         File.WriteAllBytes(image, ProbeImage);
         try
         {
-            var psi = new ProcessStartInfo(qemu)
-            {
-                RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-            };
-            foreach (var a in new[]
-            {
+            var r = HostProgram.ExecAsync(qemu,
+            [
                 "-accel", accel, "-cpu", cpu, "-M", "pc", "-m", "32", "-nodefaults", "-no-user-config", "-display", "none",
                 "-no-reboot", "-kernel", image, "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
-            }) psi.ArgumentList.Add(a);
-            using var p = Process.Start(psi) ?? throw new VmException($"cannot start {qemu}");
-            p.StandardInput.Close();
-            var stdout = new StringBuilder();
-            var stderr = new StringBuilder();
-            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
-            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            var sw = Stopwatch.StartNew();
-            while (!p.HasExited && sw.Elapsed < timeout)
+            ], new HostProgramOptions
             {
+                Timeout = timeout,
                 // KVM failures often leave QEMU alive and paused after dumping registers: stop early.
-                string err;
-                lock (stderr) err = stderr.ToString();
-                if (err.Contains("KVM internal error", StringComparison.Ordinal) || err.Contains("emulation failure", StringComparison.OrdinalIgnoreCase)) break;
-                Thread.Sleep(50);
-            }
-            if (!p.HasExited) { try { p.Kill(); } catch (InvalidOperationException) { } }
-            p.WaitForExit();
-            string o, e2;
-            lock (stdout) o = stdout.ToString();
-            lock (stderr) e2 = stderr.ToString();
-            if (p.ExitCode == SuccessExit && o.Contains(Marker, StringComparison.Ordinal)) return (true, "ok");
-            var first = e2.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                StopOnStderr = l => l.Contains("KVM internal error", StringComparison.Ordinal)
+                    || l.Contains("emulation failure", StringComparison.OrdinalIgnoreCase),
+                Error = e => new VmException(e.Message, e),
+            }, CancellationToken.None).GetAwaiter().GetResult();
+            if (!r.TimedOut && !r.Stopped && r.ExitCode == SuccessExit && r.Stdout.Contains(Marker, StringComparison.Ordinal))
+                return (true, "ok");
+            var first = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .FirstOrDefault(l => !l.StartsWith("qemu-system-x86_64: terminating", StringComparison.Ordinal));
             var why = first is not null && (first.Contains("error", StringComparison.OrdinalIgnoreCase) || first.Contains("fail", StringComparison.OrdinalIgnoreCase))
                 ? first.Trim()
-                : sw.Elapsed >= timeout ? $"the probe guest did not finish in {timeout.TotalSeconds:0} s" : $"the probe guest stopped (exit {p.ExitCode})";
+                : r.TimedOut ? $"the probe guest did not finish in {timeout.TotalSeconds:0} s" : $"the probe guest stopped (exit {r.ExitCode})";
             return (false, why);
         }
         finally

@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using Hull.Linux;
 using System.Text;
 
 namespace Hull.Vm;
@@ -23,42 +23,15 @@ internal static class Tools
     public static string Qemu(VmConfig? c = null) => c?.QemuBinary ?? Find("qemu-system-x86_64", "qemu-system-x86");
     public static string QemuImg => Find("qemu-img", "qemu-utils");
 
-    /// <summary>Runs a program to completion; throws <see cref="VmException"/> with its stderr when it fails.</summary>
-    public static string Run(string program, IEnumerable<string> args, string what, TimeSpan? timeout = null, Stream? stdin = null, Stream? stdout = null)
-    {
-        var psi = new ProcessStartInfo(program)
+    /// <summary>Runs a program to completion (<see cref="HostProgram"/>, at most 5 minutes unless told); throws
+    /// <see cref="VmException"/> with its stderr when it fails.</summary>
+    public static string Run(string program, IEnumerable<string> args, string what, TimeSpan? timeout = null,
+        Stream? stdin = null, Stream? stdout = null) =>
+        HostProgram.Run(program, args, new HostProgramOptions
         {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = stdin is not null, UseShellExecute = false,
-        };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new VmException($"{what}: cannot start {program}");
-        var err = p.StandardError.ReadToEndAsync();
-        Task<string> outText;
-        if (stdout is not null) { outText = p.StandardOutput.BaseStream.CopyToAsync(stdout).ContinueWith(_ => ""); }
-        else outText = p.StandardOutput.ReadToEndAsync();
-        if (stdin is not null)
-        {
-            try { stdin.CopyTo(p.StandardInput.BaseStream); } catch (IOException) { }
-            p.StandardInput.Close();
-        }
-        if (!p.WaitForExit(timeout ?? TimeSpan.FromMinutes(5)))
-        {
-            try { p.Kill(true); } catch (InvalidOperationException) { }
-            throw new VmException($"{what}: {Path.GetFileName(program)} did not finish in time");
-        }
-        p.WaitForExit();
-        var o = outText.GetAwaiter().GetResult();
-        var e = err.GetAwaiter().GetResult();
-        if (p.ExitCode != 0)
-            throw new VmException($"{what}: {Path.GetFileName(program)} failed (exit {p.ExitCode}): {FirstLines(e.Length > 0 ? e : o)}");
-        return o;
-    }
-
-    public static string FirstLines(string s, int n = 6)
-    {
-        var lines = s.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        return string.Join("; ", lines.Take(n));
-    }
+            What = what, Timeout = timeout ?? TimeSpan.FromMinutes(5), Stdin = stdin, Stdout = stdout,
+            Error = e => new VmException(e.Message, e),
+        });
 
     /// <summary>The last lines of a text file (QEMU's stderr log), or "".</summary>
     public static string Tail(string path, int lines = 12)
@@ -75,14 +48,6 @@ internal static class Tools
             return string.Join('\n', all.TakeLast(lines));
         }
         catch (IOException) { return ""; }
-    }
-
-    public static long HostMemoryMiB()
-    {
-        foreach (var l in File.ReadLines("/proc/meminfo"))
-            if (l.StartsWith("MemTotal:", StringComparison.Ordinal))
-                return long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) / 1024;
-        return long.MaxValue;
     }
 
     public static void TryDelete(string path)

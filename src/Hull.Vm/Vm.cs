@@ -146,10 +146,7 @@ public sealed partial class Vm : IAsyncDisposable
     {
         if (string.IsNullOrWhiteSpace(c.Name) || c.Name.Any(ch => !(char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.')))
             throw new VmException($"VM name '{c.Name}' is invalid: use letters, digits, '-', '_' and '.'");
-        if (c.MemoryMiB < 16) throw new VmException($"memory {c.MemoryMiB} MiB is too small: give at least 16 MiB");
-        var host = Tools.HostMemoryMiB();
-        if (c.MemoryMiB > host)
-            throw new VmException($"memory {c.MemoryMiB} MiB is more than this host has ({host} MiB): ask for less memory");
+        if (VmMemory.Problem(c.MemoryMiB) is { } memory) throw new VmException($"memory {c.MemoryMiB} MiB {memory}");
         if (c.Cpus < 1 || c.Cpus > 255) throw new VmException($"cpus {c.Cpus} is out of range: use 1 to 255");
         if (c.Hostname is not null && (c.Hostname.Length is 0 or > 63 || c.Hostname.Any(ch => !(char.IsAsciiLetterOrDigit(ch) || ch == '-'))))
             throw new VmException($"hostname '{c.Hostname}' is invalid: use up to 63 letters, digits and '-'");

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using Hull.Api;
-using Hull.Linux.Agent;
+using Hull.Linux;
 using Hull.Sdk;
 using Xunit;
 

@@ -1,5 +1,4 @@
 using Hull.Linux;
-using Hull.Linux.Scale;
 using Hull.TestSupport;
 using Xunit;
 

@@ -179,26 +179,3 @@ public sealed class StateStore(string root)
             ? Directory.EnumerateDirectories(Root).Select(Path.GetFileName).Where(n => n is not null && File.Exists(Path.Combine(Root, n, "state.json"))).Select(n => n!).OrderBy(n => n, StringComparer.Ordinal)
             : [];
 }
-
-/// <summary>Facts about a live process read from /proc.</summary>
-public static class ProcFs
-{
-    /// <summary>Start time (field 22 of /proc/PID/stat), state letter and parent pid; null if the process does not
-    /// exist.</summary>
-    public static (ulong StartTime, char State, int Parent)? Stat(int pid)
-    {
-        string text;
-        try { text = File.ReadAllText($"/proc/{pid}/stat"); }
-        catch (IOException) { return null; }
-        catch (UnauthorizedAccessException) { return null; }
-        var close = text.LastIndexOf(')');
-        if (close < 0) return null;
-        var fields = text[(close + 2)..].Split(' ');
-        // fields[0] is field 3 (state); field 22 is fields[19]
-        return (ulong.Parse(fields[19]), fields[0][0], int.Parse(fields[1]));
-    }
-
-    /// <summary>True if pid is alive (not a zombie) and is the process that started at startTime.</summary>
-    public static bool IsAlive(int pid, ulong startTime) =>
-        pid > 0 && Stat(pid) is { } s && s.StartTime == startTime && s.State is not ('Z' or 'X');
-}

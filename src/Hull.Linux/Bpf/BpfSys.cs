@@ -29,7 +29,6 @@ public static class BpfConst
     public const uint F_ALLOW_OVERRIDE = 1, F_ALLOW_MULTI = 2, F_REPLACE = 4;
     /// <summary>struct bpf_cgroup_dev_ctx: access_type = (access &lt;&lt; 16) | type.</summary>
     public const int DEVCG_DEV_BLOCK = 1, DEVCG_DEV_CHAR = 2, DEVCG_ACC_MKNOD = 1, DEVCG_ACC_READ = 2, DEVCG_ACC_WRITE = 4;
-    public const long SYS_bpf = 321;
 }
 
 /// <summary>Thin throwing wrappers over the bpf(2) commands Hull needs; every fd comes back as a <see cref="SafeFd"/>.</summary>
@@ -38,7 +37,7 @@ public static unsafe class BpfSys
     // Big enough for every field used here; the unused rest stays zero, which is what the kernel checks.
     const int AttrSize = 128;
 
-    static long Call(int cmd, byte* attr) => Libc.syscall(BpfConst.SYS_bpf, cmd, (long)attr, AttrSize, 0, 0, 0);
+    static long Call(int cmd, byte* attr) => Libc.syscall(SYS.bpf, cmd, (long)attr, AttrSize, 0, 0, 0);
 
     /// <summary>
     /// BPF_PROG_LOAD. On failure the verifier is asked again with its log on, and the log is part of the exception.

@@ -14,7 +14,6 @@ public static unsafe partial class FsAt
     public const int AT_SYMLINK_NOFOLLOW = 0x100, AT_REMOVEDIR = 0x200, AT_EMPTY_PATH = 0x1000;
     public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFCHR = 0x2000,
         S_IFBLK = 0x6000, S_IFIFO = 0x1000;
-    const long SYS_getdents64 = 217, SYS_fchmodat2 = 452;
 
     [StructLayout(LayoutKind.Sequential)]
     struct OpenHow { public ulong Flags, Mode, Resolve; }
@@ -116,7 +115,7 @@ public static unsafe partial class FsAt
     public static int LchmodAt(SafeFd dir, string name, uint mode)
     {
         var p = Marshal.StringToCoTaskMemUTF8(name);
-        try { return Libc.syscall(SYS_fchmodat2, dir.Fd, p, mode, AT_SYMLINK_NOFOLLOW, 0, 0) == 0 ? 0 : Err(); }
+        try { return Libc.syscall(SYS.fchmodat2, dir.Fd, p, mode, AT_SYMLINK_NOFOLLOW, 0, 0) == 0 ? 0 : Err(); }
         finally { Marshal.FreeCoTaskMem(p); }
     }
 
@@ -151,7 +150,7 @@ public static unsafe partial class FsAt
         while (true)
         {
             long n;
-            fixed (byte* b = buf) n = Libc.syscall(SYS_getdents64, dir.Fd, (long)b, buf.Length, 0, 0, 0);
+            fixed (byte* b = buf) n = Libc.syscall(SYS.getdents64, dir.Fd, (long)b, buf.Length, 0, 0, 0);
             if (n < 0) throw LinuxException.FromLastError("getdents64");
             if (n == 0) return names;
             for (var off = 0; off < n;)

@@ -34,6 +34,15 @@ public static class SYS
     public const long setresuid = 117, setresgid = 119, setgroups = 116, capget = 125, capset = 126,
         pivot_root = 155, prctl = 157, seccomp = 317, pidfd_send_signal = 424, pidfd_open = 434, open_tree = 428,
         move_mount = 429, fsopen = 430, fsconfig = 431, fsmount = 432, mount_setattr = 442, openat2 = 437;
+    // files and file systems
+    public const long fsync = 74, rename = 82, fchmod = 91, fstatfs = 138, sync = 162, getdents64 = 217, statx = 332,
+        fchmodat2 = 452, sendfile = 40, memfd_create = 319;
+    // processes and signals
+    public const long rt_sigaction = 13, rt_sigprocmask = 14, reboot = 169, waitid = 247, execveat = 322;
+    // sockets
+    public const long bind = 49, listen = 50, accept4 = 288;
+    // bpf(2)
+    public const long bpf = 321;
 }
 
 /// <summary>prctl(2) options.</summary>

@@ -19,7 +19,6 @@ public static unsafe class SealedExe
     const int F_ADD_SEALS = 1033, F_GET_SEALS = 1034;
     const int F_SEAL_SEAL = 1, F_SEAL_SHRINK = 2, F_SEAL_GROW = 4, F_SEAL_WRITE = 8;
     const long OVERLAYFS_SUPER_MAGIC = 0x794c7630, ST_RDONLY = 1;
-    const long SYS_memfd_create = 319, SYS_fstatfs = 138, SYS_sendfile = 40, SYS_execveat = 322;
 
     /// <summary>Opens <paramref name="binary"/> (close-on-exec) through a sealed view; <paramref name="emptyDir"/>
     /// is an empty directory (overlay needs two lower layers; the binary's directory twice gives ELOOP).</summary>
@@ -67,9 +66,9 @@ public static unsafe class SealedExe
         long m;
         fixed (byte* name = Z("hull-sealed"))
         {
-            m = Libc.syscall(SYS_memfd_create, (long)name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC, 0, 0, 0, 0);
+            m = Libc.syscall(SYS.memfd_create, (long)name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC, 0, 0, 0, 0);
             if (m < 0 && Marshal.GetLastPInvokeError() == Errors.EINVAL)
-                m = Libc.syscall(SYS_memfd_create, (long)name, MFD_CLOEXEC | MFD_ALLOW_SEALING, 0, 0, 0, 0);
+                m = Libc.syscall(SYS.memfd_create, (long)name, MFD_CLOEXEC | MFD_ALLOW_SEALING, 0, 0, 0, 0);
         }
         if (m < 0) throw LinuxException.FromLastError($"memfd_create (a sealed copy of {binary})");
         var mem = new SafeFd((int)m);
@@ -77,7 +76,7 @@ public static unsafe class SealedExe
         {
             while (true)
             {
-                var n = Libc.syscall(SYS_sendfile, mem.Fd, src.Fd, 0, 1 << 30, 0, 0);
+                var n = Libc.syscall(SYS.sendfile, mem.Fd, src.Fd, 0, 1 << 30, 0, 0);
                 if (n < 0) throw LinuxException.FromLastError($"copying {binary} into its sealed copy");
                 if (n == 0) break;
             }
@@ -98,7 +97,7 @@ public static unsafe class SealedExe
             var seals = Libc.fcntl(fd.Fd, F_GET_SEALS, 0);
             if (seals >= 0) return (seals & F_SEAL_WRITE) != 0;
             long* st = stackalloc long[15]; // struct statfs: f_type [0], f_flags [10]
-            if (Libc.syscall(SYS_fstatfs, fd.Fd, (long)st, 0, 0, 0, 0) < 0) return false;
+            if (Libc.syscall(SYS.fstatfs, fd.Fd, (long)st, 0, 0, 0, 0) < 0) return false;
             return st[0] == OVERLAYFS_SUPER_MAGIC && (st[10] & ST_RDONLY) != 0;
         }
     }

@@ -54,11 +54,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         }
     }
 
-    static async Task Run(CancellationToken ct, string program, params string[] args)
-    {
-        var (rc, output) = await Files.RunAsync(program, args, ct);
-        if (rc != 0) throw new InstanceException($"{program} {string.Join(' ', args)} failed: {output.Trim()}", 500);
-    }
+    static Task Run(CancellationToken ct, string program, params string[] args) =>
+        HostProgram.RunAsync(program, args, new() { Error = e => new InstanceException(e.Message, 500) }, ct);
 
     static string Q(string s) => "'" + s.Replace("'", "'\\''") + "'";
 

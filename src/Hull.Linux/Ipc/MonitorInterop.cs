@@ -13,7 +13,6 @@ public static unsafe partial class MonitorInterop
     const int AF_UNIX = 1, SOCK_SEQPACKET = 5, SOL_SOCKET = 1, SCM_RIGHTS = 1, SO_PEERCRED = 17;
     const int MSG_NOSIGNAL = 0x4000, MSG_CMSG_CLOEXEC = 0x40000000, MSG_TRUNC = 0x20, MSG_CTRUNC = 0x8;
     const int EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2;
-    const long SYS_waitid = 247;
     const int P_PIDFD = 3, WEXITED = 4, WNOHANG = 1, WNOWAIT = 0x01000000;
     const int CLD_EXITED = 1;
     /// <summary>The most descriptors one message carries.</summary>
@@ -211,7 +210,7 @@ public static unsafe partial class MonitorInterop
         while (true)
         {
             new Span<byte>(info, 128).Clear();
-            var r = Libc.syscall(SYS_waitid, P_PIDFD, pidfd.Fd, (long)info, WEXITED | WNOHANG | (reap ? 0 : WNOWAIT), 0, 0);
+            var r = Libc.syscall(SYS.waitid, P_PIDFD, pidfd.Fd, (long)info, WEXITED | WNOHANG | (reap ? 0 : WNOWAIT), 0, 0);
             if (r < 0)
             {
                 var e = Marshal.GetLastPInvokeError();

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Hull.Linux.Scale;
+namespace Hull.Linux;
 
 /// <summary>
 /// Is a path the root of a mount? One statx(2) (STATX_ATTR_MOUNT_ROOT, Linux 5.8+) instead of reading the whole
@@ -8,7 +8,6 @@ namespace Hull.Linux.Scale;
 /// </summary>
 public static unsafe class MountPoint
 {
-    const long SYS_statx = 332;
     const int AT_SYMLINK_NOFOLLOW = 0x100, AT_NO_AUTOMOUNT = 0x800, STATX_TYPE = 0x1;
     const ulong STATX_ATTR_MOUNT_ROOT = 0x2000;
 
@@ -26,7 +25,7 @@ public static unsafe class MountPoint
         Statx st;
         var p = Marshal.StringToCoTaskMemUTF8(path);
         long r;
-        try { r = Libc.syscall(SYS_statx, O.AT_FDCWD, p, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, (long)&st, 0); }
+        try { r = Libc.syscall(SYS.statx, O.AT_FDCWD, p, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, (long)&st, 0); }
         finally { Marshal.FreeCoTaskMem(p); }
         if (r < 0)
         {

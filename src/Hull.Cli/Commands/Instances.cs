@@ -1,0 +1,206 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using Hull.Api;
+
+namespace Hull.Cli;
+
+/// <summary>launch, init, start, stop, restart, pause, resume, delete, list, info, exec, console and the other verbs on one instance.</summary>
+public static partial class CliApp
+{
+    static IEnumerable<Command> InstanceCommands()
+    {
+        yield return CreateCommand("launch", "Create and start an instance from an image", start: true);
+        yield return CreateCommand("init", "Create an instance from an image without starting it", start: false);
+
+        foreach (var (verb, action, help) in new[] { ("start", "start", "Start instances"), ("pause", "pause", "Pause (freeze) running instances"), ("resume", "resume", "Resume paused instances") })
+        {
+            var names = new Argument<string[]>("names") { Description = "Instance names", Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
+            var cmd = new Command(verb, help) { names };
+            Act(cmd, async (pr, c, ct) =>
+            {
+                foreach (var n in pr.GetValue(names)!) await WaitOp(c, await c.ChangeStateOperationAsync(n, action, ct: ct), ct);
+                return 0;
+            });
+            yield return cmd;
+        }
+
+        foreach (var (verb, help) in new[] { ("stop", "Stop instances (SIGTERM or ACPI shutdown, then kill after the timeout)"), ("restart", "Restart instances") })
+        {
+            var names = new Argument<string[]>("names") { Description = "Instance names", Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
+            var force = new Option<bool>("--force") { Description = "Kill at once instead of asking the instance to stop" };
+            var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for a clean stop before killing (-1: forever)", DefaultValueFactory = _ => 30 };
+            var cmd = new Command(verb, help) { names, force, timeout };
+            Act(cmd, async (pr, c, ct) =>
+            {
+                foreach (var n in pr.GetValue(names)!)
+                    await WaitOp(c, await c.ChangeStateOperationAsync(n, verb, pr.GetValue(force), pr.GetValue(timeout), ct), ct);
+                return 0;
+            });
+            yield return cmd;
+        }
+
+        {
+            var names = new Argument<string[]>("names") { Description = "Instance names", Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
+            var force = new Option<bool>("--force") { Description = "Stop a running instance first" };
+            var cmd = new Command("delete", "Delete instances") { names, force };
+            cmd.Aliases.Add("rm");
+            Act(cmd, async (pr, c, ct) =>
+            {
+                foreach (var n in pr.GetValue(names)!) await WaitOp(c, await c.DeleteInstanceOperationAsync(n, pr.GetValue(force), ct), ct);
+                return 0;
+            });
+            yield return cmd;
+        }
+
+        {
+            var cmd = new Command("list", "List instances");
+            cmd.Aliases.Add("ls");
+            Act(cmd, async (pr, c, ct) =>
+            {
+                var list = await c.ListInstancesAsync(ct);
+                if (Output.Structured(Format(pr), list, Output.Pretty.ListInstance, Out)) return 0;
+                Output.Table(Out, ["NAME", "STATE", "TYPE", "IMAGE", "PID", "PROFILES", "CREATED"],
+                    list.Select(i => new[] { i.Name, i.State.ToUpperInvariant(), i.Type, i.Image, i.Pid?.ToString() ?? "", string.Join(",", i.Profiles), Output.Time(i.CreatedAt) }));
+                return 0;
+            });
+            yield return cmd;
+        }
+
+        {
+            var name = NameArg();
+            var cmd = new Command("info", "Show an instance and its live state") { name };
+            Act(cmd, async (pr, c, ct) =>
+            {
+                var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
+                if (Output.Structured(Format(pr), i, Output.Pretty.Instance, Out)) return 0;
+                var st = await c.GetStateAsync(i.Name, ct);
+                Out.WriteLine($"Name: {i.Name}\nType: {i.Type}\nImage: {i.Image}\nState: {i.State}");
+                if (i.StatusMessage is not null) Out.WriteLine($"Status: {i.StatusMessage}");
+                if (st.Pid is { } pid) Out.WriteLine($"PID: {pid}");
+                foreach (var (k, v) in st.Details ?? []) Out.WriteLine($"{char.ToUpperInvariant(k[0])}{k[1..].Replace('-', ' ')}: {v}");
+                if (i.LastExitCode is { } ec) Out.WriteLine($"Last exit code: {ec}");
+                Out.WriteLine($"Profiles: {string.Join(", ", i.Profiles)}\nCreated: {Output.Time(i.CreatedAt)}\nLast used: {Output.Time(i.LastUsedAt)}");
+                if (st.Stats is { } s)
+                    Out.WriteLine($"Resources:\n  CPU time: {s.CpuUsageNs / 1e9:0.00}s\n  Memory: {Output.Size(s.MemoryBytes)}\n  Processes: {s.Pids}\n  Disk read/write: {Output.Size(s.IoReadBytes)} / {Output.Size(s.IoWriteBytes)}");
+                if (i.ExpandedConfig.Count > 0) Out.WriteLine("Config:\n" + string.Join("\n", i.ExpandedConfig.OrderBy(k => k.Key).Select(k => $"  {k.Key}: {k.Value}")));
+                if (i.ExpandedDevices.Count > 0)
+                    Out.WriteLine("Devices:\n" + string.Join("\n", i.ExpandedDevices.OrderBy(k => k.Key).Select(k => $"  {k.Key}: " + string.Join(" ", k.Value.OrderBy(x => x.Key).Select(x => $"{x.Key}={x.Value}")))));
+                return 0;
+            });
+            yield return cmd;
+        }
+
+        yield return ExecCommand();
+
+        {
+            var name = NameArg();
+            var cmd = new Command("console", "Attach to the instance's console (detach with Ctrl-a q)") { name };
+            Act(cmd, async (pr, c, ct) =>
+            {
+                using var s = await c.ConsoleAsync(pr.GetValue(name)!, ct);
+                await Err.WriteLineAsync("To detach from the console, press <ctrl>+a q");
+                using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                using var raw = Terminal.MakeRaw();
+                var input = Task.Run(async () =>
+                {
+                    var stdin = Console.OpenStandardInput();
+                    var buf = new byte[1024];
+                    var sawCtrlA = false;
+                    int n;
+                    while ((n = await stdin.ReadAsync(buf, cts.Token)) > 0)
+                    {
+                        for (var i = 0; i < n; i++)
+                        {
+                            if (sawCtrlA && buf[i] == (byte)'q') { cts.Cancel(); return; }
+                            sawCtrlA = buf[i] == 1;
+                        }
+                        await s.WriteStdinAsync(buf.AsMemory(0, n), cts.Token);
+                    }
+                }, cts.Token);
+                try { await s.RunAsync(Console.OpenStandardOutput(), null, cts.Token); } catch (OperationCanceledException) { }
+                return 0;
+            });
+            yield return cmd;
+        }
+
+        {
+            var name = NameArg();
+            var follow = new Option<bool>("--follow", "-F") { Description = "Keep printing new output" };
+            var cmd = new Command("logs", "Show the instance's console log") { name, follow };
+            Act(cmd, async (pr, c, ct) =>
+            {
+                await using var s = await c.LogsAsync(pr.GetValue(name)!, pr.GetValue(follow), ct);
+                var stdout = Console.OpenStandardOutput();
+                var buf = new byte[16384];
+                int n;
+                while ((n = await s.ReadAsync(buf, ct)) > 0) { await stdout.WriteAsync(buf.AsMemory(0, n), ct); await stdout.FlushAsync(ct); }
+                return 0;
+            });
+            yield return cmd;
+        }
+
+    }
+
+    static Command CreateCommand(string verb, string help, bool start)
+    {
+        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox and host are built in; host: an application container), or a registry reference (host[:port]/repo[:tag]) to pull" };
+        var name = new Argument<string>("name") { Description = "Instance name" };
+        var vm = new Option<bool>("--vm") { Description = "Make a virtual machine instead of a container" };
+        var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
+        var profiles = new Option<string[]>("--profile", "-p") { Description = "Profiles to apply, in order (repeatable; default: default)" };
+        var noProfiles = new Option<bool>("--no-profiles") { Description = "Apply no profile" };
+        var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles };
+        var app = AddAppOptions(cmd);
+        Act(cmd, async (pr, c, ct) =>
+        {
+            var p = pr.GetValue(profiles) is { Length: > 0 } ps ? ps.SelectMany(x => x.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToList()
+                : pr.GetValue(noProfiles) ? [] : null;
+            var req = new InstanceCreateRequest
+            {
+                Name = pr.GetValue(name)!, Image = pr.GetValue(image)!, Type = pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container,
+                Config = KeyValues(pr.GetValue(cfg), "config"), Profiles = p, Start = start,
+            };
+            ApplyAppOptions(pr, app, req);
+            await Err.WriteLineAsync($"{(start ? "Launching" : "Creating")} {req.Name}");
+            await WaitOp(c, await c.CreateInstanceOperationAsync(req, ct), ct);
+            return 0;
+        });
+        return cmd;
+    }
+
+    static Command ExecCommand()
+    {
+        var name = NameArg();
+        var command = new Argument<string[]>("command") { Description = "The command and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
+        var tty = new Option<bool>("--force-interactive", "-t") { Description = "Run on a pty even if stdin or stdout is not a terminal" };
+        var noTty = new Option<bool>("--force-noninteractive", "-T") { Description = "Never use a pty" };
+        var env = new Option<string[]>("--env") { Description = "Environment KEY=VALUE (repeatable)" };
+        var cwd = new Option<string>("--cwd") { Description = "Working directory inside the instance" };
+        var user = new Option<string>("--user") { Description = "User (name or uid, optionally :group) to run as" };
+        var cmd = new Command("exec", "Run a command in an instance: stdio streamed, its exit status returned") { name, command, tty, noTty, env, cwd, user };
+        Act(cmd, async (pr, c, ct) =>
+        {
+            var useTty = pr.GetValue(tty) || (!pr.GetValue(noTty) && !Console.IsInputRedirected && !Console.IsOutputRedirected);
+            var (w, h) = Terminal.Size();
+            var req = new ExecRequest
+            {
+                Command = [.. pr.GetValue(command)!], Environment = KeyValues(pr.GetValue(env), "environment variable"),
+                Cwd = pr.GetValue(cwd), User = pr.GetValue(user), Tty = useTty, Width = w, Height = h,
+            };
+            using var s = await c.ExecInteractiveAsync(pr.GetValue(name)!, req, ct);
+            using var raw = useTty && !Console.IsInputRedirected ? Terminal.MakeRaw() : null;
+            using var winch = useTty ? PosixSignalRegistration.Create(PosixSignal.SIGWINCH, _ =>
+            {
+                var (nw, nh) = Terminal.Size();
+                var resize = s.ResizeAsync(nw, nh);
+            }) : null;
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            _ = s.PumpStdinAsync(Console.OpenStandardInput(), cts.Token);
+            var code = await s.RunAsync(Console.OpenStandardOutput(), Console.OpenStandardError(), ct);
+            cts.Cancel();
+            if (code is null) throw new CliException("the connection to hulld ended before the command did");
+            return code.Value;
+        });
+        return cmd;
+    }
+}
