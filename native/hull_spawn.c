@@ -60,7 +60,9 @@ static inline long raw4(long n, long a, long b, long c, long d) {
 }
 static inline long raw5(long n, long a, long b, long c, long d, long e) {
     long r; register long r10 __asm__("r10") = d; register long r8 __asm__("r8") = e;
-    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory"); return r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                     : "rcx", "r11", "memory");
+    return r;
 }
 
 struct k_sigaction { void *handler; unsigned long flags; void *restorer; uint64_t mask; };
@@ -163,7 +165,8 @@ static long apply_and_exec(const struct hull_spawn *s, int *stage) {
         struct cap_header h = { 0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0 };
         struct cap_data d[2] = {
             { (uint32_t)s->cap_effective, (uint32_t)s->cap_permitted, (uint32_t)s->cap_inheritable },
-            { (uint32_t)(s->cap_effective >> 32), (uint32_t)(s->cap_permitted >> 32), (uint32_t)(s->cap_inheritable >> 32) },
+            { (uint32_t)(s->cap_effective >> 32), (uint32_t)(s->cap_permitted >> 32),
+              (uint32_t)(s->cap_inheritable >> 32) },
         };
         r = raw2(SYS_capset, (long)&h, (long)d);
         if (r < 0) { *stage = ST_CAPSET; return r; }
