@@ -41,88 +41,9 @@
 #error "hull_spawn.c supports x86_64 only"
 #endif
 
-#define HULL_MAX_FDS 64
-#define HULL_MAX_NS 16
+#include "hull_spawn.h"
+
 #define HULL_STACK_SIZE (64 * 1024)
-
-/* Stages reported with an errno when the child fails. Keep in sync with SpawnStage.cs. */
-enum {
-    ST_SYNC_READ = 1,
-    ST_SETNS = 2,
-    ST_CGROUP_JOIN = 3,
-    ST_TIMENS = 4,
-    ST_FD_MAP = 5,
-    ST_SIGNALS = 6,
-    ST_EXEC = 7,
-    ST_SETSID = 8,
-    ST_CHDIR = 9,
-    ST_CTTY = 10,
-    ST_FILES = 11,
-    ST_PERSONALITY = 12,
-    ST_CAPS_BOUNDING = 13,
-    ST_GROUPS = 14,
-    ST_GID = 15,
-    ST_UID = 16,
-    ST_CAPSET = 17,
-    ST_AMBIENT = 18,
-    ST_NNP = 19,
-    ST_SECCOMP = 20,
-    ST_SECCOMP_LISTENER = 21,
-};
-
-struct hull_spawn {
-    uint64_t clone_flags;         /* CLONE_NEW* flags for clone3 */
-    int32_t cgroup_fd;            /* cgroup2 directory for CLONE_INTO_CGROUP, or -1 */
-    int32_t sync_fd;              /* child waits for one byte (or EOF) here first, or -1 */
-    int32_t sync_close_fd;        /* the parent's end of the sync pipe: the child closes its copy first */
-    int32_t error_fd;             /* write end of the close-on-exec error pipe */
-    int32_t exec_fd;              /* execveat(exec_fd, "", AT_EMPTY_PATH) if >= 0 */
-    const char *path;             /* else execve(path) */
-    char *const *argv;
-    char *const *envp;
-    int32_t parent_pidns_fd;      /* joined by the calling thread around clone3, or -1 */
-    int32_t parent_own_pidns_fd;  /* the caller's pid_for_children, restored after clone3 */
-    int32_t n_setns;              /* namespaces the child joins, in order */
-    int32_t setns_fd[HULL_MAX_NS];
-    int32_t setns_type[HULL_MAX_NS];
-    int32_t n_join;               /* files the child writes "0" to (cgroup v1 "tasks") */
-    int32_t join_fd[HULL_MAX_NS];
-    const char *timens_offsets;   /* if set: unshare(CLONE_NEWTIME), write to /proc/self/timens_offsets */
-    int32_t n_fds;                /* fd map: fd_src[i] becomes fd_dst[i] in the child */
-    int32_t fd_src[HULL_MAX_FDS];
-    int32_t fd_dst[HULL_MAX_FDS];
-    int32_t setsid;               /* call setsid() in the child */
-    int32_t ctty_fd;              /* after setsid: make this fd (a child-side number) the controlling tty, or -1 */
-    int32_t exit_signal;          /* normally SIGCHLD */
-    const char *chdir;            /* chdir in the child before exec, or NULL */
-    uint64_t sigmask;             /* mask installed in the child before exec */
-    /* Process attributes applied last, on the exec'ing thread (exec into a container, and the container init). */
-    int32_t apply_process;        /* 0: skip everything down to exec_paths */
-    int32_t umask;                /* -1: leave as is */
-    int64_t personality;          /* -1: leave as is */
-    int32_t n_files;              /* files written first (e.g. /proc/thread-self/attr/exec) */
-    const char *file_path[4];
-    const char *file_data[4];
-    uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
-    int32_t last_cap;
-    int32_t uid, gid;
-    int32_t n_groups;             /* -1: do not call setgroups */
-    uint32_t groups[64];
-    int32_t no_new_privs;
-    const void *seccomp_prog;     /* struct sock_fprog *, or NULL */
-    uint32_t seccomp_flags;
-    const char *const *exec_paths; /* NULL-terminated candidates tried in order (PATH search); else exec_fd/path */
-    int32_t become_ns_root;       /* after the namespaces: setresgid/setresuid(0) (a new user namespace's root) */
-    /* filled by hull_spawn_start */
-    int32_t pid;
-    int32_t pidfd;
-    int32_t error_read_fd;
-    void *stack;
-    /* A unix socket: a filter loaded with SECCOMP_FILTER_FLAG_NEW_LISTENER hands its notify fd to the parent
-       through it (SCM_RIGHTS), before exec closes it, and waits for a byte back; -1 otherwise. */
-    int32_t listener_sock;
-    int32_t listener_close_fd;    /* the parent's end of that socket pair: the child closes its copy first */
-};
 
 static inline long raw1(long n, long a) {
     long r; __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a) : "rcx", "r11", "memory"); return r;
@@ -139,7 +60,9 @@ static inline long raw4(long n, long a, long b, long c, long d) {
 }
 static inline long raw5(long n, long a, long b, long c, long d, long e) {
     long r; register long r10 __asm__("r10") = d; register long r8 __asm__("r8") = e;
-    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory"); return r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                     : "rcx", "r11", "memory");
+    return r;
 }
 
 struct k_sigaction { void *handler; unsigned long flags; void *restorer; uint64_t mask; };
@@ -242,7 +165,8 @@ static long apply_and_exec(const struct hull_spawn *s, int *stage) {
         struct cap_header h = { 0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0 };
         struct cap_data d[2] = {
             { (uint32_t)s->cap_effective, (uint32_t)s->cap_permitted, (uint32_t)s->cap_inheritable },
-            { (uint32_t)(s->cap_effective >> 32), (uint32_t)(s->cap_permitted >> 32), (uint32_t)(s->cap_inheritable >> 32) },
+            { (uint32_t)(s->cap_effective >> 32), (uint32_t)(s->cap_permitted >> 32),
+              (uint32_t)(s->cap_inheritable >> 32) },
         };
         r = raw2(SYS_capset, (long)&h, (long)d);
         if (r < 0) { *stage = ST_CAPSET; return r; }

@@ -2,7 +2,9 @@ using System.Text.Json.Serialization;
 
 namespace Hull.Oci;
 
-// The OCI runtime configuration (runtime-spec v1.2, config.md and config-linux.md). Property names follow the spec's JSON.
+// The OCI runtime configuration (runtime-spec v1.2, config.md and config-linux.md). Property names follow the spec's
+// JSON. Two fast paths copy these types by hand, Hull.Containers' SpecReader (config.json) and PlanCodec (runtime to
+// init): a property added here must be added there too, which SpecCoverageTests checks.
 // Numbers that the spec allows to be absent are nullable so that "not set" and "0" stay different.
 
 public sealed class Spec
@@ -324,9 +326,11 @@ public sealed class State
     [JsonPropertyName("ociVersion")] public string OciVersion { get; set; } = "1.2.0";
     [JsonPropertyName("id")] public string Id { get; set; } = "";
     [JsonPropertyName("status")] public string Status { get; set; } = "";
-    [JsonPropertyName("pid")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public int Pid { get; set; }
+    [JsonPropertyName("pid")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int Pid { get; set; }
     [JsonPropertyName("bundle")] public string Bundle { get; set; } = "";
-    [JsonPropertyName("annotations")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public Dictionary<string, string>? Annotations { get; set; }
+    [JsonPropertyName("annotations")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public Dictionary<string, string>? Annotations { get; set; }
 }
 
 [JsonSourceGenerationOptions(WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,

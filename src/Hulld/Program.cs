@@ -7,7 +7,8 @@ namespace Hull.Daemon;
 
 public static class Program
 {
-    /// <summary>hulld: the daemon library (src/Hull.Daemon) with the container and VM engines and their built-in images.</summary>
+    /// <summary>hulld: the daemon library (src/Hull.Daemon) with its two drivers (containers, VMs) and built-in
+    /// images; "hulld monitor" runs one container's monitor.</summary>
     public static Task<int> Main(string[] args)
     {
         // The container init is hull-oci installed next to hulld (make install links it there), unless HULL_INIT_BINARY says otherwise.

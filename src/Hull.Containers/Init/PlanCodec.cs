@@ -11,7 +11,8 @@ namespace Hull.Containers;
 /// the OCI spec once per process, which cost the init more than all its mounts; this reader allocates only the
 /// objects it returns.
 /// Carried: everything the init reads. Not carried: linux.resources and linux.intelRdt (the runtime applies them to
-/// the cgroup before the init runs), and annotations of the spec (the hook state carries them).
+/// the cgroup before the init runs). SpecCoverageTests fills every property of the plan and fails on any other
+/// property that does not come back.
 /// Encoding: unsigned varints (LEB128), signed values zig-zag encoded, strings and byte arrays as varint (length + 1)
 /// with 0 for null, lists likewise, nullable values behind a presence byte.
 /// </summary>
@@ -47,8 +48,13 @@ public static class PlanCodec
     public static InitPlan DecodePlan(byte[] data)
     {
         var r = new Reader(data);
-        if (r.Byte() != PlanTag) throw new ContainerException("the init plan from the runtime is not in the expected format (is the init binary the runtime's own?)");
-        var p = new InitPlan { Mode = r.Str() ?? "", Id = r.Str() ?? "", Bundle = r.Str() ?? "", Rootfs = r.Str() ?? "" };
+        if (r.Byte() != PlanTag)
+            throw new ContainerException(
+                "the init plan from the runtime is not in the expected format (is the init binary the runtime's own?)");
+        var p = new InitPlan
+        {
+            Mode = r.Str() ?? "", Id = r.Str() ?? "", Bundle = r.Str() ?? "", Rootfs = r.Str() ?? "",
+        };
         var flags = r.U();
         p.NewMountNamespace = (flags & 1) != 0;
         p.NewUserNamespace = (flags & 2) != 0;
@@ -79,7 +85,8 @@ public static class PlanCodec
     public static SyncMessage DecodeMessage(byte[] data)
     {
         var r = new Reader(data);
-        if (r.Byte() != MessageTag) throw new ContainerException("a message on the init sync socket is not in the expected format");
+        if (r.Byte() != MessageTag)
+            throw new ContainerException("a message on the init sync socket is not in the expected format");
         var m = new SyncMessage { Type = r.Str() ?? "", Message = r.Str(), Pid = (int)r.S() };
         r.End();
         return m;
@@ -109,7 +116,11 @@ public static class PlanCodec
         if (w.Has(s.Hooks))
         {
             var h = s.Hooks!;
-            foreach (var list in new[] { h.Prestart, h.CreateRuntime, h.CreateContainer, h.StartContainer, h.Poststart, h.Poststop })
+            var lists = new[]
+            {
+                h.Prestart, h.CreateRuntime, h.CreateContainer, h.StartContainer, h.Poststart, h.Poststop,
+            };
+            foreach (var list in lists)
                 w.List(list, (w, k) => { w.Str(k.Path); w.Strs(k.Args); w.Strs(k.Env); w.NullS(k.Timeout); });
         }
         w.Dict(s.Annotations);
@@ -132,8 +143,10 @@ public static class PlanCodec
             var h = new Hooks();
             var lists = new List<Hook>?[6];
             for (var i = 0; i < 6; i++)
-                lists[i] = r.List((ref Reader r) => new Hook { Path = r.Str() ?? "", Args = r.Strs(), Env = r.Strs(), Timeout = (int?)r.NullS() });
-            (h.Prestart, h.CreateRuntime, h.CreateContainer, h.StartContainer, h.Poststart, h.Poststop) = (lists[0], lists[1], lists[2], lists[3], lists[4], lists[5]);
+                lists[i] = r.List((ref Reader r) =>
+                    new Hook { Path = r.Str() ?? "", Args = r.Strs(), Env = r.Strs(), Timeout = (int?)r.NullS() });
+            (h.Prestart, h.CreateRuntime, h.CreateContainer) = (lists[0], lists[1], lists[2]);
+            (h.StartContainer, h.Poststart, h.Poststop) = (lists[3], lists[4], lists[5]);
             s.Hooks = h;
         }
         s.Annotations = r.Dict();
@@ -142,7 +155,8 @@ public static class PlanCodec
     }
 
     static void WriteIdMapping(Writer w, IdMapping m) { w.U(m.ContainerId); w.U(m.HostId); w.U(m.Size); }
-    static IdMapping ReadIdMapping(ref Reader r) => new() { ContainerId = (uint)r.U(), HostId = (uint)r.U(), Size = (uint)r.U() };
+    static IdMapping ReadIdMapping(ref Reader r) =>
+        new() { ContainerId = (uint)r.U(), HostId = (uint)r.U(), Size = (uint)r.U() };
 
     static void WriteProcess(Writer w, Hull.Oci.Process p)
     {
@@ -165,7 +179,8 @@ public static class PlanCodec
         if (w.Has(p.Scheduler))
         {
             var s = p.Scheduler!;
-            w.Str(s.Policy); w.NullS(s.Nice); w.NullS(s.Priority); w.Strs(s.Flags); w.NullU(s.Runtime); w.NullU(s.Deadline); w.NullU(s.Period);
+            w.Str(s.Policy); w.NullS(s.Nice); w.NullS(s.Priority); w.Strs(s.Flags);
+            w.NullU(s.Runtime); w.NullU(s.Deadline); w.NullU(s.Period);
         }
         if (w.Has(p.IoPriority)) { w.Str(p.IoPriority!.Class); w.S(p.IoPriority.Priority); }
         if (w.Has(p.ExecCpuAffinity)) { w.Str(p.ExecCpuAffinity!.Initial); w.Str(p.ExecCpuAffinity.Final); }
@@ -180,7 +195,11 @@ public static class PlanCodec
         p.User.Username = r.Str();
         p.Args = r.Strs(); p.CommandLine = r.Str(); p.Env = r.Strs(); p.Cwd = r.Str() ?? "/";
         if (r.Has())
-            p.Capabilities = new Hull.Oci.Capabilities { Bounding = r.Strs(), Effective = r.Strs(), Inheritable = r.Strs(), Permitted = r.Strs(), Ambient = r.Strs() };
+            p.Capabilities = new Hull.Oci.Capabilities
+            {
+                Bounding = r.Strs(), Effective = r.Strs(), Inheritable = r.Strs(), Permitted = r.Strs(),
+                Ambient = r.Strs(),
+            };
         p.Rlimits = r.List((ref Reader r) => new Rlimit { Type = r.Str() ?? "", Hard = r.U(), Soft = r.U() });
         p.NoNewPrivileges = r.Bool();
         p.ApparmorProfile = r.Str();
@@ -204,7 +223,8 @@ public static class PlanCodec
         w.List(l.TimeOffsets?.ToList(), (w, kv) => { w.Str(kv.Key); w.S(kv.Value.Secs); w.U(kv.Value.Nanosecs); });
         w.List(l.Devices, (w, d) =>
         {
-            w.Str(d.Type); w.Str(d.Path); w.S(d.Major); w.S(d.Minor); w.NullU(d.FileMode); w.NullU(d.Uid); w.NullU(d.Gid);
+            w.Str(d.Type); w.Str(d.Path); w.S(d.Major); w.S(d.Minor);
+            w.NullU(d.FileMode); w.NullU(d.Uid); w.NullU(d.Gid);
         });
         w.Str(l.CgroupsPath);
         w.Str(l.RootfsPropagation);
@@ -233,11 +253,14 @@ public static class PlanCodec
             Namespaces = r.List((ref Reader r) => new Namespace { Type = r.Str() ?? "", Path = r.Str() }),
             UidMappings = r.List(ReadIdMapping), GidMappings = r.List(ReadIdMapping),
         };
-        var offsets = r.List((ref Reader r) => new KeyValuePair<string, TimeOffset>(r.Str() ?? "", new TimeOffset { Secs = r.S(), Nanosecs = (uint)r.U() }));
+        var offsets = r.List((ref Reader r) =>
+            new KeyValuePair<string, TimeOffset>(
+                r.Str() ?? "", new TimeOffset { Secs = r.S(), Nanosecs = (uint)r.U() }));
         if (offsets is not null) l.TimeOffsets = new Dictionary<string, TimeOffset>(offsets);
         l.Devices = r.List((ref Reader r) => new Device
         {
-            Type = r.Str() ?? "", Path = r.Str() ?? "", Major = r.S(), Minor = r.S(), FileMode = (uint?)r.NullU(), Uid = (uint?)r.NullU(), Gid = (uint?)r.NullU(),
+            Type = r.Str() ?? "", Path = r.Str() ?? "", Major = r.S(), Minor = r.S(),
+            FileMode = (uint?)r.NullU(), Uid = (uint?)r.NullU(), Gid = (uint?)r.NullU(),
         });
         l.CgroupsPath = r.Str();
         l.RootfsPropagation = r.Str();
@@ -245,12 +268,14 @@ public static class PlanCodec
         {
             l.Seccomp = new Hull.Oci.Seccomp
             {
-                DefaultAction = r.Str() ?? "", DefaultErrnoRet = (uint?)r.NullU(), Architectures = r.Strs(), Flags = r.Strs(),
+                DefaultAction = r.Str() ?? "", DefaultErrnoRet = (uint?)r.NullU(),
+                Architectures = r.Strs(), Flags = r.Strs(),
                 ListenerPath = r.Str(), ListenerMetadata = r.Str(),
                 Syscalls = r.List((ref Reader r) => new SeccompSyscall
                 {
                     Names = r.Strs() ?? [], Action = r.Str() ?? "", ErrnoRet = (uint?)r.NullU(),
-                    Args = r.List((ref Reader r) => new SeccompArg { Index = (uint)r.U(), Value = r.U(), ValueTwo = r.U(), Op = r.Str() ?? "" }),
+                    Args = r.List((ref Reader r) =>
+                        new SeccompArg { Index = (uint)r.U(), Value = r.U(), ValueTwo = r.U(), Op = r.Str() ?? "" }),
                 }),
             };
         }
@@ -267,7 +292,11 @@ public static class PlanCodec
     }
 
     static State ReadState(ref Reader r) =>
-        new() { OciVersion = r.Str() ?? "", Id = r.Str() ?? "", Status = r.Str() ?? "", Pid = (int)r.S(), Bundle = r.Str() ?? "", Annotations = r.Dict() };
+        new()
+        {
+            OciVersion = r.Str() ?? "", Id = r.Str() ?? "", Status = r.Str() ?? "", Pid = (int)r.S(),
+            Bundle = r.Str() ?? "", Annotations = r.Dict(),
+        };
 
     // --- primitives -----------------------------------------------------------------------------------------------
 

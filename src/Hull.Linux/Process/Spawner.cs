@@ -101,6 +101,8 @@ public static unsafe partial class Spawner
 {
     const int MaxNs = 16, MaxFds = 64;
 
+    /// <summary>struct hull_spawn (native/hull_spawn.h), field by field: NativeSpawnLayoutTests compiles the header
+    /// and checks the size and every offset.</summary>
     [StructLayout(LayoutKind.Sequential)]
     struct NativeSpawn
     {
