@@ -157,6 +157,7 @@ public sealed class Daemon
         imageStore.Recover();
         images?.Invoke(o, imageStore);
         var events = new EventHub();
+        DriverLog.Sink = events; // the drivers' log lines become "logging" events
         var manager = new InstanceManager(o.StateDir, store, imageStore, events, drivers(o), shutdown.Token);
         var d = new Daemon
         {

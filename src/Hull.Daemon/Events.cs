@@ -1,11 +1,12 @@
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Hull.Api;
+using Hull.Instances;
 
 namespace Hull.Daemon;
 
 /// <summary>Fans events out to every subscriber of /1.0/events. A slow subscriber loses its oldest events, never blocks hulld.</summary>
-public sealed class EventHub
+public sealed class EventHub : IDriverLogSink
 {
     readonly ConcurrentDictionary<long, (Channel<Event> Channel, HashSet<string>? Types)> _subs = new();
     long _next;
@@ -34,6 +35,13 @@ public sealed class EventHub
 
     public void Log(string level, string message, string? instance = null) =>
         Publish(new Event { Type = "logging", Timestamp = DateTimeOffset.UtcNow, Level = level, Message = message, Instance = instance });
+
+    /// <summary>A driver's line: a "logging" event, and in hulld's stderr (its log) as before.</summary>
+    void IDriverLogSink.Log(string level, string message, string? instance)
+    {
+        Console.Error.WriteLine(level == "info" ? $"hulld: {message}" : $"hulld: {level}: {message}");
+        Log(level, message, instance);
+    }
 }
 
 /// <summary>What a running operation can do: report progress, see cancellation.</summary>

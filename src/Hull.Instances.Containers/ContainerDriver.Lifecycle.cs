@@ -75,7 +75,7 @@ public sealed partial class ContainerDriver
             if (Find(spec) is { Status: ContainerStatus.Stopped }) CleanupEngine(spec);
             if (!IsRunning(spec)) UnmountRootfs(spec);
         }
-        catch (Exception e) { Console.Error.WriteLine($"hulld: warning: cleaning up container '{spec.Name}': {e.Message}"); }
+        catch (Exception e) { DriverLog.Warning($"cleaning up container '{spec.Name}': {e.Message}", spec.Name); }
         finally { Lock(spec).Release(); }
     }
 

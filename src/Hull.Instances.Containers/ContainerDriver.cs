@@ -54,7 +54,7 @@ public sealed partial class ContainerDriver : IInstanceDriver
             {
                 try { _monitor.Ensure(); }
                 catch (Exception e) when (e is InstanceException or LinuxException or IOException)
-                { Console.Error.WriteLine($"hulld: warning: {e.Message} (retried at the next container start)"); }
+                { DriverLog.Warning($"{e.Message} (retried at the next container start)"); }
             });
         var dir = Path.Combine(stateDir, "containers");
         Directory.CreateDirectory(dir);

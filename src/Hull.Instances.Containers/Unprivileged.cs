@@ -135,8 +135,7 @@ sealed class Unprivileged
             try { tree = IdmappedMounts.Clone(m.Source!, UserNamespace(map), readOnly: true, nodev: true); }
             catch (LinuxException e)
             {
-                Console.Error.WriteLine($"hulld: warning: instance '{spec.Name}': {m.Source} stays a plain bind: " +
-                    $"{e.Message}");
+                DriverLog.Warning($"instance '{spec.Name}': {m.Source} stays a plain bind: {e.Message}", spec.Name);
                 continue;
             }
             using (tree)

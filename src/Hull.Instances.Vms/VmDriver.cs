@@ -59,6 +59,7 @@ public sealed partial class VmDriver : IInstanceDriver
         _o = options;
         Directory.CreateDirectory(options.CacheDir);
         _host = new VmHostOptions { CacheDir = options.CacheDir };
+        AccelProbe.Warn = m => DriverLog.Warning(m);
     }
 
     public VmDriverOptions Options => _o;

@@ -59,7 +59,7 @@ public static class AccelProbe
     static readonly Dictionary<string, AccelVerdict> s_memo = new(StringComparer.Ordinal);
 
     /// <summary>Where Hull prints the one-line warning when it falls back to TCG (stderr by default).</summary>
-    public static Action<string> Warn { get; set; } = m => Console.Error.WriteLine(m);
+    public static Action<string> Warn { get; set; } = m => Console.Error.WriteLine("hull: " + m);
 
     /// <summary>Resolves Auto to Kvm or Tcg (cached per host in <paramref name="cacheDir"/>); Kvm and Tcg pass through.</summary>
     public static AccelVerdict Resolve(Accel requested, string cacheDir, string qemu)
@@ -87,7 +87,7 @@ public static class AccelProbe
             catch (JsonException) { }
             var v = Probe(qemu, cacheDir);
             v.HostKey = key;
-            if (v.Accel == Accel.Tcg) Warn($"hull: using TCG (software emulation) instead of KVM: {v.Reason}");
+            if (v.Accel == Accel.Tcg) Warn($"using TCG (software emulation) instead of KVM: {v.Reason}");
             Directory.CreateDirectory(cacheDir);
             var tmp = cache + ".tmp";
             File.WriteAllText(tmp, JsonSerializer.Serialize(v, VmJson.Default.AccelVerdict));

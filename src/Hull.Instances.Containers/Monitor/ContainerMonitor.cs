@@ -125,8 +125,10 @@ sealed class MonitorServer(string stateDir)
             throw new IOException($"another monitor (pid {other}) holds {ContainerMonitor.LockPath(stateDir)} and " +
                 "does not answer on its socket");
         }
-        File.WriteAllText(ContainerMonitor.PidPath(stateDir),
-            Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
+        // Written whole (temp file + rename): a reader never sees it empty.
+        var pidFile = ContainerMonitor.PidPath(stateDir);
+        File.WriteAllText(pidFile + ".tmp", Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
+        File.Move(pidFile + ".tmp", pidFile, overwrite: true);
         var sock = ContainerMonitor.SocketPath(stateDir);
         File.Delete(sock); // stale: we hold the lock, so no live monitor serves it
         _listener = MonitorInterop.Listen(sock);

@@ -213,7 +213,8 @@ public sealed class MonitorClient : IDisposable
                 }
                 // Another build (an upgrade or a downgrade): it keeps its containers and exits after the last one;
                 // a monitor of this build takes over the socket for new ones.
-                Console.Error.WriteLine($"hulld: retiring the container monitor (pid {hello.Pid}, protocol {hello.Version}) of another build; it keeps watching its {hello.Containers} container(s)");
+                DriverLog.Info($"retiring the container monitor (pid {hello.Pid}, protocol {hello.Version}) of another " +
+                    $"build; it keeps watching its {hello.Containers} container(s)");
                 var listen = false;
                 try
                 {
@@ -287,11 +288,12 @@ public sealed class MonitorClient : IDisposable
                 if (!current || !ReferenceEquals(_hold, conn) || _disposed) return;
                 _hold = null;
             }
-            Console.Error.WriteLine($"hulld: the container monitor (pid {pid}) went away: containers it was the parent of are re-parented and their exit codes cannot be known; starting a new monitor");
+            DriverLog.Warning($"the container monitor (pid {pid}) went away: containers it was the parent of are " +
+                "re-parented and their exit codes cannot be known; starting a new monitor");
             try { Ensure(); }
             catch (Exception e) when (e is InstanceException or LinuxException or IOException or ObjectDisposedException)
             {
-                Console.Error.WriteLine($"hulld: warning: {e.Message} (retried at the next container start)");
+                DriverLog.Warning($"{e.Message} (retried at the next container start)");
             }
         }) { IsBackground = true, Name = current ? "hull-monitor-hold" : "hull-monitor-retired" }.Start();
     }
@@ -340,7 +342,7 @@ public sealed class MonitorClient : IDisposable
             }
             if (answer.ToString() != "ok")
                 throw new InstanceException(answer.Length > 0 ? answer.ToString() : $"the container monitor (pid {pid}) exited at start; see {ContainerMonitor.LogPath(_stateDir)}", 500);
-            Console.Error.WriteLine($"hulld: started the container monitor (pid {pid.ToString(CultureInfo.InvariantCulture)})");
+            DriverLog.Info($"started the container monitor (pid {pid.ToString(CultureInfo.InvariantCulture)})");
         }
     }
 
