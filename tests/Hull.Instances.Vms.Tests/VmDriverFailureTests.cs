@@ -38,7 +38,7 @@ public sealed class VmDriverFailureTests : IDisposable
 
     [Theory]
     [InlineData("limits.processes", "100", "limits.processes applies to containers only")]
-    [InlineData("limits.memory", "32MiB", "is too small for a VM: give at least 64MiB")]
+    [InlineData("limits.memory", "32MiB", "is too small for a VM: give at least 64 MiB")]
     [InlineData("limits.memory", "16TiB", "is more than this host has")]
     public void Validate_refuses_what_a_vm_cannot_have(string key, string value, string message)
     {
