@@ -38,6 +38,7 @@ if [ "$MODE" != scale ]; then
 fi
 
 TMP=$(mktemp -d /tmp/hull-dbench.XXXXXX)
+chmod 711 "$TMP" # unprivileged containers (the default) reach their rootfs through it
 STATE=$TMP/state
 SOCK=$TMP/hulld.sock
 export HULL_SOCKET=$SOCK HULL_DIR=$STATE HULL_HULLD=/bin/false
