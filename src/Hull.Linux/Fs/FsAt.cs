@@ -65,9 +65,12 @@ public static unsafe partial class FsAt
         var p = Marshal.StringToCoTaskMemUTF8(path.Length == 0 ? "." : path);
         try
         {
+            // EAGAIN: a rename or mount anywhere on the host raced a ".." in the path, so the kernel could not vouch
+            // that it stayed inside; openat2(2) says to retry.
             long r;
+            var tries = 0;
             do r = Libc.syscall(SYS.openat2, dir.Fd, p, (long)&how, sizeof(OpenHow), 0, 0);
-            while (r < 0 && Err() == Errors.EINTR);
+            while (r < 0 && (Err() == Errors.EINTR || (Err() == Errors.EAGAIN && ++tries < 1000)));
             errno = r < 0 ? Err() : 0;
             fd = new SafeFd(r < 0 ? -1 : (int)r);
             return r >= 0;
