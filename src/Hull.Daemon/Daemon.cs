@@ -117,7 +117,7 @@ public sealed class Daemon
         if (args.Contains("--help") || args.Contains("-h")) { Console.WriteLine(DaemonOptions.Usage); return 0; }
         if (o.PrintRoutes)
         {
-            var app0 = WebApplication.CreateSlimBuilder().Build();
+            var app0 = Builder().Build();
             new Api(null!).Map(app0);
             foreach (var r in Routes(app0)) Console.WriteLine(r);
             return 0;
@@ -165,7 +165,7 @@ public sealed class Daemon
             Shutdown = shutdown.Token,
         };
 
-        var b = WebApplication.CreateSlimBuilder();
+        var b = Builder();
         b.Logging.SetMinimumLevel(o.Verbose ? LogLevel.Information : LogLevel.Warning);
         b.WebHost.ConfigureKestrel(k =>
         {
@@ -192,6 +192,16 @@ public sealed class Daemon
         await Console.Error.WriteLineAsync("hulld: stopped; instances keep running");
         return 0;
     }
+
+    /// <summary>Kestrel's builder without a file watcher: by default the host reads appsettings.json from the current
+    /// directory with reload-on-change, which puts a recursive inotify watch on that directory (started from /, hulld
+    /// watched thousands of directories and woke up for every file an instance wrote). hulld takes no settings file.
+    /// </summary>
+    static WebApplicationBuilder Builder() => WebApplication.CreateSlimBuilder(new WebApplicationOptions
+    {
+        ContentRootPath = AppContext.BaseDirectory,
+        Args = ["--hostBuilder:reloadConfigOnChange=false"],
+    });
 
     /// <summary>Makes the socket's directory; refuses if a live hulld answers on the socket, removes a stale one.</summary>
     static void PrepareSocket(string socket)
