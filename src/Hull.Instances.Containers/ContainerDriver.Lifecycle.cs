@@ -43,7 +43,11 @@ public sealed partial class ContainerDriver
             if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is already running", 409);
             CleanupEngine(spec);
             File.Delete(P(spec, "exit"));
-            _ids.Shift(spec, Unprivileged.Wanted(spec));
+            if (Unprivileged.OnDisk(spec) != Unprivileged.Wanted(spec))
+            {
+                UnmountRootfs(spec); // a rootfs left mounted by create sees the image through the old map
+                _ids.Shift(spec, Unprivileged.Wanted(spec));
+            }
             MountRootfs(spec);
             try
             {

@@ -153,7 +153,8 @@ public sealed partial class ContainerDriver
                 Unprivileged.Record(spec, null);
                 _ids.Shift(spec, Unprivileged.Wanted(spec));
             }
-            UnmountRootfs(spec);
+            // Left mounted for the start that usually follows (an unmount waits for an RCU grace period, and the
+            // start would mount it again); a start remounts it if the id map changed meanwhile, delete unmounts it.
         }
         catch (Exception e)
         {
@@ -248,7 +249,11 @@ public sealed partial class ContainerDriver
     // ---- backup / move: the instance dir travels; the image root filesystem is the importing host's own ----
 
     /// <summary>A backup holds the files with the owners the container sees (shifted back at the next start).</summary>
-    public Task PrepareExportAsync(InstanceSpec spec, CancellationToken ct) => Task.Run(() => _ids.Shift(spec, null), ct);
+    public Task PrepareExportAsync(InstanceSpec spec, CancellationToken ct) => Task.Run(() =>
+    {
+        if (!IsRunning(spec)) UnmountRootfs(spec); // not re-owned under a mounted overlay (create leaves it mounted)
+        _ids.Shift(spec, null);
+    }, ct);
 
     public IReadOnlyList<string>? ExportExcludes(InstanceSpec spec) =>
         IsCopy(spec) ? ["work", "config.json", "exit"] : ["rootfs", "work", "config.json", "exit"];
