@@ -112,7 +112,14 @@ internal sealed class CgroupManager : ICgroup
         foreach (var part in rel)
         {
             cur += "/" + part;
-            if (Libc.mkdir(cur, 0b111_101_101) == 0) { made.Add(cur); continue; }
+            if (Libc.mkdir(cur, 0b111_101_101) == 0)
+            {
+                // 0755 whatever the caller's umask (hulld's is 0077): a container sees its own cgroup directory at
+                // /sys/fs/cgroup, and one in a user namespace is "others" to it.
+                Libc.chmod(cur, 0b111_101_101);
+                made.Add(cur);
+                continue;
+            }
             var e = Marshal.GetLastPInvokeError();
             if (e == Errors.EEXIST && Directory.Exists(cur)) continue;
             throw new CgroupException($"mkdir {cur}: {Errors.Describe(e)}" + e switch

@@ -28,6 +28,32 @@ public class RealHostTests
     }
 
     [SkippableFact]
+    public void A_v1_cpuset_parent_hands_cpus_and_mems_to_new_children_itself()
+    {
+        Requires.Root();
+        var l = CgroupLayout.Detect();
+        Skip.If(l.WhereIs("cpuset") != "v1", "cpuset is not a v1 hierarchy on this host");
+        using var scope = new CgroupScope(l);
+        var first = scope.Open("c1", l);
+        first.Create(); // the scope's level is new and empty: filled by copy, and told to clone from now on
+        var parent = System.IO.Path.GetDirectoryName(first.Directories[l.V1("cpuset")!.Key])!;
+        Assert.Equal("1", File.ReadAllText(System.IO.Path.Combine(parent, "cgroup.clone_children")).Trim());
+        // A plain mkdir (no writes of ours): the kernel copied cpus and mems, so a start writes no cpuset file.
+        var second = System.IO.Path.Combine(parent, "c2");
+        Directory.CreateDirectory(second);
+        try
+        {
+            Assert.Equal(File.ReadAllText(System.IO.Path.Combine(parent, "cpuset.cpus")).Trim(),
+                File.ReadAllText(System.IO.Path.Combine(second, "cpuset.cpus")).Trim());
+            Assert.NotEqual("", File.ReadAllText(System.IO.Path.Combine(second, "cpuset.mems")).Trim());
+        }
+        finally { Directory.Delete(second); }
+        // The hierarchy's own root is left as it was.
+        var root = l.V1("cpuset")!.MountPoint;
+        Assert.NotEqual(System.IO.Path.GetFullPath(root), System.IO.Path.GetFullPath(parent));
+    }
+
+    [SkippableFact]
     public void Limits_join_freeze_stats_kill_and_destroy()
     {
         Requires.Root();

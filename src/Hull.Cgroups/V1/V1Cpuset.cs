@@ -4,23 +4,30 @@ using Hull.Oci;
 namespace Hull.Cgroups.V1;
 
 /// <summary>cgroup v1 cpuset. A new v1 cpuset cgroup starts with empty cpus and mems (no process could join it),
-/// so <see cref="InitLevels"/> copies the parent's into every level that is empty.</summary>
+/// so <see cref="InitLevels"/> copies the parent's into every level that is empty, and sets the parent's
+/// <c>cgroup.clone_children</c> (below the hierarchy's root) so that the kernel copies them at the next mkdir: a
+/// write to cpuset.cpus checks every sibling and rebuilds the scheduler domains, a cost that grew with each running
+/// container (measured: 4.4 % of a start's CPU with 1,500 running).</summary>
 internal static class V1Cpuset
 {
     public static void InitLevels(CgroupFiles f, string mount, string dir)
     {
-        var rel = dir[mount.TrimEnd('/').Length..].Split('/', StringSplitOptions.RemoveEmptyEntries);
-        var parent = mount.TrimEnd('/');
+        var root = mount.TrimEnd('/');
+        var rel = dir[root.Length..].Split('/', StringSplitOptions.RemoveEmptyEntries);
+        var parent = root;
         foreach (var part in rel)
         {
             var cur = parent + "/" + part;
+            var filled = false;
             foreach (var file in new[] { "cpuset.cpus", "cpuset.mems" })
             {
                 var mine = f.ReadOrNull(cur, file);
                 if (mine is null || mine.Trim().Length > 0) continue;
                 var theirs = f.ReadOrNull(parent, file)?.Trim();
-                if (!string.IsNullOrEmpty(theirs)) f.Write(cur, file, theirs);
+                if (!string.IsNullOrEmpty(theirs)) { f.Write(cur, file, theirs); filled = true; }
             }
+            // Not on the hierarchy's root: that would change the cgroups other software makes there.
+            if (filled && parent != root) f.TryWrite(parent, "cgroup.clone_children", "1", out _);
             parent = cur;
         }
     }
