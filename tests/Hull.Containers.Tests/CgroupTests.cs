@@ -63,6 +63,24 @@ public class CgroupTests(OciHarnessFixture f)
     }
 
     [SkippableFact]
+    public void A_cgroup_namespace_is_rooted_at_the_containers_own_cgroup_in_every_hierarchy()
+    {
+        var id = H.NewId();
+        var b = H.Bundle(s => s.Linux!.CgroupsPath = $"/hull-test/{id}", "sh", "-c",
+            "cat /proc/self/cgroup; echo ---; ls /sys/fs/cgroup/*/ | grep -c hull-test; echo ---; "
+            + "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max");
+        var (code, o, e) = H.Run("run", "--bundle", b, id);
+        Assert.True(code == 0, e);
+        var parts = o.Split("---\n");
+        // Each hierarchy (v1 ones and the unified one) shows the container's cgroup as its root ...
+        foreach (var line in parts[0].Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            Assert.EndsWith(":/", line);
+        // ... and /sys/fs/cgroup is that cgroup, not the host's tree with the other containers in it.
+        Assert.Equal("0", parts[1].Trim());
+        Assert.Equal("max", parts[2].Trim());
+    }
+
+    [SkippableFact]
     public void Pause_and_resume()
     {
         var id = H.NewId();

@@ -69,6 +69,7 @@ public class PlanCodecTests
             NewCgroupNamespace = true, InUserNamespace = false, NoPivot = true, ParentHooks = true,
             ConsoleSocketFd = 5, FifoFd = -1, FirstPrivateFd = 3, MountNamespaceFd = 7,
             SeccompProgram = [1, 2, 3, 4, 5, 6, 7, 8], SeccompFlags = 9,
+            CgroupPaths = ["/sys/fs/cgroup/memory/hull/c1", "/sys/fs/cgroup/unified/hull/c1"],
             HookState = new State { Id = "c1", Status = "creating", Pid = 42, Bundle = "/b", Annotations = new() { ["k"] = "v" } },
         };
         var back = PlanCodec.DecodePlan(PlanCodec.Encode(plan));
@@ -79,6 +80,7 @@ public class PlanCodecTests
             (back.NewMountNamespace, back.NewUserNamespace, back.NewNetworkNamespace, back.NewUtsNamespace, back.NewCgroupNamespace, back.InUserNamespace, back.NoPivot, back.ParentHooks));
         Assert.Equal((5, -1, 3, 9u), (back.ConsoleSocketFd, back.FifoFd, back.FirstPrivateFd, back.SeccompFlags));
         Assert.Equal(7, back.MountNamespaceFd);
+        Assert.Equal(plan.CgroupPaths, back.CgroupPaths);
         Assert.Equal(plan.SeccompProgram, back.SeccompProgram);
         Assert.Equal(JsonSerializer.Serialize(plan.HookState, OciJson.Default.State), JsonSerializer.Serialize(back.HookState!, OciJson.Default.State));
         Assert.Equal(["ls"], back.Process!.Args!);

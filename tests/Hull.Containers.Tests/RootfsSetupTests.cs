@@ -7,15 +7,44 @@ namespace Hull.Containers.Tests;
 /// <summary>The filesystem steps, checked call by call against the recording fake (no root needed).</summary>
 public class RootfsSetupTests
 {
-    static (RecordingSyscalls Sys, RootfsSetup Setup) Make(Action<Spec>? edit = null, bool userns = false)
+    static (RecordingSyscalls Sys, RootfsSetup Setup) Make(Action<Spec>? edit = null, bool userns = false,
+        List<CgroupHierarchy>? cgroups = null, bool cgroupns = false)
     {
         var spec = DefaultSpec.Create(["sh"], false);
         edit?.Invoke(spec);
         var sys = new RecordingSyscalls();
         sys.Directories.Add("/src");
         sys.Files.Add("/file");
-        var cgroups = new List<CgroupHierarchy> { new("memory", "cgroup", "memory", "/sys/fs/cgroup/memory/hull/c1"), new("cpu,cpuacct", "cgroup", "cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/hull/c1") };
-        return (sys, new RootfsSetup(sys, spec, "/r", userns, cgroups, newCgroupNamespace: false));
+        cgroups ??=
+        [
+            new("memory", "cgroup", "memory", "/sys/fs/cgroup/memory/hull/c1"),
+            new("cpu,cpuacct", "cgroup", "cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/hull/c1"),
+        ];
+        return (sys, new RootfsSetup(sys, spec, "/r", userns, cgroups, newCgroupNamespace: cgroupns));
+    }
+
+    [Fact]
+    public void V1_hierarchies_are_bind_mounted_in_a_cgroup_namespace_too()
+    {
+        List<CgroupHierarchy> hybrid =
+        [
+            new("memory", "cgroup", "memory", "/sys/fs/cgroup/memory/hull/c1"),
+            new("unified", "cgroup2", "", "/sys/fs/cgroup/unified/hull/c1"),
+        ];
+        var (sys, setup) = Make(cgroups: hybrid, cgroupns: true);
+        setup.MountAll();
+        var mounts = sys.Calls.Where(c => c.StartsWith("mount")).ToList();
+        Assert.Contains("mount /sys/fs/cgroup/memory/hull/c1 /r/sys/fs/cgroup/memory - 0x5000 -", mounts);
+        Assert.Contains("mount /sys/fs/cgroup/unified/hull/c1 /r/sys/fs/cgroup/unified - 0x5000 -", mounts);
+        Assert.DoesNotContain(mounts, m => m.StartsWith("mount cgroup "));
+    }
+
+    [Fact]
+    public void A_pure_v2_host_with_a_cgroup_namespace_gets_its_own_cgroup2_mount()
+    {
+        var (sys, setup) = Make(cgroups: [new("cgroup", "cgroup2", "", "/sys/fs/cgroup/hull/c1")], cgroupns: true);
+        setup.MountAll();
+        Assert.Contains(sys.Calls, c => c.StartsWith("mount cgroup /r/sys/fs/cgroup cgroup2"));
     }
 
     [Fact]

@@ -67,6 +67,12 @@ public sealed class UnprivilegedTests
         Assert.Equal(65536, size);
         Assert.Equal("0\n", (await c.ExecAsync("u1", "id", "-u")).Stdout);
 
+        // Its /sys/fs/cgroup is its own cgroup, readable from inside (hulld's umask is 0077), not the host's tree.
+        var cg = await c.ExecAsync("u1", "sh", "-c", "cat /sys/fs/cgroup/pids/pids.max >/dev/null && echo readable; "
+            + "ls /sys/fs/cgroup/memory | "
+            + "grep -c '^i-'; grep -v ':/$' /proc/self/cgroup | wc -l");
+        Assert.Equal("readable\n0\n0\n", cg.Stdout);
+
         // The image layer: shared, not copied, not re-owned.
         var lower = File.ReadAllText(Path.Combine(InstanceDir(d, "u1"), "lower")).Trim();
         Assert.StartsWith("/", lower);

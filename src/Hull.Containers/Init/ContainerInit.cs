@@ -51,7 +51,7 @@ public static unsafe class ContainerInit
         var spec = plan.Spec!;
         var process = spec.Process!;
         if (plan.MountNamespaceFd >= 0) JoinMountNamespace(plan.MountNamespaceFd);
-        var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(), plan.NewCgroupNamespace,
+        var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(plan.CgroupPaths), plan.NewCgroupNamespace,
             plan.BindSourceFds);
         if (plan.NewMountNamespace)
         {
@@ -195,7 +195,10 @@ public static unsafe class ContainerInit
 /// <summary>The cgroup hierarchies of the calling process, for the container's /sys/fs/cgroup.</summary>
 public static class CgroupMounts
 {
-    public static IReadOnlyList<CgroupHierarchy> Read()
+    /// <summary>Each hierarchy mounted here, with the container's directory in it: the one of
+    /// <paramref name="containerPaths"/> below its mount point (the runtime's view, right whatever cgroup namespace
+    /// this process is in), else this process's own cgroup from /proc/self/cgroup.</summary>
+    public static IReadOnlyList<CgroupHierarchy> Read(IReadOnlyList<string> containerPaths)
     {
         var own = new Dictionary<string, string>(); // controller list ("" for v2) -> path
         try
@@ -236,7 +239,8 @@ public static class CgroupMounts
             var rel = mountRoot == "/" ? path
                 : path == mountRoot ? ""
                 : path.StartsWith(mountRoot + "/", StringComparison.Ordinal) ? path[mountRoot.Length..] : path;
-            var hostDir = mountPoint + rel;
+            var hostDir = containerPaths.FirstOrDefault(d => d == mountPoint || d.StartsWith(mountPoint + "/",
+                StringComparison.Ordinal)) ?? mountPoint + rel;
             var name = Path.GetFileName(mountPoint);
             result.Add(new CgroupHierarchy(name, fstype, options, hostDir));
         }

@@ -32,6 +32,9 @@ public sealed class InitPlan
     /// with host root's rights, or -1 for the init to mount by path. Empty when the runtime cloned none.
     /// </summary>
     public List<int> BindSourceFds { get; set; } = [];
+    /// <summary>The container's cgroup directory in each hierarchy, as the host sees them: the init bind-mounts its v1
+    /// ones at /sys/fs/cgroup (a cgroupfs mount per container makes a superblock the next mount searches).</summary>
+    public List<string> CgroupPaths { get; set; } = [];
     /// <summary>Fds below this (3 + --preserve-fds) are passed on to the container process.</summary>
     public int FirstPrivateFd { get; set; } = 3;
     /// <summary>Whether to report back before pivot_root so that the parent runs prestart/createRuntime hooks.</summary>

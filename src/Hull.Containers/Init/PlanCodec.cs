@@ -38,6 +38,8 @@ public static class PlanCodec
         w.S(p.ConsoleSocketFd); w.S(p.FifoFd); w.S(p.FirstPrivateFd); w.S(p.MountNamespaceFd);
         w.U((uint)p.BindSourceFds.Count);
         foreach (var fd in p.BindSourceFds) w.S(fd);
+        w.U((uint)p.CgroupPaths.Count);
+        foreach (var path in p.CgroupPaths) w.Str(path);
         w.Bytes(p.SeccompProgram); w.U(p.SeccompFlags);
         if (w.Has(p.HookState)) WriteState(w, p.HookState!);
         if (w.Has(p.Spec)) WriteSpec(w, p.Spec!);
@@ -67,6 +69,7 @@ public static class PlanCodec
         p.ConsoleSocketFd = (int)r.S(); p.FifoFd = (int)r.S(); p.FirstPrivateFd = (int)r.S();
         p.MountNamespaceFd = (int)r.S();
         for (var n = r.U(); n > 0; n--) p.BindSourceFds.Add((int)r.S());
+        for (var n = r.U(); n > 0; n--) p.CgroupPaths.Add(r.Str() ?? "");
         p.SeccompProgram = r.Bytes(); p.SeccompFlags = (uint)r.U();
         if (r.Has()) p.HookState = ReadState(ref r);
         if (r.Has()) p.Spec = ReadSpec(ref r);

@@ -25,6 +25,9 @@ public sealed class CgroupJoinFds : IDisposable
 {
     public SafeFd? Directory { get; init; }
     public List<SafeFd> TaskFiles { get; init; } = [];
+    /// <summary>The cgroup's directory in every hierarchy, as the host sees it (for the container's /sys/fs/cgroup).
+    /// </summary>
+    public List<string> Paths { get; init; } = [];
 
     public void Dispose()
     {

@@ -313,6 +313,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             var bindFds = cloneAll || (spec.Mounts?.Any(IsIdmapped) ?? false)
                 ? CloneBindSources(spec.Mounts ?? [], bundle, cloneAll, req, nsFds, ref next) : [];
             using var join = cg.PrepareJoin();
+            var cgroupPaths = join.Paths;
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
             req.WaitForRelease = newUser;
@@ -354,7 +355,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
                 NewCgroupNamespace = (req.CloneFlags & CLONE.NEWCGROUP) != 0,
                 NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
-                MountNamespaceFd = mountNsFd, BindSourceFds = bindFds,
+                MountNamespaceFd = mountNsFd, BindSourceFds = bindFds, CgroupPaths = cgroupPaths,
                 ParentHooks = parentHooks, HookState = hookState,
             });
             if (spec.Linux is not null) spec.Linux.Seccomp = profile;

@@ -31,7 +31,7 @@ public sealed class HostCgroups : ICgroupFactory
         public CgroupJoinFds PrepareJoin()
         {
             var join = cg.PrepareJoin();
-            return new CgroupJoinFds { Directory = join.CgroupDir, TaskFiles = [.. join.TaskFiles] };
+            return new CgroupJoinFds { Directory = join.CgroupDir, TaskFiles = [.. join.TaskFiles], Paths = [.. cg.Directories.Values] };
         }
 
         static void Wrap(Action a)
