@@ -385,9 +385,9 @@ public sealed partial class VmDriver : IInstanceDriver
     static int? ExitCode(Hull.Vm.Vm vm) => vm.LastRecord switch
     {
         null => null,
-        { State: "crashed" } => 1,
+        { State: VmRecordState.Crashed } => 1,
         { Reason: { } r } when r.StartsWith("the guest powered off", StringComparison.Ordinal) => 0,
-        { State: "stopped" } => 128 + Signals.SIGKILL,
+        { State: VmRecordState.Stopped } => 128 + Signals.SIGKILL,
         _ => null,
     };
 
@@ -429,7 +429,7 @@ public sealed partial class VmDriver : IInstanceDriver
 
     public async Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State = InstanceStates.Stopped };
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State = InstanceState.Stopped };
         var vm = await VmAsync(spec, ct);
         VmState st;
         try { st = await vm.GetStateAsync(ct); }
@@ -445,27 +445,27 @@ public sealed partial class VmDriver : IInstanceDriver
         if (vm.Pid is int pid) details["qemu-pid"] = pid.ToString(CultureInfo.InvariantCulture);
         var state = st switch
         {
-            VmState.Running or VmState.Busy or VmState.Incoming => InstanceStates.Running,
-            VmState.Paused => InstanceStates.Frozen,
-            VmState.Crashed => InstanceStates.Error,
-            _ => InstanceStates.Stopped,
+            VmState.Running or VmState.Busy or VmState.Incoming => InstanceState.Running,
+            VmState.Paused => InstanceState.Paused,
+            VmState.Crashed => InstanceState.Error,
+            _ => InstanceState.Stopped,
         };
         return new DriverState
         {
-            State = state, Pid = vm.Pid, ExitCode = state == InstanceStates.Stopped ? ExitCode(vm) : null,
-            Message = state == InstanceStates.Error ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
+            State = state, Pid = vm.Pid, ExitCode = state == InstanceState.Stopped ? ExitCode(vm) : null,
+            Message = state == InstanceState.Error ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
             Details = details,
         };
     }
 
     public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State = InstanceStates.Stopped };
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State = InstanceState.Stopped };
         await ForgetAsync(spec);
         var vm = await VmAsync(spec, ct);
-        if (vm.Pid is null) return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
+        if (vm.Pid is null) return new ReattachResult { State = InstanceState.Stopped, ExitCode = ExitCode(vm) };
         var st = await GetStateAsync(spec, ct);
-        if (st.State is InstanceStates.Running or InstanceStates.Frozen)
+        if (st.State.IsLive())
         {
             _ = Task.Run(async () =>
             {
@@ -474,8 +474,8 @@ public sealed partial class VmDriver : IInstanceDriver
             return new ReattachResult { State = st.State, Pid = vm.Pid };
         }
         // QEMU runs but the guest is dead (panicked and kept): end it, report it stopped with the crash recorded.
-        if (st.State == InstanceStates.Error) { try { await vm.KillAsync(); } catch (Exception) { } }
-        return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
+        if (st.State == InstanceState.Error) { try { await vm.KillAsync(); } catch (Exception) { } }
+        return new ReattachResult { State = InstanceState.Stopped, ExitCode = ExitCode(vm) };
     }
 
     public async Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)

@@ -253,7 +253,7 @@ public sealed partial class Vm : IAsyncDisposable
         File.Move(p + ".tmp", p, overwrite: true);
     }
 
-    void Record(string state, string? reason)
+    void Record(VmRecordState state, string? reason)
     {
         var p = Path.Combine(_dir, StateFiles.Record);
         try
