@@ -318,6 +318,7 @@ public sealed partial class Vm
         if (LastRecord?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(VmRecordState.Stopped, "stopped by Hull");
     }
 
+    public Task PowerButtonAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("system_powerdown", ct: ct);
     public Task PauseAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("stop", ct: ct);
     public Task ResumeAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("cont", ct: ct);
 
