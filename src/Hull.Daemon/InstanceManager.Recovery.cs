@@ -60,9 +60,9 @@ public sealed partial class InstanceManager
             r.State = InstanceState.Error;
             r.StatusMessage = "a snapshot restore was interrupted by a hulld crash: restore the snapshot again";
         }
-        else if (InstanceStates.Parse(res.State) is var live && live.IsLive())
+        else if (res.State.IsLive())
         {
-            r.State = live; r.Pid = res.Pid;
+            r.State = res.State; r.Pid = res.Pid;
         }
         else
         {
@@ -72,7 +72,7 @@ public sealed partial class InstanceManager
                 r.LastExitCode = res.ExitCode;
                 r.StatusMessage = res.ExitCode is null ? UnknownExitCode : null;
                 // An engine that knows the instance died badly meanwhile (QEMU killed or crashed) says why: Error.
-                if (await SafeStateAsync(driver, spec) is { State: InstanceStates.Error } ds)
+                if (await SafeStateAsync(driver, spec) is { State: InstanceState.Error } ds)
                 {
                     r.State = InstanceState.Error; r.StatusMessage = ds.Message;
                 }

@@ -157,7 +157,7 @@ public sealed partial class InstanceManager
         catch (Exception e)
         {
             var st = await SafeStateAsync(driver, spec);
-            r.State = st is null ? InstanceState.Error : InstanceStates.Parse(st.State); r.Pending = null;
+            r.State = st?.State ?? InstanceState.Error; r.Pending = null;
             r.StatusMessage = $"stop failed: {ApiErrors.Describe(e).Message}";
             _store.UpdateInstance(r);
             if (r.State.IsLive()) Watch(r.Name, driver, spec);
@@ -253,7 +253,7 @@ public sealed partial class InstanceManager
         r.State = InstanceState.Stopped; r.Pid = null; r.LastExitCode = code;
         r.StatusMessage = code is null ? UnknownExitCode : null;
         // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
-        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceStates.Error } ds)
+        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceState.Error } ds)
         {
             r.State = InstanceState.Error; r.StatusMessage = ds.Message;
         }

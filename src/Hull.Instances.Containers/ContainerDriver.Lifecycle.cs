@@ -158,29 +158,29 @@ public sealed partial class ContainerDriver
         return Task.CompletedTask;
     }
 
-    static string MapState(ContainerStatus status) => status switch
+    static InstanceState MapState(ContainerStatus status) => status switch
     {
-        ContainerStatus.Running or ContainerStatus.Created => InstanceStates.Running,
-        ContainerStatus.Paused => InstanceStates.Frozen,
-        _ => InstanceStates.Stopped,
+        ContainerStatus.Running or ContainerStatus.Created => InstanceState.Running,
+        ContainerStatus.Paused => InstanceState.Paused,
+        _ => InstanceState.Stopped,
     };
 
     public Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct)
     {
         var f = Find(spec);
-        var state = f is { } x ? MapState(x.Status) : InstanceStates.Stopped;
+        var state = f is { } x ? MapState(x.Status) : InstanceState.Stopped;
         return Task.FromResult(new DriverState
         {
-            State = state, Pid = state == InstanceStates.Stopped ? null : f!.Value.Pid,
-            ExitCode = state == InstanceStates.Stopped ? ReadExit(spec) : null,
+            State = state, Pid = state == InstanceState.Stopped ? null : f!.Value.Pid,
+            ExitCode = state == InstanceState.Stopped ? ReadExit(spec) : null,
         });
     }
 
     public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
     {
         var f = Find(spec);
-        var state = f is { } x ? MapState(x.Status) : InstanceStates.Stopped;
-        if (state == InstanceStates.Stopped)
+        var state = f is { } x ? MapState(x.Status) : InstanceState.Stopped;
+        if (state == InstanceState.Stopped)
         {
             // It ended while hulld was away: the monitor recorded its exit code (unless it was not the init's parent).
             if (f is { } ended) await ExitOf(spec, ended, ct);
@@ -223,7 +223,7 @@ public sealed partial class ContainerDriver
     public Task<IExecSession> ExecAsync(InstanceSpec spec, ExecSpec exec, CancellationToken ct)
     {
         if (Find(spec) is not { Status: ContainerStatus.Running } f)
-            throw new InstanceException($"instance '{spec.Name}' is not running" + (Find(spec) is { Status: ContainerStatus.Paused } ? " (it is frozen: resume it first)" : ""), 409);
+            throw new InstanceException($"instance '{spec.Name}' is not running" + (Find(spec) is { Status: ContainerStatus.Paused } ? " (it is paused: resume it first)" : ""), 409);
         var env = exec.Environment.Select(kv => $"{kv.Key}={kv.Value}").ToList();
         Hull.Oci.Process p;
         try { p = _monitor.ExecProcess(spec.Name, [.. exec.Command], env, exec.Cwd, exec.User); }

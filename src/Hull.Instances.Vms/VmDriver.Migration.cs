@@ -80,8 +80,8 @@ public sealed partial class VmDriver
             throw new InstanceException($"the backup of '{spec.Name}' has no VM definition (vm/{StateFiles.Config}): it was not made by a VM export", 400);
         if (spec.Image.File.Length == 0 || !File.Exists(spec.Image.File))
             throw new InstanceException($"image {spec.Image.Fingerprint[..Math.Min(12, spec.Image.Fingerprint.Length)]} of '{spec.Name}' is not on this host: copy the image here first (hull image export/import)", 409);
-        Hull.Vm.Vm old;
-        try { old = await Hull.Vm.Vm.AttachAsync(dir, _host, ct); }
+        IVm old;
+        try { old = await _engine.AttachAsync(dir, ct); }
         catch (VmException e) { throw new InstanceException($"the VM definition in the backup of '{spec.Name}' cannot be read: {e.Message}", 400); }
         var sc = old.Config;
         await old.DisposeAsync();
@@ -102,7 +102,7 @@ public sealed partial class VmDriver
             Disks = [new DiskConfig { Path = disk0, Base = layout.RootDisk, Format = DiskFormat.Qcow2, Owned = true }, .. DeviceDisks(SpecDisks(spec))],
         };
         File.Delete(Path.Combine(dir, StateFiles.Config));
-        try { _vms[spec.Name] = await Hull.Vm.Vm.CreateAsync(dir, c, _host, ct); }
+        try { _vms[spec.Name] = await _engine.CreateAsync(dir, c, ct); }
         catch (VmException e) { throw new InstanceException($"the imported VM '{spec.Name}' cannot be defined here: {e.Message}"); }
     }
 

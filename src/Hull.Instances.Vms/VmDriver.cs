@@ -47,18 +47,21 @@ public sealed partial class VmDriver : IInstanceDriver
     public string Type => InstanceTypes.Vm;
 
     readonly VmDriverOptions _o;
-    readonly VmHostOptions _host;
-    readonly ConcurrentDictionary<string, Hull.Vm.Vm> _vms = new(StringComparer.Ordinal);
+    readonly IVmEngine _engine;
+    readonly ConcurrentDictionary<string, IVm> _vms = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
 
     /// <summary>The file in the VM dir that says the next start resumes from this full snapshot's memory.</summary>
     const string ResumeMarker = "resume-snapshot";
 
-    public VmDriver(VmDriverOptions options)
+    public VmDriver(VmDriverOptions options) : this(options, null) { }
+
+    /// <summary>A driver over <paramref name="engine"/> (null: QEMU's, <see cref="QemuVmEngine"/>).</summary>
+    public VmDriver(VmDriverOptions options, IVmEngine? engine)
     {
         _o = options;
         Directory.CreateDirectory(options.CacheDir);
-        _host = new VmHostOptions { CacheDir = options.CacheDir };
+        _engine = engine ?? new QemuVmEngine(new VmHostOptions { CacheDir = options.CacheDir });
         AccelProbe.Warn = m => DriverLog.Warning(m);
     }
 
@@ -155,7 +158,7 @@ public sealed partial class VmDriver : IInstanceDriver
     /// Re-defines a stopped VM when the spec changed (limits, devices, a renamed instance dir): the engine validates the
     /// new definition (memory against the host, disks that open) and keeps the root overlay; on failure the old one stays.
     /// </summary>
-    async Task<Hull.Vm.Vm> RedefineAsync(InstanceSpec spec, Hull.Vm.Vm vm, IEnumerable<DiskSpec> disks, CancellationToken ct)
+    async Task<IVm> RedefineAsync(InstanceSpec spec, IVm vm, IEnumerable<DiskSpec> disks, CancellationToken ct)
     {
         var want = Desired(spec, vm.Config, disks);
         if (Same(want, vm.Config)) return vm;
@@ -167,7 +170,7 @@ public sealed partial class VmDriver : IInstanceDriver
         File.Move(cfg, old, overwrite: true);
         try
         {
-            var nvm = await Hull.Vm.Vm.CreateAsync(dir, want, _host, ct);
+            var nvm = await _engine.CreateAsync(dir, want, ct);
             File.Delete(old);
             _vms[spec.Name] = nvm;
             return nvm;
@@ -180,7 +183,7 @@ public sealed partial class VmDriver : IInstanceDriver
     }
 
     /// <summary>The engine's VM of an instance, attached (QMP connected when QEMU runs) and cached.</summary>
-    async Task<Hull.Vm.Vm> VmAsync(InstanceSpec spec, CancellationToken ct)
+    async Task<IVm> VmAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (Cached(spec) is { } hit) return hit;
         // One attach at a time per instance: QEMU serves one QMP client, a second attach would wait for the first.
@@ -191,8 +194,8 @@ public sealed partial class VmDriver : IInstanceDriver
             if (Cached(spec) is { } again) return again;
             if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config)))
                 throw new InstanceException($"instance '{spec.Name}' has no VM definition ({VmDir(spec)}/{StateFiles.Config} is missing): delete it and create it again", 500);
-            Hull.Vm.Vm vm;
-            try { vm = await Hull.Vm.Vm.AttachAsync(VmDir(spec), _host, ct); }
+            IVm vm;
+            try { vm = await _engine.AttachAsync(VmDir(spec), ct); }
             catch (VmException e) { throw Fail($"attaching VM '{spec.Name}'", e); }
             if (_vms.TryGetValue(spec.Name, out var old) && !ReferenceEquals(old, vm)) await old.DisposeAsync();
             _vms[spec.Name] = vm;
@@ -204,7 +207,7 @@ public sealed partial class VmDriver : IInstanceDriver
     readonly ConcurrentDictionary<string, SemaphoreSlim> _attachLocks = new(StringComparer.Ordinal);
 
     /// <summary>The cached engine object, unless it is for another dir (a renamed instance) or lost its QMP connection while QEMU runs.</summary>
-    Hull.Vm.Vm? Cached(InstanceSpec spec) =>
+    IVm? Cached(InstanceSpec spec) =>
         _vms.TryGetValue(spec.Name, out var vm) && vm.StateDir == Path.GetFullPath(VmDir(spec)) && (vm.Pid is null || vm.AttachError is null) ? vm : null;
 
     /// <summary>
@@ -212,7 +215,9 @@ public sealed partial class VmDriver : IInstanceDriver
     /// such as a live migration (<see cref="Hull.Vm.Vm.MigrateAsync"/>). A caller that moves the VM away must call
     /// <see cref="ForgetInstanceAsync"/> afterwards so the driver drops its connections to it.
     /// </summary>
-    public Task<Hull.Vm.Vm> EngineVmAsync(InstanceSpec spec, CancellationToken ct) => VmAsync(spec, ct);
+    public async Task<Hull.Vm.Vm> EngineVmAsync(InstanceSpec spec, CancellationToken ct) =>
+        await VmAsync(spec, ct) as Hull.Vm.Vm
+        ?? throw new InvalidOperationException($"VM '{spec.Name}' is not a QEMU VM of this driver's engine");
 
     /// <summary>Drops the driver's cached engine object and agent connection of an instance (QEMU is left alone).</summary>
     public Task ForgetInstanceAsync(InstanceSpec spec) => ForgetAsync(spec);
@@ -265,8 +270,8 @@ public sealed partial class VmDriver : IInstanceDriver
             c.Hostname = Hostname(spec.Name);
             c.OnPanic = PanicPolicy.Stop;
             c.Disks.AddRange(DeviceDisks(SpecDisks(spec)));
-            Hull.Vm.Vm vm;
-            try { vm = await Hull.Vm.Vm.CreateAsync(dir, c, _host, ct); }
+            IVm vm;
+            try { vm = await _engine.CreateAsync(dir, c, ct); }
             catch (VmException e) { throw new InstanceException($"creating VM '{spec.Name}': {e.Message}"); }
             // A root disk device with a size grows the virtual disk (the guest's filesystem is not resized).
             var rootSize = SpecDisks(spec).FirstOrDefault(d => d.Target == "/")?.SizeBytes;
@@ -382,12 +387,12 @@ public sealed partial class VmDriver : IInstanceDriver
     }
 
     /// <summary>The "exit code" of a VM that ended: 0 when the guest powered off, 137 when Hull ended QEMU, 1 on a crash.</summary>
-    static int? ExitCode(Hull.Vm.Vm vm) => vm.LastRecord switch
+    static int? ExitCode(IVm vm) => vm.LastRecord switch
     {
         null => null,
-        { State: "crashed" } => 1,
+        { State: VmRecordState.Crashed } => 1,
         { Reason: { } r } when r.StartsWith("the guest powered off", StringComparison.Ordinal) => 0,
-        { State: "stopped" } => 128 + Signals.SIGKILL,
+        { State: VmRecordState.Stopped } => 128 + Signals.SIGKILL,
         _ => null,
     };
 
@@ -404,7 +409,7 @@ public sealed partial class VmDriver : IInstanceDriver
                     await vm.KillAsync();
                     break;
                 case Signals.SIGTERM or Signals.SIGINT or 30 /* SIGPWR */:
-                    await vm.Qmp.ExecuteAsync("system_powerdown", ct: ct);
+                    await vm.PowerButtonAsync(ct);
                     break;
                 default:
                     throw new InstanceException($"signal {signal} has no meaning for VM '{spec.Name}': send 15 (the ACPI power button) or 9 (power off at once)");
@@ -429,7 +434,7 @@ public sealed partial class VmDriver : IInstanceDriver
 
     public async Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State = InstanceStates.Stopped };
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State = InstanceState.Stopped };
         var vm = await VmAsync(spec, ct);
         VmState st;
         try { st = await vm.GetStateAsync(ct); }
@@ -445,27 +450,27 @@ public sealed partial class VmDriver : IInstanceDriver
         if (vm.Pid is int pid) details["qemu-pid"] = pid.ToString(CultureInfo.InvariantCulture);
         var state = st switch
         {
-            VmState.Running or VmState.Busy or VmState.Incoming => InstanceStates.Running,
-            VmState.Paused => InstanceStates.Frozen,
-            VmState.Crashed => InstanceStates.Error,
-            _ => InstanceStates.Stopped,
+            VmState.Running or VmState.Busy or VmState.Incoming => InstanceState.Running,
+            VmState.Paused => InstanceState.Paused,
+            VmState.Crashed => InstanceState.Error,
+            _ => InstanceState.Stopped,
         };
         return new DriverState
         {
-            State = state, Pid = vm.Pid, ExitCode = state == InstanceStates.Stopped ? ExitCode(vm) : null,
-            Message = state == InstanceStates.Error ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
+            State = state, Pid = vm.Pid, ExitCode = state == InstanceState.Stopped ? ExitCode(vm) : null,
+            Message = state == InstanceState.Error ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
             Details = details,
         };
     }
 
     public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State = InstanceStates.Stopped };
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State = InstanceState.Stopped };
         await ForgetAsync(spec);
         var vm = await VmAsync(spec, ct);
-        if (vm.Pid is null) return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
+        if (vm.Pid is null) return new ReattachResult { State = InstanceState.Stopped, ExitCode = ExitCode(vm) };
         var st = await GetStateAsync(spec, ct);
-        if (st.State is InstanceStates.Running or InstanceStates.Frozen)
+        if (st.State.IsLive())
         {
             _ = Task.Run(async () =>
             {
@@ -474,8 +479,8 @@ public sealed partial class VmDriver : IInstanceDriver
             return new ReattachResult { State = st.State, Pid = vm.Pid };
         }
         // QEMU runs but the guest is dead (panicked and kept): end it, report it stopped with the crash recorded.
-        if (st.State == InstanceStates.Error) { try { await vm.KillAsync(); } catch (Exception) { } }
-        return new ReattachResult { State = InstanceStates.Stopped, ExitCode = ExitCode(vm) };
+        if (st.State == InstanceState.Error) { try { await vm.KillAsync(); } catch (Exception) { } }
+        return new ReattachResult { State = InstanceState.Stopped, ExitCode = ExitCode(vm) };
     }
 
     public async Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct)

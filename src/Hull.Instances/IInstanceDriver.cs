@@ -182,7 +182,7 @@ public sealed record MigrationStats(TimeSpan Total, TimeSpan Downtime, long Tran
 
 public sealed class DriverState
 {
-    public required string State { get; init; }
+    public required InstanceState State { get; init; }
     public int? Pid { get; init; }
     public int? ExitCode { get; init; }
     /// <summary>Why the instance is in the Error state (a VM's guest panicked...), if it is.</summary>
@@ -193,8 +193,8 @@ public sealed class DriverState
 
 public sealed class ReattachResult
 {
-    /// <summary>Running, Frozen or Stopped.</summary>
-    public required string State { get; init; }
+    /// <summary>Running, Paused or Stopped.</summary>
+    public required InstanceState State { get; init; }
     public int? Pid { get; init; }
     /// <summary>If the instance ended while hulld was away: its main process's exit code.</summary>
     public int? ExitCode { get; init; }

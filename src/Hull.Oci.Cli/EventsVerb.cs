@@ -1,3 +1,5 @@
+using Hull.Containers;
+
 namespace Hull.Oci.Cli;
 
 /// <summary>events: with --stats one stats event; without, a stats event every --interval until the container stops.</summary>
@@ -11,8 +13,7 @@ static class EventsVerb
         var interval = ParseInterval(a.Get("interval") ?? "5s");
         while (true)
         {
-            var state = ctx.Engine.StateOf(id);
-            if (state.Status == "stopped") return 0;
+            if (ctx.Engine.Status(ctx.Engine.Store.Load(id)) == ContainerStatus.Stopped) return 0;
             Console.WriteLine($"{{\"type\":\"stats\",\"id\":\"{id}\",\"data\":{ctx.Engine.StatsJson(id).ReplaceLineEndings("")}}}");
             if (a.Has("stats")) return 0;
             Thread.Sleep(interval);

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Hull.Containers;
 
 namespace Hull.Oci.Cli;
 
@@ -26,7 +27,8 @@ static class ListVerb
         if (format is not ("table" or "json")) throw new UsageException($"--format {format}: use table or json");
         var entries = ctx.Engine.List().Select(x => new ListEntry
         {
-            Id = x.Record.Id, Pid = x.Status == "stopped" ? 0 : x.Record.Pid, Status = x.Status, Bundle = x.Record.Bundle,
+            Id = x.Record.Id, Pid = x.Status == ContainerStatus.Stopped ? 0 : x.Record.Pid, Status = x.Status.Oci(),
+            Bundle = x.Record.Bundle,
             Rootfs = x.Record.Rootfs, Created = x.Record.Created, Annotations = x.Record.Annotations, Owner = x.Record.Owner,
         }).ToList();
         if (a.Has("quiet") || a.Has("q")) { foreach (var e in entries) Console.WriteLine(e.Id); return 0; }

@@ -100,7 +100,7 @@ public sealed partial class Vm
                     throw new VmException($"QEMU for VM '{Name}' did not open its QMP socket within 30 s: {QemuSaid().Trim()}");
                 await Task.Delay(20, ct).ConfigureAwait(false);
             }
-            Record(paused ? "paused" : "running", null);
+            Record(paused ? VmRecordState.Paused : VmRecordState.Running, null);
         }
         catch
         {
@@ -175,7 +175,7 @@ public sealed partial class Vm
         if (e.Name == "SHUTDOWN") _lastShutdownReason = e.Data?["reason"]?.GetValue<string>();
         if (e.Name == "GUEST_PANICKED")
         {
-            Record("crashed", "the guest kernel panicked");
+            Record(VmRecordState.Crashed, "the guest kernel panicked");
             if (Config.OnPanic == PanicPolicy.Stop) _ = Task.Run(() => KillAsync());
         }
         Events?.Invoke(e);
@@ -204,11 +204,11 @@ public sealed partial class Vm
     void EndedUnwatched()
     {
         if (Tools.Tail(ConsoleLogPath, 3).Contains("reboot: Power down", StringComparison.Ordinal))
-            Record("stopped", "the guest powered off (while no Hull process was watching)");
+            Record(VmRecordState.Stopped, "the guest powered off (while no Hull process was watching)");
         else
         {
             var log = Tools.Tail(QemuLogPath, 6).Trim();
-            Record("crashed", "QEMU ended while no Hull process was watching it (killed, or crashed; " +
+            Record(VmRecordState.Crashed, "QEMU ended while no Hull process was watching it (killed, or crashed; " +
                 $"its exit status is unknown){(log.Length > 0 ? ": " + log : "")}");
         }
         CleanRuntimeFiles();
@@ -219,12 +219,12 @@ public sealed partial class Vm
         // A QEMU started since (restart) owns the state dir now: leave its files and record alone.
         if (ReadPid(_dir) is int current && current != pid) return;
         var last = LastRecord;
-        if (_stopRequested) { if (last?.State is not ("crashed" or "migrated")) Record("stopped", "stopped by Hull"); }
-        else if (last?.State == "crashed") { }
+        if (_stopRequested) { if (last?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(VmRecordState.Stopped, "stopped by Hull"); }
+        else if (last?.State == VmRecordState.Crashed) { }
         else if (_lastShutdownReason is "guest-shutdown" or "host-qmp-system-reset" || (status is int s && s == 0))
-            Record("stopped", _lastShutdownReason == "guest-shutdown" ? "the guest powered off" : "QEMU exited");
+            Record(VmRecordState.Stopped, _lastShutdownReason == "guest-shutdown" ? "the guest powered off" : "QEMU exited");
         else
-            Record("crashed", $"QEMU exited unexpectedly ({(status is int st ? Describe(st) : "exit status unknown")}): {Tools.Tail(QemuLogPath, 6).Trim()}");
+            Record(VmRecordState.Crashed, $"QEMU exited unexpectedly ({(status is int st ? Describe(st) : "exit status unknown")}): {Tools.Tail(QemuLogPath, 6).Trim()}");
         CleanRuntimeFiles();
     }
 
@@ -233,7 +233,7 @@ public sealed partial class Vm
     {
         if (Pid is null || _qmp is null)
         {
-            return LastRecord?.State == "crashed" ? VmState.Crashed : VmState.Stopped;
+            return LastRecord?.State == VmRecordState.Crashed ? VmState.Crashed : VmState.Stopped;
         }
         try
         {
@@ -252,7 +252,7 @@ public sealed partial class Vm
         catch (QemuGoneException)
         {
             await Task.Delay(100, ct).ConfigureAwait(false);
-            return LastRecord?.State == "crashed" ? VmState.Crashed : VmState.Stopped;
+            return LastRecord?.State == VmRecordState.Crashed ? VmState.Crashed : VmState.Stopped;
         }
     }
 
@@ -279,7 +279,7 @@ public sealed partial class Vm
         }
         catch (QemuGoneException) { graceful = await WaitExitAsync(TimeSpan.FromSeconds(2), ct).ConfigureAwait(false); }
         if (!graceful) await KillAsync().ConfigureAwait(false);
-        Record("stopped", graceful ? "the guest powered off (ACPI)" : "stopped by Hull (forced after the ACPI timeout)");
+        Record(VmRecordState.Stopped, graceful ? "the guest powered off (ACPI)" : "stopped by Hull (forced after the ACPI timeout)");
         return graceful;
     }
 
@@ -315,9 +315,10 @@ public sealed partial class Vm
         _qmp?.Dispose();
         _qmp = null;
         CleanRuntimeFiles();
-        if (LastRecord?.State is not ("crashed" or "migrated")) Record("stopped", "stopped by Hull");
+        if (LastRecord?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(VmRecordState.Stopped, "stopped by Hull");
     }
 
+    public Task PowerButtonAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("system_powerdown", ct: ct);
     public Task PauseAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("stop", ct: ct);
     public Task ResumeAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("cont", ct: ct);
 

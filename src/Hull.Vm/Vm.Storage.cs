@@ -264,7 +264,7 @@ public sealed partial class Vm
             await dest.StartIncomingAsync(incoming, copyDisks, ct).ConfigureAwait(false);
             var res = await SendMigrationAsync(incoming, copyDisks, bandwidthBytesPerSecond, () => DestSaid(dest), ct).ConfigureAwait(false);
             await dest.FinishIncomingAsync(ct).ConfigureAwait(false);
-            Record("migrated", $"migrated to {destDir}");
+            Record(VmRecordState.Migrated, $"migrated to {destDir}");
             return new MigrationResult(res.Total, res.Downtime, res.TransferredBytes, dest);
         }
         catch
@@ -353,7 +353,7 @@ public sealed partial class Vm
             var total = TimeSpan.FromMilliseconds(q["total-time"]?.GetValue<long>() ?? sw.ElapsedMilliseconds);
             var down = TimeSpan.FromMilliseconds(q["downtime"]?.GetValue<long>() ?? 0);
             var bytes = (q["ram"]?["transferred"]?.GetValue<long>() ?? 0) + (q["disk"]?["transferred"]?.GetValue<long>() ?? 0);
-            Record("migrated", $"migrated to {uri}");
+            Record(VmRecordState.Migrated, $"migrated to {uri}");
             await KillAsync().ConfigureAwait(false);
             return new VmMigrationStats(total, down, bytes);
         }

@@ -19,7 +19,7 @@ public sealed class VmHostOptions
 /// A VM: a state dir with its config, and (while running) a detached QEMU process driven over QMP.
 /// QEMU runs in its own session, so the VM outlives the process that started it; <see cref="AttachAsync"/> reconnects.
 /// </summary>
-public sealed partial class Vm : IAsyncDisposable
+public sealed partial class Vm : IVm
 {
     readonly string _dir;
     readonly string _cacheDir;
@@ -253,7 +253,7 @@ public sealed partial class Vm : IAsyncDisposable
         File.Move(p + ".tmp", p, overwrite: true);
     }
 
-    void Record(string state, string? reason)
+    void Record(VmRecordState state, string? reason)
     {
         var p = Path.Combine(_dir, StateFiles.Record);
         try

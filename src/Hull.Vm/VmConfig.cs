@@ -98,10 +98,21 @@ public enum VmState
     Busy,
 }
 
+/// <summary>What a <see cref="VmRecord"/> says of QEMU (in state.json as the lower-case word).</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<VmRecordState>))]
+public enum VmRecordState
+{
+    [JsonStringEnumMemberName("stopped")] Stopped,
+    [JsonStringEnumMemberName("running")] Running,
+    [JsonStringEnumMemberName("paused")] Paused,
+    [JsonStringEnumMemberName("crashed")] Crashed,
+    [JsonStringEnumMemberName("migrated")] Migrated,
+}
+
 /// <summary>What is recorded in state.json when QEMU is not (or no longer) running.</summary>
 public sealed class VmRecord
 {
-    public string State { get; set; } = "stopped";
+    public VmRecordState State { get; set; } = VmRecordState.Stopped;
     public string? Reason { get; set; }
     public DateTimeOffset When { get; set; }
 }

@@ -63,7 +63,7 @@ public class PlanCodecTests
     {
         var plan = new InitPlan
         {
-            Mode = "run", Id = "c1", Bundle = "/b", Rootfs = "/b/rootfs", Spec = FullSpec(),
+            Mode = InitMode.Run, Id = "c1", Bundle = "/b", Rootfs = "/b/rootfs", Spec = FullSpec(),
             Process = new Hull.Oci.Process { Args = ["ls"], Cwd = "/" },
             NewMountNamespace = true, NewUserNamespace = false, NewNetworkNamespace = true, NewUtsNamespace = false,
             NewCgroupNamespace = true, InUserNamespace = false, NoPivot = true, ParentHooks = true,
@@ -75,7 +75,7 @@ public class PlanCodecTests
         var back = PlanCodec.DecodePlan(PlanCodec.Encode(plan));
 
         Assert.Equal(Json(plan.Spec), Json(back.Spec!)); // linux.resources and intelRdt are not carried; FullSpec has none
-        Assert.Equal(("run", "c1", "/b", "/b/rootfs"), (back.Mode, back.Id, back.Bundle, back.Rootfs));
+        Assert.Equal((InitMode.Run, "c1", "/b", "/b/rootfs"), (back.Mode, back.Id, back.Bundle, back.Rootfs));
         Assert.Equal((true, false, true, false, true, false, true, true),
             (back.NewMountNamespace, back.NewUserNamespace, back.NewNetworkNamespace, back.NewUtsNamespace, back.NewCgroupNamespace, back.InUserNamespace, back.NoPivot, back.ParentHooks));
         Assert.Equal((5, -1, 3, 9u), (back.ConsoleSocketFd, back.FifoFd, back.FirstPrivateFd, back.SeccompFlags));
@@ -113,10 +113,11 @@ public class PlanCodecTests
     [Fact]
     public void Sync_messages_round_trip()
     {
-        var m = PlanCodec.DecodeMessage(PlanCodec.Encode(new SyncMessage { Type = SyncMessage.Error, Message = "mount /x: ENOENT ✗", Pid = 127 }));
-        Assert.Equal((SyncMessage.Error, "mount /x: ENOENT ✗", 127), (m.Type, m.Message, m.Pid));
-        var n = PlanCodec.DecodeMessage(PlanCodec.Encode(new SyncMessage { Type = SyncMessage.Ready, Pid = -1 }));
-        Assert.Equal((SyncMessage.Ready, null, -1), (n.Type, n.Message, n.Pid));
+        var m = PlanCodec.DecodeMessage(PlanCodec.Encode(
+            new SyncMessage { Type = SyncType.Error, Message = "mount /x: ENOENT ✗", ExitCode = 127 }));
+        Assert.Equal((SyncType.Error, "mount /x: ENOENT ✗", 0, 127), (m.Type, m.Message, m.Pid, m.ExitCode));
+        var n = PlanCodec.DecodeMessage(PlanCodec.Encode(new SyncMessage { Type = SyncType.Ready, Pid = -1 }));
+        Assert.Equal((SyncType.Ready, null, -1, 0), (n.Type, n.Message, n.Pid, n.ExitCode));
     }
 
     [Fact]

@@ -97,6 +97,7 @@ public class SpecCoverageTests
             if (t == typeof(ushort)) return (ushort)(1000 + n);
             if (t == typeof(byte[])) return new[] { (byte)n, (byte)(n + 1) };
             if (t == typeof(DateTime)) return new DateTime(2001, 2, 3, 4, 5, 6, DateTimeKind.Utc).AddSeconds(n);
+            if (t.IsEnum) return Enum.GetValues(t).GetValue(Enum.GetValues(t).Length - 1)!; // not the default
             if (depth > 8) throw new InvalidOperationException($"{name}: the spec types nest deeper than expected");
             if (t.IsGenericType && t.GetGenericTypeDefinition() == typeof(List<>))
             {
@@ -133,7 +134,7 @@ public class SpecCoverageTests
         public static IEnumerable<PropertyInfo> Properties(Type t) =>
             t.GetProperties(BindingFlags.Instance | BindingFlags.Public).Where(p => p.CanRead && p.CanWrite);
 
-        static bool IsScalar(Type t) => t.IsPrimitive || t == typeof(string) || t == typeof(DateTime)
+        static bool IsScalar(Type t) => t.IsPrimitive || t.IsEnum || t == typeof(string) || t == typeof(DateTime)
             || t == typeof(byte[]);
 
         static bool Same(object expected, object? actual) =>

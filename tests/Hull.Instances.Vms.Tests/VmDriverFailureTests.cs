@@ -91,7 +91,7 @@ public sealed class VmDriverFailureTests : IDisposable
         Assert.Contains("has no VM definition", snap.Message);
         // Stop, state and delete of what is not there succeed: nothing runs, nothing is left.
         Assert.Null(await _driver.StopAsync(spec, force: true, TimeSpan.Zero, None));
-        Assert.Equal(InstanceStates.Stopped, (await _driver.GetStateAsync(spec, None)).State);
+        Assert.Equal(InstanceState.Stopped, (await _driver.GetStateAsync(spec, None)).State);
         Directory.CreateDirectory(Path.Combine(spec.Dir, "vm", "leftover"));
         await _driver.DeleteAsync(spec, None);
         Assert.False(Directory.Exists(Path.Combine(spec.Dir, "vm")));

@@ -65,7 +65,7 @@ public sealed class LifecycleTests
         for (var i = 0; i < 100 && vm.Pid is not null; i++) await Task.Delay(100);
         Assert.Null(vm.Pid);
         Assert.Equal(VmState.Crashed, await vm.GetStateAsync());
-        Assert.Equal("crashed", vm.LastRecord?.State);
+        Assert.Equal(VmRecordState.Crashed, vm.LastRecord?.State);
         Assert.Contains("panic", vm.LastRecord?.Reason);
         Assert.Contains("Kernel panic", File.ReadAllText(vm.ConsoleLogPath));
         TestImages.AssertNoRuntimeLeft(state);
@@ -96,7 +96,7 @@ public sealed class LifecycleTests
         Assert.True(r.TransferredBytes > 0);
         await using var dest = r.Destination;
         Assert.Null(vm.Pid);
-        Assert.Equal("migrated", vm.LastRecord?.State);
+        Assert.Equal(VmRecordState.Migrated, vm.LastRecord?.State);
         // The source's channel is gone with its QEMU: the old connection says so instead of hanging.
         await Assert.ThrowsAsync<AgentUnavailableException>(() => TestImages.ExecAsync(srcAgent, "true"));
         TestImages.AssertNoRuntimeLeft(src);

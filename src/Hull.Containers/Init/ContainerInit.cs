@@ -38,7 +38,7 @@ public static unsafe class ContainerInit
             var msg = e is ContainerException or LinuxException or SpawnException ? e.Message : e.ToString();
             if (!reportedReady)
             {
-                try { ch.Send(new SyncMessage { Type = SyncMessage.Error, Message = msg, Pid = e is ContainerException ce ? ce.ExitCode : 1 }); }
+                try { ch.Send(new SyncMessage { Type = SyncType.Error, Message = msg, ExitCode = e is ContainerException ce ? ce.ExitCode : 1 }); }
                 catch (LinuxException) { }
             }
             else System.Console.Error.WriteLine($"hull: {msg}");
@@ -67,9 +67,9 @@ public static unsafe class ContainerInit
         if (plan.NewNetworkNamespace) Loopback.Up();
         if (plan.ParentHooks)
         {
-            ch.Send(SyncMessage.Hooks);
+            ch.Send(SyncType.Hooks);
             var reply = ch.Receive() ?? throw new ContainerException("the runtime went away while running hooks");
-            if (reply.Type != SyncMessage.HooksDone) throw new ContainerException(reply.Message ?? "hooks failed");
+            if (reply.Type != SyncType.HooksDone) throw new ContainerException(reply.Message ?? "hooks failed");
         }
         HookRunner.Run("createContainer", spec.Hooks?.CreateContainer, plan.HookState!);
         using var listener = plan.SeccompProgram is null ? SeccompSupport.ConnectListenerBeforePivot(spec.Linux?.Seccomp) : null;
@@ -96,13 +96,13 @@ public static unsafe class ContainerInit
         // create must fail, not leave a container that cannot start: whatever would stop the init from opening
         // the exec fifo (its owner, its mode) shows now, before "ready".
         if (fdDir is not null) CheckFifo(fdDir, plan.FifoFd);
-        ch.Send(new SyncMessage { Type = SyncMessage.Ready, Pid = Libc.getpid() });
+        ch.Send(new SyncMessage { Type = SyncType.Ready, Pid = Libc.getpid() });
         markReady();
-        if (plan.Mode == "create") WaitForStart(fdDir!, plan.FifoFd);
+        if (plan.Mode == InitMode.Create) WaitForStart(fdDir!, plan.FifoFd);
         else
         {
             var m = ch.Receive();
-            if (m?.Type != SyncMessage.Start) Environment.Exit(1); // the runtime gave up: never run the process
+            if (m?.Type != SyncType.Start) Environment.Exit(1); // the runtime gave up: never run the process
         }
         ch.Dispose();
         HookRunner.Run("startContainer", spec.Hooks?.StartContainer, plan.HookState!);
@@ -110,7 +110,7 @@ public static unsafe class ContainerInit
         if (seccomp is { Item3.NeedsListener: true })
         {
             var state = plan.HookState!;
-            state.Status = "created";
+            state.Status = ContainerStatus.Created.Oci();
             SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, state.Pid, listener); // the host pid, as runc
             seccomp = null;
         }

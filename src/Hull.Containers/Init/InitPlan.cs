@@ -7,8 +7,7 @@ namespace Hull.Containers;
 /// <summary>What the parent tells the container init (hull in init mode) to do. Sent once over the sync socket.</summary>
 public sealed class InitPlan
 {
-    /// <summary>"create" (wait for start on the exec fifo), "run" (wait for "start" on the sync socket) or "exec".</summary>
-    public string Mode { get; set; } = "create";
+    public InitMode Mode { get; set; } = InitMode.Create;
     public string Id { get; set; } = "";
     public string Bundle { get; set; } = "";
     public string Rootfs { get; set; } = "";
@@ -46,14 +45,39 @@ public sealed class InitPlan
     public State? HookState { get; set; }
 }
 
+/// <summary>How the init waits before it runs the process.</summary>
+public enum InitMode : byte
+{
+    /// <summary>create: for start on the exec fifo.</summary>
+    Create,
+    /// <summary>run: for <see cref="SyncType.Start"/> on the sync socket.</summary>
+    Run,
+}
+
+/// <summary>What a message on the sync socket says.</summary>
+public enum SyncType : byte
+{
+    /// <summary>init → runtime: run the prestart and createRuntime hooks now.</summary>
+    Hooks,
+    /// <summary>runtime → init: the hooks ran.</summary>
+    HooksDone,
+    /// <summary>init → runtime: set up, waiting to run the process (<see cref="SyncMessage.Pid"/> is the init's).</summary>
+    Ready,
+    /// <summary>runtime → init (run): run the process.</summary>
+    Start,
+    /// <summary>Either way: setup failed (<see cref="SyncMessage.Message"/> says why).</summary>
+    Error,
+}
+
 /// <summary>A message on the sync socket between the runtime and the init.</summary>
 public sealed class SyncMessage
 {
-    public string Type { get; set; } = "";
+    public SyncType Type { get; set; }
     public string? Message { get; set; }
+    /// <summary><see cref="SyncType.Ready"/>: the init's pid.</summary>
     public int Pid { get; set; }
-
-    public const string Hooks = "hooks", HooksDone = "hooks-done", Ready = "ready", Start = "start", Error = "error";
+    /// <summary><see cref="SyncType.Error"/>: the exit code the runtime exits with (0: the default, 1).</summary>
+    public int ExitCode { get; set; }
 }
 
 /// <summary>Length-prefixed messages over a socket (the runtime ⇄ init channel), in <see cref="PlanCodec"/>'s binary form.</summary>
@@ -63,7 +87,7 @@ public sealed class SyncChannel(SafeFd fd) : IDisposable
 
     public void Send(InitPlan plan) => SendBytes(PlanCodec.Encode(plan));
     public void Send(SyncMessage m) => SendBytes(PlanCodec.Encode(m));
-    public void Send(string type, string? message = null) => Send(new SyncMessage { Type = type, Message = message });
+    public void Send(SyncType type, string? message = null) => Send(new SyncMessage { Type = type, Message = message });
 
     void SendBytes(byte[] body)
     {

@@ -24,7 +24,7 @@ public static class PlanCodec
     {
         var w = new Writer();
         w.Byte(PlanTag);
-        w.Str(p.Mode); w.Str(p.Id); w.Str(p.Bundle); w.Str(p.Rootfs);
+        w.Byte((byte)p.Mode); w.Str(p.Id); w.Str(p.Bundle); w.Str(p.Rootfs);
         uint flags = 0;
         if (p.NewMountNamespace) flags |= 1;
         if (p.NewUserNamespace) flags |= 2;
@@ -55,7 +55,7 @@ public static class PlanCodec
                 "the init plan from the runtime is not in the expected format (is the init binary the runtime's own?)");
         var p = new InitPlan
         {
-            Mode = r.Str() ?? "", Id = r.Str() ?? "", Bundle = r.Str() ?? "", Rootfs = r.Str() ?? "",
+            Mode = Mode(r.Byte()), Id = r.Str() ?? "", Bundle = r.Str() ?? "", Rootfs = r.Str() ?? "",
         };
         var flags = r.U();
         p.NewMountNamespace = (flags & 1) != 0;
@@ -81,7 +81,7 @@ public static class PlanCodec
     public static byte[] Encode(SyncMessage m)
     {
         var w = new Writer();
-        w.Byte(MessageTag); w.Str(m.Type); w.Str(m.Message); w.S(m.Pid);
+        w.Byte(MessageTag); w.Byte((byte)m.Type); w.Str(m.Message); w.S(m.Pid); w.S(m.ExitCode);
         return w.ToArray();
     }
 
@@ -90,10 +90,19 @@ public static class PlanCodec
         var r = new Reader(data);
         if (r.Byte() != MessageTag)
             throw new ContainerException("a message on the init sync socket is not in the expected format");
-        var m = new SyncMessage { Type = r.Str() ?? "", Message = r.Str(), Pid = (int)r.S() };
+        var m = new SyncMessage
+        {
+            Type = Type(r.Byte()), Message = r.Str(), Pid = (int)r.S(),
+            ExitCode = (int)r.S(),
+        };
         r.End();
         return m;
     }
+
+    static InitMode Mode(byte b) => b <= (byte)InitMode.Run ? (InitMode)b : throw Unknown("init mode", b);
+    static SyncType Type(byte b) => b <= (byte)SyncType.Error ? (SyncType)b : throw Unknown("sync message type", b);
+    static ContainerException Unknown(string what, byte b) =>
+        new($"the {what} {b} on the init sync socket is unknown (is the init binary the runtime's own?)");
 
     /// <summary>A profile's binary encoding (the key of <see cref="SeccompCache"/>).</summary>
     public static byte[] EncodeSeccomp(Hull.Oci.Seccomp profile)

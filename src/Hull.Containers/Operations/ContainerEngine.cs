@@ -158,7 +158,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     /// <summary>
     /// create: sets up the container and leaves its init waiting on the exec fifo. Returns the pid.
     /// </summary>
-    public int Create(CreateOptions o) => CreateContainer(o, "create", out _, out _);
+    public int Create(CreateOptions o) => CreateContainer(o, InitMode.Create, out _, out _);
 
     /// <summary>
     /// run: create + start in one, the caller waiting for the process (it is our child).
@@ -167,14 +167,14 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     public int RunDetachedOrAttached(CreateOptions o, out SafeFd pidfd)
     {
         // The record is saved with Started already set: a run container has no exec fifo, so its status is the same.
-        var pid = CreateContainer(o, "run", out var ch, out var pfd);
+        var pid = CreateContainer(o, InitMode.Run, out var ch, out var pfd);
         pidfd = pfd!;
-        using (ch) ch!.Send(SyncMessage.Start);
+        using (ch) ch!.Send(SyncType.Start);
         RunPoststart(o.Id);
         return pid;
     }
 
-    int CreateContainer(CreateOptions o, string mode, out SyncChannel? runChannel, out SafeFd? runPidfd)
+    int CreateContainer(CreateOptions o, InitMode mode, out SyncChannel? runChannel, out SafeFd? runPidfd)
     {
         runChannel = null;
         runPidfd = null;
@@ -197,7 +197,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             Console.Error.WriteLine($"hull: warning: {w}");
         var mountNamespace = namespaces.Any(n => n.Type == "mount");
         if (!mountNamespace) WarnNoMountNamespace(spec);
-        if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == "create")
+        if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == InitMode.Create)
             throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be handed to the caller");
         SafeFd? consoleSocket = null;
         if (spec.Process.Terminal && o.ConsoleSocket is not null)
@@ -234,7 +234,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
             // exec fifo (create only)
             SafeFd? fifo = null;
-            if (mode == "create")
+            if (mode == InitMode.Create)
             {
                 var fifoPath = Store.FifoPath(o.Id);
                 Sys.Check(Libc.mkfifo(fifoPath, 0b110_000_000), $"mkfifo {fifoPath}");
@@ -339,7 +339,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 throw new ContainerException($"starting the container init: {e.Message}", e);
             }
 
-            var hookState = new State { Id = o.Id, Status = "creating", Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
+            var hookState = new State { Id = o.Id, Status = ContainerStatus.Creating.Oci(), Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
             var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
             var shipProgram = seccomp is { NeedsListener: false };
             var profile = spec.Linux?.Seccomp;
@@ -368,31 +368,34 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                     cleanup.RemoveLast(); // reaped already
                     throw new ContainerException($"the container init exited during setup ({DescribeStatus(status)}) without saying why");
                 }
-                if (m.Type == SyncMessage.Error)
-                    throw new ContainerException(m.Message ?? "container setup failed") { ExitCode = m.Pid > 0 ? m.Pid : 1 };
-                if (m.Type == SyncMessage.Hooks)
+                if (m.Type == SyncType.Error)
+                    throw new ContainerException(m.Message ?? "container setup failed")
+                    {
+                        ExitCode = m.ExitCode > 0 ? m.ExitCode : 1,
+                    };
+                if (m.Type == SyncType.Hooks)
                 {
                     try
                     {
                         HookRunner.Run("prestart", spec.Hooks?.Prestart, hookState);
                         HookRunner.Run("createRuntime", spec.Hooks?.CreateRuntime, hookState);
-                        channel.Send(SyncMessage.HooksDone);
+                        channel.Send(SyncType.HooksDone);
                     }
                     catch (ContainerException e)
                     {
-                        channel.Send(SyncMessage.Error, e.Message);
+                        channel.Send(SyncType.Error, e.Message);
                         throw;
                     }
                     continue;
                 }
-                if (m.Type == SyncMessage.Ready) break;
+                if (m.Type == SyncType.Ready) break;
             }
             record.Pid = pid;
             record.PidStartTime = ProcFs.Stat(pid)?.StartTime ?? 0;
-            record.Started = mode == "run";
+            record.Started = mode == InitMode.Run;
             Store.Save(record);
             if (o.PidFile is not null) WritePidFile(o.PidFile, pid);
-            if (mode == "run") { runChannel = channel; runPidfd = child.Pidfd; }
+            if (mode == InitMode.Run) { runChannel = channel; runPidfd = child.Pidfd; }
             else channel.Dispose();
             cleanup.Clear();
             return pid;
@@ -485,7 +488,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         // exited already, and a hook must still learn that the container ran, and its pid.
         var state = new State
         {
-            Id = r.Id, Status = "running", Pid = r.Pid, Bundle = r.Bundle, Annotations = r.Annotations,
+            Id = r.Id, Status = ContainerStatus.Running.Oci(), Pid = r.Pid, Bundle = r.Bundle, Annotations = r.Annotations,
         };
         try { HookRunner.Run("poststart", hooks, state); }
         catch (ContainerException e) { Console.Error.WriteLine($"hull: warning: {e.Message}"); }

@@ -70,9 +70,10 @@ public sealed unsafe partial class ContainerEngine
     public SpawnedChild Exec(ExecOptions o)
     {
         var r = Store.Load(o.Id);
-        var status = StatusOf(r);
-        if (status is not ("running" or "created"))
-            throw new ContainerException($"cannot exec in container \"{o.Id}\": it is {status}" + (status == "paused" ? " (resume it first)" : ""));
+        var status = Status(r);
+        if (status is not (ContainerStatus.Running or ContainerStatus.Created))
+            throw new ContainerException($"cannot exec in container \"{o.Id}\": it is {status.Oci()}" +
+                (status == ContainerStatus.Paused ? " (resume it first)" : ""));
         var p = o.Process;
         SpecValidator.ValidateProcess(p, "process");
         var spec = Store.LoadSpec(o.Id);

@@ -16,23 +16,25 @@ public sealed unsafe partial class ContainerEngine
         return ContainerStatus.Running;
     }
 
-    /// <summary>The OCI status as the runtime-spec word (for the OCI command line's JSON).</summary>
-    public string StatusOf(ContainerRecord r) => Status(r).Oci();
-
     public State StateOf(string id)
     {
         var r = Store.Load(id);
-        var status = StatusOf(r);
-        return new State { Id = r.Id, Status = status, Pid = status == "stopped" ? 0 : r.Pid, Bundle = r.Bundle, Annotations = r.Annotations };
+        var status = Status(r);
+        return new State
+        {
+            Id = r.Id, Status = status.Oci(), Pid = status == ContainerStatus.Stopped ? 0 : r.Pid, Bundle = r.Bundle,
+            Annotations = r.Annotations,
+        };
     }
 
     /// <summary>start: lets a created container's init exec the process.</summary>
     public void Start(string id)
     {
         var r = Store.Load(id);
-        var status = StatusOf(r);
-        if (status != "created")
-            throw new ContainerException($"cannot start container \"{id}\": it is {status}, not created" + (status == "stopped" ? " (delete it and create it again)" : ""));
+        var status = Status(r);
+        if (status != ContainerStatus.Created)
+            throw new ContainerException($"cannot start container \"{id}\": it is {status.Oci()}, not created" +
+                (status == ContainerStatus.Stopped ? " (delete it and create it again)" : ""));
         var fifo = Store.FifoPath(id);
         // Opening for read blocks until the init opens for write; it is already waiting there.
         var fd = Libc.open(fifo, O.RDONLY | O.CLOEXEC, 0);
@@ -53,7 +55,7 @@ public sealed unsafe partial class ContainerEngine
     public void Kill(string id, int signal, bool all)
     {
         var r = Store.Load(id);
-        var status = StatusOf(r);
+        var status = Status(r);
         if (all)
         {
             var cg = Cgroups.Open(r.CgroupPath, id);
@@ -62,13 +64,14 @@ public sealed unsafe partial class ContainerEngine
         }
         // "container not running" is runc's wording: containerd and Podman match it to treat the kill of a container
         // that has just exited as done (containerd's StopPodSandbox fails otherwise).
-        if (status is "stopped" or "creating")
-            throw new ContainerException($"cannot kill container \"{id}\": container not running (it is {status})");
+        if (status is ContainerStatus.Stopped or ContainerStatus.Creating)
+            throw new ContainerException(
+                $"cannot kill container \"{id}\": container not running (it is {status.Oci()})");
         var exited = $"cannot kill container \"{id}\": container not running (its process has exited)";
         using var pidfd = OpenProcess(r) ?? throw new ContainerException(exited);
         try { Sys.PidfdSendSignal(pidfd, signal); }
         catch (LinuxException e) when (e.Errno == Errors.ESRCH) { throw new ContainerException(exited); }
-        if (status == "paused" && signal == Signals.SIGKILL)
+        if (status == ContainerStatus.Paused && signal == Signals.SIGKILL)
             Cgroups.Open(r.CgroupPath, id).Thaw();
     }
 
@@ -94,16 +97,17 @@ public sealed unsafe partial class ContainerEngine
             throw new ContainerNotFoundException(id);
         }
         var r = Store.Load(id);
-        var status = StatusOf(r);
-        if (status is not ("stopped" or "creating" or "created") && !force)
-            throw new ContainerException($"cannot delete container \"{id}\": it is {status}; stop it first or use --force");
+        var status = Status(r);
+        if (status is not (ContainerStatus.Stopped or ContainerStatus.Creating or ContainerStatus.Created) && !force)
+            throw new ContainerException(
+                $"cannot delete container \"{id}\": it is {status.Oci()}; stop it first or use --force");
         var cg = Cgroups.Open(r.CgroupPath, id);
-        if (status != "stopped")
+        if (status != ContainerStatus.Stopped)
         {
             using var pidfd = OpenProcess(r);
             if (pidfd is not null)
             {
-                if (status == "paused") { try { cg.Thaw(); } catch (Exception) { } }
+                if (status == ContainerStatus.Paused) { try { cg.Thaw(); } catch (Exception) { } }
                 Sys.PidfdSendSignal(pidfd, Signals.SIGKILL);
                 if (!Sys.WaitPidfd(pidfd, 10_000))
                     throw new ContainerException($"container \"{id}\" (pid {r.Pid}) did not die within 10 s of SIGKILL; try again");
@@ -116,7 +120,7 @@ public sealed unsafe partial class ContainerEngine
         cg.Destroy();
         Spec? spec = null;
         if (r.HasPoststop) { try { spec = Store.LoadSpec(id); } catch (Exception) { } }
-        var state = new State { Id = id, Status = "stopped", Bundle = r.Bundle, Annotations = r.Annotations };
+        var state = new State { Id = id, Status = ContainerStatus.Stopped.Oci(), Bundle = r.Bundle, Annotations = r.Annotations };
         Store.Remove(id);
         if (spec?.Hooks?.Poststop is { Count: > 0 } post)
         {
@@ -133,13 +137,13 @@ public sealed unsafe partial class ContainerEngine
         return Sys.ExitCode(status);
     }
 
-    public IEnumerable<(ContainerRecord Record, string Status)> List()
+    public IEnumerable<(ContainerRecord Record, ContainerStatus Status)> List()
     {
         foreach (var id in Store.Ids())
         {
             ContainerRecord r;
             try { r = Store.Load(id); } catch (Exception) { continue; }
-            yield return (r, StatusOf(r));
+            yield return (r, Status(r));
         }
     }
 
@@ -152,25 +156,26 @@ public sealed unsafe partial class ContainerEngine
     public void Pause(string id)
     {
         var r = Store.Load(id);
-        var status = StatusOf(r);
-        if (status != "running")
-            throw new ContainerException($"cannot pause container \"{id}\": container not running (it is {status})");
+        var status = Status(r);
+        if (status != ContainerStatus.Running)
+            throw new ContainerException(
+                $"cannot pause container \"{id}\": container not running (it is {status.Oci()})");
         Cgroups.Open(r.CgroupPath, id).Freeze();
     }
 
     public void Resume(string id)
     {
         var r = Store.Load(id);
-        var status = StatusOf(r);
-        if (status != "paused") throw new ContainerException($"cannot resume container \"{id}\": it is {status}, not paused");
+        var status = Status(r);
+        if (status != ContainerStatus.Paused)
+            throw new ContainerException($"cannot resume container \"{id}\": it is {status.Oci()}, not paused");
         Cgroups.Open(r.CgroupPath, id).Thaw();
     }
 
     public void Update(string id, Resources resources)
     {
         var r = Store.Load(id);
-        var status = StatusOf(r);
-        if (status == "stopped")
+        if (Status(r) == ContainerStatus.Stopped)
             throw new ContainerException($"cannot update container \"{id}\": container not running (it is stopped)");
         Cgroups.Open(r.CgroupPath, id).Apply(resources);
         var spec = Store.LoadSpec(id);

@@ -15,7 +15,7 @@ public sealed class FakeDriver(string type = InstanceTypes.Vm) : IInstanceDriver
     /// <summary>Call names ("create", "start", "stop", "delete", "snapshot"...) that throw.</summary>
     public HashSet<string> Fail { get; } = [];
     /// <summary>What the engine reports: by instance name, Running/Frozen/Stopped.</summary>
-    public Dictionary<string, string> Live { get; } = [];
+    public Dictionary<string, InstanceState> Live { get; } = [];
     /// <summary>The exit code <see cref="ReattachAsync"/> reports for an instance that ended meanwhile.</summary>
     public int? ExitCodeWhileAway { get; set; }
 
@@ -26,7 +26,7 @@ public sealed class FakeDriver(string type = InstanceTypes.Vm) : IInstanceDriver
         return Task.CompletedTask;
     }
 
-    string LiveState(InstanceSpec spec) => Live.GetValueOrDefault(spec.Name, InstanceStates.Stopped);
+    InstanceState LiveState(InstanceSpec spec) => Live.GetValueOrDefault(spec.Name, InstanceState.Stopped);
 
     public void Validate(InstanceSpec spec) { }
 
@@ -40,7 +40,7 @@ public sealed class FakeDriver(string type = InstanceTypes.Vm) : IInstanceDriver
     public async Task StartAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, CancellationToken ct)
     {
         await Do("start", spec);
-        Live[spec.Name] = InstanceStates.Running;
+        Live[spec.Name] = InstanceState.Running;
     }
 
     public async Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)
@@ -56,13 +56,13 @@ public sealed class FakeDriver(string type = InstanceTypes.Vm) : IInstanceDriver
     public async Task PauseAsync(InstanceSpec spec, CancellationToken ct)
     {
         await Do("pause", spec);
-        Live[spec.Name] = InstanceStates.Frozen;
+        Live[spec.Name] = InstanceState.Paused;
     }
 
     public async Task ResumeAsync(InstanceSpec spec, CancellationToken ct)
     {
         await Do("resume", spec);
-        Live[spec.Name] = InstanceStates.Running;
+        Live[spec.Name] = InstanceState.Running;
     }
 
     public Task DeleteAsync(InstanceSpec spec, CancellationToken ct) => Do("delete", spec);
@@ -70,7 +70,7 @@ public sealed class FakeDriver(string type = InstanceTypes.Vm) : IInstanceDriver
     public Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct) =>
         Task.FromResult(new DriverState
         {
-            State = LiveState(spec), Pid = LiveState(spec) == InstanceStates.Stopped ? null : 4242,
+            State = LiveState(spec), Pid = LiveState(spec) == InstanceState.Stopped ? null : 4242,
         });
 
     public Task CreateSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct) => Do("snapshot", spec);

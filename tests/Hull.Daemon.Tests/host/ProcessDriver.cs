@@ -213,7 +213,7 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         var pid = Alive(spec);
         return Task.FromResult(new DriverState
         {
-            State = pid is null ? InstanceStates.Stopped : File.Exists(F(spec, "frozen")) ? InstanceStates.Frozen : InstanceStates.Running,
+            State = pid is null ? InstanceState.Stopped : File.Exists(F(spec, "frozen")) ? InstanceState.Paused : InstanceState.Running,
             Pid = pid, ExitCode = ExitCode(spec),
         });
     }
@@ -224,7 +224,7 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         if (pid is null) UnmountAll(spec);
         return Task.FromResult(new ReattachResult
         {
-            State = pid is null ? InstanceStates.Stopped : File.Exists(F(spec, "frozen")) ? InstanceStates.Frozen : InstanceStates.Running,
+            State = pid is null ? InstanceState.Stopped : File.Exists(F(spec, "frozen")) ? InstanceState.Paused : InstanceState.Running,
             Pid = pid, ExitCode = pid is null ? ExitCode(spec) : null,
         });
     }
