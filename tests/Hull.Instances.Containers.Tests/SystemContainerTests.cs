@@ -165,6 +165,17 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         await c.StartAsync("bb1");
         await c.RestartAsync("bb1", timeout: 20);
         Assert.Equal("bb1", await Sh(c, "bb1", "hostname"));
+        // The container's "/" has the image's mode (0755: the Debian test reads as a user inside); the instance dir
+        // is 0710 to the container's root group, so a host user cannot reach the container's files through rootfs/.
+        var inittab = Path.Combine(d.StateDir, "instances", "bb1", "rootfs", "etc", "inittab");
+        var psi = new ProcessStartInfo("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "cat", inittab])
+        { RedirectStandardError = true, RedirectStandardOutput = true };
+        using (var p = Process.Start(psi)!)
+        {
+            var err = p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.True(p.ExitCode != 0 && err.Contains("Permission denied"), $"a host user read {inittab}: {err}");
+        }
         await c.StopAsync("bb1", timeout: 20);
     }
 
