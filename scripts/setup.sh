@@ -4,6 +4,7 @@ set -euo pipefail
 PKGS=(
   build-essential clang lld zlib1g-dev                 # NativeAOT link + the spawn shim
   busybox-static                                       # the built-in container rootfs
+  debootstrap                                          # the Debian 12 system-container image (tests, bench)
   runc crun podman containerd                          # OCI clients and the runtimes we compare with
   containernetworking-plugins catatonit                # the CRI test: pod networking (bridge), the pause process
   iproute2 nftables dnsmasq-base                       # networking

@@ -87,7 +87,9 @@ public sealed partial class Api(Daemon d)
                 LimitBody(c, upload?.Invoke(c) == true);
                 await handler(c);
             }
-            catch (Exception e) when (!c.Response.HasStarted && !c.WebSockets.IsWebSocketRequest)
+            // A websocket request refused before its upgrade gets the error as any request (its client sees the
+            // status; the SDK asks again without the upgrade for the message).
+            catch (Exception e) when (!c.Response.HasStarted)
             {
                 var (code, msg) = e is Microsoft.AspNetCore.Http.BadHttpRequestException { StatusCode: 413 }
                     ? (413, TooLarge(c)) : ApiErrors.Describe(e);
@@ -388,8 +390,9 @@ public sealed partial class Api(Daemon d)
 
     async Task Console(HttpContext c)
     {
-        if (!c.WebSockets.IsWebSocketRequest) throw new InstanceException("the console needs a websocket connection");
+        // The state first, as for exec: the SDK repeats a refused upgrade as a plain GET to read the error.
         var (drv, inst) = M.Running(Name(c));
+        if (!c.WebSockets.IsWebSocketRequest) throw new InstanceException("the console needs a websocket connection");
         await using var s = await drv.AttachConsoleAsync(inst, d.Shutdown);
         using var ws = await c.WebSockets.AcceptWebSocketAsync();
         await StreamBridge.RunConsoleAsync(ws, s, d.Shutdown);

@@ -51,12 +51,14 @@ public sealed partial class ContainerDriver
             MountRootfs(spec);
             try
             {
-                var oci = BuildSpec(spec, devices);
+                var oci = BuildSpec(spec, devices, out var init);
                 WriteOwn(spec, "config.json", System.Text.Json.JsonSerializer.Serialize(oci, OciJson.Default.Spec));
                 using var devnull = Sys.Open("/dev/null", O.RDWR);
                 using var log = OpenConsoleLog(spec);
+                var logStart = (long)RootedFs.FStat(log).Size;
                 // The monitor creates and starts it (and rolls back if that fails): the init is the monitor's child.
                 await Task.Run(() => _monitor.CreateAndStart(spec.Name, spec.Dir, oci, P(spec, "exit"), [devnull, log, log]), ct);
+                if (init is not null) await FailIfInitDiesAtOnce(spec, logStart, ct);
             }
             catch (Exception e)
             {
@@ -68,6 +70,38 @@ public sealed partial class ContainerDriver
             }
         }
         finally { Lock(spec).Release(); }
+    }
+
+    /// <summary>An init system that ends within <see cref="EarlyExit"/> of its start failed to boot (a system
+    /// container's init runs until it is stopped): the start fails with its exit status and its last console lines,
+    /// rather than leaving a silent Stopped instance.</summary>
+    async Task FailIfInitDiesAtOnce(InstanceSpec spec, long logStart, CancellationToken ct)
+    {
+        if (Find(spec) is not { } f) return;
+        if (!await EndsWithin(spec, f, EarlyExit, ct)) return;
+        var code = ReadExit(spec);
+        var status = code is null ? "with an unknown status" : code > 128 ? $"on signal {code - 128} (code {code})"
+            : $"with code {code}";
+        var tail = ConsoleTail(spec, logStart, 10);
+        throw new InstanceException($"the init of container '{spec.Name}' (/sbin/init) exited at once {status}" +
+            (tail.Length > 0 ? $"; its last console lines:\n{tail}" : "; it wrote nothing to its console") +
+            $"\n(all of it: hull logs {spec.Name})", 500);
+    }
+
+    /// <summary>How long a system container's init must live for its start to count.</summary>
+    static readonly TimeSpan EarlyExit = TimeSpan.FromMilliseconds(300);
+
+    /// <summary>The last <paramref name="lines"/> lines console.log got since <paramref name="from"/>.</summary>
+    static string ConsoleTail(InstanceSpec spec, long from, int lines)
+    {
+        try
+        {
+            using var fs = new FileStream(ConsoleLogPath(spec), FileMode.Open, FileAccess.Read);
+            fs.Seek(Math.Max(from, fs.Length - 16384), SeekOrigin.Begin);
+            var text = new StreamReader(fs).ReadToEnd().TrimEnd('\n');
+            return string.Join('\n', text.Split('\n').TakeLast(lines));
+        }
+        catch (IOException) { return ""; }
     }
 
     /// <summary>After the init ended: removes the engine container (cgroup, state) and unmounts the overlay.</summary>
@@ -116,7 +150,7 @@ public sealed partial class ContainerDriver
             var ended = false;
             if (!force)
             {
-                try { _monitor.Kill(spec.Name, Signals.SIGTERM, all: false); } catch (MonitorException) { }
+                try { _monitor.Kill(spec.Name, HaltSignal(spec), all: false); } catch (MonitorException) { }
                 ended = await EndsWithin(spec, f, timeout, ct);
             }
             if (!ended && IsRunning(spec))
@@ -132,6 +166,19 @@ public sealed partial class ContainerDriver
         }
         AfterExit(spec);
         return ReadExit(spec);
+    }
+
+    /// <summary>The signal that stops the instance's init cleanly: its init system's halt signal (systemd takes
+    /// SIGTERM as "re-execute"), SIGTERM for any other init.</summary>
+    int HaltSignal(InstanceSpec spec)
+    {
+        if (AppConfig.Command(spec.Config) is not null || !Directory.Exists(Rootfs(spec))) return Signals.SIGTERM;
+        try
+        {
+            var kind = SystemContainers.Detect(Rootfs(spec));
+            return kind is { } k ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
+        }
+        catch (LinuxException) { return Signals.SIGTERM; }
     }
 
     /// <summary>A refusal of the monitor's for a running instance (not running, already paused...): a conflict.</summary>

@@ -14,16 +14,17 @@ public sealed partial class ContainerDriver
 {
     const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; while :; do sleep 3600 & wait $!; done";
 
-    Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices)
+    Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, out InitKind? init)
     {
         var root = Rootfs(spec);
         // An instance of the host image is an application container (AppContainers); app.command replaces the init.
         var app = AppContainers.IsHostImage(IsCopy(spec) ? root : LowerOf(spec));
         var custom = AppConfig.Command(spec.Config);
         List<string> args;
-        var hasInit = Exists(root, "etc/inittab") || Exists(root, "lib/systemd/systemd");
+        // A full-OS image (its /sbin/init is an init system) boots as a system container (SystemContainers).
+        init = custom is null && !app ? SystemContainers.Detect(root) : null;
         if (custom is not null || app) args = custom ?? ["/"];
-        else if (hasInit && Exists(root, "sbin/init")) args = ["/sbin/init"];
+        else if (init is not null) args = ["/sbin/init"];
         else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
         else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor /bin/sh: nothing to run as the container's init");
         var s = DefaultSpec.Create(args, terminal: false);
@@ -42,14 +43,17 @@ public sealed partial class ContainerDriver
         if (Unprivileged.OnDisk(spec) is { } map)
         {
             Unprivileged.Apply(s, map);
-            Unprivileged.MakeReachable(spec);
+            Unprivileged.MakeReachable(spec, map);
         }
         s.Linux.Resources = Resources(spec, s.Linux.Resources);
+        if (init is not null) SystemContainers.Apply(s, privileged: Unprivileged.OnDisk(spec) is null);
         if (app) AppContainers.Apply(spec, s, root);
         if (app && Unprivileged.OnDisk(spec) is { } appMap) _ids.IdmapReadOnlyBinds(spec, s, root, appMap);
         foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
             throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
-        foreach (var m in devices.SelectMany(d => d.Mounts))
+        // By path depth, so a device at /run/lock is not hidden by one at /run (as Incus orders them).
+        foreach (var m in devices.SelectMany(d => d.Mounts).OrderBy(m => m.Target.TrimEnd('/').Count(c => c == '/'))
+                     .ThenBy(m => m.Target, StringComparer.Ordinal))
         {
             if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
                 throw new InstanceException($"device source {m.Source} does not exist on the host");

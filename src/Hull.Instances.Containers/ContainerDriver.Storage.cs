@@ -131,6 +131,7 @@ public sealed partial class ContainerDriver
             {
                 if (!Directory.Exists(d)) { made.Add(d); Directory.CreateDirectory(d); }
             }
+            if (spec.CopyOf is null) RootModeOf(lower, Upper(spec));
             // An unpacked tarball is the instance's own: recorded relative, so a renamed instance still finds it.
             WriteOwn(spec, "lower", (lower == P(spec, "base") ? "base" : lower) + "\n");
             made.Add(P(spec, "lower"));
@@ -232,6 +233,16 @@ public sealed partial class ContainerDriver
         catch (LinuxException e) { throw new OverlayUnsupportedException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
     }
 
+    /// <summary>A new upper dir takes the mode of the image's root: the overlay's root has the upper dir's mode, and
+    /// a 0700 "/" would lock every user but root out of the container's files.</summary>
+    static void RootModeOf(string lower, string upper)
+    {
+        if (!GuestSys.TryStat(lower, true, out var st, out var e)) throw new LinuxException(e, $"stat {lower}");
+        Sys.Check(Libc.chmod(upper, st.Mode & 0b111_111_111_111), $"chmod {upper}");
+    }
+
+    static bool IsEmpty(string dir) => !Directory.EnumerateFileSystemEntries(dir).Any();
+
     static string LowerOf(InstanceSpec spec)
     {
         var lower = ReadOwn(spec, "lower")?.Trim()
@@ -280,6 +291,7 @@ public sealed partial class ContainerDriver
             WriteOwn(spec, "lower", ir + "\n");
         }
         foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) }) Directory.CreateDirectory(d);
+        if (IsEmpty(Upper(spec))) RootModeOf(LowerOf(spec), Upper(spec));
         _ids.Shift(spec, Unprivileged.Wanted(spec));
         // Prove the overlay mounts here now rather than at the first start.
         try { MountRootfs(spec); }

@@ -65,13 +65,18 @@ sealed class Unprivileged
 
     /// <summary>
     /// Lets the container's root (a host id without privilege over host files) reach the instance's rootfs/, which the
-    /// container init mounts by path: the instance dir, the instances dir and the state dir get search permission for
-    /// others (0711 as Incus: no listing, and their files stay 0600); a dir above them that lacks it is an error.
+    /// container init mounts by path: the instances dir and the state dir get search permission for others (0711 as
+    /// Incus: no listing, and their files stay 0600); a dir above them that lacks it is an error. The instance dir
+    /// itself is searchable by the container's root group only (0710, group: the map's host gid of root), so no other
+    /// host user reaches the container's files (its "/" is 0755 like the image's) through rootfs/.
     /// </summary>
-    public static void MakeReachable(InstanceSpec spec)
+    public static void MakeReachable(InstanceSpec spec, IdMap map)
     {
         var dir = Path.GetFullPath(spec.Dir);
-        for (var level = 0; dir.Length > 1; level++, dir = Path.GetDirectoryName(dir)!)
+        Sys.Check(Libc.lchown(dir, uint.MaxValue, (uint)map.GidBase), $"chgrp {dir}");
+        Sys.Check(Libc.chmod(dir, 0b111_001_000), $"chmod 0710 {dir}");
+        dir = Path.GetDirectoryName(dir)!;
+        for (var level = 1; dir.Length > 1; level++, dir = Path.GetDirectoryName(dir)!)
         {
             if (!GuestSys.TryStat(dir, true, out var st, out var e)) throw new LinuxException(e, $"stat {dir}");
             if ((st.Mode & 1) != 0) continue;

@@ -97,6 +97,25 @@ public class ConfigFieldTests(OciHarnessFixture f)
     }
 
     [SkippableFact]
+    public void Cgroup_namespace_is_rooted_at_the_containers_own_cgroup_in_every_hierarchy()
+    {
+        // v1 hierarchies are joined after clone3: a namespace made by clone3 was rooted at the runtime's v1 cgroups,
+        // so the container saw host paths in /proc/self/cgroup and the host's tree under /sys/fs/cgroup.
+        var id = H.NewId();
+        var o = RunOut(s => s.Linux!.CgroupsPath = $"/hull-test/{id}",
+            "grep -v ':/$' /proc/self/cgroup; echo end; ls /sys/fs/cgroup/*/ | grep -c hull-test; true");
+        Assert.Equal("end\n0", o);
+        // Without a cgroup namespace in the config (OCI), the host paths show, as with runc.
+        var id2 = H.NewId();
+        var plain = RunOut(s =>
+        {
+            s.Linux!.CgroupsPath = $"/hull-test/{id2}";
+            s.Linux.Namespaces!.RemoveAll(n => n.Type == "cgroup");
+        }, "cat /proc/self/cgroup");
+        Assert.Contains($"/hull-test/{id2}", plain);
+    }
+
+    [SkippableFact]
     public void Sysctl_and_network_namespace_loopback()
     {
         var o = RunOut(s => { s.Linux!.Sysctl = new() { ["net.ipv4.ip_forward"] = "1" }; },

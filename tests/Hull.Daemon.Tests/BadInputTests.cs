@@ -90,6 +90,29 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
         await Fails(() => C.ResumeAsync("clash"), 409, "not paused");
         await Fails(() => C.RestartAsync("clash"), 409, "start it instead");
         await Fails(() => C.ExecAsync("clash", "true"), 409, "not running", "start it first");
+        // Over the websocket too: the upgrade is refused with the error (not a 500 with an empty body), and the
+        // console of a stopped instance says so (not "the console needs a websocket connection").
+        await Fails(() => C.ExecInteractiveAsync("clash", new ExecRequest { Command = ["true"] }), 409, "not running");
+        await Fails(() => C.ConsoleAsync("clash"), 409, "not running", "start it first");
+        foreach (var path in new[] { "exec?request=%7B%22command%22%3A%5B%22true%22%5D%7D", "console" })
+        {
+            using var ws = new System.Net.WebSockets.ClientWebSocket();
+            ws.Options.CollectHttpResponseDetails = true;
+            using var handler = new System.Net.Http.SocketsHttpHandler
+            {
+                ConnectCallback = async (_, ct) =>
+                {
+                    var sock = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix,
+                        System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+                    await sock.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(shared.D.Socket), ct);
+                    return new System.Net.Sockets.NetworkStream(sock, ownsSocket: true);
+                },
+            };
+            using var invoker = new HttpMessageInvoker(handler);
+            await Assert.ThrowsAsync<System.Net.WebSockets.WebSocketException>(() =>
+                ws.ConnectAsync(new Uri($"ws://hull/1.0/instances/clash/{path}"), invoker, CancellationToken.None));
+            Assert.Equal(System.Net.HttpStatusCode.Conflict, ws.HttpStatusCode);
+        }
         await C.StartAsync("clash");
         await Fails(() => C.StartAsync("clash"), 409, "already running");
         await Fails(() => C.ResumeAsync("clash"), 409, "not paused");

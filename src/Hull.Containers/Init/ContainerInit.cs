@@ -50,6 +50,8 @@ public static unsafe class ContainerInit
     {
         var spec = plan.Spec!;
         var process = spec.Process!;
+        // In its cgroup in every hierarchy now (the spawner joined the v1 ones): the namespace is rooted there.
+        if (plan.NewCgroupNamespace) Sys.Check(Libc.unshare((int)CLONE.NEWCGROUP), "unshare(CLONE_NEWCGROUP)");
         if (plan.MountNamespaceFd >= 0) JoinMountNamespace(plan.MountNamespaceFd);
         var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(plan.CgroupPaths), plan.NewCgroupNamespace,
             plan.BindSourceFds);

@@ -18,6 +18,7 @@ public sealed class InitPlan
     public bool NewUserNamespace { get; set; }
     public bool NewNetworkNamespace { get; set; }
     public bool NewUtsNamespace { get; set; }
+    /// <summary>The init unshares a cgroup namespace first (after the spawner put it in its cgroup everywhere).</summary>
     public bool NewCgroupNamespace { get; set; }
     public bool InUserNamespace { get; set; }
     public bool NoPivot { get; set; }

@@ -16,6 +16,8 @@ public interface IContainerCgroup
     bool IsFrozen { get; }
     void Kill(int signal);
     void Destroy();
+    /// <summary>Hands the cgroup to a container's root (a user namespace's host ids): see HostCgroups.</summary>
+    void Delegate(uint uid, uint gid);
     /// <summary>runc-style stats as a JSON object.</summary>
     string StatsJson();
 }

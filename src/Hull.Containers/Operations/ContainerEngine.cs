@@ -230,6 +230,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
             cg.Create();
             cleanup.Add(() => cg.Destroy());
+            if (ownsUserNamespace && DelegatesCgroup(spec) && HostIdOfRoot(spec.Linux!.UidMappings) is { } cu
+                && HostIdOfRoot(spec.Linux.GidMappings) is { } cgid)
+                cg.Delegate(cu, cgid);
             if (spec.Linux?.Resources is { } res) cg.Apply(WithDefaultDevices(res, spec));
 
             // exec fifo (create only)
@@ -281,7 +284,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             }
             if (fifo is not null) { fifoFd = next++; req.Fds.Add((fifo, fifoFd)); }
 
-            bool newUser = false, inUser = false;
+            bool newUser = false, inUser = false, newCgroup = false;
             var mountNsFd = -1;
             foreach (var ns in namespaces.OrderBy(n => n.Type == "user" ? 0 : 1))
             {
@@ -290,6 +293,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 {
                     if (ns.Type == "time" && spec.Linux?.TimeOffsets is { Count: > 0 } offs)
                         req.TimeOffsets = string.Join("\n", offs.Select(kv => $"{kv.Key} {kv.Value.Secs} {kv.Value.Nanosecs}")) + "\n";
+                    // The cgroup namespace is unshared by the init, once it is in its cgroup in every hierarchy (as
+                    // runc does): clone3 would root it at the caller's v1 cgroups, before the child joins its own.
+                    else if (ns.Type == "cgroup") newCgroup = true;
                     else req.CloneFlags |= flag;
                     if (ns.Type == "user") { newUser = true; inUser = true; }
                 }
@@ -353,7 +359,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 NewUserNamespace = newUser, InUserNamespace = inUser,
                 NewNetworkNamespace = (req.CloneFlags & CLONE.NEWNET) != 0,
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
-                NewCgroupNamespace = (req.CloneFlags & CLONE.NEWCGROUP) != 0,
+                NewCgroupNamespace = newCgroup,
                 NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
                 MountNamespaceFd = mountNsFd, BindSourceFds = bindFds, CgroupPaths = cgroupPaths,
                 ParentHooks = parentHooks, HookState = hookState,
@@ -436,6 +442,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     }
 
     /// <summary>The host id that a user namespace's mappings give to id 0, or null if 0 is not mapped.</summary>
+    /// <summary>A new cgroup namespace and a read-write /sys/fs/cgroup: the container manages its own subtree.</summary>
+    static bool DelegatesCgroup(Spec spec) =>
+        spec.Linux?.Namespaces?.Any(n => n.Type == "cgroup" && string.IsNullOrEmpty(n.Path)) == true
+        && spec.Mounts?.Any(m => m.Type == "cgroup" && !(m.Options?.Contains("ro") ?? false)) == true;
+
     static uint? HostIdOfRoot(List<IdMapping>? maps) =>
         maps?.FirstOrDefault(m => m.ContainerId == 0 && m.Size > 0) is { } m ? m.HostId : null;
 

@@ -1,0 +1,89 @@
+using Hull.Containers;
+using Hull.Linux;
+using Hull.Oci;
+
+namespace Hull.Instances.Containers;
+
+/// <summary>The init a full-OS image runs as /sbin/init, which decides the signals that stop and reboot it.</summary>
+public enum InitKind { Systemd, Busybox, SysV }
+
+/// <summary>
+/// Full-OS (system) containers: an image whose /sbin/init is an init system (systemd, busybox init, sysvinit) boots
+/// it as the container's pid 1, as Incus does; no flag chooses this, the image does. What such an init needs of its
+/// container is what systemd documents as its "Container Interface" and what LXC sets up: a cgroup namespace rooted at
+/// the container's own cgroup with a writable, delegated subtree (the engine chowns the name=systemd and cgroup2
+/// directories to the container's root when the cgroup mount is read-write and the container has a user namespace),
+/// /run and /run/lock as tmpfs, `container=` in its environment, no no_new_privs, the capabilities of root (inside
+/// its user namespace when unprivileged), and the signals the init takes for halt and reboot.
+/// </summary>
+public static class SystemContainers
+{
+    /// <summary>Dropped from every system container, as LXC's default lxc.cap.drop: they act on the host (and
+    /// without CAP_SYS_RAWIO systemd skips the debugfs and tracefs mounts a container cannot make).</summary>
+    static readonly string[] Dropped = ["CAP_SYS_MODULE", "CAP_SYS_TIME", "CAP_SYS_RAWIO", "CAP_MAC_ADMIN",
+        "CAP_MAC_OVERRIDE"];
+
+    /// <summary>SIGRTMIN+3: systemd's "halt" (SIGTERM would make it re-execute itself).</summary>
+    public const int SigRtMinPlus3 = 37;
+    /// <summary>SIGUSR2: busybox init's poweroff.</summary>
+    public const int SigUsr2 = 12;
+
+    /// <summary>The init system of a root filesystem whose /sbin/init is one; null otherwise.</summary>
+    public static InitKind? Detect(string root)
+    {
+        using var r = Sys.Open(root, O.RDONLY | O.DIRECTORY);
+        if (!RootedFs.TryOpen(r, "sbin", O.PATH | O.DIRECTORY, 0, out var sbin, out _)) return null;
+        using (sbin)
+        {
+            var link = FsAt.ReadLinkAt(sbin, "init", out var errno);
+            if (link is null && errno != Errors.EINVAL) return null; // no /sbin/init at all
+            var name = link is null ? "init" : Path.GetFileName(link.TrimEnd('/'));
+            if (name == "systemd") return InitKind.Systemd;
+            // busybox init and sysvinit without an inittab: not a system image (the built-in busybox image links
+            // /sbin/init to busybox and runs a shell loop instead).
+            if (!Has(r, "etc/inittab")) return null;
+            return name == "busybox" ? InitKind.Busybox : InitKind.SysV;
+        }
+    }
+
+    static bool Has(SafeFd root, string rel)
+    {
+        if (!RootedFs.TryOpen(root, rel, O.PATH, 0, out var fd, out _)) return false;
+        fd.Dispose();
+        return true;
+    }
+
+    /// <summary>The signal that halts the init (hull stop), and the one that reboots it.</summary>
+    public static (int Halt, int Reboot) SignalsOf(InitKind kind) => kind switch
+    {
+        InitKind.Systemd => (SigRtMinPlus3, Signals.SIGINT),
+        InitKind.Busybox => (SigUsr2, Signals.SIGTERM),
+        // sysvinit's SIGPWR runs inittab's power-failure entries, which Debian's inittab no longer acts on; SIGINT
+        // runs its ctrlaltdel entry (shutdown -r): the rc scripts stop everything and the reboot ends the pid
+        // namespace's init, so the instance stops cleanly.
+        _ => (Signals.SIGINT, Signals.SIGINT),
+    };
+
+    /// <summary>Makes <paramref name="oci"/> a system container's spec (after the default spec and the id
+    /// map).</summary>
+    public static void Apply(Spec oci, bool privileged)
+    {
+        var p = oci.Process!;
+        p.Args = ["/sbin/init"];
+        p.NoNewPrivileges = false;
+        // Privileged: no more than hulld has (root here may lack some, e.g. CAP_SYS_RESOURCE in a container).
+        var have = privileged ? Hull.Containers.Capabilities.OwnBounding() : ulong.MaxValue;
+        var caps = Hull.Containers.Capabilities.Names.Take(Hull.Containers.Capabilities.LastCap + 1)
+            .Where((c, i) => !Dropped.Contains(c) && (have & (1UL << i)) != 0).ToList();
+        p.Capabilities = new Hull.Oci.Capabilities { Bounding = caps, Effective = caps, Permitted = caps };
+        // Limits as the host gives them (systemd sets its own); the monitor's hard limits bound them.
+        p.Rlimits = null;
+        oci.Linux!.Seccomp = Hull.Seccomp.SeccompProfiles.DefaultProfile(caps);
+        foreach (var m in oci.Mounts!.Where(m => m.Destination == "/sys/fs/cgroup"))
+            m.Options = [.. (m.Options ?? []).Where(o => o != "ro"), "rw"];
+        oci.Mounts!.Add(new Mount { Destination = "/run", Type = "tmpfs", Source = "tmpfs",
+            Options = ["nosuid", "nodev", "mode=755", "size=20%"] });
+        oci.Mounts.Add(new Mount { Destination = "/run/lock", Type = "tmpfs", Source = "tmpfs",
+            Options = ["nosuid", "nodev", "noexec", "mode=1777", "size=5m"] });
+    }
+}

@@ -1,0 +1,203 @@
+using System.Diagnostics;
+using Hull.Api;
+using Hull.Sdk;
+using Hull.TestSupport;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Hull.Instances.Containers.Tests;
+
+/// <summary>
+/// Full-OS containers: images whose /sbin/init is an init system boot it as pid 1 (SystemContainers). The Debian 12
+/// image is made by scripts/debian-rootfs.sh with debootstrap from apt's mirror and cached in /var/cache/hull-tests
+/// (the first run costs about 1.5 minutes and 250 MB); the busybox-init and failing images are built here.
+/// </summary>
+public sealed class SystemContainerTests(ITestOutputHelper output)
+{
+    static string DebianImage(string flavour = "systemd")
+    {
+        Requires.Root();
+        Requires.Program("debootstrap");
+        var psi = new ProcessStartInfo(Path.Combine(Repo.Root, "scripts", "debian-rootfs.sh"), flavour)
+        { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/debian-rootfs.sh {flavour}: {stderr}");
+        return stdout.Result.Trim();
+    }
+
+    static async Task Import(HullClient c, string tarball, string alias)
+    {
+        await using var f = File.OpenRead(tarball);
+        await c.ImportImageAsync(f, alias: alias);
+    }
+
+    async Task<string> Sh(HullClient c, string name, string script)
+    {
+        var r = await c.ExecAsync(name, "sh", "-c", script);
+        output.WriteLine($"$ {script}\n{r.Stdout}{r.Stderr}");
+        return r.Stdout.Trim();
+    }
+
+    /// <summary>Waits for boot to finish; "running", or "degraded" with the failed units in the message.</summary>
+    async Task<string> BootState(HullClient c, string name)
+    {
+        // Until systemd's own bus is up (just after a start) systemctl cannot ask: retry until it answers.
+        var state = await Sh(c, name, "for i in $(seq 600); do s=$(systemctl is-system-running --wait 2>/dev/null); " +
+            "case \"$s\" in ''|offline|unknown|initializing|starting) sleep 0.1;; *) break;; esac; done; echo \"$s\"");
+        if (state != "running") state += ": " + await Sh(c, name, "systemctl --failed --no-pager --plain --no-legend");
+        return state;
+    }
+
+    async Task BootsRunsAndStopsCleanly(bool privileged)
+    {
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        await Import(c, DebianImage(), "debian");
+        var req = new InstanceCreateRequest { Name = "deb1", Image = "debian", Start = true };
+        if (privileged) req.Config["security.privileged"] = "true";
+        await c.CreateInstanceAsync(req);
+
+        Assert.Equal("running", await BootState(c, "deb1"));
+        Assert.Equal("systemd", await Sh(c, "deb1", "cat /proc/1/comm"));
+        Assert.Equal("active\nactive\nactive",
+            await Sh(c, "deb1", "systemctl is-active systemd-journald systemd-logind dbus"));
+        Assert.Equal("deb1", await Sh(c, "deb1", "hostname"));
+        // Its own cgroup subtree only: no host path in /proc/self/cgroup, systemd's slices below its root.
+        Assert.Equal("", await Sh(c, "deb1", "grep -v ':/[a-z.]*$' /proc/1/cgroup; grep -l hull /proc/1/cgroup"));
+        Assert.Contains("init.scope", await Sh(c, "deb1", "ls /sys/fs/cgroup/systemd"));
+        Assert.Contains("Started", await Sh(c, "deb1", "journalctl -b --no-pager | tail -50"));
+        // Users other than root reach the image's files (the container's "/" has the image's mode).
+        Assert.Equal("ok", await Sh(c, "deb1",
+            "setpriv --reuid=65534 --regid=65534 --clear-groups cat /etc/debian_version >/dev/null && echo ok"));
+        var map = await Sh(c, "deb1", "cat /proc/self/uid_map");
+        Assert.Equal(privileged, map.Split(' ', StringSplitOptions.RemoveEmptyEntries) is ["0", "0", _]);
+
+        // hull stop halts it (SIGRTMIN+3): systemd shuts down and halts, which ends the pid namespace's init with
+        // SIGINT (130), well within the timeout; a SIGTERM would have it re-execute itself until the SIGKILL (137).
+        await c.StopAsync("deb1", timeout: 20);
+        var st = await c.GetInstanceAsync("deb1");
+        Assert.Equal(InstanceStates.Stopped, st.State);
+        Assert.Equal(130, (await c.GetStateAsync("deb1")).LastExitCode);
+
+        await c.StartAsync("deb1");
+        Assert.Equal("running", await BootState(c, "deb1"));
+        await c.RestartAsync("deb1", timeout: 20);
+        Assert.Equal("running", await BootState(c, "deb1"));
+        await c.StopAsync("deb1", timeout: 20);
+        Assert.Equal(130, (await c.GetStateAsync("deb1")).LastExitCode);
+    }
+
+    [SkippableFact]
+    public Task Debian_with_systemd_boots_to_running_unprivileged_and_stops_and_restarts_cleanly() =>
+        BootsRunsAndStopsCleanly(privileged: false);
+
+    [SkippableFact]
+    public Task Debian_with_systemd_boots_to_running_privileged_and_stops_and_restarts_cleanly() =>
+        BootsRunsAndStopsCleanly(privileged: true);
+
+    [SkippableFact]
+    public async Task Debian_with_sysvinit_starts_execs_stops_and_restarts()
+    {
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        await Import(c, DebianImage("sysvinit"), "sysv");
+        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "sv1", Image = "sysv", Start = true });
+        Assert.Equal("init", await Sh(c, "sv1", "cat /proc/1/comm"));
+        // The rc scripts of runlevel 2 ran (runlevel prints "N 2" once they did).
+        Assert.Equal("N 2", await Sh(c, "sv1",
+            "for i in $(seq 100); do r=$(runlevel); [ \"$r\" = 'N 2' ] && break; sleep 0.1; done; echo $r"));
+        var sw = Stopwatch.StartNew();
+        await c.StopAsync("sv1", timeout: 20);
+        // SIGINT: its ctrlaltdel entry shuts it down (the final reboot ends the namespace's init: SIGHUP, 129).
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(15), $"stop took {sw.Elapsed}: the halt signal was not taken");
+        Assert.NotEqual(137, (await c.GetStateAsync("sv1")).LastExitCode);
+        await c.StartAsync("sv1");
+        await c.RestartAsync("sv1", timeout: 20);
+        Assert.Equal("sv1", await Sh(c, "sv1", "hostname"));
+        await c.StopAsync("sv1", timeout: 20);
+    }
+
+    /// <summary>A root filesystem of the host's static busybox with <paramref name="init"/> as /sbin/init.</summary>
+    static string BusyboxTar(string dir, Action<string> init)
+    {
+        Requires.File("/bin/busybox", "busybox-static");
+        var root = Path.Combine(dir, "rootfs");
+        foreach (var x in new[] { "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run" })
+            Directory.CreateDirectory(Path.Combine(root, x));
+        File.Copy("/bin/busybox", Path.Combine(root, "bin/busybox"));
+        foreach (var app in new[] { "sh", "echo", "sleep", "cat", "ps", "hostname" })
+            File.CreateSymbolicLink(Path.Combine(root, "bin", app), "busybox");
+        init(root);
+        var tar = Path.Combine(dir, "image.tar");
+        using var p = Process.Start("tar", ["--numeric-owner", "-C", root, "-cf", tar, "."])!;
+        p.WaitForExit();
+        Assert.Equal(0, p.ExitCode);
+        return tar;
+    }
+
+    [SkippableFact]
+    public async Task Busybox_init_starts_execs_stops_and_restarts()
+    {
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        var tar = BusyboxTar(d.Dir, root =>
+        {
+            File.CreateSymbolicLink(Path.Combine(root, "sbin/init"), "../bin/busybox");
+            File.WriteAllText(Path.Combine(root, "etc/inittab"),
+                "::sysinit:/bin/echo busybox-init: up\n::respawn:/bin/sleep 1000\n" +
+                "::shutdown:/bin/echo busybox-init: down\n");
+        });
+        await Import(c, tar, "bbinit");
+        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "bb1", Image = "bbinit", Start = true });
+        Assert.Equal("init", await Sh(c, "bb1", "cat /proc/1/comm"));
+        Assert.Contains("sleep 1000", await Sh(c, "bb1", "ps"));
+        var sw = Stopwatch.StartNew();
+        await c.StopAsync("bb1", timeout: 20);
+        // busybox init takes SIGUSR2 as poweroff: it runs its shutdown entries and ends well before the timeout.
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(15), $"stop took {sw.Elapsed}: the halt signal was not taken");
+        Assert.NotEqual(137, (await c.GetStateAsync("bb1")).LastExitCode);
+        var log = await new StreamReader(await c.LogsAsync("bb1")).ReadToEndAsync();
+        Assert.Contains("busybox-init: up", log);
+        Assert.Contains("busybox-init: down", log);
+        await c.StartAsync("bb1");
+        await c.RestartAsync("bb1", timeout: 20);
+        Assert.Equal("bb1", await Sh(c, "bb1", "hostname"));
+        // The container's "/" has the image's mode (0755: the Debian test reads as a user inside); the instance dir
+        // is 0710 to the container's root group, so a host user cannot reach the container's files through rootfs/.
+        var inittab = Path.Combine(d.StateDir, "instances", "bb1", "rootfs", "etc", "inittab");
+        var psi = new ProcessStartInfo("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "cat", inittab])
+        { RedirectStandardError = true, RedirectStandardOutput = true };
+        using (var p = Process.Start(psi)!)
+        {
+            var err = p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.True(p.ExitCode != 0 && err.Contains("Permission denied"), $"a host user read {inittab}: {err}");
+        }
+        await c.StopAsync("bb1", timeout: 20);
+    }
+
+    [SkippableFact]
+    public async Task An_init_that_exits_at_once_fails_the_start_with_its_status_and_console_lines()
+    {
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        var tar = BusyboxTar(d.Dir, root =>
+        {
+            File.WriteAllText(Path.Combine(root, "etc/inittab"), "::sysinit:/bin/true\n");
+            File.WriteAllText(Path.Combine(root, "sbin/init"),
+                "#!/bin/sh\necho 'init: cannot find the root device'\nexit 3\n");
+            File.SetUnixFileMode(Path.Combine(root, "sbin/init"), (UnixFileMode)0b111_101_101);
+        });
+        await Import(c, tar, "badinit");
+        var r = d.Cli("launch", "badinit", "bad1");
+        Assert.NotEqual(0, r.Code);
+        Assert.Contains("exited at once with code 3", r.Err);
+        Assert.Contains("init: cannot find the root device", r.Err);
+        Assert.Equal(InstanceStates.Stopped, (await c.GetInstanceAsync("bad1")).State);
+        var again = d.Cli("start", "bad1");
+        Assert.Contains("exited at once with code 3", again.Err);
+    }
+}
