@@ -235,12 +235,6 @@ static int child_main(struct hull_spawn *s) {
         r = raw3(SYS_write, s->join_fd[i], (long)"0", 1);
         if (r < 0) child_fail(s, ST_CGROUP_JOIN, r);
     }
-    /* A new cgroup namespace after joining v1 cgroups (clone3 left it out): its root is then the container's own
-       cgroup in every hierarchy, not the runtime's (CLONE_INTO_CGROUP covers only v2). */
-    if (s->n_join > 0 && (s->clone_flags & CLONE_NEWCGROUP)) {
-        r = raw1(SYS_unshare, CLONE_NEWCGROUP);
-        if (r < 0) child_fail(s, ST_CGROUP_NS, r);
-    }
     /* 4. Join namespaces given by path, in the caller's order (user first when present). */
     for (int i = 0; i < s->n_setns; i++) {
         r = raw2(SYS_setns, s->setns_fd[i], s->setns_type[i]);
@@ -353,7 +347,6 @@ int hull_spawn_start(struct hull_spawn *s) {
     memset(&ca, 0, sizeof ca);
     int pidfd = -1;
     ca.flags = s->clone_flags | CLONE_VM | CLONE_PIDFD;
-    if (s->n_join > 0) ca.flags &= ~(uint64_t)CLONE_NEWCGROUP; /* made by the child once in its v1 cgroups */
     ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
     ca.exit_signal = s->exit_signal ? s->exit_signal : SIGCHLD;
     ca.stack = (uint64_t)(uintptr_t)s->stack;

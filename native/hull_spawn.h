@@ -36,7 +36,6 @@ enum {
     ST_NNP = 19,
     ST_SECCOMP = 20,
     ST_SECCOMP_LISTENER = 21,
-    ST_CGROUP_NS = 22,
 };
 
 struct hull_spawn {

@@ -8,8 +8,7 @@ public enum SpawnStage
 {
     Unknown = 0, SyncRead = 1, Setns = 2, CgroupJoin = 3, TimeNamespace = 4, FdMap = 5, Signals = 6, Exec = 7,
     Setsid = 8, Chdir = 9, ControllingTty = 10, Files = 11, Personality = 12, CapsBounding = 13, Groups = 14, Gid = 15,
-    Uid = 16, Capset = 17, Ambient = 18, NoNewPrivs = 19, Seccomp = 20, SeccompListener = 21, CgroupNamespace = 22,
-    Clone = 100,
+    Uid = 16, Capset = 17, Ambient = 18, NoNewPrivs = 19, Seccomp = 20, SeccompListener = 21, Clone = 100,
 }
 
 public sealed class SpawnException(SpawnStage stage, int errno, string what)
@@ -24,7 +23,6 @@ public sealed class SpawnException(SpawnStage stage, int errno, string what)
         SpawnStage.Clone => $"clone3 ({what}): {Errors.Describe(errno)}",
         SpawnStage.Setns => $"joining a namespace ({what}): {Errors.Describe(errno)}",
         SpawnStage.CgroupJoin => $"joining the cgroup ({what}): {Errors.Describe(errno)}",
-        SpawnStage.CgroupNamespace => $"making the cgroup namespace ({what}): {Errors.Describe(errno)}",
         SpawnStage.TimeNamespace => $"setting time namespace offsets: {Errors.Describe(errno)}",
         SpawnStage.Gid => $"setting the gid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
         SpawnStage.Uid => $"setting the uid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
