@@ -21,7 +21,8 @@ cg.Create();
 cg.Apply(new Resources());
 try
 {
-    SpawnRequest Req(bool release = false) => new() { Path = "/bin/true", Argv = ["true"], Env = [], WaitForRelease = release };
+    SpawnRequest Req(bool release = false) =>
+        new() { Path = "/bin/true", Argv = ["true"], Env = [], WaitForRelease = release };
     void Run(SpawnRequest r) { using var c = Spawner.Spawn(r); Sys.WaitPid(c.Pid); }
 
     for (var i = 0; i < 20; i++) Run(Req());   // warm up
@@ -67,7 +68,8 @@ try
         var o = x.Order().ToList();
         return $"mean {x.Average():F3} ms, median {o[o.Count / 2]:F3} ms, p90 {o[(int)(o.Count * 0.9)]:F3} ms";
     }
-    Console.WriteLine($"mode: {(pauseMs > 0 ? $"cold ({pauseMs} ms pause before each spawn)" : "warm (back to back)")}");
+    Console.WriteLine(
+        $"mode: {(pauseMs > 0 ? $"cold ({pauseMs} ms pause before each spawn)" : "warm (back to back)")}");
     Console.WriteLine($"iterations: {n}, hierarchies: {dirs.Count} ({string.Join(" ", cg.Directories.Keys)})");
     Console.WriteLine($"spawn /bin/true, no cgroup:               {S(plain)}");
     Console.WriteLine($"spawn /bin/true, joined at spawn:         {S(join)}");

@@ -45,7 +45,8 @@ try
         var argv = await HullArgvAsync();
         if (i % 2 == 0) { hull.Add(await HullStartAsync($"h{i}")); bare.Add(await BareStartAsync($"b{i}", argv)); }
         else { bare.Add(await BareStartAsync($"b{i}", argv)); hull.Add(await HullStartAsync($"h{i}")); }
-        Console.WriteLine($"run {i + 1}: hull marker {hull[^1].Marker:0} agent {hull[^1].Agent:0} ms (created {hull[^1].Created:0}, QEMU started {hull[^1].Spawned:0}, QMP ready {hull[^1].Qmp:0}); " +
+        Console.WriteLine($"run {i + 1}: hull marker {hull[^1].Marker:0} agent {hull[^1].Agent:0} ms (created " +
+            $"{hull[^1].Created:0}, QEMU started {hull[^1].Spawned:0}, QMP ready {hull[^1].Qmp:0}); " +
             $"bare marker {bare[^1].Marker:0} agent {bare[^1].Agent:0} ms (QEMU started {bare[^1].Spawned:0})");
     }
     if (runs > 0) {
@@ -56,15 +57,19 @@ try
     Console.WriteLine("|---|---|---|---|");
     Row("guest userspace (serial marker)", Median(hull, s => s.Marker), Median(bare, s => s.Marker));
     Row("agent ready (AgentClient Ready)", Median(hull, s => s.Agent), Median(bare, s => s.Agent));
-    Console.WriteLine($"| QEMU running (its pid file written) | {Median(hull, s => s.Spawned):0} ms | {Median(bare, s => s.Spawned):0} ms | |");
-    Console.WriteLine($"| Hull: create done (validate, accel verdict, overlay, config) | {Median(hull, s => s.Created):0} ms | | |");
+    Console.WriteLine($"| QEMU running (its pid file written) | {Median(hull, s => s.Spawned):0} ms | " +
+        $"{Median(bare, s => s.Spawned):0} ms | |");
+    Console.WriteLine("| Hull: create done (validate, accel verdict, overlay, config) | " +
+        $"{Median(hull, s => s.Created):0} ms | | |");
     Console.WriteLine($"| Hull: StartAsync returned (QMP negotiated) | {Median(hull, s => s.Qmp):0} ms | | |");
-    Console.WriteLine($"| QEMU RSS at agent ready | {Median(hull, s => s.RssKb) / 1024:0} MiB | {Median(bare, s => s.RssKb) / 1024:0} MiB | |");
+    Console.WriteLine($"| QEMU RSS at agent ready | {Median(hull, s => s.RssKb) / 1024:0} MiB | " +
+        $"{Median(bare, s => s.RssKb) / 1024:0} MiB | |");
     }
 
     // ---------------------------------------------------------------- migration
     Console.WriteLine();
-    Console.WriteLine($"## Live migration, 256 MiB guest over a unix socket, overlay copied along (median of {migRuns})");
+    Console.WriteLine("## Live migration, 256 MiB guest over a unix socket, overlay copied along (median of " +
+        $"{migRuns})");
     Console.WriteLine("| Guest | Who | Wall | QEMU total | Downtime | Sent |");
     Console.WriteLine("|---|---|---|---|---|---|");
     foreach (var busy in new[] { false, true })
@@ -78,14 +83,17 @@ try
             Console.WriteLine($"  migration {(busy ? "busy" : "idle")} {i + 1}: hull {hm[^1]}, bare {bm[^1]}");
         }
         foreach (var (who, m) in new[] { ("Hull", hm), ("QMP script", bm) })
-            Console.WriteLine($"| {(busy ? "busy (64 MiB rewritten in a loop)" : "idle")} | {who} | {Median(m, x => x.Wall):0} ms | {Median(m, x => x.Total):0} ms | {Median(m, x => x.Down):0} ms | {Median(m, x => x.Bytes) / 1048576:0} MiB |");
+            Console.WriteLine($"| {(busy ? "busy (64 MiB rewritten in a loop)" : "idle")} | {who} | " +
+                $"{Median(m, x => x.Wall):0} ms | {Median(m, x => x.Total):0} ms | {Median(m, x => x.Down):0} ms | " +
+                $"{Median(m, x => x.Bytes) / 1048576:0} MiB |");
     }
     return 0;
 }
 finally
 {
     foreach (var pidFile in Directory.EnumerateFiles(work, StateFiles.Pid, SearchOption.AllDirectories))
-        if (int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid)) try { Process.GetProcessById(pid).Kill(); } catch (Exception) { }
+        if (int.TryParse(File.ReadAllText(pidFile).Trim(),
+            out var pid)) try { Process.GetProcessById(pid).Kill(); } catch (Exception) { }
     Thread.Sleep(300);
     Directory.Delete(work, true);
 }
@@ -121,7 +129,8 @@ async Task<Start> BareStartAsync(string name, List<string> argvTemplate)
     Directory.CreateDirectory(dir);
     var argv = argvTemplate.Select(x => x.Replace("@DIR@", dir, StringComparison.Ordinal)).ToList();
     var sw = Stopwatch.StartNew();
-    Run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.RootDisk, Path.Combine(dir, "disk0.qcow2")]);
+    Run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.RootDisk,
+        Path.Combine(dir, "disk0.qcow2")]);
     using var p = SpawnQemu(argv, dir);
     var marker = await PollMarkerAsync(Path.Combine(dir, StateFiles.ConsoleLog), sw, p);
     var agent = await AgentReadyAsync(Path.Combine(dir, StateFiles.Agent), sw);
@@ -142,7 +151,8 @@ async Task<Mig> HullMigrateAsync(string name, bool busy)
     MigrationResult r;
     using (var cts = new CancellationTokenSource(MigrationLimit))
     {
-        try { r = await vm.MigrateAsync(Path.Combine(work, name, "dst"), host, bandwidthBytesPerSecond: Bandwidth, ct: cts.Token); }
+        try { r = await vm.MigrateAsync(Path.Combine(work, name, "dst"), host, bandwidthBytesPerSecond: Bandwidth,
+            ct: cts.Token); }
         catch (OperationCanceledException)
         {
             await vm.DeleteAsync();
@@ -162,13 +172,17 @@ async Task<Mig> BareMigrateAsync(string name, bool busy)
     Directory.CreateDirectory(src);
     Directory.CreateDirectory(dst);
     var template = await HullArgvAsync();
-    Run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.RootDisk, Path.Combine(src, "disk0.qcow2")]);
+    Run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.RootDisk,
+        Path.Combine(src, "disk0.qcow2")]);
     using var p = SpawnQemu(template.Select(x => x.Replace("@DIR@", src, StringComparison.Ordinal)).ToList(), src);
     await PollMarkerAsync(Path.Combine(src, StateFiles.ConsoleLog), Stopwatch.StartNew(), p);
     await PrepareGuestAsync(Path.Combine(src, StateFiles.Agent), busy);
-    var size = JsonNode.Parse(RunOut("qemu-img", ["info", "-U", "--output=json", Path.Combine(src, "disk0.qcow2")]))!["virtual-size"]!.GetValue<long>();
+    var size = JsonNode.Parse(RunOut("qemu-img", ["info", "-U", "--output=json", Path.Combine(src, "disk0.qcow2")]))![
+        "virtual-size"]!.GetValue<long>();
     var psi = new ProcessStartInfo("python3") { UseShellExecute = false, RedirectStandardOutput = true };
-    foreach (var a in new[] { script, Path.Combine(src, StateFiles.Qmp), dst, image.RootDisk, size.ToString(CultureInfo.InvariantCulture), Bandwidth.ToString(CultureInfo.InvariantCulture), MigrationLimit.TotalSeconds.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
+    foreach (var a in new[] { script, Path.Combine(src, StateFiles.Qmp), dst, image.RootDisk,
+        size.ToString(CultureInfo.InvariantCulture), Bandwidth.ToString(CultureInfo.InvariantCulture),
+        MigrationLimit.TotalSeconds.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
     foreach (var a in template) psi.ArgumentList.Add(a.Replace("@DIR@", dst, StringComparison.Ordinal));
     using var py = Process.Start(psi)!;
     var line = await py.StandardOutput.ReadToEndAsync();
@@ -187,7 +201,8 @@ async Task<Mig> BareMigrateAsync(string name, bool busy)
     KillQemu(dst);
     await Task.Delay(200);
     Directory.Delete(Path.Combine(work, name), true);
-    return new Mig(j["wall_ms"]!.GetValue<double>(), j["total_ms"]!.GetValue<double>(), j["downtime_ms"]!.GetValue<double>(), j["bytes"]!.GetValue<double>());
+    return new Mig(j["wall_ms"]!.GetValue<double>(), j["total_ms"]!.GetValue<double>(),
+        j["downtime_ms"]!.GetValue<double>(), j["bytes"]!.GetValue<double>());
 }
 
 // Waits for the agent; for a busy guest starts a process that rewrites 64 MiB of tmpfs (guest RAM) without pause,
@@ -198,7 +213,8 @@ async Task PrepareGuestAsync(string agentSocket, bool busy)
     await a.WaitReadyAsync(timeout);
     if (!busy) return;
     var r = await a.ExecAsync(new ExecRequest { Argv = ["sh", "-c",
-        "( while true; do yes hull-dirty-page | dd of=/tmp/dirty bs=1M count=64 iflag=fullblock conv=notrunc 2>/dev/null; done ) </dev/null >/dev/null 2>&1 &"] },
+        "( while true; do yes hull-dirty-page | dd of=/tmp/dirty bs=1M count=64 iflag=fullblock conv=notrunc " +
+            "2>/dev/null; done ) </dev/null >/dev/null 2>&1 &"] },
         null, Stream.Null, null);
     if (r.ExitCode != 0) throw new InvalidOperationException("could not start the memory-dirtying loop in the guest");
     await Task.Delay(2000);
@@ -207,7 +223,8 @@ async Task PrepareGuestAsync(string agentSocket, bool busy)
 Process SpawnQemu(List<string> argv, string dir)
 {
     // In its own session like Hull's QEMU (a new session is also a new scheduler autogroup: keep that equal).
-    var psi = new ProcessStartInfo("setsid") { UseShellExecute = false, WorkingDirectory = dir, RedirectStandardError = true };
+    var psi = new ProcessStartInfo("setsid") { UseShellExecute = false, WorkingDirectory = dir,
+        RedirectStandardError = true };
     psi.ArgumentList.Add("--wait");
     psi.ArgumentList.Add("qemu-system-x86_64");
     foreach (var a in argv) psi.ArgumentList.Add(a);
@@ -220,8 +237,10 @@ async Task<double> PollMarkerAsync(string log, Stopwatch sw, Process? p = null)
     var deadline = sw.Elapsed + timeout;
     while (true)
     {
-        if (File.Exists(log) && ReadShared(log).Contains(Marker, StringComparison.Ordinal)) return sw.Elapsed.TotalMilliseconds;
-        if (p is { HasExited: true }) throw new InvalidOperationException("bare QEMU exited: " + p.StandardError.ReadToEnd());
+        if (File.Exists(log) && ReadShared(log).Contains(Marker,
+            StringComparison.Ordinal)) return sw.Elapsed.TotalMilliseconds;
+        if (p is { HasExited: true }) throw new InvalidOperationException("bare QEMU exited: "
+            + p.StandardError.ReadToEnd());
         if (sw.Elapsed > deadline) throw new TimeoutException($"no marker in {log}");
         await Task.Delay(10);
     }
@@ -236,9 +255,11 @@ async Task<double> AgentReadyAsync(string socket, Stopwatch sw)
 
 // When QEMU wrote its pid file (it does so early in its start), in ms since the stopwatch started.
 static double PidFileAt(string dir, Stopwatch sw) =>
-    sw.Elapsed.TotalMilliseconds - (DateTime.UtcNow - File.GetLastWriteTimeUtc(Path.Combine(dir, StateFiles.Pid))).TotalMilliseconds;
+    sw.Elapsed.TotalMilliseconds - (DateTime.UtcNow - File.GetLastWriteTimeUtc(
+        Path.Combine(dir, StateFiles.Pid))).TotalMilliseconds;
 
-static int QemuPid(string dir) => int.Parse(File.ReadAllText(Path.Combine(dir, StateFiles.Pid)).Trim(), CultureInfo.InvariantCulture);
+static int QemuPid(string dir) => int.Parse(File.ReadAllText(Path.Combine(dir, StateFiles.Pid)).Trim(),
+    CultureInfo.InvariantCulture);
 
 static void KillQemu(string dir)
 {
@@ -257,7 +278,8 @@ static double Median<T>(List<T> v, Func<T, double> f)
     return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
 }
 
-static void Row(string what, double h, double b) => Console.WriteLine($"| {what} | {h:0} ms | {b:0} ms | {h / b:0.000} |");
+static void Row(string what, double h, double b) =>
+    Console.WriteLine($"| {what} | {h:0} ms | {b:0} ms | {h / b:0.000} |");
 
 static string ReadShared(string path)
 {
@@ -290,5 +312,6 @@ record Start(double Created, double Spawned, double Qmp, double Marker, double A
 
 record Mig(double Wall, double Total, double Down, double Bytes)
 {
-    public override string ToString() => $"wall {Wall:0} ms, total {Total:0} ms, downtime {Down:0} ms, {Bytes / 1048576:0} MiB";
+    public override string ToString() => $"wall {Wall:0} ms, total {Total:0} ms, downtime {Down:0} ms, " +
+        $"{Bytes / 1048576:0} MiB";
 }

@@ -43,7 +43,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
         catch (SocketException e)
         {
             s.Dispose();
-            throw new AgentUnavailableException($"cannot connect to the agent channel {path}: {e.Message} (is the VM running?)", e);
+            throw new AgentUnavailableException($"cannot connect to the agent channel {path}: {e.Message} (is the VM " +
+                "running?)", e);
         }
         catch
         {
@@ -69,7 +70,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
         linked.CancelAfter(timeout);
         try
         {
-            var hello = AgentJson.Encode(new HelloMessage { Nonce = _nonce, Client = _clientName }, AgentJson.Default.HelloMessage);
+            var hello = AgentJson.Encode(new HelloMessage { Nonce = _nonce, Client = _clientName },
+                AgentJson.Default.HelloMessage);
             var frame = new byte[Wire.Sync.Length + Wire.HeaderSize + hello.Length];
             Wire.Sync.CopyTo(frame);
             Wire.Encode(FrameType.Hello, 0, 0, hello).CopyTo(frame, Wire.Sync.Length);
@@ -85,7 +87,9 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested && !_cts.IsCancellationRequested)
         {
-            throw new AgentUnavailableException($"the Hull agent in the guest did not answer within {timeout.TotalSeconds:0.#} s: is the guest booted and the agent in its image? see the VM console log");
+            throw new AgentUnavailableException("the Hull agent in the guest did not answer within " +
+                $"{timeout.TotalSeconds:0.#} s: is the guest booted and the agent in its image? see the VM console " +
+                "log");
         }
         catch (AgentUnavailableException) { throw; }
         catch (Exception e) when (e is IOException or ObjectDisposedException)
@@ -106,24 +110,29 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
         return r.Guest;
     }
 
-    public async Task<ExecResult> ExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr, CancellationToken ct = default)
+    public async Task<ExecResult> ExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr,
+        CancellationToken ct = default)
     {
         await using var p = (ExecProcess)await StartExecAsync(request, stdin, stdout, stderr, ct).ConfigureAwait(false);
-        using var reg = ct.Register(() => _ = p.SignalAsync(9, CancellationToken.None).ContinueWith(t => _ = t.Exception, TaskScheduler.Default));
+        using var reg = ct.Register(() => _ = p.SignalAsync(9,
+            CancellationToken.None).ContinueWith(t => _ = t.Exception, TaskScheduler.Default));
         var result = await p.WaitAsync(CancellationToken.None).ConfigureAwait(false);
         ct.ThrowIfCancellationRequested();
         return result;
     }
 
-    public async Task<IExecProcess> StartExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr, CancellationToken ct = default)
+    public async Task<IExecProcess> StartExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr,
+        CancellationToken ct = default)
     {
-        if (request.Argv.Count == 0) throw new ArgumentException("exec needs a command (argv is empty)", nameof(request));
+        if (request.Argv.Count == 0) throw new ArgumentException("exec needs a command (argv is empty)",
+            nameof(request));
         request.Stdin = stdin is not null;
         var s = Open();
         try
         {
             var p = new ExecProcess(s, stdin, stdout, stderr ?? Stream.Null);
-            await s.SendAsync(FrameType.ExecStart, 0, AgentJson.Encode(request, AgentJson.Default.ExecRequest), ct).ConfigureAwait(false);
+            await s.SendAsync(FrameType.ExecStart, 0, AgentJson.Encode(request, AgentJson.Default.ExecRequest),
+                ct).ConfigureAwait(false);
             await p.StartAsync(ct).ConfigureAwait(false);
             return p;
         }
@@ -136,9 +145,11 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
 
     public async Task<FileStat> PushFileAsync(PushRequest request, Stream content, CancellationToken ct = default)
     {
-        if (string.IsNullOrEmpty(request.Path) || request.Path[0] != '/') throw new ArgumentException($"push needs an absolute path in the guest, not '{request.Path}'", nameof(request));
+        if (string.IsNullOrEmpty(request.Path) || request.Path[0] != '/') throw new ArgumentException(
+            $"push needs an absolute path in the guest, not '{request.Path}'", nameof(request));
         await using var s = Open();
-        await s.SendAsync(FrameType.PushStart, 0, AgentJson.Encode(request, AgentJson.Default.PushRequest), ct).ConfigureAwait(false);
+        await s.SendAsync(FrameType.PushStart, 0, AgentJson.Encode(request, AgentJson.Default.PushRequest),
+            ct).ConfigureAwait(false);
         var buf = new byte[Wire.ChunkSize];
         // Reading the content also stops when the session fails (connection lost, agent error).
         using var reading = CancellationTokenSource.CreateLinkedTokenSource(ct, s.Failed);
@@ -150,7 +161,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
                 if (n == 0) break; // the agent ended the session (an error follows)
                 int r;
                 try { r = await content.ReadAsync(buf.AsMemory(0, n), reading.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) when (!ct.IsCancellationRequested && s.Failed.IsCancellationRequested) { break; }
+                catch (OperationCanceledException) when (!ct.IsCancellationRequested
+                    && s.Failed.IsCancellationRequested) { break; }
                 if (r < n) s.Credit.Add(n - r);
                 if (r == 0)
                 {
@@ -174,7 +186,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     public async Task<FileStat> PullFileAsync(string path, Stream destination, CancellationToken ct = default)
     {
         await using var s = Open();
-        await s.SendAsync(FrameType.PullStart, 0, AgentJson.Encode(new PathRequest { Path = path }, AgentJson.Default.PathRequest), ct).ConfigureAwait(false);
+        await s.SendAsync(FrameType.PullStart, 0,
+            AgentJson.Encode(new PathRequest { Path = path }, AgentJson.Default.PathRequest), ct).ConfigureAwait(false);
         try
         {
             var f = await s.ReceiveAsync(ct).ConfigureAwait(false);
@@ -186,7 +199,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
                 if (f.Type == FrameType.Eof) return stat;
                 if (f.Type != FrameType.Data) throw Unexpected(f, "Data");
                 await destination.WriteAsync(f.Payload, ct).ConfigureAwait(false);
-                await s.SendAsync(FrameType.Window, StreamId.File, Wire.U32((uint)f.Payload.Length), ct).ConfigureAwait(false);
+                await s.SendAsync(FrameType.Window, StreamId.File, Wire.U32((uint)f.Payload.Length),
+                    ct).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (e is not (AgentUnavailableException or AgentOperationException))
@@ -198,7 +212,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     }
 
     public Task<FileStat> StatAsync(string path, CancellationToken ct = default) =>
-        RequestAsync(FrameType.Stat, AgentJson.Encode(new PathRequest { Path = path }, AgentJson.Default.PathRequest), ct);
+        RequestAsync(FrameType.Stat, AgentJson.Encode(new PathRequest { Path = path }, AgentJson.Default.PathRequest),
+            ct);
 
     public Task<FileStat> MkdirAsync(MkdirRequest request, CancellationToken ct = default) =>
         RequestAsync(FrameType.Mkdir, AgentJson.Encode(request, AgentJson.Default.MkdirRequest), ct);
@@ -210,7 +225,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     public async Task<IReadOnlyList<FileStat>> ListAsync(string path, CancellationToken ct = default)
     {
         await using var s = Open();
-        await s.SendAsync(FrameType.List, 0, AgentJson.Encode(new PathRequest { Path = path }, AgentJson.Default.PathRequest), ct).ConfigureAwait(false);
+        await s.SendAsync(FrameType.List, 0, AgentJson.Encode(new PathRequest { Path = path },
+            AgentJson.Default.PathRequest), ct).ConfigureAwait(false);
         var all = new List<FileStat>();
         while (true)
         {
@@ -223,13 +239,18 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     }
 
     public async Task RemoveAsync(string path, bool recursive = false, CancellationToken ct = default) =>
-        await RequestRawAsync(FrameType.Remove, AgentJson.Encode(new RemoveRequest { Path = path, Recursive = recursive }, AgentJson.Default.RemoveRequest), ct).ConfigureAwait(false);
+        await RequestRawAsync(FrameType.Remove,
+            AgentJson.Encode(new RemoveRequest { Path = path, Recursive = recursive }, AgentJson.Default.RemoveRequest),
+            ct).ConfigureAwait(false);
 
-    /// <summary>Asks the guest to power off or reboot. The agent answers first, then syncs the disks and acts.</summary>
+    /// <summary>Asks the guest to power off or reboot. The agent answers first, then syncs the disks and
+    /// acts.</summary>
     public async Task PowerAsync(string action, CancellationToken ct = default)
     {
-        if (action is not ("poweroff" or "reboot")) throw new ArgumentException($"unknown power action '{action}': use poweroff or reboot", nameof(action));
-        await RequestRawAsync(FrameType.Power, AgentJson.Encode(new PowerRequest { Action = action }, AgentJson.Default.PowerRequest), ct).ConfigureAwait(false);
+        if (action is not ("poweroff" or "reboot")) throw new ArgumentException(
+            $"unknown power action '{action}': use poweroff or reboot", nameof(action));
+        await RequestRawAsync(FrameType.Power, AgentJson.Encode(new PowerRequest { Action = action },
+            AgentJson.Default.PowerRequest), ct).ConfigureAwait(false);
     }
 
     async Task<FileStat> RequestAsync(FrameType type, byte[] payload, CancellationToken ct)
@@ -247,14 +268,16 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
         return f;
     }
 
-    static AgentProtocolException Unexpected(Frame f, string wanted) => new($"the agent sent {f.Type} where {wanted} was expected");
+    static AgentProtocolException Unexpected(Frame f, string wanted) =>
+        new($"the agent sent {f.Type} where {wanted} was expected");
 
     // ---- sessions and the connection ----
 
     Session Open()
     {
         ThrowIfFailed();
-        if (!_ready.Task.IsCompletedSuccessfully) throw new InvalidOperationException("the agent connection is not ready: call WaitReadyAsync first");
+        if (!_ready.Task.IsCompletedSuccessfully) throw new InvalidOperationException(
+            "the agent connection is not ready: call WaitReadyAsync first");
         var id = (uint)Interlocked.Increment(ref _nextSession);
         var s = new Session(this, id);
         _sessions[id] = s;
@@ -359,7 +382,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
     /// <summary>One multiplexed operation: its inbox of frames and its send credit.</summary>
     sealed class Session(AgentClient client, uint id) : IAsyncDisposable
     {
-        readonly Channel<Frame> _inbox = Channel.CreateUnbounded<Frame>(new UnboundedChannelOptions { SingleReader = true });
+        readonly Channel<Frame> _inbox = Channel.CreateUnbounded<Frame>(
+            new UnboundedChannelOptions { SingleReader = true });
         readonly CancellationTokenSource _failed = new();
         public uint Id => id;
         /// <summary>Cancelled when the session fails (the agent sent an error, or the connection is gone).</summary>
@@ -452,11 +476,14 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
                     switch (f.Type)
                     {
                         case FrameType.ExecStarted:
-                            _started.TrySetResult(AgentJson.Decode(f.Payload, AgentJson.Default.ExecStartedMessage).Pid);
+                            _started.TrySetResult(AgentJson.Decode(f.Payload,
+                                AgentJson.Default.ExecStartedMessage).Pid);
                             break;
                         case FrameType.Data:
-                            await (f.Stream == StreamId.Stderr ? stderr : stdout).WriteAsync(f.Payload).ConfigureAwait(false);
-                            await s.SendAsync(FrameType.Window, f.Stream, Wire.U32((uint)f.Payload.Length), CancellationToken.None).ConfigureAwait(false);
+                            await (f.Stream == StreamId.Stderr ? stderr : stdout).WriteAsync(f.Payload).ConfigureAwait(
+                                false);
+                            await s.SendAsync(FrameType.Window, f.Stream, Wire.U32((uint)f.Payload.Length),
+                                CancellationToken.None).ConfigureAwait(false);
                             break;
                         case FrameType.Eof:
                             await (f.Stream == StreamId.Stderr ? stderr : stdout).FlushAsync().ConfigureAwait(false);
@@ -493,7 +520,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
                     var r = await stdin!.ReadAsync(buf.AsMemory(0, n), ct).ConfigureAwait(false);
                     if (r < n) s.Credit.Add(n - r);
                     if (r == 0) break;
-                    await s.SendAsync(FrameType.Data, StreamId.Stdin, buf.AsSpan(0, r).ToArray(), ct).ConfigureAwait(false);
+                    await s.SendAsync(FrameType.Data, StreamId.Stdin, buf.AsSpan(0, r).ToArray(),
+                        ct).ConfigureAwait(false);
                 }
                 await s.SendAsync(FrameType.Eof, StreamId.Stdin, [], ct).ConfigureAwait(false);
             }
@@ -515,7 +543,8 @@ public sealed class AgentClient : IExecTarget, IFileTarget, IAsyncDisposable
 
         public Task SignalAsync(int signal, CancellationToken ct = default)
         {
-            if (signal is < 1 or > 64) throw new ArgumentOutOfRangeException(nameof(signal), $"signal {signal} is not between 1 and 64");
+            if (signal is < 1 or > 64) throw new ArgumentOutOfRangeException(nameof(signal),
+                $"signal {signal} is not between 1 and 64");
             var b = new byte[4];
             BinaryPrimitives.WriteInt32LittleEndian(b, signal);
             return s.SendAsync(FrameType.Signal, 0, b, ct);

@@ -2,12 +2,14 @@ using System.Buffers.Binary;
 
 namespace Hull.Agent.Protocol;
 
-/// <summary>Frame types. JSON payloads (via <see cref="AgentJson"/>) only in control frames; data frames are raw bytes.</summary>
+/// <summary>Frame types. JSON payloads (via <see cref="AgentJson"/>) only in control frames; data frames are raw
+/// bytes.</summary>
 public enum FrameType : byte
 {
     /// <summary>Host to agent, session 0: starts a connection (JSON <see cref="HelloMessage"/>).</summary>
     Hello = 1,
-    /// <summary>Agent to host, session 0: the agent is ready (JSON <see cref="ReadyMessage"/>). Sent at start (nonce 0) and as the answer to every Hello.</summary>
+    /// <summary>Agent to host, session 0: the agent is ready (JSON <see cref="ReadyMessage"/>). Sent at start (nonce 0)
+    /// and as the answer to every Hello.</summary>
     Ready = 2,
     /// <summary>Host to agent on a new session: asks for a <see cref="Pong"/>.</summary>
     Ping = 3,
@@ -34,7 +36,8 @@ public enum FrameType : byte
     /// </summary>
     List = 26,
 
-    /// <summary>Agent to host: the operation's successful outcome (JSON <see cref="FileStat"/> or <see cref="OkMessage"/>).</summary>
+    /// <summary>Agent to host: the operation's successful outcome (JSON <see cref="FileStat"/> or
+    /// <see cref="OkMessage"/>).</summary>
     Result = 30,
     /// <summary>Agent to host: the operation failed (JSON <see cref="ErrorMessage"/>); the session is over.</summary>
     Error = 31,
@@ -82,7 +85,8 @@ public static class Wire
     /// does not know where it is in the byte stream (start, reconnect, corrupt header) scans for it and resumes
     /// framing right after it. Its first byte can never start a valid header.
     /// </summary>
-    public static ReadOnlySpan<byte> Sync => [0xFF, 0x00, 0x48, 0x55, 0x4C, 0x4C, 0x53, 0x59, 0x4E, 0x43, 0x00, 0xFF, 0xA5, 0x5A, 0xC3, 0x3C];
+    public static ReadOnlySpan<byte> Sync =>
+        [0xFF, 0x00, 0x48, 0x55, 0x4C, 0x4C, 0x53, 0x59, 0x4E, 0x43, 0x00, 0xFF, 0xA5, 0x5A, 0xC3, 0x3C];
 
     public static void WriteHeader(Span<byte> h, FrameType type, byte stream, uint session, int length)
     {
@@ -97,14 +101,16 @@ public static class Wire
     /// <summary>Encodes a whole frame into one buffer (written with one write, so frames never interleave).</summary>
     public static byte[] Encode(FrameType type, byte stream, uint session, ReadOnlySpan<byte> payload)
     {
-        if (payload.Length > MaxPayload) throw new ArgumentException($"frame payload of {payload.Length} bytes exceeds {MaxPayload}");
+        if (payload.Length > MaxPayload) throw new ArgumentException(
+            $"frame payload of {payload.Length} bytes exceeds {MaxPayload}");
         var buf = new byte[HeaderSize + payload.Length];
         WriteHeader(buf, type, stream, session, payload.Length);
         payload.CopyTo(buf.AsSpan(HeaderSize));
         return buf;
     }
 
-    public static bool TryParseHeader(ReadOnlySpan<byte> h, out FrameType type, out byte stream, out uint session, out int length)
+    public static bool TryParseHeader(ReadOnlySpan<byte> h, out FrameType type, out byte stream, out uint session,
+        out int length)
     {
         type = 0; stream = 0; session = 0; length = 0;
         if (BinaryPrimitives.ReadUInt16LittleEndian(h) != Magic) return false;
@@ -152,14 +158,16 @@ public sealed class FrameReader(Stream stream)
     /// <summary>Bytes skipped while looking for the sync sequence (diagnostics).</summary>
     public long SkippedBytes { get; private set; }
 
-    /// <summary>Forgets where it is: the next read scans for the sync sequence again (used after a disconnect).</summary>
+    /// <summary>Forgets where it is: the next read scans for the sync sequence again (used after a
+    /// disconnect).</summary>
     public void Desync()
     {
         _synced = false;
         _start = _end = 0;
     }
 
-    /// <summary>Reads the next frame; returns Synced when a sync sequence was found, EndOfStream at end of stream.</summary>
+    /// <summary>Reads the next frame; returns Synced when a sync sequence was found, EndOfStream at end of
+    /// stream.</summary>
     public async ValueTask<(ReadOutcome Outcome, Frame Frame)> ReadAsync(CancellationToken ct)
     {
         while (true)

@@ -38,14 +38,16 @@ public sealed class GuestInfo
 public sealed class ExecRequest
 {
     public List<string> Argv { get; set; } = [];
-    /// <summary>"NAME=value" entries; the complete environment of the process. Empty: a default PATH, HOME and TERM.</summary>
+    /// <summary>"NAME=value" entries; the complete environment of the process. Empty: a default PATH, HOME and
+    /// TERM.</summary>
     public List<string> Env { get; set; } = [];
     public string? Cwd { get; set; }
     public uint Uid { get; set; }
     public uint Gid { get; set; }
     /// <summary>Supplementary groups (with a non-root uid or gid).</summary>
     public List<uint> Groups { get; set; } = [];
-    /// <summary>Run on a new pseudo-terminal (stdin, stdout and stderr are the terminal; stderr is merged into stdout).</summary>
+    /// <summary>Run on a new pseudo-terminal (stdin, stdout and stderr are the terminal; stderr is merged into
+    /// stdout).</summary>
     public bool Tty { get; set; }
     public ushort Rows { get; set; } = 24;
     public ushort Cols { get; set; } = 80;
@@ -141,7 +143,8 @@ public sealed class ErrorMessage
     public string? ErrnoName { get; set; }
 }
 
-[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(HelloMessage))]
 [JsonSerializable(typeof(ReadyMessage))]
 [JsonSerializable(typeof(ExecRequest))]
@@ -166,7 +169,8 @@ public sealed partial class AgentJson : JsonSerializerContext
     {
         try
         {
-            return JsonSerializer.Deserialize(payload, info) ?? throw new AgentProtocolException($"empty {typeof(T).Name} message");
+            return JsonSerializer.Deserialize(payload, info)
+                ?? throw new AgentProtocolException($"empty {typeof(T).Name} message");
         }
         catch (JsonException e)
         {
@@ -179,7 +183,8 @@ public sealed partial class AgentJson : JsonSerializerContext
 public sealed class AgentProtocolException(string message) : Exception(message);
 
 /// <summary>An operation failed in the guest: the agent's message, with the errno when a system call failed.</summary>
-public sealed class AgentOperationException(string message, int errno = 0, string? errnoName = null) : Exception(message)
+public sealed class AgentOperationException(string message, int errno = 0, string? errnoName = null)
+    : Exception(message)
 {
     public int Errno { get; } = errno;
     public string? ErrnoName { get; } = errnoName;

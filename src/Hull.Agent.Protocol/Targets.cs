@@ -8,10 +8,12 @@ public interface IExecTarget
     /// then the process sees end of file; stdout and stderr are copied to the given streams (with a tty, everything
     /// goes to <paramref name="stdout"/>). Cancelling kills the process (SIGKILL) and throws.
     /// </summary>
-    Task<ExecResult> ExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr, CancellationToken ct = default);
+    Task<ExecResult> ExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr,
+        CancellationToken ct = default);
 
     /// <summary>Starts a command and returns at once: resize its terminal, signal it, await its end.</summary>
-    Task<IExecProcess> StartExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr, CancellationToken ct = default);
+    Task<IExecProcess> StartExecAsync(ExecRequest request, Stream? stdin, Stream stdout, Stream? stderr,
+        CancellationToken ct = default);
 }
 
 /// <summary>A running exec.</summary>
@@ -28,7 +30,8 @@ public interface IExecProcess : IAsyncDisposable
 /// <summary>Something files can be copied into and out of.</summary>
 public interface IFileTarget
 {
-    /// <summary>Writes <paramref name="content"/> (read to its end) to the request's path, atomically (temporary file then rename).</summary>
+    /// <summary>Writes <paramref name="content"/> (read to its end) to the request's path, atomically (temporary file
+    /// then rename).</summary>
     Task<FileStat> PushFileAsync(PushRequest request, Stream content, CancellationToken ct = default);
 
     /// <summary>Copies a regular file's contents to <paramref name="destination"/>; returns what it was.</summary>

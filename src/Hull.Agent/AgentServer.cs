@@ -72,7 +72,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
             var ended = 0;
             foreach (var id in _sessions.Keys)
                 if (_sessions.TryRemove(id, out var old)) { old.Abort(); ended++; }
-            if (ended > 0 || options.Verbose) Log($"hello from {hello.Client ?? "host"}: ended {ended} session(s) of the previous connection");
+            if (ended > 0 || options.Verbose) Log(
+                $"hello from {hello.Client ?? "host"}: ended {ended} session(s) of the previous connection");
             SendReady(hello.Nonce, ended);
             return;
         }
@@ -82,7 +83,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
             switch (f.Type)
             {
                 case FrameType.Ping:
-                    Send(null, FrameType.Pong, 0, f.Session, AgentJson.Encode(Ready(0, 0), AgentJson.Default.ReadyMessage));
+                    Send(null, FrameType.Pong, 0, f.Session,
+                        AgentJson.Encode(Ready(0, 0), AgentJson.Default.ReadyMessage));
                     return;
                 case FrameType.ExecStart:
                     Begin(f, new ExecSession(this, f.Session));
@@ -100,7 +102,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
                 case FrameType.Stat or FrameType.Mkdir or FrameType.Remove or FrameType.Power:
                     var result = FileOps.Run(f.Type, f.Payload);
                     Send(null, FrameType.Result, 0, f.Session, result);
-                    if (f.Type == FrameType.Power) Power(AgentJson.Decode(f.Payload, AgentJson.Default.PowerRequest).Action);
+                    if (f.Type == FrameType.Power) Power(
+                        AgentJson.Decode(f.Payload, AgentJson.Default.PowerRequest).Action);
                     return;
             }
             if (_sessions.TryGetValue(f.Session, out var s)) s.OnFrame(f);
@@ -111,7 +114,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
 
     void Begin(Frame f, AgentSession s)
     {
-        if (!_sessions.TryAdd(f.Session, s)) throw new AgentFailure($"session {f.Session} is already in use", Errors.EBUSY);
+        if (!_sessions.TryAdd(f.Session, s)) throw new AgentFailure($"session {f.Session} is already in use",
+            Errors.EBUSY);
         try { s.Start(f.Payload); }
         catch
         {
@@ -152,7 +156,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
             AgentVersion = Version,
             KernelRelease = ReadProc("/proc/sys/kernel/osrelease"),
             Hostname = ReadProc("/proc/sys/kernel/hostname"),
-            UptimeSeconds = double.TryParse(ReadProc("/proc/uptime").Split(' ')[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var up) ? up : 0,
+            UptimeSeconds = double.TryParse(ReadProc("/proc/uptime").Split(' ')[0], NumberStyles.Float,
+                CultureInfo.InvariantCulture, out var up) ? up : 0,
             Transport = port.Name,
         },
     };
@@ -176,11 +181,13 @@ public sealed class AgentServer(Port port, AgentOptions options)
     internal void SendError(uint session, string message, int errno)
     {
         if (options.Verbose) Log($"session {session}: {message}");
-        var m = new ErrorMessage { Message = message, Errno = errno, ErrnoName = errno == 0 ? null : Errors.Name(errno) };
+        var m = new ErrorMessage { Message = message, Errno = errno,
+            ErrnoName = errno == 0 ? null : Errors.Name(errno) };
         Send(null, FrameType.Error, 0, session, AgentJson.Encode(m, AgentJson.Default.ErrorMessage));
     }
 
-    /// <summary>Sends one frame. Frames of a session that was ended are dropped; so is everything while no host is connected.</summary>
+    /// <summary>Sends one frame. Frames of a session that was ended are dropped; so is everything while no host is
+    /// connected.</summary>
     internal bool Send(AgentSession? s, FrameType type, byte stream, uint session, ReadOnlySpan<byte> payload) =>
         Write(s, Wire.Encode(type, stream, session, payload));
 
@@ -203,7 +210,8 @@ public sealed class AgentServer(Port port, AgentOptions options)
         }
     }
 
-    /// <summary>Marks a session closed under the write lock: after this returns, none of its frames is written.</summary>
+    /// <summary>Marks a session closed under the write lock: after this returns, none of its frames is
+    /// written.</summary>
     internal void Close(AgentSession s)
     {
         lock (_writeLock) s.Closed = true;
@@ -215,7 +223,8 @@ public sealed class AgentFailure(string message, int errno = 0) : Exception(mess
 {
     public int Errno { get; } = errno;
 
-    public static AgentFailure From(string what, LinuxException e) => new($"{what}: {Errors.Describe(e.Errno)}", e.Errno);
+    public static AgentFailure From(string what, LinuxException e) =>
+        new($"{what}: {Errors.Describe(e.Errno)}", e.Errno);
 }
 
 /// <summary>One multiplexed operation in the agent.</summary>
@@ -231,7 +240,8 @@ public abstract class AgentSession(AgentServer agent, uint id)
     /// <summary>Ends the session at once: kills what it runs, removes what it half made. Idempotent.</summary>
     public abstract void Abort();
 
-    protected bool Send(FrameType type, byte stream, ReadOnlySpan<byte> payload) => agent.Send(this, type, stream, id, payload);
+    protected bool Send(FrameType type, byte stream, ReadOnlySpan<byte> payload) =>
+        agent.Send(this, type, stream, id, payload);
 
     /// <summary>Ends the session with an error frame.</summary>
     protected void Fail(string message, int errno)

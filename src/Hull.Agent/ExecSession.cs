@@ -28,11 +28,13 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
     public override void Start(byte[] payload)
     {
         var req = AgentJson.Decode(payload, AgentJson.Default.ExecRequest);
-        if (req.Argv.Count == 0 || string.IsNullOrEmpty(req.Argv[0])) throw new AgentFailure("exec: the command is empty (argv[0] missing)", Errors.EINVAL);
+        if (req.Argv.Count == 0 || string.IsNullOrEmpty(req.Argv[0])) throw new AgentFailure(
+            "exec: the command is empty (argv[0] missing)", Errors.EINVAL);
         _tty = req.Tty;
         var env = BuildEnv(req);
         var cwd = req.Cwd ?? (req.Uid == 0 && Directory.Exists("/root") ? "/root" : "/");
-        if (!Directory.Exists(cwd)) throw new AgentFailure($"exec {req.Argv[0]}: the working directory {cwd} does not exist in the guest", Errors.ENOENT);
+        if (!Directory.Exists(cwd)) throw new AgentFailure(
+            $"exec {req.Argv[0]}: the working directory {cwd} does not exist in the guest", Errors.ENOENT);
         var path = Resolve(req.Argv[0], env, cwd);
         var sreq = new SpawnRequest { Path = path, Argv = req.Argv, Env = env, Chdir = cwd, Setsid = true };
         if (req.Uid != 0 || req.Gid != 0 || req.Groups.Count > 0)
@@ -41,7 +43,8 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
             var ids = $"{req.Uid}:{req.Gid}" + (req.Groups.Count > 0 ? ":" + string.Join(',', req.Groups) : "");
             sreq = new SpawnRequest
             {
-                Path = self[0], Argv = [.. self, "--exec-as", ids, "--", path, .. req.Argv], Env = env, Chdir = cwd, Setsid = true,
+                Path = self[0], Argv = [.. self, "--exec-as", ids, "--", path, .. req.Argv], Env = env, Chdir = cwd,
+                Setsid = true,
             };
         }
         var childSide = new List<SafeFd>();
@@ -52,7 +55,8 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
                 var (m, slave) = GuestSys.OpenPty();
                 _master = m;
                 childSide.Add(slave);
-                GuestSys.SetWindowSize(_master, req.Rows == 0 ? (ushort)24 : req.Rows, req.Cols == 0 ? (ushort)80 : req.Cols);
+                GuestSys.SetWindowSize(_master, req.Rows == 0 ? (ushort)24 : req.Rows,
+                    req.Cols == 0 ? (ushort)80 : req.Cols);
                 sreq.Fds.Add((slave, 0));
                 sreq.Fds.Add((slave, 1));
                 sreq.Fds.Add((slave, 2));
@@ -99,10 +103,12 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
             foreach (var fd in childSide) fd.Dispose();
         }
 
-        Send(FrameType.ExecStarted, 0, AgentJson.Encode(new ExecStartedMessage { Pid = _child.Pid }, AgentJson.Default.ExecStartedMessage));
+        Send(FrameType.ExecStarted, 0, AgentJson.Encode(new ExecStartedMessage { Pid = _child.Pid },
+            AgentJson.Default.ExecStartedMessage));
         if (_tty)
         {
-            _readers.Add(StartThread($"exec {Id} out", () => PumpOutput(_master!, StreamId.Stdout, _outCredit, own: false)));
+            _readers.Add(StartThread($"exec {Id} out",
+                () => PumpOutput(_master!, StreamId.Stdout, _outCredit, own: false)));
             _errCredit.Close();
         }
         else
@@ -235,7 +241,8 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
             _master?.Dispose();
         }
         var sig = status & 0x7f;
-        var result = new ExecResult { ExitCode = Sys.ExitCode(status), Signal = sig, CoreDumped = sig != 0 && (status & 0x80) != 0 };
+        var result = new ExecResult { ExitCode = Sys.ExitCode(status), Signal = sig,
+            CoreDumped = sig != 0 && (status & 0x80) != 0 };
         Send(FrameType.ExecExit, 0, AgentJson.Encode(result, AgentJson.Default.ExecResult));
         Agent.Close(this);
         Agent.Finished(this);
@@ -253,12 +260,14 @@ public sealed class ExecSession(AgentServer agent, uint id) : AgentSession(agent
                 TryQueue(null);
                 break;
             case FrameType.Window when f.Payload.Length == 4:
-                (f.Stream == StreamId.Stderr ? _errCredit : _outCredit).Add(BinaryPrimitives.ReadUInt32LittleEndian(f.Payload));
+                (f.Stream == StreamId.Stderr ? _errCredit : _outCredit).Add(
+                    BinaryPrimitives.ReadUInt32LittleEndian(f.Payload));
                 break;
             case FrameType.Resize when f.Payload.Length == 4:
                 if (_master is { IsClosed: false } m)
                 {
-                    try { GuestSys.SetWindowSize(m, BinaryPrimitives.ReadUInt16LittleEndian(f.Payload), BinaryPrimitives.ReadUInt16LittleEndian(f.Payload.AsSpan(2))); }
+                    try { GuestSys.SetWindowSize(m, BinaryPrimitives.ReadUInt16LittleEndian(f.Payload),
+                        BinaryPrimitives.ReadUInt16LittleEndian(f.Payload.AsSpan(2))); }
                     catch (LinuxException e) { AgentServer.Log($"exec {Id}: resize: {e.Message}"); }
                 }
                 break;

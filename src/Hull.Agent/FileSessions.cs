@@ -21,12 +21,14 @@ public sealed class PushSession(AgentServer agent, uint id) : AgentSession(agent
     {
         _req = AgentJson.Decode(payload, AgentJson.Default.PushRequest);
         var path = _req.Path;
-        if (!path.StartsWith('/') || path.EndsWith('/')) throw new AgentFailure($"push: '{path}' is not an absolute file path", Errors.EINVAL);
+        if (!path.StartsWith('/') || path.EndsWith('/')) throw new AgentFailure(
+            $"push: '{path}' is not an absolute file path", Errors.EINVAL);
         var dir = Path.GetDirectoryName(path) ?? "/";
         var name = Path.GetFileName(path);
         if (_req.MakeParents) FileOps.MkdirAll(dir, 0b111_101_101, $"push {path}");
         else if (!GuestSys.TryStat(dir, true, out var d, out var derr))
-            throw new AgentFailure($"push {path}: the directory {dir} does not exist in the guest ({Errors.Describe(derr)}); ask for parent directories to be made", derr);
+            throw new AgentFailure($"push {path}: the directory {dir} does not exist in the guest " +
+                $"({Errors.Describe(derr)}); ask for parent directories to be made", derr);
         else if (d.Type != StatxInfo.S_IFDIR)
             throw new AgentFailure($"push {path}: {dir} is not a directory", Errors.ENOTDIR);
         _temp = Path.Combine(dir, $".{name}.hull-push-{Random.Shared.Next():x8}");
@@ -116,7 +118,8 @@ public sealed class PullSession(AgentServer agent, uint id) : AgentSession(agent
             throw new AgentFailure($"pull {path}: {Errors.Describe(errno)}", errno);
         _fd = fd;
         var st = GuestSys.Fstat(fd);
-        if (st.Type == StatxInfo.S_IFDIR) throw new AgentFailure($"pull {path}: is a directory ({Errors.Describe(Errors.EISDIR)}); pull files one by one", Errors.EISDIR);
+        if (st.Type == StatxInfo.S_IFDIR) throw new AgentFailure(
+            $"pull {path}: is a directory ({Errors.Describe(Errors.EISDIR)}); pull files one by one", Errors.EISDIR);
         Send(FrameType.Result, 0, AgentJson.Encode(FileOps.ToStat(path, st), AgentJson.Default.FileStat));
         StartThread($"pull {Id}", () => Pump(path));
     }
@@ -204,18 +207,21 @@ public static class FileOps
                 var r = AgentJson.Decode(payload, AgentJson.Default.RemoveRequest);
                 Absolute(r.Path, "remove");
                 if (r.Path == "/") throw new AgentFailure("remove: refusing to remove /", Errors.EINVAL);
-                if (!GuestSys.TryStat(r.Path, false, out var st, out var errno)) throw new AgentFailure($"remove {r.Path}: {Errors.Describe(errno)}", errno);
+                if (!GuestSys.TryStat(r.Path, false, out var st, out var errno)) throw new AgentFailure(
+                    $"remove {r.Path}: {Errors.Describe(errno)}", errno);
                 if (st.Type == StatxInfo.S_IFDIR)
                 {
                     if (r.Recursive)
                     {
                         try { Directory.Delete(r.Path, recursive: true); }
-                        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new AgentFailure($"remove {r.Path}: {e.Message}", Errors.EIO); }
+                        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new
+                            AgentFailure($"remove {r.Path}: {e.Message}", Errors.EIO); }
                     }
                     else if (Libc.rmdir(r.Path) < 0)
                     {
                         var e = Marshal.GetLastPInvokeError();
-                        throw new AgentFailure($"remove {r.Path}: {Errors.Describe(e)}" + (e == Errors.ENOTEMPTY ? "; remove it recursively" : ""), e);
+                        throw new AgentFailure($"remove {r.Path}: {Errors.Describe(e)}"
+                            + (e == Errors.ENOTEMPTY ? "; remove it recursively" : ""), e);
                     }
                 }
                 else if (Libc.unlink(r.Path) < 0)
@@ -228,25 +234,30 @@ public static class FileOps
             case FrameType.Power:
             {
                 var r = AgentJson.Decode(payload, AgentJson.Default.PowerRequest);
-                if (r.Action is not ("poweroff" or "reboot")) throw new AgentFailure($"power: unknown action '{r.Action}' (use poweroff or reboot)", Errors.EINVAL);
+                if (r.Action is not ("poweroff" or "reboot")) throw new AgentFailure(
+                    $"power: unknown action '{r.Action}' (use poweroff or reboot)", Errors.EINVAL);
                 return AgentJson.Encode(new OkMessage { Message = r.Action }, AgentJson.Default.OkMessage);
             }
         }
         throw new AgentFailure($"unsupported request {type}", Errors.EINVAL);
     }
 
-    /// <summary>A directory listing as Result payloads that each fit in one frame (the last says no more follow).</summary>
+    /// <summary>A directory listing as Result payloads that each fit in one frame (the last says no more
+    /// follow).</summary>
     public static List<byte[]> List(string path)
     {
         Absolute(path, "list");
-        if (!GuestSys.TryStat(path, true, out var st, out var errno)) throw new AgentFailure($"list {path}: {Errors.Describe(errno)}", errno);
-        if (st.Type != StatxInfo.S_IFDIR) throw new AgentFailure($"list {path}: {Errors.Describe(Errors.ENOTDIR)}", Errors.ENOTDIR);
+        if (!GuestSys.TryStat(path, true, out var st, out var errno)) throw new AgentFailure(
+            $"list {path}: {Errors.Describe(errno)}", errno);
+        if (st.Type != StatxInfo.S_IFDIR) throw new AgentFailure($"list {path}: {Errors.Describe(Errors.ENOTDIR)}",
+            Errors.ENOTDIR);
         var parts = new List<byte[]>();
         var cur = new DirectoryListing();
         var size = 0;
         IEnumerable<string> names;
         try { names = Directory.EnumerateFileSystemEntries(path).ToList(); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new AgentFailure($"list {path}: {e.Message}", Errors.EIO); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new AgentFailure(
+            $"list {path}: {e.Message}", Errors.EIO); }
         foreach (var entry in names)
         {
             // An entry removed since the directory was read is left out.
@@ -276,7 +287,8 @@ public static class FileOps
     public static FileStat Stat(string path)
     {
         Absolute(path, "stat");
-        if (!GuestSys.TryStat(path, false, out var st, out var errno)) throw new AgentFailure($"stat {path}: {Errors.Describe(errno)}", errno);
+        if (!GuestSys.TryStat(path, false, out var st, out var errno)) throw new AgentFailure(
+            $"stat {path}: {Errors.Describe(errno)}", errno);
         return ToStat(path, st);
     }
 
@@ -292,7 +304,8 @@ public static class FileOps
         };
     }
 
-    /// <summary>mkdir -p: creates each missing component with <paramref name="mode"/>; fails if one is not a directory.</summary>
+    /// <summary>mkdir -p: creates each missing component with <paramref name="mode"/>; fails if one is not a
+    /// directory.</summary>
     public static void MkdirAll(string path, uint mode, string what)
     {
         var parts = path.Split('/', StringSplitOptions.RemoveEmptyEntries);

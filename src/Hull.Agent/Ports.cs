@@ -140,14 +140,16 @@ public sealed class UnixConnectPort(string path) : Port
     }
 }
 
-/// <summary>A blocking stream over a kernel fd (a character device or a socket). Reads complete synchronously.</summary>
+/// <summary>A blocking stream over a kernel fd (a character device or a socket). Reads complete
+/// synchronously.</summary>
 public sealed class FdStream(SafeFd fd) : Stream
 {
     public override bool CanRead => true;
     public override bool CanWrite => true;
     public override bool CanSeek => false;
     public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override long Position { get => throw new NotSupportedException(); set =>
+        throw new NotSupportedException(); }
     public override void Flush() { }
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
     public override void SetLength(long value) => throw new NotSupportedException();
@@ -160,7 +162,8 @@ public sealed class FdStream(SafeFd fd) : Stream
         catch (LinuxException e) { throw new IOException(e.Message, e); }
     }
 
-    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default) => ValueTask.FromResult(Read(buffer.Span));
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default) =>
+        ValueTask.FromResult(Read(buffer.Span));
 
     public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
 

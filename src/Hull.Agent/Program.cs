@@ -25,7 +25,8 @@ public static class Program
     public static int Main(string[] args)
     {
         if (args.Length > 0 && args[0] == "--exec-as") return ExecAs(args);
-        if (args.Length > 0 && args[0] == "--version") { Console.WriteLine($"hull-agent {AgentServer.Version}"); return 0; }
+        if (args.Length > 0 && args[0] == "--version") { Console.WriteLine(
+            $"hull-agent {AgentServer.Version}"); return 0; }
         if (Libc.getpid() == 1 && Environment.GetEnvironmentVariable(SupervisedVariable) != "1") return Supervise(args);
         Port? port = null;
         bool simulate = false, verbose = false;
@@ -33,13 +34,15 @@ public static class Program
         {
             for (var i = 0; i < args.Length; i++)
             {
-                string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+                string Value() => i + 1 < args.Length ? args[++i]
+                    : throw new ArgumentException($"{args[i]} needs a value");
                 switch (args[i])
                 {
                     case "--serial": port = new SerialPort(Value()); break;
                     case "--vsock":
                         var v = Value();
-                        port = uint.TryParse(v, out var n) ? new VsockPort(n) : throw new ArgumentException($"--vsock: '{v}' is not a port number");
+                        port = uint.TryParse(v, out var n) ? new VsockPort(n)
+                            : throw new ArgumentException($"--vsock: '{v}' is not a port number");
                         break;
                     case "--listen-unix": port = new UnixListenPort(Value()); break;
                     case "--connect-unix": port = new UnixConnectPort(Value()); break;
@@ -89,11 +92,13 @@ public static class Program
     {
         var self = ExecSession.SelfCommand();
         var env = new List<string>();
-        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) env.Add($"{e.Key}={e.Value}");
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) env.Add(
+            $"{e.Key}={e.Value}");
         env.Add($"{SupervisedVariable}=1");
         var stopping = false;
         SpawnedChild? current = null;
-        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+            System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
         {
             c.Cancel = true;
             stopping = true;
@@ -104,7 +109,8 @@ public static class Program
         {
             try
             {
-                using var child = Spawner.Spawn(new SpawnRequest { Path = self[0], Argv = [.. self, .. args], Env = env });
+                using var child = Spawner.Spawn(new SpawnRequest { Path = self[0], Argv = [.. self, .. args],
+                    Env = env });
                 current = child;
                 if (stopping) Libc.kill(child.Pid, Signals.SIGTERM);
                 GuestSys.WaitPidfd(child.Pidfd);
@@ -120,7 +126,8 @@ public static class Program
         }
     }
 
-    /// <summary>Waits for the agent's channel: the modules that provide it may still be loading when /init starts us.</summary>
+    /// <summary>Waits for the agent's channel: the modules that provide it may still be loading when /init starts
+    /// us.</summary>
     static Port? FindChannel(CancellationToken ct)
     {
         var said = false;
@@ -139,12 +146,14 @@ public static class Program
         return null;
     }
 
-    /// <summary>hull-agent --exec-as UID:GID[:GROUPS] -- PATH ARGV...: drop privileges on this thread and exec.</summary>
+    /// <summary>hull-agent --exec-as UID:GID[:GROUPS] -- PATH ARGV...: drop privileges on this thread and
+    /// exec.</summary>
     static int ExecAs(string[] args)
     {
         if (args.Length < 5 || args[2] != "--")
         {
-            Console.Error.WriteLine("hull-agent: usage: hull-agent --exec-as UID:GID[:G1,G2...] -- PATH ARGV0 [ARGS...]");
+            Console.Error.WriteLine("hull-agent: usage: hull-agent --exec-as UID:GID[:G1,G2...] -- PATH ARGV0 " +
+                "[ARGS...]");
             return 127;
         }
         var ids = args[1].Split(':');
@@ -157,11 +166,13 @@ public static class Program
         if (ids.Length == 3)
             foreach (var g in ids[2].Split(',', StringSplitOptions.RemoveEmptyEntries))
             {
-                if (!uint.TryParse(g, out var gg)) { Console.Error.WriteLine($"hull-agent: --exec-as: bad group '{g}'"); return 127; }
+                if (!uint.TryParse(g, out var gg)) { Console.Error.WriteLine(
+                    $"hull-agent: --exec-as: bad group '{g}'"); return 127; }
                 groups.Add(gg);
             }
         var env = new List<string>();
-        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) env.Add($"{e.Key}={e.Value}");
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables()) env.Add(
+            $"{e.Key}={e.Value}");
         var (errno, step) = GuestSys.ExecAs(uid, gid, groups, args[3], args[4..], env);
         Console.Error.WriteLine($"hull-agent: exec as {uid}:{gid}: {step}: {Errors.Describe(errno)}");
         return errno == Errors.ENOENT ? 127 : 126;

@@ -94,7 +94,8 @@ public sealed class Instance
 public sealed class InstanceCreateRequest
 {
     public string Name { get; set; } = "";
-    /// <summary>An image alias or fingerprint (or a unique fingerprint prefix). Ignored when <see cref="CopyFrom"/> is set.</summary>
+    /// <summary>An image alias or fingerprint (or a unique fingerprint prefix). Ignored when <see cref="CopyFrom"/> is
+    /// set.</summary>
     public string Image { get; set; } = "";
     public string Type { get; set; } = InstanceTypes.Container;
     public Dictionary<string, string> Config { get; set; } = [];
@@ -103,7 +104,8 @@ public sealed class InstanceCreateRequest
     public List<string>? Profiles { get; set; }
     /// <summary>Start the instance once created (launch).</summary>
     public bool Start { get; set; }
-    /// <summary>Copy this existing instance (its root filesystem, config and profiles) instead of using an image.</summary>
+    /// <summary>Copy this existing instance (its root filesystem, config and profiles) instead of using an
+    /// image.</summary>
     public string? CopyFrom { get; set; }
 }
 
@@ -138,7 +140,8 @@ public sealed class InstanceStateInfo
     public int? Pid { get; set; }
     public int? LastExitCode { get; set; }
     public InstanceStats? Stats { get; set; }
-    /// <summary>Engine facts (a VM: accelerator, accelerator-reason, vcpus, memory, boot); null when the engine gives none.</summary>
+    /// <summary>Engine facts (a VM: accelerator, accelerator-reason, vcpus, memory, boot); null when the engine gives
+    /// none.</summary>
     public Dictionary<string, string>? Details { get; set; }
 }
 
@@ -289,7 +292,8 @@ public sealed class Operation
 
 public static class OperationStatus
 {
-    public const string Pending = "Pending", Running = "Running", Success = "Success", Failure = "Failure", Cancelled = "Cancelled";
+    public const string Pending = "Pending", Running = "Running", Success = "Success", Failure = "Failure",
+        Cancelled = "Cancelled";
     public static bool IsFinal(string s) => s is Success or Failure or Cancelled;
 }
 
@@ -317,7 +321,8 @@ public sealed class InstanceBackup
     public int Version { get; set; } = 1;
     public string Name { get; set; } = "";
     public string Type { get; set; } = InstanceTypes.Container;
-    /// <summary>The image as the user named it, and its fingerprint: the importing host must hold that image (copy it first).</summary>
+    /// <summary>The image as the user named it, and its fingerprint: the importing host must hold that image (copy it
+    /// first).</summary>
     public string Image { get; set; } = "";
     public string ImageFingerprint { get; set; } = "";
     public Dictionary<string, string> Config { get; set; } = [];
@@ -329,12 +334,15 @@ public sealed class InstanceBackup
     public string SourceHost { get; set; } = "";
 }
 
-/// <summary>POST /1.0/instances/{name}/migration/incoming (on the target): make the instance and wait for its state.</summary>
+/// <summary>POST /1.0/instances/{name}/migration/incoming (on the target): make the instance and wait for its
+/// state.</summary>
 public sealed class MigrationIncomingRequest
 {
-    /// <summary>The instance as the source has it (no data: the state and disks come over the migration stream).</summary>
+    /// <summary>The instance as the source has it (no data: the state and disks come over the migration
+    /// stream).</summary>
     public InstanceBackup Instance { get; set; } = new();
-    /// <summary>The address of this (the target) host that the source host can reach; the target listens there.</summary>
+    /// <summary>The address of this (the target) host that the source host can reach; the target listens
+    /// there.</summary>
     public string ListenAddress { get; set; } = "127.0.0.1";
 }
 
@@ -353,6 +361,7 @@ public sealed class MigrationSendRequest
 /// <summary>POST /1.0/instances/{name}/migration/finish (on the target), once the source's send ended.</summary>
 public sealed class MigrationFinishRequest
 {
-    /// <summary>True: the source completed; the target's instance takes over. False: the target's copy is removed.</summary>
+    /// <summary>True: the source completed; the target's instance takes over. False: the target's copy is
+    /// removed.</summary>
     public bool Succeeded { get; set; }
 }

@@ -12,7 +12,8 @@ public sealed class CgroupException : Exception
     public string? Value { get; }
     public int Errno { get; }
 
-    public CgroupException(string message, string? file = null, string? value = null, int errno = 0, Exception? inner = null)
+    public CgroupException(string message, string? file = null, string? value = null, int errno = 0,
+        Exception? inner = null)
         : base(message, inner)
     {
         File = file;

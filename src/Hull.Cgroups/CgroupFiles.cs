@@ -10,7 +10,8 @@ internal sealed unsafe class CgroupFiles
 {
     /// <summary>Called before every write with (path, value): debug logging, tests.</summary>
     public Action<string, string>? OnWrite;
-    /// <summary>Values that could not be applied on this host but do not fail the operation (e.g. kernel memory on v2).</summary>
+    /// <summary>Values that could not be applied on this host but do not fail the operation (e.g. kernel memory on
+    /// v2).</summary>
     public readonly List<string> Warnings = [];
 
     public void Warn(string message) => Warnings.Add(message);
@@ -51,8 +52,10 @@ internal sealed unsafe class CgroupFiles
 
     public static string GenericHint(string file, int errno) => errno switch
     {
-        Errors.ENOENT => $"this kernel or cgroup has no {file}: the controller is not enabled here or the feature is not built in; remove that setting",
-        Errors.EACCES or Errors.EPERM => "permission denied: run as root (with CAP_SYS_ADMIN) or use a cgroup delegated to this user",
+        Errors.ENOENT => $"this kernel or cgroup has no {file}: the controller is not enabled here or the feature is " +
+            "not built in; remove that setting",
+        Errors.EACCES or Errors.EPERM => "permission denied: run as root (with CAP_SYS_ADMIN) or use a cgroup " +
+            "delegated to this user",
         Errors.EROFS => "the cgroup filesystem is mounted read-only",
         Errors.EINVAL => "the kernel rejected the value: check its range and format",
         Errors.ERANGE => "the value is out of range for this file",
@@ -107,7 +110,8 @@ internal sealed unsafe class CgroupFiles
     {
         var t = ReadOrNull(dir, file);
         if (t is null) return [];
-        return t.Split([' ', '\n'], StringSplitOptions.RemoveEmptyEntries).Select(s => ulong.TryParse(s, out var v) ? v : 0).ToList();
+        return t.Split([' ', '\n'], StringSplitOptions.RemoveEmptyEntries).Select(s =>
+            ulong.TryParse(s, out var v) ? v : 0).ToList();
     }
 
     /// <summary>Values OCI gives as -1 for "unlimited" become "max"; others are written as decimal.</summary>

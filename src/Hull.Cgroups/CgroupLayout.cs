@@ -10,7 +10,8 @@ public enum CgroupMode
     /// <summary>cgroup v1 hierarchies for the controllers plus a cgroup2 mount (usually /sys/fs/cgroup/unified) that
     /// holds the controllers no v1 hierarchy took (often none).</summary>
     Hybrid,
-    /// <summary>One cgroup2 hierarchy with every controller (/sys/fs/cgroup): what most current distributions use.</summary>
+    /// <summary>One cgroup2 hierarchy with every controller (/sys/fs/cgroup): what most current distributions
+    /// use.</summary>
     V2,
 }
 
@@ -57,8 +58,10 @@ public sealed class CgroupLayoutInfo
         return null;
     }
 
-    /// <summary>True if <paramref name="controller"/> is served by the cgroup2 hierarchy (and not by a v1 one).</summary>
-    public bool OnV2(string controller) => UnifiedMount is not null && V1(controller) is null && UnifiedControllers.Contains(controller);
+    /// <summary>True if <paramref name="controller"/> is served by the cgroup2 hierarchy (and not by a v1
+    /// one).</summary>
+    public bool OnV2(string controller) => UnifiedMount is not null && V1(controller) is null
+        && UnifiedControllers.Contains(controller);
 
     /// <summary>Where a controller lives: "v1", "v2" or null if the host does not have it.</summary>
     public string? WhereIs(string controller) => V1(controller) is not null ? "v1" : OnV2(controller) ? "v2" : null;
@@ -99,14 +102,16 @@ public sealed class CgroupLayoutInfo
             Name = kv.Key.StartsWith("name=", StringComparison.Ordinal) ? kv.Key[5..] : null,
         }).OrderBy(h => h.Name is null ? 0 : 1).ToList(),
         UnifiedMount = unifiedMount,
-        UnifiedControllers = new HashSet<string>(unifiedControllers ?? (unifiedMount is null ? [] : CgroupLayout.ReadControllers(unifiedMount))),
+        UnifiedControllers = new HashSet<string>(unifiedControllers
+            ?? (unifiedMount is null ? [] : CgroupLayout.ReadControllers(unifiedMount))),
     };
 
     public override string ToString()
     {
         var sb = new StringBuilder($"cgroup {Mode}");
         foreach (var h in V1Hierarchies) sb.Append($"; v1 {h.Key} at {h.MountPoint}");
-        if (UnifiedMount is not null) sb.Append($"; v2 at {UnifiedMount} [{string.Join(" ", UnifiedControllers.Order())}]");
+        if (UnifiedMount is not null) sb.Append(
+            $"; v2 at {UnifiedMount} [{string.Join(" ", UnifiedControllers.Order())}]");
         return sb.ToString();
     }
 }
@@ -124,7 +129,8 @@ public static class CgroupLayout
     static CgroupLayoutInfo? s_cached;
     static readonly object s_lock = new();
 
-    /// <summary>The host's layout, detected once and cached (call <see cref="Refresh"/> after mounting cgroups).</summary>
+    /// <summary>The host's layout, detected once and cached (call <see cref="Refresh"/> after mounting
+    /// cgroups).</summary>
     public static CgroupLayoutInfo Detect()
     {
         lock (s_lock) return s_cached ??= Detect("/proc/self/mountinfo", "/proc/self/cgroup");
@@ -143,7 +149,8 @@ public static class CgroupLayout
         try { mountinfo = File.ReadAllText(mountinfoPath); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CgroupException($"cannot read {mountinfoPath} to find the cgroup mounts: {e.Message}. Is /proc mounted?", inner: e);
+            throw new CgroupException($"cannot read {mountinfoPath} to find the cgroup mounts: {e.Message}. Is /proc " +
+                "mounted?", inner: e);
         }
         try { procCgroup = File.ReadAllText(procCgroupPath); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { procCgroup = ""; }
@@ -152,7 +159,8 @@ public static class CgroupLayout
 
     /// <summary>Parses mountinfo and /proc/self/cgroup text. <paramref name="readControllers"/> reads a cgroup2
     /// mount's cgroup.controllers (default: the real file).</summary>
-    public static CgroupLayoutInfo Parse(string mountinfo, string procSelfCgroup, Func<string, IEnumerable<string>>? readControllers = null)
+    public static CgroupLayoutInfo Parse(string mountinfo, string procSelfCgroup, Func<string,
+        IEnumerable<string>>? readControllers = null)
     {
         readControllers ??= ReadControllers;
         var own = ParseProcCgroup(procSelfCgroup);
@@ -186,7 +194,8 @@ public static class CgroupLayout
             var ownKey = controllers.Count > 0 ? controllers[0] : "name=" + name;
             v1.Add(new V1Hierarchy
             {
-                MountPoint = mountPoint, Controllers = controllers, Name = controllers.Count == 0 ? name : null, MountRoot = root,
+                MountPoint = mountPoint, Controllers = controllers, Name = controllers.Count == 0 ? name : null,
+                MountRoot = root,
                 OwnPath = own.TryGetValue(ownKey, out var p) ? p : "/",
             });
         }
@@ -194,7 +203,8 @@ public static class CgroupLayout
         var hasV1Controllers = v1.Any(h => h.Controllers.Count > 0);
         var mode = unified is null ? CgroupMode.V1 : hasV1Controllers ? CgroupMode.Hybrid : CgroupMode.V2;
         if (unified is null && !hasV1Controllers)
-            throw new CgroupException("no cgroup filesystem is mounted (neither cgroup2 nor cgroup v1 controllers in /proc/self/mountinfo): mount cgroup2 on /sys/fs/cgroup");
+            throw new CgroupException("no cgroup filesystem is mounted (neither cgroup2 nor cgroup v1 controllers in " +
+                "/proc/self/mountinfo): mount cgroup2 on /sys/fs/cgroup");
         if (mode == CgroupMode.V2) v1.Clear();  // a lone named hierarchy next to cgroup2 is not ours to manage
         return new CgroupLayoutInfo
         {
@@ -224,7 +234,8 @@ public static class CgroupLayout
     /// <summary>The controllers listed in DIR/cgroup.controllers (empty if unreadable).</summary>
     public static IEnumerable<string> ReadControllers(string dir)
     {
-        try { return File.ReadAllText(Path.Combine(dir, "cgroup.controllers")).Split([' ', '\n'], StringSplitOptions.RemoveEmptyEntries); }
+        try { return File.ReadAllText(Path.Combine(dir, "cgroup.controllers")).Split([' ', '\n'],
+            StringSplitOptions.RemoveEmptyEntries); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return []; }
     }
 

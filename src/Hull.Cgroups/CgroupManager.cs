@@ -40,7 +40,8 @@ internal sealed class CgroupManager : ICgroup
         }
         if (layout.UnifiedMount is not null)
         {
-            _v2 = DirIn(layout.UnifiedMount, layout.UnifiedMountRoot, relative ? Join(layout.UnifiedOwnPath, path) : path);
+            _v2 = DirIn(layout.UnifiedMount, layout.UnifiedMountRoot,
+                relative ? Join(layout.UnifiedOwnPath, path) : path);
             _dirs["v2"] = _v2;
         }
     }
@@ -85,12 +86,14 @@ internal sealed class CgroupManager : ICgroup
             if (_v2 is not null)
             {
                 try { MkdirAll(_layout.UnifiedMount!, _v2, made); }
-                catch (CgroupException e) when (_layout.Mode == CgroupMode.Hybrid && e.Errno is Errors.EROFS or Errors.EACCES or Errors.EPERM
+                catch (CgroupException e) when (_layout.Mode == CgroupMode.Hybrid
+                    && e.Errno is Errors.EROFS or Errors.EACCES or Errors.EPERM
                     && !_layout.UnifiedControllers.Any())
                 {
                     // Hybrid with a cgroup2 tree that serves no controller and cannot be written (e.g. mounted
                     // read-only into a container): the v1 hierarchies carry the cgroup on their own.
-                    _f.Warn($"the cgroup2 tree is not usable ({e.Message}); the cgroup exists in the v1 hierarchies only");
+                    _f.Warn($"the cgroup2 tree is not usable ({e.Message}); the cgroup exists in the v1 hierarchies " +
+                        "only");
                 }
                 if (Directory.Exists(_v2)) V2Tree.EnableControllers(_f, _layout.UnifiedMount!, _v2);
             }
@@ -106,7 +109,8 @@ internal sealed class CgroupManager : ICgroup
     static void MkdirAll(string mount, string dir, List<string> made)
     {
         if (!Directory.Exists(mount))
-            throw new CgroupException($"cgroup hierarchy {mount} is not there: the layout changed since it was detected (remount or refresh the layout)");
+            throw new CgroupException($"cgroup hierarchy {mount} is not there: the layout changed since it was " +
+                "detected (remount or refresh the layout)");
         var rel = dir[mount.TrimEnd('/').Length..].Split('/', StringSplitOptions.RemoveEmptyEntries);
         var cur = mount.TrimEnd('/');
         foreach (var part in rel)
@@ -125,7 +129,8 @@ internal sealed class CgroupManager : ICgroup
             throw new CgroupException($"mkdir {cur}: {Errors.Describe(e)}" + e switch
             {
                 Errors.EACCES or Errors.EPERM => " — run as root or use a cgroup delegated to this user",
-                Errors.EROFS => " — the cgroup filesystem is mounted read-only (inside a container? mount it read-write or use a delegated cgroup)",
+                Errors.EROFS => " — the cgroup filesystem is mounted read-only (inside a container? mount it " +
+                    "read-write or use a delegated cgroup)",
                 Errors.ENOSPC => " — cgroup.max.descendants or cgroup.max.depth of a parent is reached",
                 Errors.EEXIST => " — a file (not a cgroup) is in the way",
                 _ => "",
@@ -143,7 +148,8 @@ internal sealed class CgroupManager : ICgroup
         }
         _made = null;
         if (errors is not null)
-            throw errors.Count == 1 ? errors[0] : new CgroupException(string.Join("; ", errors.Select(e => e.Message)), inner: errors[0]);
+            throw errors.Count == 1 ? errors[0] : new CgroupException(string.Join("; ", errors.Select(e => e.Message)),
+                inner: errors[0]);
     }
 
     void RemoveTree(string dir)
@@ -160,7 +166,8 @@ internal sealed class CgroupManager : ICgroup
             if (e == Errors.ENOTEMPTY && ClearPlainFiles(dir)) continue;   // a fake tree of plain files (tests)
             if (e == Errors.EBUSY && attempt < 12) { Thread.Sleep(Math.Min(5 << Math.Min(attempt, 4), 50)); continue; }
             var hint = e == Errors.EBUSY
-                ? $" — processes are still in it ({string.Join(",", ReadProcs(dir).Take(10))}): kill them first (Kill(SIGKILL))"
+                ? $" — processes are still in it ({string.Join(",", ReadProcs(dir).Take(10))}): kill them first " +
+                    "(Kill(SIGKILL))"
                 : "";
             throw new CgroupException($"rmdir {dir}: {Errors.Describe(e)}{hint}", dir, errno: e);
         }
@@ -171,7 +178,8 @@ internal sealed class CgroupManager : ICgroup
         var any = false;
         foreach (var f in Directory.GetFiles(dir))
         {
-            try { File.Delete(f); any = true; } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
+            try { File.Delete(f); any = true; } catch (Exception e) when (
+                e is IOException or UnauthorizedAccessException) { return false; }
         }
         return any;
     }
@@ -208,44 +216,58 @@ internal sealed class CgroupManager : ICgroup
     void Validate(Resources r)
     {
         if (r.Unified is { Count: > 0 } && _v2 is null)
-            throw new CgroupException("linux.resources.unified is set but this host has no cgroup v2 hierarchy (pure cgroup v1): remove \"unified\" or boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)");
+            throw new CgroupException("linux.resources.unified is set but this host has no cgroup v2 hierarchy (pure " +
+                "cgroup v1): remove \"unified\" or boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)");
         if (r.Unified is not null) V2Unified.Validate(_layout, r.Unified);
         if (r.Pids is { Limit: < -1 })
-            throw new CgroupException($"linux.resources.pids.limit {r.Pids.Limit} is invalid: use a positive number, or -1 (or 0) for no limit", "pids.max", r.Pids.Limit.ToString());
+            throw new CgroupException($"linux.resources.pids.limit {r.Pids.Limit} is invalid: use a positive number, " +
+                "or -1 (or 0) for no limit", "pids.max", r.Pids.Limit.ToString());
         if (r.Memory is { } m)
         {
-            foreach (var (name, v) in new[] { ("limit", m.Limit), ("reservation", m.Reservation), ("swap", m.Swap), ("kernel", m.Kernel), ("kernelTCP", m.KernelTcp) })
+            foreach (var (name, v) in new[] { ("limit", m.Limit), ("reservation", m.Reservation), ("swap", m.Swap),
+                ("kernel", m.Kernel), ("kernelTCP", m.KernelTcp) })
                 if (v is < -1)
-                    throw new CgroupException($"linux.resources.memory.{name} {v} is invalid: use a byte count, or -1 for no limit");
+                    throw new CgroupException($"linux.resources.memory.{name} {v} is invalid: use a byte count, or " +
+                        "-1 for no limit");
             if (m.Swappiness is > 100)
                 throw new CgroupException($"linux.resources.memory.swappiness {m.Swappiness} is invalid: use 0 to 100");
         }
         if (r.Cpu is { } c)
         {
-            if (c.Quota is < -1) throw new CgroupException($"linux.resources.cpu.quota {c.Quota} is invalid: use a number of µs per period, or -1 for no limit");
-            if (c.Quota is > 0 and < 1000) throw new CgroupException($"linux.resources.cpu.quota {c.Quota} is below the kernel's minimum of 1000 µs: use ≥ 1000, or -1 for no limit");
-            if (c.Period is > 0 and < 1000 or > 1_000_000) throw new CgroupException($"linux.resources.cpu.period {c.Period} is out of range: use 1000 to 1000000 µs");
-            if (c.Idle is not (null or 0 or 1)) throw new CgroupException($"linux.resources.cpu.idle {c.Idle} is invalid: use 0 or 1");
+            if (c.Quota is < -1) throw new CgroupException(
+                $"linux.resources.cpu.quota {c.Quota} is invalid: use a number of µs per period, or -1 for no limit");
+            if (c.Quota is > 0 and < 1000) throw new CgroupException(
+                $"linux.resources.cpu.quota {c.Quota} is below the kernel's minimum of 1000 µs: use ≥ 1000, or -1 " +
+                "for no limit");
+            if (c.Period is > 0 and < 1000 or > 1_000_000) throw new CgroupException(
+                $"linux.resources.cpu.period {c.Period} is out of range: use 1000 to 1000000 µs");
+            if (c.Idle is not (null or 0 or 1)) throw new CgroupException(
+                $"linux.resources.cpu.idle {c.Idle} is invalid: use 0 or 1");
         }
         if (r.BlockIo is { } b)
         {
-            if (b.Weight is > 0 and < 10 or > 1000) throw new CgroupException($"linux.resources.blockIO.weight {b.Weight} is out of range: use 10 to 1000");
-            if (b.LeafWeight is > 0 and < 10 or > 1000) throw new CgroupException($"linux.resources.blockIO.leafWeight {b.LeafWeight} is out of range: use 10 to 1000");
+            if (b.Weight is > 0 and < 10 or > 1000) throw new CgroupException(
+                $"linux.resources.blockIO.weight {b.Weight} is out of range: use 10 to 1000");
+            if (b.LeafWeight is > 0 and < 10 or > 1000) throw new CgroupException(
+                $"linux.resources.blockIO.leafWeight {b.LeafWeight} is out of range: use 10 to 1000");
         }
         if (r.Devices is not null) DeviceRuleSet.Compile(r.Devices);
         foreach (var h in r.HugepageLimits ?? [])
             if (!V1Hugetlb.ValidSize(h.PageSize))
-                throw new CgroupException($"linux.resources.hugepageLimits pageSize \"{h.PageSize}\" is invalid: use the kernel's form such as \"2MB\" or \"1GB\"");
+                throw new CgroupException($"linux.resources.hugepageLimits pageSize \"{h.PageSize}\" is invalid: use " +
+                    "the kernel's form such as \"2MB\" or \"1GB\"");
     }
 
     string Need(string controller, string what) => DirFor(controller) ?? throw new CgroupException(
-        $"linux.resources.{what} is set but this host has no {controller} cgroup controller ({_layout}): remove the setting or enable the controller");
+        $"linux.resources.{what} is set but this host has no {controller} cgroup controller ({_layout}): remove the " +
+            "setting or enable the controller");
 
     void ApplyAll(Resources r)
     {
         if (r.Cpu is { } cpu)
         {
-            var hasCpuSettings = cpu.Shares is not null || cpu.Quota is not null || cpu.Period is not null || cpu.Burst is not null ||
+            var hasCpuSettings = cpu.Shares is not null || cpu.Quota is not null || cpu.Period is not null
+                || cpu.Burst is not null ||
                 cpu.RealtimePeriod is not null || cpu.RealtimeRuntime is not null || cpu.Idle is not null;
             if (hasCpuSettings)
             {
@@ -282,19 +304,23 @@ internal sealed class CgroupManager : ICgroup
         {
             if (IsV1("devices")) _devices = V1Devices.Apply(_f, DirFor("devices")!, r.Devices);
             else if (_v2 is not null) _devices = V2Devices.Apply(_v2, r.Devices);
-            else throw new CgroupException("linux.resources.devices is set but this host has neither a v1 devices controller nor a cgroup2 mount to attach a device program to: remove the rules or mount a cgroup hierarchy");
+            else throw new CgroupException("linux.resources.devices is set but this host has neither a v1 devices " +
+                "controller nor a cgroup2 mount to attach a device program to: remove the rules or mount a cgroup " +
+                "hierarchy");
         }
         if (r.Network is { } net)
         {
             if (net.ClassId is not null)
             {
                 if (DirFor("net_cls") is { } d && IsV1("net_cls")) V1NetCls.Apply(_f, d, net.ClassId.Value);
-                else _f.Warn("linux.resources.network.classID ignored: the net_cls controller is not mounted (cgroup v2 has none; use nftables \"meta cgroup\" instead)");
+                else _f.Warn("linux.resources.network.classID ignored: the net_cls controller is not mounted (cgroup " +
+                    "v2 has none; use nftables \"meta cgroup\" instead)");
             }
             if (net.Priorities is { Count: > 0 })
             {
                 if (DirFor("net_prio") is { } d && IsV1("net_prio")) V1NetPrio.Apply(_f, d, net.Priorities);
-                else _f.Warn("linux.resources.network.priorities ignored: the net_prio controller is not mounted (cgroup v2 has none)");
+                else _f.Warn("linux.resources.network.priorities ignored: the net_prio controller is not mounted " +
+                    "(cgroup v2 has none)");
             }
         }
         if (r.Rdma is { Count: > 0 } rdma)
@@ -306,7 +332,8 @@ internal sealed class CgroupManager : ICgroup
     }
 
     static bool HasMemorySettings(Memory m) =>
-        m.Limit is not null || m.Reservation is not null || m.Swap is not null || m.Kernel is not null || m.KernelTcp is not null ||
+        m.Limit is not null || m.Reservation is not null || m.Swap is not null || m.Kernel is not null
+            || m.KernelTcp is not null ||
         m.Swappiness is not null || m.DisableOomKiller is not null;
 
     // ---------------------------------------------------------------- processes
@@ -330,7 +357,8 @@ internal sealed class CgroupManager : ICgroup
             {
                 if (!Sys.TryOpen(d + "/tasks", O.WRONLY, out var t, out var e))
                     throw new CgroupException($"open {d}/tasks: {Errors.Describe(e)}" +
-                        (e == Errors.ENOENT ? " — the cgroup does not exist: call Create() first" : ""), d + "/tasks", errno: e);
+                        (e == Errors.ENOENT ? " — the cgroup does not exist: call Create() first" : ""), d + "/tasks",
+                            errno: e);
                 tasks.Add(t);
             }
             return new CgroupJoin(dir, tasks);
@@ -349,8 +377,10 @@ internal sealed class CgroupManager : ICgroup
             _f.Write(dir, "cgroup.procs", pid.ToString(), e => e switch
             {
                 Errors.ESRCH => $"process {pid} does not exist (it exited?)",
-                Errors.ENOSPC => "the cpuset of this cgroup has no CPUs or memory nodes: set cpuset.cpus and cpuset.mems",
-                Errors.EBUSY => "cgroup v2 does not allow processes in a cgroup that has controllers enabled for children (cgroup.subtree_control)",
+                Errors.ENOSPC => "the cpuset of this cgroup has no CPUs or memory nodes: set cpuset.cpus and " +
+                    "cpuset.mems",
+                Errors.EBUSY => "cgroup v2 does not allow processes in a cgroup that has controllers enabled for " +
+                    "children (cgroup.subtree_control)",
                 Errors.EOPNOTSUPP => "this cgroup is threaded or domain-invalid: processes cannot be added",
                 Errors.ENOENT => "the cgroup does not exist: call Create() first",
                 _ => null,
@@ -381,7 +411,8 @@ internal sealed class CgroupManager : ICgroup
         if (DirFor("freezer") is { } d && IsV1("freezer")) { v1 = true; return d; }
         v1 = false;
         if (_v2 is not null && _f.Exists(_v2, "cgroup.freeze")) return _v2;
-        throw new CgroupException($"cannot freeze: this host has neither a v1 freezer hierarchy nor cgroup v2 cgroup.freeze (kernel ≥ 5.2) ({_layout})");
+        throw new CgroupException("cannot freeze: this host has neither a v1 freezer hierarchy nor cgroup v2 " +
+            $"cgroup.freeze (kernel ≥ 5.2) ({_layout})");
     }
 
     public void Freeze()
@@ -409,7 +440,8 @@ internal sealed class CgroupManager : ICgroup
     {
         // A task frozen by the v1 freezer does not act on SIGKILL until thawed (v2's freezer lets fatal signals
         // through), so a frozen v1 cgroup is thawed right after the signal is sent.
-        var v1Frozen = signal == Signals.SIGKILL && DirFor("freezer") is { } fz && IsV1("freezer") && V1Freezer.IsFrozen(_f, fz);
+        var v1Frozen = signal == Signals.SIGKILL && DirFor("freezer") is { } fz && IsV1("freezer")
+            && V1Freezer.IsFrozen(_f, fz);
         if (signal == Signals.SIGKILL && _v2 is not null && _f.Exists(_v2, "cgroup.kill") && Directory.Exists(_v2))
         {
             _f.Write(_v2, "cgroup.kill", "1");
@@ -438,14 +470,16 @@ internal sealed class CgroupManager : ICgroup
         }
         var left = Pids();
         if (left.Count > 0)
-            throw new CgroupException($"processes {string.Join(",", left.Take(10))} are still in {Path} after SIGKILL: they are in uninterruptible sleep (D state) or not reaped; wait and retry");
+            throw new CgroupException($"processes {string.Join(",", left.Take(10))} are still in {Path} after " +
+                "SIGKILL: they are in uninterruptible sleep (D state) or not reaped; wait and retry");
     }
 
     static void Signal(int pid, int signal)
     {
         if (Libc.kill(pid, signal) == 0) return;
         var e = Marshal.GetLastPInvokeError();
-        if (e != Errors.ESRCH) throw new CgroupException($"kill {pid} {Signals.Name(signal)}: {Errors.Describe(e)}", errno: e);
+        if (e != Errors.ESRCH) throw new CgroupException($"kill {pid} {Signals.Name(signal)}: {Errors.Describe(e)}",
+            errno: e);
     }
 
     bool WaitEmpty(TimeSpan max)
@@ -467,12 +501,15 @@ internal sealed class CgroupManager : ICgroup
         if (DirFor("cpu") is { } cpu) { if (IsV1("cpu")) V1Cpu.Stats(_f, cpu, s); else V2Cpu.Stats(_f, cpu, s); }
         else if (_v2 is not null) V2Cpu.Stats(_f, _v2, s);   // cpu.stat usage is always there on v2
         if (DirFor("cpuacct") is { } acct && IsV1("cpuacct")) V1Cpu.AcctStats(_f, acct, s);
-        if (DirFor("cpuset") is { } cs) { if (IsV1("cpuset")) V1Cpuset.Stats(_f, cs, s); else V2Cpuset.Stats(_f, cs, s); }
-        if (DirFor("memory") is { } mem) { if (IsV1("memory")) V1Memory.Stats(_f, mem, s); else V2Memory.Stats(_f, mem, s); }
+        if (DirFor("cpuset") is { } cs) { if (IsV1("cpuset")) V1Cpuset.Stats(_f, cs, s); else V2Cpuset.Stats(_f, cs,
+            s); }
+        if (DirFor("memory") is { } mem) { if (IsV1("memory")) V1Memory.Stats(_f, mem, s); else V2Memory.Stats(_f, mem,
+            s); }
         if (DirFor("pids") is { } pids) { if (IsV1("pids")) V1Pids.Stats(_f, pids, s); else V2Pids.Stats(_f, pids, s); }
         if (IsV1("blkio")) V1Blkio.Stats(_f, DirFor("blkio")!, s);
         else if (DirFor("io") is { } io) V2Io.Stats(_f, io, s);
-        if (DirFor("hugetlb") is { } h) { if (IsV1("hugetlb")) V1Hugetlb.Stats(_f, h, s); else V2Hugetlb.Stats(_f, h, s); }
+        if (DirFor("hugetlb") is { } h) { if (IsV1("hugetlb")) V1Hugetlb.Stats(_f, h, s); else V2Hugetlb.Stats(_f, h,
+            s); }
         return s;
     }
 }

@@ -10,7 +10,8 @@ public sealed class CgroupEvent
 {
     [JsonPropertyName("type")] public string Type { get; set; } = "stats";
     [JsonPropertyName("id")] public string Id { get; set; } = "";
-    [JsonPropertyName("data")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public CgroupStats? Data { get; set; }
+    [JsonPropertyName("data")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public CgroupStats? Data { get; set; }
 }
 
 public sealed class CgroupStats
@@ -26,19 +27,26 @@ public sealed class CgroupStats
 
 public sealed class CpuUsage
 {
-    [JsonPropertyName("total")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Total { get; set; }
-    [JsonPropertyName("percpu")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<ulong>? PerCpu { get; set; }
-    [JsonPropertyName("percpu_kernel")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<ulong>? PerCpuKernel { get; set; }
-    [JsonPropertyName("percpu_user")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<ulong>? PerCpuUser { get; set; }
+    [JsonPropertyName("total")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Total { get; set; }
+    [JsonPropertyName("percpu")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public List<ulong>? PerCpu { get; set; }
+    [JsonPropertyName("percpu_kernel")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public List<ulong>? PerCpuKernel { get; set; }
+    [JsonPropertyName("percpu_user")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public List<ulong>? PerCpuUser { get; set; }
     [JsonPropertyName("kernel")] public ulong Kernel { get; set; }
     [JsonPropertyName("user")] public ulong User { get; set; }
 }
 
 public sealed class Throttling
 {
-    [JsonPropertyName("periods")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Periods { get; set; }
-    [JsonPropertyName("throttledPeriods")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong ThrottledPeriods { get; set; }
-    [JsonPropertyName("throttledTime")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong ThrottledTime { get; set; }
+    [JsonPropertyName("periods")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Periods { get; set; }
+    [JsonPropertyName("throttledPeriods")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong ThrottledPeriods { get; set; }
+    [JsonPropertyName("throttledTime")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong ThrottledTime { get; set; }
 }
 
 public sealed class CpuStats
@@ -49,9 +57,11 @@ public sealed class CpuStats
 
 public sealed class CpusetStats
 {
-    [JsonPropertyName("cpus")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<ushort>? Cpus { get; set; }
+    [JsonPropertyName("cpus")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public List<ushort>? Cpus { get; set; }
     [JsonPropertyName("cpu_exclusive")] public ulong CpuExclusive { get; set; }
-    [JsonPropertyName("mems")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<ushort>? Mems { get; set; }
+    [JsonPropertyName("mems")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public List<ushort>? Mems { get; set; }
     [JsonPropertyName("mem_hardwall")] public ulong MemHardwall { get; set; }
     [JsonPropertyName("mem_exclusive")] public ulong MemExclusive { get; set; }
     [JsonPropertyName("memory_migrate")] public ulong MemoryMigrate { get; set; }
@@ -66,54 +76,81 @@ public sealed class MemoryEntry
 {
     /// <summary><see cref="ulong.MaxValue"/> when unlimited (as runc prints it).</summary>
     [JsonPropertyName("limit")] public ulong Limit { get; set; }
-    [JsonPropertyName("usage")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Usage { get; set; }
-    [JsonPropertyName("max")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Max { get; set; }
+    [JsonPropertyName("usage")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Usage { get; set; }
+    [JsonPropertyName("max")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Max { get; set; }
     [JsonPropertyName("failcnt")] public ulong Failcnt { get; set; }
 }
 
 public sealed class MemoryStats
 {
-    [JsonPropertyName("cache")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Cache { get; set; }
+    [JsonPropertyName("cache")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Cache { get; set; }
     [JsonPropertyName("usage")] public MemoryEntry Usage { get; set; } = new();
     /// <summary>v1: memory+swap (memsw); v2: memory.swap.current + memory.current, to mean the same.</summary>
     [JsonPropertyName("swap")] public MemoryEntry Swap { get; set; } = new();
     [JsonPropertyName("kernel")] public MemoryEntry Kernel { get; set; } = new();
     [JsonPropertyName("kernelTCP")] public MemoryEntry KernelTcp { get; set; } = new();
     /// <summary>memory.stat as read.</summary>
-    [JsonPropertyName("raw")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public Dictionary<string, ulong>? Raw { get; set; }
+    [JsonPropertyName("raw")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public Dictionary<string,
+        ulong>? Raw { get; set; }
 }
 
 public sealed class PidsStats
 {
-    [JsonPropertyName("current")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Current { get; set; }
+    [JsonPropertyName("current")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Current { get; set; }
     /// <summary>0 when unlimited.</summary>
-    [JsonPropertyName("limit")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Limit { get; set; }
+    [JsonPropertyName("limit")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Limit { get; set; }
 }
 
 public sealed class BlkioEntry
 {
-    [JsonPropertyName("major")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Major { get; set; }
-    [JsonPropertyName("minor")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Minor { get; set; }
-    [JsonPropertyName("op")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Op { get; set; }
-    [JsonPropertyName("value")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Value { get; set; }
+    [JsonPropertyName("major")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Major { get; set; }
+    [JsonPropertyName("minor")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Minor { get; set; }
+    [JsonPropertyName("op")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public string? Op { get; set; }
+    [JsonPropertyName("value")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Value { get; set; }
 }
 
 public sealed class BlkioStats
 {
-    [JsonPropertyName("ioServiceBytesRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoServiceBytesRecursive { get; set; }
-    [JsonPropertyName("ioServicedRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoServicedRecursive { get; set; }
-    [JsonPropertyName("ioQueueRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoQueuedRecursive { get; set; }
-    [JsonPropertyName("ioServiceTimeRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoServiceTimeRecursive { get; set; }
-    [JsonPropertyName("ioWaitTimeRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoWaitTimeRecursive { get; set; }
-    [JsonPropertyName("ioMergedRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoMergedRecursive { get; set; }
-    [JsonPropertyName("ioTimeRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoTimeRecursive { get; set; }
-    [JsonPropertyName("sectorsRecursive")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? SectorsRecursive { get; set; }
+    [JsonPropertyName("ioServiceBytesRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoServiceBytesRecursive {
+        get; set; }
+    [JsonPropertyName("ioServicedRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoServicedRecursive { get;
+        set; }
+    [JsonPropertyName("ioQueueRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoQueuedRecursive { get;
+        set; }
+    [JsonPropertyName("ioServiceTimeRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoServiceTimeRecursive {
+        get; set; }
+    [JsonPropertyName("ioWaitTimeRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoWaitTimeRecursive { get;
+        set; }
+    [JsonPropertyName("ioMergedRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoMergedRecursive { get;
+        set; }
+    [JsonPropertyName("ioTimeRecursive")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? IoTimeRecursive { get; set; }
+    [JsonPropertyName("sectorsRecursive")] [
+        JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<BlkioEntry>? SectorsRecursive { get;
+        set; }
 }
 
 public sealed class HugetlbStats
 {
-    [JsonPropertyName("usage")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Usage { get; set; }
-    [JsonPropertyName("max")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public ulong Max { get; set; }
+    [JsonPropertyName("usage")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Usage { get; set; }
+    [JsonPropertyName("max")] [JsonIgnore(Condition =
+        JsonIgnoreCondition.WhenWritingDefault)] public ulong Max { get; set; }
     [JsonPropertyName("failcnt")] public ulong Failcnt { get; set; }
 }
 

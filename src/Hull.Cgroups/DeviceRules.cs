@@ -9,7 +9,8 @@ public sealed record DeviceRule(char Type, long Major, long Minor, string Access
     public const long Any = -1;
 
     /// <summary>The kernel's v1 syntax: "c 1:3 rwm", "b *:* m".</summary>
-    public string ToV1() => $"{Type} {(Major == Any ? "*" : Major.ToString())}:{(Minor == Any ? "*" : Minor.ToString())} {Access}";
+    public string ToV1() =>
+        $"{Type} {(Major == Any ? "*" : Major.ToString())}:{(Minor == Any ? "*" : Minor.ToString())} {Access}";
 
     public bool Matches(char type, long major, long minor) =>
         (Type == 'a' || Type == type) && (Major == Any || Major == major) && (Minor == Any || Minor == minor);
@@ -34,7 +35,8 @@ public sealed class DeviceRuleSet
     /// <summary>The exceptions to the default, types 'b'/'c' only, access merged per device.</summary>
     public IReadOnlyList<DeviceRule> Exceptions { get; }
 
-    DeviceRuleSet(bool defaultAllow, IReadOnlyList<DeviceRule> exceptions) { DefaultAllow = defaultAllow; Exceptions = exceptions; }
+    DeviceRuleSet(bool defaultAllow, IReadOnlyList<DeviceRule> exceptions) { DefaultAllow = defaultAllow; Exceptions =
+        exceptions; }
 
     /// <summary>Everything allowed: a new cgroup under a root cgroup.</summary>
     public static readonly DeviceRuleSet AllowAll = new(true, []);
@@ -59,19 +61,23 @@ public sealed class DeviceRuleSet
     public static DeviceRule FromOci(DeviceCgroup d, int index)
     {
         var type = string.IsNullOrEmpty(d.Type) ? 'a' : d.Type.Length == 1 && d.Type[0] is 'a' or 'b' or 'c' ? d.Type[0]
-            : throw new CgroupException($"linux.resources.devices[{index}].type \"{d.Type}\" is invalid: use \"a\", \"b\" or \"c\"");
+            : throw new CgroupException($"linux.resources.devices[{index}].type \"{d.Type}\" is invalid: use \"a\", " +
+                "\"b\" or \"c\"");
         var access = string.IsNullOrEmpty(d.Access) ? "rwm" : d.Access;
         if (access.Any(c => c is not ('r' or 'w' or 'm')) || access.Distinct().Count() != access.Length)
-            throw new CgroupException($"linux.resources.devices[{index}].access \"{d.Access}\" is invalid: use letters from \"rwm\", each once");
+            throw new CgroupException($"linux.resources.devices[{index}].access \"{d.Access}\" is invalid: use " +
+                "letters from \"rwm\", each once");
         long major = d.Major ?? DeviceRule.Any, minor = d.Minor ?? DeviceRule.Any;
         if (major < -1 || minor < -1)
-            throw new CgroupException($"linux.resources.devices[{index}]: major/minor must be ≥ 0, or -1 / absent for any");
+            throw new CgroupException($"linux.resources.devices[{index}]: major/minor must be ≥ 0, or -1 / absent " +
+                "for any");
         return new DeviceRule(type, major, minor, Normalize(access), d.Allow);
     }
 
     static string Normalize(string access) => new(access.Distinct().OrderBy(c => "rwm".IndexOf(c)).ToArray());
 
-    /// <summary>Applies <paramref name="devices"/> in order on top of <paramref name="start"/> (default: allow all).</summary>
+    /// <summary>Applies <paramref name="devices"/> in order on top of <paramref name="start"/> (default: allow
+    /// all).</summary>
     public static DeviceRuleSet Compile(IReadOnlyList<DeviceCgroup>? devices, DeviceRuleSet? start = null)
     {
         start ??= AllowAll;
@@ -137,8 +143,10 @@ public sealed class DeviceRuleSet
     /// <summary>The same default and the same exceptions (order aside).</summary>
     public bool SameAs(DeviceRuleSet o) =>
         DefaultAllow == o.DefaultAllow && Exceptions.Count == o.Exceptions.Count &&
-        Exceptions.All(e => o.Exceptions.Any(x => x.Type == e.Type && x.Major == e.Major && x.Minor == e.Minor && x.Access == e.Access));
+        Exceptions.All(e => o.Exceptions.Any(x => x.Type == e.Type && x.Major == e.Major && x.Minor == e.Minor
+            && x.Access == e.Access));
 
     public override string ToString() =>
-        (DefaultAllow ? "allow all" : "deny all") + string.Concat(Exceptions.Select(e => (DefaultAllow ? "; deny " : "; allow ") + e.ToV1()));
+        (DefaultAllow ? "allow all" : "deny all")
+            + string.Concat(Exceptions.Select(e => (DefaultAllow ? "; deny " : "; allow ") + e.ToV1()));
 }

@@ -42,7 +42,8 @@ public interface ICgroup
     void Thaw();
     bool IsFrozen { get; }
     CgroupStats Stats();
-    /// <summary>Sends <paramref name="signal"/> to every process; for SIGKILL waits (bounded) until none is left.</summary>
+    /// <summary>Sends <paramref name="signal"/> to every process; for SIGKILL waits (bounded) until none is
+    /// left.</summary>
     void Kill(int signal);
     /// <summary>Removes the cgroup (and any child cgroups) from every hierarchy. Idempotent.</summary>
     void Destroy();
@@ -54,7 +55,8 @@ public interface ICgroup
 /// </summary>
 public sealed class CgroupJoin : IDisposable
 {
-    /// <summary>The cgroup2 directory (for CLONE_INTO_CGROUP), or null on pure v1 or when the v2 tree is unusable.</summary>
+    /// <summary>The cgroup2 directory (for CLONE_INTO_CGROUP), or null on pure v1 or when the v2 tree is
+    /// unusable.</summary>
     public SafeFd? CgroupDir { get; }
     /// <summary>Each v1 hierarchy's "tasks" file, opened O_WRONLY: the child writes "0" to each before exec.
     /// Writing to "tasks" moves one thread (the whole single-threaded child), which takes a cheaper path than a
@@ -105,7 +107,8 @@ public static class Cgroup
         if (p.Length == 0)
         {
             if (string.IsNullOrEmpty(containerId) || containerId.Contains('/') || containerId is "." or "..")
-                throw new CgroupException($"container id \"{containerId}\" cannot name a cgroup: use an id without '/'");
+                throw new CgroupException($"container id \"{containerId}\" cannot name a cgroup: use an id without " +
+                    "'/'");
             return ("/hull/" + containerId, false);
         }
         if (p.Contains('\0')) throw new CgroupException("linux.cgroupsPath contains a NUL byte");
@@ -113,8 +116,10 @@ public static class Cgroup
         var relative = !p.StartsWith('/');
         var parts = p.Split('/', StringSplitOptions.RemoveEmptyEntries);
         if (parts.Any(x => x is "." or ".."))
-            throw new CgroupException($"linux.cgroupsPath \"{p}\" has a \".\" or \"..\" component: give a plain path such as /hull/{containerId}");
-        if (parts.Length == 0) throw new CgroupException($"linux.cgroupsPath \"{p}\" names the root cgroup: give a sub-path such as /hull/{containerId}");
+            throw new CgroupException($"linux.cgroupsPath \"{p}\" has a \".\" or \"..\" component: give a plain path " +
+                $"such as /hull/{containerId}");
+        if (parts.Length == 0) throw new CgroupException(
+            $"linux.cgroupsPath \"{p}\" names the root cgroup: give a sub-path such as /hull/{containerId}");
         return ((relative ? "" : "/") + string.Join('/', parts), relative);
     }
 
@@ -125,8 +130,10 @@ public static class Cgroup
         var slice = sp[0].Length == 0 ? "system.slice" : sp[0];
         var (prefix, name) = (sp[1], sp[2]);
         if (name.Length == 0 || name.Contains('/') || prefix.Contains('/'))
-            throw new CgroupException($"linux.cgroupsPath \"{systemdPath}\": the systemd form is \"slice:prefix:name\" with a non-empty name and no '/'");
-        var unit = name.EndsWith(".slice", StringComparison.Ordinal) ? name : (prefix.Length == 0 ? name : prefix + "-" + name) + ".scope";
+            throw new CgroupException($"linux.cgroupsPath \"{systemdPath}\": the systemd form is " +
+                "\"slice:prefix:name\" with a non-empty name and no '/'");
+        var unit = name.EndsWith(".slice", StringComparison.Ordinal) ? name
+            : (prefix.Length == 0 ? name : prefix + "-" + name) + ".scope";
         return ExpandSlice(slice, systemdPath) + "/" + unit;
     }
 
@@ -134,7 +141,8 @@ public static class Cgroup
     public static string ExpandSlice(string slice, string whole)
     {
         if (!slice.EndsWith(".slice", StringComparison.Ordinal) || slice.Contains('/'))
-            throw new CgroupException($"linux.cgroupsPath \"{whole}\": \"{slice}\" is not a slice name (it must end in .slice and have no '/')");
+            throw new CgroupException($"linux.cgroupsPath \"{whole}\": \"{slice}\" is not a slice name (it must end " +
+                "in .slice and have no '/')");
         if (slice == "-.slice") return "";
         var stem = slice[..^6];
         if (stem.Length == 0 || stem.StartsWith('-') || stem.EndsWith('-') || stem.Contains("--"))

@@ -9,17 +9,20 @@ namespace Hull.Cli;
 /// <summary>A CLI usage error: printed as "Error: ..." with exit status 1.</summary>
 public sealed class CliException(string message) : Exception(message);
 
-/// <summary>The `hull` instance verbs. The hull executable calls <see cref="RunAsync"/> for every verb that is not an OCI runtime verb.</summary>
+/// <summary>The `hull` instance verbs. The hull executable calls <see cref="RunAsync"/> for every verb that is not an
+/// OCI runtime verb.</summary>
 public static partial class CliApp
 {
     static readonly Option<string> FormatOption = new("--format", "-f")
     {
-        Description = "Output format: table (for people), json or yaml (for scripts)", Recursive = true, DefaultValueFactory = _ => "table",
+        Description = "Output format: table (for people), json or yaml (for scripts)", Recursive = true,
+        DefaultValueFactory = _ => "table",
     };
 
     static readonly Option<string?> RemoteOption = new("--remote")
     {
-        Description = "The hulld to talk to: a name from 'hull remote list' (default: the default remote, normally local)", Recursive = true,
+        Description = "The hulld to talk to: a name from 'hull remote list' (default: the default remote, normally " +
+            "local)", Recursive = true,
     };
 
     static CliApp() => FormatOption.AcceptOnlyFromAmong("table", "json", "yaml");
@@ -67,7 +70,8 @@ public static partial class CliApp
             }
             catch (HullException e) { await Err.WriteLineAsync("Error: " + e.Message); return 1; }
             catch (CliException e) { await Err.WriteLineAsync("Error: " + e.Message); return 1; }
-            catch (HttpRequestException e) { await Err.WriteLineAsync($"Error: lost the connection to hulld ({e.Message})"); return 1; }
+            catch (HttpRequestException e) { await Err.WriteLineAsync(
+                $"Error: lost the connection to hulld ({e.Message})"); return 1; }
             catch (IOException e) { await Err.WriteLineAsync("Error: " + e.Message); return 1; }
             catch (UnauthorizedAccessException e) { await Err.WriteLineAsync("Error: " + e.Message); return 1; }
         });

@@ -9,9 +9,11 @@ namespace Hull.Cli;
 /// <summary>Tables for people, JSON or YAML for scripts.</summary>
 public static class Output
 {
-    public static readonly HullJson Pretty = new(new JsonSerializerOptions(HullJson.Default.Options) { WriteIndented = true });
+    public static readonly HullJson Pretty =
+        new(new JsonSerializerOptions(HullJson.Default.Options) { WriteIndented = true });
 
-    /// <summary>Writes <paramref name="value"/> as JSON or YAML; false if the format is "table" (the caller prints a table).</summary>
+    /// <summary>Writes <paramref name="value"/> as JSON or YAML; false if the format is "table" (the caller prints a
+    /// table).</summary>
     public static bool Structured<T>(string format, T value, JsonTypeInfo<T> type, TextWriter w)
     {
         switch (format)
@@ -45,7 +47,8 @@ public static class Output
                 {
                     sb.Append(inList && first ? "" : pad).Append(Scalar(p.Name)).Append(':');
                     first = false;
-                    if (p.Value.ValueKind is JsonValueKind.Object or JsonValueKind.Array) Yaml(p.Value, sb, indent + 2, false);
+                    if (p.Value.ValueKind is JsonValueKind.Object or JsonValueKind.Array) Yaml(p.Value, sb, indent + 2,
+                        false);
                     else sb.Append(' ').Append(ScalarOf(p.Value)).Append('\n');
                 }
                 break;
@@ -76,16 +79,19 @@ public static class Output
     static string Scalar(string s)
     {
         var plain = s.Length > 0 && s.All(c => char.IsLetterOrDigit(c) || c is '-' or '_' or '.' or '/')
-            && !(s is "true" or "false" or "null" or "yes" or "no" or "on" or "off") && !double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
+            && !(s is "true" or "false" or "null" or "yes" or "no" or "on" or "off")
+                && !double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
         return plain ? s : JsonSerializer.Serialize(s, HullJson.Default.String);
     }
 
     public static void Table(TextWriter w, string[] headers, IEnumerable<string[]> rows)
     {
         var all = rows.ToList();
-        var widths = headers.Select((h, i) => Math.Max(h.Length, all.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
+        var widths = headers.Select((h, i) => Math.Max(h.Length,
+            all.Select(r => r[i].Length).DefaultIfEmpty(0).Max())).ToArray();
         var line = "+" + string.Join("+", widths.Select(x => new string('-', x + 2))) + "+";
-        // Built whole and written once: the console writer flushes every line, a write(2) each (10,000 for 10,000 rows).
+        // Built whole and written once: the console writer flushes every line, a write(2) each (10,000 for 10,000
+        // rows).
         var sb = new StringBuilder((all.Count + 4) * (line.Length + 1));
         sb.Append(line).Append('\n');
         Row(sb, headers, widths);
@@ -99,7 +105,8 @@ public static class Output
     static void Row(StringBuilder sb, string[] cells, int[] widths)
     {
         sb.Append('|');
-        for (var i = 0; i < cells.Length; i++) sb.Append(' ').Append(cells[i]).Append(' ', widths[i] - cells[i].Length + 1).Append('|');
+        for (var i = 0; i < cells.Length; i++) sb.Append(' ').Append(cells[i]).Append(' ',
+            widths[i] - cells[i].Length + 1).Append('|');
         sb.Append('\n');
     }
 
@@ -111,5 +118,6 @@ public static class Output
         return u == 0 ? $"{bytes}B" : v.ToString("0.##", CultureInfo.InvariantCulture) + units[u];
     }
 
-    public static string Time(DateTimeOffset? t) => t is { } x ? x.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture) : "";
+    public static string Time(DateTimeOffset? t) =>
+        t is { } x ? x.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture) : "";
 }

@@ -23,7 +23,8 @@ public sealed class Remotes
     {
         get
         {
-            if (Environment.GetEnvironmentVariable("HULL_CONFIG_DIR") is { Length: > 0 } d) return Path.Combine(d, "remotes");
+            if (Environment.GetEnvironmentVariable("HULL_CONFIG_DIR") is { Length: > 0 } d) return Path.Combine(d,
+                "remotes");
             var xdg = Environment.GetEnvironmentVariable("XDG_CONFIG_HOME") is { Length: > 0 } x ? x
                 : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".config");
             return Path.Combine(xdg, "hull", "remotes");
@@ -41,7 +42,8 @@ public sealed class Remotes
             var line = raw.Trim();
             if (line.Length == 0 || line[0] == '#') continue;
             var parts = line.Split((char[]?)null, 2, StringSplitOptions.RemoveEmptyEntries);
-            if (parts.Length != 2) throw new CliException($"{r.FilePath} line {n} is not 'NAME ADDRESS' or 'default NAME': fix or remove it");
+            if (parts.Length != 2) throw new CliException(
+                $"{r.FilePath} line {n} is not 'NAME ADDRESS' or 'default NAME': fix or remove it");
             if (parts[0] == "default") r.Default = parts[1];
             else r.Entries[parts[0]] = parts[1];
         }
@@ -51,7 +53,8 @@ public sealed class Remotes
     public void Save()
     {
         Directory.CreateDirectory(Path.GetDirectoryName(FilePath)!);
-        var lines = new List<string> { "# hull remotes: NAME ADDRESS (unix:PATH); 'default NAME' picks the remote used when none is named" };
+        var lines = new List<string> { "# hull remotes: NAME ADDRESS (unix:PATH); 'default NAME' picks the remote " +
+            "used when none is named" };
         if (Default != Local) lines.Add("default " + Default);
         lines.AddRange(Entries.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => $"{e.Key} {e.Value}"));
         var tmp = FilePath + ".tmp";
@@ -65,27 +68,34 @@ public sealed class Remotes
         var path = address.StartsWith("unix:", StringComparison.Ordinal) ? address["unix:".Length..] : address;
         if (path.StartsWith("//", StringComparison.Ordinal)) path = path[2..]; // unix:///run/hull/hulld.sock
         if (!Path.IsPathRooted(path))
-            throw new CliException($"remote address '{address}' is not supported: use unix:/absolute/path/to/hulld.sock (forward a remote host's socket with ssh -L to reach it)");
+            throw new CliException($"remote address '{address}' is not supported: use " +
+                "unix:/absolute/path/to/hulld.sock (forward a remote host's socket with ssh -L to reach it)");
         return path;
     }
 
     public static void ValidateName(string name)
     {
-        if (name.Length == 0 || name.Length > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.') || !char.IsAsciiLetterOrDigit(name[0]))
-            throw new CliException($"remote name '{name}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+        if (name.Length == 0 || name.Length > 64
+            || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')
+            || !char.IsAsciiLetterOrDigit(name[0]))
+            throw new CliException($"remote name '{name}' is invalid: use letters, digits, '-', '_' or '.', starting " +
+                "with a letter or digit");
     }
 
-    /// <summary>The socket of a remote by name (null name = the default remote); null for "local" (this host's default socket).</summary>
+    /// <summary>The socket of a remote by name (null name = the default remote); null for "local" (this host's default
+    /// socket).</summary>
     public string? SocketFor(string? name)
     {
         name ??= Default;
         if (name == Local) return null;
         if (!Entries.TryGetValue(name, out var addr))
-            throw new CliException($"remote '{name}' is not known: 'hull remote list' shows them; add it with 'hull remote add {name} unix:/path/to/hulld.sock'");
+            throw new CliException($"remote '{name}' is not known: 'hull remote list' shows them; add it with 'hull " +
+                $"remote add {name} unix:/path/to/hulld.sock'");
         return SocketOf(addr);
     }
 
-    /// <summary>Splits "remote:name" (either part may be empty: "remote:" keeps the name, "name" is the default remote).</summary>
+    /// <summary>Splits "remote:name" (either part may be empty: "remote:" keeps the name, "name" is the default
+    /// remote).</summary>
     public static (string? Remote, string Name) Split(string spec)
     {
         var i = spec.IndexOf(':');

@@ -8,7 +8,8 @@ static class Terminal
 {
     public static (int Width, int Height) Size()
     {
-        try { if (!Console.IsOutputRedirected) return (Math.Max(1, Console.WindowWidth), Math.Max(1, Console.WindowHeight)); }
+        try { if (!Console.IsOutputRedirected) return (Math.Max(1, Console.WindowWidth),
+            Math.Max(1, Console.WindowHeight)); }
         catch (IOException) { }
         return (80, 24);
     }
@@ -28,7 +29,8 @@ static class Terminal
     {
         try
         {
-            var r = HostProgram.ExecAsync("stty", args.Split(' '), new() { InheritStdin = true }, CancellationToken.None)
+            var r = HostProgram.ExecAsync("stty", args.Split(' '), new() { InheritStdin = true },
+                CancellationToken.None)
                 .GetAwaiter().GetResult();
             return r.ExitCode == 0 ? r.Stdout : null;
         }

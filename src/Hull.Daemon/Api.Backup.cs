@@ -5,7 +5,8 @@ using Microsoft.AspNetCore.Routing;
 
 namespace Hull.Daemon;
 
-/// <summary>Instance backups: GET /1.0/instances/{name}/backup streams one; POST /1.0/instances with a tarball body imports one.</summary>
+/// <summary>Instance backups: GET /1.0/instances/{name}/backup streams one; POST /1.0/instances with a tarball body
+/// imports one.</summary>
 public sealed partial class Api
 {
     /// <summary>The content type that makes POST /1.0/instances an import instead of a create.</summary>
@@ -25,14 +26,16 @@ public sealed partial class Api
                 return c.Response.Body;
             }, c.RequestAborted);
         }
-        // Once the body has started an error cannot become a JSON reply: cut the connection so the reader sees a truncated tarball.
+        // Once the body has started an error cannot become a JSON reply: cut the connection so the reader sees a
+        // truncated tarball.
         catch (Exception) when (c.Response.HasStarted) { c.Abort(); }
     }
 
     static bool IsBackupUpload(HttpContext c) =>
         c.Request.ContentType is { } t && t.StartsWith(BackupContentType, StringComparison.OrdinalIgnoreCase);
 
-    /// <summary>Spools the uploaded backup, checks its index, then unpacks it in an operation whose result names the instance.</summary>
+    /// <summary>Spools the uploaded backup, checks its index, then unpacks it in an operation whose result names the
+    /// instance.</summary>
     async Task ImportInstance(HttpContext c)
     {
         var name = c.Request.Headers["X-Hull-Name"].ToString() is { Length: > 0 } n ? n : null;

@@ -11,7 +11,8 @@ using Microsoft.AspNetCore.Routing;
 
 namespace Hull.Daemon;
 
-/// <summary>The REST API: every route hulld serves. docs/api.md and openapi.json describe the same set (a test checks).</summary>
+/// <summary>The REST API: every route hulld serves. docs/api.md and openapi.json describe the same set (a test
+/// checks).</summary>
 public sealed partial class Api(Daemon d)
 {
     InstanceManager M => d.Instances;
@@ -27,10 +28,13 @@ public sealed partial class Api(Daemon d)
         Route(app, "GET", "/1.0/instances", c => Ok(c, M.List(), J.ListInstance));
         Route(app, "POST", "/1.0/instances", CreateInstance, upload: IsBackupUpload);
         Route(app, "GET", "/1.0/instances/{name}", c => Ok(c, M.GetApi(Name(c)), J.Instance));
-        Route(app, "PUT", "/1.0/instances/{name}", async c => await Ok(c, await M.UpdateAsync(Name(c), await Body(c, J.InstancePut), c.RequestAborted), J.Instance));
+        Route(app, "PUT", "/1.0/instances/{name}",
+            async c => await Ok(c, await M.UpdateAsync(Name(c), await Body(c, J.InstancePut), c.RequestAborted),
+            J.Instance));
         Route(app, "POST", "/1.0/instances/{name}", RenameInstance);
         Route(app, "DELETE", "/1.0/instances/{name}", DeleteInstance);
-        Route(app, "GET", "/1.0/instances/{name}/state", async c => await Ok(c, await M.StateAsync(Name(c), c.RequestAborted), J.InstanceStateInfo));
+        Route(app, "GET", "/1.0/instances/{name}/state",
+            async c => await Ok(c, await M.StateAsync(Name(c), c.RequestAborted), J.InstanceStateInfo));
         Route(app, "PUT", "/1.0/instances/{name}/state", ChangeState);
         Route(app, "POST", "/1.0/instances/{name}/exec", ExecCollect);
         Route(app, "GET", "/1.0/instances/{name}/exec", ExecWebSocket);
@@ -48,9 +52,11 @@ public sealed partial class Api(Daemon d)
         MapMigration(app);
 
         Route(app, "GET", "/1.0/profiles", c => Ok(c, M.Profiles(), J.ListProfile));
-        Route(app, "POST", "/1.0/profiles", async c => await Ok(c, M.CreateProfile(await Body(c, J.ProfileCreateRequest)), J.Profile, 201));
+        Route(app, "POST", "/1.0/profiles", async c =>
+            await Ok(c, M.CreateProfile(await Body(c, J.ProfileCreateRequest)), J.Profile, 201));
         Route(app, "GET", "/1.0/profiles/{name}", c => Ok(c, M.GetProfile(Name(c)), J.Profile));
-        Route(app, "PUT", "/1.0/profiles/{name}", async c => await Ok(c, M.UpdateProfile(Name(c), await Body(c, J.ProfilePut)), J.Profile));
+        Route(app, "PUT", "/1.0/profiles/{name}",
+            async c => await Ok(c, M.UpdateProfile(Name(c), await Body(c, J.ProfilePut)), J.Profile));
         Route(app, "DELETE", "/1.0/profiles/{name}", c => { M.DeleteProfile(Name(c)); return NoContent(c); });
 
         Route(app, "GET", "/1.0/images", c => Ok(c, d.Images.List(), J.ListImage));
@@ -63,13 +69,16 @@ public sealed partial class Api(Daemon d)
             d.Images.SetAlias(a.Name, a.Target);
             await NoContent(c);
         });
-        Route(app, "DELETE", "/1.0/images/aliases/{name}", c => { d.Images.DeleteAlias(Name(c)); return NoContent(c); });
+        Route(app, "DELETE", "/1.0/images/aliases/{name}",
+            c => { d.Images.DeleteAlias(Name(c)); return NoContent(c); });
         Route(app, "GET", "/1.0/images/{fingerprint}", c => Ok(c, d.Images.Get(Param(c, "fingerprint")), J.Image));
-        Route(app, "DELETE", "/1.0/images/{fingerprint}", c => { d.Images.Delete(Param(c, "fingerprint"), M.Records()); return NoContent(c); });
+        Route(app, "DELETE", "/1.0/images/{fingerprint}",
+            c => { d.Images.Delete(Param(c, "fingerprint"), M.Records()); return NoContent(c); });
         Route(app, "GET", "/1.0/images/{fingerprint}/export", ExportImage);
 
         Route(app, "GET", "/1.0/operations", c => Ok(c, d.Operations.List(), J.ListOperation));
-        Route(app, "GET", "/1.0/operations/{id}", c => Ok(c, d.Operations.Get(Param(c, "id")) ?? throw OpNotFound(Param(c, "id")), J.Operation));
+        Route(app, "GET", "/1.0/operations/{id}",
+            c => Ok(c, d.Operations.Get(Param(c, "id")) ?? throw OpNotFound(Param(c, "id")), J.Operation));
         Route(app, "GET", "/1.0/operations/{id}/wait", WaitOperation);
         Route(app, "DELETE", "/1.0/operations/{id}", c => Ok(c, d.Operations.Cancel(Param(c, "id")), J.Operation));
     }
@@ -131,12 +140,15 @@ public sealed partial class Api(Daemon d)
           "hulld's limit for JSON requests: " +
           "send less, or raise it with hulld --max-json-body SIZE (or HULL_MAX_JSON_BODY)";
 
-    static InstanceException OpNotFound(string id) => new($"operation '{id}' not found: 'hull operation list' shows the known ones", 404);
+    static InstanceException OpNotFound(string id) =>
+        new($"operation '{id}' not found: 'hull operation list' shows the known ones", 404);
 
     static string Name(HttpContext c) => Param(c, "name");
     static string Param(HttpContext c, string key) => c.Request.RouteValues[key]?.ToString() ?? "";
-    static string? Query(HttpContext c, string key) => c.Request.Query.TryGetValue(key, out var v) ? v.ToString() : null;
-    static bool QueryBool(HttpContext c, string key) => Query(c, key) is { } v && ConfigSchema.TryParseBool(v, out var b) && b;
+    static string? Query(HttpContext c, string key) =>
+        c.Request.Query.TryGetValue(key, out var v) ? v.ToString() : null;
+    static bool QueryBool(HttpContext c, string key) => Query(c, key) is { } v
+        && ConfigSchema.TryParseBool(v, out var b) && b;
 
     public static Task Ok<T>(HttpContext c, T value, JsonTypeInfo<T> type, int status = 200)
     {
@@ -152,11 +164,13 @@ public sealed partial class Api(Daemon d)
     }
 
     public static Task Error(HttpContext c, int code, string message) =>
-        Ok(c, new ErrorResponse { Error = message, ErrorCode = code }, J.ErrorResponse, code is >= 400 and < 600 ? code : 500);
+        Ok(c, new ErrorResponse { Error = message, ErrorCode = code }, J.ErrorResponse,
+            code is >= 400 and < 600 ? code : 500);
 
     static async Task<T> Body<T>(HttpContext c, JsonTypeInfo<T> type) where T : class
     {
-        try { return await JsonSerializer.DeserializeAsync(c.Request.Body, type, c.RequestAborted) ?? throw new InstanceException("the request body is empty: send a JSON object"); }
+        try { return await JsonSerializer.DeserializeAsync(c.Request.Body, type, c.RequestAborted)
+            ?? throw new InstanceException("the request body is empty: send a JSON object"); }
         catch (JsonException e)
         {
             throw new InstanceException($"the request body is not valid for this call: {JsonError(e)}");
@@ -226,7 +240,8 @@ public sealed partial class Api(Daemon d)
 
     async Task Events(HttpContext c)
     {
-        var types = Query(c, "type") is { Length: > 0 } t ? t.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet() : null;
+        var types = Query(c, "type") is { Length: > 0 } t
+            ? t.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet() : null;
         foreach (var ty in types ?? [])
             if (ty is not ("lifecycle" or "operation" or "logging"))
                 throw new InstanceException($"event type '{ty}' is unknown: use lifecycle, operation or logging");
@@ -253,7 +268,8 @@ public sealed partial class Api(Daemon d)
         if (IsBackupUpload(c)) { await ImportInstance(c); return; }
         var req = await Body(c, J.InstanceCreateRequest);
         M.PrecheckCreate(req);
-        var op = d.Operations.Start(req.Start ? $"launching {req.Name}" : $"creating {req.Name}", [$"/1.0/instances/{req.Name}"], mayCancel: true,
+        var op = d.Operations.Start(req.Start ? $"launching {req.Name}" : $"creating {req.Name}",
+            [$"/1.0/instances/{req.Name}"], mayCancel: true,
             async ctx => await M.CreateAsync(req, ctx, ctx.Token));
         await Accepted(c, op);
     }
@@ -281,9 +297,11 @@ public sealed partial class Api(Daemon d)
         var req = await Body(c, J.InstanceStateRequest);
         var action = M.PrecheckState(name, req.Action);
         if (req.Timeout < -1 || req.Timeout > 86400)
-            throw new InstanceException($"timeout={req.Timeout} is invalid: use -1 (wait forever) or 0 to 86400 seconds");
+            throw new InstanceException($"timeout={req.Timeout} is invalid: use -1 (wait forever) or 0 to 86400 " +
+                "seconds");
         var timeout = req.Timeout < 0 ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(req.Timeout);
-        var op = d.Operations.Start($"{action.Word()} {name}", [$"/1.0/instances/{name}"], mayCancel: false, action switch
+        var op = d.Operations.Start($"{action.Word()} {name}", [$"/1.0/instances/{name}"], mayCancel: false,
+            action switch
         {
             StateAction.Start => ctx => M.StartAsync(name, ctx, CancellationToken.None),
             StateAction.Stop => ctx => M.StopAsync(name, req.Force, timeout, ctx, CancellationToken.None),
@@ -296,7 +314,8 @@ public sealed partial class Api(Daemon d)
 
     static ExecSpec ToSpec(ExecRequest r)
     {
-        if (r.Command.Count == 0 || string.IsNullOrEmpty(r.Command[0])) throw new InstanceException("no command given: name the program to run");
+        if (r.Command.Count == 0 || string.IsNullOrEmpty(r.Command[0])) throw new InstanceException(
+            "no command given: name the program to run");
         // The kernel takes C strings: a NUL would silently cut the value, so refuse it.
         for (var i = 0; i < r.Command.Count; i++)
             if (r.Command[i].Contains('\0'))
@@ -309,10 +328,14 @@ public sealed partial class Api(Daemon d)
         if (r.User?.Contains('\0') == true)
             throw new InstanceException("user contains a NUL byte: use a name or uid without NUL");
         foreach (var k in r.Environment.Keys)
-            if (!ConfigSchema.IsEnvName(k)) throw new InstanceException($"environment variable name '{k}' is invalid: use letters, digits and '_', not starting with a digit");
-        if (r.Cwd is { } cwd && !cwd.StartsWith('/')) throw new InstanceException($"cwd '{cwd}' is invalid: use an absolute path");
-        if (r.Width is < 1 or > 10000 || r.Height is < 1 or > 10000) throw new InstanceException("the terminal size is invalid: use 1 to 10000 columns and rows");
-        return new ExecSpec { Command = r.Command, Environment = r.Environment, Cwd = r.Cwd, User = r.User, Tty = r.Tty, Width = r.Width, Height = r.Height };
+            if (!ConfigSchema.IsEnvName(k)) throw new InstanceException(
+                $"environment variable name '{k}' is invalid: use letters, digits and '_', not starting with a digit");
+        if (r.Cwd is { } cwd && !cwd.StartsWith('/')) throw new InstanceException(
+            $"cwd '{cwd}' is invalid: use an absolute path");
+        if (r.Width is < 1 or > 10000 || r.Height is < 1 or > 10000) throw new InstanceException(
+            "the terminal size is invalid: use 1 to 10000 columns and rows");
+        return new ExecSpec { Command = r.Command, Environment = r.Environment, Cwd = r.Cwd, User = r.User, Tty = r.Tty,
+            Width = r.Width, Height = r.Height };
     }
 
     async Task ExecCollect(HttpContext c)
@@ -373,13 +396,17 @@ public sealed partial class Api(Daemon d)
 
     async Task ExecWebSocket(HttpContext c)
     {
-        // The state first: the SDK repeats a refused upgrade as a plain GET to read the error, which must be the real one.
+        // The state first: the SDK repeats a refused upgrade as a plain GET to read the error, which must be the real
+        // one.
         M.Running(Name(c));
         if (!c.WebSockets.IsWebSocketRequest)
-            throw new InstanceException("this endpoint needs a websocket: POST to the same path to run a command and collect its output");
-        var json = Query(c, "request") ?? throw new InstanceException("the 'request' query parameter (an exec request as JSON) is missing");
+            throw new InstanceException("this endpoint needs a websocket: POST to the same path to run a command and " +
+                "collect its output");
+        var json = Query(c, "request") ?? throw new InstanceException(
+            "the 'request' query parameter (an exec request as JSON) is missing");
         ExecRequest req;
-        try { req = JsonSerializer.Deserialize(json, J.ExecRequest) ?? throw new InstanceException("the exec request is empty"); }
+        try { req = JsonSerializer.Deserialize(json, J.ExecRequest)
+            ?? throw new InstanceException("the exec request is empty"); }
         catch (JsonException e) { throw new InstanceException($"the exec request is not valid: {JsonError(e)}"); }
         var spec = ToSpec(req);
         var (drv, inst) = M.Running(Name(c));
@@ -476,8 +503,10 @@ public sealed partial class Api(Daemon d)
                 : throw new InstanceException($"header {key}='{v}' is invalid: use a non-negative whole number");
         }
         var mode = H("X-Hull-Mode", 0b110_100_100);
-        if (mode > 0b111_111_111_111) throw new InstanceException($"file mode {Convert.ToString(mode, 8)} is invalid: use 0 to 7777 (octal)");
-        await drv.PushFileAsync(inst, path, c.Request.Body, new FileMeta { Mode = mode, Uid = H("X-Hull-Uid", 0), Gid = H("X-Hull-Gid", 0) }, c.RequestAborted);
+        if (mode > 0b111_111_111_111) throw new InstanceException(
+            $"file mode {Convert.ToString(mode, 8)} is invalid: use 0 to 7777 (octal)");
+        await drv.PushFileAsync(inst, path, c.Request.Body,
+            new FileMeta { Mode = mode, Uid = H("X-Hull-Uid", 0), Gid = H("X-Hull-Gid", 0) }, c.RequestAborted);
         await NoContent(c);
     }
 
@@ -496,7 +525,8 @@ public sealed partial class Api(Daemon d)
         var req = await Body(c, J.SnapshotCreateRequest);
         InstanceManager.ValidateName(req.Name, "snapshot");
         if (M.Snapshots(name).Any(s => s.Name == req.Name))
-            throw new InstanceException($"snapshot '{req.Name}' of '{name}' already exists: choose another name or delete it first", 409);
+            throw new InstanceException($"snapshot '{req.Name}' of '{name}' already exists: choose another name or " +
+                "delete it first", 409);
         var op = d.Operations.Start($"snapshot {name}/{req.Name}", [$"/1.0/instances/{name}"], false,
             async _ => await M.CreateSnapshotAsync(name, req.Name, CancellationToken.None));
         await Accepted(c, op);
@@ -506,7 +536,8 @@ public sealed partial class Api(Daemon d)
     {
         var snap = Param(c, "snapshot");
         var s = M.Snapshots(Name(c)).FirstOrDefault(x => x.Name == snap)
-            ?? throw new InstanceException($"snapshot '{snap}' of '{Name(c)}' not found: 'hull snapshot list {Name(c)}' shows them", 404);
+            ?? throw new InstanceException($"snapshot '{snap}' of '{Name(c)}' not found: 'hull snapshot list " +
+                $"{Name(c)}' shows them", 404);
         return Ok(c, s, J.Snapshot);
     }
 
@@ -514,7 +545,8 @@ public sealed partial class Api(Daemon d)
     {
         var (name, snap) = (Name(c), Param(c, "snapshot"));
         if (M.Snapshots(name).All(x => x.Name != snap))
-            throw new InstanceException($"snapshot '{snap}' of '{name}' not found: 'hull snapshot list {name}' shows them", 404);
+            throw new InstanceException($"snapshot '{snap}' of '{name}' not found: 'hull snapshot list {name}' shows " +
+                "them", 404);
         var op = d.Operations.Start($"delete snapshot {name}/{snap}", [$"/1.0/instances/{name}"], false,
             _ => M.DeleteSnapshotAsync(name, snap, CancellationToken.None));
         await Accepted(c, op);
@@ -538,15 +570,21 @@ public sealed partial class Api(Daemon d)
         var description = c.Request.Headers["X-Hull-Description"].ToString();
         var format = c.Request.Headers["X-Hull-Format"].ToString() is { Length: > 0 } fm ? fm : "rootfs";
         var reference = c.Request.Headers["X-Hull-Oci-Ref"].ToString() is { Length: > 0 } rf ? rf : null;
-        if (format is not ("rootfs" or "oci-layout")) throw new InstanceException($"image format '{format}' is invalid: use rootfs (a tarball or disk image) or oci-layout (a tarball of an OCI layout directory)");
-        if (format == "oci-layout" && type != InstanceTypes.Container) throw new InstanceException("an OCI image layout makes a container image: drop --vm");
-        if (!InstanceTypes.IsValid(type)) throw new InstanceException($"image type '{type}' is invalid: use container or vm");
+        if (format is not ("rootfs" or "oci-layout")) throw new InstanceException(
+            $"image format '{format}' is invalid: use rootfs (a tarball or disk image) or oci-layout (a tarball of " +
+            "an OCI layout directory)");
+        if (format == "oci-layout" && type != InstanceTypes.Container) throw new InstanceException(
+            "an OCI image layout makes a container image: drop --vm");
+        if (!InstanceTypes.IsValid(type)) throw new InstanceException(
+            $"image type '{type}' is invalid: use container or vm");
         if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
-            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', " +
+                "starting with a letter or digit");
         // Spool the upload inside the request, then unpack in an operation.
         var spool = Path.Combine(d.Options.StateDir, "images", "tmp-upload-" + Guid.NewGuid().ToString("N")[..12]);
         await SpoolAsync(c, spool);
-        var op = d.Operations.Start($"import image{(alias is null ? "" : " " + alias)}", ["/1.0/images"], true, async ctx =>
+        var op = d.Operations.Start($"import image{(alias is null ? "" : " " + alias)}", ["/1.0/images"], true,
+            async ctx =>
         {
             try
             {
@@ -606,8 +644,10 @@ public sealed partial class Api(Daemon d)
         var timeout = TimeSpan.FromDays(1);
         if (Query(c, "timeout") is { } t)
         {
-            if (!int.TryParse(t, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var secs) || secs < -1)
-                throw new InstanceException($"timeout='{t}' is invalid: use seconds (0 or more) or -1 to wait until the end");
+            if (!int.TryParse(t, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var secs)
+                || secs < -1)
+                throw new InstanceException($"timeout='{t}' is invalid: use seconds (0 or more) or -1 to wait until " +
+                    "the end");
             if (secs >= 0) timeout = TimeSpan.FromSeconds(secs);
         }
         var op = await d.Operations.WaitAsync(id, timeout, c.RequestAborted) ?? throw OpNotFound(id);
@@ -639,10 +679,13 @@ public static class StreamBridge
         try { code = await s.Exit; }
         catch (Exception e) { code = -1; error = e.Message; }
         try { await Task.WhenAll(outTask, errTask).WaitAsync(TimeSpan.FromSeconds(5)); } catch (TimeoutException) { }
-        var exit = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new ExecExit { ExitCode = code, Error = error }, HullJson.Default.ExecExit));
+        var exit = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new ExecExit { ExitCode = code, Error = error },
+            HullJson.Default.ExecExit));
         await SendAsync(ws, send, ExecChannel.Exit, exit, CancellationToken.None);
-        try { await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "exited", CancellationToken.None); } catch (WebSocketException) { }
-        // Let the client answer the close (its unread input would otherwise reset the connection and lose the exit message).
+        try { await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "exited", CancellationToken.None); } catch (
+            WebSocketException) { }
+        // Let the client answer the close (its unread input would otherwise reset the connection and lose the exit
+        // message).
         try { await input.WaitAsync(TimeSpan.FromSeconds(5)); } catch (Exception) { }
         cts.Cancel();
         try { await input; } catch (Exception) { }
@@ -656,10 +699,12 @@ public static class StreamBridge
         var input = ReceiveLoop(ws, s.Input, _ => { }, cts.Token);
         await Task.WhenAny(outTask, input);
         cts.Cancel();
-        try { await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "detached", CancellationToken.None); } catch (Exception) { }
+        try { await ws.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "detached",
+            CancellationToken.None); } catch (Exception) { }
     }
 
-    static void Dbg(string m) { if (Environment.GetEnvironmentVariable("HULL_DEBUG") == "1") Console.Error.WriteLine("hulld debug: " + m); }
+    static void Dbg(string m) { if (Environment.GetEnvironmentVariable("HULL_DEBUG") == "1") Console.Error.WriteLine(
+        "hulld debug: " + m); }
 
     static async Task Pump(Stream from, byte channel, WebSocket ws, SemaphoreSlim send, CancellationToken ct)
     {
@@ -669,16 +714,19 @@ public static class StreamBridge
             int n;
             while ((n = await from.ReadAsync(buf, ct)) > 0) await SendAsync(ws, send, channel, buf.AsMemory(0, n), ct);
         }
-        catch (Exception e) when (e is IOException or OperationCanceledException or WebSocketException or ObjectDisposedException) { }
+        catch (Exception e) when (e is IOException or OperationCanceledException or WebSocketException or
+            ObjectDisposedException) { }
     }
 
-    static async Task SendAsync(WebSocket ws, SemaphoreSlim send, byte channel, ReadOnlyMemory<byte> data, CancellationToken ct)
+    static async Task SendAsync(WebSocket ws, SemaphoreSlim send, byte channel, ReadOnlyMemory<byte> data,
+        CancellationToken ct)
     {
         var msg = new byte[data.Length + 1];
         msg[0] = channel;
         data.CopyTo(msg.AsMemory(1));
         await send.WaitAsync(ct);
-        try { if (ws.State == WebSocketState.Open) await ws.SendAsync(msg, WebSocketMessageType.Binary, true, ct); else Dbg($"send on {ws.State} channel {channel}"); }
+        try { if (ws.State == WebSocketState.Open) await ws.SendAsync(msg, WebSocketMessageType.Binary, true,
+            ct); else Dbg($"send on {ws.State} channel {channel}"); }
         catch (WebSocketException e) { Dbg(e.ToString()); }
         finally { send.Release(); }
     }
@@ -686,7 +734,8 @@ public static class StreamBridge
     /// <summary>The largest websocket message hulld takes from a client (stdin data, control).</summary>
     public const int MaxMessage = 1 << 20;
 
-    /// <summary>Reads client messages: channel 0 is input (an empty one closes it), channel 3 is a JSON control message.</summary>
+    /// <summary>Reads client messages: channel 0 is input (an empty one closes it), channel 3 is a JSON control
+    /// message.</summary>
     static async Task ReceiveLoop(WebSocket ws, Stream? stdin, Action<string> control, CancellationToken ct)
     {
         var buf = new byte[65536];
@@ -726,6 +775,7 @@ public static class StreamBridge
                 }
             }
         }
-        catch (Exception e) when (e is IOException or OperationCanceledException or WebSocketException or ObjectDisposedException) { }
+        catch (Exception e) when (e is IOException or OperationCanceledException or WebSocketException or
+            ObjectDisposedException) { }
     }
 }

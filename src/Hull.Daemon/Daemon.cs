@@ -90,7 +90,8 @@ public sealed class DaemonOptions
     }
 }
 
-/// <summary>hulld: composition root and hosting. Engines plug in through <paramref name="drivers"/> of <see cref="RunAsync"/>.</summary>
+/// <summary>hulld: composition root and hosting. Engines plug in through <paramref name="drivers"/> of
+/// <see cref="RunAsync"/>.</summary>
 public sealed class Daemon
 {
     public const string Version = "0.1.0";
@@ -105,7 +106,8 @@ public sealed class Daemon
     public long ApiRequests, ApiErrors;
 
     /// <summary>Runs hulld until SIGTERM/SIGINT. Instances keep running when it stops.</summary>
-    public static async Task<int> RunAsync(string[] args, Func<DaemonOptions, IReadOnlyList<IInstanceDriver>> drivers, Action<DaemonOptions, ImageStore>? images = null)
+    public static async Task<int> RunAsync(string[] args, Func<DaemonOptions, IReadOnlyList<IInstanceDriver>> drivers,
+        Action<DaemonOptions, ImageStore>? images = null)
     {
         DaemonOptions o;
         try { o = DaemonOptions.Parse(args); }
@@ -135,10 +137,12 @@ public sealed class Daemon
     /// <summary>"GET /1.0/instances" for every mapped endpoint.</summary>
     public static IEnumerable<string> Routes(IEndpointRouteBuilder app) =>
         app.DataSources.SelectMany(ds => ds.Endpoints).OfType<RouteEndpoint>()
-            .SelectMany(e => (e.Metadata.GetMetadata<HttpMethodMetadata>()?.HttpMethods ?? ["*"]).Select(m => $"{m} {e.RoutePattern.RawText}"))
+            .SelectMany(e => (e.Metadata.GetMetadata<HttpMethodMetadata>()?.HttpMethods ?? ["*"]).Select(m =>
+                $"{m} {e.RoutePattern.RawText}"))
             .Order(StringComparer.Ordinal);
 
-    static async Task<int> ServeAsync(DaemonOptions o, Func<DaemonOptions, IReadOnlyList<IInstanceDriver>> drivers, Action<DaemonOptions, ImageStore>? images)
+    static async Task<int> ServeAsync(DaemonOptions o, Func<DaemonOptions, IReadOnlyList<IInstanceDriver>> drivers,
+        Action<DaemonOptions, ImageStore>? images)
     {
         Libc.umask(0b000_111_111);
         Directory.CreateDirectory(o.StateDir);
@@ -146,8 +150,10 @@ public sealed class Daemon
         using var lockFd = Sys.Open(Path.Combine(o.StateDir, "hulld.lock"), O.RDWR | O.CREAT, 0b110_000_000);
         if (!DaemonInterop.TryLockExclusive(lockFd))
         {
-            var pid = File.Exists(Path.Combine(o.StateDir, "hulld.pid")) ? File.ReadAllText(Path.Combine(o.StateDir, "hulld.pid")).Trim() : "?";
-            throw new DaemonStartException($"another hulld (pid {pid}) already uses the state dir {o.StateDir}: stop it first or use another --state-dir");
+            var pid = File.Exists(Path.Combine(o.StateDir, "hulld.pid"))
+                ? File.ReadAllText(Path.Combine(o.StateDir, "hulld.pid")).Trim() : "?";
+            throw new DaemonStartException($"another hulld (pid {pid}) already uses the state dir {o.StateDir}: stop " +
+                "it first or use another --state-dir");
         }
         PrepareSocket(o.Socket);
 
@@ -161,7 +167,8 @@ public sealed class Daemon
         var manager = new InstanceManager(o.StateDir, store, imageStore, events, drivers(o), shutdown.Token);
         var d = new Daemon
         {
-            Options = o, Store = store, Images = imageStore, Events = events, Operations = new Operations(events), Instances = manager,
+            Options = o, Store = store, Images = imageStore, Events = events, Operations = new Operations(events),
+            Instances = manager,
             Shutdown = shutdown.Token,
         };
 
@@ -184,8 +191,10 @@ public sealed class Daemon
         await manager.RecoverAsync(shutdown.Token);
         await app.StartAsync();
         SecureSocket(o);
-        await File.WriteAllTextAsync(Path.Combine(o.StateDir, "hulld.pid"), Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
-        await Console.Error.WriteLineAsync($"hulld {Version}: serving {o.Socket} (state in {o.StateDir}; engines: {(manager.Types.Count == 0 ? "none" : string.Join(", ", manager.Types))})");
+        await File.WriteAllTextAsync(Path.Combine(o.StateDir, "hulld.pid"),
+            Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
+        await Console.Error.WriteLineAsync($"hulld {Version}: serving {o.Socket} (state in {o.StateDir}; engines: " +
+            $"{(manager.Types.Count == 0 ? "none" : string.Join(", ", manager.Types))})");
         events.Log("info", "hulld started");
         await app.WaitForShutdownAsync();
         try { File.Delete(o.Socket); } catch (IOException) { }
@@ -203,7 +212,8 @@ public sealed class Daemon
         Args = ["--hostBuilder:reloadConfigOnChange=false"],
     });
 
-    /// <summary>Makes the socket's directory; refuses if a live hulld answers on the socket, removes a stale one.</summary>
+    /// <summary>Makes the socket's directory; refuses if a live hulld answers on the socket, removes a stale
+    /// one.</summary>
     static void PrepareSocket(string socket)
     {
         var dir = Path.GetDirectoryName(socket)!;
@@ -217,7 +227,8 @@ public sealed class Daemon
         try
         {
             s.Connect(new UnixDomainSocketEndPoint(socket));
-            throw new DaemonStartException($"another hulld already serves {socket}: stop it first or use another --socket");
+            throw new DaemonStartException($"another hulld already serves {socket}: stop it first or use another " +
+                "--socket");
         }
         catch (SocketException) { File.Delete(socket); }
     }
@@ -229,7 +240,8 @@ public sealed class Daemon
             Sys.Check(Libc.chmod(o.Socket, 0b110_000_000), $"chmod {o.Socket}");
             return;
         }
-        var gid = GroupId(o.Group) ?? throw new DaemonStartException($"group '{o.Group}' does not exist: create it (groupadd {o.Group}) or drop --group");
+        var gid = GroupId(o.Group) ?? throw new DaemonStartException(
+            $"group '{o.Group}' does not exist: create it (groupadd {o.Group}) or drop --group");
         Sys.Check(Libc.chown(o.Socket, 0, gid), $"chown {o.Socket}");
         Sys.Check(Libc.chmod(o.Socket, 0b110_110_000), $"chmod {o.Socket}");
     }
@@ -240,7 +252,8 @@ public sealed class Daemon
         foreach (var line in File.ReadLines("/etc/group"))
         {
             var f = line.Split(':');
-            if (f.Length >= 3 && f[0] == name && uint.TryParse(f[2], NumberStyles.None, CultureInfo.InvariantCulture, out var g)) return g;
+            if (f.Length >= 3 && f[0] == name && uint.TryParse(f[2], NumberStyles.None, CultureInfo.InvariantCulture,
+                out var g)) return g;
         }
         return null;
     }
@@ -248,7 +261,9 @@ public sealed class Daemon
     public async Task<string> MetricsTextAsync(CancellationToken ct)
     {
         var sb = new StringBuilder();
-        void Head(string name, string type, string help) => sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append("\n# TYPE ").Append(name).Append(' ').Append(type).Append('\n');
+        void Head(string name, string type, string help) =>
+            sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append("\n# TYPE ").Append(name).Append(
+            ' ').Append(type).Append('\n');
         static string Esc(string v) => v.Replace("\\", "\\\\").Replace("\"", "\\\"").Replace("\n", "\\n");
         var records = Instances.Records();
         var types = records.ToDictionary(r => r.Name, r => r.Type);
@@ -256,16 +271,23 @@ public sealed class Daemon
         void PerInstance(string name, string type, string help, Func<InstanceStats, string> value)
         {
             Head(name, type, help);
-            foreach (var (n, s) in stats) sb.Append(name).Append("{name=\"").Append(Esc(n)).Append("\",type=\"").Append(types.GetValueOrDefault(n, "")).Append("\"} ").Append(value(s)).Append('\n');
+            foreach (var (n, s) in stats) sb.Append(name).Append("{name=\"").Append(Esc(n)).Append("\",type=\"").Append(
+                types.GetValueOrDefault(n, "")).Append("\"} ").Append(value(s)).Append('\n');
         }
-        PerInstance("hull_instance_cpu_seconds_total", "counter", "CPU time used by the instance.", s => (s.CpuUsageNs / 1e9).ToString("0.######", CultureInfo.InvariantCulture));
-        PerInstance("hull_instance_memory_bytes", "gauge", "Memory used by the instance.", s => s.MemoryBytes.ToString(CultureInfo.InvariantCulture));
-        PerInstance("hull_instance_pids", "gauge", "Processes (or vCPU threads) in the instance.", s => s.Pids.ToString(CultureInfo.InvariantCulture));
-        PerInstance("hull_instance_io_read_bytes_total", "counter", "Bytes read from storage by the instance.", s => s.IoReadBytes.ToString(CultureInfo.InvariantCulture));
-        PerInstance("hull_instance_io_write_bytes_total", "counter", "Bytes written to storage by the instance.", s => s.IoWriteBytes.ToString(CultureInfo.InvariantCulture));
+        PerInstance("hull_instance_cpu_seconds_total", "counter", "CPU time used by the instance.",
+            s => (s.CpuUsageNs / 1e9).ToString("0.######", CultureInfo.InvariantCulture));
+        PerInstance("hull_instance_memory_bytes", "gauge", "Memory used by the instance.",
+            s => s.MemoryBytes.ToString(CultureInfo.InvariantCulture));
+        PerInstance("hull_instance_pids", "gauge", "Processes (or vCPU threads) in the instance.",
+            s => s.Pids.ToString(CultureInfo.InvariantCulture));
+        PerInstance("hull_instance_io_read_bytes_total", "counter", "Bytes read from storage by the instance.",
+            s => s.IoReadBytes.ToString(CultureInfo.InvariantCulture));
+        PerInstance("hull_instance_io_write_bytes_total", "counter", "Bytes written to storage by the instance.",
+            s => s.IoWriteBytes.ToString(CultureInfo.InvariantCulture));
         Head("hull_instances", "gauge", "Instances by state.");
         foreach (var st in Enum.GetValues<InstanceState>())
-            sb.Append("hull_instances{state=\"").Append(st.ToWire()).Append("\"} ").Append(records.Count(r => r.State == st && r.Pending != PendingOp.Create)).Append('\n');
+            sb.Append("hull_instances{state=\"").Append(st.ToWire()).Append("\"} ").Append(
+                records.Count(r => r.State == st && r.Pending != PendingOp.Create)).Append('\n');
         var counters = Store.Counters();
         Head("hull_instances_created_total", "counter", "Instances created since the state dir was made.");
         sb.Append("hull_instances_created_total ").Append(counters.GetValueOrDefault("instances_created")).Append('\n');
@@ -282,9 +304,12 @@ public sealed class Daemon
         Head("hull_operations_running", "gauge", "Operations running now.");
         sb.Append("hull_operations_running ").Append(Operations.RunningCount).Append('\n');
         Head("hull_daemon_uptime_seconds", "gauge", "Seconds since hulld started.");
-        sb.Append("hull_daemon_uptime_seconds ").Append(((long)(DateTimeOffset.UtcNow - StartedAt).TotalSeconds).ToString(CultureInfo.InvariantCulture)).Append('\n');
+        sb.Append("hull_daemon_uptime_seconds ").Append(
+            ((long)(DateTimeOffset.UtcNow - StartedAt).TotalSeconds).ToString(CultureInfo.InvariantCulture)).Append(
+            '\n');
         Head("hull_daemon_resident_memory_bytes", "gauge", "hulld's resident memory.");
-        sb.Append("hull_daemon_resident_memory_bytes ").Append(Environment.WorkingSet.ToString(CultureInfo.InvariantCulture)).Append('\n');
+        sb.Append("hull_daemon_resident_memory_bytes ").Append(
+            Environment.WorkingSet.ToString(CultureInfo.InvariantCulture)).Append('\n');
         return sb.ToString();
     }
 }
@@ -292,6 +317,7 @@ public sealed class Daemon
 /// <summary>The OpenAPI 3 document of the API (openapi.json beside this file, embedded).</summary>
 public static class OpenApiDocument
 {
-    public static Stream Open() => typeof(OpenApiDocument).Assembly.GetManifestResourceStream("Hull.Daemon.openapi.json")
+    public static Stream Open() => typeof(OpenApiDocument).Assembly.GetManifestResourceStream(
+        "Hull.Daemon.openapi.json")
         ?? throw new InvalidOperationException("openapi.json is not embedded in hulld");
 }

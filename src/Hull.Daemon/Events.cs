@@ -5,7 +5,8 @@ using Hull.Instances;
 
 namespace Hull.Daemon;
 
-/// <summary>Fans events out to every subscriber of /1.0/events. A slow subscriber loses its oldest events, never blocks hulld.</summary>
+/// <summary>Fans events out to every subscriber of /1.0/events. A slow subscriber loses its oldest events, never blocks
+/// hulld.</summary>
 public sealed class EventHub : IDriverLogSink
 {
     readonly ConcurrentDictionary<long, (Channel<Event> Channel, HashSet<string>? Types)> _subs = new();
@@ -13,7 +14,8 @@ public sealed class EventHub : IDriverLogSink
 
     public (long Id, ChannelReader<Event> Reader) Subscribe(HashSet<string>? types)
     {
-        var ch = Channel.CreateBounded<Event>(new BoundedChannelOptions(4096) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true });
+        var ch = Channel.CreateBounded<Event>(new BoundedChannelOptions(4096) { FullMode =
+            BoundedChannelFullMode.DropOldest, SingleReader = true });
         var id = Interlocked.Increment(ref _next);
         _subs[id] = (ch, types);
         return (id, ch.Reader);
@@ -31,10 +33,12 @@ public sealed class EventHub : IDriverLogSink
     }
 
     public void Lifecycle(string action, string instance) =>
-        Publish(new Event { Type = "lifecycle", Timestamp = DateTimeOffset.UtcNow, Action = action, Instance = instance });
+        Publish(new Event { Type = "lifecycle", Timestamp = DateTimeOffset.UtcNow, Action = action,
+            Instance = instance });
 
     public void Log(string level, string message, string? instance = null) =>
-        Publish(new Event { Type = "logging", Timestamp = DateTimeOffset.UtcNow, Level = level, Message = message, Instance = instance });
+        Publish(new Event { Type = "logging", Timestamp = DateTimeOffset.UtcNow, Level = level, Message = message,
+            Instance = instance });
 
     /// <summary>A driver's line: a "logging" event, and in hulld's stderr (its log) as before.</summary>
     void IDriverLogSink.Log(string level, string message, string? instance)
@@ -52,7 +56,8 @@ public sealed class OperationContext(Operations ops, Operation op, CancellationT
     public void Result(string key, string value) => ops.SetResult(op, key, value);
 }
 
-/// <summary>Long-running tasks: launch, start, stop, delete, snapshots, image import. Kept in memory (finished ones for an hour).</summary>
+/// <summary>Long-running tasks: launch, start, stop, delete, snapshots, image import. Kept in memory (finished ones for
+/// an hour).</summary>
 public sealed class Operations(EventHub events)
 {
     sealed class Entry
@@ -66,7 +71,8 @@ public sealed class Operations(EventHub events)
     readonly Lock _lock = new();
     public long Started, Failed;
 
-    public Operation Start(string description, IEnumerable<string> resources, bool mayCancel, Func<OperationContext, Task> work)
+    public Operation Start(string description, IEnumerable<string> resources, bool mayCancel, Func<OperationContext,
+        Task> work)
     {
         Prune();
         var now = DateTimeOffset.UtcNow;
@@ -126,8 +132,10 @@ public sealed class Operations(EventHub events)
         lock (_lock)
             return new Operation
             {
-                Id = op.Id, Description = op.Description, Status = op.Status, CreatedAt = op.CreatedAt, UpdatedAt = op.UpdatedAt,
-                Resources = [.. op.Resources], MayCancel = op.MayCancel, Progress = op.Progress, Error = op.Error, ErrorCode = op.ErrorCode,
+                Id = op.Id, Description = op.Description, Status = op.Status, CreatedAt = op.CreatedAt,
+                UpdatedAt = op.UpdatedAt,
+                Resources = [.. op.Resources], MayCancel = op.MayCancel, Progress = op.Progress, Error = op.Error,
+                ErrorCode = op.ErrorCode,
                 Metadata = op.Metadata is null ? null : new Dictionary<string, string>(op.Metadata),
             };
     }
@@ -136,7 +144,8 @@ public sealed class Operations(EventHub events)
 
     public Operation? Get(string id) => _ops.TryGetValue(id, out var e) ? Snapshot(e.Op) : null;
 
-    /// <summary>Waits until the operation finished or the timeout passed; returns its state either way (null if unknown).</summary>
+    /// <summary>Waits until the operation finished or the timeout passed; returns its state either way (null if
+    /// unknown).</summary>
     public async Task<Operation?> WaitAsync(string id, TimeSpan timeout, CancellationToken ct)
     {
         if (!_ops.TryGetValue(id, out var e)) return null;
@@ -147,9 +156,12 @@ public sealed class Operations(EventHub events)
     /// <summary>Cancels a running operation that can be cancelled.</summary>
     public Operation Cancel(string id)
     {
-        if (!_ops.TryGetValue(id, out var e)) throw new Hull.Instances.InstanceException($"operation {id} not found: 'hull operation list' shows the known ones", 404);
-        if (OperationStatus.IsFinal(e.Op.Status)) throw new Hull.Instances.InstanceException($"operation {id} already ended ({e.Op.Status})", 409);
-        if (!e.Op.MayCancel) throw new Hull.Instances.InstanceException($"operation {id} ({e.Op.Description}) cannot be cancelled: wait for it to end", 409);
+        if (!_ops.TryGetValue(id, out var e)) throw new Hull.Instances.InstanceException(
+            $"operation {id} not found: 'hull operation list' shows the known ones", 404);
+        if (OperationStatus.IsFinal(e.Op.Status)) throw new Hull.Instances.InstanceException(
+            $"operation {id} already ended ({e.Op.Status})", 409);
+        if (!e.Op.MayCancel) throw new Hull.Instances.InstanceException(
+            $"operation {id} ({e.Op.Description}) cannot be cancelled: wait for it to end", 409);
         e.Cts.Cancel();
         return Snapshot(e.Op);
     }
@@ -167,6 +179,7 @@ public sealed class Operations(EventHub events)
         if (now < next || Interlocked.CompareExchange(ref _nextPrune, now + 60_000, next) != next) return;
         var cutoff = DateTimeOffset.UtcNow.AddHours(-1);
         foreach (var (id, e) in _ops)
-            if (OperationStatus.IsFinal(e.Op.Status) && e.Op.UpdatedAt < cutoff && _ops.TryRemove(id, out var gone)) gone.Cts.Dispose();
+            if (OperationStatus.IsFinal(e.Op.Status) && e.Op.UpdatedAt < cutoff
+                && _ops.TryRemove(id, out var gone)) gone.Cts.Dispose();
     }
 }

@@ -69,7 +69,8 @@ public static class ImageUnpack
             Stdin = archive,
             ReadStdout = async decompressed =>
                 result = await RunAsync(new ZeroPadded(decompressed), root, options, what, ct),
-            Error = e => new InstanceException($"{what} is {tool}-compressed and {tool} cannot be run: install it", 500),
+            Error = e => new InstanceException($"{what} is {tool}-compressed and {tool} cannot be run: install it",
+                500),
         }, ct);
         if (r.ExitCode != 0)
             throw new InstanceException($"{what} could not be decompressed ({tool}: {r.Stderr.Trim()})");

@@ -5,12 +5,14 @@ using Hull.Linux;
 
 namespace Hull.Daemon;
 
-/// <summary>Builds a built-in image into a work directory and returns the image file it made (a rootfs tarball for containers).</summary>
+/// <summary>Builds a built-in image into a work directory and returns the image file it made (a rootfs tarball for
+/// containers).</summary>
 public delegate Task<string> BuiltinImageBuilder(string workDir, OperationContext? op, CancellationToken ct);
 
 /// <summary>
 /// The content-addressed image store under STATE/images: images/FINGERPRINT/{image.tar|disk.img, rootfs/}. The
-/// fingerprint is the SHA-256 of the image file. Work happens in images/tmp-*; an image appears by rename, then its row.
+/// fingerprint is the SHA-256 of the image file. Work happens in images/tmp-*; an image appears by rename, then its
+/// row.
 /// </summary>
 public sealed partial class ImageStore
 {
@@ -31,11 +33,13 @@ public sealed partial class ImageStore
     }
 
     /// <summary>Registers a built-in image (the VM engine registers its default "busybox" image for type vm).</summary>
-    public void RegisterBuiltin(string name, string type, BuiltinImageBuilder builder) => _builtins[(name, type)] = builder;
+    public void RegisterBuiltin(string name, string type, BuiltinImageBuilder builder) => _builtins[(name, type)] =
+        builder;
 
     public IEnumerable<(string Name, string Type)> Builtins => _builtins.Keys;
 
-    /// <summary>Removes half-made work and image directories that have no row (a crash between rename and insert).</summary>
+    /// <summary>Removes half-made work and image directories that have no row (a crash between rename and
+    /// insert).</summary>
     public void Recover()
     {
         var known = _store.ListImages().Select(i => i.Fingerprint).ToHashSet();
@@ -71,11 +75,13 @@ public sealed partial class ImageStore
 
     static Image ToApi(ImageRecord i, List<(string Name, string Type, string Fingerprint)> aliases) => new()
     {
-        Fingerprint = i.Fingerprint, Type = i.Type, Size = i.Size, CreatedAt = i.Created, Description = i.Description, Builtin = i.Builtin,
+        Fingerprint = i.Fingerprint, Type = i.Type, Size = i.Size, CreatedAt = i.Created, Description = i.Description,
+        Builtin = i.Builtin,
         Aliases = aliases.Where(a => a.Fingerprint == i.Fingerprint).Select(a => a.Name).ToList(),
     };
 
-    /// <summary>Finds an image by alias (for the type), full fingerprint or unique fingerprint prefix; null if none.</summary>
+    /// <summary>Finds an image by alias (for the type), full fingerprint or unique fingerprint prefix; null if
+    /// none.</summary>
     public ImageRecord? Find(string name, string? type)
     {
         name = Unescape(name);
@@ -85,28 +91,35 @@ public sealed partial class ImageStore
                 return images.FirstOrDefault(i => i.Fingerprint == a.Fingerprint);
         if (name.Length >= 6 && name.All(Uri.IsHexDigit))
         {
-            var m = images.Where(i => i.Fingerprint.StartsWith(name, StringComparison.Ordinal) && (type is null || i.Type == type)).ToList();
+            var m = images.Where(i => i.Fingerprint.StartsWith(name, StringComparison.Ordinal)
+                && (type is null || i.Type == type)).ToList();
             if (m.Count == 1) return m[0];
-            if (m.Count > 1) throw new InstanceException($"image fingerprint prefix '{name}' is ambiguous: give more characters");
+            if (m.Count > 1) throw new InstanceException(
+                $"image fingerprint prefix '{name}' is ambiguous: give more characters");
         }
         return null;
     }
 
     public Image Get(string name) =>
         Find(name, null) is { } r ? ToApi(r, _store.ListAliases())
-            : throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images; built-in: {string.Join(", ", _builtins.Keys.Select(b => b.Name).Distinct())}", 404);
+            : throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images; built-in: " +
+                $"{string.Join(", ", _builtins.Keys.Select(b => b.Name).Distinct())}", 404);
 
     /// <summary>Resolves an image for a new instance, building a built-in one on first use.</summary>
     public async Task<ImageRecord> ResolveAsync(string name, string type, OperationContext? op, CancellationToken ct)
     {
         if (Find(name, type) is { } found) return found;
-        if (!_builtins.ContainsKey((name, type)) && await ResolveRegistryAsync(name, type, op, ct) is { } pulled) return pulled;
+        if (!_builtins.ContainsKey((name, type))
+            && await ResolveRegistryAsync(name, type, op, ct) is { } pulled) return pulled;
         if (!_builtins.TryGetValue((name, type), out var builder))
         {
             if (Find(name, null) is { } other)
-                throw new InstanceException($"image '{name}' is a {other.Type} image and cannot make a {type} instance: {(type == InstanceTypes.Vm ? "drop --vm" : "add --vm")} or use another image");
+                throw new InstanceException($"image '{name}' is a {other.Type} image and cannot make a {type} " +
+                    $"instance: {(type == InstanceTypes.Vm ? "drop --vm" : "add --vm")} or use another image");
             var builtins = string.Join(", ", _builtins.Keys.Where(b => b.Type == type).Select(b => b.Name));
-            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import', pull it with 'hull image pull HOST[:PORT]/REPO[:TAG]' or use a built-in image ({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
+            throw new InstanceException($"image '{name}' not found for a {type}: import it with 'hull image import', " +
+                "pull it with 'hull image pull HOST[:PORT]/REPO[:TAG]' or use a built-in image " +
+                $"({(builtins.Length == 0 ? "none for this type" : builtins)})", 404);
         }
         await _lock.WaitAsync(ct);
         try
@@ -118,7 +131,8 @@ public sealed partial class ImageStore
             try
             {
                 var file = await builder(work, op, ct);
-                var rec = await AddLockedAsync(file, type, $"built-in {name} image, made on this host", builtin: true, op, ct);
+                var rec = await AddLockedAsync(file, type, $"built-in {name} image, made on this host", builtin: true,
+                    op, ct);
                 _store.SetAlias(name, type, rec.Fingerprint);
                 return rec;
             }
@@ -127,11 +141,14 @@ public sealed partial class ImageStore
         finally { _lock.Release(); }
     }
 
-    /// <summary>Imports an OCI image layout sent as a tarball of its directory: the layers are flattened into a rootfs image.</summary>
-    public async Task<Image> ImportOciLayoutAsync(Stream body, string? reference, string? alias, string description, OperationContext? op, CancellationToken ct)
+    /// <summary>Imports an OCI image layout sent as a tarball of its directory: the layers are flattened into a rootfs
+    /// image.</summary>
+    public async Task<Image> ImportOciLayoutAsync(Stream body, string? reference, string? alias, string description,
+        OperationContext? op, CancellationToken ct)
     {
         if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
-            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', " +
+                "starting with a letter or digit");
         var work = Path.Combine(_dir, "tmp-" + Guid.NewGuid().ToString("N")[..12]);
         try
         {
@@ -147,21 +164,25 @@ public sealed partial class ImageStore
             }
             catch (RootedTarLimitException e) { throw Limits.TooLarge(e); }
             File.Delete(upload);
-            var rec = await AddOciLayoutAsync(work, layout, reference, alias is null ? [] : [alias], description, op, ct);
+            var rec = await AddOciLayoutAsync(work, layout, reference, alias is null ? [] : [alias], description, op,
+                ct);
             return ToApi(rec, _store.ListAliases());
         }
         finally { Files.RemoveTree(work); }
     }
 
-    /// <summary>Flattens an OCI layout directory inside <paramref name="work"/> into a rootfs image, adds it and points the aliases at it.</summary>
-    async Task<ImageRecord> AddOciLayoutAsync(string work, string layout, string? reference, IReadOnlyList<string> aliases, string description, OperationContext? op, CancellationToken ct)
+    /// <summary>Flattens an OCI layout directory inside <paramref name="work"/> into a rootfs image, adds it and points
+    /// the aliases at it.</summary>
+    async Task<ImageRecord> AddOciLayoutAsync(string work, string layout, string? reference,
+        IReadOnlyList<string> aliases, string description, OperationContext? op, CancellationToken ct)
     {
         var rootfs = Path.Combine(work, "rootfs");
         await OciLayout.FlattenAsync(layout, reference, rootfs, Limits, op, ct);
         Files.RemoveTree(layout);
         op?.Progress("packing the root filesystem");
         var tar = Path.Combine(work, "image.tar");
-        await HostProgram.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs, "."],
+        await HostProgram.RunAsync("tar", ["--sort=name", "--mtime=@0", "--numeric-owner", "-cf", tar, "-C", rootfs,
+            "."],
             new() { What = "packing the flattened image" }, ct);
         Files.RemoveTree(rootfs);
         await _lock.WaitAsync(ct);
@@ -174,12 +195,16 @@ public sealed partial class ImageStore
         finally { _lock.Release(); }
     }
 
-    /// <summary>Imports an image file (a rootfs tarball, plain or compressed, for containers; a disk image for VMs).</summary>
-    public async Task<Image> ImportAsync(Stream body, string type, string? alias, string description, OperationContext? op, CancellationToken ct)
+    /// <summary>Imports an image file (a rootfs tarball, plain or compressed, for containers; a disk image for
+    /// VMs).</summary>
+    public async Task<Image> ImportAsync(Stream body, string type, string? alias, string description,
+        OperationContext? op, CancellationToken ct)
     {
-        if (!InstanceTypes.IsValid(type)) throw new InstanceException($"image type '{type}' is invalid: use container or vm");
+        if (!InstanceTypes.IsValid(type)) throw new InstanceException(
+            $"image type '{type}' is invalid: use container or vm");
         if (alias is not null && !ConfigSchema.IsValidName(alias, 128))
-            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', " +
+                "starting with a letter or digit");
         await _lock.WaitAsync(ct);
         var work = Path.Combine(_dir, "tmp-" + Guid.NewGuid().ToString("N")[..12]);
         try
@@ -187,7 +212,8 @@ public sealed partial class ImageStore
             Directory.CreateDirectory(work);
             var file = Path.Combine(work, "upload");
             await using (var f = File.Create(file)) await body.CopyToAsync(f, ct);
-            if (new FileInfo(file).Length == 0) throw new InstanceException("the image file is empty: give a rootfs tarball (tar, tar.gz, tar.xz) or a disk image");
+            if (new FileInfo(file).Length == 0) throw new InstanceException(
+                "the image file is empty: give a rootfs tarball (tar, tar.gz, tar.xz) or a disk image");
             var rec = await AddLockedAsync(file, type, description, builtin: false, op, ct);
             if (alias is not null) _store.SetAlias(alias, type, rec.Fingerprint);
             return ToApi(rec, _store.ListAliases());
@@ -199,7 +225,8 @@ public sealed partial class ImageStore
         }
     }
 
-    async Task<ImageRecord> AddLockedAsync(string file, string type, string description, bool builtin, OperationContext? op, CancellationToken ct)
+    async Task<ImageRecord> AddLockedAsync(string file, string type, string description, bool builtin,
+        OperationContext? op, CancellationToken ct)
     {
         op?.Progress("computing the fingerprint");
         string fp;
@@ -220,29 +247,34 @@ public sealed partial class ImageStore
             {
                 throw new InstanceException($"{e.Message}: give a rootfs tarball (tar, tar.gz, tar.xz)");
             }
-            if (!Directory.EnumerateFileSystemEntries(rootfs).Any()) throw new InstanceException("the image tarball is empty: give a tarball of a root filesystem");
+            if (!Directory.EnumerateFileSystemEntries(rootfs).Any()) throw new InstanceException(
+                "the image tarball is empty: give a tarball of a root filesystem");
             File.Move(file, Path.Combine(stage, "image.tar"));
         }
         else File.Move(file, Path.Combine(stage, "disk.img"));
         var size = new FileInfo(Path.Combine(stage, type == InstanceTypes.Container ? "image.tar" : "disk.img")).Length;
         Directory.Move(stage, ImageDir(fp));
-        var rec = new ImageRecord { Fingerprint = fp, Type = type, Size = size, Created = DateTimeOffset.UtcNow, Description = description, Builtin = builtin };
+        var rec = new ImageRecord { Fingerprint = fp, Type = type, Size = size, Created = DateTimeOffset.UtcNow,
+            Description = description, Builtin = builtin };
         _store.InsertImage(rec);
         return rec;
     }
 
     public string ExportPath(string name)
     {
-        var r = Find(name, null) ?? throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images", 404);
+        var r = Find(name, null) ?? throw new InstanceException(
+            $"image '{name}' not found: 'hull image list' shows the images", 404);
         return RefFor(r).File;
     }
 
     public void Delete(string name, IEnumerable<InstanceRecord> instances)
     {
-        var r = Find(name, null) ?? throw new InstanceException($"image '{name}' not found: 'hull image list' shows the images", 404);
+        var r = Find(name, null) ?? throw new InstanceException(
+            $"image '{name}' not found: 'hull image list' shows the images", 404);
         var users = instances.Where(i => i.ImageFingerprint == r.Fingerprint).Select(i => i.Name).ToList();
         if (users.Count > 0)
-            throw new InstanceException($"image {r.Fingerprint[..12]} is used by instance(s) {string.Join(", ", users)}: delete them first", 409);
+            throw new InstanceException($"image {r.Fingerprint[..12]} is used by instance(s) " +
+                $"{string.Join(", ", users)}: delete them first", 409);
         _store.DeleteImage(r.Fingerprint);
         Files.RemoveTree(ImageDir(r.Fingerprint));
         ReleaseLayers(r.Fingerprint);
@@ -251,26 +283,33 @@ public sealed partial class ImageStore
     public void SetAlias(string alias, string target)
     {
         if (!ConfigSchema.IsValidName(alias, 128))
-            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
-        var r = Find(target, null) ?? throw new InstanceException($"image '{target}' not found: 'hull image list' shows the images", 404);
+            throw new InstanceException($"image alias '{alias}' is invalid: use letters, digits, '-', '_' or '.', " +
+                "starting with a letter or digit");
+        var r = Find(target, null) ?? throw new InstanceException(
+            $"image '{target}' not found: 'hull image list' shows the images", 404);
         _store.SetAlias(alias, r.Type, r.Fingerprint);
     }
 
     public void DeleteAlias(string alias)
     {
         alias = Unescape(alias);
-        if (_store.DeleteAlias(alias) == 0) throw new InstanceException($"image alias '{alias}' not found: 'hull image alias list' shows the aliases", 404);
+        if (_store.DeleteAlias(alias) == 0) throw new InstanceException(
+            $"image alias '{alias}' not found: 'hull image alias list' shows the aliases", 404);
     }
 
-    public List<ImageAlias> Aliases() => _store.ListAliases().Select(a => new ImageAlias { Name = a.Name, Target = a.Fingerprint }).ToList();
+    public List<ImageAlias> Aliases() => _store.ListAliases().Select(a =>
+        new ImageAlias { Name = a.Name, Target = a.Fingerprint }).ToList();
 
-    /// <summary>The built-in busybox container image: the host's static busybox with its applet links, a minimal /etc.</summary>
+    /// <summary>The built-in busybox container image: the host's static busybox with its applet links, a minimal
+    /// /etc.</summary>
     public static async Task<string> BuildBusyboxRootfsAsync(string work, OperationContext? op, CancellationToken ct)
     {
         var busybox = new[] { "/bin/busybox", "/usr/bin/busybox" }.FirstOrDefault(File.Exists)
-            ?? throw new InstanceException("the built-in busybox image needs the host's static busybox (/bin/busybox): install busybox-static (make setup does)", 500);
+            ?? throw new InstanceException("the built-in busybox image needs the host's static busybox " +
+                "(/bin/busybox): install busybox-static (make setup does)", 500);
         var root = Path.Combine(work, "rootfs");
-        foreach (var d in new[] { "bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "root", "run", "var/log", "home" })
+        foreach (var d in new[] { "bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "root",
+            "run", "var/log", "home" })
             Directory.CreateDirectory(Path.Combine(root, d));
         File.Copy(busybox, Path.Combine(root, "bin/busybox"));
         File.SetUnixFileMode(Path.Combine(root, "bin/busybox"), (UnixFileMode)0b111_101_101);
@@ -284,7 +323,8 @@ public sealed partial class ImageStore
             Directory.CreateDirectory(Path.GetDirectoryName(link)!);
             if (!File.Exists(link)) File.CreateSymbolicLink(link, "/bin/busybox");
         }
-        await File.WriteAllTextAsync(Path.Combine(root, "etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", ct);
+        await File.WriteAllTextAsync(Path.Combine(root, "etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", ct);
         await File.WriteAllTextAsync(Path.Combine(root, "etc/group"), "root:x:0:\nnogroup:x:65534:\n", ct);
         await File.WriteAllTextAsync(Path.Combine(root, "etc/hostname"), "busybox\n", ct);
         op?.Progress("packing the busybox root filesystem");

@@ -25,8 +25,11 @@ public sealed partial class InstanceManager
         using var held = await LockAsync(name, ct);
         var r = Get(name);
         if (r.State != InstanceState.Stopped)
-            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before exporting or moving it{(r.Type == InstanceTypes.Container ? " (hull move --stateless stops it, moves it and starts it there)" : "")}", 409);
-        if (r.Pending is not null) throw new InstanceException($"instance '{name}' has an unfinished '{r.Pending.Value.Word()}': retry when it is done", 409);
+            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before " +
+                "exporting or moving it" + (r.Type == InstanceTypes.Container
+                    ? " (hull move --stateless stops it, moves it and starts it there)" : ""), 409);
+        if (r.Pending is not null) throw new InstanceException(
+            $"instance '{name}' has an unfinished '{r.Pending.Value.Word()}': retry when it is done", 409);
         var driver = Driver(r.Type);
         var spec = Spec(r);
         var excludes = driver.ExportExcludes(spec)
@@ -34,20 +37,25 @@ public sealed partial class InstanceManager
         await driver.PrepareExportAsync(spec, ct);
         var index = new InstanceBackup
         {
-            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, Config = r.Config, Devices = r.Devices,
-            Profiles = r.Profiles, CreatedAt = r.Created, Snapshots = _store.ListSnapshots(name), SourceHost = Environment.MachineName,
+            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, Config = r.Config,
+            Devices = r.Devices,
+            Profiles = r.Profiles, CreatedAt = r.Created, Snapshots = _store.ListSnapshots(name),
+            SourceHost = Environment.MachineName,
         };
         var stage = Path.Combine(_instancesDir, ".tmp-export-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(stage);
         try
         {
-            await File.WriteAllTextAsync(Path.Combine(stage, BackupIndex), JsonSerializer.Serialize(index, HullJson.Default.InstanceBackup), ct);
-            List<string> args = ["-c", "-f", "-", .. TarWriteFlags, .. TarTreeFlags, "-C", stage, BackupIndex, "--anchored"];
+            await File.WriteAllTextAsync(Path.Combine(stage, BackupIndex),
+                JsonSerializer.Serialize(index, HullJson.Default.InstanceBackup), ct);
+            List<string> args = ["-c", "-f", "-", .. TarWriteFlags, .. TarTreeFlags, "-C", stage, BackupIndex,
+                "--anchored"];
             foreach (var x in excludes) args.Add("--exclude=./" + x.TrimStart('/'));
             // Members "./..." of the instance dir become "instance/...".
             // S: not in symlink targets (a link "../bin/x" stays that); hard link targets are member names, so renamed.
             args.AddRange(["--transform", @"s,^\.,instance,S", "-C", spec.Dir, "."]);
-            // 1 = "some files differ" (changed while being read); the instance is locked and stopped, so treat any failure as one.
+            // 1 = "some files differ" (changed while being read); the instance is locked and stopped, so treat any
+            // failure as one.
             await HostProgram.RunAsync("tar", args,
                 new() { What = $"writing the backup of '{name}'", Stdout = output() }, ct);
         }
@@ -82,21 +90,26 @@ public sealed partial class InstanceManager
         }
         catch (InvalidDataException e)
         {
-            throw new InstanceException($"the upload is not a Hull instance backup: {e.Message}. Make backups with 'hull export' (and copy a cut-short one again)");
+            throw new InstanceException($"the upload is not a Hull instance backup: {e.Message}. Make backups with " +
+                "'hull export' (and copy a cut-short one again)");
         }
-        if (json is null) throw new InstanceException($"the upload is not a Hull instance backup (no {BackupIndex} in a tarball): make it with 'hull export'");
+        if (json is null) throw new InstanceException(
+            $"the upload is not a Hull instance backup (no {BackupIndex} in a tarball): make it with 'hull export'");
         InstanceBackup? b;
         try { b = JsonSerializer.Deserialize(json, HullJson.Default.InstanceBackup); }
-        catch (JsonException e) { throw new InstanceException($"{BackupIndex} in the backup is not valid: {e.Message}"); }
+        catch (JsonException e) { throw new InstanceException(
+            $"{BackupIndex} in the backup is not valid: {e.Message}"); }
         if (b is null) throw new InstanceException($"{BackupIndex} in the backup is empty");
-        if (b.Version != 1) throw new InstanceException($"the backup has format version {b.Version}; this hulld reads version 1: upgrade hulld");
+        if (b.Version != 1) throw new InstanceException(
+            $"the backup has format version {b.Version}; this hulld reads version 1: upgrade hulld");
         CheckBackupMembers(members, Driver(b.Type).BackupContentDirs);
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var s in b.Snapshots)
         {
             try { ValidateName(s.Name, "snapshot"); }
             catch (InstanceException e) { throw new InstanceException($"the backup is refused: {e.Message}"); }
-            if (!seen.Add(s.Name)) throw new InstanceException($"the backup is refused: it lists snapshot '{s.Name}' twice");
+            if (!seen.Add(s.Name)) throw new InstanceException(
+                $"the backup is refused: it lists snapshot '{s.Name}' twice");
         }
         return b;
     }
@@ -120,10 +133,12 @@ public sealed partial class InstanceManager
     static void CheckBackupMembers(List<TarListing.Member> members, IReadOnlyList<string> contentDirs)
     {
         static InstanceException Refuse(string what) =>
-            new($"the backup is refused: {what}. A backup made by 'hull export' never holds that; make it again with 'hull export'");
+            new($"the backup is refused: {what}. A backup made by 'hull export' never holds that; make it again with " +
+                "'hull export'");
         static string Kind(char t) => t switch
         {
-            '0' => "a regular file", '1' => "a hard link", '2' => "a symlink", '3' => "a character device", '4' => "a block device",
+            '0' => "a regular file", '1' => "a hard link", '2' => "a symlink", '3' => "a character device",
+            '4' => "a block device",
             '5' => "a directory", '6' => "a fifo", _ => $"tar type '{t}'",
         };
         var types = new Dictionary<string, char>(StringComparer.Ordinal);
@@ -138,7 +153,8 @@ public sealed partial class InstanceManager
             if (!types.TryAdd(n, m.Type)) throw Refuse($"member '{n}' appears twice");
             names.Add(n);
         }
-        if (types.GetValueOrDefault(BackupIndex) is not ('0' or '\0')) throw Refuse($"{BackupIndex} is not a regular file");
+        if (types.GetValueOrDefault(BackupIndex) is not ('0' or '\0')) throw Refuse(
+            $"{BackupIndex} is not a regular file");
         if (types.GetValueOrDefault(BackupDir) is not ('5' or '\0')) throw Refuse($"{BackupDir} is not a directory");
 
         // The content dir a path lies strictly inside (as "instance/upper"), or null for Hull's own paths.
@@ -171,12 +187,14 @@ public sealed partial class InstanceManager
             ParentsAreDirs(n, "member");
             var root = n == BackupIndex ? null : ContentRoot(n);
             if (root is null && m.Type is not ('0' or '5'))
-                throw Refuse($"'{n}' is {Kind(m.Type)}{(m.Type is '1' or '2' ? $" (to '{m.LinkName}')" : "")}, where Hull expects a regular file or a directory of its own");
+                throw Refuse($"'{n}' is {Kind(m.Type)}{(m.Type is '1' or '2' ? $" (to '{m.LinkName}')" : "")}, where " +
+                    "Hull expects a regular file or a directory of its own");
             if (m.Type == '1')
             {
                 var target = m.LinkName.TrimEnd('/');
                 if (!seen.Contains(target) || types[target] != '0' || ContentRoot(target) != root)
-                    throw Refuse($"hard link '{n}' points to '{m.LinkName}', which is not a regular file before it in {root}/");
+                    throw Refuse($"hard link '{n}' points to '{m.LinkName}', which is not a regular file before it " +
+                        $"in {root}/");
                 ParentsAreDirs(target, "hard link target");
             }
             seen.Add(n);
@@ -191,18 +209,21 @@ public sealed partial class InstanceManager
         var name = newName ?? b.Name;
         ValidateName(name);
         if (_store.GetInstance(name) is not null)
-            throw new InstanceException($"instance '{name}' already exists here: import under another name or delete it first", 409);
+            throw new InstanceException($"instance '{name}' already exists here: import under another name or delete " +
+                "it first", 409);
         ValidateRecord(RecordOf(b, name));
         return b;
     }
 
     static InstanceRecord RecordOf(InstanceBackup b, string name) => new()
     {
-        Name = name, Type = b.Type, Image = b.Image, ImageFingerprint = b.ImageFingerprint, Config = b.Config, Devices = b.Devices,
+        Name = name, Type = b.Type, Image = b.Image, ImageFingerprint = b.ImageFingerprint, Config = b.Config,
+        Devices = b.Devices,
         Profiles = b.Profiles, State = InstanceState.Stopped, Created = b.CreatedAt, Pending = PendingOp.Create,
     };
 
-    /// <summary>Makes an instance from a backup tarball (stopped; the caller starts it if wanted). All or nothing.</summary>
+    /// <summary>Makes an instance from a backup tarball (stopped; the caller starts it if wanted). All or
+    /// nothing.</summary>
     public async Task<Instance> ImportAsync(string tarball, string? newName, OperationContext? op, CancellationToken ct)
     {
         var b = await PrecheckImportAsync(tarball, newName, ct);
@@ -211,16 +232,19 @@ public sealed partial class InstanceManager
         using (await LockAsync(r.Name, ct))
         {
             if (!_store.InsertInstance(r))
-                throw new InstanceException($"instance '{r.Name}' already exists here: import under another name or delete it first", 409);
+                throw new InstanceException($"instance '{r.Name}' already exists here: import under another name or " +
+                    "delete it first", 409);
             var stage = Path.Combine(_instancesDir, ".tmp-import-" + Guid.NewGuid().ToString("N")[..12]);
             try
             {
                 Directory.CreateDirectory(stage);
                 op?.Progress("unpacking the backup");
-                // Checked by the precheck: a fresh dir, nothing replaced (--keep-old-files), only what the listing showed.
+                // Checked by the precheck: a fresh dir, nothing replaced (--keep-old-files), only what the listing
+                // showed.
                 await HostProgram.RunAsync("tar",
                     ["-x", "-f", tarball, "-p", "--keep-old-files", .. TarTreeFlags, "-C", stage, BackupDir],
-                    new() { What = "unpacking the backup (is it complete?)", Error = e => new InstanceException(e.Message) },
+                    new() { What = "unpacking the backup (is it complete?)",
+                        Error = e => new InstanceException(e.Message) },
                     ct);
                 var dir = Dir(r.Name);
                 Files.RemoveTree(dir);
@@ -228,7 +252,8 @@ public sealed partial class InstanceManager
                 op?.Progress("adapting the instance to this host");
                 AssignIdmap(r);
                 var spec = Spec(r);
-                // What an export leaves out (runtime files: pid files, sockets, scratch dirs) is never taken from a backup.
+                // What an export leaves out (runtime files: pid files, sockets, scratch dirs) is never taken from a
+                // backup.
                 foreach (var x in driver.ExportExcludes(spec) ?? [])
                 {
                     var p = Path.Combine(dir, x.TrimStart('/'));

@@ -12,8 +12,10 @@ public sealed partial class InstanceManager
         var r = Get(name);
         var next = new InstanceRecord
         {
-            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, Config = put.Config ?? [],
-            Devices = put.Devices ?? [], Profiles = put.Profiles ?? [], State = r.State, Created = r.Created, LastUsed = r.LastUsed,
+            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint,
+            Config = put.Config ?? [],
+            Devices = put.Devices ?? [], Profiles = put.Profiles ?? [], State = r.State, Created = r.Created,
+            LastUsed = r.LastUsed,
             Pending = r.Pending, Pid = r.Pid, LastExitCode = r.LastExitCode, StatusMessage = r.StatusMessage,
         };
         ValidateRecord(next);
@@ -44,7 +46,8 @@ public sealed partial class InstanceManager
         using var held = await LockAsync(name, ct);
         var r = Get(name);
         if (r.State != InstanceState.Stopped)
-            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before renaming", 409);
+            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before " +
+                "renaming", 409);
         if (_store.GetInstance(newName) is not null)
             throw new InstanceException($"instance '{newName}' already exists: choose another name", 409);
         if (Directory.Exists(Dir(newName))) Files.RemoveTree(Dir(newName));

@@ -3,7 +3,8 @@ using Hull.Instances;
 
 namespace Hull.Daemon;
 
-/// <summary>Creating an instance (from an image or a copy) and deleting one; the id range of an isolated container.</summary>
+/// <summary>Creating an instance (from an image or a copy) and deleting one; the id range of an isolated
+/// container.</summary>
 public sealed partial class InstanceManager
 {
     /// <summary>Checks a create request fully before any work starts (so a bad request fails synchronously).</summary>
@@ -12,16 +13,23 @@ public sealed partial class InstanceManager
         ValidateName(req.Name);
         if (req.CopyFrom is null)
         {
-            if (!InstanceTypes.IsValid(req.Type)) throw new InstanceException($"instance type '{req.Type}' is invalid: use container or vm");
-            if (string.IsNullOrEmpty(req.Image)) throw new InstanceException("no image given: name an image (e.g. busybox) or an instance to copy");
+            if (!InstanceTypes.IsValid(req.Type)) throw new InstanceException(
+                $"instance type '{req.Type}' is invalid: use container or vm");
+            if (string.IsNullOrEmpty(req.Image)) throw new InstanceException(
+                "no image given: name an image (e.g. busybox) or an instance to copy");
         }
         Driver(req.CopyFrom is null ? req.Type : Get(req.CopyFrom).Type);
         if (_store.GetInstance(req.Name) is not null)
-            throw new InstanceException($"instance '{req.Name}' already exists: choose another name or delete it first", 409);
-        var r = new InstanceRecord { Name = req.Name, Type = req.Type, Config = req.Config, Devices = req.Devices, Profiles = req.Profiles ?? ["default"] };
-        if (req.CopyFrom is null && _images.Find(req.Image, req.Type) is null && !_images.Builtins.Contains((req.Image, req.Type))
-            && !Hull.Registry.ImageReference.LooksLikeReference(req.Image)) // a registry reference is pulled by the create operation
-            _images.ResolveAsync(req.Image, req.Type, null, CancellationToken.None).GetAwaiter().GetResult(); // throws the right not-found error
+            throw new InstanceException($"instance '{req.Name}' already exists: choose another name or delete it first",
+                409);
+        var r = new InstanceRecord { Name = req.Name, Type = req.Type, Config = req.Config, Devices = req.Devices,
+            Profiles = req.Profiles ?? ["default"] };
+        if (req.CopyFrom is null && _images.Find(req.Image, req.Type) is null
+            && !_images.Builtins.Contains((req.Image, req.Type))
+            // a registry reference is pulled by the create operation
+            && !Hull.Registry.ImageReference.LooksLikeReference(req.Image))
+            // throws the right not-found error
+            _images.ResolveAsync(req.Image, req.Type, null, CancellationToken.None).GetAwaiter().GetResult();
         ValidateRecord(r);
     }
 
@@ -40,9 +48,12 @@ public sealed partial class InstanceManager
         var image = source is null ? await _images.ResolveAsync(req.Image, type, op, ct) : null;
         var r = new InstanceRecord
         {
-            Name = req.Name, Type = type, Image = source?.Image ?? req.Image, ImageFingerprint = image?.Fingerprint ?? source!.ImageFingerprint,
-            Config = source is null ? req.Config : new Dictionary<string, string>(source.Config.Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last())),
-            Devices = source is null ? req.Devices : new Dictionary<string, Dictionary<string, string>>(source.Devices.Concat(req.Devices).GroupBy(k => k.Key).Select(g => g.Last())),
+            Name = req.Name, Type = type, Image = source?.Image ?? req.Image,
+            ImageFingerprint = image?.Fingerprint ?? source!.ImageFingerprint,
+            Config = source is null ? req.Config : new Dictionary<string,
+            string>(source.Config.Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last())),
+            Devices = source is null ? req.Devices : new Dictionary<string, Dictionary<string,
+            string>>(source.Devices.Concat(req.Devices).GroupBy(k => k.Key).Select(g => g.Last())),
             Profiles = req.Profiles ?? source?.Profiles ?? ["default"],
             State = InstanceState.Stopped, Created = DateTimeOffset.UtcNow, Pending = PendingOp.Create,
         };
@@ -50,7 +61,8 @@ public sealed partial class InstanceManager
         using (await LockAsync(r.Name, ct))
         {
             if (!_store.InsertInstance(r))
-                throw new InstanceException($"instance '{r.Name}' already exists: choose another name or delete it first", 409);
+                throw new InstanceException($"instance '{r.Name}' already exists: choose another name or delete it " +
+                    "first", 409);
             InstanceSpec spec;
             try { AssignIdmap(r); spec = Spec(r, sourceSpec); }
             catch { await RollbackCreateAsync(r, null); throw; }
@@ -105,7 +117,9 @@ public sealed partial class InstanceManager
             if (had && long.TryParse(cur, System.Globalization.CultureInfo.InvariantCulture, out var b)
                 && IsFree(b, size, others)) return;
             var next = IdMaps.Allocate(size, others)
-                ?? throw new InstanceException($"no free range of {size} host ids is left for isolated container '{r.Name}' in root's range (uids {IdMaps.Uids}): delete an isolated container, lower {IdMaps.SizeKey}, or give root a wider range in /etc/subuid and /etc/subgid", 507);
+                ?? throw new InstanceException($"no free range of {size} host ids is left for isolated container " +
+                    $"'{r.Name}' in root's range (uids {IdMaps.Uids}): delete an isolated container, lower " +
+                    $"{IdMaps.SizeKey}, or give root a wider range in /etc/subuid and /etc/subgid", 507);
             r.Config[IdMaps.AllocatedKey] = next.ToString(System.Globalization.CultureInfo.InvariantCulture);
             _store.UpdateInstance(r);
         }
@@ -113,7 +127,8 @@ public sealed partial class InstanceManager
         static bool IsFree(long b, long size, List<IdMap> others)
         {
             var uids = IdMaps.Uids;
-            return b >= uids.Start + IdMaps.DefaultSize && b + size <= uids.End && !others.Any(o => o.UidBase < b + size && b < o.UidBase + o.Size);
+            return b >= uids.Start + IdMaps.DefaultSize && b + size <= uids.End
+                && !others.Any(o => o.UidBase < b + size && b < o.UidBase + o.Size);
         }
     }
 
@@ -132,8 +147,10 @@ public sealed partial class InstanceManager
     public void PrecheckDelete(string name, bool force)
     {
         var r = Get(name);
-        if (!force && r.State is InstanceState.Running or InstanceState.Paused or InstanceState.Starting or InstanceState.Stopping)
-            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it first or delete with --force", 409);
+        if (!force && r.State is InstanceState.Running or InstanceState.Paused or InstanceState.Starting or
+            InstanceState.Stopping)
+            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it first " +
+                "or delete with --force", 409);
     }
 
     public async Task DeleteAsync(string name, bool force, OperationContext? op, CancellationToken ct)

@@ -14,23 +14,29 @@ namespace Hull.Daemon;
 /// </summary>
 public sealed partial class InstanceManager
 {
-    public async Task<MigrationTarget> PrepareIncomingAsync(string name, MigrationIncomingRequest req, CancellationToken ct)
+    public async Task<MigrationTarget> PrepareIncomingAsync(string name, MigrationIncomingRequest req,
+        CancellationToken ct)
     {
         var b = req.Instance;
-        if (b.Name.Length > 0 && b.Name != name) throw new InstanceException($"the body names instance '{b.Name}' but the path '{name}': send the same name");
+        if (b.Name.Length > 0 && b.Name != name) throw new InstanceException(
+            $"the body names instance '{b.Name}' but the path '{name}': send the same name");
         ValidateName(name);
         var driver = Driver(b.Type);
-        if (!driver.CanMigrateLive) throw new InstanceException($"running {b.Type} instances cannot move live: stop it and move it, or use --stateless", 501);
-        if (string.IsNullOrWhiteSpace(req.ListenAddress)) throw new InstanceException("listen_address is empty: give an address of this host that the source can reach");
+        if (!driver.CanMigrateLive) throw new InstanceException(
+            $"running {b.Type} instances cannot move live: stop it and move it, or use --stateless", 501);
+        if (string.IsNullOrWhiteSpace(req.ListenAddress)) throw new InstanceException(
+            "listen_address is empty: give an address of this host that the source can reach");
         var image = _store.ListImages().FirstOrDefault(i => i.Fingerprint == b.ImageFingerprint)
-            ?? throw new InstanceException($"image {Short(b.ImageFingerprint)} is not on this host: copy the image here first", 409);
+            ?? throw new InstanceException($"image {Short(b.ImageFingerprint)} is not on this host: copy the image " +
+                "here first", 409);
         var r = RecordOf(b, name);
         r.Pending = PendingOp.MigrateIn;
         ValidateRecord(r);
         using (await LockAsync(name, ct))
         {
             if (!_store.InsertInstance(r))
-                throw new InstanceException($"instance '{name}' already exists here: move it under another name or delete it first", 409);
+                throw new InstanceException($"instance '{name}' already exists here: move it under another name or " +
+                    "delete it first", 409);
             var spec = Spec(r);
             var started = new List<IDevice>();
             try
@@ -66,9 +72,11 @@ public sealed partial class InstanceManager
         {
             var r = Get(name);
             if (!r.State.IsLive())
-                throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: only a running instance moves live (a stopped one moves as a backup)", 409);
+                throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: only a " +
+                    "running instance moves live (a stopped one moves as a backup)", 409);
             var driver = Driver(r.Type);
-            if (!driver.CanMigrateLive) throw new InstanceException($"running {r.Type} instances cannot move live: stop it first, or use --stateless", 501);
+            if (!driver.CanMigrateLive) throw new InstanceException(
+                $"running {r.Type} instances cannot move live: stop it first, or use --stateless", 501);
             var spec = Spec(r);
             op?.Progress("sending memory, devices and disks");
             StopWatcher(name);
@@ -92,13 +100,15 @@ public sealed partial class InstanceManager
         _events.Lifecycle("instance-migrated", name);
     }
 
-    /// <summary>Target side: the source's send ended (<paramref name="succeeded"/>); take over or drop the copy.</summary>
+    /// <summary>Target side: the source's send ended (<paramref name="succeeded"/>); take over or drop the
+    /// copy.</summary>
     public async Task<Instance?> FinishIncomingAsync(string name, bool succeeded, CancellationToken ct)
     {
         using (await LockAsync(name, ct))
         {
             var r = Get(name);
-            if (r.Pending != PendingOp.MigrateIn) throw new InstanceException($"instance '{name}' is not waiting for a migration", 409);
+            if (r.Pending != PendingOp.MigrateIn) throw new InstanceException(
+                $"instance '{name}' is not waiting for a migration", 409);
             var driver = Driver(r.Type);
             var spec = Spec(r);
             if (!succeeded)
@@ -110,7 +120,8 @@ public sealed partial class InstanceManager
             try { await driver.CompleteIncomingAsync(spec, ct); }
             catch (Exception e)
             {
-                r.State = InstanceState.Error; r.Pending = null; r.StatusMessage = $"the migrated instance did not come up here: {ApiErrors.Describe(e).Message}";
+                r.State = InstanceState.Error; r.Pending = null; r.StatusMessage =
+                    $"the migrated instance did not come up here: {ApiErrors.Describe(e).Message}";
                 _store.UpdateInstance(r);
                 throw;
             }

@@ -3,10 +3,12 @@ using Hull.Instances;
 
 namespace Hull.Daemon;
 
-/// <summary>After a (re)start of hulld: finishing or undoing what a crash interrupted, finding running instances again.</summary>
+/// <summary>After a (re)start of hulld: finishing or undoing what a crash interrupted, finding running instances
+/// again.</summary>
 public sealed partial class InstanceManager
 {
-    /// <summary>After a (re)start of hulld: finishes or undoes interrupted work and finds running instances again.</summary>
+    /// <summary>After a (re)start of hulld: finishes or undoes interrupted work and finds running instances
+    /// again.</summary>
     public async Task RecoverAsync(CancellationToken ct)
     {
         using var essential = _store.Essential();
@@ -15,27 +17,31 @@ public sealed partial class InstanceManager
         {
             var r = _store.GetInstance(inst);
             if (r is null || !_drivers.TryGetValue(r.Type, out var d)) { _store.DeleteSnapshot(inst, snap); continue; }
-            try { await d.DeleteSnapshotAsync(Spec(r), snap, ct); } catch (Exception e) { _events.Log("warning", $"recovering snapshot {inst}/{snap}: {e.Message}", inst); }
+            try { await d.DeleteSnapshotAsync(Spec(r), snap, ct); } catch (
+                Exception e) { _events.Log("warning", $"recovering snapshot {inst}/{snap}: {e.Message}", inst); }
             _store.DeleteSnapshot(inst, snap);
         }
         foreach (var r in _store.ListInstances())
         {
             if (!_drivers.TryGetValue(r.Type, out var driver))
             {
-                if (r.Pending is PendingOp.Create or PendingOp.MigrateIn) { Files.RemoveTree(Dir(r.Name)); _store.DeleteInstance(r.Name); }
+                if (r.Pending is PendingOp.Create or PendingOp.MigrateIn) { Files.RemoveTree(
+                    Dir(r.Name)); _store.DeleteInstance(r.Name); }
                 continue;
             }
             try { await RecoverOneAsync(r, driver, ct); }
             catch (Exception e)
             {
-                r.State = InstanceState.Error; r.Pending = null; r.StatusMessage = $"recovery after a hulld restart failed: {e.Message}";
+                r.State = InstanceState.Error; r.Pending = null; r.StatusMessage =
+                    $"recovery after a hulld restart failed: {e.Message}";
                 _store.UpdateInstance(r);
             }
         }
         foreach (var r in _store.ListInstances())
         {
             if (r.State != InstanceState.Stopped || r.Pending is not null) continue;
-            try { if (ConfigSchema.Autostart(Expand(r).Config) && _drivers.ContainsKey(r.Type)) await StartAsync(r.Name, null, ct); }
+            try { if (ConfigSchema.Autostart(Expand(r).Config) && _drivers.ContainsKey(r.Type)) await StartAsync(r.Name,
+                null, ct); }
             catch (Exception e) { _events.Log("error", $"autostart of {r.Name} failed: {e.Message}", r.Name); }
         }
     }
@@ -67,7 +73,8 @@ public sealed partial class InstanceManager
         else
         {
             r.State = InstanceState.Stopped; r.Pid = null;
-            if (was is InstanceState.Running or InstanceState.Paused or InstanceState.Stopping or InstanceState.Starting)
+            if (was is InstanceState.Running or InstanceState.Paused or InstanceState.Stopping or
+                InstanceState.Starting)
             {
                 r.LastExitCode = res.ExitCode;
                 r.StatusMessage = res.ExitCode is null ? UnknownExitCode : null;

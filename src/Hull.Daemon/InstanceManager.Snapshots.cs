@@ -17,9 +17,11 @@ public sealed partial class InstanceManager
         ValidateName(snap, "snapshot");
         using var held = await LockAsync(name, ct);
         var r = Get(name);
-        var s = new Snapshot { Instance = name, Name = snap, CreatedAt = DateTimeOffset.UtcNow, Config = r.Config, Devices = r.Devices, Profiles = r.Profiles };
+        var s = new Snapshot { Instance = name, Name = snap, CreatedAt = DateTimeOffset.UtcNow, Config = r.Config,
+            Devices = r.Devices, Profiles = r.Profiles };
         if (!_store.InsertSnapshot(s, PendingOp.Create))
-            throw new InstanceException($"snapshot '{snap}' of '{name}' already exists: choose another name or delete it first", 409);
+            throw new InstanceException($"snapshot '{snap}' of '{name}' already exists: choose another name or " +
+                "delete it first", 409);
         try
         {
             await Driver(r.Type).CreateSnapshotAsync(Spec(r), snap, ct);
@@ -37,14 +39,16 @@ public sealed partial class InstanceManager
 
     Snapshot GetSnapshot(string name, string snap) =>
         _store.ListSnapshots(name).FirstOrDefault(s => s.Name == snap)
-        ?? throw new InstanceException($"snapshot '{snap}' of '{name}' not found: 'hull snapshot list {name}' shows them", 404);
+        ?? throw new InstanceException($"snapshot '{snap}' of '{name}' not found: 'hull snapshot list {name}' shows " +
+            "them", 404);
 
     public void PrecheckRestore(string name, string snap)
     {
         var r = Get(name);
         GetSnapshot(name, snap);
         if (r.State != InstanceState.Stopped)
-            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before restoring a snapshot", 409);
+            throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}: stop it before " +
+                "restoring a snapshot", 409);
     }
 
     public async Task RestoreSnapshotAsync(string name, string snap, CancellationToken ct)
@@ -63,7 +67,8 @@ public sealed partial class InstanceManager
             _store.UpdateInstance(r);
             throw;
         }
-        r.Config = s.Config; r.Devices = s.Devices; r.Profiles = s.Profiles.Where(p => _store.GetProfile(p) is not null).ToList();
+        r.Config = s.Config; r.Devices = s.Devices; r.Profiles =
+            s.Profiles.Where(p => _store.GetProfile(p) is not null).ToList();
         r.Pending = null; r.StatusMessage = null;
         if (r.State == InstanceState.Error) r.State = InstanceState.Stopped;
         _store.UpdateInstance(r);

@@ -18,7 +18,8 @@ public static class StateActions
         _ => "resume",
     };
 
-    /// <summary>An action word of the API ("freeze" and "unfreeze" are aliases of pause and resume); null if unknown.</summary>
+    /// <summary>An action word of the API ("freeze" and "unfreeze" are aliases of pause and resume); null if
+    /// unknown.</summary>
     public static StateAction? Parse(string word) => word switch
     {
         "start" => StateAction.Start,
@@ -33,12 +34,14 @@ public static class StateActions
 /// <summary>State changes (start, stop, restart, pause, resume) and watching a running instance for its exit.</summary>
 public sealed partial class InstanceManager
 {
-    /// <summary>Checks a state change asked for by its API word before the operation starts; returns the action.</summary>
+    /// <summary>Checks a state change asked for by its API word before the operation starts; returns the
+    /// action.</summary>
     public StateAction PrecheckState(string name, string action)
     {
         var r = CheckNotBusy(name);
         var a = StateActions.Parse(action)
-            ?? throw new InstanceException($"state action '{action}' is unknown: use start, stop, restart, pause or resume");
+            ?? throw new InstanceException($"state action '{action}' is unknown: use start, stop, restart, pause or " +
+                "resume");
         PrecheckState(r, a);
         return a;
     }
@@ -49,7 +52,8 @@ public sealed partial class InstanceManager
     {
         var r = Get(name);
         if (r.Pending is { } p && p != PendingOp.Restore)
-            throw new InstanceException($"instance '{name}' is busy ({p.Word()}): wait for the running operation to end", 409);
+            throw new InstanceException($"instance '{name}' is busy ({p.Word()}): wait for the running operation to " +
+                "end", 409);
         return r;
     }
 
@@ -61,21 +65,29 @@ public sealed partial class InstanceManager
             case StateAction.Start:
                 if (r.State is InstanceState.Running or InstanceState.Starting)
                     throw new InstanceException($"instance '{name}' is already running", 409);
-                if (r.State is InstanceState.Paused) throw new InstanceException($"instance '{name}' is paused: resume it instead", 409);
+                if (r.State is InstanceState.Paused) throw new InstanceException(
+                    $"instance '{name}' is paused: resume it instead", 409);
                 break;
             case StateAction.Stop:
-                if (r.State is InstanceState.Stopped) throw new InstanceException($"instance '{name}' is already stopped", 409);
+                if (r.State is InstanceState.Stopped) throw new InstanceException(
+                    $"instance '{name}' is already stopped", 409);
                 break;
             case StateAction.Restart:
                 if (!r.State.IsLive())
-                    throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}, not running: start it instead", 409);
+                    throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}, not " +
+                        "running: start it instead", 409);
                 break;
             case StateAction.Pause:
-                if (r.State is InstanceState.Paused) throw new InstanceException($"instance '{name}' is already paused", 409);
-                if (r.State is not InstanceState.Running) throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}, not running: only a running instance can be paused", 409);
+                if (r.State is InstanceState.Paused) throw new InstanceException($"instance '{name}' is already paused",
+                    409);
+                if (r.State is not InstanceState.Running) throw new InstanceException(
+                    $"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}, not running: only a running " +
+                    "instance can be paused", 409);
                 break;
             case StateAction.Resume:
-                if (r.State is not InstanceState.Paused) throw new InstanceException($"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}, not paused: only a paused instance can be resumed", 409);
+                if (r.State is not InstanceState.Paused) throw new InstanceException(
+                    $"instance '{name}' is {r.State.ToWire().ToLowerInvariant()}, not paused: only a paused instance " +
+                    "can be resumed", 409);
                 break;
         }
     }
@@ -123,11 +135,14 @@ public sealed partial class InstanceManager
             try
             {
                 await driver.StopAsync(spec, force: true, TimeSpan.Zero, CancellationToken.None);
-                r.State = InstanceState.Stopped; r.StatusMessage = $"the last start failed: {ApiErrors.Describe(e).Message}";
+                r.State = InstanceState.Stopped; r.StatusMessage =
+                    $"the last start failed: {ApiErrors.Describe(e).Message}";
             }
             catch (Exception e2)
             {
-                r.State = InstanceState.Error; r.StatusMessage = $"start failed ({ApiErrors.Describe(e).Message}) and cleanup failed ({e2.Message}): stop with --force or delete it";
+                r.State = InstanceState.Error; r.StatusMessage =
+                    $"start failed ({ApiErrors.Describe(e).Message}) and cleanup failed ({e2.Message}): stop with " +
+                    "--force or delete it";
             }
             r.Pending = null; r.Pid = null;
             _store.UpdateInstance(r);
@@ -147,7 +162,8 @@ public sealed partial class InstanceManager
         await StopLockedAsync(r, Driver(r.Type), Spec(r), force, timeout, ct);
     }
 
-    async Task StopLockedAsync(InstanceRecord r, IInstanceDriver driver, InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)
+    async Task StopLockedAsync(InstanceRecord r, IInstanceDriver driver, InstanceSpec spec, bool force,
+        TimeSpan timeout, CancellationToken ct)
     {
         StopWatcher(r.Name);
         r.State = InstanceState.Stopping; r.Pending = PendingOp.Stop;
@@ -170,7 +186,8 @@ public sealed partial class InstanceManager
         _events.Lifecycle("instance-stopped", r.Name);
     }
 
-    public async Task RestartAsync(string name, bool force, TimeSpan timeout, OperationContext? op, CancellationToken ct)
+    public async Task RestartAsync(string name, bool force, TimeSpan timeout, OperationContext? op,
+        CancellationToken ct)
     {
         using var held = await LockAsync(name, ct);
         PrecheckState(name, StateAction.Restart);
@@ -253,7 +270,8 @@ public sealed partial class InstanceManager
         r.State = InstanceState.Stopped; r.Pid = null; r.LastExitCode = code;
         r.StatusMessage = code is null ? UnknownExitCode : null;
         // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
-        if (_drivers.TryGetValue(r.Type, out var drv) && await SafeStateAsync(drv, spec) is { State: InstanceState.Error } ds)
+        if (_drivers.TryGetValue(r.Type, out var drv)
+            && await SafeStateAsync(drv, spec) is { State: InstanceState.Error } ds)
         {
             r.State = InstanceState.Error; r.StatusMessage = ds.Message;
         }

@@ -24,7 +24,8 @@ public sealed partial class InstanceManager
     readonly ConcurrentDictionary<string, CancellationTokenSource> _watchers = new();
     readonly CancellationToken _shutdown;
 
-    public InstanceManager(string stateDir, Store store, ImageStore images, EventHub events, IEnumerable<IInstanceDriver> drivers, CancellationToken shutdown)
+    public InstanceManager(string stateDir, Store store, ImageStore images, EventHub events,
+        IEnumerable<IInstanceDriver> drivers, CancellationToken shutdown)
     {
         _store = store; _images = images; _events = events; _shutdown = shutdown;
         _instancesDir = Path.Combine(stateDir, "instances");
@@ -35,7 +36,9 @@ public sealed partial class InstanceManager
     public IReadOnlyCollection<string> Types => _drivers.Keys.ToList();
 
     IInstanceDriver Driver(string type) => _drivers.TryGetValue(type, out var d) ? d
-        : throw new InstanceException($"this hulld has no {type} engine: {(type == InstanceTypes.Vm ? "the VM engine is not built in" : "the container engine is not built in")}; available types: {(_drivers.Count == 0 ? "none" : string.Join(", ", _drivers.Keys))}", 501);
+        : throw new InstanceException($"this hulld has no {type} engine: the " +
+            (type == InstanceTypes.Vm ? "VM" : "container") + " engine is not built in; available types: " +
+            (_drivers.Count == 0 ? "none" : string.Join(", ", _drivers.Keys)), 501);
 
     string Dir(string name) => Path.Combine(_instancesDir, name);
 
@@ -57,10 +60,13 @@ public sealed partial class InstanceManager
 
     Dictionary<string, ProfileRecord> ProfilesByName() => _store.ListProfiles().ToDictionary(p => p.Name);
 
-    /// <param name="profiles">the profiles, when the caller expands many instances (read once, not per instance)</param>
-    (Dictionary<string, string> Config, Dictionary<string, Dictionary<string, string>> Devices) Expand(InstanceRecord r, Dictionary<string, ProfileRecord>? profiles = null)
+    /// <param name="profiles">the profiles, when the caller expands many instances (read once, not per
+    /// instance)</param>
+    (Dictionary<string, string> Config, Dictionary<string, Dictionary<string, string>> Devices) Expand(InstanceRecord r,
+        Dictionary<string, ProfileRecord>? profiles = null)
     {
-        var layers = new List<(IReadOnlyDictionary<string, string>, IReadOnlyDictionary<string, Dictionary<string, string>>)>();
+        var layers = new List<(IReadOnlyDictionary<string, string>, IReadOnlyDictionary<string, Dictionary<string,
+            string>>)>();
         profiles ??= ProfilesByName();
         foreach (var p in r.Profiles)
             if (profiles.TryGetValue(p, out var pr)) layers.Add((pr.Config, pr.Devices));
@@ -73,7 +79,8 @@ public sealed partial class InstanceManager
         var (cfg, dev) = Expand(r, profiles);
         return new Instance
         {
-            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint, State = r.State.ToWire(), Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
+            Name = r.Name, Type = r.Type, Image = r.Image, ImageFingerprint = r.ImageFingerprint,
+            State = r.State.ToWire(), Config = r.Config, Devices = r.Devices, Profiles = r.Profiles,
             CreatedAt = r.Created, LastUsedAt = r.LastUsed, ExpandedConfig = cfg, ExpandedDevices = dev,
             Pid = r.State.IsLive() ? r.Pid : null, LastExitCode = r.LastExitCode, StatusMessage = r.StatusMessage,
         };
@@ -82,7 +89,8 @@ public sealed partial class InstanceManager
     public List<Instance> List()
     {
         var profiles = ProfilesByName();
-        return _store.ListInstances().Where(r => r.Pending != PendingOp.Create).Select(r => ToApi(r, profiles)).ToList();
+        return _store.ListInstances().Where(r => r.Pending != PendingOp.Create).Select(r =>
+            ToApi(r, profiles)).ToList();
     }
 
     public Instance GetApi(string name)
@@ -103,7 +111,8 @@ public sealed partial class InstanceManager
         return new InstanceSpec
         {
             Name = r.Name, Type = r.Type, Dir = Dir(r.Name), Image = imageRef, Limits = ConfigSchema.ParseLimits(cfg),
-            Environment = ConfigSchema.ParseEnvironment(cfg), Config = cfg, Devices = DeviceFactory.CreateAll(dev, validate: false), CopyOf = copyOf,
+            Environment = ConfigSchema.ParseEnvironment(cfg), Config = cfg,
+            Devices = DeviceFactory.CreateAll(dev, validate: false), CopyOf = copyOf,
         };
     }
 
@@ -112,12 +121,15 @@ public sealed partial class InstanceManager
         var known = _store.ListProfiles().Select(p => p.Name).ToHashSet();
         foreach (var p in profiles)
             if (!known.Contains(p))
-                throw new InstanceException($"profile '{p}' not found: 'hull profile list' shows the profiles ({string.Join(", ", known.Order())})", 404);
+                throw new InstanceException($"profile '{p}' not found: 'hull profile list' shows the profiles " +
+                    $"({string.Join(", ", known.Order())})", 404);
         var dup = profiles.GroupBy(p => p).FirstOrDefault(g => g.Count() > 1);
-        if (dup is not null) throw new InstanceException($"profile '{dup.Key}' is listed twice: list each profile once");
+        if (dup is not null) throw new InstanceException(
+            $"profile '{dup.Key}' is listed twice: list each profile once");
     }
 
-    /// <summary>Checks config, devices and profiles as they would be after a change (own keys and the expanded whole).</summary>
+    /// <summary>Checks config, devices and profiles as they would be after a change (own keys and the expanded
+    /// whole).</summary>
     void ValidateRecord(InstanceRecord r)
     {
         ValidateProfiles(r.Profiles);
@@ -130,6 +142,7 @@ public sealed partial class InstanceManager
     public static void ValidateName(string name, string what = "instance")
     {
         if (!ConfigSchema.IsValidName(name))
-            throw new InstanceException($"{what} name '{name}' is invalid: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit");
+            throw new InstanceException($"{what} name '{name}' is invalid: use 1-63 letters, digits, '-', '_' or " +
+                "'.', starting with a letter or digit");
     }
 }

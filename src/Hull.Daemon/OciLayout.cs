@@ -24,20 +24,25 @@ public static class OciLayout
     {
         using var layoutFd = Sys.Open(layout, O.RDONLY | O.DIRECTORY);
         if (!LayoutFileExists(layoutFd, "oci-layout") || !LayoutFileExists(layoutFd, "index.json"))
-            throw new InstanceException("this is not an OCI image layout (oci-layout and index.json are missing): give a directory written by skopeo or umoci");
+            throw new InstanceException("this is not an OCI image layout (oci-layout and index.json are missing): " +
+                "give a directory written by skopeo or umoci");
         using var index = JsonDocument.Parse(await ReadLayoutFileAsync(layoutFd, "index.json", ct));
         var manifests = index.RootElement.TryGetProperty("manifests", out var m) ? m.EnumerateArray().ToList() : [];
-        string Ref(JsonElement e) => e.TryGetProperty("annotations", out var a) && a.TryGetProperty(RefAnnotation, out var r) ? r.GetString() ?? "" : "";
+        string Ref(JsonElement e) => e.TryGetProperty("annotations", out var a)
+            && a.TryGetProperty(RefAnnotation, out var r) ? r.GetString() ?? "" : "";
         JsonElement chosen;
         if (reference is not null)
         {
             var match = manifests.Where(x => Ref(x) == reference).ToList();
             if (match.Count == 0)
-                throw new InstanceException($"the OCI layout has no image tagged '{reference}': its tags are {string.Join(", ", manifests.Select(Ref).Where(r => r.Length > 0).DefaultIfEmpty("(none)"))}", 404);
+                throw new InstanceException($"the OCI layout has no image tagged '{reference}': its tags are " +
+                    $"{string.Join(", ", manifests.Select(Ref).Where(r => r.Length > 0).DefaultIfEmpty("(none)"))}",
+                    404);
             chosen = match[0];
         }
         else if (manifests.Count == 1) chosen = manifests[0];
-        else throw new InstanceException($"the OCI layout holds {manifests.Count} images: choose one with --ref ({string.Join(", ", manifests.Select(Ref).Where(r => r.Length > 0))})");
+        else throw new InstanceException($"the OCI layout holds {manifests.Count} images: choose one with --ref " +
+            $"({string.Join(", ", manifests.Select(Ref).Where(r => r.Length > 0))})");
 
         var manifest = await ReadManifestAsync(layoutFd, chosen, ct);
         using (manifest)
@@ -90,7 +95,8 @@ public static class OciLayout
             await using (var f = await VerifiedBlobAsync(layout, descriptor, ct))
             {
                 if (f.Length > 4 << 20)
-                    throw new InstanceException("an OCI manifest of the layout is larger than 4 MiB: it is not a manifest");
+                    throw new InstanceException("an OCI manifest of the layout is larger than 4 MiB: it is not a " +
+                        "manifest");
                 doc = await JsonDocument.ParseAsync(f, cancellationToken: ct);
             }
             var mediaType = doc.RootElement.TryGetProperty("mediaType", out var mt) ? mt.GetString() : null;
@@ -98,12 +104,14 @@ public static class OciLayout
             if (!doc.RootElement.TryGetProperty("manifests", out var list))
             {
                 doc.Dispose();
-                throw new InstanceException($"the OCI manifest has an unknown media type '{mediaType}': expected an image manifest or index");
+                throw new InstanceException($"the OCI manifest has an unknown media type '{mediaType}': expected an " +
+                    "image manifest or index");
             }
             // An image index: take linux/amd64.
             JsonElement? next = null;
             foreach (var e in list.EnumerateArray())
-                if (e.TryGetProperty("platform", out var p) && p.GetProperty("os").GetString() == "linux" && p.GetProperty("architecture").GetString() == "amd64")
+                if (e.TryGetProperty("platform", out var p) && p.GetProperty("os").GetString() == "linux"
+                    && p.GetProperty("architecture").GetString() == "amd64")
                 { next = e.Clone(); break; }
             doc.Dispose();
             descriptor = next ?? throw new InstanceException("the OCI image index has no linux/amd64 image");
@@ -114,8 +122,10 @@ public static class OciLayout
     static async Task<FileStream> VerifiedBlobAsync(SafeFd layout, JsonElement descriptor, CancellationToken ct)
     {
         var digest = descriptor.GetProperty("digest").GetString() ?? "";
-        if (!digest.StartsWith("sha256:", StringComparison.Ordinal) || digest.Length != 71 || !digest[7..].All(Uri.IsHexDigit))
-            throw new InstanceException($"the OCI layout uses an unsupported digest '{digest}': only sha256 is supported");
+        if (!digest.StartsWith("sha256:", StringComparison.Ordinal) || digest.Length != 71
+            || !digest[7..].All(Uri.IsHexDigit))
+            throw new InstanceException($"the OCI layout uses an unsupported digest '{digest}': only sha256 is " +
+                "supported");
         var path = "blobs/sha256/" + digest[7..];
         if (!LayoutFileExists(layout, path)) throw new InstanceException($"the OCI layout is missing blob {digest}");
         var f = OpenLayoutFile(layout, path);
@@ -123,7 +133,8 @@ public static class OciLayout
         {
             var actual = "sha256:" + Convert.ToHexStringLower(await SHA256.HashDataAsync(f, ct));
             if (actual != digest)
-                throw new InstanceException($"blob {digest} of the OCI layout is corrupt (its content hashes to {actual})");
+                throw new InstanceException($"blob {digest} of the OCI layout is corrupt (its content hashes to " +
+                    $"{actual})");
             f.Position = 0;
             return f;
         }

@@ -242,7 +242,8 @@ public sealed class Store : IDisposable
     {
         var version = Convert.ToInt32(Scalar("PRAGMA user_version"));
         if (version > Migrations.Length)
-            throw new InvalidOperationException($"the state database has schema version {version}, newer than this hulld knows ({Migrations.Length}): run a newer hulld");
+            throw new InvalidOperationException($"the state database has schema version {version}, newer than this " +
+                $"hulld knows ({Migrations.Length}): run a newer hulld");
         for (var v = version; v < Migrations.Length; v++)
         {
             using var tx = _db.BeginTransaction();
@@ -279,25 +280,32 @@ public sealed class Store : IDisposable
         return cmd;
     }
 
-    static string J(Dictionary<string, string> d) => JsonSerializer.Serialize(d, HullJson.Default.DictionaryStringString);
-    static string J(Dictionary<string, Dictionary<string, string>> d) => JsonSerializer.Serialize(d, HullJson.Default.DictionaryStringDictionaryStringString);
+    static string J(Dictionary<string, string> d) =>
+        JsonSerializer.Serialize(d, HullJson.Default.DictionaryStringString);
+    static string J(Dictionary<string, Dictionary<string, string>> d) =>
+        JsonSerializer.Serialize(d, HullJson.Default.DictionaryStringDictionaryStringString);
     static string J(List<string> d) => JsonSerializer.Serialize(d, HullJson.Default.ListString);
-    static Dictionary<string, string> Cfg(string s) => JsonSerializer.Deserialize(s, HullJson.Default.DictionaryStringString) ?? [];
-    static Dictionary<string, Dictionary<string, string>> Dev(string s) => JsonSerializer.Deserialize(s, HullJson.Default.DictionaryStringDictionaryStringString) ?? [];
+    static Dictionary<string, string> Cfg(string s) =>
+        JsonSerializer.Deserialize(s, HullJson.Default.DictionaryStringString) ?? [];
+    static Dictionary<string, Dictionary<string,
+        string>> Dev(string s) => JsonSerializer.Deserialize(s, HullJson.Default.DictionaryStringDictionaryStringString)
+        ?? [];
     static List<string> Lst(string s) => JsonSerializer.Deserialize(s, HullJson.Default.ListString) ?? [];
     static long T(DateTimeOffset t) => t.ToUnixTimeMilliseconds();
     static DateTimeOffset T(long ms) => DateTimeOffset.FromUnixTimeMilliseconds(ms);
 
     // ---- instances ----
 
-    const string InstanceCols = "name, type, image, image_fingerprint, config, devices, profiles, state, created, last_used, pending, pid, last_exit_code, status_message";
+    const string InstanceCols = "name, type, image, image_fingerprint, config, devices, profiles, state, created, " +
+        "last_used, pending, pid, last_exit_code, status_message";
 
     static InstanceRecord ReadInstance(SqliteDataReader r) => new()
     {
         Name = r.GetString(0), Type = r.GetString(1), Image = r.GetString(2), ImageFingerprint = r.GetString(3),
         Config = Cfg(r.GetString(4)), Devices = Dev(r.GetString(5)), Profiles = Lst(r.GetString(6)),
         State = InstanceStates.Parse(r.GetString(7)),
-        Created = T(r.GetInt64(8)), LastUsed = r.IsDBNull(9) ? null : T(r.GetInt64(9)), Pending = r.IsDBNull(10) ? null : PendingOps.Parse(r.GetString(10)),
+        Created = T(r.GetInt64(8)), LastUsed = r.IsDBNull(9) ? null : T(r.GetInt64(9)),
+        Pending = r.IsDBNull(10) ? null : PendingOps.Parse(r.GetString(10)),
         Pid = r.IsDBNull(11) ? null : r.GetInt32(11), LastExitCode = r.IsDBNull(12) ? null : r.GetInt32(12),
         StatusMessage = r.IsDBNull(13) ? null : r.GetString(13),
     };
@@ -329,9 +337,12 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd($"INSERT OR IGNORE INTO instances ({InstanceCols}) VALUES ($n,$t,$i,$f,$c,$d,$p,$s,$cr,$lu,$pe,$pid,$ec,$sm)",
-                ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)), ("$d", J(i.Devices)),
-                ("$p", J(i.Profiles)), ("$s", i.State.ToWire()), ("$cr", T(i.Created)), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
+            using var cmd = Cmd($"INSERT OR IGNORE INTO instances ({InstanceCols}) VALUES " +
+                "($n,$t,$i,$f,$c,$d,$p,$s,$cr,$lu,$pe,$pid,$ec,$sm)",
+                ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)),
+                ("$d", J(i.Devices)),
+                ("$p", J(i.Profiles)), ("$s", i.State.ToWire()), ("$cr", T(i.Created)),
+                ("$lu", i.LastUsed is { } lu ? T(lu) : null),
                 ("$pe", i.Pending?.Word()), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
             return Run(cmd) == 1;
         }
@@ -341,8 +352,11 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("UPDATE instances SET type=$t, image=$i, image_fingerprint=$f, config=$c, devices=$d, profiles=$p, state=$s, last_used=$lu, pending=$pe, pid=$pid, last_exit_code=$ec, status_message=$sm WHERE name=$n",
-                ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)), ("$d", J(i.Devices)),
+            using var cmd = Cmd("UPDATE instances SET type=$t, image=$i, image_fingerprint=$f, config=$c, " +
+                "devices=$d, profiles=$p, state=$s, last_used=$lu, pending=$pe, pid=$pid, last_exit_code=$ec, " +
+                "status_message=$sm WHERE name=$n",
+                ("$n", i.Name), ("$t", i.Type), ("$i", i.Image), ("$f", i.ImageFingerprint), ("$c", J(i.Config)),
+                ("$d", J(i.Devices)),
                 ("$p", J(i.Profiles)), ("$s", i.State.ToWire()), ("$lu", i.LastUsed is { } lu ? T(lu) : null),
                 ("$pe", i.Pending?.Word()), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
             if (Run(cmd) != 1) throw new InvalidOperationException($"instance {i.Name} vanished from the store");
@@ -353,7 +367,8 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("UPDATE OR IGNORE instances SET name=$to WHERE name=$from", ("$from", from), ("$to", to));
+            using var cmd = Cmd("UPDATE OR IGNORE instances SET name=$to WHERE name=$from", ("$from", from),
+                ("$to", to));
             return Run(cmd) == 1;
         }
     }
@@ -373,13 +388,15 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("SELECT name, created, config, devices, profiles FROM snapshots WHERE instance=$i AND pending IS NULL ORDER BY created, name", ("$i", instance));
+            using var cmd = Cmd("SELECT name, created, config, devices, profiles FROM snapshots WHERE instance=$i " +
+                "AND pending IS NULL ORDER BY created, name", ("$i", instance));
             using var r = cmd.ExecuteReader();
             var list = new List<Snapshot>();
             while (r.Read())
                 list.Add(new Snapshot
                 {
-                    Instance = instance, Name = r.GetString(0), CreatedAt = T(r.GetInt64(1)), Config = Cfg(r.GetString(2)),
+                    Instance = instance, Name = r.GetString(0), CreatedAt = T(r.GetInt64(1)),
+                    Config = Cfg(r.GetString(2)),
                     Devices = Dev(r.GetString(3)), Profiles = Lst(r.GetString(4)),
                 });
             return list;
@@ -403,8 +420,10 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("INSERT OR IGNORE INTO snapshots (instance, name, created, config, devices, profiles, pending) VALUES ($i,$n,$c,$cf,$d,$p,$pe)",
-                ("$i", s.Instance), ("$n", s.Name), ("$c", T(s.CreatedAt)), ("$cf", J(s.Config)), ("$d", J(s.Devices)), ("$p", J(s.Profiles)), ("$pe", pending?.Word()));
+            using var cmd = Cmd("INSERT OR IGNORE INTO snapshots (instance, name, created, config, devices, " +
+                "profiles, pending) VALUES ($i,$n,$c,$cf,$d,$p,$pe)",
+                ("$i", s.Instance), ("$n", s.Name), ("$c", T(s.CreatedAt)), ("$cf", J(s.Config)), ("$d", J(s.Devices)),
+                    ("$p", J(s.Profiles)), ("$pe", pending?.Word()));
             return Run(cmd) == 1;
         }
     }
@@ -413,7 +432,8 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("UPDATE snapshots SET pending=$p WHERE instance=$i AND name=$n", ("$i", instance), ("$n", name), ("$p", pending?.Word()));
+            using var cmd = Cmd("UPDATE snapshots SET pending=$p WHERE instance=$i AND name=$n", ("$i", instance),
+                ("$n", name), ("$p", pending?.Word()));
             Run(cmd);
         }
     }
@@ -436,7 +456,8 @@ public sealed class Store : IDisposable
             using var cmd = Cmd("SELECT name, description, config, devices FROM profiles ORDER BY name");
             using var r = cmd.ExecuteReader();
             var list = new List<ProfileRecord>();
-            while (r.Read()) list.Add(new ProfileRecord { Name = r.GetString(0), Description = r.GetString(1), Config = Cfg(r.GetString(2)), Devices = Dev(r.GetString(3)) });
+            while (r.Read()) list.Add(new ProfileRecord { Name = r.GetString(0), Description = r.GetString(1),
+                Config = Cfg(r.GetString(2)), Devices = Dev(r.GetString(3)) });
             return list;
         }
     }
@@ -447,7 +468,8 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("INSERT OR IGNORE INTO profiles (name, description, config, devices) VALUES ($n,$de,$c,$d)",
+            using var cmd = Cmd("INSERT OR IGNORE INTO profiles (name, description, config, devices) VALUES " +
+                "($n,$de,$c,$d)",
                 ("$n", p.Name), ("$de", p.Description), ("$c", J(p.Config)), ("$d", J(p.Devices)));
             return Run(cmd) == 1;
         }
@@ -478,11 +500,13 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("SELECT fingerprint, type, size, created, description, builtin FROM images ORDER BY created");
+            using var cmd = Cmd("SELECT fingerprint, type, size, created, description, builtin FROM images ORDER BY " +
+                "created");
             using var r = cmd.ExecuteReader();
             var list = new List<ImageRecord>();
             while (r.Read())
-                list.Add(new ImageRecord { Fingerprint = r.GetString(0), Type = r.GetString(1), Size = r.GetInt64(2), Created = T(r.GetInt64(3)), Description = r.GetString(4), Builtin = r.GetInt64(5) != 0 });
+                list.Add(new ImageRecord { Fingerprint = r.GetString(0), Type = r.GetString(1), Size = r.GetInt64(2),
+                    Created = T(r.GetInt64(3)), Description = r.GetString(4), Builtin = r.GetInt64(5) != 0 });
             return list;
         }
     }
@@ -491,8 +515,10 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("INSERT OR IGNORE INTO images (fingerprint, type, size, created, description, builtin) VALUES ($f,$t,$s,$c,$d,$b)",
-                ("$f", i.Fingerprint), ("$t", i.Type), ("$s", i.Size), ("$c", T(i.Created)), ("$d", i.Description), ("$b", i.Builtin ? 1 : 0));
+            using var cmd = Cmd("INSERT OR IGNORE INTO images (fingerprint, type, size, created, description, " +
+                "builtin) VALUES ($f,$t,$s,$c,$d,$b)",
+                ("$f", i.Fingerprint), ("$t", i.Type), ("$s", i.Size), ("$c", T(i.Created)), ("$d", i.Description),
+                    ("$b", i.Builtin ? 1 : 0));
             return Run(cmd) == 1;
         }
     }
@@ -523,7 +549,8 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("INSERT INTO image_aliases (name, type, fingerprint) VALUES ($n,$t,$f) ON CONFLICT(name, type) DO UPDATE SET fingerprint=$f", ("$n", name), ("$t", type), ("$f", fp));
+            using var cmd = Cmd("INSERT INTO image_aliases (name, type, fingerprint) VALUES ($n,$t,$f) ON " +
+                "CONFLICT(name, type) DO UPDATE SET fingerprint=$f", ("$n", name), ("$t", type), ("$f", fp));
             Run(cmd);
         }
     }
@@ -543,7 +570,8 @@ public sealed class Store : IDisposable
     {
         lock (_lock)
         {
-            using var cmd = Cmd("INSERT INTO counters (name, value) VALUES ($n,$d) ON CONFLICT(name) DO UPDATE SET value=value+$d RETURNING value", ("$n", name), ("$d", delta));
+            using var cmd = Cmd("INSERT INTO counters (name, value) VALUES ($n,$d) ON CONFLICT(name) DO UPDATE SET " +
+                "value=value+$d RETURNING value", ("$n", name), ("$d", delta));
             return Convert.ToInt64(Run(cmd, c => c.ExecuteScalar()));
         }
     }

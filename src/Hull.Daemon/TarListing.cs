@@ -8,7 +8,8 @@ namespace Hull.Daemon;
 /// link target, stored size), so a backup can be judged before tar touches the disk. Reads ustar, GNU (long names,
 /// old sparse) and pax (path, linkpath, size, GNU.sparse.name) headers. Anything it cannot account for exactly (a bad
 /// checksum, an unknown header type or pax keyword, data on a member that has none) is an error, never skipped, so
-/// the listing and GNU tar cannot disagree about which members there are. Errors are <see cref="InvalidDataException"/>.
+/// the listing and GNU tar cannot disagree about which members there are. Errors are
+/// <see cref="InvalidDataException"/>.
 /// </summary>
 public static class TarListing
 {
@@ -19,8 +20,11 @@ public static class TarListing
     const int Block = 512;
 
     // pax keywords GNU tar acts on that do not change which member a header describes, or that this reader applies.
-    static readonly string[] KnownPax = ["path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime", "ctime"];
-    static readonly string[] KnownPaxPrefixes = ["GNU.sparse.", "SCHILY.xattr.", "SCHILY.devmajor", "SCHILY.devminor", "SCHILY.dev", "SCHILY.ino", "SCHILY.nlink"];
+    static readonly string[] KnownPax = ["path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime",
+        "ctime"];
+    static readonly string[] KnownPaxPrefixes =
+        ["GNU.sparse.", "SCHILY.xattr.", "SCHILY.devmajor", "SCHILY.devminor", "SCHILY.dev", "SCHILY.ino",
+        "SCHILY.nlink"];
 
     /// <summary>Reads every member up to the end-of-archive block, calling <paramref name="data"/> (if given) with
     /// the stream positioned at a regular member's data so the caller may read up to Size bytes of it.</summary>
@@ -41,7 +45,8 @@ public static class TarListing
                     throw Bad(offset, "an extended header is followed by the end of the archive");
                 return list;
             }
-            if (!ChecksumOk(h)) throw Bad(offset, "a header checksum does not match (not a tar archive, or a damaged one)");
+            if (!ChecksumOk(h)) throw Bad(offset,
+                "a header checksum does not match (not a tar archive, or a damaged one)");
             var type = (char)h[156];
             var size = Number(h.AsSpan(124, 12), offset, "size");
             var ustar = h.AsSpan(257, 6).SequenceEqual("ustar\0"u8);
@@ -63,7 +68,8 @@ public static class TarListing
                     if (type == 'g')
                     {
                         // Globals would apply to every later member: only harmless ones are taken.
-                        if (kv.Keys.Any(k => k is "path" or "linkpath" or "size" || k.StartsWith("GNU.sparse.", StringComparison.Ordinal)))
+                        if (kv.Keys.Any(k => k is "path" or "linkpath" or "size"
+                            || k.StartsWith("GNU.sparse.", StringComparison.Ordinal)))
                             throw Bad(offset, "a pax global header sets a member's name, link or size");
                         continue;
                     }
@@ -72,10 +78,12 @@ public static class TarListing
                 }
             }
             var name = pax?.GetValueOrDefault("GNU.sparse.name") ?? pax?.GetValueOrDefault("path") ?? longName
-                ?? (ustar && h[345] != 0 ? Str(h.AsSpan(345, 155)) + "/" + Str(h.AsSpan(0, 100)) : Str(h.AsSpan(0, 100)));
+                ?? (ustar && h[345] != 0 ? Str(h.AsSpan(345, 155)) + "/" + Str(h.AsSpan(0, 100))
+                    : Str(h.AsSpan(0, 100)));
             var link = pax?.GetValueOrDefault("linkpath") ?? longLink ?? Str(h.AsSpan(157, 100));
             if (pax?.GetValueOrDefault("size") is { } ps)
-                size = long.TryParse(ps, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : throw Bad(offset, "a pax size is not a number");
+                size = long.TryParse(ps, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v
+                    : throw Bad(offset, "a pax size is not a number");
             longName = longLink = null;
             pax = null;
             if (type == 'S')
@@ -135,7 +143,8 @@ public static class TarListing
         }
         var t = Str(f).Trim(' ', '\0');
         if (t.Length == 0) return 0;
-        if (t.Length > 21 || !t.All(c => c is >= '0' and <= '7')) throw Bad(offset, $"a {what} that is not an octal number");
+        if (t.Length > 21 || !t.All(c => c is >= '0' and <= '7')) throw Bad(offset,
+            $"a {what} that is not an octal number");
         return Convert.ToInt64(t, 8);
     }
 
@@ -152,7 +161,8 @@ public static class TarListing
         while (i < data.Length && data[i] != 0)
         {
             var sp = Array.IndexOf(data, (byte)' ', i);
-            if (sp < 0 || !int.TryParse(data.AsSpan(i, sp - i), NumberStyles.None, CultureInfo.InvariantCulture, out var len) ||
+            if (sp < 0 || !int.TryParse(data.AsSpan(i, sp - i), NumberStyles.None, CultureInfo.InvariantCulture,
+                out var len) ||
                 len <= sp - i + 1 || i + len > data.Length || data[i + len - 1] != '\n')
                 throw Bad(offset, "a pax record is malformed");
             var rec = data.AsSpan(sp + 1, i + len - 1 - (sp + 1));
@@ -177,7 +187,8 @@ public static class TarListing
     static byte[] ReadData(Stream s, long size, ref long offset)
     {
         var b = new byte[size];
-        if (s.ReadAtLeast(b, b.Length, throwOnEndOfStream: false) != b.Length) throw Bad(offset, "an extended header is cut short");
+        if (s.ReadAtLeast(b, b.Length, throwOnEndOfStream: false) != b.Length) throw Bad(offset,
+            "an extended header is cut short");
         offset += size;
         Skip(s, (Block - size % Block) % Block, ref offset);
         return b;

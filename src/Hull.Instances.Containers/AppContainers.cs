@@ -17,17 +17,21 @@ public static class AppContainers
     /// <summary>The file in the root of the host image's skeleton that marks an instance made from it.</summary>
     public const string Marker = ".hull-host-rootfs";
 
-    static readonly string[] SkeletonDirs = ["dev", "proc", "sys", "tmp", "run", "var/tmp", "var/log", "var/cache", "var/lib", "home", "root", "mnt", "opt", "srv", "media"];
+    static readonly string[] SkeletonDirs = ["dev", "proc", "sys", "tmp", "run", "var/tmp", "var/log", "var/cache",
+        "var/lib", "home", "root", "mnt", "opt", "srv", "media"];
 
-    /// <summary>Builds the tarball of the "host" image: only the skeleton; the host's directories are mounted at start.</summary>
+    /// <summary>Builds the tarball of the "host" image: only the skeleton; the host's directories are mounted at
+    /// start.</summary>
     public static async Task<string> BuildHostImageAsync(string work, CancellationToken ct)
     {
         var root = Path.Combine(work, "rootfs");
         foreach (var d in SkeletonDirs) Directory.CreateDirectory(Path.Combine(root, d));
-        foreach (var d in new[] { "tmp", "var/tmp" }) Sys.Check(Libc.chmod(Path.Combine(root, d), 0b1_111_111_111), $"chmod {d}");
+        foreach (var d in new[] { "tmp", "var/tmp" }) Sys.Check(Libc.chmod(Path.Combine(root, d), 0b1_111_111_111),
+            $"chmod {d}");
         Sys.Check(Libc.chmod(Path.Combine(root, "root"), 0b111_000_000), "chmod root");
         await File.WriteAllTextAsync(Path.Combine(root, Marker),
-            "The root of a Hull application container: the host's system directories are bind-mounted read-only at start.\n", ct);
+            "The root of a Hull application container: the host's system directories are bind-mounted read-only at " +
+                "start.\n", ct);
         var tar = Path.Combine(work, "host.tar");
         await HostProgram.RunAsync("tar",
             ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", tar, "-C", root, "."],
@@ -35,7 +39,8 @@ public static class AppContainers
         return tar;
     }
 
-    /// <summary>True if <paramref name="lowerOrRoot"/> (the image root the instance is made from) is the host skeleton.</summary>
+    /// <summary>True if <paramref name="lowerOrRoot"/> (the image root the instance is made from) is the host
+    /// skeleton.</summary>
     public static bool IsHostImage(string lowerOrRoot) => File.Exists(Path.Combine(lowerOrRoot, Marker));
 
     /// <summary>
@@ -46,12 +51,14 @@ public static class AppContainers
     public static void Apply(InstanceSpec spec, Spec oci, string root)
     {
         var command = AppConfig.Command(spec.Config)
-            ?? throw new InstanceException($"instance '{spec.Name}' is an application container of the host image and has no command: set {AppConfig.CommandKey} (hull launch host NAME -- PROGRAM [ARGS...])");
+            ?? throw new InstanceException($"instance '{spec.Name}' is an application container of the host image " +
+                $"and has no command: set {AppConfig.CommandKey} (hull launch host NAME -- PROGRAM [ARGS...])");
         oci.Process!.Args = command;
         oci.Process.Cwd = "/";
         // A sandboxed program: it cannot gain privileges through set-uid files.
         oci.Process.NoNewPrivileges = true;
-        oci.Mounts!.Add(new Mount { Destination = "/tmp", Type = "tmpfs", Source = "tmpfs", Options = ["nosuid", "nodev", "mode=1777"] });
+        oci.Mounts!.Add(new Mount { Destination = "/tmp", Type = "tmpfs", Source = "tmpfs",
+            Options = ["nosuid", "nodev", "mode=1777"] });
         using var rootFd = Sys.Open(root, O.RDONLY | O.DIRECTORY);
         foreach (var dir in AppConfig.System(spec.Config))
         {
@@ -69,15 +76,18 @@ public static class AppContainers
         foreach (var dir in AppConfig.Shares(spec.Config))
         {
             if (!Directory.Exists(dir) && !File.Exists(dir))
-                throw new InstanceException($"{AppConfig.ShareKey}: {dir} does not exist on the host: create it or remove it from {AppConfig.ShareKey}");
+                throw new InstanceException($"{AppConfig.ShareKey}: {dir} does not exist on the host: create it or " +
+                    $"remove it from {AppConfig.ShareKey}");
             if (dir.LastIndexOf('/') == 0) EnsureNotSymlink(spec, rootFd, dir[1..]);
             oci.Mounts.Add(ReadOnlyBind(dir));
         }
     }
 
-    static Mount ReadOnlyBind(string dir) => new() { Destination = dir, Type = "bind", Source = dir, Options = ["rbind", "ro"] };
+    static Mount ReadOnlyBind(string dir) =>
+        new() { Destination = dir, Type = "bind", Source = dir, Options = ["rbind", "ro"] };
 
-    /// <summary>Makes the top-level entry <paramref name="name"/> of the instance root a symlink to <paramref name="target"/>
+    /// <summary>Makes the top-level entry <paramref name="name"/> of the instance root a symlink to
+    /// <paramref name="target"/>
     /// (replacing an empty directory or another symlink); the names never leave the root (openat2 on its fd).</summary>
     static void EnsureSymlink(InstanceSpec spec, SafeFd root, string name, string target)
     {
@@ -87,19 +97,23 @@ public static class AppContainers
             using (fd)
             {
                 var st = RootedFs.FStat(fd);
-                current = (st.Mode & 0xF000) == 0xA000 ? new FileInfo($"/proc/self/fd/{root.Fd}/{name}").LinkTarget : null;
+                current = (st.Mode & 0xF000) == 0xA000 ? new FileInfo($"/proc/self/fd/{root.Fd}/{name}").LinkTarget
+                    : null;
                 if (current == target) return;
             }
             try { RootedFs.UnlinkAt(root, name, current is null); }
             catch (LinuxException e)
             {
-                throw new InstanceException($"instance '{spec.Name}': /{name} must become a symlink to {target} as on the host, but it is a non-empty directory ({e.Message}): move its contents away", 409);
+                throw new InstanceException($"instance '{spec.Name}': /{name} must become a symlink to {target} as " +
+                    $"on the host, but it is a non-empty directory ({e.Message}): move its contents away", 409);
             }
         }
-        Sys.Check(Libc.symlink(target, $"/proc/self/fd/{root.Fd}/{name}"), $"symlink /{name} -> {target} in instance '{spec.Name}'");
+        Sys.Check(Libc.symlink(target, $"/proc/self/fd/{root.Fd}/{name}"),
+            $"symlink /{name} -> {target} in instance '{spec.Name}'");
     }
 
-    /// <summary>Removes a top-level symlink where a directory is to be mounted (the host stopped using a symlink there).</summary>
+    /// <summary>Removes a top-level symlink where a directory is to be mounted (the host stopped using a symlink
+    /// there).</summary>
     static void EnsureNotSymlink(InstanceSpec spec, SafeFd root, string name)
     {
         if (!RootedFs.TryOpen(root, name, O.PATH | O.NOFOLLOW, 0, out var fd, out _)) return;

@@ -35,23 +35,27 @@ public sealed partial class ContainerDriver
         finally { Lock(spec).Release(); }
     }
 
-    static string TypeOf(uint mode) => (mode & 0xF000) switch { 0x8000 => "file", 0x4000 => "directory", 0xA000 => "symlink", _ => "special" };
+    static string TypeOf(uint mode) => (mode & 0xF000) switch { 0x8000 => "file", 0x4000 => "directory",
+        0xA000 => "symlink", _ => "special" };
 
     /// <summary>A file's description, with its owners as the container sees them.</summary>
     static FileEntry Entry(InstanceSpec spec, string name, SafeFd fd)
     {
         var st = RootedFs.FStat(fd);
         var (uid, gid) = Unprivileged.Inside(Unprivileged.OnDisk(spec), st.Uid, st.Gid);
-        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF), Uid = uid, Gid = gid };
+        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF),
+            Uid = uid, Gid = gid };
     }
 
-    static InstanceException NotFound(InstanceSpec spec, string path) => new($"{path} does not exist in instance '{spec.Name}'", 404);
+    static InstanceException NotFound(InstanceSpec spec, string path) =>
+        new($"{path} does not exist in instance '{spec.Name}'", 404);
 
     static SafeFd OpenIn(InstanceSpec spec, SafeFd root, string path, int flags, uint mode = 0)
     {
         if (RootedFs.TryOpen(root, path, flags, mode, out var fd, out var e)) return fd;
         if (e == Errors.ENOENT) throw NotFound(spec, path);
-        if (e == Errors.ENOTDIR) throw new InstanceException($"{path} in instance '{spec.Name}': a parent is not a directory");
+        if (e == Errors.ENOTDIR) throw new InstanceException(
+            $"{path} in instance '{spec.Name}': a parent is not a directory");
         if (e == Errors.EISDIR) throw new InstanceException($"{path} in instance '{spec.Name}' is a directory");
         throw new InstanceException($"{path} in instance '{spec.Name}': {Errors.Describe(e)}", 500);
     }
@@ -60,8 +64,10 @@ public sealed partial class ContainerDriver
     {
         using var root = OpenRoot(spec);
         if (!RootedFs.TryOpen(root, path, O.PATH, 0, out var fd, out var e))
-            return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null) : throw new InstanceException($"{path}: {Errors.Describe(e)}", 500);
-        using (fd) return Task.FromResult<FileEntry?>(Entry(spec, Path.GetFileName(path.TrimEnd('/')) is { Length: > 0 } n ? n : "/", fd));
+            return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null)
+                : throw new InstanceException($"{path}: {Errors.Describe(e)}", 500);
+        using (fd) return Task.FromResult<FileEntry?>(
+            Entry(spec, Path.GetFileName(path.TrimEnd('/')) is { Length: > 0 } n ? n : "/", fd));
     }
 
     public Task<Stream> PullFileAsync(InstanceSpec spec, string path, CancellationToken ct)
@@ -69,7 +75,8 @@ public sealed partial class ContainerDriver
         using var root = OpenRoot(spec);
         // O_NONBLOCK: a fifo swapped in after the stat must not hang the open (it is refused below).
         var fd = OpenIn(spec, root, path, O.RDONLY | O.NONBLOCK);
-        if (TypeOf(RootedFs.FStat(fd).Mode) != "file") { fd.Dispose(); throw new InstanceException($"{path} in instance '{spec.Name}' is not a regular file"); }
+        if (TypeOf(RootedFs.FStat(fd).Mode) != "file") { fd.Dispose(); throw new InstanceException(
+            $"{path} in instance '{spec.Name}' is not a regular file"); }
         return Task.FromResult<Stream>(new FileStream(new SafeFileHandle(fd.Detach(), true), FileAccess.Read, 1));
     }
 
@@ -78,7 +85,8 @@ public sealed partial class ContainerDriver
         using var root = OpenRoot(spec);
         using var dir = OpenIn(spec, root, path, O.RDONLY | O.DIRECTORY);
         var list = new List<FileEntry>();
-        foreach (var child in Directory.EnumerateFileSystemEntries($"/proc/self/fd/{dir.Fd}").Select(x => Path.GetFileName(x)!).Order(StringComparer.Ordinal))
+        foreach (var child in Directory.EnumerateFileSystemEntries($"/proc/self/fd/{dir.Fd}").Select(x =>
+            Path.GetFileName(x)!).Order(StringComparer.Ordinal))
         {
             if (RootedFs.TryOpen(dir, child, O.PATH | O.NOFOLLOW, 0, out var cfd, out _))
                 using (cfd) list.Add(Entry(spec, child, cfd));
@@ -109,7 +117,8 @@ public sealed partial class ContainerDriver
             {
                 RootedFs.FChown(fd, uid, gid);
                 RootedFs.FChmod(fd, (uint)meta.Mode & 0xFFF);
-                await using var fs = new FileStream(new SafeFileHandle(fd.DangerousGetHandle(), false), FileAccess.Write, 1);
+                await using var fs = new FileStream(new SafeFileHandle(fd.DangerousGetHandle(), false),
+                    FileAccess.Write, 1);
                 await content.CopyToAsync(fs, ct);
             }
             catch
@@ -132,7 +141,8 @@ public sealed partial class ContainerDriver
         using (var self = OpenIn(spec, root, path, O.PATH | O.NOFOLLOW)) st = Entry(spec, path, self);
         using var d = OpenIn(spec, root, Path.GetDirectoryName(path.TrimEnd('/')) ?? "/", O.RDONLY | O.DIRECTORY);
         try { RootedFs.UnlinkAt(d, Path.GetFileName(path.TrimEnd('/')), st.Type == "directory"); }
-        catch (LinuxException e) { throw new InstanceException($"deleting {path} in instance '{spec.Name}': {e.Message}", e.Errno == Errors.ENOTEMPTY ? 409 : 500); }
+        catch (LinuxException e) { throw new InstanceException(
+            $"deleting {path} in instance '{spec.Name}': {e.Message}", e.Errno == Errors.ENOTEMPTY ? 409 : 500); }
     }
 
     // ---- console and log ----
@@ -140,7 +150,9 @@ public sealed partial class ContainerDriver
     public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (!IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is not running", 409);
-        return Task.FromResult<IConsoleSession>(new LogConsole(new LogFileStream(ConsoleLogPath(spec), () => IsRunning(spec), follow: true, fromEnd: true)));
+        return Task.FromResult<IConsoleSession>(
+            new LogConsole(new LogFileStream(ConsoleLogPath(spec), () => IsRunning(spec), follow: true,
+            fromEnd: true)));
     }
 
     sealed class LogConsole(Stream output) : IConsoleSession

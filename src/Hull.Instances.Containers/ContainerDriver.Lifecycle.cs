@@ -21,7 +21,8 @@ public sealed partial class ContainerDriver
 
     bool IsRunning(InstanceSpec spec) => Find(spec) is { } f && f.Status.IsLive();
 
-    /// <summary>Removes the engine container of an instance (the monitor kills and reaps an init still alive).</summary>
+    /// <summary>Removes the engine container of an instance (the monitor kills and reaps an init still
+    /// alive).</summary>
     void CleanupEngine(InstanceSpec spec)
     {
         if (_containers.Exists(spec.Name))
@@ -57,7 +58,8 @@ public sealed partial class ContainerDriver
                 using var log = OpenConsoleLog(spec);
                 var logStart = (long)RootedFs.FStat(log).Size;
                 // The monitor creates and starts it (and rolls back if that fails): the init is the monitor's child.
-                await Task.Run(() => _monitor.CreateAndStart(spec.Name, spec.Dir, oci, P(spec, "exit"), [devnull, log, log]), ct);
+                await Task.Run(() => _monitor.CreateAndStart(spec.Name, spec.Dir, oci, P(spec, "exit"),
+                    [devnull, log, log]), ct);
                 if (init is not null) await FailIfInitDiesAtOnce(spec, logStart, ct);
             }
             catch (Exception e)
@@ -157,7 +159,8 @@ public sealed partial class ContainerDriver
             {
                 try { _monitor.Kill(spec.Name, Signals.SIGKILL, all: true); } catch (MonitorException) { }
                 if (!await EndsWithin(spec, f, TimeSpan.FromSeconds(10), ct))
-                    throw new InstanceException($"container '{spec.Name}' did not die within 10 s of SIGKILL; try again", 500);
+                    throw new InstanceException($"container '{spec.Name}' did not die within 10 s of SIGKILL; try " +
+                        "again", 500);
                 if (ReadExit(spec) is null) WriteExit(spec, 128 + Signals.SIGKILL);
             }
             // Not recorded (an init the monitor is not the parent of): it ended after the SIGTERM, with a code
@@ -181,8 +184,10 @@ public sealed partial class ContainerDriver
         catch (LinuxException) { return Signals.SIGTERM; }
     }
 
-    /// <summary>A refusal of the monitor's for a running instance (not running, already paused...): a conflict.</summary>
-    static InstanceException Conflict(InstanceSpec spec, MonitorException e) => new($"instance '{spec.Name}': {e.Message}", 409);
+    /// <summary>A refusal of the monitor's for a running instance (not running, already paused...): a
+    /// conflict.</summary>
+    static InstanceException Conflict(InstanceSpec spec, MonitorException e) =>
+        new($"instance '{spec.Name}': {e.Message}", 409);
 
     public Task KillAsync(InstanceSpec spec, int signal, CancellationToken ct)
     {
@@ -253,7 +258,8 @@ public sealed partial class ContainerDriver
         var r = new Resources();
         r.Memory = new Memory { Limit = spec.Limits.MemoryBytes ?? -1 };
         r.Pids = new Pids { Limit = spec.Limits.Processes ?? -1 };
-        r.Cpu = spec.Limits.Cpus is { } c ? new Cpu { Quota = c * 100_000L, Period = 100_000 } : new Cpu { Quota = -1, Period = 100_000 };
+        r.Cpu = spec.Limits.Cpus is { } c ? new Cpu { Quota = c * 100_000L, Period = 100_000 }
+            : new Cpu { Quota = -1, Period = 100_000 };
         try { _monitor.Update(spec.Name, r); }
         catch (MonitorException) { return Task.FromResult(false); }
         return Task.FromResult(true);
@@ -270,14 +276,16 @@ public sealed partial class ContainerDriver
     public Task<IExecSession> ExecAsync(InstanceSpec spec, ExecSpec exec, CancellationToken ct)
     {
         if (Find(spec) is not { Status: ContainerStatus.Running } f)
-            throw new InstanceException($"instance '{spec.Name}' is not running" + (Find(spec) is { Status: ContainerStatus.Paused } ? " (it is paused: resume it first)" : ""), 409);
+            throw new InstanceException($"instance '{spec.Name}' is not running"
+                + (Find(spec) is { Status: ContainerStatus.Paused } ? " (it is paused: resume it first)" : ""), 409);
         var env = exec.Environment.Select(kv => $"{kv.Key}={kv.Value}").ToList();
         Hull.Oci.Process p;
         try { p = _monitor.ExecProcess(spec.Name, [.. exec.Command], env, exec.Cwd, exec.User); }
         catch (MonitorException e) { throw new InstanceException(e.Message); }
         try
         {
-            return Task.FromResult(exec.Tty ? ContainerExec.StartPty(_containers.Root, spec.Name, f.Pid, p, exec.Width, exec.Height)
+            return Task.FromResult(exec.Tty ? ContainerExec.StartPty(_containers.Root, spec.Name, f.Pid, p, exec.Width,
+                exec.Height)
                                             : ContainerExec.StartPipes(_containers.Root, spec.Name, p));
         }
         catch (ContainerException e) when (e.ExitCode is 126 or 127)

@@ -16,14 +16,16 @@ public sealed partial class ContainerDriver
 
     /// <summary>snapshots/NAME, relative to the instance dir (the name checked: one plain path component).</summary>
     static string SnapRel(InstanceSpec spec, string snap) => ConfigSchema.IsValidName(snap) ? "snapshots/" + snap
-        : throw new InstanceException($"snapshot name '{snap}' of '{spec.Name}' is invalid: use 1-63 letters, digits, '-', '_' or '.'");
+        : throw new InstanceException($"snapshot name '{snap}' of '{spec.Name}' is invalid: use 1-63 letters, " +
+            "digits, '-', '_' or '.'");
 
     public async Task CreateSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct)
     {
         var rel = SnapRel(spec, snapshot);
         var layer = Layer(spec);
         OwnDir(spec, "snapshots");
-        if (OwnDir(spec, rel) is not null) throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' exists already", 409);
+        if (OwnDir(spec, rel) is not null) throw new InstanceException(
+            $"snapshot '{snapshot}' of '{spec.Name}' exists already", 409);
         var dir = Directory.CreateDirectory(P(spec, rel)).FullName;
         try { await Run(ct, "cp", "-a", "--reflink=auto", layer, Path.Combine(dir, "upper")); }
         catch { RemoveTree(dir); throw; }
@@ -33,7 +35,8 @@ public sealed partial class ContainerDriver
     {
         var src = OwnDir(spec, SnapRel(spec, snapshot) + "/upper")
             ?? throw new InstanceException($"snapshot '{snapshot}' of '{spec.Name}' does not exist", 404);
-        if (IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is running: stop it before restoring a snapshot", 409);
+        if (IsRunning(spec)) throw new InstanceException(
+            $"instance '{spec.Name}' is running: stop it before restoring a snapshot", 409);
         UnmountRootfs(spec);
         var layer = Layer(spec);
         var next = layer + ".restore";

@@ -12,7 +12,8 @@ namespace Hull.Instances.Containers;
 /// </summary>
 public sealed partial class ContainerDriver
 {
-    const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; while :; do sleep 3600 & wait $!; done";
+    const string KeepAlive = "trap 'echo \"$HOSTNAME: stopping\"; exit 0' TERM INT PWR; echo \"$HOSTNAME: started\"; " +
+        "while :; do sleep 3600 & wait $!; done";
 
     Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, out InitKind? init)
     {
@@ -26,13 +27,15 @@ public sealed partial class ContainerDriver
         if (custom is not null || app) args = custom ?? ["/"];
         else if (init is not null) args = ["/sbin/init"];
         else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
-        else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor /bin/sh: nothing to run as the container's init");
+        else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor " +
+            "/bin/sh: nothing to run as the container's init");
         var s = DefaultSpec.Create(args, terminal: false);
         s.Root = new Root { Path = "rootfs", Readonly = false };
         s.Hostname = spec.Name;
         var env = new Dictionary<string, string>(StringComparer.Ordinal)
         {
-            ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ["TERM"] = "xterm", ["HOME"] = "/root",
+            ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ["TERM"] = "xterm",
+            ["HOME"] = "/root",
             ["container"] = "hull", ["HOSTNAME"] = spec.Name,
         };
         foreach (var (k, v) in spec.Environment) env[k] = v;
@@ -50,7 +53,8 @@ public sealed partial class ContainerDriver
         if (app) AppContainers.Apply(spec, s, root);
         if (app && Unprivileged.OnDisk(spec) is { } appMap) _ids.IdmapReadOnlyBinds(spec, s, root, appMap);
         foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
-            throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be given to container '{spec.Name}' yet: share a host directory with a bind device instead");
+            throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be " +
+                $"given to container '{spec.Name}' yet: share a host directory with a bind device instead");
         // By path depth, so a device at /run/lock is not hidden by one at /run (as Incus orders them).
         foreach (var m in devices.SelectMany(d => d.Mounts).OrderBy(m => m.Target.TrimEnd('/').Count(c => c == '/'))
                      .ThenBy(m => m.Target, StringComparer.Ordinal))

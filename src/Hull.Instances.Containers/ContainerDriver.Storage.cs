@@ -29,7 +29,8 @@ public sealed partial class ContainerDriver
         catch (LinuxException e) when (e.Errno == Errors.ENOENT) { return null; }
     }
 
-    /// <summary>Opens <paramref name="rel"/> below the instance dir through no symlink; false if it does not exist.</summary>
+    /// <summary>Opens <paramref name="rel"/> below the instance dir through no symlink; false if it does not
+    /// exist.</summary>
     static bool TryOpenOwn(InstanceSpec spec, string rel, int flags, uint mode, out SafeFd fd)
     {
         using var dir = OpenInstanceDir(spec);
@@ -38,7 +39,8 @@ public sealed partial class ContainerDriver
         if (RootedFs.TryOpenBeneath(dir, rel, flags, mode, out fd, out var e)) return true;
         if (e == Errors.ENOENT) return false;
         throw NotOwn(spec, rel, e == Errors.ENOTDIR ? "is not a directory, or lies under a file"
-            : e is Errors.ELOOP or Errors.EXDEV ? "is a symlink or lies under one" : $"cannot be opened ({Errors.Describe(e)})");
+            : e is Errors.ELOOP or Errors.EXDEV ? "is a symlink or lies under one"
+                : $"cannot be opened ({Errors.Describe(e)})");
     }
 
     /// <summary>The path of the instance's own dir <paramref name="rel"/>, checked to be a directory reached through no
@@ -69,7 +71,8 @@ public sealed partial class ContainerDriver
     {
         var tmp = P(spec, rel + ".tmp");
         File.Delete(tmp);
-        using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write)) f.Write(System.Text.Encoding.UTF8.GetBytes(text));
+        using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write)) f.Write(
+            System.Text.Encoding.UTF8.GetBytes(text));
         File.Move(tmp, P(spec, rel), overwrite: true);
     }
 
@@ -78,7 +81,8 @@ public sealed partial class ContainerDriver
     {
         if (TryOpenOwn(spec, "console.log", O.PATH, 0, out var probe))
             using (probe)
-                if (TypeOf(RootedFs.FStat(probe).Mode) != "file") throw NotOwn(spec, "console.log", "is not a regular file");
+                if (TypeOf(RootedFs.FStat(probe).Mode) != "file") throw NotOwn(spec, "console.log",
+                    "is not a regular file");
         if (!TryOpenOwn(spec, "console.log", O.WRONLY | O.CREAT | O.APPEND, 0b110_000_000, out var fd))
             throw new InstanceException($"the dir of instance '{spec.Name}' is gone", 500);
         return fd;
@@ -89,7 +93,8 @@ public sealed partial class ContainerDriver
     {
         if (TryOpenOwn(spec, "console.log", O.PATH, 0, out var probe))
             using (probe)
-                if (TypeOf(RootedFs.FStat(probe).Mode) != "file") throw NotOwn(spec, "console.log", "is not a regular file");
+                if (TypeOf(RootedFs.FStat(probe).Mode) != "file") throw NotOwn(spec, "console.log",
+                    "is not a regular file");
         return P(spec, "console.log");
     }
 
@@ -105,7 +110,8 @@ public sealed partial class ContainerDriver
             if (spec.CopyOf is { } cs && IsCopy(cs))
             {
                 made.Add(Rootfs(spec));
-                await Run(ct, "cp", "-a", "--reflink=auto", OwnDir(cs, "rootfs") ?? throw NotOwn(cs, "rootfs", "is missing"), Rootfs(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto",
+                    OwnDir(cs, "rootfs") ?? throw NotOwn(cs, "rootfs", "is missing"), Rootfs(spec));
                 WriteOwn(spec, "lower", "copy\n");
                 made.Add(P(spec, Unprivileged.File));
                 Unprivileged.Record(spec, Unprivileged.OnDisk(cs));
@@ -115,9 +121,11 @@ public sealed partial class ContainerDriver
             if (spec.CopyOf is { } src)
             {
                 lower = LowerOf(src);
-                if (lower == P(src, "base")) { made.Add(P(spec, "base")); await Run(ct, "cp", "-a", "--reflink=auto", lower, P(spec, "base")); lower = P(spec, "base"); }
+                if (lower == P(src, "base")) { made.Add(P(spec, "base")); await Run(ct, "cp", "-a", "--reflink=auto",
+                    lower, P(spec, "base")); lower = P(spec, "base"); }
                 made.Add(Upper(spec));
-                await Run(ct, "cp", "-a", "--reflink=auto", OwnDir(src, "upper") ?? throw NotOwn(src, "upper", "is missing"), Upper(spec));
+                await Run(ct, "cp", "-a", "--reflink=auto",
+                    OwnDir(src, "upper") ?? throw NotOwn(src, "upper", "is missing"), Upper(spec));
             }
             else if (spec.Image.Rootfs is { } ir && Directory.Exists(ir)) lower = ir;
             else
@@ -140,7 +148,8 @@ public sealed partial class ContainerDriver
             Unprivileged.Record(spec, spec.CopyOf is { } from ? Unprivileged.OnDisk(from) : null);
             _ids.Shift(spec, Unprivileged.Wanted(spec));
             // Prove the overlay can be made here now, rather than at the first start. Where it cannot (the state dir is
-            // itself on an overlayfs, or on a filesystem overlayfs does not take as upper), the instance gets a full copy.
+            // itself on an overlayfs, or on a filesystem overlayfs does not take as upper), the instance gets a full
+            // copy.
             try { MountRootfs(spec); }
             catch (OverlayUnsupportedException) when (spec.CopyOf is null)
             {
@@ -217,11 +226,14 @@ public sealed partial class ContainerDriver
         if (target is not null && IsMounted(target)) return;
         var lower = LowerOf(spec);
         if (!Directory.Exists(lower))
-            throw new InstanceException($"the image root filesystem {lower} of instance '{spec.Name}' is gone: was its image deleted?", 500);
+            throw new InstanceException($"the image root filesystem {lower} of instance '{spec.Name}' is gone: was " +
+                "its image deleted?", 500);
         var upper = OwnDir(spec, "upper") ?? throw NotOwn(spec, "upper", "is missing");
         var work = OwnDir(spec, "work") ?? throw NotOwn(spec, "work", "is missing");
         foreach (var p in new[] { lower, upper, work })
-            if (p.IndexOfAny([',', ':']) >= 0) throw new InstanceException($"the path {p} contains ',' or ':' and cannot be an overlayfs layer: use a state dir without them", 500);
+            if (p.IndexOfAny([',', ':']) >= 0) throw new InstanceException(
+                $"the path {p} contains ',' or ':' and cannot be an overlayfs layer: use a state dir without them",
+                500);
         target ??= Directory.CreateDirectory(Rootfs(spec)).FullName;
         // Unprivileged: the shared image is seen through an idmapped mount (its files stay as they are on disk).
         SafeFd? idmapped;
@@ -230,7 +242,8 @@ public sealed partial class ContainerDriver
         using var _ = idmapped;
         var lowerdir = idmapped is null ? lower : $"/proc/self/fd/{idmapped.Fd}";
         try { Sys.Mount("overlay", target, "overlay", 0, $"lowerdir={lowerdir},upperdir={upper},workdir={work}"); }
-        catch (LinuxException e) { throw new OverlayUnsupportedException($"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
+        catch (LinuxException e) { throw new OverlayUnsupportedException(
+            $"mounting the overlay root filesystem of '{spec.Name}' at {target}: {e.Message}"); }
     }
 
     /// <summary>A new upper dir takes the mode of the image's root: the overlay's root has the upper dir's mode, and
@@ -246,14 +259,16 @@ public sealed partial class ContainerDriver
     static string LowerOf(InstanceSpec spec)
     {
         var lower = ReadOwn(spec, "lower")?.Trim()
-            ?? throw new InstanceException($"instance '{spec.Name}' has no root filesystem ({P(spec, "lower")} is missing): delete it and create it again", 500);
+            ?? throw new InstanceException($"instance '{spec.Name}' has no root filesystem ({P(spec, "lower")} is " +
+                "missing): delete it and create it again", 500);
         return lower == "base" ? OwnDir(spec, "base") ?? P(spec, "base") : lower;
     }
 
     static void UnmountRootfs(InstanceSpec spec)
     {
         var target = Rootfs(spec);
-        for (var i = 0; i < 8 && File.Exists("/proc/self/mountinfo") && IsMounted(target); i++) Libc.umount2(target, MS.MNT_DETACH | MS.UMOUNT_NOFOLLOW);
+        for (var i = 0; i < 8 && File.Exists("/proc/self/mountinfo") && IsMounted(target); i++) Libc.umount2(target,
+            MS.MNT_DETACH | MS.UMOUNT_NOFOLLOW);
     }
 
 
@@ -274,12 +289,14 @@ public sealed partial class ContainerDriver
     public Task ImportAsync(InstanceSpec spec, CancellationToken ct)
     {
         var lower = ReadOwn(spec, "lower")?.Trim()
-            ?? throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it was not made by a container export", 400);
+            ?? throw new InstanceException($"the backup of '{spec.Name}' has no root filesystem record (lower): it " +
+                "was not made by a container export", 400);
         // A backup holds the owners as the container sees them (whatever its idmap file says): mapped to this host's.
         Unprivileged.Record(spec, null);
         if (lower == "copy")
         {
-            if (OwnDir(spec, "rootfs") is null) throw new InstanceException($"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
+            if (OwnDir(spec, "rootfs") is null) throw new InstanceException(
+                $"the backup of '{spec.Name}' lacks its root filesystem (rootfs/)", 400);
             _ids.Shift(spec, Unprivileged.Wanted(spec));
             return Task.CompletedTask;
         }
@@ -287,7 +304,9 @@ public sealed partial class ContainerDriver
         {
             // The source host's image path: this host's copy of the same image (same fingerprint) takes its place.
             if (spec.Image.Rootfs is not { } ir || !Directory.Exists(ir))
-                throw new InstanceException($"image {spec.Image.Fingerprint[..Math.Min(12, spec.Image.Fingerprint.Length)]} of '{spec.Name}' is not on this host: copy the image here first (hull image export/import)", 409);
+                throw new InstanceException(
+                    $"image {spec.Image.Fingerprint[..Math.Min(12, spec.Image.Fingerprint.Length)]} of '{spec.Name}' " +
+                    "is not on this host: copy the image here first (hull image export/import)", 409);
             WriteOwn(spec, "lower", ir + "\n");
         }
         foreach (var d in new[] { Upper(spec), Work(spec), Rootfs(spec) }) Directory.CreateDirectory(d);

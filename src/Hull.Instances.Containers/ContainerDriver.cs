@@ -13,7 +13,8 @@ namespace Hull.Instances.Containers;
 /// Instances of type "container" on the container engine (<see cref="ContainerEngine"/>).
 /// Per instance, under <see cref="InstanceSpec.Dir"/>:
 /// <list type="bullet">
-/// <item>lower: the path of the read-only image root filesystem the instance is made from (or base/, an unpacked tarball);</item>
+/// <item>lower: the path of the read-only image root filesystem the instance is made from (or base/, an unpacked
+/// tarball);</item>
 /// <item>upper/, work/: the overlayfs upper and work dirs (the instance's own changes);</item>
 /// <item>rootfs/: the overlay mount point, mounted while the container runs (and briefly for file operations);</item>
 /// <item>config.json: the OCI spec of the last start (the bundle is the instance dir);</item>
@@ -22,7 +23,8 @@ namespace Hull.Instances.Containers;
 /// <item>idmap: the id map the files of upper/ (or of a copy's rootfs/) and of snapshots/ are owned in (an
 /// <see cref="IdMap"/>, or "privileged" for the container's own view); see <see cref="Unprivileged"/>.</item>
 /// </list>
-/// The engine's state lives in &lt;state dir&gt;/containers. The container monitor (<see cref="ContainerMonitor"/>) is the
+/// The engine's state lives in &lt;state dir&gt;/containers. The container monitor (<see cref="ContainerMonitor"/>) is
+/// the
 /// only process of hulld's that runs the container engine: one long-lived process per state dir, the parent of every
 /// container init, which records each init's exit code in exit and tells hulld before it reaps it. So containers
 /// outlive hulld, and their exit codes are exact across a hulld stop, crash or upgrade. The engine container id is the
@@ -43,7 +45,8 @@ public sealed partial class ContainerDriver : IInstanceDriver
     readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
     readonly Unprivileged _ids = new();
 
-    /// <param name="stateDir">hulld's state dir; the engine keeps its container state in a "containers" dir below it.</param>
+    /// <param name="stateDir">hulld's state dir; the engine keeps its container state in a "containers" dir below
+    /// it.</param>
     /// <param name="monitorCommand">How to run the container monitor (default: this executable with "monitor").</param>
     public ContainerDriver(string stateDir, IReadOnlyList<string>? monitorCommand = null)
     {
@@ -79,9 +82,11 @@ public sealed partial class ContainerDriver : IInstanceDriver
     {
         var init = ContainerEngine.InitBinary;
         if (!File.Exists(init))
-            throw new InstanceException($"the container init binary {init} does not exist: install hull-oci next to hulld (make install) or set HULL_INIT_BINARY", 500);
+            throw new InstanceException($"the container init binary {init} does not exist: install hull-oci next to " +
+                "hulld (make install) or set HULL_INIT_BINARY", 500);
         try { StateStore.ValidateId(spec.Name); }
-        catch (ContainerException e) { throw new InstanceException($"instance name '{spec.Name}' cannot name a container: {e.Message}"); }
+        catch (ContainerException e) { throw new InstanceException(
+            $"instance name '{spec.Name}' cannot name a container: {e.Message}"); }
         if (spec.Limits.Cpus is < 1) throw new InstanceException("limits.cpu must be at least 1");
     }
 

@@ -40,7 +40,8 @@ sealed class ContainerExec : IExecSession
 
     public static IExecSession Failed(int code, string message, bool tty) => new FailedExecSession(code, message, tty);
 
-    static FileStream Wrap(SafeFd fd, FileAccess access) => new(new SafeFileHandle(fd.Detach(), true), access, 1, false);
+    static FileStream Wrap(SafeFd fd, FileAccess access) =>
+        new(new SafeFileHandle(fd.Detach(), true), access, 1, false);
 
     public static IExecSession StartPipes(string root, string id, Hull.Oci.Process p)
     {
@@ -52,7 +53,8 @@ sealed class ContainerExec : IExecSession
             (SpawnedChild, SafeFd) child;
             using (inR) using (outW) using (errW)
                 child = StartRuntime(root, id, p, [inR, outW, errW], tty: false);
-            return new ContainerExec(child, null, Wrap(inW, FileAccess.Write), Wrap(outR, FileAccess.Read), Wrap(errR, FileAccess.Read));
+            return new ContainerExec(child, null, Wrap(inW, FileAccess.Write), Wrap(outR, FileAccess.Read),
+                Wrap(errR, FileAccess.Read));
         }
         catch
         {
@@ -140,7 +142,8 @@ sealed class ContainerExec : IExecSession
 
     static unsafe void SetSize(SafeFd fd, int w, int h)
     {
-        var ws = new WinSize { Rows = (ushort)Math.Clamp(h, 1, ushort.MaxValue), Cols = (ushort)Math.Clamp(w, 1, ushort.MaxValue) };
+        var ws = new WinSize { Rows = (ushort)Math.Clamp(h, 1, ushort.MaxValue),
+            Cols = (ushort)Math.Clamp(w, 1, ushort.MaxValue) };
         Libc.ioctl(fd.Fd, 0x5414 /* TIOCSWINSZ */, (nint)(&ws));
     }
 

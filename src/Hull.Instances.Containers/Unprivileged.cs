@@ -25,7 +25,8 @@ sealed class Unprivileged
     /// <summary>The map the instance is to run with (null: privileged).</summary>
     public static IdMap? Wanted(InstanceSpec spec) => IdMaps.For(spec.Config);
 
-    /// <summary>The map the instance's files are owned in now (null: the container's own view, as privileged).</summary>
+    /// <summary>The map the instance's files are owned in now (null: the container's own view, as
+    /// privileged).</summary>
     public static IdMap? OnDisk(InstanceSpec spec)
     {
         // Read through no symlink: the file may have come in a backup.
@@ -46,7 +47,8 @@ sealed class Unprivileged
     public static (int Uid, int Gid) Inside(IdMap? map, uint uid, uint gid) => map is null ? ((int)uid, (int)gid)
         : ((int)(map.UidIn(uid) ?? Overflow), (int)(map.GidIn(gid) ?? Overflow));
 
-    /// <summary>The host owners of a file the container is to see owned by <paramref name="uid"/>:<paramref name="gid"/>.</summary>
+    /// <summary>The host owners of a file the container is to see owned by
+    /// <paramref name="uid"/>:<paramref name="gid"/>.</summary>
     public static (uint Uid, uint Gid) Outside(InstanceSpec spec, int uid, int gid)
     {
         if (OnDisk(spec) is not { } map) return ((uint)uid, (uint)gid);
@@ -60,7 +62,8 @@ sealed class Unprivileged
     public static void OwnByRoot(InstanceSpec spec, SafeFd dir, string name)
     {
         if (OnDisk(spec) is not { } map) return;
-        Sys.Check(Libc.lchown($"/proc/self/fd/{dir.Fd}/{name}", (uint)map.UidBase, (uint)map.GidBase), $"chown {name} in instance '{spec.Name}'");
+        Sys.Check(Libc.lchown($"/proc/self/fd/{dir.Fd}/{name}", (uint)map.UidBase, (uint)map.GidBase),
+            $"chown {name} in instance '{spec.Name}'");
     }
 
     /// <summary>
@@ -116,7 +119,9 @@ sealed class Unprivileged
         try { return IdmappedMounts.Clone(lower, UserNamespace(map), readOnly: true); }
         catch (Exception e) when (e is LinuxException or SpawnException)
         {
-            throw new InstanceException($"instance '{spec.Name}' is unprivileged but its image {lower} cannot be idmapped ({e.Message}): the kernel (5.19 or later) and the filesystem must support idmapped mounts, or set security.privileged=true", 500);
+            throw new InstanceException($"instance '{spec.Name}' is unprivileged but its image {lower} cannot be " +
+                $"idmapped ({e.Message}): the kernel (5.19 or later) and the filesystem must support idmapped " +
+                "mounts, or set security.privileged=true", 500);
         }
     }
 
@@ -134,7 +139,8 @@ sealed class Unprivileged
         foreach (var m in binds)
         {
             // One under a mount the init makes (the private /tmp...) would be hidden by it: it stays a plain bind.
-            if (s.Mounts!.Any(o => !binds.Contains(o) && (m.Destination + "/").StartsWith(o.Destination.TrimEnd('/') + "/", StringComparison.Ordinal)))
+            if (s.Mounts!.Any(o => !binds.Contains(o)
+                && (m.Destination + "/").StartsWith(o.Destination.TrimEnd('/') + "/", StringComparison.Ordinal)))
                 continue;
             SafeFd tree;
             try { tree = IdmappedMounts.Clone(m.Source!, UserNamespace(map), readOnly: true, nodev: true); }
@@ -163,7 +169,8 @@ sealed class Unprivileged
             {
                 if (RootedFs.MkdirAt(d, parts[i], 0b111_101_101)) OwnByRoot(spec, d, parts[i]);
             }
-            else if (RootedFs.TryOpen(d, parts[i], O.WRONLY | O.CREAT, 0b110_100_100, out var f, out var e)) f.Dispose();
+            else if (RootedFs.TryOpen(d, parts[i], O.WRONLY | O.CREAT, 0b110_100_100, out var f,
+                out var e)) f.Dispose();
             else throw new LinuxException(e, $"creating the mount point {dest} in instance '{spec.Name}'");
             cur = cur.TrimEnd('/') + "/" + parts[i];
         }
@@ -180,7 +187,8 @@ sealed class Unprivileged
         if (from == to) return;
         var trees = new List<string> { ContainerDriver.Layer(spec) };
         var snaps = Path.Combine(spec.Dir, "snapshots");
-        if (Directory.Exists(snaps)) trees.AddRange(Directory.GetDirectories(snaps).Select(d => Path.Combine(d, "upper")));
+        if (Directory.Exists(snaps)) trees.AddRange(
+            Directory.GetDirectories(snaps).Select(d => Path.Combine(d, "upper")));
         foreach (var t in trees)
             if (GuestSys.TryStat(t, false, out var st, out _) && (st.Mode & StatxInfo.S_IFMT) == StatxInfo.S_IFDIR)
                 ShiftTree(spec, t, st, from, to);
@@ -240,7 +248,8 @@ static unsafe class FileCaps
                 $"restoring the file capabilities of {path} of instance '{instance}'");
     }
 
-    /// <summary>A version 3 root id moved from one map to the other (root of the container's view: version 2).</summary>
+    /// <summary>A version 3 root id moved from one map to the other (root of the container's view: version
+    /// 2).</summary>
     public static byte[] Shift(byte[] caps, IdMap? from, IdMap? to)
     {
         var magic = BitConverter.ToUInt32(caps, 0);

@@ -14,10 +14,12 @@ public sealed partial class VmDriver
 {
     readonly ConcurrentDictionary<string, AgentClient> _agents = new(StringComparer.Ordinal);
 
-    /// <summary>When the agent of each VM last became ready (after a start or reattach), and how long that took.</summary>
+    /// <summary>When the agent of each VM last became ready (after a start or reattach), and how long that
+    /// took.</summary>
     readonly ConcurrentDictionary<string, TimeSpan> _agentReady = new(StringComparer.Ordinal);
 
-    /// <summary>How long the last connection to the VM's agent took to become ready (from the first attempt), if known.</summary>
+    /// <summary>How long the last connection to the VM's agent took to become ready (from the first attempt), if
+    /// known.</summary>
     public TimeSpan? AgentReadyAfter(string name) => _agentReady.TryGetValue(name, out var t) ? t : null;
 
     async Task DropAgentAsync(string name)
@@ -41,7 +43,8 @@ public sealed partial class VmDriver
             {
                 connecting = ConnectAgentAsync(spec);
                 _connecting[spec.Name] = connecting;
-                _ = connecting.ContinueWith(_ => { lock (_connecting) _connecting.Remove(spec.Name); }, TaskScheduler.Default);
+                _ = connecting.ContinueWith(_ => { lock (_connecting) _connecting.Remove(spec.Name); },
+                    TaskScheduler.Default);
             }
         }
         return await connecting.WaitAsync(ct);
@@ -58,11 +61,15 @@ public sealed partial class VmDriver
         string? last = null;
         while (true)
         {
-            if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' stopped while waiting for its agent ({vm.LastRecord?.Reason ?? "no reason recorded"})", 409);
+            if (vm.Pid is null) throw new InstanceException(
+                $"VM '{spec.Name}' stopped while waiting for its agent " +
+                $"({vm.LastRecord?.Reason ?? "no reason recorded"})", 409);
             var left = _o.AgentTimeout - sw.Elapsed;
             if (left <= TimeSpan.Zero)
-                throw new InstanceException($"the guest agent of VM '{spec.Name}' did not answer within {_o.AgentTimeout.TotalSeconds:0} s" +
-                    $"{(last is null ? "" : $" ({last})")}: the guest may still be booting (see 'hull logs {spec.Name}') or its image has no working hull-agent", 503);
+                throw new InstanceException($"the guest agent of VM '{spec.Name}' did not answer within " +
+                    $"{_o.AgentTimeout.TotalSeconds:0} s" +
+                    $"{(last is null ? "" : $" ({last})")}: the guest may still be booting (see 'hull logs " +
+                        $"{spec.Name}') or its image has no working hull-agent", 503);
             AgentClient? client = null;
             try
             {
@@ -81,8 +88,10 @@ public sealed partial class VmDriver
         }
     }
 
-    /// <summary>Runs an agent operation; a lost connection is re-made once (the guest agent restarted, QEMU reattached).</summary>
-    async Task<T> WithAgentAsync<T>(InstanceSpec spec, Func<AgentClient, Task<T>> op, CancellationToken ct, bool retry = true)
+    /// <summary>Runs an agent operation; a lost connection is re-made once (the guest agent restarted, QEMU
+    /// reattached).</summary>
+    async Task<T> WithAgentAsync<T>(InstanceSpec spec, Func<AgentClient, Task<T>> op, CancellationToken ct,
+        bool retry = true)
     {
         for (var attempt = 0; ; attempt++)
         {
@@ -90,10 +99,13 @@ public sealed partial class VmDriver
             try { return await op(c); }
             catch (AgentUnavailableException e)
             {
-                if (_agents.TryGetValue(spec.Name, out var cur) && ReferenceEquals(cur, c)) await DropAgentAsync(spec.Name);
-                if (!retry || attempt > 0) throw new InstanceException($"the connection to the guest agent of VM '{spec.Name}' failed: {e.Message}", 503);
+                if (_agents.TryGetValue(spec.Name, out var cur)
+                    && ReferenceEquals(cur, c)) await DropAgentAsync(spec.Name);
+                if (!retry || attempt > 0) throw new InstanceException(
+                    $"the connection to the guest agent of VM '{spec.Name}' failed: {e.Message}", 503);
             }
-            catch (AgentProtocolException e) { throw new InstanceException($"the guest agent of VM '{spec.Name}' broke the protocol: {e.Message}", 500); }
+            catch (AgentProtocolException e) { throw new InstanceException(
+                $"the guest agent of VM '{spec.Name}' broke the protocol: {e.Message}", 500); }
         }
     }
 
@@ -117,14 +129,17 @@ public sealed partial class VmDriver
         var (uid, gid) = ParseUser(exec.User);
         var env = new Dictionary<string, string>(StringComparer.Ordinal)
         {
-            ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ["HOME"] = uid == 0 ? "/root" : "/", ["TERM"] = exec.Tty ? "xterm" : "dumb",
+            ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ["HOME"] = uid == 0 ? "/root" : "/", ["TERM"] = exec.Tty ? "xterm" : "dumb",
         };
         foreach (var (k, v) in spec.Environment) env[k] = v;
         foreach (var (k, v) in exec.Environment) env[k] = v;
         var req = new Hull.Agent.Protocol.ExecRequest
         {
-            Argv = [.. exec.Command], Env = env.Select(kv => $"{kv.Key}={kv.Value}").ToList(), Cwd = exec.Cwd, Uid = uid, Gid = gid,
-            Tty = exec.Tty, Rows = (ushort)Math.Clamp(exec.Height, 1, ushort.MaxValue), Cols = (ushort)Math.Clamp(exec.Width, 1, ushort.MaxValue),
+            Argv = [.. exec.Command], Env = env.Select(kv => $"{kv.Key}={kv.Value}").ToList(), Cwd = exec.Cwd,
+            Uid = uid, Gid = gid,
+            Tty = exec.Tty, Rows = (ushort)Math.Clamp(exec.Height, 1, ushort.MaxValue),
+            Cols = (ushort)Math.Clamp(exec.Width, 1, ushort.MaxValue),
         };
         return await WithAgentAsync(spec, c => VmExec.StartAsync(c, req, ct), ct);
     }
@@ -149,8 +164,10 @@ public sealed partial class VmDriver
     public async Task PushFileAsync(InstanceSpec spec, string path, Stream content, FileMeta meta, CancellationToken ct)
     {
         if (!path.StartsWith('/') || path.EndsWith('/') || path.Split('/').Any(s => s == ".."))
-            throw new InstanceException($"push target '{path}' must be an absolute file path without '..', such as /root/file.txt");
-        var req = new PushRequest { Path = path, Mode = (uint)meta.Mode & 0xFFF, Uid = (uint)meta.Uid, Gid = (uint)meta.Gid, MakeParents = true };
+            throw new InstanceException($"push target '{path}' must be an absolute file path without '..', such as " +
+                "/root/file.txt");
+        var req = new PushRequest { Path = path, Mode = (uint)meta.Mode & 0xFFF, Uid = (uint)meta.Uid,
+            Gid = (uint)meta.Gid, MakeParents = true };
         try { await WithAgentAsync(spec, c => c.PushFileAsync(req, content, ct), ct, retry: false); }
         catch (AgentOperationException e) { throw FileError(spec, path, e); }
     }
@@ -174,7 +191,8 @@ public sealed partial class VmDriver
 
     public async Task<Stream> PullFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
-        var st = await StatFileAsync(spec, path, ct) ?? throw new InstanceException($"{path} does not exist in instance '{spec.Name}'", 404);
+        var st = await StatFileAsync(spec, path, ct)
+            ?? throw new InstanceException($"{path} does not exist in instance '{spec.Name}'", 404);
         if (st.Type != "file") throw new InstanceException($"{path} in instance '{spec.Name}' is not a regular file");
         var client = await AgentAsync(spec, ct);
         var pipe = new Pipe();
@@ -183,7 +201,8 @@ public sealed partial class VmDriver
         {
             Exception? error = null;
             try { await client.PullFileAsync(path, writer, CancellationToken.None); }
-            catch (Exception e) { error = e is AgentOperationException ae ? FileError(spec, path, ae) : new IOException($"pulling {path} from VM '{spec.Name}': {e.Message}", e); }
+            catch (Exception e) { error = e is AgentOperationException ae ? FileError(spec, path, ae)
+                : new IOException($"pulling {path} from VM '{spec.Name}': {e.Message}", e); }
             await pipe.Writer.CompleteAsync(error);
         }, CancellationToken.None);
         return pipe.Reader.AsStream();
@@ -191,18 +210,25 @@ public sealed partial class VmDriver
 
     public async Task<IReadOnlyList<FileEntry>> ListFilesAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
-        var dir = await StatFileAsync(spec, path, ct) ?? throw new InstanceException($"{path} does not exist in instance '{spec.Name}'", 404);
-        if (dir.Type != "directory") throw new InstanceException($"{path} in instance '{spec.Name}' is not a directory");
-        // The agent has no directory listing: the guest's shell names the entries (NUL-separated), the agent stats each.
-        const string script = "cd -- \"$1\" || exit 2; for f in * .*; do case \"$f\" in .|..) continue;; esac; if [ -e \"$f\" ] || [ -L \"$f\" ]; then printf '%s\\0' \"$f\"; fi; done";
+        var dir = await StatFileAsync(spec, path, ct)
+            ?? throw new InstanceException($"{path} does not exist in instance '{spec.Name}'", 404);
+        if (dir.Type != "directory") throw new InstanceException(
+            $"{path} in instance '{spec.Name}' is not a directory");
+        // The agent has no directory listing: the guest's shell names the entries (NUL-separated), the agent stats
+        // each.
+        const string script = "cd -- \"$1\" || exit 2; for f in * .*; do case \"$f\" in .|..) continue;; esac; if [ " +
+            "-e \"$f\" ] || [ -L \"$f\" ]; then printf '%s\\0' \"$f\"; fi; done";
         var req = new Hull.Agent.Protocol.ExecRequest { Argv = ["/bin/sh", "-c", script, "sh", path] };
         var output = new MemoryStream();
         var err = new MemoryStream();
         Hull.Agent.Protocol.ExecResult res;
         try { res = await WithAgentAsync(spec, c => c.ExecAsync(req, null, output, err, ct), ct); }
-        catch (AgentOperationException e) { throw new InstanceException($"listing {path} in VM '{spec.Name}' needs /bin/sh in the guest: {e.Message}", 500); }
-        if (res.ExitCode != 0) throw new InstanceException($"listing {path} in VM '{spec.Name}' failed: {Encoding.UTF8.GetString(err.ToArray()).Trim()}", 500);
-        var names = Encoding.UTF8.GetString(output.ToArray()).Split('\0', StringSplitOptions.RemoveEmptyEntries).Order(StringComparer.Ordinal).ToList();
+        catch (AgentOperationException e) { throw new InstanceException(
+            $"listing {path} in VM '{spec.Name}' needs /bin/sh in the guest: {e.Message}", 500); }
+        if (res.ExitCode != 0) throw new InstanceException(
+            $"listing {path} in VM '{spec.Name}' failed: {Encoding.UTF8.GetString(err.ToArray()).Trim()}", 500);
+        var names = Encoding.UTF8.GetString(output.ToArray()).Split('\0',
+            StringSplitOptions.RemoveEmptyEntries).Order(StringComparer.Ordinal).ToList();
         var client = await AgentAsync(spec, ct);
         var entries = new FileEntry?[names.Count];
         using var gate = new SemaphoreSlim(16);
@@ -219,7 +245,8 @@ public sealed partial class VmDriver
     public async Task DeleteFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
         if (path.TrimEnd('/').Length == 0) throw new InstanceException("cannot delete / of an instance");
-        try { await WithAgentAsync(spec, async c => { await c.RemoveAsync(path, recursive: false, ct); return true; }, ct); }
+        try { await WithAgentAsync(spec, async c => { await c.RemoveAsync(path, recursive: false, ct); return true; },
+            ct); }
         catch (AgentOperationException e) { throw FileError(spec, path, e); }
     }
 }
@@ -258,14 +285,16 @@ sealed class VmExec : IExecSession
         }
     }
 
-    public static async Task<IExecSession> StartAsync(AgentClient c, Hull.Agent.Protocol.ExecRequest req, CancellationToken ct)
+    public static async Task<IExecSession> StartAsync(AgentClient c, Hull.Agent.Protocol.ExecRequest req,
+        CancellationToken ct)
     {
         var @in = new Pipe();
         var @out = new Pipe();
         var err = req.Tty ? null : new Pipe();
         try
         {
-            var p = await c.StartExecAsync(req, @in.Reader.AsStream(), @out.Writer.AsStream(), err?.Writer.AsStream(), ct);
+            var p = await c.StartExecAsync(req, @in.Reader.AsStream(), @out.Writer.AsStream(), err?.Writer.AsStream(),
+                ct);
             return new VmExec(p, @in, @out, err);
         }
         catch (AgentOperationException e) when (e.Errno is 2 or 13 or 8 or 20)
@@ -276,7 +305,8 @@ sealed class VmExec : IExecSession
     }
 
     public void Resize(int width, int height) =>
-        _ = _p.ResizeAsync((ushort)Math.Clamp(height, 1, ushort.MaxValue), (ushort)Math.Clamp(width, 1, ushort.MaxValue)).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+        _ = _p.ResizeAsync((ushort)Math.Clamp(height, 1, ushort.MaxValue),
+            (ushort)Math.Clamp(width, 1, ushort.MaxValue)).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
 
     public void Signal(int signal)
     {

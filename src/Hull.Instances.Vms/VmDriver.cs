@@ -19,13 +19,17 @@ public sealed class VmDriverOptions
     /// <summary>Guest memory when limits.memory is unset.</summary>
     public int DefaultMemoryMiB { get; init; } = 256;
 
-    /// <summary>Options from the environment: HULL_VM_CACHE (default STATE/vm-cache), HULL_AGENT_BINARY (default hull-agent
+    /// <summary>Options from the environment: HULL_VM_CACHE (default STATE/vm-cache), HULL_AGENT_BINARY (default
+    /// hull-agent
     /// next to the running program), HULL_AGENT_TIMEOUT (seconds).</summary>
     public static VmDriverOptions FromEnvironment(string stateDir)
     {
-        var cache = Environment.GetEnvironmentVariable("HULL_VM_CACHE") is { Length: > 0 } c ? c : Path.Combine(stateDir, "vm-cache");
-        var agent = Environment.GetEnvironmentVariable("HULL_AGENT_BINARY") is { Length: > 0 } a ? a : Path.Combine(AppContext.BaseDirectory, "hull-agent");
-        var timeout = Environment.GetEnvironmentVariable("HULL_AGENT_TIMEOUT") is { Length: > 0 } t && int.TryParse(t, CultureInfo.InvariantCulture, out var s) && s > 0
+        var cache = Environment.GetEnvironmentVariable("HULL_VM_CACHE") is { Length: > 0 } c ? c
+            : Path.Combine(stateDir, "vm-cache");
+        var agent = Environment.GetEnvironmentVariable("HULL_AGENT_BINARY") is { Length: > 0 } a ? a
+            : Path.Combine(AppContext.BaseDirectory, "hull-agent");
+        var timeout = Environment.GetEnvironmentVariable("HULL_AGENT_TIMEOUT") is { Length: > 0 } t
+            && int.TryParse(t, CultureInfo.InvariantCulture, out var s) && s > 0
             ? TimeSpan.FromSeconds(s) : TimeSpan.FromSeconds(180);
         return new VmDriverOptions { CacheDir = Path.GetFullPath(cache), AgentBinary = agent, AgentTimeout = timeout };
     }
@@ -78,24 +82,31 @@ public sealed partial class VmDriver : IInstanceDriver
     public void Validate(InstanceSpec spec)
     {
         if (spec.Limits.Processes is not null)
-            throw new InstanceException($"limits.processes applies to containers only (a VM runs its own kernel and process table): remove it from instance '{spec.Name}' or from its profiles");
+            throw new InstanceException("limits.processes applies to containers only (a VM runs its own kernel and " +
+                $"process table): remove it from instance '{spec.Name}' or from its profiles");
         if (spec.Limits.Cpus is < 1 or > 255)
             throw new InstanceException($"limits.cpu={spec.Limits.Cpus} is out of range for a VM: use 1 to 255 vCPUs");
         var mem = MemoryMiB(spec);
         if (VmMemory.Problem(mem) is { } memory)
-            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} ({mem} MiB) {memory}");
+            throw new InstanceException($"limits.memory={spec.Config.GetValueOrDefault("limits.memory")} ({mem} MiB) " +
+                $"{memory}");
         foreach (var d in spec.Devices)
         {
             if (d.Type == "bind")
-                throw new InstanceException($"device '{d.Name}': sharing a host directory (a bind device) with VM '{spec.Name}' is not supported yet: copy files in with 'hull file push', or give the VM a disk image with a disk device (source=IMAGE, path=/mnt/NAME)");
+                throw new InstanceException($"device '{d.Name}': sharing a host directory (a bind device) with VM " +
+                    $"'{spec.Name}' is not supported yet: copy files in with 'hull file push', or give the VM a disk " +
+                    "image with a disk device (source=IMAGE, path=/mnt/NAME)");
             if (d.Type == "disk" && d.Config.TryGetValue("source", out var src) && Directory.Exists(src))
-                throw new InstanceException($"device '{d.Name}': source {src} is a directory; a VM disk needs a block device or an image file");
+                throw new InstanceException($"device '{d.Name}': source {src} is a directory; a VM disk needs a " +
+                    "block device or an image file");
         }
         if (FindOnPath("qemu-system-x86_64") is null)
-            throw new InstanceException("qemu-system-x86_64 was not found on PATH: install the qemu-system-x86 package to run VMs", 500);
+            throw new InstanceException("qemu-system-x86_64 was not found on PATH: install the qemu-system-x86 " +
+                "package to run VMs", 500);
     }
 
-    int MemoryMiB(InstanceSpec spec) => spec.Limits.MemoryBytes is { } b ? (int)Math.Min(int.MaxValue, (b + (1L << 20) - 1) >> 20) : _o.DefaultMemoryMiB;
+    int MemoryMiB(InstanceSpec spec) => spec.Limits.MemoryBytes is { } b
+        ? (int)Math.Min(int.MaxValue, (b + (1L << 20) - 1) >> 20) : _o.DefaultMemoryMiB;
 
     static string? FindOnPath(string name) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
@@ -118,10 +129,12 @@ public sealed partial class VmDriver : IInstanceDriver
             var fmt = DiskFormat.Raw;
             try
             {
-                var info = JsonNode.Parse(VmImages.RunAsync("qemu-img", ["info", "-U", "--output=json", d.Source!], CancellationToken.None).GetAwaiter().GetResult());
+                var info = JsonNode.Parse(VmImages.RunAsync("qemu-img", ["info", "-U", "--output=json", d.Source!],
+                    CancellationToken.None).GetAwaiter().GetResult());
                 if (info?["format"]?.GetValue<string>() == "qcow2") fmt = DiskFormat.Qcow2;
             }
-            catch (InstanceException e) { throw new InstanceException($"disk {d.Source} cannot be opened as a disk image: {e.Message}"); }
+            catch (InstanceException e) { throw new InstanceException(
+                $"disk {d.Source} cannot be opened as a disk image: {e.Message}"); }
             list.Add(new DiskConfig { Path = d.Source!, Format = fmt, ReadOnly = d.ReadOnly });
         }
         return list;
@@ -130,7 +143,8 @@ public sealed partial class VmDriver : IInstanceDriver
     static IEnumerable<DiskSpec> SpecDisks(InstanceSpec spec) =>
         spec.Devices.Where(d => d.Type == "disk").Select(d => d.Start(spec.Dir)).SelectMany(r => r.Disks);
 
-    /// <summary>The engine config this spec asks for, given the current one (disk0 and the boot parts are kept).</summary>
+    /// <summary>The engine config this spec asks for, given the current one (disk0 and the boot parts are
+    /// kept).</summary>
     VmConfig Desired(InstanceSpec spec, VmConfig current, IEnumerable<DiskSpec> disks)
     {
         var root = current.Disks[0];
@@ -139,11 +153,13 @@ public sealed partial class VmDriver : IInstanceDriver
             Name = current.Name, MemoryMiB = MemoryMiB(spec), Cpus = spec.Limits.Cpus ?? 1, Accel = current.Accel,
             Boot = current.Boot, Kernel = current.Kernel, Initrd = current.Initrd, Cmdline = current.Cmdline,
             Firmware = current.Firmware, FirmwareVars = current.FirmwareVars, Hostname = Hostname(spec.Name),
-            OnPanic = PanicPolicy.Stop, StopTimeoutSeconds = current.StopTimeoutSeconds, ConsoleLogLimit = current.ConsoleLogLimit,
+            OnPanic = PanicPolicy.Stop, StopTimeoutSeconds = current.StopTimeoutSeconds,
+            ConsoleLogLimit = current.ConsoleLogLimit,
             QemuBinary = current.QemuBinary,
             Disks =
             [
-                new DiskConfig { Path = Path.Combine(VmDir(spec), Path.GetFileName(root.Path)), Format = root.Format, Base = root.Base, Owned = true },
+                new DiskConfig { Path = Path.Combine(VmDir(spec), Path.GetFileName(root.Path)), Format = root.Format,
+                    Base = root.Base, Owned = true },
                 .. DeviceDisks(disks),
             ],
         };
@@ -152,11 +168,14 @@ public sealed partial class VmDriver : IInstanceDriver
     static bool Same(VmConfig a, VmConfig b) =>
         a.MemoryMiB == b.MemoryMiB && a.Cpus == b.Cpus && a.Hostname == b.Hostname && a.OnPanic == b.OnPanic &&
         a.Disks.Count == b.Disks.Count &&
-        a.Disks.Zip(b.Disks).All(p => p.First.Path == p.Second.Path && p.First.Format == p.Second.Format && p.First.ReadOnly == p.Second.ReadOnly);
+        a.Disks.Zip(b.Disks).All(p => p.First.Path == p.Second.Path && p.First.Format == p.Second.Format
+            && p.First.ReadOnly == p.Second.ReadOnly);
 
     /// <summary>
-    /// Re-defines a stopped VM when the spec changed (limits, devices, a renamed instance dir): the engine validates the
-    /// new definition (memory against the host, disks that open) and keeps the root overlay; on failure the old one stays.
+    /// Re-defines a stopped VM when the spec changed (limits, devices, a renamed instance dir): the engine validates
+    /// the
+    /// new definition (memory against the host, disks that open) and keeps the root overlay; on failure the old one
+    /// stays.
     /// </summary>
     async Task<IVm> RedefineAsync(InstanceSpec spec, IVm vm, IEnumerable<DiskSpec> disks, CancellationToken ct)
     {
@@ -193,7 +212,8 @@ public sealed partial class VmDriver : IInstanceDriver
         {
             if (Cached(spec) is { } again) return again;
             if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config)))
-                throw new InstanceException($"instance '{spec.Name}' has no VM definition ({VmDir(spec)}/{StateFiles.Config} is missing): delete it and create it again", 500);
+                throw new InstanceException($"instance '{spec.Name}' has no VM definition " +
+                    $"({VmDir(spec)}/{StateFiles.Config} is missing): delete it and create it again", 500);
             IVm vm;
             try { vm = await _engine.AttachAsync(VmDir(spec), ct); }
             catch (VmException e) { throw Fail($"attaching VM '{spec.Name}'", e); }
@@ -206,9 +226,11 @@ public sealed partial class VmDriver : IInstanceDriver
 
     readonly ConcurrentDictionary<string, SemaphoreSlim> _attachLocks = new(StringComparer.Ordinal);
 
-    /// <summary>The cached engine object, unless it is for another dir (a renamed instance) or lost its QMP connection while QEMU runs.</summary>
+    /// <summary>The cached engine object, unless it is for another dir (a renamed instance) or lost its QMP connection
+    /// while QEMU runs.</summary>
     IVm? Cached(InstanceSpec spec) =>
-        _vms.TryGetValue(spec.Name, out var vm) && vm.StateDir == Path.GetFullPath(VmDir(spec)) && (vm.Pid is null || vm.AttachError is null) ? vm : null;
+        _vms.TryGetValue(spec.Name, out var vm) && vm.StateDir == Path.GetFullPath(VmDir(spec))
+            && (vm.Pid is null || vm.AttachError is null) ? vm : null;
 
     /// <summary>
     /// The engine's VM of an instance (attached, QMP connected while QEMU runs), for operations beyond the driver seam
@@ -219,7 +241,8 @@ public sealed partial class VmDriver : IInstanceDriver
         await VmAsync(spec, ct) as Hull.Vm.Vm
         ?? throw new InvalidOperationException($"VM '{spec.Name}' is not a QEMU VM of this driver's engine");
 
-    /// <summary>Drops the driver's cached engine object and agent connection of an instance (QEMU is left alone).</summary>
+    /// <summary>Drops the driver's cached engine object and agent connection of an instance (QEMU is left
+    /// alone).</summary>
     public Task ForgetInstanceAsync(InstanceSpec spec) => ForgetAsync(spec);
 
     async Task ForgetAsync(InstanceSpec spec)
@@ -241,17 +264,21 @@ public sealed partial class VmDriver : IInstanceDriver
             {
                 var sdir = VmDir(src);
                 var scfg = (await VmAsync(src, ct)).Config;
-                if (scfg.Disks.Count == 0 || !scfg.Disks[0].Owned) throw new InstanceException($"instance '{src.Name}' has no root disk of its own to copy", 500);
+                if (scfg.Disks.Count == 0 || !scfg.Disks[0].Owned) throw new InstanceException(
+                    $"instance '{src.Name}' has no root disk of its own to copy", 500);
                 Directory.CreateDirectory(dir);
                 var disk0 = Path.Combine(dir, Path.GetFileName(scfg.Disks[0].Path));
                 // The overlay (with its internal snapshots) is copied; it keeps its backing image, the shared base.
                 await VmImages.RunAsync("cp", ["--reflink=auto", "--sparse=always", scfg.Disks[0].Path, disk0], ct);
-                if (Directory.GetFiles(sdir, StateFiles.OvmfVars).Length > 0) File.Copy(Path.Combine(sdir, StateFiles.OvmfVars), Path.Combine(dir, StateFiles.OvmfVars));
+                if (Directory.GetFiles(sdir, StateFiles.OvmfVars).Length > 0) File.Copy(
+                    Path.Combine(sdir, StateFiles.OvmfVars), Path.Combine(dir, StateFiles.OvmfVars));
                 c = new VmConfig
                 {
-                    Name = spec.Name, Boot = scfg.Boot, Kernel = scfg.Kernel, Initrd = scfg.Initrd, Cmdline = scfg.Cmdline,
+                    Name = spec.Name, Boot = scfg.Boot, Kernel = scfg.Kernel, Initrd = scfg.Initrd,
+                    Cmdline = scfg.Cmdline,
                     Firmware = scfg.Firmware, FirmwareVars = scfg.FirmwareVars, QemuBinary = scfg.QemuBinary,
-                    Disks = [new DiskConfig { Path = disk0, Base = scfg.Disks[0].Base, Format = DiskFormat.Qcow2, Owned = true }],
+                    Disks = [new DiskConfig { Path = disk0, Base = scfg.Disks[0].Base, Format = DiskFormat.Qcow2,
+                        Owned = true }],
                 };
             }
             else
@@ -318,9 +345,11 @@ public sealed partial class VmDriver : IInstanceDriver
         try
         {
             if (devices.Any(d => d.Mounts.Count > 0))
-                throw new InstanceException($"VM '{spec.Name}' has a bind device: sharing host directories with a VM is not supported yet: remove it and use 'hull file push' or a disk device");
+                throw new InstanceException($"VM '{spec.Name}' has a bind device: sharing host directories with a VM " +
+                    "is not supported yet: remove it and use 'hull file push' or a disk device");
             var vm = await VmAsync(spec, ct);
-            if (vm.Pid is int running) throw new InstanceException($"VM '{spec.Name}' is already running (QEMU pid {running})", 409);
+            if (vm.Pid is int running) throw new InstanceException(
+                $"VM '{spec.Name}' is already running (QEMU pid {running})", 409);
             vm = await RedefineAsync(spec, vm, devices.SelectMany(d => d.Disks), ct);
             await DropAgentAsync(spec.Name);
             var marker = Path.Combine(VmDir(spec), ResumeMarker);
@@ -335,12 +364,15 @@ public sealed partial class VmDriver : IInstanceDriver
                     catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException)
                     {
                         try { await vm.KillAsync(); } catch (VmException) { }
-                        throw new InstanceException($"VM '{spec.Name}' could not resume from the memory of snapshot '{tag}' ({e.Message}); its disks are at that snapshot: start it again to boot from them", 500);
+                        throw new InstanceException($"VM '{spec.Name}' could not resume from the memory of snapshot " +
+                            $"'{tag}' ({e.Message}); its disks are at that snapshot: start it again to boot from them",
+                            500);
                     }
                 }
                 else await vm.StartAsync(ct: ct);
             }
-            catch (VmException e) { throw new InstanceException($"starting VM '{spec.Name}' failed: {e.Message}", 500); }
+            catch (VmException e) { throw new InstanceException($"starting VM '{spec.Name}' failed: {e.Message}",
+                500); }
             // Connect the agent in the background: the first exec finds it ready (or waits for the rest of the boot).
             _ = Task.Run(async () =>
             {
@@ -386,7 +418,8 @@ public sealed partial class VmDriver : IInstanceDriver
         finally { Lock(spec).Release(); }
     }
 
-    /// <summary>The "exit code" of a VM that ended: 0 when the guest powered off, 137 when Hull ended QEMU, 1 on a crash.</summary>
+    /// <summary>The "exit code" of a VM that ended: 0 when the guest powered off, 137 when Hull ended QEMU, 1 on a
+    /// crash.</summary>
     static int? ExitCode(IVm vm) => vm.LastRecord switch
     {
         null => null,
@@ -412,39 +445,46 @@ public sealed partial class VmDriver : IInstanceDriver
                     await vm.PowerButtonAsync(ct);
                     break;
                 default:
-                    throw new InstanceException($"signal {signal} has no meaning for VM '{spec.Name}': send 15 (the ACPI power button) or 9 (power off at once)");
+                    throw new InstanceException($"signal {signal} has no meaning for VM '{spec.Name}': send 15 (the " +
+                        "ACPI power button) or 9 (power off at once)");
             }
         }
-        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail($"signalling VM '{spec.Name}'", e, 409); }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail(
+            $"signalling VM '{spec.Name}'", e, 409); }
     }
 
     public async Task PauseAsync(InstanceSpec spec, CancellationToken ct)
     {
         var vm = await VmAsync(spec, ct);
         try { await vm.PauseAsync(ct); }
-        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail($"pausing VM '{spec.Name}'", e, 409); }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail(
+            $"pausing VM '{spec.Name}'", e, 409); }
     }
 
     public async Task ResumeAsync(InstanceSpec spec, CancellationToken ct)
     {
         var vm = await VmAsync(spec, ct);
         try { await vm.ResumeAsync(ct); }
-        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail($"resuming VM '{spec.Name}'", e, 409); }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException) { throw Fail(
+            $"resuming VM '{spec.Name}'", e, 409); }
     }
 
     public async Task<DriverState> GetStateAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State = InstanceState.Stopped };
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new DriverState { State =
+            InstanceState.Stopped };
         var vm = await VmAsync(spec, ct);
         VmState st;
         try { st = await vm.GetStateAsync(ct); }
-        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { st = vm.Pid is null ? VmState.Stopped : VmState.Busy; }
+        catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { st =
+            vm.Pid is null ? VmState.Stopped : VmState.Busy; }
         var details = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             ["accelerator"] = vm.Accel.ToString().ToLowerInvariant(),
             ["vcpus"] = vm.Config.Cpus.ToString(CultureInfo.InvariantCulture),
             ["memory"] = $"{vm.Config.MemoryMiB}MiB",
-            ["boot"] = vm.Config.Boot == BootMode.Direct ? "direct kernel boot" : vm.Config.Boot.ToString().ToLowerInvariant() + " firmware",
+            ["boot"] = vm.Config.Boot == BootMode.Direct ? "direct kernel boot"
+                : vm.Config.Boot.ToString().ToLowerInvariant() + " firmware",
         };
         if (vm.AccelReason is { Length: > 0 } why) details["accelerator-reason"] = why;
         if (vm.Pid is int pid) details["qemu-pid"] = pid.ToString(CultureInfo.InvariantCulture);
@@ -458,14 +498,16 @@ public sealed partial class VmDriver : IInstanceDriver
         return new DriverState
         {
             State = state, Pid = vm.Pid, ExitCode = state == InstanceState.Stopped ? ExitCode(vm) : null,
-            Message = state == InstanceState.Error ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
+            Message = state == InstanceState.Error
+                ? $"the VM crashed: {vm.LastRecord?.Reason ?? "the guest kernel panicked"}" : null,
             Details = details,
         };
     }
 
     public async Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct)
     {
-        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State = InstanceState.Stopped };
+        if (!File.Exists(Path.Combine(VmDir(spec), StateFiles.Config))) return new ReattachResult { State =
+            InstanceState.Stopped };
         await ForgetAsync(spec);
         var vm = await VmAsync(spec, ct);
         if (vm.Pid is null) return new ReattachResult { State = InstanceState.Stopped, ExitCode = ExitCode(vm) };
@@ -552,7 +594,8 @@ public sealed partial class VmDriver : IInstanceDriver
             var vm = await VmAsync(spec, ct);
             var kind = vm.Pid is null ? SnapshotKind.Disk : SnapshotKind.Full;
             try { await vm.SnapshotAsync(snapshot, kind, ct); }
-            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { throw Fail($"snapshotting VM '{spec.Name}'", e, 400); }
+            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { throw Fail(
+                $"snapshotting VM '{spec.Name}'", e, 400); }
         }
         finally { Lock(spec).Release(); }
     }
@@ -563,7 +606,8 @@ public sealed partial class VmDriver : IInstanceDriver
         try
         {
             var vm = await VmAsync(spec, ct);
-            if (vm.Pid is not null) throw new InstanceException($"VM '{spec.Name}' is running: stop it before restoring a snapshot", 409);
+            if (vm.Pid is not null) throw new InstanceException(
+                $"VM '{spec.Name}' is running: stop it before restoring a snapshot", 409);
             var marker = Path.Combine(VmDir(spec), ResumeMarker);
             File.Delete(marker);
             try
@@ -597,7 +641,8 @@ public sealed partial class VmDriver : IInstanceDriver
                 if (!(await vm.ListSnapshotsAsync(ct)).Any(s => s.Name == snapshot)) return;
                 await vm.DeleteSnapshotAsync(snapshot, ct);
             }
-            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { throw Fail($"deleting snapshot '{snapshot}' of VM '{spec.Name}'", e); }
+            catch (Exception e) when (e is VmException or Hull.Vm.Qmp.QmpException or TimeoutException) { throw Fail(
+                $"deleting snapshot '{snapshot}' of VM '{spec.Name}'", e); }
         }
         finally { Lock(spec).Release(); }
     }
@@ -616,16 +661,19 @@ public sealed partial class VmDriver : IInstanceDriver
             s.CpuUsageNs = (long)(stat.UserTicks + stat.SystemTicks) * (1_000_000_000L / 100);
             foreach (var l in File.ReadLines($"/proc/{pid}/status"))
                 if (l.StartsWith("VmRSS:", StringComparison.Ordinal))
-                    s.MemoryBytes = long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+                    s.MemoryBytes = long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1],
+                        CultureInfo.InvariantCulture) * 1024;
             foreach (var l in File.ReadLines($"/proc/{pid}/io"))
             {
                 var kv = l.Split(':', 2);
                 if (kv.Length != 2) continue;
                 if (kv[0] == "read_bytes") s.IoReadBytes = long.Parse(kv[1].Trim(), CultureInfo.InvariantCulture);
-                else if (kv[0] == "write_bytes") s.IoWriteBytes = long.Parse(kv[1].Trim(), CultureInfo.InvariantCulture);
+                else if (kv[0] == "write_bytes") s.IoWriteBytes =
+                    long.Parse(kv[1].Trim(), CultureInfo.InvariantCulture);
             }
         }
-        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException or IndexOutOfRangeException) { }
+        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException or
+            IndexOutOfRangeException) { }
         return s;
     }
 }

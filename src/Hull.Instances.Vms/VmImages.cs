@@ -28,7 +28,8 @@ public static class VmImages
     public static async Task<VmImageLayout> ResolveAsync(string imageFile, CancellationToken ct)
     {
         if (!File.Exists(imageFile))
-            throw new InstanceException($"the image file {imageFile} is gone: was the image deleted? import it again", 500);
+            throw new InstanceException($"the image file {imageFile} is gone: was the image deleted? import it again",
+                500);
         if (!IsTar(imageFile)) return new VmImageLayout(null, null, imageFile, null);
         var dir = Path.Combine(Path.GetDirectoryName(imageFile)!, "vm");
         if (File.Exists(Path.Combine(dir, "complete"))) return ReadManifest(dir);
@@ -43,7 +44,8 @@ public static class VmImages
             {
                 await RunAsync("tar", ["-xf", imageFile, "-C", tmp, "--no-same-owner"], ct);
                 if (!File.Exists(Path.Combine(tmp, Manifest)))
-                    throw new InstanceException($"the VM image {imageFile} is a tar file without a {Manifest} manifest: import a disk image (qcow2 or raw) or a Hull VM bundle");
+                    throw new InstanceException($"the VM image {imageFile} is a tar file without a {Manifest} " +
+                        "manifest: import a disk image (qcow2 or raw) or a Hull VM bundle");
                 var layout = ReadManifest(tmp);
                 File.WriteAllText(Path.Combine(tmp, "complete"), "\n");
                 if (Directory.Exists(dir)) Directory.Delete(dir, true);
@@ -79,35 +81,47 @@ public static class VmImages
         string? F(string key, bool required)
         {
             if (!kv.TryGetValue(key, out var rel) || rel.Length == 0)
-                return required ? throw new InstanceException($"the VM image manifest in {dir} has no '{key}': rebuild or re-import the image", 500) : null;
-            if (rel.Contains('/') || rel is "." or "..") throw new InstanceException($"the VM image manifest in {dir} names '{rel}' for '{key}': only file names are allowed", 500);
+                return required ? throw new InstanceException(
+                    $"the VM image manifest in {dir} has no '{key}': rebuild or re-import the image", 500) : null;
+            if (rel.Contains('/') || rel is "." or "..") throw new InstanceException(
+                $"the VM image manifest in {dir} names '{rel}' for '{key}': only file names are allowed", 500);
             var p = Path.Combine(dir, rel);
-            return File.Exists(p) ? p : throw new InstanceException($"the VM image in {dir} lacks its {key} file {rel}: re-import the image", 500);
+            return File.Exists(p) ? p : throw new InstanceException(
+                $"the VM image in {dir} lacks its {key} file {rel}: re-import the image", 500);
         }
-        return new VmImageLayout(F("kernel", true), F("initrd", false), F("root", true)!, kv.GetValueOrDefault("cmdline"));
+        return new VmImageLayout(F("kernel", true), F("initrd", false), F("root", true)!,
+            kv.GetValueOrDefault("cmdline"));
     }
 
     /// <summary>
     /// Builds the built-in "busybox" VM image: the default image (host kernel, busybox initramfs with the virtio
-    /// modules, the guest agent, an ext4 root disk) packed as a bundle in <paramref name="workDir"/>. Returns the bundle.
+    /// modules, the guest agent, an ext4 root disk) packed as a bundle in <paramref name="workDir"/>. Returns the
+    /// bundle.
     /// </summary>
-    public static async Task<string> BuildDefaultBundleAsync(string workDir, string cacheDir, string? agentBinary, Action<string>? progress, CancellationToken ct)
+    public static async Task<string> BuildDefaultBundleAsync(string workDir, string cacheDir, string? agentBinary,
+        Action<string>? progress, CancellationToken ct)
     {
         if (agentBinary is null || !File.Exists(agentBinary))
-            throw new InstanceException($"the built-in VM image needs the guest agent binary hull-agent{(agentBinary is null ? "" : $" ({agentBinary} does not exist)")}: install it next to hulld (make install) or set HULL_AGENT_BINARY", 500);
+            throw new InstanceException("the built-in VM image needs the guest agent binary " +
+                $"hull-agent{(agentBinary is null ? "" : $" ({agentBinary} does not exist)")}: install it next to " +
+                "hulld (make install) or set HULL_AGENT_BINARY", 500);
         progress?.Invoke("building the default VM image (host kernel, busybox, virtio modules, hull-agent)");
         DefaultImageInfo img;
-        try { img = await DefaultImage.BuildAsync(new DefaultImageOptions { CacheDir = cacheDir, AgentBinary = agentBinary }, ct); }
-        catch (Hull.Vm.VmException e) { throw new InstanceException($"building the built-in VM image failed: {e.Message}", 500); }
+        try { img = await DefaultImage.BuildAsync(
+            new DefaultImageOptions { CacheDir = cacheDir, AgentBinary = agentBinary }, ct); }
+        catch (Hull.Vm.VmException e) { throw new InstanceException(
+            $"building the built-in VM image failed: {e.Message}", 500); }
         var stage = Path.Combine(workDir, "bundle");
         Directory.CreateDirectory(stage);
         File.WriteAllText(Path.Combine(stage, Manifest),
-            $"format=1\nkernel=vmlinux\ninitrd=initrd.cpio\nroot=root.qcow2\nkernel-version={img.KernelVersion}\ndescription=Hull default VM image (busybox, hull-agent)\n");
+            "format=1\nkernel=vmlinux\ninitrd=initrd.cpio\nroot=root.qcow2\n" +
+            $"kernel-version={img.KernelVersion}\ndescription=Hull default VM image (busybox, hull-agent)\n");
         progress?.Invoke("packing the VM image");
         var bundle = Path.Combine(workDir, "busybox-vm.tar");
         await RunAsync("tar", ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", bundle,
             "-C", stage, Manifest,
-            "--transform", $"s,^vmlinux-{img.KernelVersion}$,vmlinux,", "-C", Path.GetDirectoryName(img.Kernel)!, Path.GetFileName(img.Kernel),
+            "--transform", $"s,^vmlinux-{img.KernelVersion}$,vmlinux,", "-C", Path.GetDirectoryName(img.Kernel)!,
+            Path.GetFileName(img.Kernel),
             "-C", img.Dir, "initrd.cpio", "root.qcow2"], ct);
         return bundle;
     }

@@ -11,14 +11,19 @@ public static class AppConfig
 {
     public const string CommandKey = "app.command", ShareKey = "app.share", SystemKey = "app.system";
 
-    /// <summary>The host directories an app container shares by default (those absent on the host are skipped).</summary>
-    public static readonly string[] DefaultSystem = ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc"];
+    /// <summary>The host directories an app container shares by default (those absent on the host are
+    /// skipped).</summary>
+    public static readonly string[] DefaultSystem =
+        ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc"];
 
     public static readonly (string Key, string Help)[] Keys =
     [
-        (CommandKey, "the container's command instead of the image's init, a JSON array such as [\"/usr/bin/python3\",\"-m\",\"http.server\"]"),
-        (ShareKey, "more host directories shared read-only with the container, comma-separated absolute paths, e.g. /opt/tool,/srv/data"),
-        (SystemKey, $"for the host image: the host system directories shared read-only (default {string.Join(",", DefaultSystem)}; none: share none)"),
+        (CommandKey, "the container's command instead of the image's init, a JSON array such as " +
+            "[\"/usr/bin/python3\",\"-m\",\"http.server\"]"),
+        (ShareKey, "more host directories shared read-only with the container, comma-separated absolute paths, e.g. " +
+            "/opt/tool,/srv/data"),
+        (SystemKey, "for the host image: the host system directories shared read-only (default " +
+            $"{string.Join(",", DefaultSystem)}; none: share none)"),
     ];
 
     public static bool IsKey(string key) => key is CommandKey or ShareKey or SystemKey;
@@ -33,7 +38,8 @@ public static class AppConfig
         }
     }
 
-    /// <summary>Parses app.command; throws <see cref="InstanceException"/> naming the key and the expected form.</summary>
+    /// <summary>Parses app.command; throws <see cref="InstanceException"/> naming the key and the expected
+    /// form.</summary>
     public static List<string> ParseCommand(string value)
     {
         var list = new List<string>();
@@ -49,8 +55,11 @@ public static class AppConfig
                 list.Add(s);
             }
         }
-        catch (JsonException) { throw new InstanceException($"{CommandKey}='{value}' is invalid: use a JSON array of strings such as [\"/bin/sh\",\"-c\",\"echo hi\"]"); }
-        if (list.Count == 0 || list[0].Length == 0) throw new InstanceException($"{CommandKey} is empty: name a program, e.g. [\"/bin/sh\"]");
+        catch (JsonException) { throw new InstanceException(
+            $"{CommandKey}='{value}' is invalid: use a JSON array of strings such as [\"/bin/sh\",\"-c\",\"echo " +
+            "hi\"]"); }
+        if (list.Count == 0 || list[0].Length == 0) throw new InstanceException(
+            $"{CommandKey} is empty: name a program, e.g. [\"/bin/sh\"]");
         return list;
     }
 
@@ -61,9 +70,11 @@ public static class AppConfig
         foreach (var raw in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             if (!raw.StartsWith('/') || raw.Split('/').Any(p => p is "." or "..") || raw.Contains('\0'))
-                throw new InstanceException($"{key}: '{raw}' is not an absolute path without . or .. parts: write host directories as /opt/tool");
+                throw new InstanceException($"{key}: '{raw}' is not an absolute path without . or .. parts: write " +
+                    "host directories as /opt/tool");
             var d = "/" + string.Join('/', raw.Split('/', StringSplitOptions.RemoveEmptyEntries));
-            if (d == "/") throw new InstanceException($"{key}: the host's / cannot be shared; name its directories instead");
+            if (d == "/") throw new InstanceException(
+                $"{key}: the host's / cannot be shared; name its directories instead");
             if (!dirs.Contains(d)) dirs.Add(d);
         }
         return dirs;
@@ -76,5 +87,6 @@ public static class AppConfig
         config.TryGetValue(ShareKey, out var v) ? ParseDirs(ShareKey, v) : [];
 
     public static List<string> System(IReadOnlyDictionary<string, string> config) =>
-        !config.TryGetValue(SystemKey, out var v) ? [.. DefaultSystem] : v.Trim() == "none" ? [] : ParseDirs(SystemKey, v);
+        !config.TryGetValue(SystemKey, out var v) ? [.. DefaultSystem] : v.Trim() == "none" ? []
+            : ParseDirs(SystemKey, v);
 }

@@ -22,7 +22,8 @@ public static class ConfigSchema
     public static readonly (string Key, string Help)[] Keys =
     [
         (CpuKey, $"number of CPUs, a whole number from 1 to {MaxCpus}"),
-        (MemoryKey, "memory limit, from 4MiB to 16TiB, e.g. 512MiB or 2GiB (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+        (MemoryKey, "memory limit, from 4MiB to 16TiB, e.g. 512MiB or 2GiB (units B, kB, MB, GB, TB, KiB, MiB, GiB, " +
+            "TiB)"),
         (ProcessesKey, $"maximum number of processes, a whole number from 1 to {MaxProcesses}"),
         (AutostartKey, "start the instance when hulld starts: true or false"),
         .. AppConfig.Keys,
@@ -32,27 +33,36 @@ public static class ConfigSchema
     ];
 
     /// <summary>The keys a user sets (every key but the ones hulld sets itself, volatile.*).</summary>
-    static IEnumerable<string> SettableKeys => Keys.Select(k => k.Key).Where(k => !k.StartsWith("volatile.", StringComparison.Ordinal));
+    static IEnumerable<string> SettableKeys =>
+        Keys.Select(k => k.Key).Where(k => !k.StartsWith("volatile.", StringComparison.Ordinal));
 
-    /// <summary>"limits.cpu, ..., environment.&lt;NAME&gt;, user.&lt;NAME&gt;": the keys a user sets, for messages and help.</summary>
-    public static string KeyList => string.Join(", ", SettableKeys.Select(k => k.EndsWith(".NAME", StringComparison.Ordinal) ? k[..^4] + "<NAME>" : k));
+    /// <summary>"limits.cpu, ..., environment.&lt;NAME&gt;, user.&lt;NAME&gt;": the keys a user sets, for messages and
+    /// help.</summary>
+    public static string KeyList => string.Join(", ",
+        SettableKeys.Select(k => k.EndsWith(".NAME", StringComparison.Ordinal) ? k[..^4] + "<NAME>" : k));
 
-    /// <summary>Validates one key and value; throws <see cref="InstanceException"/> naming the key and the valid range.</summary>
+    /// <summary>Validates one key and value; throws <see cref="InstanceException"/> naming the key and the valid
+    /// range.</summary>
     public static void ValidateKey(string key, string value)
     {
         switch (key)
         {
             case CpuKey:
-                if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var cpus) || cpus < 1 || cpus > MaxCpus)
-                    throw new InstanceException($"limits.cpu='{value}' is invalid: use a whole number of CPUs from 1 to {MaxCpus}");
+                if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var cpus) || cpus < 1
+                    || cpus > MaxCpus)
+                    throw new InstanceException($"limits.cpu='{value}' is invalid: use a whole number of CPUs from 1 " +
+                        $"to {MaxCpus}");
                 return;
             case MemoryKey:
                 if (!TryParseSize(value, out var mem) || mem < MinMemory || mem > MaxMemory)
-                    throw new InstanceException($"limits.memory='{value}' is invalid: use a size from 4MiB to 16TiB, such as 512MiB or 2GiB");
+                    throw new InstanceException($"limits.memory='{value}' is invalid: use a size from 4MiB to 16TiB, " +
+                        "such as 512MiB or 2GiB");
                 return;
             case ProcessesKey:
-                if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var procs) || procs < 1 || procs > MaxProcesses)
-                    throw new InstanceException($"limits.processes='{value}' is invalid: use a whole number from 1 to {MaxProcesses}");
+                if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var procs) || procs < 1
+                    || procs > MaxProcesses)
+                    throw new InstanceException($"limits.processes='{value}' is invalid: use a whole number from 1 " +
+                        $"to {MaxProcesses}");
                 return;
             case AutostartKey:
                 if (!TryParseBool(value, out _))
@@ -65,13 +75,15 @@ public static class ConfigSchema
         {
             var name = key[EnvironmentPrefix.Length..];
             if (!IsEnvName(name))
-                throw new InstanceException($"config key '{key}' is invalid: an environment variable name has letters, digits and '_' and does not start with a digit");
+                throw new InstanceException($"config key '{key}' is invalid: an environment variable name has " +
+                    "letters, digits and '_' and does not start with a digit");
             if (value.Contains('\0')) throw new InstanceException($"{key}: the value must not contain NUL bytes");
             return;
         }
         if (key.StartsWith(UserPrefix, StringComparison.Ordinal) && key.Length > UserPrefix.Length) return;
         var hint = Suggest(key);
-        throw new InstanceException($"unknown config key '{key}'{(hint is null ? "" : $" (did you mean {hint}?)")}: valid keys are {KeyList}");
+        throw new InstanceException($"unknown config key '{key}'{(hint is null ? "" : $" (did you mean {hint}?)")}: " +
+            $"valid keys are {KeyList}");
     }
 
     public static void Validate(IReadOnlyDictionary<string, string> config)
@@ -96,7 +108,8 @@ public static class ConfigSchema
     static string? Suggest(string key)
     {
         var fixedKeys = SettableKeys.Where(k => !k.EndsWith(".NAME", StringComparison.Ordinal));
-        return fixedKeys.Select(k => (k, d: Distance(k, key))).Where(x => x.d <= 3).OrderBy(x => x.d).Select(x => x.k).FirstOrDefault();
+        return fixedKeys.Select(k => (k, d: Distance(k, key))).Where(x => x.d <= 3).OrderBy(x => x.d).Select(x =>
+            x.k).FirstOrDefault();
     }
 
     static int Distance(string a, string b)
@@ -106,14 +119,16 @@ public static class ConfigSchema
         for (var j = 0; j <= b.Length; j++) d[0, j] = j;
         for (var i = 1; i <= a.Length; i++)
             for (var j = 1; j <= b.Length; j++)
-                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1),
+                    d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
         return d[a.Length, b.Length];
     }
 
     public static bool IsEnvName(string name) =>
         name.Length > 0 && !char.IsAsciiDigit(name[0]) && name.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
 
-    /// <summary>Instance, profile, snapshot and device names: letters, digits, '-', '_', '.'; starting with a letter or digit.</summary>
+    /// <summary>Instance, profile, snapshot and device names: letters, digits, '-', '_', '.'; starting with a letter or
+    /// digit.</summary>
     public static bool IsValidName(string name, int max = 63) =>
         name.Length > 0 && name.Length <= max && char.IsAsciiLetterOrDigit(name[0]) &&
         name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.') && name != "." && name != "..";
@@ -145,13 +160,15 @@ public static class ConfigSchema
         var t = text.Trim();
         var i = 0;
         while (i < t.Length && (char.IsAsciiDigit(t[i]) || t[i] == '.')) i++;
-        if (i == 0 || !decimal.TryParse(t[..i], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var n)) return false;
+        if (i == 0 || !decimal.TryParse(t[..i], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture,
+            out var n)) return false;
         var unit = t[i..].Trim();
         long mult = unit switch
         {
             "" or "B" => 1,
             "kB" or "KB" => 1000, "MB" => 1000_000, "GB" => 1000_000_000, "TB" => 1000_000_000_000,
-            "KiB" or "K" or "k" => 1L << 10, "MiB" or "M" => 1L << 20, "GiB" or "G" => 1L << 30, "TiB" or "T" => 1L << 40,
+            "KiB" or "K" or "k" => 1L << 10, "MiB" or "M" => 1L << 20, "GiB" or "G" => 1L << 30,
+            "TiB" or "T" => 1L << 40,
             _ => 0,
         };
         if (mult == 0) return false;
@@ -161,9 +178,11 @@ public static class ConfigSchema
         return true;
     }
 
-    /// <summary>Merges profiles in order, then the instance's own config: later wins. A device named the same replaces the earlier one whole.</summary>
+    /// <summary>Merges profiles in order, then the instance's own config: later wins. A device named the same replaces
+    /// the earlier one whole.</summary>
     public static (Dictionary<string, string> Config, Dictionary<string, Dictionary<string, string>> Devices) Expand(
-        IEnumerable<(IReadOnlyDictionary<string, string> Config, IReadOnlyDictionary<string, Dictionary<string, string>> Devices)> layers)
+        IEnumerable<(IReadOnlyDictionary<string, string> Config, IReadOnlyDictionary<string, Dictionary<string,
+            string>> Devices)> layers)
     {
         var config = new Dictionary<string, string>(StringComparer.Ordinal);
         var devices = new Dictionary<string, Dictionary<string, string>>(StringComparer.Ordinal);
@@ -177,9 +196,11 @@ public static class ConfigSchema
 
     public static InstanceLimits ParseLimits(IReadOnlyDictionary<string, string> config) => new()
     {
-        Cpus = config.TryGetValue(CpuKey, out var c) && int.TryParse(c, CultureInfo.InvariantCulture, out var ci) ? ci : null,
+        Cpus = config.TryGetValue(CpuKey, out var c)
+            && int.TryParse(c, CultureInfo.InvariantCulture, out var ci) ? ci : null,
         MemoryBytes = config.TryGetValue(MemoryKey, out var m) && TryParseSize(m, out var mb) ? mb : null,
-        Processes = config.TryGetValue(ProcessesKey, out var p) && int.TryParse(p, CultureInfo.InvariantCulture, out var pi) ? pi : null,
+        Processes = config.TryGetValue(ProcessesKey, out var p)
+            && int.TryParse(p, CultureInfo.InvariantCulture, out var pi) ? pi : null,
     };
 
     public static Dictionary<string, string> ParseEnvironment(IReadOnlyDictionary<string, string> config) =>

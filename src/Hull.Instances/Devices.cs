@@ -13,7 +13,8 @@ public interface IDevice
     void Validate();
     /// <summary>Called once when the device is added to an instance (the instance may be running).</summary>
     void Add(string instanceDir);
-    /// <summary>Called before the instance starts: prepares host-side resources and says what the engine must do.</summary>
+    /// <summary>Called before the instance starts: prepares host-side resources and says what the engine must
+    /// do.</summary>
     DeviceRunConfig Start(string instanceDir);
     /// <summary>Called after the instance stopped: releases what <see cref="Start"/> made.</summary>
     void Stop(string instanceDir);
@@ -45,14 +46,17 @@ public static class DeviceFactory
     public static IDevice Create(string name, IReadOnlyDictionary<string, string> config, bool validate = true)
     {
         if (!ConfigSchema.IsValidName(name, 64))
-            throw new InstanceException($"device name '{name}' is invalid: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit");
+            throw new InstanceException($"device name '{name}' is invalid: use 1-64 letters, digits, '-', '_' or " +
+                "'.', starting with a letter or digit");
         if (!config.TryGetValue("type", out var type) || string.IsNullOrEmpty(type))
-            throw new InstanceException($"device '{name}': the key 'type' is missing: set type to one of {string.Join(", ", Types)}");
+            throw new InstanceException($"device '{name}': the key 'type' is missing: set type to one of " +
+                $"{string.Join(", ", Types)}");
         IDevice d = type switch
         {
             "disk" => new DiskDevice(name, config),
             "bind" => new BindDevice(name, config),
-            _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are {string.Join(", ", Types)}"),
+            _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are " +
+                $"{string.Join(", ", Types)}"),
         };
         if (validate) d.Validate();
         return d;
@@ -61,17 +65,20 @@ public static class DeviceFactory
     /// <summary>Limits of the devices of an instance or profile: how many, and the length of each value.</summary>
     public const int MaxDevices = 64, MaxValueLength = 4096;
 
-    public static List<IDevice> CreateAll(IReadOnlyDictionary<string, Dictionary<string, string>> devices, bool validate = true)
+    public static List<IDevice> CreateAll(IReadOnlyDictionary<string, Dictionary<string, string>> devices,
+        bool validate = true)
     {
         if (validate) CheckLimits(devices);
-        var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => Create(d.Key, d.Value, validate)).ToList();
+        var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d =>
+            Create(d.Key, d.Value, validate)).ToList();
         var targets = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var d in list)
         {
             var path = d.Config.TryGetValue("path", out var p) ? NormalizeTarget(p) : null;
             if (path is null) continue;
             if (targets.TryGetValue(path, out var other))
-                throw new InstanceException($"devices '{other}' and '{d.Name}' both use path {path}: give each device its own path");
+                throw new InstanceException($"devices '{other}' and '{d.Name}' both use path {path}: give each " +
+                    "device its own path");
             targets[path] = d.Name;
         }
         return list;
@@ -99,7 +106,8 @@ public static class DeviceFactory
     {
         foreach (var k in config.Keys)
             if (Array.IndexOf(allowed, k) < 0)
-                throw new InstanceException($"device '{device}': unknown key '{k}': valid keys for this device type are {string.Join(", ", allowed)}");
+                throw new InstanceException($"device '{device}': unknown key '{k}': valid keys for this device type " +
+                    $"are {string.Join(", ", allowed)}");
     }
 
     internal static bool Bool(string device, IReadOnlyDictionary<string, string> config, string key)
@@ -114,12 +122,14 @@ public static class DeviceFactory
         if (!config.TryGetValue(key, out var v) || v.Length == 0)
             throw new InstanceException($"device '{device}': the key '{key}' is missing: set it to an absolute path");
         if (v[0] != '/' || v.Contains('\0') || v.Split('/').Any(s => s == ".."))
-            throw new InstanceException($"device '{device}': {key}='{v}' is invalid: use an absolute path without '..'");
+            throw new InstanceException($"device '{device}': {key}='{v}' is invalid: use an absolute path without " +
+                "'..'");
         return v;
     }
 }
 
-/// <summary>A disk: the root disk (path=/, optional size) or a host block device / image file (source) at a path.</summary>
+/// <summary>A disk: the root disk (path=/, optional size) or a host block device / image file (source) at a
+/// path.</summary>
 public sealed class DiskDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
 {
     static readonly string[] Keys = ["type", "path", "source", "size", "readonly"];
@@ -134,14 +144,18 @@ public sealed class DiskDevice(string name, IReadOnlyDictionary<string, string> 
         if (Config.TryGetValue("size", out var size) && size.Length > 0)
         {
             if (!ConfigSchema.TryParseSize(size, out var bytes) || bytes < 1 << 20)
-                throw new InstanceException($"device '{Name}': size='{size}' is invalid: use a size of at least 1MiB such as 512MiB or 10GiB");
+                throw new InstanceException($"device '{Name}': size='{size}' is invalid: use a size of at least 1MiB " +
+                    "such as 512MiB or 10GiB");
         }
         if (path != "/" && !Config.ContainsKey("source"))
-            throw new InstanceException($"device '{Name}': a disk at {path} needs 'source' (a host block device or image file); for a host directory use a bind device");
+            throw new InstanceException($"device '{Name}': a disk at {path} needs 'source' (a host block device or " +
+                "image file); for a host directory use a bind device");
         if (Config.TryGetValue("source", out var src))
         {
             DeviceFactory.AbsolutePath(Name, Config, "source");
-            if (!File.Exists(src)) throw new InstanceException($"device '{Name}': source {src} does not exist on the host: give an existing block device or image file");
+            if (!File.Exists(src)) throw new InstanceException(
+                $"device '{Name}': source {src} does not exist on the host: give an existing block device or image " +
+                "file");
         }
         DeviceFactory.Bool(Name, Config, "readonly");
     }
@@ -152,7 +166,8 @@ public sealed class DiskDevice(string name, IReadOnlyDictionary<string, string> 
     {
         var rc = new DeviceRunConfig { Device = Name };
         long? size = Config.TryGetValue("size", out var s) && ConfigSchema.TryParseSize(s, out var b) ? b : null;
-        rc.Disks.Add(new DiskSpec(Config.GetValueOrDefault("source"), DeviceFactory.NormalizeTarget(Config["path"]), size,
+        rc.Disks.Add(new DiskSpec(Config.GetValueOrDefault("source"), DeviceFactory.NormalizeTarget(Config["path"]),
+            size,
             DeviceFactory.Bool(Name, Config, "readonly")));
         return rc;
     }
@@ -174,9 +189,11 @@ public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> 
         DeviceFactory.CheckKeys(Name, Config, Keys);
         var src = DeviceFactory.AbsolutePath(Name, Config, "source");
         var path = DeviceFactory.AbsolutePath(Name, Config, "path");
-        if (path == "/") throw new InstanceException($"device '{Name}': a bind device cannot replace the root: choose another path");
+        if (path == "/") throw new InstanceException(
+            $"device '{Name}': a bind device cannot replace the root: choose another path");
         if (!File.Exists(src) && !Directory.Exists(src))
-            throw new InstanceException($"device '{Name}': source {src} does not exist on the host: create it or fix the path");
+            throw new InstanceException($"device '{Name}': source {src} does not exist on the host: create it or fix " +
+                "the path");
         DeviceFactory.Bool(Name, Config, "readonly");
     }
 
@@ -186,9 +203,11 @@ public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> 
     {
         var src = Config["source"];
         if (!File.Exists(src) && !Directory.Exists(src))
-            throw new InstanceException($"device '{Name}': source {src} no longer exists on the host: create it or remove the device");
+            throw new InstanceException($"device '{Name}': source {src} no longer exists on the host: create it or " +
+                "remove the device");
         var rc = new DeviceRunConfig { Device = Name };
-        rc.Mounts.Add(new MountSpec(src, DeviceFactory.NormalizeTarget(Config["path"]), DeviceFactory.Bool(Name, Config, "readonly"), File.Exists(src)));
+        rc.Mounts.Add(new MountSpec(src, DeviceFactory.NormalizeTarget(Config["path"]),
+            DeviceFactory.Bool(Name, Config, "readonly"), File.Exists(src)));
         return rc;
     }
 

@@ -4,7 +4,8 @@ namespace Hull.Instances;
 /// "logging" events (hull events --type logging) and writes them to its stderr.</summary>
 public interface IDriverLogSink
 {
-    /// <summary>One line: level is "info", "warning" or "error"; instance names the instance it is about, if any.</summary>
+    /// <summary>One line: level is "info", "warning" or "error"; instance names the instance it is about, if
+    /// any.</summary>
     void Log(string level, string message, string? instance);
 }
 

@@ -15,18 +15,21 @@ public interface IInstanceDriver
     /// <summary>"container" or "vm".</summary>
     string Type { get; }
 
-    /// <summary>Checks the type-specific parts of a spec before anything is made (limits this engine cannot honour...).</summary>
+    /// <summary>Checks the type-specific parts of a spec before anything is made (limits this engine cannot
+    /// honour...).</summary>
     void Validate(InstanceSpec spec);
 
     /// <summary>Makes the instance's root filesystem or disk from <see cref="InstanceSpec.Image"/> (or from
     /// <see cref="InstanceSpec.CopyOf"/>). On failure it leaves nothing behind.</summary>
     Task CreateAsync(InstanceSpec spec, CancellationToken ct);
 
-    /// <summary>Starts the instance, detached so that it outlives hulld. Devices are already started: their run configs are in
+    /// <summary>Starts the instance, detached so that it outlives hulld. Devices are already started: their run configs
+    /// are in
     /// <paramref name="devices"/>.</summary>
     Task StartAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, CancellationToken ct);
 
-    /// <summary>Asks the instance to stop (SIGTERM / ACPI power button), waits up to <paramref name="timeout"/>, then kills it.
+    /// <summary>Asks the instance to stop (SIGTERM / ACPI power button), waits up to <paramref name="timeout"/>, then
+    /// kills it.
     /// With <paramref name="force"/> it kills at once. Returns the exit code of the main process if known.</summary>
     Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct);
 
@@ -36,7 +39,8 @@ public interface IInstanceDriver
     Task PauseAsync(InstanceSpec spec, CancellationToken ct);
     Task ResumeAsync(InstanceSpec spec, CancellationToken ct);
 
-    /// <summary>Removes everything the driver made for a stopped instance (root filesystem, disks, snapshots).</summary>
+    /// <summary>Removes everything the driver made for a stopped instance (root filesystem, disks,
+    /// snapshots).</summary>
     Task DeleteAsync(InstanceSpec spec, CancellationToken ct);
 
     /// <summary>The live state as the engine sees it.</summary>
@@ -62,7 +66,8 @@ public interface IInstanceDriver
     /// <summary>Attaches to the console (container: the main process's terminal; VM: the serial console).</summary>
     Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct);
 
-    /// <summary>The console log so far; with <paramref name="follow"/> the stream goes on until <paramref name="ct"/> or the instance stops.</summary>
+    /// <summary>The console log so far; with <paramref name="follow"/> the stream goes on until <paramref name="ct"/>
+    /// or the instance stops.</summary>
     Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct);
 
     Task CreateSnapshotAsync(InstanceSpec spec, string snapshot, CancellationToken ct);
@@ -72,7 +77,8 @@ public interface IInstanceDriver
 
     Task<InstanceStats> GetStatsAsync(InstanceSpec spec, CancellationToken ct);
 
-    /// <summary>After hulld (re)started: finds an instance that was running, or learns how it ended meanwhile.</summary>
+    /// <summary>After hulld (re)started: finds an instance that was running, or learns how it ended
+    /// meanwhile.</summary>
     Task<ReattachResult> ReattachAsync(InstanceSpec spec, CancellationToken ct);
 
     /// <summary>Completes with the main process's exit code (128+n for signal n) when a started or reattached instance
@@ -80,7 +86,8 @@ public interface IInstanceDriver
     /// <paramref name="ct"/> when hulld stops watching.</summary>
     Task<int?> WaitForExitAsync(InstanceSpec spec, CancellationToken ct);
 
-    /// <summary>Applies changed limits to a running instance; returns false if a restart is needed to apply them.</summary>
+    /// <summary>Applies changed limits to a running instance; returns false if a restart is needed to apply
+    /// them.</summary>
     Task<bool> ApplyLimitsAsync(InstanceSpec spec, CancellationToken ct);
 
     // ---- backup / move to another host (optional: the defaults say the type cannot be exported) ----
@@ -104,8 +111,10 @@ public interface IInstanceDriver
     IReadOnlyList<string> BackupContentDirs => [];
 
     /// <summary>
-    /// After an import unpacked a backup's instance dir into <see cref="InstanceSpec.Dir"/> (on this host, maybe under a
-    /// new name): makes it usable here (re-links the image, rewrites absolute paths, makes scratch dirs). On failure the
+    /// After an import unpacked a backup's instance dir into <see cref="InstanceSpec.Dir"/> (on this host, maybe under
+    /// a
+    /// new name): makes it usable here (re-links the image, rewrites absolute paths, makes scratch dirs). On failure
+    /// the
     /// caller removes the dir.
     /// </summary>
     Task ImportAsync(InstanceSpec spec, CancellationToken ct) =>
@@ -113,7 +122,8 @@ public interface IInstanceDriver
 
     // ---- live migration to another host (optional) ----
 
-    /// <summary>True if running instances of this type can move live (<see cref="MigrateOutAsync"/> and friends).</summary>
+    /// <summary>True if running instances of this type can move live (<see cref="MigrateOutAsync"/> and
+    /// friends).</summary>
     bool CanMigrateLive => false;
 
     /// <summary>
@@ -121,7 +131,8 @@ public interface IInstanceDriver
     /// started; starts it waiting for the incoming state on <paramref name="listenAddress"/> and returns the URI the
     /// source sends to. On failure it leaves nothing running.
     /// </summary>
-    Task<string> PrepareIncomingAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, string listenAddress, CancellationToken ct) =>
+    Task<string> PrepareIncomingAsync(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, string listenAddress,
+        CancellationToken ct) =>
         throw new InstanceException($"running {Type} instances cannot move live: stop them first", 501);
 
     /// <summary>Source side: sends the running instance's memory, devices and writable disks to <paramref name="uri"/>.
@@ -187,7 +198,8 @@ public sealed class DriverState
     public int? ExitCode { get; init; }
     /// <summary>Why the instance is in the Error state (a VM's guest panicked...), if it is.</summary>
     public string? Message { get; init; }
-    /// <summary>Engine facts shown by 'hull info' (a VM: accelerator and why, vCPUs, memory...); null if none.</summary>
+    /// <summary>Engine facts shown by 'hull info' (a VM: accelerator and why, vCPUs, memory...); null if
+    /// none.</summary>
     public IReadOnlyDictionary<string, string>? Details { get; init; }
 }
 
@@ -217,7 +229,8 @@ public interface IExecSession : IAsyncDisposable
     Stream Stdin { get; }
     Stream Stdout { get; }
     Stream? Stderr { get; }
-    /// <summary>Completes with the exit code (128+n for a signal) once the process ended and its output was drained.</summary>
+    /// <summary>Completes with the exit code (128+n for a signal) once the process ended and its output was
+    /// drained.</summary>
     Task<int> Exit { get; }
     void Resize(int width, int height);
     void Signal(int signal);

@@ -3,7 +3,8 @@ using System.Globalization;
 namespace Hull.Instances;
 
 /// <summary>
-/// The host ids an unprivileged container's ids 0..Size-1 map to: uid n is host uid UidBase+n, gid n host gid GidBase+n.
+/// The host ids an unprivileged container's ids 0..Size-1 map to: uid n is host uid UidBase+n, gid n host gid
+/// GidBase+n.
 /// </summary>
 public sealed record IdMap(long UidBase, long GidBase, long Size)
 {
@@ -14,7 +15,8 @@ public sealed record IdMap(long UidBase, long GidBase, long Size)
     {
         var p = text.Trim().Split(' ');
         return p.Length == 3 && long.TryParse(p[0], CultureInfo.InvariantCulture, out var u)
-            && long.TryParse(p[1], CultureInfo.InvariantCulture, out var g) && long.TryParse(p[2], CultureInfo.InvariantCulture, out var n)
+            && long.TryParse(p[1], CultureInfo.InvariantCulture, out var g)
+                && long.TryParse(p[2], CultureInfo.InvariantCulture, out var n)
             ? new IdMap(u, g, n) : null;
     }
 
@@ -43,18 +45,22 @@ public static class IdMaps
 
     public static readonly (string Key, string Help)[] Keys =
     [
-        (PrivilegedKey, "run the container with the host's ids (container root is host root): true or false (default false)"),
+        (PrivilegedKey, "run the container with the host's ids (container root is host root): true or false (default " +
+            "false)"),
         (IsolatedKey, "give the container a uid/gid range of its own instead of the shared one: true or false"),
-        (BaseKey, "the first host uid and gid of the container's range (inside root's /etc/subuid and /etc/subgid range)"),
+        (BaseKey, "the first host uid and gid of the container's range (inside root's /etc/subuid and /etc/subgid " +
+            "range)"),
         (SizeKey, $"how many ids the container's range has (at least {DefaultSize}, default {DefaultSize})"),
         (AllocatedKey, "set by hulld: the first host uid of an isolated container's own range"),
     ];
 
-    /// <summary>The host range root may map (/etc/subuid or /etc/subgid, root's first line, else the default).</summary>
+    /// <summary>The host range root may map (/etc/subuid or /etc/subgid, root's first line, else the
+    /// default).</summary>
     public readonly record struct HostRange(long Start, long Count, string Source)
     {
         public long End => Start + Count;
-        public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"{Start}-{End - 1} ({Source})");
+        public override string ToString() => string.Create(CultureInfo.InvariantCulture,
+            $"{Start}-{End - 1} ({Source})");
     }
 
     /// <summary>Overridable for tests: the files the ranges are read from.</summary>
@@ -71,7 +77,8 @@ public static class IdMaps
             foreach (var line in File.ReadLines(file))
             {
                 var p = line.Trim().Split(':');
-                if (p.Length == 3 && p[0] is "root" or "0" && long.TryParse(p[1], CultureInfo.InvariantCulture, out var s)
+                if (p.Length == 3 && p[0] is "root" or "0"
+                    && long.TryParse(p[1], CultureInfo.InvariantCulture, out var s)
                     && long.TryParse(p[2], CultureInfo.InvariantCulture, out var c) && s > 0 && c > 0)
                     return new HostRange(s, c, file);
             }
@@ -83,7 +90,8 @@ public static class IdMaps
         c.TryGetValue(key, out var v) && ConfigSchema.TryParseBool(v, out var b) && b;
 
     static long? Number(IReadOnlyDictionary<string, string> c, string key) =>
-        c.TryGetValue(key, out var v) && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : null;
+        c.TryGetValue(key, out var v) && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n)
+            ? n : null;
 
     public static bool Privileged(IReadOnlyDictionary<string, string> config) => Bool(config, PrivilegedKey);
     public static bool Isolated(IReadOnlyDictionary<string, string> config) =>
@@ -113,13 +121,15 @@ public static class IdMaps
         switch (key)
         {
             case PrivilegedKey or IsolatedKey:
-                if (!ConfigSchema.TryParseBool(value, out _)) throw new InstanceException($"{key}='{value}' is invalid: use true or false");
+                if (!ConfigSchema.TryParseBool(value, out _)) throw new InstanceException(
+                    $"{key}='{value}' is invalid: use true or false");
                 return;
             case SizeKey:
                 if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var n) || n < DefaultSize
                     || n > Math.Min(Uids.Count, Gids.Count))
                     throw new InstanceException($"{key}='{value}' is invalid: " +
-                        $"use a whole number from {DefaultSize} to {Math.Min(Uids.Count, Gids.Count)} (the ids root may map: uids {Uids}, gids {Gids})");
+                        $"use a whole number from {DefaultSize} to {Math.Min(Uids.Count, Gids.Count)} (the ids root " +
+                            $"may map: uids {Uids}, gids {Gids})");
                 return;
             case AllocatedKey:
                 if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var a) || a < Uids.Start
@@ -128,7 +138,8 @@ public static class IdMaps
                         $"remove it and hulld allocates a range again");
                 return;
             case BaseKey:
-                if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var b) || !Inside(b, DefaultSize))
+                if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var b)
+                    || !Inside(b, DefaultSize))
                     throw new InstanceException($"{key}='{value}' is invalid: " +
                         $"use a host id inside the ranges root may map (uids {Uids}, gids {Gids}), " +
                         $"with room for {DefaultSize} ids after it");
@@ -136,7 +147,8 @@ public static class IdMaps
         }
     }
 
-    /// <summary>True if host ids <paramref name="b"/>..+<paramref name="size"/> are inside both ranges (an explicit base
+    /// <summary>True if host ids <paramref name="b"/>..+<paramref name="size"/> are inside both ranges (an explicit
+    /// base
     /// is the first uid and the first gid).</summary>
     static bool Inside(long b, long size) =>
         b >= Uids.Start && b + size <= Uids.End && b >= Gids.Start && b + size <= Gids.End;
@@ -145,7 +157,8 @@ public static class IdMaps
     public static void Validate(IReadOnlyDictionary<string, string> config)
     {
         if (Number(config, BaseKey) is { } b && !Inside(b, Size(config)))
-            throw new InstanceException($"{BaseKey}={b} with {SizeKey}={Size(config)} does not fit inside the ids root may map (uids {Uids}, gids {Gids}): choose a base and size inside them");
+            throw new InstanceException($"{BaseKey}={b} with {SizeKey}={Size(config)} does not fit inside the ids " +
+                $"root may map (uids {Uids}, gids {Gids}): choose a base and size inside them");
     }
 
     /// <summary>
@@ -155,7 +168,8 @@ public static class IdMaps
     public static long? Allocate(long size, IEnumerable<IdMap> taken)
     {
         var uids = Uids;
-        var busy = taken.Select(t => (Start: t.UidBase, End: t.UidBase + t.Size)).Append((Start: uids.Start, End: uids.Start + DefaultSize))
+        var busy = taken.Select(t => (Start: t.UidBase, End: t.UidBase + t.Size)).Append(
+            (Start: uids.Start, End: uids.Start + DefaultSize))
             .OrderBy(r => r.Start).ToList();
         for (var s = uids.Start + DefaultSize; s + size <= uids.End && s - uids.Start + Gids.Start + size <= Gids.End;)
         {

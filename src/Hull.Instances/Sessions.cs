@@ -2,7 +2,8 @@ using System.Text;
 
 namespace Hull.Instances;
 
-/// <summary>An exec whose program could not be started: no process, the message on stderr (on stdout with a pty), exit 126 or 127.</summary>
+/// <summary>An exec whose program could not be started: no process, the message on stderr (on stdout with a pty), exit
+/// 126 or 127.</summary>
 public sealed class FailedExecSession(int code, string message, bool tty) : IExecSession
 {
     static MemoryStream Text(string s) => new(Encoding.UTF8.GetBytes(s), false);
@@ -27,12 +28,14 @@ public sealed class LogFileStream(string path, Func<bool> running, bool follow, 
     public override bool CanSeek => false;
     public override bool CanWrite => false;
     public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override long Position { get => throw new NotSupportedException(); set =>
+        throw new NotSupportedException(); }
     public override void Flush() { }
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
     public override void SetLength(long value) => throw new NotSupportedException();
     public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+    public override int Read(byte[] buffer, int offset, int count) =>
+        ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
 
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
     {
@@ -41,7 +44,8 @@ public sealed class LogFileStream(string path, Func<bool> running, bool follow, 
             if (_f is null && File.Exists(path))
             {
                 // The log is the instance's own file: never read through a symlink (to a host file).
-                if (new FileInfo(path).LinkTarget is { } target) throw new IOException($"{path} is a symlink (to {target}): not read");
+                if (new FileInfo(path).LinkTarget is { } target) throw new IOException(
+                    $"{path} is a symlink (to {target}): not read");
                 _f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
                 if (fromEnd) _f.Seek(0, SeekOrigin.End);
             }

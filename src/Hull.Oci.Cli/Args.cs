@@ -11,14 +11,16 @@ public sealed class Args
     public List<string> Repeated(string name) => _multi.TryGetValue(name, out var l) ? l : [];
     readonly Dictionary<string, List<string>> _multi = new(StringComparer.Ordinal);
 
-    public static Args Parse(IReadOnlyList<string> argv, string verb, string[] valueFlags, string[] boolFlags, bool stopAtFirstPositionalAfter = false, int positionalBeforeStop = 1)
+    public static Args Parse(IReadOnlyList<string> argv, string verb, string[] valueFlags, string[] boolFlags,
+        bool stopAtFirstPositionalAfter = false, int positionalBeforeStop = 1)
     {
         var a = new Args();
         for (var i = 0; i < argv.Count; i++)
         {
             var t = argv[i];
             if (t == "--") { a.Positional.AddRange(argv.Skip(i + 1)); break; }
-            if (t.Length > 1 && t[0] == '-' && !(stopAtFirstPositionalAfter && a.Positional.Count >= positionalBeforeStop))
+            if (t.Length > 1 && t[0] == '-' && !(stopAtFirstPositionalAfter
+                && a.Positional.Count >= positionalBeforeStop))
             {
                 var name = t.TrimStart('-');
                 string? value = null;
@@ -51,7 +53,8 @@ public sealed class Args
     {
         var v = Get(name);
         if (v is null) return def;
-        return int.TryParse(v, out var n) && n >= 0 ? n : throw new UsageException($"--{name} must be a non-negative number, not \"{v}\"");
+        return int.TryParse(v, out var n) && n >= 0 ? n
+            : throw new UsageException($"--{name} must be a non-negative number, not \"{v}\"");
     }
 }
 

@@ -2,7 +2,8 @@ using Hull.Containers;
 
 namespace Hull.Oci.Cli;
 
-/// <summary>events: with --stats one stats event; without, a stats event every --interval until the container stops.</summary>
+/// <summary>events: with --stats one stats event; without, a stats event every --interval until the container
+/// stops.</summary>
 static class EventsVerb
 {
     public static int Run(OciContext ctx, IReadOnlyList<string> argv)
@@ -14,7 +15,8 @@ static class EventsVerb
         while (true)
         {
             if (ctx.Engine.Status(ctx.Engine.Store.Load(id)) == ContainerStatus.Stopped) return 0;
-            Console.WriteLine($"{{\"type\":\"stats\",\"id\":\"{id}\",\"data\":{ctx.Engine.StatsJson(id).ReplaceLineEndings("")}}}");
+            Console.WriteLine(
+                $"{{\"type\":\"stats\",\"id\":\"{id}\",\"data\":{ctx.Engine.StatsJson(id).ReplaceLineEndings("")}}}");
             if (a.Has("stats")) return 0;
             Thread.Sleep(interval);
         }

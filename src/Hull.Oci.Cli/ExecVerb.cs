@@ -33,7 +33,8 @@ static class ExecVerb
         {
             if (a.Positional.Count < 2) throw new UsageException("exec needs a command to run (or --process FILE)");
             process = ctx.Engine.ExecProcess(id, a.Positional.Skip(1).ToList(), a.Has("tty") || a.Has("t"),
-                [.. a.Repeated("env"), .. a.Repeated("e")], a.Get("cwd"), a.Get("user") ?? a.Get("u"), [.. a.Repeated("cap"), .. a.Repeated("c")]);
+                [.. a.Repeated("env"), .. a.Repeated("e")], a.Get("cwd"), a.Get("user") ?? a.Get("u"),
+                    [.. a.Repeated("cap"), .. a.Repeated("c")]);
             if (a.Has("no-new-privs")) process.NoNewPrivileges = true;
             if (a.Get("apparmor") is { } aa) process.ApparmorProfile = aa;
             if (a.Get("process-label") is { } pl) process.SelinuxLabel = pl;
@@ -47,7 +48,9 @@ static class ExecVerb
         var pid = child.Pid;
         var regs = new List<PosixSignalRegistration>();
         foreach (var sig in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP, PosixSignal.SIGQUIT })
-            regs.Add(PosixSignalRegistration.Create(sig, c => { c.Cancel = true; Libc.kill(pid, (int)c.Signal switch { -2 => 2, -3 => 3, -1 => 1, _ => 15 }); }));
+            regs.Add(PosixSignalRegistration.Create(sig,
+                c => { c.Cancel = true; Libc.kill(pid,
+                (int)c.Signal switch { -2 => 2, -3 => 3, -1 => 1, _ => 15 }); }));
         try { return Sys.ExitCode(Sys.WaitPid(pid)); }
         finally { foreach (var r in regs) r.Dispose(); }
     }

@@ -8,7 +8,8 @@ public sealed class Features
 {
     [JsonPropertyName("ociVersionMin")] public string OciVersionMin { get; set; } = "1.0.0";
     [JsonPropertyName("ociVersionMax")] public string OciVersionMax { get; set; } = "1.2.0";
-    [JsonPropertyName("hooks")] public List<string> Hooks { get; set; } = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"];
+    [JsonPropertyName("hooks")] public List<string> Hooks { get; set; } =
+        ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"];
     [JsonPropertyName("mountOptions")] public List<string> MountOptions { get; set; } = [];
     [JsonPropertyName("linux")] public LinuxFeatures Linux { get; set; } = new();
     [JsonPropertyName("annotations")] public Dictionary<string, string> Annotations { get; set; } = [];
@@ -22,8 +23,10 @@ public sealed class LinuxFeatures
     [JsonPropertyName("seccomp")] public SeccompFeatures Seccomp { get; set; } = new();
     [JsonPropertyName("apparmor")] public Dictionary<string, bool> Apparmor { get; set; } = [];
     [JsonPropertyName("selinux")] public Dictionary<string, bool> Selinux { get; set; } = [];
-    [JsonPropertyName("intelRdt")] public Dictionary<string, bool> IntelRdt { get; set; } = new() { ["enabled"] = false };
-    [JsonPropertyName("mountExtensions")] public Dictionary<string, Dictionary<string, bool>> MountExtensions { get; set; } = new() { ["idmap"] = new() { ["enabled"] = true } };
+    [JsonPropertyName("intelRdt")] public Dictionary<string,
+        bool> IntelRdt { get; set; } = new() { ["enabled"] = false };
+    [JsonPropertyName("mountExtensions")] public Dictionary<string, Dictionary<string,
+        bool>> MountExtensions { get; set; } = new() { ["idmap"] = new() { ["enabled"] = true } };
 }
 
 public sealed class SeccompFeatures
@@ -44,20 +47,30 @@ static class FeaturesVerb
         Args.Parse(argv, "features", [], []);
         var f = new Features
         {
-            MountOptions = ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime", "mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "symfollow", "sync", "unbindable"],
+            MountOptions = ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime",
+                "mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime",
+                "nostrictatime", "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate",
+                "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "symfollow", "sync",
+                "unbindable"],
         };
-        f.Linux.Namespaces = [.. Hull.Containers.SpecValidator.NamespaceTypes.Where(n => File.Exists($"/proc/self/ns/{(n == "network" ? "net" : n == "mount" ? "mnt" : n)}"))];
+        f.Linux.Namespaces = [.. Hull.Containers.SpecValidator.NamespaceTypes.Where(n =>
+            File.Exists($"/proc/self/ns/{(n == "network" ? "net" : n == "mount" ? "mnt" : n)}"))];
         f.Linux.Capabilities = [.. Hull.Containers.Capabilities.Names.Take(Hull.Containers.Capabilities.LastCap + 1)];
         var mode = CgroupFactory.Mode();
-        f.Linux.Cgroup = new() { ["v1"] = mode is "v1" or "hybrid", ["v2"] = mode is "v2" or "hybrid", ["systemd"] = false, ["systemdUser"] = false, ["rdma"] = Directory.Exists("/sys/fs/cgroup/rdma") };
+        f.Linux.Cgroup = new() { ["v1"] = mode is "v1" or "hybrid", ["v2"] = mode is "v2" or "hybrid",
+            ["systemd"] = false, ["systemdUser"] = false, ["rdma"] = Directory.Exists("/sys/fs/cgroup/rdma") };
         f.Linux.Seccomp = new SeccompFeatures
         {
             Enabled = true,
-            Actions = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
-            Operators = ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+            Actions = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+            Operators = ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
             Archs = ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"],
-            KnownFlags = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
-            SupportedFlags = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
+            KnownFlags = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG",
+                "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
+            SupportedFlags = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG",
+                "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
         };
         f.Linux.Apparmor = new() { ["enabled"] = Directory.Exists("/sys/kernel/security/apparmor") };
         f.Linux.Selinux = new() { ["enabled"] = File.Exists("/sys/fs/selinux/enforce") };

@@ -29,13 +29,16 @@ static class ListVerb
         {
             Id = x.Record.Id, Pid = x.Status == ContainerStatus.Stopped ? 0 : x.Record.Pid, Status = x.Status.Oci(),
             Bundle = x.Record.Bundle,
-            Rootfs = x.Record.Rootfs, Created = x.Record.Created, Annotations = x.Record.Annotations, Owner = x.Record.Owner,
+            Rootfs = x.Record.Rootfs, Created = x.Record.Created, Annotations = x.Record.Annotations,
+            Owner = x.Record.Owner,
         }).ToList();
         if (a.Has("quiet") || a.Has("q")) { foreach (var e in entries) Console.WriteLine(e.Id); return 0; }
-        if (format == "json") { Console.WriteLine(JsonSerializer.Serialize(entries, OciCliJson.Default.ListListEntry)); return 0; }
+        if (format == "json") { Console.WriteLine(
+            JsonSerializer.Serialize(entries, OciCliJson.Default.ListListEntry)); return 0; }
         Console.WriteLine($"{"ID",-24} {"PID",-8} {"STATUS",-10} {"BUNDLE",-40} {"CREATED",-30} OWNER");
         foreach (var e in entries)
-            Console.WriteLine($"{e.Id,-24} {e.Pid,-8} {e.Status,-10} {e.Bundle,-40} {e.Created,-30:yyyy-MM-ddTHH:mm:ss.fffffffZ} {e.Owner}");
+            Console.WriteLine($"{e.Id,-24} {e.Pid,-8} {e.Status,-10} {e.Bundle,-40} " +
+                $"{e.Created,-30:yyyy-MM-ddTHH:mm:ss.fffffffZ} {e.Owner}");
         return 0;
     }
 }

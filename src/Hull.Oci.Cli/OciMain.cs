@@ -20,7 +20,8 @@ public sealed class OciContext
         ReExecSealedToJoinPidNamespace = true,
     };
 
-    /// <summary>Reports an error on stderr and, with --log, in the log file (JSON lines with --log-format json, as containerd reads).</summary>
+    /// <summary>Reports an error on stderr and, with --log, in the log file (JSON lines with --log-format json, as
+    /// containerd reads).</summary>
     public void Error(string message)
     {
         Console.Error.WriteLine($"hull-oci: {message}");
@@ -40,7 +41,8 @@ public sealed class OciContext
         {
             var time = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ss.fffffffZ");
             var line = LogFormat == "json"
-                ? $"{{\"level\":\"{level}\",\"msg\":{JsonSerializer.Serialize(message, OciCliJson.Default.String)},\"time\":\"{time}\"}}\n"
+                ? $"{{\"level\":\"{level}\",\"msg\":" +
+                    $"{JsonSerializer.Serialize(message, OciCliJson.Default.String)},\"time\":\"{time}\"}}\n"
                 : $"time=\"{time}\" level={level} msg=\"{message.Replace("\"", "\\\"")}\"\n";
             File.AppendAllText(Log, line);
         }
@@ -82,7 +84,8 @@ public static class OciMain
         for (; i < argv.Count && argv[i].StartsWith('-'); i++)
         {
             var (name, value) = Split(argv[i]);
-            string Next() => value ?? (i + 1 < argv.Count ? argv[++i] : throw new UsageException($"flag {name} needs a value"));
+            string Next() => value ?? (i + 1 < argv.Count ? argv[++i]
+                : throw new UsageException($"flag {name} needs a value"));
             switch (name)
             {
                 case "--root": root = Next(); break;
@@ -97,13 +100,15 @@ public static class OciMain
                 default: Console.Error.WriteLine($"hull-oci: unknown global flag {name}"); return 2;
             }
         }
-        var ctx = new OciContext { Root = root, Log = log, LogFormat = logFormat, SystemdCgroup = systemd, Debug = debug };
+        var ctx = new OciContext { Root = root, Log = log, LogFormat = logFormat, SystemdCgroup = systemd,
+            Debug = debug };
         if (i >= argv.Count) { Usage(); return 2; }
         var verbName = argv[i];
         var rest = argv.Skip(i + 1).ToList();
         var verb = Verbs.FirstOrDefault(v => v.Name == verbName);
         if (verb.Run is null) { ctx.Error($"unknown command \"{verbName}\" (hull-oci --help lists them)"); return 2; }
-        if (rest.Contains("--help") || rest.Contains("-h")) { Console.WriteLine($"hull-oci {verb.Name}: {verb.Help}\n{HelpText.For(verb.Name)}"); return 0; }
+        if (rest.Contains("--help") || rest.Contains("-h")) { Console.WriteLine(
+            $"hull-oci {verb.Name}: {verb.Help}\n{HelpText.For(verb.Name)}"); return 0; }
         try { return verb.Run(ctx, rest); }
         catch (UsageException e) { ctx.Error(e.Message); return 2; }
         catch (ContainerException e) { ctx.Error(e.Message); return e.ExitCode == 0 ? 1 : e.ExitCode; }
@@ -122,7 +127,8 @@ public static class OciMain
 
     static void Usage()
     {
-        Console.WriteLine("usage: hull-oci [--root DIR] [--log FILE] [--log-format text|json] [--systemd-cgroup] COMMAND [ARGS]\n\nA runc-compatible OCI runtime (Hull's container engine).\n\nCommands:");
+        Console.WriteLine("usage: hull-oci [--root DIR] [--log FILE] [--log-format text|json] [--systemd-cgroup] " +
+            "COMMAND [ARGS]\n\nA runc-compatible OCI runtime (Hull's container engine).\n\nCommands:");
         foreach (var v in Verbs) Console.WriteLine($"  {v.Name,-10} {v.Help}");
     }
 }
@@ -133,5 +139,6 @@ public static class OciMain
 [System.Text.Json.Serialization.JsonSerializable(typeof(Features))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(LinuxFeatures))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(Hull.Oci.Resources))]
-[System.Text.Json.Serialization.JsonSourceGenerationOptions(WriteIndented = true, DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+[System.Text.Json.Serialization.JsonSourceGenerationOptions(WriteIndented = true,
+    DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
 internal sealed partial class OciCliJson : System.Text.Json.Serialization.JsonSerializerContext;

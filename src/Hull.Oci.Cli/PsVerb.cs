@@ -12,7 +12,8 @@ static class PsVerb
         if (a.Positional.Count < 1) throw new UsageException("ps needs a container id");
         var pids = ctx.Engine.Pids(a.Positional[0]).ToList();
         var format = a.Get("format") ?? a.Get("f") ?? "table";
-        if (format == "json") { Console.WriteLine(JsonSerializer.Serialize(pids, OciCliJson.Default.ListInt32)); return 0; }
+        if (format == "json") { Console.WriteLine(
+            JsonSerializer.Serialize(pids, OciCliJson.Default.ListInt32)); return 0; }
         if (format != "table") throw new UsageException($"--format {format}: use table or json");
         Console.WriteLine($"{"PID",-8} {"STAT",-5} COMMAND");
         foreach (var pid in pids)

@@ -2,7 +2,8 @@ using System.Text.Json;
 
 namespace Hull.Oci.Cli;
 
-/// <summary>spec: writes runc's default config.json (busybox-friendly: sh, a terminal, the default mounts and masks).</summary>
+/// <summary>spec: writes runc's default config.json (busybox-friendly: sh, a terminal, the default mounts and
+/// masks).</summary>
 static class SpecVerb
 {
     public static int Run(OciContext ctx, IReadOnlyList<string> argv)

@@ -2,12 +2,14 @@ using System.Text.Json;
 
 namespace Hull.Oci.Cli;
 
-/// <summary>update: new resource limits for a running container, from --resources JSON (or - for stdin) or flags.</summary>
+/// <summary>update: new resource limits for a running container, from --resources JSON (or - for stdin) or
+/// flags.</summary>
 static class UpdateVerb
 {
     public static int Run(OciContext ctx, IReadOnlyList<string> argv)
     {
-        var a = Args.Parse(argv, "update", ["resources", "r", "memory", "memory-reservation", "memory-swap", "cpu-shares", "cpu-quota", "cpu-period", "cpuset-cpus", "cpuset-mems", "pids-limit", "blkio-weight"], []);
+        var a = Args.Parse(argv, "update", ["resources", "r", "memory", "memory-reservation", "memory-swap",
+            "cpu-shares", "cpu-quota", "cpu-period", "cpuset-cpus", "cpuset-mems", "pids-limit", "blkio-weight"], []);
         if (a.Positional.Count != 1) throw new UsageException("update needs exactly one container id");
         Resources res;
         if ((a.Get("resources") ?? a.Get("r")) is { } file)
@@ -17,7 +19,8 @@ static class UpdateVerb
             catch (JsonException e) { throw new UsageException($"--resources {file}: invalid JSON: {e.Message}"); }
         }
         else res = new Resources();
-        long? L(string n) => a.Get(n) is { } v ? (long.TryParse(v, out var x) ? x : throw new UsageException($"--{n} must be a number, not \"{v}\"")) : null;
+        long? L(string n) => a.Get(n) is { } v ? (long.TryParse(v, out var x) ? x
+            : throw new UsageException($"--{n} must be a number, not \"{v}\"")) : null;
         if (L("memory") is { } m) (res.Memory ??= new()).Limit = m;
         if (L("memory-reservation") is { } mr) (res.Memory ??= new()).Reservation = mr;
         if (L("memory-swap") is { } ms) (res.Memory ??= new()).Swap = ms;

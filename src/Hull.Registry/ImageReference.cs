@@ -25,10 +25,13 @@ public sealed record ImageReference
     /// <summary>The reference asked of the manifest endpoint: the digest if pinned, else the tag.</summary>
     public string ManifestReference => Digest ?? Tag ?? "latest";
 
-    /// <summary>The full normalised form, e.g. "docker.io/library/busybox:latest" or "127.0.0.1:5000/app@sha256:...".</summary>
-    public override string ToString() => $"{Registry}/{Repository}{(Tag is null ? "" : ":" + Tag)}{(Digest is null ? "" : "@" + Digest)}";
+    /// <summary>The full normalised form, e.g. "docker.io/library/busybox:latest" or
+    /// "127.0.0.1:5000/app@sha256:...".</summary>
+    public override string ToString() =>
+        $"{Registry}/{Repository}{(Tag is null ? "" : ":" + Tag)}{(Digest is null ? "" : "@" + Digest)}";
 
-    /// <summary>True when the registry is on this host (localhost, 127.0.0.0/8, ::1): plain http is used for it, as docker and podman do.</summary>
+    /// <summary>True when the registry is on this host (localhost, 127.0.0.0/8, ::1): plain http is used for it, as
+    /// docker and podman do.</summary>
     public bool IsLoopback
     {
         get
@@ -50,7 +53,8 @@ public sealed record ImageReference
         return colon > 0 ? registry[..colon] : registry;
     }
 
-    /// <summary>True if a name can only be a registry reference, not a local image alias (aliases have no '/', ':' or '@').</summary>
+    /// <summary>True if a name can only be a registry reference, not a local image alias (aliases have no '/', ':' or
+    /// '@').</summary>
     public static bool LooksLikeReference(string name) => name.IndexOfAny(['/', ':', '@']) >= 0;
 
     public static bool TryParse(string text, out ImageReference? reference, out string? error)
@@ -67,7 +71,8 @@ public sealed record ImageReference
     static string? Validate(string text, out ImageReference? reference)
     {
         reference = null;
-        const string Form = "write it as host[:port]/repository[:tag][@sha256:digest], e.g. 127.0.0.1:5000/busybox:latest";
+        const string Form = "write it as host[:port]/repository[:tag][@sha256:digest], e.g. " +
+            "127.0.0.1:5000/busybox:latest";
         if (string.IsNullOrWhiteSpace(text)) return $"the image reference is empty: {Form}";
         if (text.Length > 1024 || text.Any(c => char.IsWhiteSpace(c) || char.IsControl(c)))
             return $"image reference '{text}' is invalid (spaces, control characters or too long): {Form}";
@@ -78,7 +83,8 @@ public sealed record ImageReference
         {
             digest = rest[(at + 1)..];
             rest = rest[..at];
-            if (!IsSha256Digest(digest)) return $"image reference '{text}' has an invalid digest '{digest}': use sha256: followed by 64 lowercase hex digits";
+            if (!IsSha256Digest(digest)) return $"image reference '{text}' has an invalid digest '{digest}': use " +
+                "sha256: followed by 64 lowercase hex digits";
         }
         string registry;
         var slash = rest.IndexOf('/');
@@ -87,7 +93,8 @@ public sealed record ImageReference
         {
             registry = first;
             rest = rest[(slash + 1)..];
-            if (!IsValidRegistry(registry)) return $"image reference '{text}' has an invalid registry '{registry}': use host or host:port";
+            if (!IsValidRegistry(registry)) return $"image reference '{text}' has an invalid registry '{registry}': " +
+                "use host or host:port";
         }
         else registry = DockerHub;
         string? tag = null;
@@ -97,39 +104,47 @@ public sealed record ImageReference
         {
             tag = rest[(colon + 1)..];
             rest = rest[..colon];
-            if (!IsValidTag(tag)) return $"image reference '{text}' has an invalid tag '{tag}': use up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'";
+            if (!IsValidTag(tag)) return $"image reference '{text}' has an invalid tag '{tag}': use up to 128 " +
+                "letters, digits, '_', '.' or '-', not starting with '.' or '-'";
         }
         if (rest.Length == 0) return $"image reference '{text}' names no repository: {Form}";
         foreach (var component in rest.Split('/'))
             if (!IsValidPathComponent(component))
-                return $"image reference '{text}' has an invalid repository '{rest}': use lowercase letters, digits and single separators ('.', '_', '__', '-') between '/'";
+                return $"image reference '{text}' has an invalid repository '{rest}': use lowercase letters, digits " +
+                    "and single separators ('.', '_', '__', '-') between '/'";
         if (registry == DockerHub && !rest.Contains('/')) rest = "library/" + rest;
-        if (registry.Length + 1 + rest.Length > 255) return $"image reference '{text}' is too long: the repository name may have at most 255 characters";
+        if (registry.Length + 1 + rest.Length > 255) return $"image reference '{text}' is too long: the repository " +
+            "name may have at most 255 characters";
         if (tag is null && digest is null) tag = "latest";
         reference = new ImageReference { Registry = registry, Repository = rest, Tag = tag, Digest = digest };
         return null;
     }
 
     public static bool IsSha256Digest(string d) =>
-        d.Length == 71 && d.StartsWith("sha256:", StringComparison.Ordinal) && d.AsSpan(7).IndexOfAnyExcept("0123456789abcdef") < 0;
+        d.Length == 71 && d.StartsWith("sha256:", StringComparison.Ordinal)
+            && d.AsSpan(7).IndexOfAnyExcept("0123456789abcdef") < 0;
 
     static bool IsValidRegistry(string r)
     {
         var host = HostOf(r);
         if (host.Length == 0 || host.Length > 253) return false;
-        if (r.StartsWith('[')) return IPAddress.TryParse(host, out _) && (r.Length == host.Length + 2 || IsPort(r[(host.Length + 3)..]));
+        if (r.StartsWith('[')) return IPAddress.TryParse(host, out _)
+            && (r.Length == host.Length + 2 || IsPort(r[(host.Length + 3)..]));
         var colon = r.LastIndexOf(':');
         if (colon > 0 && !IsPort(r[(colon + 1)..])) return false;
         foreach (var label in host.Split('.'))
-            if (label.Length == 0 || label.Length > 63 || label[0] == '-' || label[^1] == '-' || !label.All(c => char.IsAsciiLetterOrDigit(c) || c == '-'))
+            if (label.Length == 0 || label.Length > 63 || label[0] == '-' || label[^1] == '-'
+                || !label.All(c => char.IsAsciiLetterOrDigit(c) || c == '-'))
                 return false;
         return true;
     }
 
-    static bool IsPort(string p) => p.Length is > 0 and <= 5 && p.All(char.IsAsciiDigit) && int.Parse(p, System.Globalization.CultureInfo.InvariantCulture) is > 0 and < 65536;
+    static bool IsPort(string p) => p.Length is > 0 and <= 5 && p.All(char.IsAsciiDigit)
+        && int.Parse(p, System.Globalization.CultureInfo.InvariantCulture) is > 0 and < 65536;
 
     static bool IsValidTag(string t) =>
-        t.Length is > 0 and <= 128 && (char.IsAsciiLetterOrDigit(t[0]) || t[0] == '_') && t.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '.' or '-');
+        t.Length is > 0 and <= 128 && (char.IsAsciiLetterOrDigit(t[0]) || t[0] == '_')
+            && t.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '.' or '-');
 
     /// <summary>[a-z0-9]+ separated by '.', '_', '__' or runs of '-'.</summary>
     static bool IsValidPathComponent(string c)

@@ -47,7 +47,8 @@ public sealed class RegistryClient : IDisposable
     public Uri BaseUri { get; }
     public string Scope => $"repository:{Reference.Repository}:pull";
 
-    public RegistryClient(ImageReference reference, RegistryCredentials? credentials = null, bool insecure = false, HttpMessageHandler? handler = null)
+    public RegistryClient(ImageReference reference, RegistryCredentials? credentials = null, bool insecure = false,
+        HttpMessageHandler? handler = null)
     {
         Reference = reference;
         _credentials = credentials;
@@ -73,7 +74,8 @@ public sealed class RegistryClient : IDisposable
 
     // ---- transport and auth ----
 
-    async Task<HttpResponseMessage> RawSendAsync(HttpRequestMessage req, HttpCompletionOption completion, CancellationToken ct)
+    async Task<HttpResponseMessage> RawSendAsync(HttpRequestMessage req, HttpCompletionOption completion,
+        CancellationToken ct)
     {
         try { return await _http.SendAsync(req, completion, ct); }
         catch (HttpRequestException e) { throw Unreachable(req.RequestUri!, e); }
@@ -84,9 +86,12 @@ public sealed class RegistryClient : IDisposable
         var root = e.InnerException;
         while (root?.InnerException is not null) root = root.InnerException;
         if (e.InnerException is AuthenticationException || e.HttpRequestError == HttpRequestError.SecureConnectionError)
-            return new RegistryException($"the TLS handshake with {uri.Authority} failed ({root?.Message ?? e.Message}): if the registry serves plain http, pull with --insecure", 502, e);
+            return new RegistryException($"the TLS handshake with {uri.Authority} failed " +
+                $"({root?.Message ?? e.Message}): if the registry serves plain http, pull with --insecure", 502, e);
         var why = root is SocketException se ? se.Message : root?.Message ?? e.Message;
-        return new RegistryException($"cannot reach the registry at {uri.GetLeftPart(UriPartial.Authority)} ({why}): check the address and that the registry is running{(uri.Scheme == "https" ? "; for a plain-http registry pull with --insecure" : "")}", 502, e);
+        return new RegistryException($"cannot reach the registry at {uri.GetLeftPart(UriPartial.Authority)} ({why}): " +
+            "check the address and that the registry is " +
+            $"running{(uri.Scheme == "https" ? "; for a plain-http registry pull with --insecure" : "")}", 502, e);
     }
 
     /// <summary>GET /v2/: learns whether the registry wants auth and how (its WWW-Authenticate challenge).</summary>
@@ -101,13 +106,16 @@ public sealed class RegistryClient : IDisposable
             return;
         }
         if (!resp.IsSuccessStatusCode)
-            throw new RegistryException($"{BaseUri} answered {(int)resp.StatusCode} {resp.ReasonPhrase} to the API check: is this an OCI (Docker v2) registry?", 502);
-        var version = resp.Headers.TryGetValues("Docker-Distribution-API-Version", out var v) ? v.FirstOrDefault() : null;
+            throw new RegistryException($"{BaseUri} answered {(int)resp.StatusCode} {resp.ReasonPhrase} to the API " +
+                "check: is this an OCI (Docker v2) registry?", 502);
+        var version = resp.Headers.TryGetValues("Docker-Distribution-API-Version", out var v) ? v.FirstOrDefault()
+            : null;
         if (version is not null && !version.StartsWith("registry/2", StringComparison.Ordinal))
             throw new RegistryException($"{BaseUri} speaks '{version}', not the registry v2 API", 502);
     }
 
-    /// <summary>Answers a 401's challenge: Basic with the credentials, or a Bearer token fetched from the realm.</summary>
+    /// <summary>Answers a 401's challenge: Basic with the credentials, or a Bearer token fetched from the
+    /// realm.</summary>
     async Task AuthorizeAsync(HttpResponseMessage unauthorized, CancellationToken ct)
     {
         var challenges = unauthorized.Headers.WwwAuthenticate.ToList();
@@ -116,24 +124,31 @@ public sealed class RegistryClient : IDisposable
         if (bearer is not null)
         {
             var p = ParseChallenge(bearer.Parameter ?? "");
-            if (!p.TryGetValue("realm", out var realm) || !Uri.TryCreate(realm, UriKind.Absolute, out var realmUri) || realmUri.Scheme is not ("http" or "https"))
-                throw new RegistryException($"{Reference.Registry} asked for a Bearer token without a usable realm ('{bearer}')", 502);
+            if (!p.TryGetValue("realm", out var realm) || !Uri.TryCreate(realm, UriKind.Absolute, out var realmUri)
+                || realmUri.Scheme is not ("http" or "https"))
+                throw new RegistryException($"{Reference.Registry} asked for a Bearer token without a usable realm " +
+                    $"('{bearer}')", 502);
             // The challenge names the scope this request needs; ask for ours too (the ping's challenge names none).
             var scopes = new List<string>();
-            if (p.TryGetValue("scope", out var s) && s.Length > 0) scopes.AddRange(s.Split(' ', StringSplitOptions.RemoveEmptyEntries));
+            if (p.TryGetValue("scope", out var s)
+                && s.Length > 0) scopes.AddRange(s.Split(' ', StringSplitOptions.RemoveEmptyEntries));
             if (!scopes.Contains(Scope)) scopes.Add(Scope);
-            _auth = new AuthenticationHeaderValue("Bearer", await FetchTokenAsync(realmUri, p.GetValueOrDefault("service"), scopes, ct));
+            _auth = new AuthenticationHeaderValue("Bearer",
+                await FetchTokenAsync(realmUri, p.GetValueOrDefault("service"), scopes, ct));
             return;
         }
         if (basic is not null)
         {
             if (_credentials is null)
-                throw new RegistryException($"{Reference.Registry} needs credentials (Basic auth): give --username and --password, or a credentials file with --authfile", 401);
+                throw new RegistryException($"{Reference.Registry} needs credentials (Basic auth): give --username " +
+                    "and --password, or a credentials file with --authfile", 401);
             _auth = BasicHeader(_credentials);
             return;
         }
         var schemes = string.Join(", ", challenges.Select(c => c.Scheme));
-        throw new RegistryException($"{Reference.Registry} asks for an unsupported kind of auth ({(schemes.Length == 0 ? "a 401 without a WWW-Authenticate challenge" : schemes)}): only Basic and Bearer token auth are supported", 502);
+        throw new RegistryException($"{Reference.Registry} asks for an unsupported kind of auth " +
+            $"({(schemes.Length == 0 ? "a 401 without a WWW-Authenticate challenge" : schemes)}): only Basic and " +
+            "Bearer token auth are supported", 502);
     }
 
     static AuthenticationHeaderValue BasicHeader(RegistryCredentials c) =>
@@ -142,7 +157,8 @@ public sealed class RegistryClient : IDisposable
     async Task<string> FetchTokenAsync(Uri realm, string? service, List<string> scopes, CancellationToken ct)
     {
         var query = new StringBuilder(realm.Query.Length > 1 ? realm.Query[1..] : "");
-        void Add(string k, string v) => query.Append(query.Length > 0 ? "&" : "").Append(k).Append('=').Append(Uri.EscapeDataString(v));
+        void Add(string k, string v) => query.Append(query.Length > 0 ? "&" : "").Append(k).Append('=').Append(
+            Uri.EscapeDataString(v));
         if (!string.IsNullOrEmpty(service)) Add("service", service);
         foreach (var s in scopes) Add("scope", s);
         if (_credentials is not null) Add("account", _credentials.Username);
@@ -152,19 +168,27 @@ public sealed class RegistryClient : IDisposable
         using var resp = await RawSendAsync(req, HttpCompletionOption.ResponseContentRead, ct);
         if (resp.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
             throw _credentials is null
-                ? new RegistryException($"{Reference.Registry} needs credentials (its token server {realm.GetLeftPart(UriPartial.Path)} refused an anonymous token): give --username and --password, or a credentials file with --authfile", 401)
-                : new RegistryException($"{Reference.Registry} refused the credentials of user '{_credentials.Username}' (its token server answered {(int)resp.StatusCode}): check the username and password", 401);
+                ? new RegistryException($"{Reference.Registry} needs credentials (its token server " +
+                    $"{realm.GetLeftPart(UriPartial.Path)} refused an anonymous token): give --username and " +
+                    "--password, or a credentials file with --authfile", 401)
+                : new RegistryException($"{Reference.Registry} refused the credentials of user " +
+                    $"'{_credentials.Username}' (its token server answered {(int)resp.StatusCode}): check the " +
+                    "username and password", 401);
         if (!resp.IsSuccessStatusCode)
-            throw new RegistryException($"the token server {realm.GetLeftPart(UriPartial.Path)} of {Reference.Registry} answered {(int)resp.StatusCode} {resp.ReasonPhrase}", 502);
+            throw new RegistryException($"the token server {realm.GetLeftPart(UriPartial.Path)} of " +
+                $"{Reference.Registry} answered {(int)resp.StatusCode} {resp.ReasonPhrase}", 502);
         TokenResponse? t;
         try { t = JsonSerializer.Deserialize(await resp.Content.ReadAsByteArrayAsync(ct), J.TokenResponse); }
-        catch (JsonException e) { throw new RegistryException($"the token server {realm.GetLeftPart(UriPartial.Path)} sent an unreadable answer ({e.Message})", 502); }
+        catch (JsonException e) { throw new RegistryException(
+            $"the token server {realm.GetLeftPart(UriPartial.Path)} sent an unreadable answer ({e.Message})", 502); }
         var token = t?.Token is { Length: > 0 } tk ? tk : t?.AccessToken;
-        if (string.IsNullOrEmpty(token)) throw new RegistryException($"the token server {realm.GetLeftPart(UriPartial.Path)} sent no token", 502);
+        if (string.IsNullOrEmpty(token)) throw new RegistryException(
+            $"the token server {realm.GetLeftPart(UriPartial.Path)} sent no token", 502);
         return token;
     }
 
-    /// <summary>Parses the auth-params of a challenge: key=value or key="quoted, with \"escapes\"", comma separated.</summary>
+    /// <summary>Parses the auth-params of a challenge: key=value or key="quoted, with \"escapes\"", comma
+    /// separated.</summary>
     public static Dictionary<string, string> ParseChallenge(string parameters)
     {
         var d = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
@@ -195,7 +219,8 @@ public sealed class RegistryClient : IDisposable
     }
 
     /// <summary>Sends a request with the current auth; on a 401 answers the challenge and retries once.</summary>
-    async Task<HttpResponseMessage> SendAsync(Func<HttpRequestMessage> make, HttpCompletionOption completion, CancellationToken ct)
+    async Task<HttpResponseMessage> SendAsync(Func<HttpRequestMessage> make, HttpCompletionOption completion,
+        CancellationToken ct)
     {
         if (!_pinged) await PingAsync(ct);
         for (var attempt = 0; ; attempt++)
@@ -208,8 +233,10 @@ public sealed class RegistryClient : IDisposable
             {
                 resp.Dispose();
                 throw _credentials is null
-                    ? new RegistryException($"{Where} needs credentials: give --username and --password, or a credentials file with --authfile", 401)
-                    : new RegistryException($"{Reference.Registry} refused the credentials of user '{_credentials.Username}' for {Reference.Repository}: check the username and password", 401);
+                    ? new RegistryException($"{Where} needs credentials: give --username and --password, or a " +
+                        "credentials file with --authfile", 401)
+                    : new RegistryException($"{Reference.Registry} refused the credentials of user " +
+                        $"'{_credentials.Username}' for {Reference.Repository}: check the username and password", 401);
             }
             using (resp) await AuthorizeAsync(resp, ct);
         }
@@ -221,7 +248,8 @@ public sealed class RegistryClient : IDisposable
         try
         {
             var body = await resp.Content.ReadAsByteArrayAsync(ct);
-            if (body.Length is > 0 and < 65536) errors = JsonSerializer.Deserialize(body, J.RegistryErrors)?.Errors ?? [];
+            if (body.Length is > 0 and < 65536) errors = JsonSerializer.Deserialize(body, J.RegistryErrors)?.Errors
+                ?? [];
         }
         catch (JsonException) { }
         var codes = errors.Select(e => e.Code ?? "").ToHashSet();
@@ -229,16 +257,22 @@ public sealed class RegistryClient : IDisposable
         return resp.StatusCode switch
         {
             HttpStatusCode.NotFound when codes.Contains("NAME_UNKNOWN") =>
-                new RegistryException($"repository '{Reference.Repository}' not found on {Reference.Registry}: check the name", 404),
+                new RegistryException($"repository '{Reference.Repository}' not found on {Reference.Registry}: check " +
+                    "the name", 404),
             HttpStatusCode.NotFound when what == "manifest" && Reference.Digest is null =>
-                new RegistryException($"tag '{Reference.Tag}' not found in {Where}: check the tag (the repository has no such manifest)", 404),
+                new RegistryException($"tag '{Reference.Tag}' not found in {Where}: check the tag (the repository " +
+                    "has no such manifest)", 404),
             HttpStatusCode.NotFound when what == "manifest" =>
                 new RegistryException($"manifest {Reference.Digest} not found in {Where}: check the digest", 404),
-            HttpStatusCode.NotFound => new RegistryException($"{what} not found in {Where}{detail}: the registry lost it or the image is incomplete", 502),
-            HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized when codes.Contains("DENIED") || resp.StatusCode == HttpStatusCode.Forbidden =>
+            HttpStatusCode.NotFound => new RegistryException(
+                $"{what} not found in {Where}{detail}: the registry lost it or the image is incomplete", 502),
+            HttpStatusCode.Forbidden or HttpStatusCode.Unauthorized when codes.Contains("DENIED")
+                || resp.StatusCode == HttpStatusCode.Forbidden =>
                 new RegistryException($"access to {Where} is denied{detail}: the user may not pull it", 403),
-            HttpStatusCode.TooManyRequests => new RegistryException($"{Reference.Registry} is rate limiting pulls{detail}: retry later", 503),
-            _ => new RegistryException($"{Reference.Registry} answered {(int)resp.StatusCode} {resp.ReasonPhrase} for the {what} of {Where}{detail}", 502),
+            HttpStatusCode.TooManyRequests => new RegistryException(
+                $"{Reference.Registry} is rate limiting pulls{detail}: retry later", 503),
+            _ => new RegistryException($"{Reference.Registry} answered {(int)resp.StatusCode} {resp.ReasonPhrase} " +
+                $"for the {what} of {Where}{detail}", 502),
         };
     }
 
@@ -256,20 +290,28 @@ public sealed class RegistryClient : IDisposable
             var pick = PickPlatform(doc.Manifests ?? []);
             (bytes, mediaType, digest) = await GetManifestAsync(pick.Digest, pick.Digest, ct);
             doc = ParseManifest(bytes, mediaType, digest);
-            if (doc.Layers is null) throw new RegistryException($"the manifest {digest} picked from the index of {Where} is another index: nested indexes are not supported", 502);
+            if (doc.Layers is null) throw new RegistryException(
+                $"the manifest {digest} picked from the index of {Where} is another index: nested indexes are not " +
+                "supported", 502);
         }
         if (doc.Config is null || doc.Layers is null)
-            throw new RegistryException($"the manifest {digest} of {Where} has no config or layers: it is not an image manifest", 502);
+            throw new RegistryException($"the manifest {digest} of {Where} has no config or layers: it is not an " +
+                "image manifest", 502);
         foreach (var d in doc.Layers.Append(doc.Config))
         {
-            if (!ImageReference.IsSha256Digest(d.Digest)) throw new RegistryException($"the manifest of {Where} uses an unsupported digest '{d.Digest}': only sha256 is supported", 502);
-            if (d.Size < 0) throw new RegistryException($"the manifest of {Where} gives blob {d.Digest} a negative size", 502);
+            if (!ImageReference.IsSha256Digest(d.Digest)) throw new RegistryException(
+                $"the manifest of {Where} uses an unsupported digest '{d.Digest}': only sha256 is supported", 502);
+            if (d.Size < 0) throw new RegistryException(
+                $"the manifest of {Where} gives blob {d.Digest} a negative size", 502);
         }
-        if (doc.Layers.Any(l => l.MediaType.Contains("foreign", StringComparison.Ordinal) || l.MediaType.Contains("nondistributable", StringComparison.Ordinal)))
-            throw new RegistryException($"{Where} has foreign (non-distributable) layers, which are fetched from elsewhere: not supported", 502);
+        if (doc.Layers.Any(l => l.MediaType.Contains("foreign", StringComparison.Ordinal)
+            || l.MediaType.Contains("nondistributable", StringComparison.Ordinal)))
+            throw new RegistryException($"{Where} has foreign (non-distributable) layers, which are fetched from " +
+                "elsewhere: not supported", 502);
         return new ResolvedImage
         {
-            ManifestDigest = digest, ManifestMediaType = doc.MediaType ?? mediaType, ManifestBytes = bytes, Config = doc.Config,
+            ManifestDigest = digest, ManifestMediaType = doc.MediaType ?? mediaType, ManifestBytes = bytes,
+            Config = doc.Config,
             Layers = doc.Layers, IndexDigest = indexDigest,
         };
     }
@@ -279,8 +321,11 @@ public sealed class RegistryClient : IDisposable
         var amd64 = manifests.Where(m => m.Platform is { Os: "linux", Architecture: "amd64" }).ToList();
         if (amd64.Count == 0)
         {
-            var have = string.Join(", ", manifests.Select(m => m.Platform is { } p ? $"{p.Os}/{p.Architecture}{(p.Variant is null ? "" : "/" + p.Variant)}" : "unknown").Distinct());
-            throw new RegistryException($"{Reference} has no linux/amd64 image (it has: {(have.Length == 0 ? "none" : have)})", 404);
+            var have = string.Join(", ", manifests.Select(m =>
+                m.Platform is { } p ? $"{p.Os}/{p.Architecture}{(p.Variant is null ? "" : "/" + p.Variant)}"
+                : "unknown").Distinct());
+            throw new RegistryException($"{Reference} has no linux/amd64 image (it has: " +
+                $"{(have.Length == 0 ? "none" : have)})", 404);
         }
         return amd64[0];
     }
@@ -289,32 +334,40 @@ public sealed class RegistryClient : IDisposable
     {
         ManifestDocument? doc;
         try { doc = JsonSerializer.Deserialize(bytes, J.ManifestDocument); }
-        catch (JsonException e) { throw new RegistryException($"the manifest {digest} of {Where} is not valid JSON ({e.Message})", 502); }
+        catch (JsonException e) { throw new RegistryException(
+            $"the manifest {digest} of {Where} is not valid JSON ({e.Message})", 502); }
         if (doc is null) throw new RegistryException($"the manifest {digest} of {Where} is empty", 502);
         if (doc.SchemaVersion == 1 || mediaType is MediaTypes.DockerSchema1 or MediaTypes.DockerSchema1Signed)
-            throw new RegistryException($"{Where} serves a Docker schema 1 manifest, which is deprecated and not supported: push the image again with a current tool", 502);
-        if (doc.SchemaVersion != 2) throw new RegistryException($"the manifest {digest} of {Where} has schemaVersion {doc.SchemaVersion}: expected 2", 502);
+            throw new RegistryException($"{Where} serves a Docker schema 1 manifest, which is deprecated and not " +
+                "supported: push the image again with a current tool", 502);
+        if (doc.SchemaVersion != 2) throw new RegistryException(
+            $"the manifest {digest} of {Where} has schemaVersion {doc.SchemaVersion}: expected 2", 502);
         return doc;
     }
 
-    async Task<(byte[] Bytes, string MediaType, string Digest)> GetManifestAsync(string reference, string? expectDigest, CancellationToken ct)
+    async Task<(byte[] Bytes, string MediaType, string Digest)> GetManifestAsync(string reference, string? expectDigest,
+        CancellationToken ct)
     {
         using var resp = await SendAsync(() =>
         {
-            var r = new HttpRequestMessage(HttpMethod.Get, new Uri(BaseUri, $"{Reference.Repository}/manifests/{reference}"));
+            var r = new HttpRequestMessage(HttpMethod.Get,
+                new Uri(BaseUri, $"{Reference.Repository}/manifests/{reference}"));
             foreach (var a in ManifestAccept) r.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue(a));
             return r;
         }, HttpCompletionOption.ResponseHeadersRead, ct);
         if (!resp.IsSuccessStatusCode) throw await ErrorAsync(resp, "manifest", ct);
         if (resp.Content.Headers.ContentLength > MaxManifestBytes)
-            throw new RegistryException($"the manifest of {Where} is {resp.Content.Headers.ContentLength} bytes: more than the {MaxManifestBytes >> 20} MiB allowed", 502);
+            throw new RegistryException($"the manifest of {Where} is {resp.Content.Headers.ContentLength} bytes: " +
+                $"more than the {MaxManifestBytes >> 20} MiB allowed", 502);
         var bytes = await ReadLimitedAsync(resp, MaxManifestBytes, "manifest", ct);
         var digest = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(bytes));
         if (expectDigest is not null && digest != expectDigest)
-            throw new RegistryException($"the manifest {expectDigest} from {Where} failed verification: its content hashes to {digest}", 502);
+            throw new RegistryException($"the manifest {expectDigest} from {Where} failed verification: its content " +
+                $"hashes to {digest}", 502);
         if (resp.Headers.TryGetValues("Docker-Content-Digest", out var said) && said.FirstOrDefault() is { } claimed
             && claimed.StartsWith("sha256:", StringComparison.Ordinal) && claimed != digest)
-            throw new RegistryException($"the manifest of {Where} failed verification: the registry says {claimed} but its content hashes to {digest}", 502);
+            throw new RegistryException($"the manifest of {Where} failed verification: the registry says {claimed} " +
+                $"but its content hashes to {digest}", 502);
         var mediaType = resp.Content.Headers.ContentType?.MediaType ?? "";
         return (bytes, mediaType, digest);
     }
@@ -328,7 +381,8 @@ public sealed class RegistryClient : IDisposable
         while ((n = await s.ReadAsync(buf, ct)) > 0)
         {
             ms.Write(buf, 0, n);
-            if (ms.Length > limit) throw new RegistryException($"the {what} of {Where} is larger than the {limit >> 20} MiB allowed", 502);
+            if (ms.Length > limit) throw new RegistryException(
+                $"the {what} of {Where} is larger than the {limit >> 20} MiB allowed", 502);
         }
         return ms.ToArray();
     }
@@ -338,8 +392,12 @@ public sealed class RegistryClient : IDisposable
     /// <summary>Fetches a small blob (an image config) into memory, verified.</summary>
     public async Task<byte[]> GetBlobBytesAsync(Descriptor d, CancellationToken ct)
     {
-        if (d.Size > MaxConfigBytes) throw new RegistryException($"the config blob {d.Digest} of {Where} is {d.Size} bytes: more than the {MaxConfigBytes >> 20} MiB allowed", 502);
-        using var resp = await SendAsync(() => new HttpRequestMessage(HttpMethod.Get, new Uri(BaseUri, $"{Reference.Repository}/blobs/{d.Digest}")), HttpCompletionOption.ResponseHeadersRead, ct);
+        if (d.Size > MaxConfigBytes) throw new RegistryException(
+            $"the config blob {d.Digest} of {Where} is {d.Size} bytes: more than the {MaxConfigBytes >> 20} MiB " +
+            "allowed", 502);
+        using var resp = await SendAsync(() => new HttpRequestMessage(HttpMethod.Get,
+            new Uri(BaseUri, $"{Reference.Repository}/blobs/{d.Digest}")), HttpCompletionOption.ResponseHeadersRead,
+            ct);
         if (!resp.IsSuccessStatusCode) throw await ErrorAsync(resp, $"blob {d.Digest}", ct);
         var bytes = await ReadLimitedAsync(resp, MaxConfigBytes, $"blob {d.Digest}", ct);
         Verify(d, "sha256:" + Convert.ToHexStringLower(SHA256.HashData(bytes)), bytes.Length);
@@ -349,9 +407,11 @@ public sealed class RegistryClient : IDisposable
     void Verify(Descriptor d, string actual, long length)
     {
         if (actual != d.Digest)
-            throw new RegistryException($"blob {d.Digest} from {Where} failed verification: its content hashes to {actual} (corrupt in the registry or in transit); nothing was kept", 502);
+            throw new RegistryException($"blob {d.Digest} from {Where} failed verification: its content hashes to " +
+                $"{actual} (corrupt in the registry or in transit); nothing was kept", 502);
         if (length != d.Size)
-            throw new RegistryException($"blob {d.Digest} from {Where} is {length} bytes but the manifest says {d.Size}; nothing was kept", 502);
+            throw new RegistryException($"blob {d.Digest} from {Where} is {length} bytes but the manifest says " +
+                $"{d.Size}; nothing was kept", 502);
     }
 
     /// <summary>
@@ -363,12 +423,15 @@ public sealed class RegistryClient : IDisposable
         var partial = path + ".partial";
         try
         {
-            using var resp = await SendAsync(() => new HttpRequestMessage(HttpMethod.Get, new Uri(BaseUri, $"{Reference.Repository}/blobs/{d.Digest}")), HttpCompletionOption.ResponseHeadersRead, ct);
+            using var resp = await SendAsync(() =>
+                new HttpRequestMessage(HttpMethod.Get, new Uri(BaseUri, $"{Reference.Repository}/blobs/{d.Digest}")),
+                HttpCompletionOption.ResponseHeadersRead, ct);
             if (!resp.IsSuccessStatusCode) throw await ErrorAsync(resp, $"blob {d.Digest}", ct);
             using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             long total = 0;
             await using (var input = await resp.Content.ReadAsStreamAsync(ct))
-            await using (var output = new FileStream(partial, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
+            await using (var output = new FileStream(partial, FileMode.Create, FileAccess.Write, FileShare.None,
+                1 << 16, useAsync: true))
             {
                 var buf = new byte[1 << 16];
                 var lastReport = 0L;
@@ -377,7 +440,8 @@ public sealed class RegistryClient : IDisposable
                 {
                     total += n;
                     if (total > d.Size)
-                        throw new RegistryException($"blob {d.Digest} from {Where} is longer than the {d.Size} bytes the manifest says; nothing was kept", 502);
+                        throw new RegistryException($"blob {d.Digest} from {Where} is longer than the {d.Size} bytes " +
+                            "the manifest says; nothing was kept", 502);
                     hash.AppendData(buf, 0, n);
                     await output.WriteAsync(buf.AsMemory(0, n), ct);
                     if (total - lastReport >= 1 << 20) { progress?.Report(total); lastReport = total; }
@@ -392,7 +456,8 @@ public sealed class RegistryClient : IDisposable
         catch (IOException e) when (e is HttpIOException || e.InnerException is SocketException or HttpRequestException)
         {
             File.Delete(partial);
-            throw new RegistryException($"the download of blob {d.Digest} from {Where} broke off ({e.Message}): retry", 502, e);
+            throw new RegistryException($"the download of blob {d.Digest} from {Where} broke off ({e.Message}): retry",
+                502, e);
         }
         catch { File.Delete(partial); throw; }
     }

@@ -20,7 +20,8 @@ public sealed class Platform
     public string? Variant { get; set; }
 }
 
-/// <summary>An image manifest or an index (manifest list): the fields of both, as the media type says which it is.</summary>
+/// <summary>An image manifest or an index (manifest list): the fields of both, as the media type says which it
+/// is.</summary>
 public sealed class ManifestDocument
 {
     public int SchemaVersion { get; set; }
@@ -65,7 +66,8 @@ public sealed class LayoutIndex
     public List<Descriptor> Manifests { get; set; } = [];
 }
 
-/// <summary>Containers' auth.json ({"auths": {"host:port": {"auth": base64("user:password")}}}), as podman, skopeo and docker write it.</summary>
+/// <summary>Containers' auth.json ({"auths": {"host:port": {"auth": base64("user:password")}}}), as podman, skopeo and
+/// docker write it.</summary>
 public sealed class AuthFile
 {
     [JsonPropertyName("auths")] public Dictionary<string, AuthEntry>? Auths { get; set; }

@@ -12,7 +12,8 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        if (args is ["init"] && Environment.GetEnvironmentVariable(ContainerInit.SyncFdVariable) is not null) return ContainerInit.Main();
+        if (args is ["init"] && Environment.GetEnvironmentVariable(
+            ContainerInit.SyncFdVariable) is not null) return ContainerInit.Main();
         return Oci.Cli.OciMain.Run(args);
     }
 }

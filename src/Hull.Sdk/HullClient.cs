@@ -49,7 +49,8 @@ public sealed class HullClient : IDisposable
             },
             PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
         };
-        _http = new HttpClient(_handler, disposeHandler: false) { BaseAddress = new Uri("http://hull/"), Timeout = Timeout.InfiniteTimeSpan };
+        _http = new HttpClient(_handler, disposeHandler: false) { BaseAddress = new Uri("http://hull/"),
+            Timeout = Timeout.InfiniteTimeSpan };
     }
 
     public void Dispose()
@@ -70,7 +71,8 @@ public sealed class HullClient : IDisposable
 
     static string E(string s) => Uri.EscapeDataString(s);
 
-    async Task<HttpResponseMessage> SendAsync(HttpMethod method, string path, HttpContent? content, CancellationToken ct,
+    async Task<HttpResponseMessage> SendAsync(HttpMethod method, string path, HttpContent? content,
+        CancellationToken ct,
         HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
     {
         using var req = new HttpRequestMessage(method, path) { Content = content };
@@ -91,7 +93,8 @@ public sealed class HullClient : IDisposable
             if (e is { Error.Length: > 0 }) return new HullException(e.Error, (int)resp.StatusCode);
         }
         catch (JsonException) { }
-        return new HullException($"hulld answered {(int)resp.StatusCode} {resp.ReasonPhrase}: {body}", (int)resp.StatusCode);
+        return new HullException($"hulld answered {(int)resp.StatusCode} {resp.ReasonPhrase}: {body}",
+            (int)resp.StatusCode);
     }
 
     static StringContent Json<T>(T value, JsonTypeInfo<T> type) =>
@@ -106,10 +109,12 @@ public sealed class HullClient : IDisposable
     static async Task<T> ReadAsync<T>(HttpResponseMessage resp, JsonTypeInfo<T> type, CancellationToken ct)
     {
         await using var s = await resp.Content.ReadAsStreamAsync(ct);
-        return await JsonSerializer.DeserializeAsync(s, type, ct) ?? throw new HullException("hulld sent an empty reply", 500);
+        return await JsonSerializer.DeserializeAsync(s, type, ct)
+            ?? throw new HullException("hulld sent an empty reply", 500);
     }
 
-    async Task<T> SendJsonAsync<TIn, T>(HttpMethod method, string path, TIn body, JsonTypeInfo<TIn> inType, JsonTypeInfo<T> outType, CancellationToken ct)
+    async Task<T> SendJsonAsync<TIn, T>(HttpMethod method, string path, TIn body, JsonTypeInfo<TIn> inType,
+        JsonTypeInfo<T> outType, CancellationToken ct)
     {
         using var resp = await SendAsync(method, path, Json(body, inType), ct);
         return await ReadAsync(resp, outType, ct);
@@ -121,7 +126,8 @@ public sealed class HullClient : IDisposable
     }
 
     /// <summary>Waits for an operation to finish and throws if it failed or was cancelled.</summary>
-    public async Task<Operation> WaitAsync(Operation op, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    public async Task<Operation> WaitAsync(Operation op, IProgress<Operation>? progress = null,
+        CancellationToken ct = default)
     {
         while (!OperationStatus.IsFinal(op.Status))
         {
@@ -150,10 +156,12 @@ public sealed class HullClient : IDisposable
     }
 
     /// <summary>The events stream (lifecycle, operation, logging) until <paramref name="ct"/> is cancelled.</summary>
-    public async IAsyncEnumerable<Event> EventsAsync(IEnumerable<string>? types = null, [EnumeratorCancellation] CancellationToken ct = default)
+    public async IAsyncEnumerable<Event> EventsAsync(IEnumerable<string>? types = null,
+        [EnumeratorCancellation] CancellationToken ct = default)
     {
         var q = types is null ? "" : "?type=" + E(string.Join(',', types));
-        using var resp = await SendAsync(HttpMethod.Get, "1.0/events" + q, null, ct, HttpCompletionOption.ResponseHeadersRead);
+        using var resp = await SendAsync(HttpMethod.Get, "1.0/events" + q, null, ct,
+            HttpCompletionOption.ResponseHeadersRead);
         await using var s = await resp.Content.ReadAsStreamAsync(ct);
         using var r = new StreamReader(s);
         while (await r.ReadLineAsync(ct) is { } line)
@@ -166,61 +174,78 @@ public sealed class HullClient : IDisposable
 
     // ---- instances ----
 
-    public Task<List<Instance>> ListInstancesAsync(CancellationToken ct = default) => GetAsync("1.0/instances", J.ListInstance, ct);
-    public Task<Instance> GetInstanceAsync(string name, CancellationToken ct = default) => GetAsync($"1.0/instances/{E(name)}", J.Instance, ct);
+    public Task<List<Instance>> ListInstancesAsync(CancellationToken ct = default) =>
+        GetAsync("1.0/instances", J.ListInstance, ct);
+    public Task<Instance> GetInstanceAsync(string name, CancellationToken ct = default) =>
+        GetAsync($"1.0/instances/{E(name)}", J.Instance, ct);
 
     public Task<Operation> CreateInstanceOperationAsync(InstanceCreateRequest req, CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Post, "1.0/instances", req, J.InstanceCreateRequest, J.Operation, ct);
 
-    /// <summary>Creates (and with <see cref="InstanceCreateRequest.Start"/> starts) an instance and waits for it.</summary>
-    public async Task<Instance> CreateInstanceAsync(InstanceCreateRequest req, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    /// <summary>Creates (and with <see cref="InstanceCreateRequest.Start"/> starts) an instance and waits for
+    /// it.</summary>
+    public async Task<Instance> CreateInstanceAsync(InstanceCreateRequest req, IProgress<Operation>? progress = null,
+        CancellationToken ct = default)
     {
         await WaitAsync(await CreateInstanceOperationAsync(req, ct), progress, ct);
         return await GetInstanceAsync(req.Name, ct);
     }
 
-    public Task<Instance> LaunchAsync(string image, string name, string type = InstanceTypes.Container, Dictionary<string, string>? config = null,
+    public Task<Instance> LaunchAsync(string image, string name, string type = InstanceTypes.Container,
+        Dictionary<string, string>? config = null,
         List<string>? profiles = null, CancellationToken ct = default) =>
-        CreateInstanceAsync(new InstanceCreateRequest { Name = name, Image = image, Type = type, Config = config ?? [], Profiles = profiles, Start = true }, null, ct);
+        CreateInstanceAsync(new InstanceCreateRequest { Name = name, Image = image, Type = type, Config = config ?? [],
+            Profiles = profiles, Start = true }, null, ct);
 
     public Task<Instance> UpdateInstanceAsync(string name, InstancePut put, CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Put, $"1.0/instances/{E(name)}", put, J.InstancePut, J.Instance, ct);
 
     public Task<Instance> RenameInstanceAsync(string name, string newName, CancellationToken ct = default) =>
-        SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(name)}", new InstanceRenameRequest { Name = newName }, J.InstanceRenameRequest, J.Instance, ct);
+        SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(name)}", new InstanceRenameRequest { Name = newName },
+            J.InstanceRenameRequest, J.Instance, ct);
 
-    public async Task<Operation> DeleteInstanceOperationAsync(string name, bool force = false, CancellationToken ct = default)
+    public async Task<Operation> DeleteInstanceOperationAsync(string name, bool force = false,
+        CancellationToken ct = default)
     {
-        using var resp = await SendAsync(HttpMethod.Delete, $"1.0/instances/{E(name)}{(force ? "?force=true" : "")}", null, ct);
+        using var resp = await SendAsync(HttpMethod.Delete, $"1.0/instances/{E(name)}{(force ? "?force=true" : "")}",
+            null, ct);
         return await ReadAsync(resp, J.Operation, ct);
     }
 
     public async Task DeleteInstanceAsync(string name, bool force = false, CancellationToken ct = default) =>
         await WaitAsync(await DeleteInstanceOperationAsync(name, force, ct), null, ct);
 
-    public Task<Operation> ChangeStateOperationAsync(string name, string action, bool force = false, int timeout = 30, CancellationToken ct = default) =>
-        SendJsonAsync(HttpMethod.Put, $"1.0/instances/{E(name)}/state", new InstanceStateRequest { Action = action, Force = force, Timeout = timeout },
+    public Task<Operation> ChangeStateOperationAsync(string name, string action, bool force = false, int timeout = 30,
+        CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Put, $"1.0/instances/{E(name)}/state",
+            new InstanceStateRequest { Action = action, Force = force, Timeout = timeout },
             J.InstanceStateRequest, J.Operation, ct);
 
-    public async Task ChangeStateAsync(string name, string action, bool force = false, int timeout = 30, IProgress<Operation>? progress = null, CancellationToken ct = default) =>
+    public async Task ChangeStateAsync(string name, string action, bool force = false, int timeout = 30,
+        IProgress<Operation>? progress = null, CancellationToken ct = default) =>
         await WaitAsync(await ChangeStateOperationAsync(name, action, force, timeout, ct), progress, ct);
 
     public Task StartAsync(string name, CancellationToken ct = default) => ChangeStateAsync(name, "start", ct: ct);
-    public Task StopAsync(string name, bool force = false, int timeout = 30, CancellationToken ct = default) => ChangeStateAsync(name, "stop", force, timeout, ct: ct);
-    public Task RestartAsync(string name, bool force = false, int timeout = 30, CancellationToken ct = default) => ChangeStateAsync(name, "restart", force, timeout, ct: ct);
+    public Task StopAsync(string name, bool force = false, int timeout = 30, CancellationToken ct = default) =>
+        ChangeStateAsync(name, "stop", force, timeout, ct: ct);
+    public Task RestartAsync(string name, bool force = false, int timeout = 30, CancellationToken ct = default) =>
+        ChangeStateAsync(name, "restart", force, timeout, ct: ct);
     public Task PauseAsync(string name, CancellationToken ct = default) => ChangeStateAsync(name, "pause", ct: ct);
     public Task ResumeAsync(string name, CancellationToken ct = default) => ChangeStateAsync(name, "resume", ct: ct);
 
     public Task<InstanceStateInfo> GetStateAsync(string name, CancellationToken ct = default) =>
         GetAsync($"1.0/instances/{E(name)}/state", J.InstanceStateInfo, ct);
 
-    /// <summary>Runs a command, feeding <see cref="ExecRequest.Stdin"/>, and collects its output and exit code.</summary>
+    /// <summary>Runs a command, feeding <see cref="ExecRequest.Stdin"/>, and collects its output and exit
+    /// code.</summary>
     public Task<ExecResult> ExecAsync(string name, ExecRequest req, CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/exec", req, J.ExecRequest, J.ExecResult, ct);
 
-    public Task<ExecResult> ExecAsync(string name, params string[] command) => ExecAsync(name, new ExecRequest { Command = [.. command] });
+    public Task<ExecResult> ExecAsync(string name, params string[] command) =>
+        ExecAsync(name, new ExecRequest { Command = [.. command] });
 
-    /// <summary>Starts an interactive exec over a websocket: stream stdin/stdout/stderr, resize, signal, get the exit code.</summary>
+    /// <summary>Starts an interactive exec over a websocket: stream stdin/stdout/stderr, resize, signal, get the exit
+    /// code.</summary>
     public async Task<ExecSession> ExecInteractiveAsync(string name, ExecRequest req, CancellationToken ct = default)
     {
         var json = JsonSerializer.Serialize(req, J.ExecRequest);
@@ -228,7 +253,8 @@ public sealed class HullClient : IDisposable
         return new ExecSession(ws);
     }
 
-    /// <summary>Attaches to the instance's console over a websocket (output on channel 1, input on channel 0).</summary>
+    /// <summary>Attaches to the instance's console over a websocket (output on channel 1, input on channel
+    /// 0).</summary>
     public async Task<ExecSession> ConsoleAsync(string name, CancellationToken ct = default) =>
         new(await ConnectWebSocketAsync($"1.0/instances/{E(name)}/console", ct));
 
@@ -256,17 +282,20 @@ public sealed class HullClient : IDisposable
 
     public async Task<Stream> LogsAsync(string name, bool follow = false, CancellationToken ct = default)
     {
-        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/logs{(follow ? "?follow=true" : "")}", null, ct, HttpCompletionOption.ResponseHeadersRead);
+        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/logs{(follow ? "?follow=true" : "")}",
+            null, ct, HttpCompletionOption.ResponseHeadersRead);
         return await resp.Content.ReadAsStreamAsync(ct);
     }
 
     // ---- files ----
 
-    public async Task PushFileAsync(string name, string path, Stream content, int mode = 0b110_100_100, int uid = 0, int gid = 0, CancellationToken ct = default)
+    public async Task PushFileAsync(string name, string path, Stream content, int mode = 0b110_100_100, int uid = 0,
+        int gid = 0, CancellationToken ct = default)
     {
         var body = new StreamContent(content);
         body.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
-        using var req = new HttpRequestMessage(HttpMethod.Post, $"1.0/instances/{E(name)}/files?path={E(path)}") { Content = body };
+        using var req = new HttpRequestMessage(HttpMethod.Post,
+            $"1.0/instances/{E(name)}/files?path={E(path)}") { Content = body };
         req.Headers.Add("X-Hull-Mode", mode.ToString(CultureInfo.InvariantCulture));
         req.Headers.Add("X-Hull-Uid", uid.ToString(CultureInfo.InvariantCulture));
         req.Headers.Add("X-Hull-Gid", gid.ToString(CultureInfo.InvariantCulture));
@@ -275,16 +304,21 @@ public sealed class HullClient : IDisposable
         if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
     }
 
-    public Task PushFileAsync(string name, string path, byte[] content, int mode = 0b110_100_100, CancellationToken ct = default) =>
+    public Task PushFileAsync(string name, string path, byte[] content, int mode = 0b110_100_100,
+        CancellationToken ct = default) =>
         PushFileAsync(name, path, new MemoryStream(content), mode, 0, 0, ct);
 
-    /// <summary>Reads a file from the instance. The stream is the file's bytes; <see cref="PulledFile.Entry"/> has its mode and owner.</summary>
+    /// <summary>Reads a file from the instance. The stream is the file's bytes; <see cref="PulledFile.Entry"/> has its
+    /// mode and owner.</summary>
     public async Task<PulledFile> PullFileAsync(string name, string path, CancellationToken ct = default)
     {
-        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/files?path={E(path)}", null, ct, HttpCompletionOption.ResponseHeadersRead);
-        int H(string k) => resp.Headers.TryGetValues(k, out var v) && int.TryParse(v.FirstOrDefault(), CultureInfo.InvariantCulture, out var n) ? n : 0;
+        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/files?path={E(path)}", null, ct,
+            HttpCompletionOption.ResponseHeadersRead);
+        int H(string k) => resp.Headers.TryGetValues(k, out var v)
+            && int.TryParse(v.FirstOrDefault(), CultureInfo.InvariantCulture, out var n) ? n : 0;
         var type = resp.Headers.TryGetValues("X-Hull-Type", out var t) ? t.First() : "file";
-        var entry = new FileEntry { Name = Path.GetFileName(path), Type = type, Mode = H("X-Hull-Mode"), Uid = H("X-Hull-Uid"), Gid = H("X-Hull-Gid"), Size = resp.Content.Headers.ContentLength ?? 0 };
+        var entry = new FileEntry { Name = Path.GetFileName(path), Type = type, Mode = H("X-Hull-Mode"),
+            Uid = H("X-Hull-Uid"), Gid = H("X-Hull-Gid"), Size = resp.Content.Headers.ContentLength ?? 0 };
         if (type == "directory")
         {
             using (resp)
@@ -317,25 +351,30 @@ public sealed class HullClient : IDisposable
         GetAsync($"1.0/instances/{E(name)}/snapshots/{E(snapshot)}", J.Snapshot, ct);
 
     public async Task CreateSnapshotAsync(string name, string snapshot, CancellationToken ct = default) =>
-        await WaitAsync(await SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/snapshots", new SnapshotCreateRequest { Name = snapshot },
+        await WaitAsync(await SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/snapshots",
+            new SnapshotCreateRequest { Name = snapshot },
             J.SnapshotCreateRequest, J.Operation, ct), null, ct);
 
     public async Task RestoreSnapshotAsync(string name, string snapshot, CancellationToken ct = default)
     {
-        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/snapshots/{E(snapshot)}/restore", null, ct);
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/snapshots/{E(snapshot)}/restore",
+            null, ct);
         await WaitAsync(await ReadAsync(resp, J.Operation, ct), null, ct);
     }
 
     public async Task DeleteSnapshotAsync(string name, string snapshot, CancellationToken ct = default)
     {
-        using var resp = await SendAsync(HttpMethod.Delete, $"1.0/instances/{E(name)}/snapshots/{E(snapshot)}", null, ct);
+        using var resp = await SendAsync(HttpMethod.Delete, $"1.0/instances/{E(name)}/snapshots/{E(snapshot)}", null,
+            ct);
         await WaitAsync(await ReadAsync(resp, J.Operation, ct), null, ct);
     }
 
     // ---- profiles ----
 
-    public Task<List<Profile>> ListProfilesAsync(CancellationToken ct = default) => GetAsync("1.0/profiles", J.ListProfile, ct);
-    public Task<Profile> GetProfileAsync(string name, CancellationToken ct = default) => GetAsync($"1.0/profiles/{E(name)}", J.Profile, ct);
+    public Task<List<Profile>> ListProfilesAsync(CancellationToken ct = default) =>
+        GetAsync("1.0/profiles", J.ListProfile, ct);
+    public Task<Profile> GetProfileAsync(string name, CancellationToken ct = default) =>
+        GetAsync($"1.0/profiles/{E(name)}", J.Profile, ct);
 
     public Task<Profile> CreateProfileAsync(ProfileCreateRequest req, CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Post, "1.0/profiles", req, J.ProfileCreateRequest, J.Profile, ct);
@@ -343,24 +382,30 @@ public sealed class HullClient : IDisposable
     public Task<Profile> UpdateProfileAsync(string name, ProfilePut put, CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Put, $"1.0/profiles/{E(name)}", put, J.ProfilePut, J.Profile, ct);
 
-    public Task DeleteProfileAsync(string name, CancellationToken ct = default) => SendNoReplyAsync(HttpMethod.Delete, $"1.0/profiles/{E(name)}", null, ct);
+    public Task DeleteProfileAsync(string name, CancellationToken ct = default) =>
+        SendNoReplyAsync(HttpMethod.Delete, $"1.0/profiles/{E(name)}", null, ct);
 
     // ---- images ----
 
     public Task<List<Image>> ListImagesAsync(CancellationToken ct = default) => GetAsync("1.0/images", J.ListImage, ct);
-    public Task<Image> GetImageAsync(string nameOrFingerprint, CancellationToken ct = default) => GetAsync($"1.0/images/{E(nameOrFingerprint)}", J.Image, ct);
+    public Task<Image> GetImageAsync(string nameOrFingerprint, CancellationToken ct = default) =>
+        GetAsync($"1.0/images/{E(nameOrFingerprint)}", J.Image, ct);
 
     /// <summary>Imports a rootfs tarball (container) or disk image (vm) and returns the stored image.</summary>
-    public Task<Image> ImportImageAsync(Stream content, string type = InstanceTypes.Container, string? alias = null, string? description = null,
+    public Task<Image> ImportImageAsync(Stream content, string type = InstanceTypes.Container, string? alias = null,
+        string? description = null,
         IProgress<Operation>? progress = null, CancellationToken ct = default) =>
         ImportAsync(content, type, "rootfs", null, alias, description, progress, ct);
 
-    /// <summary>Imports an OCI image layout, sent as a tar stream of its directory; <paramref name="reference"/> picks a tag.</summary>
-    public Task<Image> ImportOciLayoutAsync(Stream layoutTar, string? reference = null, string? alias = null, string? description = null,
+    /// <summary>Imports an OCI image layout, sent as a tar stream of its directory; <paramref name="reference"/> picks
+    /// a tag.</summary>
+    public Task<Image> ImportOciLayoutAsync(Stream layoutTar, string? reference = null, string? alias = null,
+        string? description = null,
         IProgress<Operation>? progress = null, CancellationToken ct = default) =>
         ImportAsync(layoutTar, InstanceTypes.Container, "oci-layout", reference, alias, description, progress, ct);
 
-    async Task<Image> ImportAsync(Stream content, string type, string format, string? reference, string? alias, string? description,
+    async Task<Image> ImportAsync(Stream content, string type, string format, string? reference, string? alias,
+        string? description,
         IProgress<Operation>? progress, CancellationToken ct)
     {
         var body = new StreamContent(content);
@@ -378,12 +423,15 @@ public sealed class HullClient : IDisposable
         return await GetImageAsync(op.Metadata!["fingerprint"], ct);
     }
 
-    /// <summary>Starts pulling an image from an OCI (Docker v2) registry; the operation's metadata has the fingerprint when it ends.</summary>
+    /// <summary>Starts pulling an image from an OCI (Docker v2) registry; the operation's metadata has the fingerprint
+    /// when it ends.</summary>
     public Task<Operation> PullImageOperationAsync(ImagePullRequest req, CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Post, "1.0/images/pull", req, J.ImagePullRequest, J.Operation, ct);
 
-    /// <summary>Pulls an image from a registry (e.g. "registry.example.com:5000/app:1.0") and returns the stored image.</summary>
-    public async Task<Image> PullImageAsync(ImagePullRequest req, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    /// <summary>Pulls an image from a registry (e.g. "registry.example.com:5000/app:1.0") and returns the stored
+    /// image.</summary>
+    public async Task<Image> PullImageAsync(ImagePullRequest req, IProgress<Operation>? progress = null,
+        CancellationToken ct = default)
     {
         var op = await WaitAsync(await PullImageOperationAsync(req, ct), progress, ct);
         return await GetImageAsync(op.Metadata!["fingerprint"], ct);
@@ -391,7 +439,8 @@ public sealed class HullClient : IDisposable
 
     public async Task<Stream> ExportImageAsync(string nameOrFingerprint, CancellationToken ct = default)
     {
-        var resp = await SendAsync(HttpMethod.Get, $"1.0/images/{E(nameOrFingerprint)}/export", null, ct, HttpCompletionOption.ResponseHeadersRead);
+        var resp = await SendAsync(HttpMethod.Get, $"1.0/images/{E(nameOrFingerprint)}/export", null, ct,
+            HttpCompletionOption.ResponseHeadersRead);
         return await resp.Content.ReadAsStreamAsync(ct);
     }
 
@@ -400,17 +449,21 @@ public sealed class HullClient : IDisposable
     /// <summary>Opens the backup tarball of a stopped instance (backup.json, then its directory).</summary>
     public async Task<Stream> ExportInstanceAsync(string name, CancellationToken ct = default)
     {
-        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/backup", null, ct, HttpCompletionOption.ResponseHeadersRead);
+        var resp = await SendAsync(HttpMethod.Get, $"1.0/instances/{E(name)}/backup", null, ct,
+            HttpCompletionOption.ResponseHeadersRead);
         return await resp.Content.ReadAsStreamAsync(ct);
     }
 
-    /// <summary>Makes an instance from a backup tarball, under <paramref name="name"/> or the name it was exported with;
+    /// <summary>Makes an instance from a backup tarball, under <paramref name="name"/> or the name it was exported
+    /// with;
     /// with <paramref name="start"/> it is started once imported.</summary>
-    public async Task<Instance> ImportInstanceAsync(Stream backup, string? name = null, bool start = false, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    public async Task<Instance> ImportInstanceAsync(Stream backup, string? name = null, bool start = false,
+        IProgress<Operation>? progress = null, CancellationToken ct = default)
     {
         var body = new StreamContent(backup);
         body.Headers.ContentType = new MediaTypeHeaderValue("application/x-tar");
-        using var req = new HttpRequestMessage(HttpMethod.Post, start ? "1.0/instances?start=true" : "1.0/instances") { Content = body };
+        using var req = new HttpRequestMessage(HttpMethod.Post,
+            start ? "1.0/instances?start=true" : "1.0/instances") { Content = body };
         if (name is not null) req.Headers.Add("X-Hull-Name", name);
         req.Headers.ExpectContinue = true; // a refusal (413 too large) comes before the upload is sent
         using var resp = await _http.SendAsync(req, ct);
@@ -421,43 +474,56 @@ public sealed class HullClient : IDisposable
 
     // ---- live migration between hullds (InstanceTransfer.MoveAsync drives these) ----
 
-    /// <summary>Target side: makes <paramref name="instance"/> here and starts it waiting for its state; returns where to send it.</summary>
-    public Task<MigrationTarget> PrepareIncomingMigrationAsync(InstanceBackup instance, string listenAddress, CancellationToken ct = default) =>
+    /// <summary>Target side: makes <paramref name="instance"/> here and starts it waiting for its state; returns where
+    /// to send it.</summary>
+    public Task<MigrationTarget> PrepareIncomingMigrationAsync(InstanceBackup instance, string listenAddress,
+        CancellationToken ct = default) =>
         SendJsonAsync(HttpMethod.Post, $"1.0/instances/{E(instance.Name)}/migration/incoming",
-            new MigrationIncomingRequest { Instance = instance, ListenAddress = listenAddress }, J.MigrationIncomingRequest, J.MigrationTarget, ct);
+            new MigrationIncomingRequest { Instance = instance, ListenAddress = listenAddress },
+                J.MigrationIncomingRequest, J.MigrationTarget, ct);
 
     /// <summary>Source side: sends the running instance to <paramref name="uri"/> and waits; the finished operation's
     /// metadata holds total_ms, downtime_ms and transferred_bytes.</summary>
-    public async Task<Operation> SendMigrationAsync(string name, string uri, IProgress<Operation>? progress = null, CancellationToken ct = default)
+    public async Task<Operation> SendMigrationAsync(string name, string uri, IProgress<Operation>? progress = null,
+        CancellationToken ct = default)
     {
-        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/send", Json(new MigrationSendRequest { Uri = uri }, J.MigrationSendRequest), ct);
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/send",
+            Json(new MigrationSendRequest { Uri = uri }, J.MigrationSendRequest), ct);
         return await WaitAsync(await ReadAsync(resp, J.Operation, ct), progress, ct);
     }
 
-    /// <summary>Target side: the send ended; with <paramref name="succeeded"/> the instance takes over here, else it is removed.</summary>
-    public async Task<Instance?> FinishIncomingMigrationAsync(string name, bool succeeded, CancellationToken ct = default)
+    /// <summary>Target side: the send ended; with <paramref name="succeeded"/> the instance takes over here, else it is
+    /// removed.</summary>
+    public async Task<Instance?> FinishIncomingMigrationAsync(string name, bool succeeded,
+        CancellationToken ct = default)
     {
-        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/finish", Json(new MigrationFinishRequest { Succeeded = succeeded }, J.MigrationFinishRequest), ct);
+        using var resp = await SendAsync(HttpMethod.Post, $"1.0/instances/{E(name)}/migration/finish",
+            Json(new MigrationFinishRequest { Succeeded = succeeded }, J.MigrationFinishRequest), ct);
         return resp.StatusCode == HttpStatusCode.NoContent ? null : await ReadAsync(resp, J.Instance, ct);
     }
 
     public Task DeleteImageAsync(string nameOrFingerprint, CancellationToken ct = default) =>
         SendNoReplyAsync(HttpMethod.Delete, $"1.0/images/{E(nameOrFingerprint)}", null, ct);
 
-    public Task<List<ImageAlias>> ListImageAliasesAsync(CancellationToken ct = default) => GetAsync("1.0/images/aliases", J.ListImageAlias, ct);
+    public Task<List<ImageAlias>> ListImageAliasesAsync(CancellationToken ct = default) =>
+        GetAsync("1.0/images/aliases", J.ListImageAlias, ct);
 
     public Task SetImageAliasAsync(string alias, string target, CancellationToken ct = default) =>
-        SendNoReplyAsync(HttpMethod.Post, "1.0/images/aliases", Json(new ImageAlias { Name = alias, Target = target }, J.ImageAlias), ct);
+        SendNoReplyAsync(HttpMethod.Post, "1.0/images/aliases",
+            Json(new ImageAlias { Name = alias, Target = target }, J.ImageAlias), ct);
 
     public Task DeleteImageAliasAsync(string alias, CancellationToken ct = default) =>
         SendNoReplyAsync(HttpMethod.Delete, $"1.0/images/aliases/{E(alias)}", null, ct);
 
     // ---- operations ----
 
-    public Task<List<Operation>> ListOperationsAsync(CancellationToken ct = default) => GetAsync("1.0/operations", J.ListOperation, ct);
-    public Task<Operation> GetOperationAsync(string id, CancellationToken ct = default) => GetAsync($"1.0/operations/{E(id)}", J.Operation, ct);
+    public Task<List<Operation>> ListOperationsAsync(CancellationToken ct = default) =>
+        GetAsync("1.0/operations", J.ListOperation, ct);
+    public Task<Operation> GetOperationAsync(string id, CancellationToken ct = default) =>
+        GetAsync($"1.0/operations/{E(id)}", J.Operation, ct);
 
-    /// <summary>Waits up to <paramref name="timeoutSeconds"/> (-1: until it ends) and returns the operation as it then is.</summary>
+    /// <summary>Waits up to <paramref name="timeoutSeconds"/> (-1: until it ends) and returns the operation as it then
+    /// is.</summary>
     public Task<Operation> WaitOperationAsync(string id, int timeoutSeconds = -1, CancellationToken ct = default) =>
         GetAsync($"1.0/operations/{E(id)}/wait?timeout={timeoutSeconds}", J.Operation, ct);
 
@@ -469,7 +535,8 @@ public sealed class HullClient : IDisposable
 }
 
 /// <summary>A pulled file (Content) or directory (Listing).</summary>
-public sealed class PulledFile(FileEntry entry, Stream? content, List<FileEntry>? listing, IDisposable? owner = null) : IDisposable
+public sealed class PulledFile(FileEntry entry, Stream? content, List<FileEntry>? listing, IDisposable? owner = null)
+    : IDisposable
 {
     public FileEntry Entry { get; } = entry;
     public Stream? Content { get; } = content;
@@ -497,14 +564,20 @@ public sealed class ExecSession(ClientWebSocket ws) : IDisposable
         finally { _send.Release(); }
     }
 
-    public Task WriteStdinAsync(ReadOnlyMemory<byte> data, CancellationToken ct = default) => data.IsEmpty ? Task.CompletedTask : SendAsync(ExecChannel.Stdin, data, ct);
-    public Task CloseStdinAsync(CancellationToken ct = default) => SendAsync(ExecChannel.Stdin, ReadOnlyMemory<byte>.Empty, ct);
+    public Task WriteStdinAsync(ReadOnlyMemory<byte> data, CancellationToken ct = default) =>
+        data.IsEmpty ? Task.CompletedTask : SendAsync(ExecChannel.Stdin, data, ct);
+    public Task CloseStdinAsync(CancellationToken ct = default) =>
+        SendAsync(ExecChannel.Stdin, ReadOnlyMemory<byte>.Empty, ct);
 
     public Task ResizeAsync(int width, int height, CancellationToken ct = default) =>
-        SendAsync(ExecChannel.Control, Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new ExecControl { Command = "resize", Width = width, Height = height }, HullJson.Default.ExecControl)), ct);
+        SendAsync(ExecChannel.Control, Encoding.UTF8.GetBytes(
+            JsonSerializer.Serialize(new ExecControl { Command = "resize", Width = width, Height = height },
+            HullJson.Default.ExecControl)), ct);
 
     public Task SignalAsync(int signal, CancellationToken ct = default) =>
-        SendAsync(ExecChannel.Control, Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new ExecControl { Command = "signal", Signal = signal }, HullJson.Default.ExecControl)), ct);
+        SendAsync(ExecChannel.Control, Encoding.UTF8.GetBytes(
+            JsonSerializer.Serialize(new ExecControl { Command = "signal", Signal = signal },
+            HullJson.Default.ExecControl)), ct);
 
     /// <summary>Copies stdin from <paramref name="input"/> (closing it at EOF) while this runs.</summary>
     public Task PumpStdinAsync(Stream input, CancellationToken ct = default) => Task.Run(async () =>
@@ -516,10 +589,12 @@ public sealed class ExecSession(ClientWebSocket ws) : IDisposable
             while ((n = await input.ReadAsync(buf, ct)) > 0) await WriteStdinAsync(buf.AsMemory(0, n), ct);
             await CloseStdinAsync(ct);
         }
-        catch (Exception e) when (e is OperationCanceledException or WebSocketException or IOException or ObjectDisposedException) { }
+        catch (Exception e) when (e is OperationCanceledException or WebSocketException or IOException or
+            ObjectDisposedException) { }
     }, ct);
 
-    /// <summary>Streams output to the writers until the command exits; returns the exit code (or null if the connection ended first).</summary>
+    /// <summary>Streams output to the writers until the command exits; returns the exit code (or null if the connection
+    /// ended first).</summary>
     public async Task<int?> RunAsync(Stream stdout, Stream? stderr, CancellationToken ct = default)
     {
         var buf = new byte[65536];
@@ -545,8 +620,10 @@ public sealed class ExecSession(ClientWebSocket ws) : IDisposable
                     var e = stderr ?? stdout;
                     await e.WriteAsync(data[1..], ct); await e.FlushAsync(ct); break;
                 case ExecChannel.Exit:
-                    var exit = JsonSerializer.Deserialize(Encoding.UTF8.GetString(data.Span[1..]), HullJson.Default.ExecExit);
-                    try { await ws.CloseAsync(WebSocketCloseStatus.NormalClosure, "done", CancellationToken.None); } catch (WebSocketException) { }
+                    var exit = JsonSerializer.Deserialize(Encoding.UTF8.GetString(data.Span[1..]),
+                        HullJson.Default.ExecExit);
+                    try { await ws.CloseAsync(WebSocketCloseStatus.NormalClosure, "done",
+                        CancellationToken.None); } catch (WebSocketException) { }
                     if (exit?.Error is { } err) throw new HullException(err, 500);
                     return exit?.ExitCode;
             }

@@ -10,9 +10,11 @@ namespace Hull.Sdk;
 /// </summary>
 public static class InstanceTransfer
 {
-    /// <summary>Copies the stopped instance <paramref name="name"/> of <paramref name="source"/> to <paramref name="target"/>
+    /// <summary>Copies the stopped instance <paramref name="name"/> of <paramref name="source"/> to
+    /// <paramref name="target"/>
     /// as <paramref name="newName"/> (default: the same name).</summary>
-    public static async Task<Instance> CopyAsync(HullClient source, string name, HullClient target, string? newName = null, bool start = false,
+    public static async Task<Instance> CopyAsync(HullClient source, string name, HullClient target,
+        string? newName = null, bool start = false,
         IProgress<string>? progress = null, CancellationToken ct = default)
     {
         await RefuseSameDaemonAsync(source, target, ct);
@@ -30,7 +32,8 @@ public static class InstanceTransfer
     /// <paramref name="stateless"/>; <paramref name="listenAddress"/> is the target host's address as the source host
     /// reaches it (the engines' migration stream goes directly between the hosts).
     /// </summary>
-    public static async Task<Instance> MoveAsync(HullClient source, string name, HullClient target, string? newName = null, bool stateless = false,
+    public static async Task<Instance> MoveAsync(HullClient source, string name, HullClient target,
+        string? newName = null, bool stateless = false,
         string listenAddress = "127.0.0.1", IProgress<string>? progress = null, CancellationToken ct = default)
     {
         await RefuseSameDaemonAsync(source, target, ct);
@@ -39,7 +42,8 @@ public static class InstanceTransfer
         if (running && inst.Type == InstanceTypes.Vm && !stateless)
             return (await MoveLiveAsync(source, inst, target, newName, listenAddress, progress, ct)).Instance;
         if (running && !stateless)
-            throw new HullException($"instance '{name}' is {inst.State.ToLowerInvariant()}: stop it first, or move it with --stateless (stopped here, started there; its processes restart)", 409);
+            throw new HullException($"instance '{name}' is {inst.State.ToLowerInvariant()}: stop it first, or move " +
+                "it with --stateless (stopped here, started there; its processes restart)", 409);
         if (running)
         {
             progress?.Report($"stopping {name}");
@@ -56,7 +60,8 @@ public static class InstanceTransfer
         try { await source.DeleteInstanceAsync(name, ct: CancellationToken.None); }
         catch (HullException e)
         {
-            throw new HullException($"'{name}' is now on the target as '{moved.Name}', but deleting it on the source failed: {e.Message}. Delete it there by hand.", e.StatusCode);
+            throw new HullException($"'{name}' is now on the target as '{moved.Name}', but deleting it on the source " +
+                $"failed: {e.Message}. Delete it there by hand.", e.StatusCode);
         }
         return moved;
     }
@@ -69,7 +74,8 @@ public static class InstanceTransfer
     /// memory, device state and its writable disks straight to the target (pre-copy), then forgets it; the target takes
     /// over. If the send fails, the target's copy is removed and the VM keeps running on the source.
     /// </summary>
-    public static async Task<LiveMoveResult> MoveLiveAsync(HullClient source, Instance inst, HullClient target, string? newName = null,
+    public static async Task<LiveMoveResult> MoveLiveAsync(HullClient source, Instance inst, HullClient target,
+        string? newName = null,
         string listenAddress = "127.0.0.1", IProgress<string>? progress = null, CancellationToken ct = default)
     {
         var name = newName ?? inst.Name;
@@ -77,7 +83,8 @@ public static class InstanceTransfer
         progress?.Report($"preparing {name} on the target");
         var index = new InstanceBackup
         {
-            Name = name, Type = inst.Type, Image = inst.Image, ImageFingerprint = inst.ImageFingerprint, Config = inst.Config,
+            Name = name, Type = inst.Type, Image = inst.Image, ImageFingerprint = inst.ImageFingerprint,
+            Config = inst.Config,
             Devices = inst.Devices, Profiles = inst.Profiles, CreatedAt = inst.CreatedAt,
         };
         var where = await target.PrepareIncomingMigrationAsync(index, listenAddress, ct);
@@ -89,13 +96,16 @@ public static class InstanceTransfer
         }
         catch
         {
-            try { await target.FinishIncomingMigrationAsync(name, false, CancellationToken.None); } catch (HullException) { }
+            try { await target.FinishIncomingMigrationAsync(name, false, CancellationToken.None); } catch (
+                HullException) { }
             throw;
         }
         var moved = await target.FinishIncomingMigrationAsync(name, true, ct)
             ?? throw new HullException($"the target did not take '{name}' over", 500);
-        static long Num(Operation o, string key) => o.Metadata is { } m && m.TryGetValue(key, out var v) && long.TryParse(v, out var n) ? n : 0;
-        return new LiveMoveResult(moved, TimeSpan.FromMilliseconds(Num(op, "total_ms")), TimeSpan.FromMilliseconds(Num(op, "downtime_ms")), Num(op, "transferred_bytes"));
+        static long Num(Operation o, string key) => o.Metadata is { } m && m.TryGetValue(key, out var v)
+            && long.TryParse(v, out var n) ? n : 0;
+        return new LiveMoveResult(moved, TimeSpan.FromMilliseconds(Num(op, "total_ms")),
+            TimeSpan.FromMilliseconds(Num(op, "downtime_ms")), Num(op, "transferred_bytes"));
     }
 
     static async Task RefuseSameDaemonAsync(HullClient source, HullClient target, CancellationToken ct)
@@ -103,20 +113,24 @@ public static class InstanceTransfer
         var a = await source.ServerAsync(ct);
         var b = await target.ServerAsync(ct);
         if (a.StateDir == b.StateDir && a.Pid == b.Pid)
-            throw new HullException("the source and the target are the same hulld: to rename an instance use 'hull move OLD NEW'", 400);
+            throw new HullException("the source and the target are the same hulld: to rename an instance use 'hull " +
+                "move OLD NEW'", 400);
     }
 
     /// <summary>Copies the instance's image to the target unless it holds one with the same fingerprint.</summary>
-    static async Task EnsureImageAsync(HullClient source, HullClient target, Instance inst, IProgress<string>? progress, CancellationToken ct)
+    static async Task EnsureImageAsync(HullClient source, HullClient target, Instance inst, IProgress<string>? progress,
+        CancellationToken ct)
     {
         if (inst.ImageFingerprint.Length == 0) return;
         if ((await target.ListImagesAsync(ct)).Any(i => i.Fingerprint == inst.ImageFingerprint)) return;
         var img = (await source.ListImagesAsync(ct)).FirstOrDefault(i => i.Fingerprint == inst.ImageFingerprint);
-        if (img is null) return; // gone on the source too; the instance may not need it (a full copy). The import says if it does.
+        // gone on the source too; the instance may not need it (a full copy). The import says if it does.
+        if (img is null) return;
         progress?.Report($"copying image {img.Fingerprint[..12]}");
         await using var content = await source.ExportImageAsync(img.Fingerprint, ct);
         var copied = await target.ImportImageAsync(content, img.Type, null, img.Description, null, ct);
         if (copied.Fingerprint != img.Fingerprint)
-            throw new HullException($"the image copied to the target has fingerprint {copied.Fingerprint[..12]}, not {img.Fingerprint[..12]}: the export changed on the way", 500);
+            throw new HullException($"the image copied to the target has fingerprint {copied.Fingerprint[..12]}, not " +
+                $"{img.Fingerprint[..12]}: the export changed on the way", 500);
     }
 }

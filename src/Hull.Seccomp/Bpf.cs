@@ -9,7 +9,8 @@ public readonly record struct SockFilter(ushort Code, byte Jt, byte Jf, uint K)
     public override string ToString() => Bpf.Disassemble(this);
 }
 
-/// <summary>Classic BPF opcodes and the seccomp return values and data layout (linux/filter.h, linux/seccomp.h).</summary>
+/// <summary>Classic BPF opcodes and the seccomp return values and data layout (linux/filter.h,
+/// linux/seccomp.h).</summary>
 public static class Bpf
 {
     public const ushort LD = 0x00, ALU = 0x04, JMP = 0x05, RET = 0x06;
@@ -188,8 +189,10 @@ internal sealed class BpfAssembler
                 if (items[i].Kind != Kind.Cond) continue;
                 ref var it = ref items[i];
                 var next = pos[i] + Size(it);
-                if (!it.FarT && !it.T.IsNext && Target(labelPos, it.T) - (pos[i] + 1) > 255) { it.FarT = true; changed = true; }
-                if (!it.FarF && !it.F.IsNext && Target(labelPos, it.F) - (pos[i] + 1) > 255) { it.FarF = true; changed = true; }
+                if (!it.FarT && !it.T.IsNext && Target(labelPos, it.T) - (pos[i] + 1) > 255) { it.FarT = true; changed =
+                    true; }
+                if (!it.FarF && !it.F.IsNext && Target(labelPos, it.F) - (pos[i] + 1) > 255) { it.FarF = true; changed =
+                    true; }
                 _ = next;
             }
             if (!changed) break;
@@ -219,11 +222,14 @@ internal sealed class BpfAssembler
                         far ? trampolineIndex : (l.IsNext ? next : Target(labelPos, l)) - (here + 1);
                     var jt = Off(it.T, it.FarT, 0);
                     var jf = Off(it.F, it.FarF, it.FarT ? 1 : 0);
-                    if (jt is < 0 or > 255 || jf is < 0 or > 255) throw new InvalidOperationException("BPF assembler: jump out of range");
+                    if (jt is < 0 or > 255 || jf is < 0 or > 255) throw new InvalidOperationException(
+                        "BPF assembler: jump out of range");
                     output.Add(new SockFilter(it.Code, (byte)jt, (byte)jf, it.K));
                     var tpos = here + 1;
-                    if (it.FarT) { output.Add(new SockFilter(Bpf.JMP | Bpf.JA, 0, 0, (uint)(Target(labelPos, it.T) - (tpos + 1)))); tpos++; }
-                    if (it.FarF) output.Add(new SockFilter(Bpf.JMP | Bpf.JA, 0, 0, (uint)(Target(labelPos, it.F) - (tpos + 1))));
+                    if (it.FarT) { output.Add(new SockFilter(Bpf.JMP | Bpf.JA, 0, 0,
+                        (uint)(Target(labelPos, it.T) - (tpos + 1)))); tpos++; }
+                    if (it.FarF) output.Add(new SockFilter(Bpf.JMP | Bpf.JA, 0, 0,
+                        (uint)(Target(labelPos, it.F) - (tpos + 1))));
                     break;
                 }
             }

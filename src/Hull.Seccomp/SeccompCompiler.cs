@@ -29,7 +29,8 @@ public static class SeccompCompiler
         ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", SeccompFilterFlags.WaitKillableRecv),
     ];
 
-    /// <summary>Architecture names the runtime spec and libseccomp know. Only the x86 family applies on this host.</summary>
+    /// <summary>Architecture names the runtime spec and libseccomp know. Only the x86 family applies on this
+    /// host.</summary>
     static readonly string[] ArchNames =
     [
         "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_ARM", "SCMP_ARCH_AARCH64", "SCMP_ARCH_MIPS",
@@ -39,7 +40,8 @@ public static class SeccompCompiler
         "SCMP_ARCH_SH", "SCMP_ARCH_SHEB",
     ];
 
-    /// <summary>What a call from an ABI the filter does not cover gets: the whole process is killed (fail closed).</summary>
+    /// <summary>What a call from an ABI the filter does not cover gets: the whole process is killed (fail
+    /// closed).</summary>
     public const uint BadArchAction = Bpf.RetKillProcess;
 
     internal enum Op { NE, LT, LE, EQ, GE, GT, MaskedEq }
@@ -55,10 +57,13 @@ public static class SeccompCompiler
         var skipped = new List<string>();
 
         if (string.IsNullOrEmpty(profile.DefaultAction))
-            throw new SeccompException($"{Field}.defaultAction is missing; valid values: {string.Join(", ", ActionNames)}");
+            throw new SeccompException($"{Field}.defaultAction is missing; valid values: " +
+                $"{string.Join(", ", ActionNames)}");
         if (profile.DefaultAction == "SCMP_ACT_NOTIFY")
-            throw new SeccompException($"{Field}.defaultAction: SCMP_ACT_NOTIFY cannot be the default action (the runtime itself could not finish starting the container); use it on named syscalls");
-        var defaultAction = ParseAction(profile.DefaultAction, profile.DefaultErrnoRet, $"{Field}.defaultAction", $"{Field}.defaultErrnoRet");
+            throw new SeccompException($"{Field}.defaultAction: SCMP_ACT_NOTIFY cannot be the default action (the " +
+                "runtime itself could not finish starting the container); use it on named syscalls");
+        var defaultAction = ParseAction(profile.DefaultAction, profile.DefaultErrnoRet, $"{Field}.defaultAction",
+            $"{Field}.defaultErrnoRet");
 
         var flags = SeccompFilterFlags.None;
         if (profile.Flags is not null)
@@ -67,7 +72,8 @@ public static class SeccompCompiler
                 var name = profile.Flags[i];
                 var idx = Array.FindIndex(FlagNames, f => f.Name == name);
                 if (idx < 0)
-                    throw new SeccompException($"{Field}.flags[{i}]: unknown flag \"{name}\"; valid flags: {string.Join(", ", FlagNames.Select(f => f.Name))}");
+                    throw new SeccompException($"{Field}.flags[{i}]: unknown flag \"{name}\"; valid flags: " +
+                        $"{string.Join(", ", FlagNames.Select(f => f.Name))}");
                 flags |= FlagNames[idx].Flag;
             }
 
@@ -84,14 +90,16 @@ public static class SeccompCompiler
                     case "SCMP_ARCH_X32": if (!arches.Contains(SeccompArch.X32)) arches.Add(SeccompArch.X32); break;
                     default:
                         if (Array.IndexOf(ArchNames, name) < 0)
-                            throw new SeccompException($"{Field}.architectures[{i}]: unknown architecture \"{name}\"; valid values: {string.Join(", ", ArchNames)}");
+                            throw new SeccompException($"{Field}.architectures[{i}]: unknown architecture " +
+                                $"\"{name}\"; valid values: {string.Join(", ", ArchNames)}");
                         skipped.Add($"{name} (not this host's)");
                         break;
                 }
             }
 
         if (profile.ListenerMetadata is not null && string.IsNullOrEmpty(profile.ListenerPath))
-            throw new SeccompException($"{Field}.listenerMetadata is set but {Field}.listenerPath is not; the metadata is only sent to a listener");
+            throw new SeccompException($"{Field}.listenerMetadata is set but {Field}.listenerPath is not; the " +
+                "metadata is only sent to a listener");
 
         var rules = new List<(string[] Names, Rule Rule)>();
         var needsListener = false;
@@ -115,7 +123,8 @@ public static class SeccompCompiler
                         throw new SeccompException($"{f}.args[{j}].index is {a.Index}; a syscall has arguments 0 to 5");
                     var op = Array.IndexOf(OpNames, a.Op);
                     if (op < 0)
-                        throw new SeccompException($"{f}.args[{j}].op: unknown operator \"{a.Op}\"; valid values: {string.Join(", ", OpNames)}");
+                        throw new SeccompException($"{f}.args[{j}].op: unknown operator \"{a.Op}\"; valid values: " +
+                            $"{string.Join(", ", OpNames)}");
                     conds.Add(new Cond((int)a.Index, (Op)op, a.Value, (Op)op == Op.MaskedEq ? a.ValueTwo : 0));
                 }
             foreach (var n in s.Names)
@@ -124,7 +133,8 @@ public static class SeccompCompiler
         }
 
         if ((flags & SeccompFilterFlags.WaitKillableRecv) != 0 && !needsListener)
-            throw new SeccompException($"{Field}.flags: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV only applies to a filter with SCMP_ACT_NOTIFY rules, and this profile has none");
+            throw new SeccompException($"{Field}.flags: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV only applies to a " +
+                "filter with SCMP_ACT_NOTIFY rules, and this profile has none");
         if (needsListener)
         {
             flags |= SeccompFilterFlags.NewListener;
@@ -147,7 +157,8 @@ public static class SeccompCompiler
         asm.Ld(Bpf.OffsetNr);
         var upper = asm.NewLabel();
         asm.Jmp(Bpf.JGE, Bpf.X32SyscallBit, upper, BpfAssembler.Label.Next);
-        EmitTree(asm, Resolve(SeccompArch.X86_64, rules, defaultAction, skipped), 0, Bpf.X32SyscallBit - 1, defaultAction, SeccompArch.X86_64, blocks);
+        EmitTree(asm, Resolve(SeccompArch.X86_64, rules, defaultAction, skipped), 0, Bpf.X32SyscallBit - 1,
+            defaultAction, SeccompArch.X86_64, blocks);
         asm.Mark(upper);
         // -1 is what a tracer writes to skip a syscall: no ABI's number, so it gets the default action, not bad-arch.
         var notSkip = asm.NewLabel();
@@ -155,7 +166,8 @@ public static class SeccompCompiler
         asm.Ret(defaultAction);
         asm.Mark(notSkip);
         if (arches.Contains(SeccompArch.X32))
-            EmitTree(asm, Resolve(SeccompArch.X32, rules, defaultAction, skipped), Bpf.X32SyscallBit, 0xfffffffe, defaultAction, SeccompArch.X32, blocks);
+            EmitTree(asm, Resolve(SeccompArch.X32, rules, defaultAction, skipped), Bpf.X32SyscallBit, 0xfffffffe,
+                defaultAction, SeccompArch.X32, blocks);
         else
             asm.Ret(BadArchAction); // an x32 call while the profile does not cover x32
 
@@ -163,7 +175,8 @@ public static class SeccompCompiler
         {
             asm.Mark(archLabels[x86]);
             asm.Ld(Bpf.OffsetNr);
-            EmitTree(asm, Resolve(SeccompArch.X86, rules, defaultAction, skipped), 0, 0xffffffff, defaultAction, SeccompArch.X86, blocks);
+            EmitTree(asm, Resolve(SeccompArch.X86, rules, defaultAction, skipped), 0, 0xffffffff, defaultAction,
+                SeccompArch.X86, blocks);
         }
 
         foreach (var (label, arch, blockRules) in blocks)
@@ -175,8 +188,10 @@ public static class SeccompCompiler
         var program = asm.Assemble();
         if (program.Length > Bpf.MaxInstructions)
             throw new SeccompException(
-                $"{Field} compiles to {program.Length} BPF instructions; the kernel accepts at most {Bpf.MaxInstructions}. " +
-                "Each argument comparison costs up to 6 instructions per architecture: merge rules, drop argument filters, or list fewer architectures.");
+                $"{Field} compiles to {program.Length} BPF instructions; the kernel accepts at most " +
+                    $"{Bpf.MaxInstructions}. " +
+                "Each argument comparison costs up to 6 instructions per architecture: merge rules, drop argument " +
+                    "filters, or list fewer architectures.");
         return new SeccompProgram(program, flags, needsListener, defaultAction, BadArchAction, arches, skipped);
     }
 
@@ -201,21 +216,25 @@ public static class SeccompCompiler
             case "SCMP_ACT_TRACE":
             {
                 var d = errnoRet ?? 1; // runc passes EPERM to the tracer when errnoRet is absent
-                if (d > 0xffff) throw new SeccompException($"{errnoField} is {d}; SCMP_ACT_TRACE passes a 16-bit value (0 to 65535) to the tracer");
+                if (d > 0xffff) throw new SeccompException(
+                    $"{errnoField} is {d}; SCMP_ACT_TRACE passes a 16-bit value (0 to 65535) to the tracer");
                 return Bpf.RetTrace | d;
             }
             default:
-                throw new SeccompException($"{field}: unknown action \"{name}\"; valid values: {string.Join(", ", ActionNames)}");
+                throw new SeccompException($"{field}: unknown action \"{name}\"; valid values: " +
+                    $"{string.Join(", ", ActionNames)}");
         }
         if (errnoRet is not null)
-            throw new SeccompException($"{errnoField} is set, but {name} returns no errno; it applies only to SCMP_ACT_ERRNO and SCMP_ACT_TRACE");
+            throw new SeccompException($"{errnoField} is set, but {name} returns no errno; it applies only to " +
+                "SCMP_ACT_ERRNO and SCMP_ACT_TRACE");
         return ret;
     }
 
     static Cond[] Normalize(IEnumerable<Cond> conds) =>
         conds.Distinct().OrderBy(c => c.Index).ThenBy(c => c.Op).ThenBy(c => c.Value).ThenBy(c => c.ValueTwo).ToArray();
 
-    /// <summary>An outcome per syscall number: a plain return value, or a list of argument rules (first match wins).</summary>
+    /// <summary>An outcome per syscall number: a plain return value, or a list of argument rules (first match
+    /// wins).</summary>
     internal readonly record struct Outcome(uint Ret, List<Rule>? Rules);
 
     static readonly Dictionary<string, uint>[] Tables =
@@ -226,12 +245,15 @@ public static class SeccompCompiler
     ];
 
     /// <summary>The syscall number of <paramref name="name"/> on <paramref name="arch"/>, if that ABI has it.</summary>
-    public static bool TryGetSyscallNumber(SeccompArch arch, string name, out uint nr) => Tables[(int)arch].TryGetValue(name, out nr);
+    public static bool TryGetSyscallNumber(SeccompArch arch, string name, out uint nr) =>
+        Tables[(int)arch].TryGetValue(name, out nr);
 
-    /// <summary>Every syscall name this build knows for <paramref name="arch"/> (from the kernel headers it was generated from).</summary>
+    /// <summary>Every syscall name this build knows for <paramref name="arch"/> (from the kernel headers it was
+    /// generated from).</summary>
     public static IEnumerable<string> SyscallNames(SeccompArch arch) => Tables[(int)arch].Keys;
 
-    static SortedDictionary<uint, Outcome> Resolve(SeccompArch arch, List<(string[] Names, Rule Rule)> rules, uint defaultAction, List<string> skipped)
+    static SortedDictionary<uint, Outcome> Resolve(SeccompArch arch, List<(string[] Names, Rule Rule)> rules,
+        uint defaultAction, List<string> skipped)
     {
         var byNr = new SortedDictionary<uint, (string Name, List<Rule> Rules)>();
         var table = Tables[(int)arch];
@@ -248,7 +270,8 @@ public static class SeccompCompiler
                 var r = rule;
                 if (arch == SeccompArch.X86)
                     // A 32-bit ABI passes 32-bit arguments: compare the low words only, as libseccomp does.
-                    r = rule with { Conds = Normalize(rule.Conds.Select(c => c with { Value = c.Value & 0xffffffff, ValueTwo = c.ValueTwo & 0xffffffff })) };
+                    r = rule with { Conds = Normalize(rule.Conds.Select(c =>
+                        c with { Value = c.Value & 0xffffffff, ValueTwo = c.ValueTwo & 0xffffffff })) };
                 e.Rules.Add(r);
             }
 
@@ -267,10 +290,13 @@ public static class SeccompCompiler
 
     /// <summary>
     /// The rule semantics for one syscall (docs/seccomp.md "Which rule wins"):
-    /// rules with the default action are dropped (runc); an unconditional rule beats every conditional one (libseccomp);
-    /// of several unconditional rules the first in profile order wins (libseccomp keeps the existing one); two rules with
+    /// rules with the default action are dropped (runc); an unconditional rule beats every conditional one
+    /// (libseccomp);
+    /// of several unconditional rules the first in profile order wins (libseccomp keeps the existing one); two rules
+    /// with
     /// the same comparisons that differ in action are an error (libseccomp EEXIST);
-    /// a rule whose comparisons include all of another rule's is dropped (the more general rule wins, as libseccomp's tree);
+    /// a rule whose comparisons include all of another rule's is dropped (the more general rule wins, as libseccomp's
+    /// tree);
     /// the remaining rules are tried in profile order and the first whose comparisons all hold wins.
     /// </summary>
     internal static Outcome ResolveSyscall(string name, List<Rule> input, uint defaultAction)
@@ -292,10 +318,12 @@ public static class SeccompCompiler
             if (same is null) { kept.Add(r); continue; }
             if (same.Action != r.Action)
                 throw new SeccompException(
-                    $"{Field}.syscalls[{same.Order}] and {Field}.syscalls[{r.Order}] give {name} with the same argument filters two different actions " +
+                    $"{Field}.syscalls[{same.Order}] and {Field}.syscalls[{r.Order}] give {name} with the same " +
+                        "argument filters two different actions " +
                     $"({Bpf.DescribeReturn(same.Action)} and {Bpf.DescribeReturn(r.Action)}); keep one of them");
         }
-        kept.RemoveAll(r => kept.Any(g => !ReferenceEquals(g, r) && g.Conds.Length < r.Conds.Length && g.Conds.All(r.Conds.Contains)));
+        kept.RemoveAll(r => kept.Any(g => !ReferenceEquals(g, r) && g.Conds.Length < r.Conds.Length
+            && g.Conds.All(r.Conds.Contains)));
         return kept.Count == 0 ? new Outcome(defaultAction, null) : new Outcome(0, kept);
     }
 
@@ -303,7 +331,8 @@ public static class SeccompCompiler
     /// Emits a balanced binary search over the syscall numbers in [lo, hi]: neighbouring numbers with the same plain
     /// action are merged into one interval; each leaf is a <c>ret</c>, or a <c>ja</c> to an argument block.
     /// </summary>
-    static void EmitTree(BpfAssembler asm, SortedDictionary<uint, Outcome> outcomes, uint lo, uint hi, uint defaultAction,
+    static void EmitTree(BpfAssembler asm, SortedDictionary<uint, Outcome> outcomes, uint lo, uint hi,
+        uint defaultAction,
         SeccompArch arch, List<(BpfAssembler.Label, SeccompArch, List<Rule>)> blocks)
     {
         // Intervals (start, outcome) covering [lo, hi]; outcome.Rules != null marks a block.
@@ -385,7 +414,8 @@ public static class SeccompCompiler
                 // Several "not equal" on one argument (same high word): test the high word once.
                 var d = c;
                 if (wide && conds[c].Op == Op.NE)
-                    while (d < conds.Length && conds[d].Op == Op.NE && conds[d].Index == conds[c].Index && conds[d].Value >> 32 == conds[c].Value >> 32) d++;
+                    while (d < conds.Length && conds[d].Op == Op.NE && conds[d].Index == conds[c].Index
+                        && conds[d].Value >> 32 == conds[c].Value >> 32) d++;
                 if (d - c >= 2)
                 {
                     var pass = asm.NewLabel();
@@ -406,7 +436,8 @@ public static class SeccompCompiler
         asm.Ret(defaultAction);
     }
 
-    /// <summary>One comparison of a 64-bit argument (two 32-bit words, high first) or, on a 32-bit ABI, of its low word.
+    /// <summary>One comparison of a 64-bit argument (two 32-bit words, high first) or, on a 32-bit ABI, of its low
+    /// word.
     /// Falls through when it holds, jumps to <paramref name="fail"/> when not.</summary>
     static void EmitCond(BpfAssembler asm, Cond c, bool wide, BpfAssembler.Label fail)
     {

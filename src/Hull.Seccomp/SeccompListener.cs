@@ -53,13 +53,15 @@ public static unsafe class SeccompListener
     }
 
     /// <summary>Connects to the agent's socket; with <see cref="Send(SafeFd, string, SafeFd, ContainerProcessState)"/>
-    /// later, for a process that connects while the path is reachable (before pivot_root) and sends afterwards.</summary>
+    /// later, for a process that connects while the path is reachable (before pivot_root) and sends
+    /// afterwards.</summary>
     public static SafeFd Connect(string listenerPath)
     {
         ArgumentException.ThrowIfNullOrEmpty(listenerPath);
         var path = Encoding.UTF8.GetBytes(listenerPath);
         if (path.Length > 107)
-            throw new SeccompException($"linux.seccomp.listenerPath \"{listenerPath}\" is {path.Length} bytes; a unix socket path has at most 107. Use a shorter path.");
+            throw new SeccompException($"linux.seccomp.listenerPath \"{listenerPath}\" is {path.Length} bytes; a " +
+                "unix socket path has at most 107. Use a shorter path.");
         var s = Libc.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | O.CLOEXEC, 0);
         if (s < 0) throw LinuxException.FromLastError("socket AF_UNIX for the seccomp listener");
         var sock = new SafeFd(s);
@@ -71,12 +73,14 @@ public static unsafe class SeccompListener
         while (Libc.connect(sock.Fd, addr, 2 + path.Length + 1) < 0)
         {
             var e = Marshal.GetLastPInvokeError();
-            if (e != Errors.EINTR) { sock.Dispose(); throw new LinuxException(e, $"connect to the seccomp listener {listenerPath}"); }
+            if (e != Errors.EINTR) { sock.Dispose(); throw new LinuxException(e,
+                $"connect to the seccomp listener {listenerPath}"); }
         }
         return sock;
     }
 
-    /// <summary>Sends the state and the notify fd on a socket from <see cref="Connect"/> (the caller closes it).</summary>
+    /// <summary>Sends the state and the notify fd on a socket from <see cref="Connect"/> (the caller closes
+    /// it).</summary>
     public static void Send(SafeFd sock, string listenerPath, SafeFd notifyFd, ContainerProcessState state)
     {
         if (state.Fds.Count != 1)

@@ -4,7 +4,8 @@ using Hull.Linux;
 namespace Hull.Seccomp;
 
 /// <summary>One intercepted syscall read from a notify fd (struct seccomp_notif).</summary>
-public readonly record struct SeccompNotification(ulong Id, int Pid, uint Nr, uint Arch, ulong InstructionPointer, ulong[] Args);
+public readonly record struct SeccompNotification(ulong Id, int Pid, uint Nr, uint Arch, ulong InstructionPointer,
+    ulong[] Args);
 
 /// <summary>The agent side of SCMP_ACT_NOTIFY: receive a notification, answer it (linux/seccomp.h ioctls).</summary>
 public static unsafe class SeccompNotify
@@ -28,7 +29,8 @@ public static unsafe class SeccompNotify
         }
         var args = new ulong[6];
         for (var i = 0; i < 6; i++) args[i] = *(ulong*)(buf + 16 + 16 + 8 * i);
-        return new SeccompNotification(*(ulong*)buf, *(int*)(buf + 8), *(uint*)(buf + 16), *(uint*)(buf + 20), *(ulong*)(buf + 24), args);
+        return new SeccompNotification(*(ulong*)buf, *(int*)(buf + 8), *(uint*)(buf + 16), *(uint*)(buf + 20),
+            *(ulong*)(buf + 24), args);
     }
 
     /// <summary>Answers notification <paramref name="id"/>: the syscall returns <paramref name="value"/>, or fails
@@ -44,6 +46,7 @@ public static unsafe class SeccompNotify
             throw LinuxException.FromLastError("ioctl SECCOMP_IOCTL_NOTIF_SEND");
     }
 
-    /// <summary>True while the task behind <paramref name="id"/> still waits (guards against pid reuse before acting on its memory).</summary>
+    /// <summary>True while the task behind <paramref name="id"/> still waits (guards against pid reuse before acting on
+    /// its memory).</summary>
     public static bool IsValid(SafeFd notifyFd, ulong id) => Libc.ioctl(notifyFd.Fd, NOTIF_ID_VALID, (nint)(&id)) == 0;
 }

@@ -97,7 +97,8 @@ public static class SeccompProfiles
     ];
 
     /// <summary>Denied with EPERM whatever the capabilities: the kernel does not namespace them, or they are obsolete
-    /// attack surface. (Calls in <see cref="ByCapability"/> also get EPERM while their capability is missing.)</summary>
+    /// attack surface. (Calls in <see cref="ByCapability"/> also get EPERM while their capability is
+    /// missing.)</summary>
     static readonly string[] AlwaysDenied =
     [
         "add_key", "keyctl", "request_key", "kexec_file_load", "kexec_load", "io_uring_setup", "io_uring_enter",
@@ -140,7 +141,8 @@ public static class SeccompProfiles
         // Every other persona is EPERM: one rule whose comparisons (all on arg 0) must all hold.
         ulong[] personas = [0x0, 0x8, 0x20000, 0x20008, 0xffffffff];
         foreach (var p in personas)
-            rules.Add(new SeccompSyscall { Names = ["personality"], Action = "SCMP_ACT_ALLOW", Args = [Arg(0, "SCMP_CMP_EQ", p)] });
+            rules.Add(new SeccompSyscall { Names = ["personality"], Action = "SCMP_ACT_ALLOW",
+                Args = [Arg(0, "SCMP_CMP_EQ", p)] });
         rules.Add(new SeccompSyscall
         {
             Names = ["personality"], Action = "SCMP_ACT_ERRNO", ErrnoRet = EPERM,
@@ -152,12 +154,14 @@ public static class SeccompProfiles
         else
         {
             // clone without namespace flags is a fork or a thread; with any of them EPERM.
-            rules.Add(new SeccompSyscall { Names = ["clone"], Action = "SCMP_ACT_ALLOW", Args = [Arg(0, "SCMP_CMP_MASKED_EQ", CloneNamespaceFlags, 0)] });
+            rules.Add(new SeccompSyscall { Names = ["clone"], Action = "SCMP_ACT_ALLOW",
+                Args = [Arg(0, "SCMP_CMP_MASKED_EQ", CloneNamespaceFlags, 0)] });
             for (var bit = 0; bit < 64; bit++)
             {
                 var flag = 1UL << bit;
                 if ((CloneNamespaceFlags & flag) != 0)
-                    rules.Add(new SeccompSyscall { Names = ["clone"], Action = "SCMP_ACT_ERRNO", ErrnoRet = EPERM, Args = [Arg(0, "SCMP_CMP_MASKED_EQ", flag, flag)] });
+                    rules.Add(new SeccompSyscall { Names = ["clone"], Action = "SCMP_ACT_ERRNO", ErrnoRet = EPERM,
+                        Args = [Arg(0, "SCMP_CMP_MASKED_EQ", flag, flag)] });
             }
         }
 

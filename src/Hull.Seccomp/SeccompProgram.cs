@@ -42,22 +42,26 @@ public sealed class SeccompProgram
     /// <summary>The sock_filter array handed to the kernel.</summary>
     public SockFilter[] Instructions { get; }
 
-    /// <summary>The flags for seccomp(SECCOMP_SET_MODE_FILTER, flags, prog); includes NewListener when <see cref="NeedsListener"/>.</summary>
+    /// <summary>The flags for seccomp(SECCOMP_SET_MODE_FILTER, flags, prog); includes NewListener when
+    /// <see cref="NeedsListener"/>.</summary>
     public SeccompFilterFlags Flags { get; }
 
-    /// <summary>True when the profile uses SCMP_ACT_NOTIFY: <see cref="SeccompLoader.Load"/> returns the notify fd.</summary>
+    /// <summary>True when the profile uses SCMP_ACT_NOTIFY: <see cref="SeccompLoader.Load"/> returns the notify
+    /// fd.</summary>
     public bool NeedsListener { get; }
 
     /// <summary>The seccomp return value for calls that no rule matches.</summary>
     public uint DefaultAction { get; }
 
-    /// <summary>The return value for a call made through an ABI the filter does not cover (SECCOMP_RET_KILL_PROCESS).</summary>
+    /// <summary>The return value for a call made through an ABI the filter does not cover
+    /// (SECCOMP_RET_KILL_PROCESS).</summary>
     public uint BadArchAction { get; }
 
     /// <summary>The architectures the program checks, native first.</summary>
     public IReadOnlyList<SeccompArch> Architectures { get; }
 
-    /// <summary>What the compiler left out, as runc does: "name (arch)" for syscall names this architecture does not have,
+    /// <summary>What the compiler left out, as runc does: "name (arch)" for syscall names this architecture does not
+    /// have,
     /// and architecture names of other hosts. For logging; never an error.</summary>
     public IReadOnlyList<string> Skipped { get; }
 
@@ -66,7 +70,8 @@ public sealed class SeccompProgram
     public SeccompProgram WithFlags(SeccompFilterFlags add)
     {
         var f = Flags | add;
-        if ((f & SeccompFilterFlags.Tsync) != 0 && (f & SeccompFilterFlags.NewListener) != 0) f |= SeccompFilterFlags.TsyncEsrch;
+        if ((f & SeccompFilterFlags.Tsync) != 0
+            && (f & SeccompFilterFlags.NewListener) != 0) f |= SeccompFilterFlags.TsyncEsrch;
         return new SeccompProgram(Instructions, f, NeedsListener, DefaultAction, BadArchAction, Architectures, Skipped);
     }
 
@@ -74,7 +79,8 @@ public sealed class SeccompProgram
     public string Disassemble()
     {
         var sb = new System.Text.StringBuilder();
-        for (var i = 0; i < Instructions.Length; i++) sb.Append(i.ToString().PadLeft(4)).Append(": ").Append(Instructions[i]).Append('\n');
+        for (var i = 0; i < Instructions.Length; i++) sb.Append(i.ToString().PadLeft(4)).Append(": ").Append(
+            Instructions[i]).Append('\n');
         return sb.ToString();
     }
 }

@@ -61,14 +61,16 @@ public static class AccelProbe
     /// <summary>Where Hull prints the one-line warning when it falls back to TCG (stderr by default).</summary>
     public static Action<string> Warn { get; set; } = m => Console.Error.WriteLine("hull: " + m);
 
-    /// <summary>Resolves Auto to Kvm or Tcg (cached per host in <paramref name="cacheDir"/>); Kvm and Tcg pass through.</summary>
+    /// <summary>Resolves Auto to Kvm or Tcg (cached per host in <paramref name="cacheDir"/>); Kvm and Tcg pass
+    /// through.</summary>
     public static AccelVerdict Resolve(Accel requested, string cacheDir, string qemu)
     {
         if (requested == Accel.Tcg) return new AccelVerdict { Accel = Accel.Tcg, Reason = "requested" };
         if (requested == Accel.Kvm)
         {
             if (!File.Exists("/dev/kvm"))
-                throw new VmException("--accel kvm was requested but /dev/kvm does not exist: load the kvm module or use --accel tcg");
+                throw new VmException("--accel kvm was requested but /dev/kvm does not exist: load the kvm module or " +
+                    "use --accel tcg");
             return new AccelVerdict { Accel = Accel.Kvm, Reason = "requested" };
         }
         lock (s_lock)
@@ -96,10 +98,12 @@ public static class AccelProbe
         }
     }
 
-    /// <summary>The verdict's validity key: kernel release, /dev/kvm's device number and change time, and the kvm modules loaded.</summary>
+    /// <summary>The verdict's validity key: kernel release, /dev/kvm's device number and change time, and the kvm
+    /// modules loaded.</summary>
     public static string HostKey()
     {
-        var release = File.Exists("/proc/sys/kernel/osrelease") ? File.ReadAllText("/proc/sys/kernel/osrelease").Trim() : "?";
+        var release = File.Exists("/proc/sys/kernel/osrelease") ? File.ReadAllText("/proc/sys/kernel/osrelease").Trim()
+            : "?";
         var kvm = "none";
         if (File.Exists("/dev/kvm"))
         {
@@ -109,7 +113,8 @@ public static class AccelProbe
         var mods = "";
         try
         {
-            mods = string.Join(",", File.ReadLines("/proc/modules").Select(l => l.Split(' ')[0]).Where(m => m.StartsWith("kvm", StringComparison.Ordinal)).Order());
+            mods = string.Join(",", File.ReadLines("/proc/modules").Select(l => l.Split(' ')[0]).Where(m =>
+                m.StartsWith("kvm", StringComparison.Ordinal)).Order());
         }
         catch (IOException) { }
         return $"{release}|{kvm}|{mods}";
@@ -130,8 +135,10 @@ public static class AccelProbe
             : new AccelVerdict { Accel = Accel.Tcg, Reason = $"KVM cannot run kernel-mode guest code here ({detail})" };
     }
 
-    /// <summary>Runs the probe guest with the given accelerator; true when it printed its marker and exited cleanly.</summary>
-    public static (bool Ok, string Detail) RunProbe(string qemu, string workDir, string accel, string cpu, TimeSpan timeout)
+    /// <summary>Runs the probe guest with the given accelerator; true when it printed its marker and exited
+    /// cleanly.</summary>
+    public static (bool Ok, string Detail) RunProbe(string qemu, string workDir, string accel, string cpu,
+        TimeSpan timeout)
     {
         Directory.CreateDirectory(workDir);
         var image = Path.Combine(workDir, $"accel-probe-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
@@ -140,7 +147,8 @@ public static class AccelProbe
         {
             var r = HostProgram.ExecAsync(qemu,
             [
-                "-accel", accel, "-cpu", cpu, "-M", "pc", "-m", "32", "-nodefaults", "-no-user-config", "-display", "none",
+                "-accel", accel, "-cpu", cpu, "-M", "pc", "-m", "32", "-nodefaults", "-no-user-config", "-display",
+                "none",
                 "-no-reboot", "-kernel", image, "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
             ], new HostProgramOptions
             {
@@ -150,13 +158,16 @@ public static class AccelProbe
                     || l.Contains("emulation failure", StringComparison.OrdinalIgnoreCase),
                 Error = e => new VmException(e.Message, e),
             }, CancellationToken.None).GetAwaiter().GetResult();
-            if (!r.TimedOut && !r.Stopped && r.ExitCode == SuccessExit && r.Stdout.Contains(Marker, StringComparison.Ordinal))
+            if (!r.TimedOut && !r.Stopped && r.ExitCode == SuccessExit
+                && r.Stdout.Contains(Marker, StringComparison.Ordinal))
                 return (true, "ok");
             var first = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .FirstOrDefault(l => !l.StartsWith("qemu-system-x86_64: terminating", StringComparison.Ordinal));
-            var why = first is not null && (first.Contains("error", StringComparison.OrdinalIgnoreCase) || first.Contains("fail", StringComparison.OrdinalIgnoreCase))
+            var why = first is not null && (first.Contains("error", StringComparison.OrdinalIgnoreCase)
+                || first.Contains("fail", StringComparison.OrdinalIgnoreCase))
                 ? first.Trim()
-                : r.TimedOut ? $"the probe guest did not finish in {timeout.TotalSeconds:0} s" : $"the probe guest stopped (exit {r.ExitCode})";
+                : r.TimedOut ? $"the probe guest did not finish in {timeout.TotalSeconds:0} s"
+                    : $"the probe guest stopped (exit {r.ExitCode})";
             return (false, why);
         }
         finally

@@ -6,7 +6,8 @@ namespace Hull.Vm;
 public static class StateFiles
 {
     public const string Config = "config.json", Record = "state.json", Qmp = "qmp.sock", Agent = "agent.sock",
-        Console = "console.sock", ConsoleLog = "console.log", Pid = "qemu.pid", QemuLog = "qemu.log", OvmfVars = "ovmf-vars.fd",
+        Console = "console.sock", ConsoleLog = "console.log", Pid = "qemu.pid", QemuLog = "qemu.log",
+        OvmfVars = "ovmf-vars.fd",
         Lock = "lock";
 }
 
@@ -24,7 +25,8 @@ public static class AgentChannel
 public static class QemuCommand
 {
     public const string DefaultSeaBios = "/usr/share/seabios/bios-256k.bin";
-    public static readonly string[] OvmfCodeCandidates = ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"];
+    public static readonly string[] OvmfCodeCandidates =
+        ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"];
 
     /// <summary>TSC frequency passed to a TCG microvm guest (it hangs calibrating otherwise).</summary>
     public static long TscKhz()
@@ -54,16 +56,20 @@ public static class QemuCommand
         a.AddRange(["-M", direct ? "microvm,acpi=on" : "q35"]);
         a.AddRange(["-m", $"{c.MemoryMiB}M", "-smp", c.Cpus.ToString(CultureInfo.InvariantCulture)]);
         a.AddRange(["-pidfile", P(StateFiles.Pid)]);
-        a.AddRange(["-chardev", $"socket,id=qmp,path={P(StateFiles.Qmp)},server=on,wait=off", "-mon", "chardev=qmp,mode=control"]);
+        a.AddRange(["-chardev", $"socket,id=qmp,path={P(StateFiles.Qmp)},server=on,wait=off", "-mon",
+            "chardev=qmp,mode=control"]);
         // Serial console: a socket for interactive attach, and every byte logged.
-        a.AddRange(["-chardev", $"socket,id=con0,path={P(StateFiles.Console)},server=on,wait=off,logfile={P(StateFiles.ConsoleLog)},logappend=on",
+        a.AddRange(["-chardev",
+            $"socket,id=con0,path={P(StateFiles.Console)},server=on,wait=off," +
+            $"logfile={P(StateFiles.ConsoleLog)},logappend=on",
             "-serial", "chardev:con0"]);
         // Panic: the guest's pvpanic driver tells QEMU, which pauses the guest; Hull reports Crashed.
         a.AddRange(["-device", "pvpanic", "-action", "panic=pause", "-action", "shutdown=poweroff"]);
         // Agent channel: a virtio-serial port backed by a host unix socket.
         a.AddRange(["-device", direct ? "virtio-serial-device,id=vser0" : "virtio-serial-pci,id=vser0",
             "-chardev", $"socket,id=agent0,path={P(StateFiles.Agent)},server=on,wait=off",
-            "-device", $"virtserialport,bus=vser0.0,chardev=agent0,name={AgentChannel.PortName},id={AgentChannel.DeviceId}"]);
+            "-device",
+                $"virtserialport,bus=vser0.0,chardev=agent0,name={AgentChannel.PortName},id={AgentChannel.DeviceId}"]);
         a.AddRange(["-device", direct ? "virtio-rng-device" : "virtio-rng-pci"]);
         if (direct)
         {
@@ -84,9 +90,14 @@ public static class QemuCommand
         {
             var ro = d.ReadOnly || d.CdRom ? "on" : "off";
             // A named BlockBackend ({node}-blk) whose format node is {node}: migration of storage needs the name.
-            a.AddRange(["-drive", $"if=none,id={d.Node}-blk,node-name={d.Node},file={Escape(d.Path)},format={(d.Format == DiskFormat.Qcow2 && !d.CdRom ? "qcow2" : "raw")},readonly={ro},discard=unmap{(d.CdRom ? ",media=cdrom" : "")}"]);
-            if (d.CdRom) a.AddRange(["-device", $"ide-cd,drive={d.Node}-blk,id={d.Node}-dev,bus=ide.{c.Disks.IndexOf(d)}"]);
-            else a.AddRange(["-device", $"{(direct ? "virtio-blk-device" : "virtio-blk-pci")},drive={d.Node}-blk,id={d.Node}-dev"]);
+            a.AddRange(["-drive",
+                $"if=none,id={d.Node}-blk,node-name={d.Node},file={Escape(d.Path)}," +
+                $"format={(d.Format == DiskFormat.Qcow2 && !d.CdRom ? "qcow2" : "raw")},readonly={ro}," +
+                $"discard=unmap{(d.CdRom ? ",media=cdrom" : "")}"]);
+            if (d.CdRom) a.AddRange(["-device",
+                $"ide-cd,drive={d.Node}-blk,id={d.Node}-dev,bus=ide.{c.Disks.IndexOf(d)}"]);
+            else a.AddRange(["-device",
+                $"{(direct ? "virtio-blk-device" : "virtio-blk-pci")},drive={d.Node}-blk,id={d.Node}-dev"]);
         }
         if (c.Incoming is not null) a.AddRange(["-incoming", c.Incoming]);
         a.AddRange(c.ExtraArgs);

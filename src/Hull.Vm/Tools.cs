@@ -11,7 +11,8 @@ internal static class Tools
 {
     public static string Find(string name, string package)
     {
-        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries)
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':',
+            StringSplitOptions.RemoveEmptyEntries)
                      .Concat(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]))
         {
             var p = Path.Combine(dir, name);
@@ -52,7 +53,8 @@ internal static class Tools
 
     public static void TryDelete(string path)
     {
-        try { if (File.Exists(path) || IsSocket(path)) File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        try { if (File.Exists(path) || IsSocket(path)) File.Delete(path); } catch (IOException) { } catch (
+            UnauthorizedAccessException) { }
     }
 
     static bool IsSocket(string path)

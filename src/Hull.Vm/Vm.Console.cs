@@ -25,14 +25,17 @@ public sealed partial class Vm
         catch (IOException) { }
     }
 
-    /// <summary>Keeps console.log within its size limit (rotating to console.log.1); Hull calls this periodically.</summary>
+    /// <summary>Keeps console.log within its size limit (rotating to console.log.1); Hull calls this
+    /// periodically.</summary>
     public void MaintainConsoleLog() => RotateConsoleLog();
 
     /// <summary>The console log's size now (an offset to pass to <see cref="WaitForConsoleAsync"/>).</summary>
     public long ConsoleLogLength => File.Exists(ConsoleLogPath) ? new FileInfo(ConsoleLogPath).Length : 0;
 
-    /// <summary>Waits until <paramref name="text"/> appears in the console log after <paramref name="fromOffset"/>; returns the log from there.</summary>
-    public async Task<string> WaitForConsoleAsync(string text, TimeSpan timeout, long fromOffset = 0, CancellationToken ct = default)
+    /// <summary>Waits until <paramref name="text"/> appears in the console log after <paramref name="fromOffset"/>;
+    /// returns the log from there.</summary>
+    public async Task<string> WaitForConsoleAsync(string text, TimeSpan timeout, long fromOffset = 0,
+        CancellationToken ct = default)
     {
         var sw = Stopwatch.StartNew();
         while (true)
@@ -40,9 +43,11 @@ public sealed partial class Vm
             var s = ReadFrom(ConsoleLogPath, fromOffset, int.MaxValue);
             if (s.Contains(text, StringComparison.Ordinal)) return s;
             if (sw.Elapsed > timeout)
-                throw new TimeoutException($"'{text}' did not appear on VM '{Name}''s console within {timeout.TotalSeconds:0} s; the console ends with:\n{Last(s, 1500)}");
+                throw new TimeoutException($"'{text}' did not appear on VM '{Name}''s console within " +
+                    $"{timeout.TotalSeconds:0} s; the console ends with:\n{Last(s, 1500)}");
             if (Pid is null && sw.Elapsed > TimeSpan.FromSeconds(1))
-                throw new VmException($"VM '{Name}' stopped before '{text}' appeared on its console ({LastRecord?.Reason}); the console ends with:\n{Last(s, 1500)}");
+                throw new VmException($"VM '{Name}' stopped before '{text}' appeared on its console " +
+                    $"({LastRecord?.Reason}); the console ends with:\n{Last(s, 1500)}");
             await Task.Delay(100, ct).ConfigureAwait(false);
         }
     }
@@ -139,7 +144,8 @@ public sealed class VmConsole : IDisposable
     /// Interactive attach: copies <paramref name="input"/> to the console and the console to <paramref name="output"/>
     /// until the detach key is typed, the input ends, or <paramref name="ct"/> is cancelled. The VM keeps running.
     /// </summary>
-    public async Task AttachAsync(Stream input, Stream output, byte detachKey = DetachKey, CancellationToken ct = default)
+    public async Task AttachAsync(Stream input, Stream output, byte detachKey = DetachKey,
+        CancellationToken ct = default)
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var toGuest = Task.Run(async () =>
@@ -188,7 +194,8 @@ public sealed class VmConsole : IDisposable
         finally
         {
             // Detach first (QEMU's later writes fail for good, logged once), then stop the tasks.
-            try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
+            try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (
+                ObjectDisposedException) { }
             await cts.CancelAsync().ConfigureAwait(false);
             try { await Task.WhenAll(toGuest, fromGuest, toOutput).ConfigureAwait(false); }
             catch (OperationCanceledException) { }

@@ -23,7 +23,8 @@ public sealed partial class Vm
 
     void CleanRuntimeFiles()
     {
-        foreach (var f in new[] { StateFiles.Qmp, StateFiles.Agent, StateFiles.Console, StateFiles.Pid, "migrate.sock" })
+        foreach (var f in new[] { StateFiles.Qmp, StateFiles.Agent, StateFiles.Console, StateFiles.Pid,
+            "migrate.sock" })
             Tools.TryDelete(Path.Combine(_dir, f));
     }
 
@@ -41,11 +42,13 @@ public sealed partial class Vm
     /// </summary>
     public async Task StartAsync(bool paused = false, CancellationToken ct = default)
     {
-        if (Pid is int running) throw new VmException($"VM '{Name}' is already running (QEMU pid {running}): stop it first");
+        if (Pid is int running) throw new VmException(
+            $"VM '{Name}' is already running (QEMU pid {running}): stop it first");
         CleanRuntimeFiles();
         RotateConsoleLog();
         foreach (var d in Config.Disks)
-            if (!File.Exists(d.Path)) throw new VmException($"disk image {d.Path} of VM '{Name}' is missing: restore it or remove the disk");
+            if (!File.Exists(d.Path)) throw new VmException(
+                $"disk image {d.Path} of VM '{Name}' is missing: restore it or remove the disk");
         var qemu = Tools.Qemu(Config);
         var args = CommandLine(paused);
         var log = Path.Combine(_dir, StateFiles.QemuLog);
@@ -89,15 +92,18 @@ public sealed partial class Vm
             {
                 ct.ThrowIfCancellationRequested();
                 if (exited.Task.IsCompleted)
-                    throw new VmException($"QEMU for VM '{Name}' exited during start ({Describe(exited.Task.Result)}): {QemuSaid().Trim()}");
+                    throw new VmException($"QEMU for VM '{Name}' exited during start " +
+                        $"({Describe(exited.Task.Result)}): {QemuSaid().Trim()}");
                 if (Path.Exists(QmpSocketPath))
                 {
                     try { await ConnectAsync(ct, QemuSaid).ConfigureAwait(false); break; }
-                    catch (QemuGoneException) when (!exited.Task.IsCompleted && sw.Elapsed < TimeSpan.FromSeconds(30)) { }
+                    catch (QemuGoneException) when (!exited.Task.IsCompleted
+                        && sw.Elapsed < TimeSpan.FromSeconds(30)) { }
                     catch (QemuGoneException) when (exited.Task.IsCompleted) { continue; }
                 }
                 if (sw.Elapsed > TimeSpan.FromSeconds(30))
-                    throw new VmException($"QEMU for VM '{Name}' did not open its QMP socket within 30 s: {QemuSaid().Trim()}");
+                    throw new VmException($"QEMU for VM '{Name}' did not open its QMP socket within 30 s: " +
+                        $"{QemuSaid().Trim()}");
                 await Task.Delay(20, ct).ConfigureAwait(false);
             }
             Record(paused ? VmRecordState.Paused : VmRecordState.Running, null);
@@ -128,13 +134,15 @@ public sealed partial class Vm
         catch (IOException) { return ""; }
     }
 
-    static string Describe(int status) => (status & 0x7f) == 0 ? $"exit code {(status >> 8) & 0xff}" : $"killed by signal {status & 0x7f}";
+    static string Describe(int status) => (status & 0x7f) == 0 ? $"exit code {(status >> 8) & 0xff}"
+        : $"killed by signal {status & 0x7f}";
 
     async Task ConnectAsync(CancellationToken ct, Func<string>? diagnostics = null)
     {
         diagnostics ??= () => Tools.Tail(QemuLogPath);
         var pidAtConnect = ReadPid(_dir);
-        var q = await QmpClient.ConnectAsync(QmpSocketPath, TimeSpan.FromSeconds(10), diagnostics, ct).ConfigureAwait(false);
+        var q = await QmpClient.ConnectAsync(QmpSocketPath, TimeSpan.FromSeconds(10), diagnostics,
+            ct).ConfigureAwait(false);
         _qmp = q;
         _disposed = false;
         _eventSub = q.Subscribe(OnEvent);
@@ -156,12 +164,16 @@ public sealed partial class Vm
     {
         if (_agentPortOpen) return;
         if (Pid is null) throw new VmException($"VM '{Name}' is not running: start it before waiting for its agent");
-        var done = await Task.WhenAny(_agentOpened.Task, Task.Delay(timeout, ct), _exited?.Task ?? Task.Delay(Timeout.Infinite, ct)).ConfigureAwait(false);
+        var done = await Task.WhenAny(_agentOpened.Task, Task.Delay(timeout, ct),
+            _exited?.Task ?? Task.Delay(Timeout.Infinite, ct)).ConfigureAwait(false);
         ct.ThrowIfCancellationRequested();
         if (done == _agentOpened.Task) return;
-        if (Pid is null) throw new VmException($"VM '{Name}' stopped while waiting for its agent ({LastRecord?.Reason})");
-        throw new VmException($"the guest agent of VM '{Name}' did not answer within {timeout.TotalSeconds:0} s: nothing in the guest opened " +
-            $"the port {AgentChannel.PortName} ({AgentChannel.GuestDevice}). Check that the image includes hull-agent and see {ConsoleLogPath}");
+        if (Pid is null) throw new VmException(
+            $"VM '{Name}' stopped while waiting for its agent ({LastRecord?.Reason})");
+        throw new VmException($"the guest agent of VM '{Name}' did not answer within {timeout.TotalSeconds:0} s: " +
+            "nothing in the guest opened " +
+            $"the port {AgentChannel.PortName} ({AgentChannel.GuestDevice}). Check that the image includes " +
+                $"hull-agent and see {ConsoleLogPath}");
     }
 
     void OnEvent(QmpEvent e)
@@ -219,12 +231,15 @@ public sealed partial class Vm
         // A QEMU started since (restart) owns the state dir now: leave its files and record alone.
         if (ReadPid(_dir) is int current && current != pid) return;
         var last = LastRecord;
-        if (_stopRequested) { if (last?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(VmRecordState.Stopped, "stopped by Hull"); }
+        if (_stopRequested) { if (last?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(
+            VmRecordState.Stopped, "stopped by Hull"); }
         else if (last?.State == VmRecordState.Crashed) { }
         else if (_lastShutdownReason is "guest-shutdown" or "host-qmp-system-reset" || (status is int s && s == 0))
-            Record(VmRecordState.Stopped, _lastShutdownReason == "guest-shutdown" ? "the guest powered off" : "QEMU exited");
+            Record(VmRecordState.Stopped, _lastShutdownReason == "guest-shutdown" ? "the guest powered off"
+                : "QEMU exited");
         else
-            Record(VmRecordState.Crashed, $"QEMU exited unexpectedly ({(status is int st ? Describe(st) : "exit status unknown")}): {Tools.Tail(QemuLogPath, 6).Trim()}");
+            Record(VmRecordState.Crashed, "QEMU exited unexpectedly " +
+                $"({(status is int st ? Describe(st) : "exit status unknown")}): {Tools.Tail(QemuLogPath, 6).Trim()}");
         CleanRuntimeFiles();
     }
 
@@ -273,13 +288,15 @@ public sealed partial class Vm
                 if (st["status"]?.GetValue<string>() == "running")
                 {
                     await _qmp.ExecuteAsync("system_powerdown", ct: ct).ConfigureAwait(false);
-                    graceful = await WaitExitAsync(timeout ?? TimeSpan.FromSeconds(Config.StopTimeoutSeconds), ct).ConfigureAwait(false);
+                    graceful = await WaitExitAsync(timeout ?? TimeSpan.FromSeconds(Config.StopTimeoutSeconds),
+                        ct).ConfigureAwait(false);
                 }
             }
         }
         catch (QemuGoneException) { graceful = await WaitExitAsync(TimeSpan.FromSeconds(2), ct).ConfigureAwait(false); }
         if (!graceful) await KillAsync().ConfigureAwait(false);
-        Record(VmRecordState.Stopped, graceful ? "the guest powered off (ACPI)" : "stopped by Hull (forced after the ACPI timeout)");
+        Record(VmRecordState.Stopped, graceful ? "the guest powered off (ACPI)"
+            : "stopped by Hull (forced after the ACPI timeout)");
         return graceful;
     }
 
@@ -315,7 +332,8 @@ public sealed partial class Vm
         _qmp?.Dispose();
         _qmp = null;
         CleanRuntimeFiles();
-        if (LastRecord?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(VmRecordState.Stopped, "stopped by Hull");
+        if (LastRecord?.State is not (VmRecordState.Crashed or VmRecordState.Migrated)) Record(VmRecordState.Stopped,
+            "stopped by Hull");
     }
 
     public Task PowerButtonAsync(CancellationToken ct = default) => Qmp.ExecuteAsync("system_powerdown", ct: ct);

@@ -65,22 +65,26 @@ public sealed partial class Vm : IVm
     // ---------------------------------------------------------------- create / attach / delete
 
     /// <summary>
-    /// Defines a VM in <paramref name="stateDir"/> (created; must not already hold a VM): validates the config, resolves
+    /// Defines a VM in <paramref name="stateDir"/> (created; must not already hold a VM): validates the config,
+    /// resolves
     /// the accelerator, makes qcow2 overlays for disks that have a <see cref="DiskConfig.Base"/>, writes config.json.
     /// On any failure nothing is left behind.
     /// </summary>
-    public static Task<Vm> CreateAsync(string stateDir, VmConfig config, VmHostOptions host, CancellationToken ct = default)
+    public static Task<Vm> CreateAsync(string stateDir, VmConfig config, VmHostOptions host,
+        CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(config);
         var dir = Full(stateDir);
         if (File.Exists(Path.Combine(dir, StateFiles.Config)))
-            throw new VmException($"{dir} already holds a VM ({StateFiles.Config} exists): delete it or choose another state dir");
+            throw new VmException($"{dir} already holds a VM ({StateFiles.Config} exists): delete it or choose " +
+                "another state dir");
         var createdDir = !Directory.Exists(dir);
         var made = new List<string>();
         try
         {
             Directory.CreateDirectory(dir);
-            var c = JsonSerializer.Deserialize(JsonSerializer.Serialize(config, VmJson.Default.VmConfig), VmJson.Default.VmConfig)!;
+            var c = JsonSerializer.Deserialize(JsonSerializer.Serialize(config, VmJson.Default.VmConfig),
+                VmJson.Default.VmConfig)!;
             Validate(c);
             var qemu = Tools.Qemu(c);
             var verdict = AccelProbe.Resolve(c.Accel, Path.Combine(host.CacheDir, "accel"), qemu);
@@ -102,7 +106,8 @@ public sealed partial class Vm : IVm
                     d.Format = DiskFormat.Qcow2;
                     d.Owned = true;
                     var baseFmt = ImageFormatCached(d.Base);
-                    Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", baseFmt, "-b", d.Base, d.Path], $"creating the overlay for {d.Base}");
+                    Tools.Run(Tools.QemuImg, ["create", "-q", "-f", "qcow2", "-F", baseFmt, "-b", d.Base, d.Path],
+                        $"creating the overlay for {d.Base}");
                     made.Add(d.Path);
                 }
             }
@@ -120,7 +125,8 @@ public sealed partial class Vm : IVm
     }
 
     /// <summary>Creates and starts; if the start fails, the VM is deleted again (nothing half-made is left).</summary>
-    public static async Task<Vm> LaunchAsync(string stateDir, VmConfig config, VmHostOptions host, CancellationToken ct = default)
+    public static async Task<Vm> LaunchAsync(string stateDir, VmConfig config, VmHostOptions host,
+        CancellationToken ct = default)
     {
         var createdDir = !Directory.Exists(stateDir);
         var vm = await CreateAsync(stateDir, config, host, ct).ConfigureAwait(false);
@@ -144,35 +150,44 @@ public sealed partial class Vm : IVm
 
     static void Validate(VmConfig c)
     {
-        if (string.IsNullOrWhiteSpace(c.Name) || c.Name.Any(ch => !(char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.')))
+        if (string.IsNullOrWhiteSpace(c.Name) || c.Name.Any(ch =>
+            !(char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.')))
             throw new VmException($"VM name '{c.Name}' is invalid: use letters, digits, '-', '_' and '.'");
         if (VmMemory.Problem(c.MemoryMiB) is { } memory) throw new VmException($"memory {c.MemoryMiB} MiB {memory}");
         if (c.Cpus < 1 || c.Cpus > 255) throw new VmException($"cpus {c.Cpus} is out of range: use 1 to 255");
-        if (c.Hostname is not null && (c.Hostname.Length is 0 or > 63 || c.Hostname.Any(ch => !(char.IsAsciiLetterOrDigit(ch) || ch == '-'))))
+        if (c.Hostname is not null && (c.Hostname.Length is 0 or > 63
+            || c.Hostname.Any(ch => !(char.IsAsciiLetterOrDigit(ch) || ch == '-'))))
             throw new VmException($"hostname '{c.Hostname}' is invalid: use up to 63 letters, digits and '-'");
         switch (c.Boot)
         {
             case BootMode.Direct:
-                if (string.IsNullOrEmpty(c.Kernel)) throw new VmException("a direct-boot VM needs a kernel: set Kernel (or use the default image)");
+                if (string.IsNullOrEmpty(c.Kernel)) throw new VmException(
+                    "a direct-boot VM needs a kernel: set Kernel (or use the default image)");
                 c.Kernel = Full(c.Kernel);
-                if (!File.Exists(c.Kernel)) throw new VmException($"kernel {c.Kernel} does not exist: build the default image or give an existing kernel");
+                if (!File.Exists(c.Kernel)) throw new VmException(
+                    $"kernel {c.Kernel} does not exist: build the default image or give an existing kernel");
                 if (c.Initrd is not null)
                 {
                     c.Initrd = Full(c.Initrd);
-                    if (!File.Exists(c.Initrd)) throw new VmException($"initrd {c.Initrd} does not exist: give an existing initrd");
+                    if (!File.Exists(c.Initrd)) throw new VmException(
+                        $"initrd {c.Initrd} does not exist: give an existing initrd");
                 }
                 break;
             case BootMode.Bios:
                 c.Firmware = Full(c.Firmware ?? QemuCommand.DefaultSeaBios);
-                if (!File.Exists(c.Firmware)) throw new VmException($"firmware {c.Firmware} does not exist: install the seabios package or give another BIOS image");
+                if (!File.Exists(c.Firmware)) throw new VmException(
+                    $"firmware {c.Firmware} does not exist: install the seabios package or give another BIOS image");
                 break;
             case BootMode.Uefi:
-                c.Firmware ??= QemuCommand.OvmfCodeCandidates.FirstOrDefault(File.Exists) ?? QemuCommand.OvmfCodeCandidates[0];
+                c.Firmware ??= QemuCommand.OvmfCodeCandidates.FirstOrDefault(File.Exists)
+                    ?? QemuCommand.OvmfCodeCandidates[0];
                 c.Firmware = Full(c.Firmware);
-                if (!File.Exists(c.Firmware)) throw new VmException($"firmware {c.Firmware} does not exist: install the ovmf package or give an OVMF code image");
+                if (!File.Exists(c.Firmware)) throw new VmException(
+                    $"firmware {c.Firmware} does not exist: install the ovmf package or give an OVMF code image");
                 c.FirmwareVars ??= c.Firmware.Replace("OVMF_CODE", "OVMF_VARS", StringComparison.Ordinal);
                 c.FirmwareVars = Full(c.FirmwareVars);
-                if (!File.Exists(c.FirmwareVars)) throw new VmException($"firmware variable store {c.FirmwareVars} does not exist: give FirmwareVars");
+                if (!File.Exists(c.FirmwareVars)) throw new VmException(
+                    $"firmware variable store {c.FirmwareVars} does not exist: give FirmwareVars");
                 break;
         }
         foreach (var d in c.Disks)
@@ -180,22 +195,27 @@ public sealed partial class Vm : IVm
             if (d.Base is not null)
             {
                 d.Base = Full(d.Base);
-                if (!File.Exists(d.Base)) throw new VmException($"base image {d.Base} does not exist: build the default image or give an existing image");
+                if (!File.Exists(d.Base)) throw new VmException(
+                    $"base image {d.Base} does not exist: build the default image or give an existing image");
                 CheckImage(d.Base, null);
             }
             else
             {
                 if (string.IsNullOrEmpty(d.Path)) throw new VmException("a disk needs a Path or a Base image");
                 d.Path = Full(d.Path);
-                if (!File.Exists(d.Path)) throw new VmException($"disk image {d.Path} does not exist: create it first (qemu-img create) or fix the path");
+                if (!File.Exists(d.Path)) throw new VmException(
+                    $"disk image {d.Path} does not exist: create it first (qemu-img create) or fix the path");
                 CheckImage(d.Path, d.CdRom ? DiskFormat.Raw : d.Format);
             }
-            if (d.CdRom && c.Boot == BootMode.Direct) throw new VmException("CD-ROM images need a firmware boot (Bios or Uefi)");
+            if (d.CdRom && c.Boot == BootMode.Direct) throw new VmException(
+                "CD-ROM images need a firmware boot (Bios or Uefi)");
         }
     }
 
-    /// <summary>Checks that an image opens and is consistent (a corrupt qcow2 is refused here, before QEMU sees it).</summary>
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> s_checkedImages = new(StringComparer.Ordinal);
+    /// <summary>Checks that an image opens and is consistent (a corrupt qcow2 is refused here, before QEMU sees
+    /// it).</summary>
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string,
+        string> s_checkedImages = new(StringComparer.Ordinal);
 
     static string ImageKey(string path)
     {
@@ -207,19 +227,28 @@ public sealed partial class Vm : IVm
     {
         // Read-only base images are shared by many VMs: a verdict stays valid while the file is unchanged.
         var key = ImageKey(path);
-        if (s_checkedImages.TryGetValue(key, out var known) && (declared != DiskFormat.Qcow2 || known == "qcow2")) return;
+        if (s_checkedImages.TryGetValue(key, out var known)
+            && (declared != DiskFormat.Qcow2 || known == "qcow2")) return;
         string info;
         try { info = Tools.Run(Tools.QemuImg, ["info", "--output=json", path], "check"); }
-        catch (VmException e) { throw new VmException($"disk image {path} cannot be opened ({e.Message.Replace("check: ", "", StringComparison.Ordinal)}): it is corrupt or not a disk image"); }
+        catch (VmException e) { throw new VmException(
+            $"disk image {path} cannot be opened ({e.Message.Replace("check: ", "", StringComparison.Ordinal)}): it " +
+            "is corrupt or not a disk image"); }
         var fmt = JsonNode.Parse(info)?["format"]?.GetValue<string>();
         if (declared == DiskFormat.Qcow2 && fmt != "qcow2")
-            throw new VmException($"disk image {path} is {fmt}, not qcow2: set its format to Raw or convert it (qemu-img convert -O qcow2)");
+            throw new VmException($"disk image {path} is {fmt}, not qcow2: set its format to Raw or convert it " +
+                "(qemu-img convert -O qcow2)");
         if (fmt == "qcow2")
         {
             try { Tools.Run(Tools.QemuImg, ["check", "-q", path], "check"); }
-            catch (VmException e) { throw new VmException($"disk image {path} is a corrupt qcow2 ({e.Message.Replace("check: ", "", StringComparison.Ordinal)}): repair it with qemu-img check -r all or use another image"); }
+            catch (VmException e) { throw new VmException(
+                $"disk image {path} is a corrupt qcow2 " +
+                $"({e.Message.Replace("check: ", "", StringComparison.Ordinal)}): repair it with qemu-img check -r " +
+                "all or use another image"); }
         }
-        var ro = !OperatingSystem.IsLinux() || (File.GetUnixFileMode(path) & (UnixFileMode.UserWrite | UnixFileMode.GroupWrite | UnixFileMode.OtherWrite)) == 0;
+        var ro = !OperatingSystem.IsLinux() || (
+            File.GetUnixFileMode(path) & (UnixFileMode.UserWrite | UnixFileMode.GroupWrite | UnixFileMode.OtherWrite))
+            == 0;
         if (ro && fmt is not null) s_checkedImages[key] = fmt;
     }
 
@@ -258,7 +287,9 @@ public sealed partial class Vm : IVm
         var p = Path.Combine(_dir, StateFiles.Record);
         try
         {
-            File.WriteAllText(p + ".tmp", JsonSerializer.Serialize(new VmRecord { State = state, Reason = reason, When = DateTimeOffset.UtcNow }, VmJson.Default.VmRecord));
+            File.WriteAllText(p + ".tmp", JsonSerializer.Serialize(
+                new VmRecord { State = state, Reason = reason, When = DateTimeOffset.UtcNow },
+                VmJson.Default.VmRecord));
             File.Move(p + ".tmp", p, overwrite: true);
         }
         catch (IOException) { }
@@ -271,7 +302,8 @@ public sealed partial class Vm : IVm
         get
         {
             var p = Path.Combine(_dir, StateFiles.Record);
-            try { return File.Exists(p) ? JsonSerializer.Deserialize(File.ReadAllText(p), VmJson.Default.VmRecord) : null; }
+            try { return File.Exists(p) ? JsonSerializer.Deserialize(File.ReadAllText(p), VmJson.Default.VmRecord)
+                : null; }
             catch (Exception e) when (e is IOException or JsonException) { return null; }
         }
     }
@@ -302,7 +334,8 @@ public sealed partial class Vm : IVm
         else
         {
             foreach (var d in Config.Disks.Where(d => d.Owned)) Tools.TryDelete(d.Path);
-            foreach (var f in new[] { StateFiles.Config, StateFiles.Record, StateFiles.ConsoleLog, StateFiles.ConsoleLog + ".1", StateFiles.QemuLog, StateFiles.OvmfVars })
+            foreach (var f in new[] { StateFiles.Config, StateFiles.Record, StateFiles.ConsoleLog,
+                StateFiles.ConsoleLog + ".1", StateFiles.QemuLog, StateFiles.OvmfVars })
                 Tools.TryDelete(Path.Combine(_dir, f));
         }
     }

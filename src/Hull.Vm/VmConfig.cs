@@ -123,12 +123,14 @@ public sealed record VmSnapshot(string Name, SnapshotKind Kind, long VmStateByte
 public enum SnapshotKind { Disk, Full }
 
 /// <summary>The result of a live migration.</summary>
-/// <summary>What one side of a live migration measured: QEMU's total time, the guest's downtime, bytes sent (RAM + disks).</summary>
+/// <summary>What one side of a live migration measured: QEMU's total time, the guest's downtime, bytes sent (RAM +
+/// disks).</summary>
 public sealed record VmMigrationStats(TimeSpan Total, TimeSpan Downtime, long TransferredBytes);
 
 public sealed record MigrationResult(TimeSpan Total, TimeSpan Downtime, long TransferredBytes, Vm Destination);
 
-[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(VmConfig))]
 [JsonSerializable(typeof(VmRecord))]
 [JsonSerializable(typeof(AccelVerdict))]

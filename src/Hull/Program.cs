@@ -15,7 +15,8 @@ public static class Program
     {
         var name = Path.GetFileName(Environment.GetCommandLineArgs()[0]);
         if (name == "hull-oci") return Oci.Cli.OciMain.Run(args);
-        if (args is ["init"] && Environment.GetEnvironmentVariable(ContainerInit.SyncFdVariable) is not null) return ContainerInit.Main();
+        if (args is ["init"] && Environment.GetEnvironmentVariable(
+            ContainerInit.SyncFdVariable) is not null) return ContainerInit.Main();
         if (args.Length > 0 && args[0] == "oci") return Oci.Cli.OciMain.Run(args[1..]);
         return Hull.Cli.CliApp.RunAsync(args).GetAwaiter().GetResult();
     }

@@ -20,18 +20,22 @@ public sealed partial class AgentHarness : IAsyncDisposable
     public string Socket { get; }
     public string Dir => _dir.Path;
 
-    /// <summary>The agent command: HULL_AGENT (a built binary), else the JIT build run as "dotnet hull-agent.dll".</summary>
+    /// <summary>The agent command: HULL_AGENT (a built binary), else the JIT build run as "dotnet
+    /// hull-agent.dll".</summary>
     public static string[] AgentCommand
     {
         get
         {
             if (Environment.GetEnvironmentVariable("HULL_AGENT") is { Length: > 0 } p) return [p];
             var config = AppContext.BaseDirectory.Contains("/bin/Debug/") ? "Debug" : "Release";
-            var dll = Path.Combine(Repo.Root, "src", "Hull.Agent", "bin", config, "net10.0", "linux-x64", "hull-agent.dll");
-            if (!File.Exists(dll)) throw new InvalidOperationException($"{dll} is missing: build src/Hull.Agent first (building this test project does)");
+            var dll = Path.Combine(Repo.Root, "src", "Hull.Agent", "bin", config, "net10.0", "linux-x64",
+                "hull-agent.dll");
+            if (!File.Exists(dll)) throw new InvalidOperationException(
+                $"{dll} is missing: build src/Hull.Agent first (building this test project does)");
             var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
             if (string.IsNullOrEmpty(dotnet))
-                dotnet = Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+                dotnet = Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet"
+                    ? Environment.ProcessPath! : "dotnet";
             return [dotnet, dll];
         }
     }
@@ -40,7 +44,8 @@ public sealed partial class AgentHarness : IAsyncDisposable
     {
         _dir = new TempDir("hull-agent");
         Socket = Path.Combine(_dir.Path, "agent.sock");
-        var psi = new ProcessStartInfo(command[0]) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(command[0]) { RedirectStandardError = true, RedirectStandardOutput = true,
+            UseShellExecute = false };
         foreach (var a in command[1..]) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add("--listen-unix");
         psi.ArgumentList.Add(Socket);
@@ -71,7 +76,8 @@ public sealed partial class AgentHarness : IAsyncDisposable
             {
                 var log = h.Log;
                 await h.DisposeAsync();
-                throw new InvalidOperationException($"the agent did not start listening on {h.Socket}; its output:\n{log}");
+                throw new InvalidOperationException(
+                    $"the agent did not start listening on {h.Socket}; its output:\n{log}");
             }
             await Task.Delay(20);
         }
@@ -110,7 +116,8 @@ public sealed partial class AgentHarness : IAsyncDisposable
                 SysKill(_proc.Id, 15);
                 try
                 {
-                    foreach (var child in File.ReadAllText($"/proc/{_proc.Id}/task/{_proc.Id}/children").Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                    foreach (var child in File.ReadAllText($"/proc/{_proc.Id}/task/{_proc.Id}/children").Split(' ',
+                        StringSplitOptions.RemoveEmptyEntries))
                         SysKill(int.Parse(child), 15);
                 }
                 catch (IOException) { }

@@ -6,7 +6,8 @@ using Xunit;
 
 namespace Hull.Agent.Tests;
 
-/// <summary>One agent process, one host connection, shared by the exec tests (which also run concurrently on it).</summary>
+/// <summary>One agent process, one host connection, shared by the exec tests (which also run concurrently on
+/// it).</summary>
 public sealed class AgentConnection : IAsyncLifetime
 {
     public AgentHarness Harness { get; private set; } = null!;
@@ -112,7 +113,8 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
     public async Task Passes_env_and_cwd()
     {
         using var dir = new TempDir("hull-agent-cwd");
-        var (r, o, _) = await Run(new ExecRequest { Argv = ["sh", "-c", "echo $FOO; pwd; echo $PATH"], Env = ["FOO=bar baz"], Cwd = dir.Path });
+        var (r, o, _) = await Run(new ExecRequest { Argv = ["sh", "-c", "echo $FOO; pwd; echo $PATH"],
+            Env = ["FOO=bar baz"], Cwd = dir.Path });
         Assert.Equal(0, r.ExitCode);
         var lines = o.Split('\n');
         Assert.Equal("bar baz", lines[0]);
@@ -129,7 +131,8 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
         await File.WriteAllBytesAsync(file, data);
         var o = new CaptureStream();
         var e = new CaptureStream();
-        var r = await Client.ExecAsync(new ExecRequest { Argv = ["sh", "-c", $"cat {file}; cat {file} >&2"] }, null, o, e);
+        var r = await Client.ExecAsync(new ExecRequest { Argv = ["sh", "-c", $"cat {file}; cat {file} >&2"] }, null, o,
+            e);
         Assert.Equal(0, r.ExitCode);
         Assert.Equal(SHA256.HashData(data), SHA256.HashData(o.Bytes));
         Assert.Equal(SHA256.HashData(data), SHA256.HashData(e.Bytes));
@@ -165,7 +168,8 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
                 Assert.Equal($"still-here-{i}\n", o);
             }
             Assert.Equal("file", (await Client.StatAsync("/etc/passwd")).Type);
-            // cat is held at a full pipe: what it wrote is bounded by the window, one chunk in hand and the pipe buffer,
+            // cat is held at a full pipe: what it wrote is bounded by the window, one chunk in hand and the pipe
+            // buffer,
             // not by how fast it can write (without flow control it would be gigabytes by now).
             var io = File.ReadAllLines($"/proc/{p.Pid}/io");
             var written = long.Parse(io.First(l => l.StartsWith("wchar:")).Split(':')[1].Trim());
@@ -185,7 +189,8 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
     public async Task Signals_a_running_exec()
     {
         var o = new CaptureStream();
-        await using var p = await Client.StartExecAsync(Sh("trap 'echo got-usr1; exit 3' USR1; echo ready; while :; do sleep 0.05; done"), null, o, null);
+        await using var p = await Client.StartExecAsync(
+            Sh("trap 'echo got-usr1; exit 3' USR1; echo ready; while :; do sleep 0.05; done"), null, o, null);
         Assert.True(p.Pid > 0);
         await o.WaitForAsync("ready");
         await p.SignalAsync(10);
@@ -216,11 +221,13 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
     [Fact]
     public async Task Reports_a_missing_command_clearly()
     {
-        var e = await Assert.ThrowsAsync<AgentOperationException>(() => Run(new ExecRequest { Argv = ["no-such-command-hull"] }));
+        var e = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Run(new ExecRequest { Argv = ["no-such-command-hull"] }));
         Assert.Contains("no-such-command-hull", e.Message);
         Assert.Contains("not found", e.Message);
         Assert.Equal(2, e.Errno);
-        var e2 = await Assert.ThrowsAsync<AgentOperationException>(() => Run(new ExecRequest { Argv = ["true"], Cwd = "/no/such/dir" }));
+        var e2 = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Run(new ExecRequest { Argv = ["true"], Cwd = "/no/such/dir" }));
         Assert.Contains("/no/such/dir", e2.Message);
     }
 
@@ -228,7 +235,9 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
     public async Task Runs_as_another_user_and_group()
     {
         Requires.Root();
-        var (r, o, e) = await Run(new ExecRequest { Argv = ["sh", "-c", "id -u; id -g; id -G; cat /proc/self/status | grep -E '^(Uid|Gid|SigIgn)'"], Uid = 65534, Gid = 65534, Groups = [65534, 100] });
+        var (r, o, e) = await Run(new ExecRequest { Argv =
+            ["sh", "-c", "id -u; id -g; id -G; cat /proc/self/status | grep -E '^(Uid|Gid|SigIgn)'"], Uid = 65534,
+            Gid = 65534, Groups = [65534, 100] });
         Assert.True(r.ExitCode == 0, e);
         var lines = o.Split('\n');
         Assert.Equal("65534", lines[0]);
@@ -245,7 +254,9 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
         var o = new CaptureStream();
         var stdin = new FeedStream();
         await using var p = await Client.StartExecAsync(
-            new ExecRequest { Argv = ["sh", "-c", "test -t 0 && test -t 1 && test -t 2 && echo is-a-tty; stty size; read x; stty size; echo err-on-tty >&2"], Tty = true, Rows = 33, Cols = 101 },
+            new ExecRequest { Argv = ["sh", "-c",
+                "test -t 0 && test -t 1 && test -t 2 && echo is-a-tty; stty size; read x; stty size; echo err-on-tty " +
+                ">&2"], Tty = true, Rows = 33, Cols = 101 },
             stdin, o, null);
         await o.WaitForAsync("33 101");
         Assert.Contains("is-a-tty", o.Text);
@@ -264,7 +275,9 @@ public class ExecTests(AgentConnection conn) : IClassFixture<AgentConnection>
         var stdin = new FeedStream();
         stdin.Feed("hello\n");
         stdin.End();
-        await using var p = await Client.StartExecAsync(new ExecRequest { Argv = ["sh", "-c", "cat; echo eof-seen; tty; ps -o tty= -p $$"], Tty = true }, stdin, o, null);
+        await using var p = await Client.StartExecAsync(
+            new ExecRequest { Argv = ["sh", "-c", "cat; echo eof-seen; tty; ps -o tty= -p $$"], Tty = true }, stdin, o,
+            null);
         var r = await p.WaitAsync();
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("hello", o.Text);
@@ -286,12 +299,14 @@ sealed class StallingStream(Task gate) : Stream
         await gate;
     }
 
-    public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+    public override void Write(byte[] buffer, int offset, int count) =>
+        WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
     public override bool CanRead => false;
     public override bool CanSeek => false;
     public override bool CanWrite => true;
     public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override long Position { get => throw new NotSupportedException(); set =>
+        throw new NotSupportedException(); }
     public override void Flush() { }
     public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();

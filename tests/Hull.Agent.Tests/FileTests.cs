@@ -15,12 +15,14 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         using var dir = new TempDir("hull-agent-files");
         var data = RandomNumberGenerator.GetBytes(20 * 1024 * 1024 + 123);
         var path = Path.Combine(dir.Path, "a", "b", "blob.bin");
-        var stat = await Client.PushFileAsync(new PushRequest { Path = path, Mode = 0b110_100_000, MakeParents = true }, new MemoryStream(data));
+        var stat = await Client.PushFileAsync(new PushRequest { Path = path, Mode = 0b110_100_000, MakeParents = true },
+            new MemoryStream(data));
         Assert.Equal(data.Length, stat.Size);
         Assert.Equal("file", stat.Type);
         Assert.Equal(0b110_100_000u, stat.Mode);
         Assert.Equal(SHA256.HashData(data), SHA256.HashData(await File.ReadAllBytesAsync(path)));
-        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead, File.GetUnixFileMode(path));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead,
+            File.GetUnixFileMode(path));
         Assert.Single(Directory.GetFiles(Path.GetDirectoryName(path)!)); // no temporary file left behind
 
         var back = new MemoryStream();
@@ -39,7 +41,8 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         Assert.Equal("new", await File.ReadAllTextAsync(path));
 
         // A content stream that fails half way: the push is abandoned, the old file stays, no temporary file remains.
-        await Assert.ThrowsAnyAsync<Exception>(() => Client.PushFileAsync(new PushRequest { Path = path }, new FailingStream(100_000)));
+        await Assert.ThrowsAnyAsync<Exception>(() =>
+            Client.PushFileAsync(new PushRequest { Path = path }, new FailingStream(100_000)));
         Assert.Equal("new", await File.ReadAllTextAsync(path));
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (Directory.GetFiles(dir.Path).Length != 1 && DateTime.UtcNow < deadline) await Task.Delay(20);
@@ -52,7 +55,8 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         Requires.Root();
         using var dir = new TempDir("hull-agent-files");
         var path = Path.Combine(dir.Path, "tool");
-        var stat = await Client.PushFileAsync(new PushRequest { Path = path, Mode = 0b100_111_101_101, Uid = 1234, Gid = 2345 }, new MemoryStream([1, 2, 3]));
+        var stat = await Client.PushFileAsync(new PushRequest { Path = path, Mode = 0b100_111_101_101, Uid = 1234,
+            Gid = 2345 }, new MemoryStream([1, 2, 3]));
         Assert.Equal(1234u, stat.Uid);
         Assert.Equal(2345u, stat.Gid);
         Assert.Equal(0b100_111_101_101u, stat.Mode); // setuid survives the chown
@@ -63,7 +67,8 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
     [Fact]
     public async Task Pulling_a_missing_file_says_so_with_the_errno()
     {
-        var e = await Assert.ThrowsAsync<AgentOperationException>(() => Client.PullFileAsync("/no/such/file-hull", new MemoryStream()));
+        var e = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.PullFileAsync("/no/such/file-hull", new MemoryStream()));
         Assert.Equal(2, e.Errno);
         Assert.Equal("ENOENT", e.ErrnoName);
         Assert.Contains("/no/such/file-hull", e.Message);
@@ -75,7 +80,8 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
     [Fact]
     public async Task Pulling_a_directory_is_refused()
     {
-        var e = await Assert.ThrowsAsync<AgentOperationException>(() => Client.PullFileAsync("/tmp", new MemoryStream()));
+        var e = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.PullFileAsync("/tmp", new MemoryStream()));
         Assert.Equal("EISDIR", e.ErrnoName);
     }
 
@@ -84,10 +90,12 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
     {
         using var dir = new TempDir("hull-agent-files");
         var e = await Assert.ThrowsAsync<AgentOperationException>(() =>
-            Client.PushFileAsync(new PushRequest { Path = Path.Combine(dir.Path, "nope", "f") }, new MemoryStream([1])));
+            Client.PushFileAsync(new PushRequest { Path = Path.Combine(dir.Path, "nope", "f") },
+                new MemoryStream([1])));
         Assert.Contains("does not exist", e.Message);
         Assert.Contains("parent", e.Message);
-        await Assert.ThrowsAsync<ArgumentException>(() => Client.PushFileAsync(new PushRequest { Path = "relative/f" }, new MemoryStream([1])));
+        await Assert.ThrowsAsync<ArgumentException>(() =>
+            Client.PushFileAsync(new PushRequest { Path = "relative/f" }, new MemoryStream([1])));
     }
 
     [Fact]
@@ -99,8 +107,10 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         Assert.Equal("directory", made.Type);
         Assert.Equal(0b111_000_000u, made.Mode);
         Assert.True(Directory.Exists(deep));
-        await Client.MkdirAsync(new MkdirRequest { Path = deep, Parents = true }); // mkdir -p of an existing directory is fine
-        var e = await Assert.ThrowsAsync<AgentOperationException>(() => Client.MkdirAsync(new MkdirRequest { Path = deep }));
+        // mkdir -p of an existing directory is fine
+        await Client.MkdirAsync(new MkdirRequest { Path = deep, Parents = true });
+        var e = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.MkdirAsync(new MkdirRequest { Path = deep }));
         Assert.Equal("EEXIST", e.ErrnoName);
 
         File.WriteAllText(Path.Combine(deep, "f"), "x");
@@ -111,13 +121,15 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         var f = await Client.StatAsync(Path.Combine(deep, "f"));
         Assert.Equal(1, f.Size);
 
-        var notEmpty = await Assert.ThrowsAsync<AgentOperationException>(() => Client.RemoveAsync(Path.Combine(dir.Path, "x")));
+        var notEmpty = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.RemoveAsync(Path.Combine(dir.Path, "x")));
         Assert.Equal("ENOTEMPTY", notEmpty.ErrnoName);
         await Client.RemoveAsync(Path.Combine(dir.Path, "link"));
         Assert.True(Directory.Exists(Path.Combine(dir.Path, "x", "y"))); // removing a link leaves its target
         await Client.RemoveAsync(Path.Combine(dir.Path, "x"), recursive: true);
         Assert.False(Directory.Exists(Path.Combine(dir.Path, "x")));
-        var gone = await Assert.ThrowsAsync<AgentOperationException>(() => Client.StatAsync(Path.Combine(dir.Path, "x")));
+        var gone = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.StatAsync(Path.Combine(dir.Path, "x")));
         Assert.Equal("ENOENT", gone.ErrnoName);
     }
 
@@ -132,7 +144,8 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         File.CreateSymbolicLink(Path.Combine(dir.Path, "link"), "sub");
         var list = await Client.ListAsync(dir.Path);
         Assert.Equal(names.Count + 2, list.Count);
-        Assert.Equal([.. names, "link", "sub"], list.Select(e => Path.GetFileName(e.Path)).Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal([.. names, "link", "sub"],
+            list.Select(e => Path.GetFileName(e.Path)).Order(StringComparer.Ordinal).ToArray());
         Assert.All(list.Where(e => e.Type == "file"), e => Assert.Equal(4, e.Size));
         var link = list.Single(e => e.Path.EndsWith("/link", StringComparison.Ordinal));
         Assert.Equal("symlink", link.Type);
@@ -140,9 +153,11 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
         Assert.Equal("directory", list.Single(e => e.Path.EndsWith("/sub", StringComparison.Ordinal)).Type);
         Assert.Empty(await Client.ListAsync(Path.Combine(dir.Path, "sub")));
 
-        var notDir = await Assert.ThrowsAsync<AgentOperationException>(() => Client.ListAsync(Path.Combine(dir.Path, names[0])));
+        var notDir = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.ListAsync(Path.Combine(dir.Path, names[0])));
         Assert.Equal("ENOTDIR", notDir.ErrnoName);
-        var missing = await Assert.ThrowsAsync<AgentOperationException>(() => Client.ListAsync(Path.Combine(dir.Path, "nope")));
+        var missing = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            Client.ListAsync(Path.Combine(dir.Path, "nope")));
         Assert.Equal("ENOENT", missing.ErrnoName);
     }
 
@@ -151,7 +166,8 @@ public class FileTests(AgentConnection conn) : IClassFixture<AgentConnection>
     {
         using var dir = new TempDir("hull-agent-files");
         var blobs = Enumerable.Range(0, 6).Select(_ => RandomNumberGenerator.GetBytes(3 * 1024 * 1024)).ToArray();
-        await Task.WhenAll(blobs.Select((b, i) => Client.PushFileAsync(new PushRequest { Path = Path.Combine(dir.Path, $"f{i}") }, new MemoryStream(b))));
+        await Task.WhenAll(blobs.Select((b, i) =>
+            Client.PushFileAsync(new PushRequest { Path = Path.Combine(dir.Path, $"f{i}") }, new MemoryStream(b))));
         var outs = blobs.Select(_ => new MemoryStream()).ToArray();
         await Task.WhenAll(blobs.Select((_, i) => Client.PullFileAsync(Path.Combine(dir.Path, $"f{i}"), outs[i])));
         for (var i = 0; i < blobs.Length; i++) Assert.Equal(blobs[i], outs[i].ToArray());
@@ -174,7 +190,8 @@ sealed class FailingStream(int failAfter) : Stream
     public override bool CanSeek => false;
     public override bool CanWrite => false;
     public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override long Position { get => throw new NotSupportedException(); set =>
+        throw new NotSupportedException(); }
     public override void Flush() { }
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
     public override void SetLength(long value) => throw new NotSupportedException();

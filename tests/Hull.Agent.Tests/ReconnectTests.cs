@@ -7,7 +7,8 @@ using Xunit;
 
 namespace Hull.Agent.Tests;
 
-/// <summary>The host drops the channel and comes back (daemon restart, migration): the agent resyncs and goes on.</summary>
+/// <summary>The host drops the channel and comes back (daemon restart, migration): the agent resyncs and goes
+/// on.</summary>
 public class ReconnectTests
 {
     static async Task WaitGone(int pid)
@@ -25,7 +26,8 @@ public class ReconnectTests
         await using (var first = await h.ConnectAsync())
         {
             var o = new CaptureStream();
-            var p = await first.StartExecAsync(new ExecRequest { Argv = ["sh", "-c", "echo started; exec sleep 1000"] }, new FeedStream(), o, null);
+            var p = await first.StartExecAsync(new ExecRequest { Argv = ["sh", "-c", "echo started; exec sleep 1000"] },
+                new FeedStream(), o, null);
             pid = p.Pid;
             await o.WaitForAsync("started");
             Assert.True(Directory.Exists($"/proc/{pid}"));
@@ -51,7 +53,8 @@ public class ReconnectTests
             src.Feed(new string('x', 100_000));
             var push = first.PushFileAsync(new PushRequest { Path = target }, src);
             var deadline = DateTime.UtcNow.AddSeconds(30);
-            while (!Directory.GetFiles(h.Dir).Any(f => f.Contains(".pushed.hull-push-")) && DateTime.UtcNow < deadline) await Task.Delay(20);
+            while (!Directory.GetFiles(h.Dir).Any(f => f.Contains(".pushed.hull-push-"))
+                && DateTime.UtcNow < deadline) await Task.Delay(20);
             Assert.Contains(Directory.GetFiles(h.Dir), f => f.Contains(".pushed.hull-push-"));
             await first.DisposeAsync();
             await Assert.ThrowsAnyAsync<Exception>(() => push);
@@ -72,7 +75,9 @@ public class ReconnectTests
         var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         await s.ConnectAsync(new UnixDomainSocketEndPoint(h.Socket));
         var stream = new NetworkStream(s, ownsSocket: true);
-        var torn = Wire.Encode(FrameType.ExecStart, 0, 7, AgentJson.Encode(new ExecRequest { Argv = ["touch", Path.Combine(h.Dir, "must-not-exist")] }, AgentJson.Default.ExecRequest));
+        var torn = Wire.Encode(FrameType.ExecStart, 0, 7,
+            AgentJson.Encode(new ExecRequest { Argv = ["touch", Path.Combine(h.Dir, "must-not-exist")] },
+            AgentJson.Default.ExecRequest));
         await stream.WriteAsync(RandomNumberGenerator.GetBytes(5000));
         await stream.WriteAsync(torn.AsMemory(0, torn.Length / 2));
         await stream.WriteAsync(Wire.Sync.ToArray().AsMemory(0, 7)); // a partial sync sequence, too
@@ -95,10 +100,13 @@ public class ReconnectTests
         listener.Listen(1);
         await using var client = await AgentClient.ConnectUnixAsync(path);
         using var peer = await listener.AcceptAsync();
-        var e = await Assert.ThrowsAsync<AgentUnavailableException>(() => client.WaitReadyAsync(TimeSpan.FromSeconds(2)));
-        Assert.Equal("the Hull agent in the guest did not answer within 2 s: is the guest booted and the agent in its image? see the VM console log", e.Message);
+        var e = await Assert.ThrowsAsync<AgentUnavailableException>(() =>
+            client.WaitReadyAsync(TimeSpan.FromSeconds(2)));
+        Assert.Equal("the Hull agent in the guest did not answer within 2 s: is the guest booted and the agent in " +
+            "its image? see the VM console log", e.Message);
         // And nothing listening at all:
-        var e2 = await Assert.ThrowsAsync<AgentUnavailableException>(() => AgentClient.ConnectUnixAsync(Path.Combine(dir.Path, "none.sock")));
+        var e2 = await Assert.ThrowsAsync<AgentUnavailableException>(() =>
+            AgentClient.ConnectUnixAsync(Path.Combine(dir.Path, "none.sock")));
         Assert.Contains("none.sock", e2.Message);
     }
 
@@ -201,7 +209,8 @@ public class InitTests
     {
         Requires.Root();
         var unshare = Requires.Program("unshare");
-        await using var h = await AgentHarness.StartWithPrefixAsync([unshare, "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"]);
+        await using var h = await AgentHarness.StartWithPrefixAsync(
+            [unshare, "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"]);
         await using var c = await h.ConnectAsync();
         async Task<string> Sh(string script)
         {

@@ -9,7 +9,8 @@ namespace Hull.Cgroups.Tests;
 /// interpreter.</summary>
 public class DeviceFilterTests
 {
-    static DeviceCgroup R(bool allow, string? type = null, long? major = null, long? minor = null, string? access = null) =>
+    static DeviceCgroup R(bool allow, string? type = null, long? major = null, long? minor = null,
+        string? access = null) =>
         new() { Allow = allow, Type = type, Major = major, Minor = minor, Access = access };
 
     static readonly string[] Accesses = ["r", "w", "m", "rw", "rm", "wm", "rwm"];
@@ -26,14 +27,17 @@ public class DeviceFilterTests
                         var want = rules.IsAllowed(t, maj, min, acc);
                         var got = EbpfInterpreter.Allows(prog, t, maj, min, acc);
                         if (want != got)
-                            Assert.Fail($"{what}: {t} {maj}:{min} {acc}: v1 says {(want ? "allow" : "deny")}, program says {(got ? "allow" : "deny")}\nrules: {rules}\n{string.Join("\n", prog.Select((i, n) => $"{n,3}: {i}"))}");
+                            Assert.Fail($"{what}: {t} {maj}:{min} {acc}: v1 says {(want ? "allow" : "deny")}, " +
+                                $"program says {(got ? "allow" : "deny")}\nrules: " +
+                                $"{rules}\n{string.Join("\n", prog.Select((i, n) => $"{n,3}: {i}"))}");
                     }
     }
 
     [Fact]
     public void The_usual_container_allowlist()
     {
-        var rules = DeviceRuleSet.Compile([R(false), R(true, "c", 1, 3, "rwm"), R(true, "c", 1, 5, "r"), R(true, "c", 136, null, "rw"), R(true, "b", null, null, "m")]);
+        var rules = DeviceRuleSet.Compile([R(false), R(true, "c", 1, 3, "rwm"), R(true, "c", 1, 5, "r"),
+            R(true, "c", 136, null, "rw"), R(true, "b", null, null, "m")]);
         var prog = DeviceFilter.Build(rules);
         Assert.True(EbpfInterpreter.Allows(prog, 'c', 1, 3, "rw"));
         Assert.True(EbpfInterpreter.Allows(prog, 'c', 1, 5, "r"));
@@ -111,11 +115,14 @@ public class DeviceFilterTests
             for (var k = 0; k < count; k++)
             {
                 var access = new string("rwm".Where(_ => rng.Next(2) == 0).ToArray());
-                list.Add(R(rng.Next(3) != 0, types[rng.Next(3)], nums[rng.Next(nums.Length)], nums[rng.Next(nums.Length)],
+                list.Add(R(rng.Next(3) != 0, types[rng.Next(3)], nums[rng.Next(nums.Length)],
+                    nums[rng.Next(nums.Length)],
                     access.Length == 0 ? null : access));
             }
             var rules = DeviceRuleSet.Compile(list);
-            AssertSameAsV1(rules, $"list {n}: [{string.Join(", ", list.Select(d => $"{(d.Allow ? "allow" : "deny")} {d.Type ?? "a"} {d.Major?.ToString() ?? "*"}:{d.Minor?.ToString() ?? "*"} {d.Access ?? "rwm"}"))}]");
+            AssertSameAsV1(rules, $"list {n}: " +
+                $"[{string.Join(", ", list.Select(d => $"{(d.Allow ? "allow" : "deny")} {d.Type ?? "a"} " +
+                    $"{d.Major?.ToString() ?? "*"}:{d.Minor?.ToString() ?? "*"} {d.Access ?? "rwm"}"))}]");
         }
     }
 

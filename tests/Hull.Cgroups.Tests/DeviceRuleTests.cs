@@ -6,13 +6,15 @@ namespace Hull.Cgroups.Tests;
 
 public class DeviceRuleTests
 {
-    static DeviceCgroup R(bool allow, string? type = null, long? major = null, long? minor = null, string? access = null) =>
+    static DeviceCgroup R(bool allow, string? type = null, long? major = null, long? minor = null,
+        string? access = null) =>
         new() { Allow = allow, Type = type, Major = major, Minor = minor, Access = access };
 
     [Fact]
     public void Deny_all_then_allow_some_gives_an_allowlist()
     {
-        var s = DeviceRuleSet.Compile([R(false), R(true, "c", 1, 3, "rwm"), R(true, "c", 1, 5, "r"), R(true, "c", 1, 5, "w"), R(true, "c", 136, null, "rw")]);
+        var s = DeviceRuleSet.Compile([R(false), R(true, "c", 1, 3, "rwm"), R(true, "c", 1, 5, "r"),
+            R(true, "c", 1, 5, "w"), R(true, "c", 136, null, "rw")]);
         Assert.False(s.DefaultAllow);
         Assert.Equal(["c 1:3 rwm", "c 1:5 rw", "c 136:* rw"], s.Exceptions.Select(e => e.ToV1()));
         Assert.True(s.IsAllowed('c', 1, 3, "rw"));

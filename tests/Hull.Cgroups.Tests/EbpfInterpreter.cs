@@ -12,7 +12,8 @@ static class EbpfInterpreter
 {
     const ulong CtxMarker = 0xC7C7_0000_0000_0000;
 
-    /// <summary>Runs the program on a struct bpf_cgroup_dev_ctx; returns r0 and the number of instructions run.</summary>
+    /// <summary>Runs the program on a struct bpf_cgroup_dev_ctx; returns r0 and the number of instructions
+    /// run.</summary>
     public static (ulong R0, int Steps) Run(BpfInsn[] prog, uint accessType, uint major, uint minor)
     {
         var ctx = new uint[] { accessType, major, minor };
@@ -29,14 +30,19 @@ static class EbpfInterpreter
             int cls = i.Code & 0x07, op = i.Code & 0xf0;
             var x = (i.Code & BpfOp.X) != 0;
             if (i.Dst > 10 || i.Src > 10) throw new InvalidOperationException($"bad register in {i}");
-            ulong Src() { if (!init[i.Src]) throw new InvalidOperationException($"r{i.Src} read before write at {pc - 1}"); return r[i.Src]; }
-            ulong Dst() { if (!init[i.Dst]) throw new InvalidOperationException($"r{i.Dst} read before write at {pc - 1}"); return r[i.Dst]; }
+            ulong Src() { if (!init[i.Src]) throw new InvalidOperationException(
+                $"r{i.Src} read before write at {pc - 1}"); return r[i.Src]; }
+            ulong Dst() { if (!init[i.Dst]) throw new InvalidOperationException(
+                $"r{i.Dst} read before write at {pc - 1}"); return r[i.Dst]; }
             switch (cls)
             {
                 case BpfOp.LDX:
-                    if (i.Code != (BpfOp.LDX | BpfOp.MEM | BpfOp.W)) throw new InvalidOperationException($"unsupported load {i}");
-                    if (Src() != CtxMarker) throw new InvalidOperationException($"load from a non-context pointer at {pc - 1}");
-                    if (i.Off is < 0 or > 8 || i.Off % 4 != 0) throw new InvalidOperationException($"context access at offset {i.Off}");
+                    if (i.Code != (BpfOp.LDX | BpfOp.MEM | BpfOp.W)) throw new InvalidOperationException(
+                        $"unsupported load {i}");
+                    if (Src() != CtxMarker) throw new InvalidOperationException(
+                        $"load from a non-context pointer at {pc - 1}");
+                    if (i.Off is < 0 or > 8 || i.Off % 4 != 0) throw new InvalidOperationException(
+                        $"context access at offset {i.Off}");
                     if (i.Dst == 10) throw new InvalidOperationException("write to r10");
                     r[i.Dst] = ctx[i.Off / 4]; init[i.Dst] = true;
                     break;
@@ -47,7 +53,8 @@ static class EbpfInterpreter
                     ulong b = x ? Src() : (ulong)(long)i.Imm;
                     ulong a = op == BpfOp.MOV ? 0 : Dst();
                     if (w) { a = (uint)a; b = (uint)b; }
-                    if (r[i.Dst] == CtxMarker && op != BpfOp.MOV) throw new InvalidOperationException("arithmetic on the context pointer");
+                    if (r[i.Dst] == CtxMarker && op != BpfOp.MOV) throw new InvalidOperationException(
+                        "arithmetic on the context pointer");
                     ulong v = op switch
                     {
                         BpfOp.MOV => b, BpfOp.AND => a & b, BpfOp.OR => a | b,

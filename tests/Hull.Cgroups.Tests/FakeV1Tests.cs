@@ -12,7 +12,8 @@ public class FakeV1Tests
     {
         public readonly FakeTree T = new();
         public readonly ICgroup Cg;
-        static readonly string[] Hierarchies = ["memory", "cpu,cpuacct", "cpuset", "blkio", "devices", "net_cls", "net_prio", "rdma", "hugetlb", "freezer", "pids"];
+        static readonly string[] Hierarchies = ["memory", "cpu,cpuacct", "cpuset", "blkio", "devices", "net_cls",
+            "net_prio", "rdma", "hugetlb", "freezer", "pids"];
 
         public V1Tree()
         {
@@ -57,7 +58,8 @@ public class FakeV1Tests
     {
         using var t = new FakeTree();
         Directory.CreateDirectory(t.Path("memory"));
-        var layout = CgroupLayoutInfo.ForV1(new Dictionary<string, string> { ["memory"] = t.Path("memory"), ["pids"] = t.Path("gone") });
+        var layout = CgroupLayoutInfo.ForV1(new Dictionary<string,
+            string> { ["memory"] = t.Path("memory"), ["pids"] = t.Path("gone") });
         var cg = Cgroup.Open("/hull/c", "c", layout);
         var e = Assert.Throws<CgroupException>(() => cg.Create());
         Assert.Contains("is not there", e.Message);
@@ -78,7 +80,9 @@ public class FakeV1Tests
         v.T.Writes.Clear();
         v.Cg.Apply(new Resources
         {
-            Network = new Network { ClassId = 0x100001, Priorities = [new InterfacePriority { Name = "eth0", Priority = 5 }, new InterfacePriority { Name = "lo", Priority = 1 }] },
+            Network = new Network { ClassId = 0x100001,
+                Priorities = [new InterfacePriority { Name = "eth0", Priority = 5 },
+                new InterfacePriority { Name = "lo", Priority = 1 }] },
             Rdma = new() { ["mlx4_0"] = new Rdma { HcaHandles = 2, HcaObjects = 2000 } },
             HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 1 << 22 }],
             BlockIo = new BlockIo
@@ -107,12 +111,14 @@ public class FakeV1Tests
     {
         using var v = new V1Tree();
         v.Cg.Create();
-        v.Files("memory", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes", "memory.swappiness", "memory.oom_control");
+        v.Files("memory", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes",
+            "memory.swappiness", "memory.oom_control");
         v.Cg.Apply(new Resources());
         v.T.Set("memory/hull/c/memory.memsw.limit_in_bytes", "9223372036854771712\n");
         v.T.Writes.Clear();
         // Shrinking from unlimited: the limit first, then memory+swap.
-        v.Cg.Apply(new Resources { Memory = new Memory { Limit = 100, Swap = 200, Swappiness = 0, DisableOomKiller = true } });
+        v.Cg.Apply(new Resources { Memory = new Memory { Limit = 100, Swap = 200, Swappiness = 0,
+            DisableOomKiller = true } });
         Assert.Equal(
         [
             ("memory/hull/c/memory.limit_in_bytes", "100"), ("memory/hull/c/memory.memsw.limit_in_bytes", "200"),
@@ -121,10 +127,12 @@ public class FakeV1Tests
         // Growing: memory+swap first.
         v.T.Writes.Clear();
         v.Cg.Apply(new Resources { Memory = new Memory { Limit = 300, Swap = 600 } });
-        Assert.Equal([("memory/hull/c/memory.memsw.limit_in_bytes", "600"), ("memory/hull/c/memory.limit_in_bytes", "300")], v.T.Writes);
+        Assert.Equal([("memory/hull/c/memory.memsw.limit_in_bytes", "600"),
+            ("memory/hull/c/memory.limit_in_bytes", "300")], v.T.Writes);
         v.T.Writes.Clear();
         v.Cg.Apply(new Resources { Memory = new Memory { Limit = -1, Swap = -1 } });
-        Assert.Equal([("memory/hull/c/memory.memsw.limit_in_bytes", "-1"), ("memory/hull/c/memory.limit_in_bytes", "-1")], v.T.Writes);
+        Assert.Equal([("memory/hull/c/memory.memsw.limit_in_bytes", "-1"),
+            ("memory/hull/c/memory.limit_in_bytes", "-1")], v.T.Writes);
     }
 
     [Fact]
@@ -134,7 +142,8 @@ public class FakeV1Tests
         v.Cg.Create();
         v.Files("memory", "memory.limit_in_bytes");
         v.Cg.Apply(new Resources());
-        var e = Assert.Throws<CgroupException>(() => v.Cg.Apply(new Resources { Memory = new Memory { Limit = 100, Swap = 200 } }));
+        var e = Assert.Throws<CgroupException>(() =>
+            v.Cg.Apply(new Resources { Memory = new Memory { Limit = 100, Swap = 200 } }));
         Assert.Contains("swapaccount=1", e.Message);
         v.Cg.Apply(new Resources { Memory = new Memory { Limit = 100, Swap = -1 } });   // nothing to enforce: fine
     }
@@ -148,9 +157,12 @@ public class FakeV1Tests
         v.T.Writes.Clear();
         v.Cg.Apply(new Resources
         {
-            Devices = [new DeviceCgroup { Allow = false }, new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 3, Access = "rw" }, new DeviceCgroup { Allow = true, Type = "b", Access = "m" }],
+            Devices = [new DeviceCgroup { Allow = false },
+                new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 3, Access = "rw" },
+                new DeviceCgroup { Allow = true, Type = "b", Access = "m" }],
         });
-        Assert.Equal([("devices/hull/c/devices.deny", "a"), ("devices/hull/c/devices.allow", "c 1:3 rw"), ("devices/hull/c/devices.allow", "b *:* m")], v.T.Writes);
+        Assert.Equal([("devices/hull/c/devices.deny", "a"), ("devices/hull/c/devices.allow", "c 1:3 rw"),
+            ("devices/hull/c/devices.allow", "b *:* m")], v.T.Writes);
     }
 
     [Fact]
@@ -163,13 +175,16 @@ public class FakeV1Tests
         v.T.Writes.Clear();
         var e = Assert.Throws<CgroupException>(() => v.Cg.Apply(new Resources
         {
-            Devices = [new DeviceCgroup { Allow = false }, new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 3, Access = "rw" }, new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 9 }],
+            Devices = [new DeviceCgroup { Allow = false },
+                new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 3, Access = "rw" },
+                new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 9 }],
         }));
         // The fake devices.list does not change, so the read-back check fails — after the right writes.
         Assert.Contains("devices.list does not show", e.Message);
         Assert.Equal(
         [
-            ("devices/hull/c/devices.deny", "c 1:3 m"), ("devices/hull/c/devices.deny", "c 1:5 rwm"), ("devices/hull/c/devices.allow", "c 1:9 rwm"),
+            ("devices/hull/c/devices.deny", "c 1:3 m"), ("devices/hull/c/devices.deny", "c 1:5 rwm"),
+            ("devices/hull/c/devices.allow", "c 1:9 rwm"),
         ], v.T.Writes);
     }
 }

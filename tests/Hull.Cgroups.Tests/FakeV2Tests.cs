@@ -48,9 +48,11 @@ public class FakeV2Tests
     {
         var (t, cg) = Made();
         using var _ = t;
-        cg.Apply(new Resources { Memory = new Memory { Limit = 256 << 20, Swap = 512 << 20, Reservation = 128 << 20, Kernel = 1 << 20, Swappiness = 10, DisableOomKiller = true } });
+        cg.Apply(new Resources { Memory = new Memory { Limit = 256 << 20, Swap = 512 << 20, Reservation = 128 << 20,
+            Kernel = 1 << 20, Swappiness = 10, DisableOomKiller = true } });
         Assert.Contains(("hull/c1/memory.max", (256 << 20).ToString()), t.Writes);
-        Assert.Contains(("hull/c1/memory.swap.max", (256 << 20).ToString()), t.Writes);   // swap only = (memory+swap) − memory
+        // swap only = (memory+swap) − memory
+        Assert.Contains(("hull/c1/memory.swap.max", (256 << 20).ToString()), t.Writes);
         Assert.Contains(("hull/c1/memory.low", (128 << 20).ToString()), t.Writes);
         Assert.Contains(cg.Warnings, w => w.Contains("memory.kernel"));
         Assert.Contains(cg.Warnings, w => w.Contains("swappiness"));
@@ -69,7 +71,8 @@ public class FakeV2Tests
     {
         var (t, cg) = Made();
         using var _ = t;
-        var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Memory = new Memory { Limit = 2 << 20, Swap = 1 << 20 } }));
+        var e = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Memory = new Memory { Limit = 2 << 20, Swap = 1 << 20 } }));
         Assert.Contains("≥ the limit", e.Message);
         e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Memory = new Memory { Swap = 1 << 20 } }));
         Assert.Contains("needs memory.limit", e.Message);
@@ -81,7 +84,8 @@ public class FakeV2Tests
         var (t, cg) = Made();
         using var _ = t;
         t.Set("hull/c1/cpu.max", "max 100000\n");
-        cg.Apply(new Resources { Cpu = new Cpu { Shares = 1024, Quota = 50000, Period = 100000, Burst = 1000, Idle = 1, Cpus = "0-1", Mems = "0" } });
+        cg.Apply(new Resources { Cpu = new Cpu { Shares = 1024, Quota = 50000, Period = 100000, Burst = 1000, Idle = 1,
+            Cpus = "0-1", Mems = "0" } });
         Assert.Equal(
         [
             ("hull/c1/cpu.weight", "39"), ("hull/c1/cpu.max", "50000 100000"), ("hull/c1/cpu.max.burst", "1000"),
@@ -107,14 +111,16 @@ public class FakeV2Tests
     [InlineData(1024UL, 39UL)]
     [InlineData(262144UL, 10000UL)]
     [InlineData(512UL, 20UL)]
-    public void Shares_map_onto_weight_like_runc(ulong shares, ulong weight) => Assert.Equal(weight, V2.V2Cpu.SharesToWeight(shares));
+    public void Shares_map_onto_weight_like_runc(ulong shares, ulong weight) =>
+        Assert.Equal(weight, V2.V2Cpu.SharesToWeight(shares));
 
     [Fact]
     public void Realtime_is_rejected_on_v2()
     {
         var (t, cg) = Made();
         using var _ = t;
-        var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Cpu = new Cpu { RealtimeRuntime = 950000 } }));
+        var e = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Cpu = new Cpu { RealtimeRuntime = 950000 } }));
         Assert.Contains("no realtime", e.Message);
     }
 
@@ -137,8 +143,10 @@ public class FakeV2Tests
         });
         Assert.Equal(
         [
-            ("hull/c1/io.weight", "default 4950"), ("hull/c1/io.weight", "8:0 1"), ("hull/c1/io.max", "8:0 rbps=1048576"),
-            ("hull/c1/io.max", "8:0 wbps=max"), ("hull/c1/io.max", "8:16 riops=100"), ("hull/c1/io.max", "8:16 wiops=200"),
+            ("hull/c1/io.weight", "default 4950"), ("hull/c1/io.weight", "8:0 1"),
+            ("hull/c1/io.max", "8:0 rbps=1048576"),
+            ("hull/c1/io.max", "8:0 wbps=max"), ("hull/c1/io.max", "8:16 riops=100"),
+            ("hull/c1/io.max", "8:16 wiops=200"),
         ], t.Writes);
         Assert.Contains(cg.Warnings, w => w.Contains("leafWeight"));
     }
@@ -149,7 +157,8 @@ public class FakeV2Tests
         var (t, cg) = Made();
         using var _ = t;
         t.Populate("hull/c1", ["io.bfq.weight"]);
-        cg.Apply(new Resources { BlockIo = new BlockIo { Weight = 500, WeightDevice = [new WeightDevice { Major = 8, Minor = 0, Weight = 100 }] } });
+        cg.Apply(new Resources { BlockIo = new BlockIo { Weight = 500,
+            WeightDevice = [new WeightDevice { Major = 8, Minor = 0, Weight = 100 }] } });
         Assert.Equal([("hull/c1/io.bfq.weight", "500"), ("hull/c1/io.bfq.weight", "8:0 100")], t.Writes);
     }
 
@@ -161,14 +170,17 @@ public class FakeV2Tests
         cg.Apply(new Resources
         {
             Pids = new Pids { Limit = 100 },
-            HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 4 << 21 }, new HugepageLimit { PageSize = "1GB", Limit = 0 }],
+            HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 4 << 21 },
+                new HugepageLimit { PageSize = "1GB", Limit = 0 }],
             Rdma = new() { ["mlx5_0"] = new Rdma { HcaHandles = 3 } },
             Unified = new() { ["memory.high"] = "100000000" },
         });
         Assert.Equal(
         [
-            ("hull/c1/pids.max", "100"), ("hull/c1/hugetlb.2MB.max", (4 << 21).ToString()), ("hull/c1/hugetlb.2MB.rsvd.max", (4 << 21).ToString()),
-            ("hull/c1/hugetlb.1GB.max", "0"), ("hull/c1/rdma.max", "mlx5_0 hca_handle=3 hca_object=max"), ("hull/c1/memory.high", "100000000"),
+            ("hull/c1/pids.max", "100"), ("hull/c1/hugetlb.2MB.max", (4 << 21).ToString()),
+            ("hull/c1/hugetlb.2MB.rsvd.max", (4 << 21).ToString()),
+            ("hull/c1/hugetlb.1GB.max", "0"), ("hull/c1/rdma.max", "mlx5_0 hca_handle=3 hca_object=max"),
+            ("hull/c1/memory.high", "100000000"),
         ], t.Writes);
         t.Writes.Clear();
         cg.Apply(new Resources { Pids = new Pids { Limit = -1 } });
@@ -181,11 +193,13 @@ public class FakeV2Tests
     {
         var (t, cg) = Made();
         using var _ = t;
-        Assert.Contains("pids.limit -5", Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Pids = new Pids { Limit = -5 } })).Message);
+        Assert.Contains("pids.limit -5", Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Pids = new Pids { Limit = -5 } })).Message);
         Assert.Contains("\"3MB\" is not supported here", Assert.Throws<CgroupException>(() =>
             cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "3MB", Limit = 1 }] })).Message);
         Assert.Contains("2MB, 1GB", Assert.Throws<CgroupException>(() =>
-            cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "3MB", Limit = 1 }] })).Message.Replace("1GB, 2MB", "2MB, 1GB"));
+            cg.Apply(new Resources { HugepageLimits =
+                [new HugepageLimit { PageSize = "3MB", Limit = 1 }] })).Message.Replace("1GB, 2MB", "2MB, 1GB"));
         Assert.Contains("not a cgroup v2 controller", Assert.Throws<CgroupException>(() =>
             cg.Apply(new Resources { Unified = new() { ["foo.bar"] = "1" } })).Message);
         Assert.Contains("managed by the runtime", Assert.Throws<CgroupException>(() =>
@@ -204,7 +218,8 @@ public class FakeV2Tests
         using var _ = t;
         File.Delete(t.Path("hull/c1/memory.max"));
         t.Set("hull/c1/cgroup.controllers", "cpu pids\n");
-        var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Memory = new Memory { Limit = 1 << 20 } }));
+        var e = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Memory = new Memory { Limit = 1 << 20 } }));
         Assert.Contains("memory.max = 1048576", e.Message);
         Assert.Contains("ENOENT", e.Message);
         Assert.Contains("memory controller is not enabled", e.Message);
@@ -219,7 +234,9 @@ public class FakeV2Tests
         var (t, cg) = Made();
         using var _ = t;
         Assert.True(cg.DevicesNeedBpf);
-        var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Devices = [new DeviceCgroup { Allow = false, Access = "rwm" }, new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 3, Access = "rwm" }] }));
+        var e = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Devices = [new DeviceCgroup { Allow = false, Access = "rwm" },
+            new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = 3, Access = "rwm" }] }));
         Assert.Contains(cg.Directories["v2"], e.Message);
         Assert.Contains(Libc.geteuid() == 0 ? "not on a cgroup2 mount" : "CAP_SYS_ADMIN", e.Message);
         Assert.Empty(t.Writes);
@@ -230,7 +247,8 @@ public class FakeV2Tests
     {
         var (t, cg) = Made();
         using var _ = t;
-        cg.Apply(new Resources { Network = new Network { ClassId = 0x100001, Priorities = [new InterfacePriority { Name = "eth0", Priority = 5 }] } });
+        cg.Apply(new Resources { Network = new Network { ClassId = 0x100001,
+            Priorities = [new InterfacePriority { Name = "eth0", Priority = 5 }] } });
         Assert.Equal(2, cg.Warnings.Count(w => w.Contains("network")));
     }
 
@@ -249,7 +267,8 @@ public class FakeV2Tests
         cg.Create();
         t.Populate("hull/c2", except: "pids.max");
         t.Set("hull/c2/cgroup.controllers", "cpu\n");
-        Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Cpu = new Cpu { Shares = 100 }, Pids = new Pids { Limit = 10 } }));
+        Assert.Throws<CgroupException>(() => cg.Apply(
+            new Resources { Cpu = new Cpu { Shares = 100 }, Pids = new Pids { Limit = 10 } }));
         Assert.False(t.Exists("hull/c2"));
         Assert.True(t.Exists("hull"));
     }
@@ -259,7 +278,8 @@ public class FakeV2Tests
     {
         var (t, cg) = Made();
         using var _ = t;
-        t.Set("hull/c1/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 2\nthrottled_usec 30\n");
+        t.Set("hull/c1/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled " +
+            "2\nthrottled_usec 30\n");
         t.Set("hull/c1/memory.current", "4096\n");
         t.Set("hull/c1/memory.peak", "8192\n");
         t.Set("hull/c1/memory.max", "max\n");
@@ -294,7 +314,8 @@ public class FakeV2Tests
         Assert.Equal(1UL, s.Hugetlb["2MB"].Failcnt);
         Assert.Equal([0, 1, 3], s.Cpuset.Cpus!.Select(x => (int)x));
 
-        var json = System.Text.Json.JsonSerializer.Serialize(new CgroupEvent { Id = "c1", Data = s }, CgroupJson.Default.CgroupEvent);
+        var json = System.Text.Json.JsonSerializer.Serialize(new CgroupEvent { Id = "c1", Data = s },
+            CgroupJson.Default.CgroupEvent);
         Assert.Contains("\"type\":\"stats\"", json);
         Assert.Contains("\"ioServiceBytesRecursive\"", json);
         Assert.Contains("\"throttledPeriods\":2", json);
@@ -333,8 +354,10 @@ public class FakeV2Tests
     {
         using var t = new FakeTree();
         Directory.CreateDirectory(t.Path("memory"));
-        var cg = Cgroup.Open("/x", "x", CgroupLayoutInfo.ForV1(new Dictionary<string, string> { ["memory"] = t.Path("memory") }));
-        var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Unified = new() { ["memory.high"] = "1" } }));
+        var cg = Cgroup.Open("/x", "x", CgroupLayoutInfo.ForV1(new Dictionary<string,
+            string> { ["memory"] = t.Path("memory") }));
+        var e = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Unified = new() { ["memory.high"] = "1" } }));
         Assert.Contains("pure cgroup v1", e.Message);
     }
 }

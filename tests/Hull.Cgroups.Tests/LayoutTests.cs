@@ -21,7 +21,9 @@ public class LayoutTests
         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
         """;
 
-    const string HybridProcCgroup = "9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/\n5:devices:/\n4:memory:/svc/a\n3:cpuset:/\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+    const string HybridProcCgroup =
+        "9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/\n5:devices:/\n4:memory:/svc/a\n3:cpuset:/\n" +
+        "2:cpuacct:/\n1:cpu:/\n0::/\n";
 
     [Fact]
     public void Parses_the_hybrid_layout()
@@ -70,7 +72,8 @@ public class LayoutTests
     [Fact]
     public void Decodes_escaped_mount_points_and_bind_mounted_roots()
     {
-        var l = CgroupLayout.Parse("32 31 0:29 /ctr /my\\040cg/memory rw - cgroup cgroup rw,memory\n", "1:memory:/ctr\n");
+        var l = CgroupLayout.Parse("32 31 0:29 /ctr /my\\040cg/memory rw - cgroup cgroup rw,memory\n",
+            "1:memory:/ctr\n");
         var h = l.V1("memory")!;
         Assert.Equal("/my cg/memory", h.MountPoint);
         Assert.Equal("/ctr", h.MountRoot);

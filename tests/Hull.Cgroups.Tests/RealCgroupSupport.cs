@@ -54,7 +54,8 @@ sealed class Child : IDisposable
     }
 
     public string State() =>
-        File.ReadAllLines($"/proc/{Pid}/status").First(l => l.StartsWith("State:", StringComparison.Ordinal))["State:".Length..].Trim();
+        File.ReadAllLines($"/proc/{Pid}/status").First(l =>
+            l.StartsWith("State:", StringComparison.Ordinal))["State:".Length..].Trim();
 
     /// <summary>The state once it starts with <paramref name="c"/> (a process just exec'd may still be running for a
     /// moment), or the last state seen after a bounded wait.</summary>
@@ -65,7 +66,8 @@ sealed class Child : IDisposable
         return st;
     }
 
-    public Dictionary<string, string> Cgroups() => CgroupLayout.ParseProcCgroup(File.ReadAllText($"/proc/{Pid}/cgroup"));
+    public Dictionary<string, string> Cgroups() =>
+        CgroupLayout.ParseProcCgroup(File.ReadAllText($"/proc/{Pid}/cgroup"));
 
     public void Dispose()
     {

@@ -23,7 +23,8 @@ public class RealDeviceFilterTests
         return CgroupLayoutInfo.ForV2(unified!);
     }
 
-    static DeviceCgroup R(bool allow, string? type = null, long? major = null, long? minor = null, string? access = null) =>
+    static DeviceCgroup R(bool allow, string? type = null, long? major = null, long? minor = null,
+        string? access = null) =>
         new() { Allow = allow, Type = type, Major = major, Minor = minor, Access = access };
 
     /// <summary>Runs a shell that moves itself into <paramref name="cgroupDir"/>, then tries each access and prints
@@ -68,7 +69,8 @@ public class RealDeviceFilterTests
 
     static void Refused(Dictionary<string, string> r, params string[] names)
     {
-        foreach (var n in names) Assert.True(r[n].Contains("Operation not permitted"), $"{n}: expected EPERM, got \"{r[n]}\"");
+        foreach (var n in names) Assert.True(r[n].Contains("Operation not permitted"),
+            $"{n}: expected EPERM, got \"{r[n]}\"");
     }
 
     /// <summary>A program id stays valid until the kernel frees the program (deferred after detach or cgroup
@@ -109,7 +111,8 @@ public class RealDeviceFilterTests
         Refused(r, "w-zero", "r-random", "mknod-zero", "mknod-loop");
 
         // Update: the new program replaces the old one, which the kernel then frees.
-        cg.Apply(new Resources { Devices = [R(false), R(true, "c", 1, 5, "rwm"), R(true, "c", 1, 3, "r"), R(true, "c", 1, 9, "r")] });
+        cg.Apply(new Resources { Devices = [R(false), R(true, "c", 1, 5, "rwm"), R(true, "c", 1, 3, "r"),
+            R(true, "c", 1, 9, "r")] });
         var second = DeviceFilter.Attached(dir);
         Assert.Single(second);
         Assert.NotEqual(first[0], second[0]);
@@ -149,7 +152,8 @@ public class RealDeviceFilterTests
         using var tmp = new TempDir("hull-devbpf");
         var parent = scope.Open("p", l);
         parent.Create();
-        parent.Apply(new Resources { Devices = [R(false), R(true, "c", 1, 3, "rw"), R(true, "c", 1, 5, "rw"), R(true, "c", 1, 9, "r")] });
+        parent.Apply(new Resources { Devices = [R(false), R(true, "c", 1, 3, "rw"), R(true, "c", 1, 5, "rw"),
+            R(true, "c", 1, 9, "r")] });
         var child = Cgroup.Open(scope.Path + "/p/c", "c", l);
         child.Create();
         child.Apply(new Resources { Devices = [R(false), R(true, "c", 1, 3, "rw"), R(true, "c", 1, 9, "r")] });
@@ -177,13 +181,15 @@ public class RealDeviceFilterTests
         Requires.Root();
         // exit without setting r0: the verifier says "R0 !read_ok".
         var e = Assert.Throws<BpfException>(() => BpfSys.ProgLoad(BpfConst.PROG_TYPE_CGROUP_DEVICE,
-            [new BpfInsn((byte)(BpfOp.JMP | BpfOp.EXIT), 0, 0, 0, 0)], DeviceFilter.License, "hull_bad", BpfConst.CGROUP_DEVICE));
+            [new BpfInsn((byte)(BpfOp.JMP | BpfOp.EXIT), 0, 0, 0, 0)], DeviceFilter.License, "hull_bad",
+                BpfConst.CGROUP_DEVICE));
         Assert.Equal(Errors.EACCES, e.Errno);
         Assert.Contains("R0 !read_ok", e.VerifierLog);
         Assert.Contains("verifier log", e.Message);
 
         // The same program with r0 set loads.
-        using var ok = BpfSys.ProgLoad(BpfConst.PROG_TYPE_CGROUP_DEVICE, DeviceFilter.Build(DeviceRuleSet.AllowAll), DeviceFilter.License, "hull_ok", BpfConst.CGROUP_DEVICE);
+        using var ok = BpfSys.ProgLoad(BpfConst.PROG_TYPE_CGROUP_DEVICE, DeviceFilter.Build(DeviceRuleSet.AllowAll),
+            DeviceFilter.License, "hull_ok", BpfConst.CGROUP_DEVICE);
         Assert.False(ok.IsInvalid);
     }
 

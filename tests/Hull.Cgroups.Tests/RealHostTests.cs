@@ -6,16 +6,19 @@ using Xunit;
 
 namespace Hull.Cgroups.Tests;
 
-/// <summary>The driver on this host's real cgroups, with the detected layout (hybrid here; v1 or v2 elsewhere).</summary>
+/// <summary>The driver on this host's real cgroups, with the detected layout (hybrid here; v1 or v2
+/// elsewhere).</summary>
 [Collection("real cgroups")]
 public class RealHostTests
 {
     static string? FirstBlockDevice()
     {
-        foreach (var dev in Directory.Exists("/sys/block") ? Directory.GetDirectories("/sys/block").Order().ToArray() : [])
+        foreach (var dev in Directory.Exists("/sys/block") ? Directory.GetDirectories("/sys/block").Order().ToArray()
+            : [])
         {
             var name = System.IO.Path.GetFileName(dev);
-            if (name.StartsWith("loop", StringComparison.Ordinal) || name.StartsWith("ram", StringComparison.Ordinal) || name.StartsWith("zram", StringComparison.Ordinal)) continue;
+            if (name.StartsWith("loop", StringComparison.Ordinal) || name.StartsWith("ram", StringComparison.Ordinal)
+                || name.StartsWith("zram", StringComparison.Ordinal)) continue;
             if (File.Exists(dev + "/dev")) return File.ReadAllText(dev + "/dev").Trim();
         }
         return null;
@@ -74,7 +77,8 @@ public class RealHostTests
             BlockIo = new BlockIo
             {
                 Weight = 300,
-                ThrottleReadBpsDevice = blk is null ? null : [new ThrottleDevice { Major = maj, Minor = min, Rate = 1048576 }],
+                ThrottleReadBpsDevice = blk is null ? null
+                    : [new ThrottleDevice { Major = maj, Minor = min, Rate = 1048576 }],
             },
             Devices =
             [
@@ -93,11 +97,14 @@ public class RealHostTests
             Assert.Equal("512", ReadIn(cg, l, "cpu", "cpu.shares"));
             Assert.Equal("50000", ReadIn(cg, l, "cpu", "cpu.cfs_quota_us"));
             Assert.Equal("100000", ReadIn(cg, l, "cpu", "cpu.cfs_period_us"));
-            var weightFile = File.Exists(cg.Directories[l.V1("blkio")!.Key] + "/blkio.weight") ? "blkio.weight" : "blkio.bfq.weight";
+            var weightFile = File.Exists(cg.Directories[l.V1("blkio")!.Key] + "/blkio.weight") ? "blkio.weight"
+                : "blkio.bfq.weight";
             Assert.Contains("300", ReadIn(cg, l, "blkio", weightFile));
-            if (blk is not null) Assert.Equal($"{blk} 1048576", ReadIn(cg, l, "blkio", "blkio.throttle.read_bps_device"));
+            if (blk is not null) Assert.Equal($"{blk} 1048576",
+                ReadIn(cg, l, "blkio", "blkio.throttle.read_bps_device"));
             var devices = ReadIn(cg, l, "devices", "devices.list").Split('\n');
-            Assert.Equal(new[] { "c 1:3 rwm", "c 1:5 rwm", "c 136:* rw" }.Order(StringComparer.Ordinal), devices.Order(StringComparer.Ordinal));
+            Assert.Equal(new[] { "c 1:3 rwm", "c 1:5 rwm", "c 136:* rw" }.Order(StringComparer.Ordinal),
+                devices.Order(StringComparer.Ordinal));
             Assert.Null(cg.EffectiveDeviceRules!.Exceptions.FirstOrDefault(e => e.Major == 8));
         }
         else
@@ -112,7 +119,8 @@ public class RealHostTests
         if (l.WhereIs("hugetlb") is { } hw && File.Exists("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"))
         {
             cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 8 << 20 }] });
-            Assert.Equal((8 << 20).ToString(), ReadIn(cg, l, "hugetlb", hw == "v1" ? "hugetlb.2MB.limit_in_bytes" : "hugetlb.2MB.max"));
+            Assert.Equal((8 << 20).ToString(), ReadIn(cg, l, "hugetlb",
+                hw == "v1" ? "hugetlb.2MB.limit_in_bytes" : "hugetlb.2MB.max"));
         }
         Assert.Equal("0", ReadIn(cg, l, "cpuset", "cpuset.cpus"));
         Assert.Equal("0", ReadIn(cg, l, "cpuset", "cpuset.mems"));
@@ -123,11 +131,14 @@ public class RealHostTests
         else if (l.WhereIs("memory") == "v2" && File.Exists(cg.Directories["v2"] + "/memory.swap.max"))
             Assert.Equal((32 << 20).ToString(), ReadIn(cg, l, "memory", "memory.swap.max"));
 
-        // Updates of the running cgroup: memory+swap grows past the old memsw (memsw first), then shrinks (limit first).
-        cg.Apply(new Resources { Pids = new Pids { Limit = 32 }, Memory = new Memory { Limit = 256 << 20, Swap = 512 << 20 } });
+        // Updates of the running cgroup: memory+swap grows past the old memsw (memsw first), then shrinks (limit
+        // first).
+        cg.Apply(new Resources { Pids = new Pids { Limit = 32 },
+            Memory = new Memory { Limit = 256 << 20, Swap = 512 << 20 } });
         cg.Apply(new Resources { Memory = new Memory { Limit = 128 << 20, Swap = 160 << 20 } });
         Assert.Equal("32", ReadIn(cg, l, "pids", "pids.max"));
-        Assert.Equal((128 << 20).ToString(), ReadIn(cg, l, "memory", l.WhereIs("memory") == "v1" ? "memory.limit_in_bytes" : "memory.max"));
+        Assert.Equal((128 << 20).ToString(), ReadIn(cg, l, "memory",
+            l.WhereIs("memory") == "v1" ? "memory.limit_in_bytes" : "memory.max"));
         if (l.WhereIs("memory") == "v1" && File.Exists(cg.Directories["memory"] + "/memory.memsw.limit_in_bytes"))
             Assert.Equal((160 << 20).ToString(), ReadIn(cg, l, "memory", "memory.memsw.limit_in_bytes"));
 
@@ -157,7 +168,8 @@ public class RealHostTests
         Assert.Equal(32UL, s.Pids.Limit);
         Assert.Equal([(ushort)0], s.Cpuset.Cpus!);
         if (l.WhereIs("cpuacct") == "v1") Assert.NotNull(s.Cpu.Usage.PerCpu);
-        var json = System.Text.Json.JsonSerializer.Serialize(new CgroupEvent { Id = "c1", Data = s }, CgroupJson.Default.CgroupEvent);
+        var json = System.Text.Json.JsonSerializer.Serialize(new CgroupEvent { Id = "c1", Data = s },
+            CgroupJson.Default.CgroupEvent);
         Assert.Contains("\"pids\":{\"current\":1,\"limit\":32}", json);
 
         cg.Kill(Signals.SIGKILL);
@@ -182,7 +194,8 @@ public class RealHostTests
         using var b = Child.Sleep(cg);
         cg.AddProcess(a.Pid);
         Assert.Equal(new[] { a.Pid, b.Pid }.Order(), cg.Pids());
-        foreach (var h in l.V1Hierarchies) Assert.Equal(scope.Path + "/c", a.Cgroups()[h.Controllers.FirstOrDefault() ?? "name=" + h.Name]);
+        foreach (var h in l.V1Hierarchies) Assert.Equal(scope.Path + "/c",
+            a.Cgroups()[h.Controllers.FirstOrDefault() ?? "name=" + h.Name]);
         cg.Kill(Signals.SIGTERM);
         Assert.Equal(128 + Signals.SIGTERM, a.Wait());
         Assert.Equal(128 + Signals.SIGTERM, b.Wait());
@@ -220,13 +233,15 @@ public class RealHostTests
         cg.Create();
         var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Cpu = new Cpu { Cpus = "99" } }));
         Assert.Contains("cpuset.cpus = 99", e.Message);
-        Assert.True(e.Errno is Errors.ERANGE or Errors.EINVAL, e.Message);   // this kernel says ERANGE for a CPU it lacks
+        // this kernel says ERANGE for a CPU it lacks
+        Assert.True(e.Errno is Errors.ERANGE or Errors.EINVAL, e.Message);
         Assert.Contains(Errors.Name(e.Errno), e.Message);
         Assert.Contains("the parent allows", e.Message);
         foreach (var d in cg.Directories.Values)
         {
             Assert.False(Directory.Exists(d), "left behind: " + d);
-            Assert.False(Directory.Exists(System.IO.Path.GetDirectoryName(d)), "left behind: the parent of " + d);   // Create made it too
+            // Create made it too
+            Assert.False(Directory.Exists(System.IO.Path.GetDirectoryName(d)), "left behind: the parent of " + d);
         }
         // Validation errors after a Create roll back as well.
         var cg1 = scope.Open("bad1", l);
@@ -243,7 +258,8 @@ public class RealHostTests
         Assert.Contains(l.UnifiedMount is null ? "pure cgroup v1" : "foo.bar", e.Message);
         if (l.Mode == CgroupMode.Hybrid && l.WhereIs("memory") == "v1")
         {
-            e = Assert.Throws<CgroupException>(() => cg2.Apply(new Resources { Unified = new() { ["memory.high"] = "1" } }));
+            e = Assert.Throws<CgroupException>(() =>
+                cg2.Apply(new Resources { Unified = new() { ["memory.high"] = "1" } }));
             Assert.Contains("memory controller is on cgroup v1", e.Message);
         }
         if (l.WhereIs("cpu") == "v1")
@@ -270,7 +286,8 @@ public class RealHostTests
         Assert.Equal("0", File.ReadAllText(cg.Directories["memory"] + "/memory.swappiness").Trim());
         Assert.Contains("oom_kill_disable 1", File.ReadAllText(cg.Directories["memory"] + "/memory.oom_control"));
         // A shell that holds ~8 MiB of anonymous memory in a variable, then waits.
-        using var child = new Child(cg, ["/bin/sh", "-c", "x=$(head -c 8000000 /dev/zero | tr '\\0' a); echo ready > /dev/null; exec sleep 30"]);
+        using var child = new Child(cg, ["/bin/sh", "-c",
+            "x=$(head -c 8000000 /dev/zero | tr '\\0' a); echo ready > /dev/null; exec sleep 30"]);
         for (var i = 0; i < 200 && cg.Stats().Memory.Usage.Usage < (4 << 20); i++) Thread.Sleep(10);
         var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Memory = new Memory { Limit = 4096 } }));
         Assert.Contains("memory.limit_in_bytes = 4096", e.Message);

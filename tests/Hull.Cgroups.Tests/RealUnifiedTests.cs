@@ -36,11 +36,14 @@ public class RealUnifiedTests
         {
             cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 4 << 21 }] });
             Assert.Equal((4 << 21).ToString(), File.ReadAllText(dir + "/hugetlb.2MB.max").Trim());
-            var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "3MB", Limit = 1 }] }));
+            var e = Assert.Throws<CgroupException>(() =>
+                cg.Apply(new Resources { HugepageLimits = [new HugepageLimit { PageSize = "3MB", Limit = 1 }] }));
             Assert.Contains("2MB", e.Message);
-            Assert.Equal((4 << 21).ToString(), cg.Stats().Hugetlb.ContainsKey("2MB") ? File.ReadAllText(dir + "/hugetlb.2MB.max").Trim() : "");
+            Assert.Equal((4 << 21).ToString(), cg.Stats().Hugetlb.ContainsKey("2MB")
+                ? File.ReadAllText(dir + "/hugetlb.2MB.max").Trim() : "");
         }
-        var u = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Unified = new() { ["hugetlb.2MB.bogus"] = "1" } }));
+        var u = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Unified = new() { ["hugetlb.2MB.bogus"] = "1" } }));
         Assert.Contains("has no such file", u.Message);
 
         using var a = Child.Sleep(cg);                 // CLONE_INTO_CGROUP
@@ -93,7 +96,8 @@ public class RealUnifiedTests
         using var b = new Child(cg, ["/bin/sh", "-c", "sleep 30 & sleep 30 & wait"]);
         for (var i = 0; i < 500 && cg.Pids().Count < 4; i++) Thread.Sleep(5);
         Assert.Equal(4, cg.Pids().Count);
-        var e = Assert.Throws<CgroupException>(() => cg.Apply(new Resources { Unified = new() { ["memory.high"] = "1" } }));
+        var e = Assert.Throws<CgroupException>(() =>
+            cg.Apply(new Resources { Unified = new() { ["memory.high"] = "1" } }));
         Assert.Contains("pure cgroup v1", e.Message);
         cg.Kill(Signals.SIGKILL);                      // freeze, kill each, thaw, until empty
         Assert.Equal(128 + Signals.SIGKILL, a.Wait());

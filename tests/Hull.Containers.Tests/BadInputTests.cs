@@ -27,53 +27,66 @@ public class BadInputTests(OciHarnessFixture f)
     }
 
     [SkippableFact]
-    public void Malformed_json() => Fails(["create", "--bundle", RawBundle("{\"ociVersion\": \"1.2.0\", \"process\": {\"args\": 5}}"), H.NewId()], "invalid JSON", "$.process.args");
+    public void Malformed_json() => Fails(["create", "--bundle",
+        RawBundle("{\"ociVersion\": \"1.2.0\", \"process\": {\"args\": 5}}"), H.NewId()], "invalid JSON",
+        "$.process.args");
 
     [SkippableFact]
-    public void Wrong_type() => Fails(["create", "--bundle", RawBundle("{\"ociVersion\": \"1.2.0\", \"root\": {\"path\": true}}"), H.NewId()], "$.root.path");
+    public void Wrong_type() => Fails(["create", "--bundle",
+        RawBundle("{\"ociVersion\": \"1.2.0\", \"root\": {\"path\": true}}"), H.NewId()], "$.root.path");
 
     [SkippableFact]
     public void Unknown_namespace() =>
-        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.Add(new Namespace { Type = "bogus" })), H.NewId()], "unknown namespace type \"bogus\"", "valid:");
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.Add(new Namespace { Type = "bogus" })),
+            H.NewId()], "unknown namespace type \"bogus\"", "valid:");
 
     [SkippableFact]
     public void Bad_seccomp_action() =>
-        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Seccomp = new Hull.Oci.Seccomp { DefaultAction = "SCMP_ACT_MAYBE" }), H.NewId()], "SCMP_ACT_MAYBE");
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Seccomp =
+            new Hull.Oci.Seccomp { DefaultAction = "SCMP_ACT_MAYBE" }), H.NewId()], "SCMP_ACT_MAYBE");
 
     [SkippableFact]
     public void Missing_rootfs() =>
-        Fails(["create", "--bundle", H.Bundle(s => s.Root!.Path = "/nonexistent/rootfs"), H.NewId()], "/nonexistent/rootfs", "does not exist");
+        Fails(["create", "--bundle", H.Bundle(s => s.Root!.Path = "/nonexistent/rootfs"), H.NewId()],
+            "/nonexistent/rootfs", "does not exist");
 
     [SkippableFact]
     public void Host_root_as_rootfs_is_refused_naming_root_path() =>
-        Fails(["create", "--bundle", H.Bundle(s => s.Root!.Path = "/"), H.NewId()], "root.path is \"/\"", "the host's own root");
+        Fails(["create", "--bundle", H.Bundle(s => s.Root!.Path = "/"), H.NewId()], "root.path is \"/\"",
+            "the host's own root");
 
     [SkippableFact]
     public void A_namespace_path_of_the_wrong_kind_is_named_with_its_type_and_why()
     {
         var file = Path.Combine(H.Bundle(), "not-a-namespace");
         File.WriteAllText(file, "");
-        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.First(n => n.Type == "network").Path = file), H.NewId()],
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.First(n => n.Type == "network").Path = file),
+            H.NewId()],
             $"the network namespace path {file} is not a network namespace", "not a namespace file");
-        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.First(n => n.Type == "network").Path = "/proc/self/ns/uts"), H.NewId()],
+        Fails(["create", "--bundle", H.Bundle(s => s.Linux!.Namespaces!.First(n => n.Type == "network").Path =
+            "/proc/self/ns/uts"), H.NewId()],
             "the network namespace path /proc/self/ns/uts is not a network namespace", "it is a uts namespace");
     }
 
     [SkippableFact]
     public void User_id_minus_one_is_refused_not_run_as_root() =>
-        Fails(["create", "--bundle", H.Bundle(s => s.Process!.User.Uid = uint.MaxValue), H.NewId()], "4294967295 (-1) is not a user or group id");
+        Fails(["create", "--bundle", H.Bundle(s => s.Process!.User.Uid = uint.MaxValue), H.NewId()],
+            "4294967295 (-1) is not a user or group id");
 
     [SkippableFact]
-    public void Missing_args() => Fails(["create", "--bundle", H.Bundle(s => s.Process!.Args = []), H.NewId()], "process.args is empty");
+    public void Missing_args() => Fails(["create", "--bundle", H.Bundle(s => s.Process!.Args = []), H.NewId()],
+        "process.args is empty");
 
     [SkippableFact]
-    public void Missing_bundle() => Fails(["create", "--bundle", "/nonexistent/bundle", H.NewId()], "/nonexistent/bundle");
+    public void Missing_bundle() => Fails(["create", "--bundle", "/nonexistent/bundle", H.NewId()],
+        "/nonexistent/bundle");
 
     [SkippableFact]
     public void Executable_not_found_reports_the_path_and_errno()
     {
         Fails(["create", "--bundle", H.Bundle(null, "/bin/nonexistent"), H.NewId()], "/bin/nonexistent", "ENOENT");
-        Fails(["run", "--bundle", H.Bundle(null, "nosuchcmd"), H.NewId()], "\"nosuchcmd\"", "executable file not found in $PATH");
+        Fails(["run", "--bundle", H.Bundle(null, "nosuchcmd"), H.NewId()], "\"nosuchcmd\"",
+            "executable file not found in $PATH");
     }
 
     [SkippableFact]
@@ -111,8 +124,12 @@ public class BadInputTests(OciHarnessFixture f)
     [SkippableFact]
     public void A_mount_that_fails_rolls_back()
     {
-        Fails(["create", "--bundle", H.Bundle(s => s.Mounts!.Add(new Mount { Destination = "/mnt/x", Source = "/nonexistent/src", Type = "bind", Options = ["rbind"] })), H.NewId()], "/nonexistent/src");
-        Fails(["create", "--bundle", H.Bundle(s => s.Mounts!.Add(new Mount { Destination = "/mnt/y", Source = "none", Type = "nosuchfs" })), H.NewId()], "nosuchfs", "ENODEV");
+        Fails(["create", "--bundle", H.Bundle(s =>
+            s.Mounts!.Add(new Mount { Destination = "/mnt/x", Source = "/nonexistent/src", Type = "bind",
+            Options = ["rbind"] })), H.NewId()], "/nonexistent/src");
+        Fails(["create", "--bundle", H.Bundle(s =>
+            s.Mounts!.Add(new Mount { Destination = "/mnt/y", Source = "none", Type = "nosuchfs" })), H.NewId()],
+            "nosuchfs", "ENODEV");
     }
 
     [SkippableFact]
@@ -120,7 +137,8 @@ public class BadInputTests(OciHarnessFixture f)
         Fails(["create", "--bundle", H.Bundle(s =>
         {
             s.Linux!.Namespaces!.Add(new Namespace { Type = "user" });
-            s.Linux.UidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 10 }, new IdMapping { ContainerId = 5, HostId = 2000, Size = 10 }];
+            s.Linux.UidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 10 },
+                new IdMapping { ContainerId = 5, HostId = 2000, Size = 10 }];
             s.Linux.GidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 10 }];
         }), H.NewId()], "uidMappings", "EINVAL");
 

@@ -4,7 +4,8 @@ using Xunit;
 
 namespace Hull.Containers.Tests;
 
-/// <summary>linux.resources and the verbs that work through the container's cgroup, on this host's real hierarchies.</summary>
+/// <summary>linux.resources and the verbs that work through the container's cgroup, on this host's real
+/// hierarchies.</summary>
 [Collection("oci")]
 public class CgroupTests(OciHarnessFixture f)
 {
@@ -43,7 +44,8 @@ public class CgroupTests(OciHarnessFixture f)
             var pid = H.State(id).Pid;
             var cg = File.ReadAllText($"/proc/{pid}/cgroup");
             Assert.Contains($"/hull-test/{id}", cg);
-            var mem = Hull.Cgroups.CgroupLayout.Detect().Mode == Hull.Cgroups.CgroupMode.V2 ? "memory.max" : "memory.limit_in_bytes";
+            var mem = Hull.Cgroups.CgroupLayout.Detect().Mode == Hull.Cgroups.CgroupMode.V2 ? "memory.max"
+                : "memory.limit_in_bytes";
             Assert.Equal((64 << 20).ToString(), File.ReadAllText(HostFile(mem, $"/hull-test/{id}")).Trim());
             Assert.Equal("64", File.ReadAllText(HostFile("pids.max", $"/hull-test/{id}")).Trim());
             var (code, o, e) = H.Run("ps", "--format", "json", id);
@@ -59,7 +61,8 @@ public class CgroupTests(OciHarnessFixture f)
             Assert.Contains("\"pids\"", stats.Out);
         }
         finally { H.Run("delete", "--force", id); }
-        Assert.False(Directory.EnumerateDirectories("/sys/fs/cgroup").Any(d => Directory.Exists(d + $"/hull-test/{id}")), "the cgroup must be removed by delete");
+        Assert.False(Directory.EnumerateDirectories("/sys/fs/cgroup").Any(d =>
+            Directory.Exists(d + $"/hull-test/{id}")), "the cgroup must be removed by delete");
     }
 
     [SkippableFact]
@@ -102,10 +105,12 @@ public class CgroupTests(OciHarnessFixture f)
     public void Kill_all_signals_every_process_in_the_cgroup()
     {
         var id = H.NewId();
-        Assert.Equal(0, H.Run("run", "-d", "--bundle", H.Bundle(null, "sh", "-c", "sleep 100 & sleep 100 & wait"), id).Code);
+        Assert.Equal(0, H.Run("run", "-d", "--bundle", H.Bundle(null, "sh", "-c", "sleep 100 & sleep 100 & wait"),
+            id).Code);
         try
         {
-            for (var i = 0; i < 50 && H.Run("ps", "--format", "json", id).Out.Count(c => c == ',') < 2; i++) Thread.Sleep(20);
+            for (var i = 0; i < 50 && H.Run("ps", "--format", "json",
+                id).Out.Count(c => c == ',') < 2; i++) Thread.Sleep(20);
             Assert.Equal(0, H.Run("kill", "--all", id, "KILL").Code);
             for (var i = 0; i < 100 && H.State(id).Status != "stopped"; i++) Thread.Sleep(20);
             Assert.Equal("stopped", H.State(id).Status);
@@ -118,7 +123,8 @@ public class CgroupTests(OciHarnessFixture f)
     {
         var before = OciHarness.Snapshot(H.Root);
         var id = H.NewId();
-        var (code, _, e) = H.Run("create", "--bundle", H.Bundle(s => s.Linux!.Resources = new Resources { Cpu = new Cpu { Cpus = "99" } }, "sleep", "1"), id);
+        var (code, _, e) = H.Run("create", "--bundle",
+            H.Bundle(s => s.Linux!.Resources = new Resources { Cpu = new Cpu { Cpus = "99" } }, "sleep", "1"), id);
         Assert.NotEqual(0, code);
         Assert.Contains("cpuset.cpus", e);
         Assert.Equal(before, OciHarness.Snapshot(H.Root));

@@ -20,7 +20,8 @@ public class ConfigFieldTests(OciHarnessFixture f)
     [SkippableFact]
     public void Hostname_domainname_and_pid_namespace()
     {
-        var o = RunOut(s => { s.Hostname = "h1"; s.Domainname = "example.org"; }, "echo $(hostname) $(cat /proc/sys/kernel/domainname) $$");
+        var o = RunOut(s => { s.Hostname = "h1"; s.Domainname = "example.org"; },
+            "echo $(hostname) $(cat /proc/sys/kernel/domainname) $$");
         Assert.Equal("h1 example.org 1", o);
     }
 
@@ -29,7 +30,9 @@ public class ConfigFieldTests(OciHarnessFixture f)
     {
         var o = RunOut(s =>
         {
-            s.Process!.Capabilities = new Hull.Oci.Capabilities { Bounding = ["CAP_CHOWN", "CAP_KILL"], Effective = ["CAP_KILL"], Permitted = ["CAP_CHOWN", "CAP_KILL"], Inheritable = ["CAP_KILL"], Ambient = ["CAP_KILL"] };
+            s.Process!.Capabilities = new Hull.Oci.Capabilities { Bounding = ["CAP_CHOWN", "CAP_KILL"],
+                Effective = ["CAP_KILL"], Permitted = ["CAP_CHOWN", "CAP_KILL"], Inheritable = ["CAP_KILL"],
+                Ambient = ["CAP_KILL"] };
             s.Process.NoNewPrivileges = true;
         }, "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status | tr -s '\\t ' ' '");
         // CAP_CHOWN = bit 0, CAP_KILL = bit 5 (0x20). The exec'd shell keeps effective = permitted ∩ ... via ambient.
@@ -53,7 +56,9 @@ public class ConfigFieldTests(OciHarnessFixture f)
     [SkippableFact]
     public void Readonly_root_masked_and_readonly_paths()
     {
-        var o = RunOut(s => { s.Root!.Readonly = true; }, "touch /x 2>/dev/null && echo rw || echo ro; cat /proc/kcore | wc -c; echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo w || echo nw; ls /sys/firmware | wc -l");
+        var o = RunOut(s => { s.Root!.Readonly = true; },
+            "touch /x 2>/dev/null && echo rw || echo ro; cat /proc/kcore | wc -c; echo 1 > /proc/sys/kernel/panic " +
+            "2>/dev/null && echo w || echo nw; ls /sys/firmware | wc -l");
         Assert.Equal("ro\n0\nnw\n0", o);
     }
 
@@ -64,11 +69,16 @@ public class ConfigFieldTests(OciHarnessFixture f)
         File.WriteAllText(Path.Combine(host.Path, "f"), "from-host");
         var o = RunOut(s =>
         {
-            s.Mounts!.Add(new Mount { Destination = "/mnt/ro", Source = host.Path, Type = "bind", Options = ["rbind", "ro", "nosuid"] });
-            s.Mounts.Add(new Mount { Destination = "/mnt/rw", Source = host.Path, Type = "bind", Options = ["bind", "rw"] });
-            s.Mounts.Add(new Mount { Destination = "/mnt/t", Source = "tmpfs", Type = "tmpfs", Options = ["size=1m", "mode=700"] });
-            s.Mounts.Add(new Mount { Destination = "/etc/hostfile", Source = Path.Combine(host.Path, "f"), Type = "bind", Options = ["bind", "ro"] });
-        }, "echo $(cat /mnt/ro/f); touch /mnt/ro/x 2>/dev/null && echo rw || echo ro; touch /mnt/rw/y && echo ok; stat -c %a /mnt/t; echo $(cat /etc/hostfile); grep -c ' /mnt/ro .*ro,nosuid' /proc/self/mountinfo");
+            s.Mounts!.Add(new Mount { Destination = "/mnt/ro", Source = host.Path, Type = "bind",
+                Options = ["rbind", "ro", "nosuid"] });
+            s.Mounts.Add(new Mount { Destination = "/mnt/rw", Source = host.Path, Type = "bind",
+                Options = ["bind", "rw"] });
+            s.Mounts.Add(new Mount { Destination = "/mnt/t", Source = "tmpfs", Type = "tmpfs",
+                Options = ["size=1m", "mode=700"] });
+            s.Mounts.Add(new Mount { Destination = "/etc/hostfile", Source = Path.Combine(host.Path, "f"),
+                Type = "bind", Options = ["bind", "ro"] });
+        }, "echo $(cat /mnt/ro/f); touch /mnt/ro/x 2>/dev/null && echo rw || echo ro; touch /mnt/rw/y && echo ok; " +
+            "stat -c %a /mnt/t; echo $(cat /etc/hostfile); grep -c ' /mnt/ro .*ro,nosuid' /proc/self/mountinfo");
         Assert.Equal("from-host\nro\nok\n700\nfrom-host\n1", o);
         Assert.True(File.Exists(Path.Combine(host.Path, "y")));
     }
@@ -78,8 +88,10 @@ public class ConfigFieldTests(OciHarnessFixture f)
     {
         var o = RunOut(s =>
         {
-            s.Linux!.Devices = [new Device { Type = "c", Path = "/dev/mydev", Major = 1, Minor = 3, FileMode = 0b110_100_000, Uid = 0, Gid = 0 }];
-        }, "stat -c '%t:%T %a' /dev/mydev /dev/null /dev/zero /dev/urandom; readlink /dev/fd; readlink /dev/ptmx; echo x > /dev/null && echo nullok");
+            s.Linux!.Devices = [new Device { Type = "c", Path = "/dev/mydev", Major = 1, Minor = 3,
+                FileMode = 0b110_100_000, Uid = 0, Gid = 0 }];
+        }, "stat -c '%t:%T %a' /dev/mydev /dev/null /dev/zero /dev/urandom; readlink /dev/fd; readlink /dev/ptmx; " +
+            "echo x > /dev/null && echo nullok");
         Assert.Equal("1:3 640\n1:3 666\n1:5 666\n1:9 666\n/proc/self/fd\npts/ptmx\nnullok", o);
     }
 
@@ -137,7 +149,8 @@ public class ConfigFieldTests(OciHarnessFixture f)
     [SkippableFact]
     public void Cwd_env_and_home()
     {
-        var o = RunOut(s => { s.Process!.Cwd = "/tmp/new"; s.Process.Env = ["A=1", "PATH=/bin"]; }, "echo $(pwd) $A $HOME $PATH");
+        var o = RunOut(s => { s.Process!.Cwd = "/tmp/new"; s.Process.Env = ["A=1", "PATH=/bin"]; },
+            "echo $(pwd) $A $HOME $PATH");
         Assert.Equal("/tmp/new 1 /root /bin", o);
     }
 
@@ -145,7 +158,8 @@ public class ConfigFieldTests(OciHarnessFixture f)
     public void Joins_an_existing_namespace_by_path()
     {
         var id = H.NewId();
-        Assert.Equal(0, H.Run("run", "-d", "--bundle", H.Bundle(s => s.Hostname = "shared-uts", "sleep", "100"), id).Code);
+        Assert.Equal(0, H.Run("run", "-d", "--bundle", H.Bundle(s => s.Hostname = "shared-uts", "sleep", "100"),
+            id).Code);
         try
         {
             var pid = H.State(id).Pid;
@@ -176,7 +190,8 @@ public class SeccompTests(OciHarnessFixture f)
     public void A_profile_applies_to_the_process_and_to_exec()
     {
         var id = H.NewId();
-        var b = H.Bundle(s => s.Linux!.Seccomp = DenyMkdir(1), "sh", "-c", "mkdir /tmp/a 2>&1; grep Seccomp: /proc/self/status; sleep 100");
+        var b = H.Bundle(s => s.Linux!.Seccomp = DenyMkdir(1), "sh", "-c",
+            "mkdir /tmp/a 2>&1; grep Seccomp: /proc/self/status; sleep 100");
         Assert.Equal(0, H.Run("run", "-d", "--bundle", b, id).Code);
         try
         {
@@ -186,7 +201,9 @@ public class SeccompTests(OciHarnessFixture f)
             Assert.Contains("rc=1", o);
         }
         finally { H.Run("delete", "--force", id); }
-        var (code2, o2, _) = H.Run("run", "--bundle", H.Bundle(s => s.Linux!.Seccomp = DenyMkdir(30), "sh", "-c", "mkdir /tmp/c 2>&1; grep Seccomp: /proc/self/status"), H.NewId());
+        var (code2, o2, _) = H.Run("run", "--bundle",
+            H.Bundle(s => s.Linux!.Seccomp = DenyMkdir(30), "sh", "-c",
+            "mkdir /tmp/c 2>&1; grep Seccomp: /proc/self/status"), H.NewId());
         Assert.Equal(0, code2);
         Assert.Contains("Read-only file system", o2);
         Assert.Contains("Seccomp:\t2", o2);
@@ -195,7 +212,9 @@ public class SeccompTests(OciHarnessFixture f)
     [SkippableFact]
     public void The_default_profile_denies_namespaces_and_keyrings_but_runs_a_shell()
     {
-        var (code, o, e) = H.Run("run", "--bundle", H.Bundle(s => s.Linux!.Seccomp = Hull.Seccomp.SeccompProfiles.DefaultProfile(s.Process!.Capabilities!.Bounding!),
+        var (code, o, e) = H.Run("run", "--bundle",
+            H.Bundle(s => s.Linux!.Seccomp = Hull.Seccomp.SeccompProfiles.DefaultProfile(
+            s.Process!.Capabilities!.Bounding!),
             "sh", "-c", "echo ok; unshare -U true 2>/dev/null && echo unshared || echo denied"), H.NewId());
         Assert.True(code == 0, e);
         Assert.Equal("ok\ndenied\n", o);

@@ -11,7 +11,8 @@ public class HookTests(OciHarnessFixture f)
 
     static Hook Log(string file, string kind) => new()
     {
-        Path = "/bin/sh", Args = ["sh", "-c", $"read -r state; echo \"{kind} $state\" >> {file}; echo \"{kind} ns=$(readlink /proc/self/ns/mnt)\" >> {file}"],
+        Path = "/bin/sh", Args = ["sh", "-c", $"read -r state; echo \"{kind} $state\" >> {file}; echo \"{kind} " +
+            $"ns=$(readlink /proc/self/ns/mnt)\" >> {file}"],
     };
 
     [SkippableFact]
@@ -22,7 +23,9 @@ public class HookTests(OciHarnessFixture f)
         var b = H.Bundle(s => s.Hooks = new Hooks
         {
             Prestart = [Log(log, "prestart")], CreateRuntime = [Log(log, "createRuntime")],
-            CreateContainer = [Log(log, "createContainer")], StartContainer = [new Hook { Path = "/bin/sh", Args = ["sh", "-c", "read -r s; echo startContainer > /tmp/started"] }],
+            CreateContainer = [Log(log, "createContainer")],
+            StartContainer = [new Hook { Path = "/bin/sh",
+            Args = ["sh", "-c", "read -r s; echo startContainer > /tmp/started"] }],
             Poststart = [Log(log, "poststart")], Poststop = [Log(log, "poststop")],
         }, "sh", "-c", "cat /tmp/started");
         var (code, o, e) = H.Run("run", "--bundle", b, id);
@@ -44,7 +47,8 @@ public class HookTests(OciHarnessFixture f)
     {
         var before = OciHarness.Snapshot(H.Root);
         var id = H.NewId();
-        var b = H.Bundle(s => s.Hooks = new Hooks { CreateRuntime = [new Hook { Path = "/bin/sh", Args = ["sh", "-c", "echo hook-says-no >&2; exit 3"] }] }, "sleep", "10");
+        var b = H.Bundle(s => s.Hooks = new Hooks { CreateRuntime =
+            [new Hook { Path = "/bin/sh", Args = ["sh", "-c", "echo hook-says-no >&2; exit 3"] }] }, "sleep", "10");
         var (code, _, e) = H.Run("create", "--bundle", b, id);
         Assert.NotEqual(0, code);
         Assert.Contains("createRuntime hook #0", e);
@@ -57,7 +61,8 @@ public class HookTests(OciHarnessFixture f)
     public void A_hook_that_overruns_its_timeout_is_killed()
     {
         var id = H.NewId();
-        var b = H.Bundle(s => s.Hooks = new Hooks { Prestart = [new Hook { Path = "/bin/sleep", Args = ["sleep", "30"], Timeout = 1 }] });
+        var b = H.Bundle(s => s.Hooks = new Hooks { Prestart =
+            [new Hook { Path = "/bin/sleep", Args = ["sleep", "30"], Timeout = 1 }] });
         var (code, _, e) = H.Run("run", "--bundle", b, id);
         Assert.NotEqual(0, code);
         Assert.Contains("timed out after 1 s", e);

@@ -47,7 +47,8 @@ public class LifecycleTests(OciHarnessFixture f)
         Assert.Equal(0, H.Run("start", id).Code);
         Assert.Equal("running", H.State(id).Status);
         // start returns once the init has taken the go-ahead (as runc's); the exec follows right after.
-        for (var i = 0; i < 100 && !File.ReadAllText($"/proc/{st.Pid}/cmdline").Contains("sleep"); i++) Thread.Sleep(20);
+        for (var i = 0; i < 100 && !File.ReadAllText($"/proc/{st.Pid}/cmdline").Contains("sleep"); i++) Thread.Sleep(
+            20);
         Assert.Contains("sleep", File.ReadAllText($"/proc/{st.Pid}/cmdline"));
 
         var again = H.Run("start", id);
@@ -85,7 +86,8 @@ public class LifecycleTests(OciHarnessFixture f)
         Assert.Equal(0, H.Run("run", "-d", "--bundle", H.Bundle(s => s.Hostname = "box", "sleep", "100"), id).Code);
         try
         {
-            var (code, o, e) = H.Run("exec", "-e", "FOO=bar", "--cwd", "/tmp", "-u", "65534:65534", id, "sh", "-c", "echo $$ $FOO $(pwd) $(id -u):$(id -g) $(hostname)");
+            var (code, o, e) = H.Run("exec", "-e", "FOO=bar", "--cwd", "/tmp", "-u", "65534:65534", id, "sh", "-c",
+                "echo $$ $FOO $(pwd) $(id -u):$(id -g) $(hostname)");
             Assert.True(code == 0, e);
             var parts = o.Trim().Split(' ');
             Assert.NotEqual("1", parts[0]);

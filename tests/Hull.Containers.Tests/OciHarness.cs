@@ -27,10 +27,14 @@ public sealed class OciHarness : IDisposable
     {
         Directory.CreateDirectory(Path.Combine(rootfs, "bin"));
         File.Copy("/bin/busybox", Path.Combine(rootfs, "bin", "busybox"), true);
-        foreach (var a in new[] { "sh", "echo", "cat", "ls", "hostname", "id", "sleep", "true", "false", "ps", "mount", "touch", "grep", "stat", "readlink", "ulimit", "domainname", "wc", "tty", "stty", "test", "head", "mkdir", "env", "pwd", "unshare" })
+        foreach (var a in new[] { "sh", "echo", "cat", "ls", "hostname", "id", "sleep", "true", "false", "ps", "mount",
+            "touch", "grep", "stat", "readlink", "ulimit", "domainname", "wc", "tty", "stty", "test", "head", "mkdir",
+            "env", "pwd", "unshare" })
             File.CreateSymbolicLink(Path.Combine(rootfs, "bin", a), "busybox");
-        foreach (var d in new[] { "proc", "sys", "dev", "etc", "tmp", "mnt", "root" }) Directory.CreateDirectory(Path.Combine(rootfs, d));
-        File.WriteAllText(Path.Combine(rootfs, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
+        foreach (var d in new[] { "proc", "sys", "dev", "etc", "tmp", "mnt", "root" }) Directory.CreateDirectory(
+            Path.Combine(rootfs, d));
+        File.WriteAllText(Path.Combine(rootfs, "etc", "passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
     }
 
     public string NewId() => $"t{Environment.ProcessId}-{Interlocked.Increment(ref s_counter)}";
@@ -69,7 +73,8 @@ public sealed class OciHarness : IDisposable
         psi.ArgumentList.Add(Root);
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = System.Diagnostics.Process.Start(psi)!;
-        if (!p.WaitForExit(60_000)) { p.Kill(true); throw new TimeoutException($"hull-oci {string.Join(' ', args)} did not finish in 60 s"); }
+        if (!p.WaitForExit(60_000)) { p.Kill(true); throw new TimeoutException(
+            $"hull-oci {string.Join(' ', args)} did not finish in 60 s"); }
         var result = (p.ExitCode, File.ReadAllText(outFile), File.ReadAllText(errFile));
         File.Delete(outFile); File.Delete(errFile); File.Delete(inFile);
         return result;
@@ -92,14 +97,18 @@ public sealed class OciHarness : IDisposable
     {
         var harness = Path.GetDirectoryName(root)! + "/";
         var mounts = string.Join('\n', File.ReadLines("/proc/self/mountinfo").Select(l => l.Split(' '))
-            .Where(f => (f[4] + "/").StartsWith(harness, StringComparison.Ordinal)).Select(f => $"{f[3]} {f[4]}").Order());
+            .Where(f => (f[4] + "/").StartsWith(harness, StringComparison.Ordinal)).Select(f =>
+                $"{f[3]} {f[4]}").Order());
         var state = Directory.Exists(root)
-            ? string.Join('\n', Directory.EnumerateFileSystemEntries(root, "*", SearchOption.AllDirectories).Where(p => !p.StartsWith(Path.Combine(root, "@cache"), StringComparison.Ordinal)).Order())
+            ? string.Join('\n', Directory.EnumerateFileSystemEntries(root, "*",
+                SearchOption.AllDirectories).Where(p =>
+                !p.StartsWith(Path.Combine(root, "@cache"), StringComparison.Ordinal)).Order())
             : "";
         var ours = $"/t{Environment.ProcessId}-";
         var cgroups = string.Join('\n', Directory.EnumerateDirectories("/sys/fs/cgroup").SelectMany(h =>
             new[] { "hull", "hull-test" }.Select(d => Path.Combine(h, d)).Where(Directory.Exists)
-                .SelectMany(d => Directory.EnumerateDirectories(d, "*", SearchOption.AllDirectories))).Where(p => p.Contains(ours, StringComparison.Ordinal)).Order());
+                .SelectMany(d => Directory.EnumerateDirectories(d, "*", SearchOption.AllDirectories))).Where(p =>
+                    p.Contains(ours, StringComparison.Ordinal)).Order());
         return $"mounts:\n{mounts}\nstate:\n{state}\ncgroups:\n{cgroups}";
     }
 

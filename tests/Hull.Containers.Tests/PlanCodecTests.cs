@@ -18,17 +18,20 @@ public class PlanCodecTests
             Terminal = true, ConsoleSize = new Box { Height = 24, Width = 80 },
             User = new User { Uid = 1000, Gid = 1001, Umask = 18, AdditionalGids = [5, 7], Username = "u" },
             Args = ["sh", "-c", "echo \"ünïcödé\""], CommandLine = "cmd", Env = ["PATH=/bin", "EMPTY="], Cwd = "/work",
-            Capabilities = new Hull.Oci.Capabilities { Bounding = ["CAP_KILL"], Effective = ["CAP_KILL"], Inheritable = [], Permitted = ["CAP_KILL", "CAP_CHOWN"], Ambient = null },
+            Capabilities = new Hull.Oci.Capabilities { Bounding = ["CAP_KILL"], Effective = ["CAP_KILL"],
+                Inheritable = [], Permitted = ["CAP_KILL", "CAP_CHOWN"], Ambient = null },
             Rlimits = [new Rlimit { Type = "RLIMIT_NOFILE", Hard = ulong.MaxValue, Soft = 1024 }],
             NoNewPrivileges = true, ApparmorProfile = "p", OomScoreAdj = -17, SelinuxLabel = "l",
-            Scheduler = new Scheduler { Policy = "SCHED_FIFO", Nice = -5, Priority = 10, Flags = ["SCHED_FLAG_RESET_ON_FORK"], Runtime = 1, Deadline = 2, Period = 3 },
+            Scheduler = new Scheduler { Policy = "SCHED_FIFO", Nice = -5, Priority = 10,
+                Flags = ["SCHED_FLAG_RESET_ON_FORK"], Runtime = 1, Deadline = 2, Period = 3 },
             IoPriority = new IoPriority { Class = "IOPRIO_CLASS_BE", Priority = 4 },
             ExecCpuAffinity = new CpuAffinity { Initial = "0", Final = "0-1" },
         },
         Mounts =
         [
             new Mount { Destination = "/proc", Type = "proc", Source = "proc" },
-            new Mount { Destination = "/data", Type = "bind", Source = "/srv", Options = ["rbind", "ro"], UidMappings = [new IdMapping { ContainerId = 0, HostId = 100000, Size = 65536 }], GidMappings = [] },
+            new Mount { Destination = "/data", Type = "bind", Source = "/srv", Options = ["rbind", "ro"],
+                UidMappings = [new IdMapping { ContainerId = 0, HostId = 100000, Size = 65536 }], GidMappings = [] },
         ],
         Hooks = new Hooks
         {
@@ -42,13 +45,16 @@ public class PlanCodecTests
             UidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 1 }],
             GidMappings = [new IdMapping { ContainerId = 0, HostId = 1000, Size = 1 }],
             TimeOffsets = new() { ["monotonic"] = new TimeOffset { Secs = -86400, Nanosecs = 5 } },
-            Devices = [new Device { Type = "c", Path = "/dev/fuse", Major = 10, Minor = 229, FileMode = 0x1b6, Uid = 0, Gid = null }],
+            Devices = [new Device { Type = "c", Path = "/dev/fuse", Major = 10, Minor = 229, FileMode = 0x1b6, Uid = 0,
+                Gid = null }],
             CgroupsPath = "/x/y", RootfsPropagation = "rslave",
             Seccomp = new Hull.Oci.Seccomp
             {
-                DefaultAction = "SCMP_ACT_ERRNO", DefaultErrnoRet = 1, Architectures = ["SCMP_ARCH_X86_64"], Flags = ["SECCOMP_FILTER_FLAG_LOG"],
+                DefaultAction = "SCMP_ACT_ERRNO", DefaultErrnoRet = 1, Architectures = ["SCMP_ARCH_X86_64"],
+                Flags = ["SECCOMP_FILTER_FLAG_LOG"],
                 ListenerPath = "/run/l.sock", ListenerMetadata = "m",
-                Syscalls = [new SeccompSyscall { Names = ["read", "write"], Action = "SCMP_ACT_ALLOW", Args = [new SeccompArg { Index = 1, Value = ulong.MaxValue, ValueTwo = 3, Op = "SCMP_CMP_EQ" }] }],
+                Syscalls = [new SeccompSyscall { Names = ["read", "write"], Action = "SCMP_ACT_ALLOW",
+                    Args = [new SeccompArg { Index = 1, Value = ulong.MaxValue, ValueTwo = 3, Op = "SCMP_CMP_EQ" }] }],
             },
             Sysctl = new() { ["net.ipv4.ip_forward"] = "1" },
             MaskedPaths = ["/proc/kcore"], ReadonlyPaths = ["/proc/sys"], MountLabel = "ml",
@@ -70,19 +76,23 @@ public class PlanCodecTests
             ConsoleSocketFd = 5, FifoFd = -1, FirstPrivateFd = 3, MountNamespaceFd = 7,
             SeccompProgram = [1, 2, 3, 4, 5, 6, 7, 8], SeccompFlags = 9,
             CgroupPaths = ["/sys/fs/cgroup/memory/hull/c1", "/sys/fs/cgroup/unified/hull/c1"],
-            HookState = new State { Id = "c1", Status = "creating", Pid = 42, Bundle = "/b", Annotations = new() { ["k"] = "v" } },
+            HookState = new State { Id = "c1", Status = "creating", Pid = 42, Bundle = "/b",
+                Annotations = new() { ["k"] = "v" } },
         };
         var back = PlanCodec.DecodePlan(PlanCodec.Encode(plan));
 
-        Assert.Equal(Json(plan.Spec), Json(back.Spec!)); // linux.resources and intelRdt are not carried; FullSpec has none
+        // linux.resources and intelRdt are not carried; FullSpec has none
+        Assert.Equal(Json(plan.Spec), Json(back.Spec!));
         Assert.Equal((InitMode.Run, "c1", "/b", "/b/rootfs"), (back.Mode, back.Id, back.Bundle, back.Rootfs));
         Assert.Equal((true, false, true, false, true, false, true, true),
-            (back.NewMountNamespace, back.NewUserNamespace, back.NewNetworkNamespace, back.NewUtsNamespace, back.NewCgroupNamespace, back.InUserNamespace, back.NoPivot, back.ParentHooks));
+            (back.NewMountNamespace, back.NewUserNamespace, back.NewNetworkNamespace, back.NewUtsNamespace,
+                back.NewCgroupNamespace, back.InUserNamespace, back.NoPivot, back.ParentHooks));
         Assert.Equal((5, -1, 3, 9u), (back.ConsoleSocketFd, back.FifoFd, back.FirstPrivateFd, back.SeccompFlags));
         Assert.Equal(7, back.MountNamespaceFd);
         Assert.Equal(plan.CgroupPaths, back.CgroupPaths);
         Assert.Equal(plan.SeccompProgram, back.SeccompProgram);
-        Assert.Equal(JsonSerializer.Serialize(plan.HookState, OciJson.Default.State), JsonSerializer.Serialize(back.HookState!, OciJson.Default.State));
+        Assert.Equal(JsonSerializer.Serialize(plan.HookState, OciJson.Default.State),
+            JsonSerializer.Serialize(back.HookState!, OciJson.Default.State));
         Assert.Equal(["ls"], back.Process!.Args!);
     }
 
@@ -125,8 +135,10 @@ public class PlanCodecTests
     {
         var r = new ContainerRecord
         {
-            Id = "c\"1", Bundle = "/b", Rootfs = "/b/rootfs", Pid = 7, PidStartTime = ulong.MaxValue, Created = new DateTime(2026, 1, 2, 3, 4, 5, 678, DateTimeKind.Utc),
-            CgroupPath = "/hull/c1", Namespaces = ["pid", "mount"], Annotations = new() { ["k"] = "v\n" }, Owner = "root",
+            Id = "c\"1", Bundle = "/b", Rootfs = "/b/rootfs", Pid = 7, PidStartTime = ulong.MaxValue,
+            Created = new DateTime(2026, 1, 2, 3, 4, 5, 678, DateTimeKind.Utc),
+            CgroupPath = "/hull/c1", Namespaces = ["pid", "mount"], Annotations = new() { ["k"] = "v\n" },
+            Owner = "root",
             HasPoststart = true, HasPoststop = false, Started = true,
         };
         var json = r.ToJson();

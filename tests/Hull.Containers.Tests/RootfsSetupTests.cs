@@ -63,7 +63,8 @@ public class RootfsSetupTests
         var mounts = sys.Calls.Where(c => c.StartsWith("mount")).ToList();
         Assert.StartsWith("mount proc /r/proc proc 0x0", mounts[0]);
         Assert.StartsWith("mount tmpfs /r/dev tmpfs 0x1000002 mode=755,size=65536k", mounts[1]);
-        Assert.Contains(mounts, m => m.StartsWith("mount devpts /r/dev/pts devpts 0xa newinstance,ptmxmode=0666,mode=0620,gid=5"));
+        Assert.Contains(mounts, m => m.StartsWith(
+            "mount devpts /r/dev/pts devpts 0xa newinstance,ptmxmode=0666,mode=0620,gid=5"));
         Assert.Contains(mounts, m => m.StartsWith("mount sysfs /r/sys sysfs 0xf"));
         // cgroup: a tmpfs with one bind mount per hierarchy of the container's own cgroup, then remounted ro
         Assert.Contains("mount /sys/fs/cgroup/memory/hull/c1 /r/sys/fs/cgroup/memory - 0x5000 -", mounts);
@@ -74,7 +75,8 @@ public class RootfsSetupTests
     public void Read_only_bind_mount_is_remounted_with_its_flags()
     {
         var (sys, setup) = Make();
-        setup.MountOne(new Mount { Destination = "/data", Source = "/src", Type = "bind", Options = ["rbind", "ro", "nosuid", "rslave"] });
+        setup.MountOne(new Mount { Destination = "/data", Source = "/src", Type = "bind",
+            Options = ["rbind", "ro", "nosuid", "rslave"] });
         Assert.Equal(
         [
             "mkdir /r/data 755",
@@ -89,7 +91,8 @@ public class RootfsSetupTests
     {
         var (sys, setup) = Make();
         sys.Directories.Add("/proc/self/fd/7");
-        setup.MountOne(new Mount { Destination = "/data", Source = "/src", Type = "bind", Options = ["rbind", "ro"] }, 7);
+        setup.MountOne(new Mount { Destination = "/data", Source = "/src", Type = "bind", Options = ["rbind", "ro"] },
+            7);
         Assert.Equal(["mkdir /r/data 755", "move_mount fd 7 /r/data", "mount none /r/data - 0x1021 -"], sys.Calls);
     }
 
@@ -105,7 +108,8 @@ public class RootfsSetupTests
     public void Missing_bind_source_is_a_clear_error()
     {
         var (_, setup) = Make();
-        var e = Assert.Throws<ContainerException>(() => setup.MountOne(new Mount { Destination = "/x", Source = "/nope", Options = ["bind"] }));
+        var e = Assert.Throws<ContainerException>(() =>
+            setup.MountOne(new Mount { Destination = "/x", Source = "/nope", Options = ["bind"] }));
         Assert.Contains("/nope", e.Message);
     }
 
@@ -122,7 +126,8 @@ public class RootfsSetupTests
     [Fact]
     public void Devices_are_created_with_mknod_otherwise()
     {
-        var (sys, setup) = Make(s => s.Linux!.Devices = [new Device { Type = "b", Path = "/dev/sda", Major = 8, Minor = 0, FileMode = 0b110_110_000, Gid = 6 }]);
+        var (sys, setup) = Make(s => s.Linux!.Devices =
+            [new Device { Type = "b", Path = "/dev/sda", Major = 8, Minor = 0, FileMode = 0b110_110_000, Gid = 6 }]);
         setup.CreateDevices();
         Assert.Contains("mknod /r/dev/null 20666 1:3", sys.Calls);
         Assert.Contains("mknod /r/dev/sda 60660 8:0", sys.Calls);
@@ -145,7 +150,8 @@ public class RootfsSetupTests
     [Fact]
     public void Finish_masks_and_protects_paths_and_makes_root_read_only()
     {
-        var (sys, setup) = Make(s => { s.Linux!.MaskedPaths = ["/proc/kcore", "/sys/firmware"]; s.Linux.ReadonlyPaths = ["/proc/sys"]; s.Linux.Sysctl = new() { ["net.ipv4.ip_forward"] = "1" }; });
+        var (sys, setup) = Make(s => { s.Linux!.MaskedPaths = ["/proc/kcore", "/sys/firmware"]; s.Linux.ReadonlyPaths =
+            ["/proc/sys"]; s.Linux.Sysctl = new() { ["net.ipv4.ip_forward"] = "1" }; });
         sys.Files.Add("/proc/kcore");
         sys.Directories.Add("/sys/firmware");
         sys.Directories.Add("/proc/sys");
@@ -166,7 +172,8 @@ public class RootfsSetupTests
     {
         var (sys, setup) = Make();
         sys.FailOn["mount"] = Errors.ENODEV;
-        var e = Assert.Throws<LinuxException>(() => setup.MountOne(new Mount { Destination = "/x", Source = "none", Type = "nosuchfs" }));
+        var e = Assert.Throws<LinuxException>(() =>
+            setup.MountOne(new Mount { Destination = "/x", Source = "none", Type = "nosuchfs" }));
         Assert.Equal(Errors.ENODEV, e.Errno);
         Assert.Contains("/r/x", e.Message);
     }
@@ -177,7 +184,8 @@ public class SecurePathTests
     [Fact]
     public void Symlinks_cannot_escape_the_root()
     {
-        var links = new Dictionary<string, string> { ["/r/etc"] = "/../../host/etc", ["/r/a"] = "../../b", ["/r/b/c"] = "/d" };
+        var links = new Dictionary<string, string> { ["/r/etc"] = "/../../host/etc", ["/r/a"] = "../../b",
+            ["/r/b/c"] = "/d" };
         string? Read(string p) => links.TryGetValue(p, out var t) ? t : null;
         Assert.Equal("/r/host/etc/passwd", SecurePath.Join("/r", "/etc/passwd", Read));
         Assert.Equal("/r/b", SecurePath.Join("/r", "/a", Read));
@@ -188,7 +196,8 @@ public class SecurePathTests
     [Fact]
     public void A_symlink_loop_is_an_error()
     {
-        var e = Assert.Throws<ContainerException>(() => SecurePath.Join("/r", "/loop", p => p == "/r/loop" ? "/loop" : null));
+        var e = Assert.Throws<ContainerException>(() =>
+            SecurePath.Join("/r", "/loop", p => p == "/r/loop" ? "/loop" : null));
         Assert.Contains("too many symlinks", e.Message);
     }
 }
@@ -207,37 +216,49 @@ public class SpecValidatorTests
     [InlineData("unknown namespace type \"net\"")]
     public void Unknown_namespace(string expected)
     {
-        var e = Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Linux!.Namespaces!.Add(new Namespace { Type = "net" })), "/"));
+        var e = Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Linux!.Namespaces!.Add(new Namespace { Type = "net" })), "/"));
         Assert.Contains(expected, e.Message);
     }
 
     [Fact]
     public void Duplicate_namespace() =>
-        Assert.Contains("listed twice", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Linux!.Namespaces!.Add(new Namespace { Type = "pid" })), "/")).Message);
+        Assert.Contains("listed twice", Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Linux!.Namespaces!.Add(new Namespace { Type = "pid" })), "/")).Message);
 
     [Fact]
     public void Mappings_without_user_namespace() =>
-        Assert.Contains("no user namespace", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Linux!.UidMappings = [new IdMapping { Size = 1 }]), "/")).Message);
+        Assert.Contains("no user namespace", Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Linux!.UidMappings = [new IdMapping { Size = 1 }]), "/")).Message);
 
     [Fact]
     public void Unknown_capability() =>
-        Assert.Contains("CAP_FLY", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Process!.Capabilities!.Bounding!.Add("CAP_FLY")), "/")).Message);
+        Assert.Contains("CAP_FLY", Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Process!.Capabilities!.Bounding!.Add("CAP_FLY")), "/")).Message);
 
     [Fact]
     public void Rlimit_soft_above_hard() =>
-        Assert.Contains("above the hard limit", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Process!.Rlimits = [new Rlimit { Type = "RLIMIT_NOFILE", Soft = 10, Hard = 5 }]), "/")).Message);
+        Assert.Contains("above the hard limit",
+            Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Process!.Rlimits =
+            [new Rlimit { Type = "RLIMIT_NOFILE", Soft = 10, Hard = 5 }]), "/")).Message);
 
     [Fact]
     public void Host_sysctl_is_refused() =>
-        Assert.Contains("vm.swappiness", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Linux!.Sysctl = new() { ["vm.swappiness"] = "1" }), "/")).Message);
+        Assert.Contains("vm.swappiness", Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Linux!.Sysctl = new() { ["vm.swappiness"] = "1" }), "/")).Message);
 
     [Fact]
     public void Relative_mount_destination() =>
-        Assert.Contains("absolute", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Mounts!.Add(new Mount { Destination = "data", Type = "tmpfs" })), "/")).Message);
+        Assert.Contains("absolute", Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Mounts!.Add(new Mount { Destination = "data", Type = "tmpfs" })),
+            "/")).Message);
 
     [Fact]
     public void Unknown_bind_option() =>
-        Assert.Contains("rbindd", Assert.Throws<InvalidSpecException>(() => SpecValidator.Validate(Valid(s => s.Mounts!.Add(new Mount { Destination = "/d", Source = "/", Type = "bind", Options = ["rbindd"] })), "/")).Message);
+        Assert.Contains("rbindd", Assert.Throws<InvalidSpecException>(() =>
+            SpecValidator.Validate(Valid(s => s.Mounts!.Add(
+            new Mount { Destination = "/d", Source = "/", Type = "bind", Options = ["rbindd"] })), "/")).Message);
 
     [Fact]
     public void The_default_spec_is_valid() => SpecValidator.Validate(Valid(_ => { }), "/");

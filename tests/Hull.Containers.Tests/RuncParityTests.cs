@@ -144,7 +144,8 @@ public class RuncParityTests(OciHarnessFixture f)
         Assert.Equal("0:0 ok", Run(true, "stat -c %u:%g /vol/f | tr '\\n' ' '; echo new > /vol/g && echo ok"));
         Assert.True(Hull.Linux.GuestSys.TryStat(Path.Combine(vol, "g"), false, out var st, out _));
         Assert.Equal(0u, st.Uid); // the container's root wrote it: host root through the mapping
-        Assert.Equal("65534:65534 denied", Run(false, "stat -c %u:%g /vol/f | tr '\\n' ' '; echo x > /vol/h 2>/dev/null || echo denied"));
+        Assert.Equal("65534:65534 denied", Run(false,
+            "stat -c %u:%g /vol/f | tr '\\n' ' '; echo x > /vol/h 2>/dev/null || echo denied"));
         Assert.Contains("need a bind mount", H.Run("run", "--bundle", H.Bundle(s => s.Mounts!.Add(new Mount
         {
             Destination = "/t", Type = "tmpfs", Source = "tmpfs",

@@ -90,7 +90,8 @@ sealed unsafe class TestSeccompAgent : IDisposable
                     lock (Answered) Answered.Add((n.Pid, n.Nr));
                     SeccompNotify.Respond(fd, n.Id, 0, _errno);
                 }
-                catch (LinuxException e) when (e.Errno == Hull.Linux.Errors.ENOENT) { }   // the task went away meanwhile
+                // the task went away meanwhile
+                catch (LinuxException e) when (e.Errno == Hull.Linux.Errors.ENOENT) { }
             }
         }
     }
@@ -109,7 +110,8 @@ sealed unsafe class TestSeccompAgent : IDisposable
 }
 
 /// <summary>SCMP_ACT_NOTIFY end to end through hull-oci: the container init and an exec'd process each hand their
-/// notify fd, with the container process state, to the agent at listenerPath, which answers mkdir with EDQUOT.</summary>
+/// notify fd, with the container process state, to the agent at listenerPath, which answers mkdir with
+/// EDQUOT.</summary>
 [Collection("oci")]
 public class SeccompNotifyTests(OciHarnessFixture f)
 {
@@ -129,7 +131,8 @@ public class SeccompNotifyTests(OciHarnessFixture f)
     {
         var id = H.NewId();
         using var agent = new TestSeccompAgent(Path.Combine(H.Dir.Path, "agent-" + id + ".sock"), EDQUOT);
-        var b = H.Bundle(s => s.Linux!.Seccomp = NotifyMkdir(agent.SocketPath), "sh", "-c", "mkdir /tmp/a 2>&1; echo rc=$?");
+        var b = H.Bundle(s => s.Linux!.Seccomp = NotifyMkdir(agent.SocketPath), "sh", "-c",
+            "mkdir /tmp/a 2>&1; echo rc=$?");
         var (code, o, e) = H.Run("run", "--bundle", b, id);
         Assert.True(code == 0, $"{o}{e}");
         Assert.Contains("Disk quota exceeded", o);
@@ -158,7 +161,8 @@ public class SeccompNotifyTests(OciHarnessFixture f)
             // The init sends its fd right after start; wait for it (bounded) so the order below is fixed.
             for (var i = 0; i < 1000 && !agent.StatesSnapshot().Any(x => x.Pid == init); i++) Thread.Sleep(10);
             Assert.Contains(agent.StatesSnapshot(), x => x.Pid == init);
-            var (c2, o2, e2) = H.Run("exec", id, "sh", "-c", "mkdir /tmp/b 2>&1; echo rc=$?; ls -l /proc/$$/fd | grep -c seccomp; true");
+            var (c2, o2, e2) = H.Run("exec", id, "sh", "-c",
+                "mkdir /tmp/b 2>&1; echo rc=$?; ls -l /proc/$$/fd | grep -c seccomp; true");
             Assert.True(c2 == 0, $"{o2}{e2}");
             Assert.Contains("Disk quota exceeded", o2);
             Assert.Contains("rc=1", o2);

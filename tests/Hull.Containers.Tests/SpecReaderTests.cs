@@ -5,7 +5,8 @@ using Xunit;
 
 namespace Hull.Containers.Tests;
 
-/// <summary>The direct config.json reader gives exactly what the serializer gives, or gives up (no root needed).</summary>
+/// <summary>The direct config.json reader gives exactly what the serializer gives, or gives up (no root
+/// needed).</summary>
 public class SpecReaderTests
 {
     static string Json(Spec s) => JsonSerializer.Serialize(s, OciJson.Default.Spec);
@@ -31,18 +32,25 @@ public class SpecReaderTests
     [Fact]
     public void Every_field_reads_the_same()
     {
-        var spec = JsonSerializer.Deserialize(JsonSerializer.Serialize(PlanCodecTests.FullSpec(), OciJson.Default.Spec), OciJson.Default.Spec)!;
+        var spec = JsonSerializer.Deserialize(JsonSerializer.Serialize(PlanCodecTests.FullSpec(), OciJson.Default.Spec),
+            OciJson.Default.Spec)!;
         spec.Linux!.Resources = new Resources
         {
-            Devices = [new DeviceCgroup { Allow = false, Access = "rwm" }, new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = null, Access = "r" }],
-            Memory = new Memory { Limit = 1 << 30, Reservation = -1, Swap = 2, Kernel = 3, KernelTcp = 4, Swappiness = 60, DisableOomKiller = true, UseHierarchy = false, CheckBeforeUpdate = true },
-            Cpu = new Cpu { Shares = 1024, Quota = -1, Burst = 5, Period = 100000, RealtimeRuntime = 6, RealtimePeriod = 7, Cpus = "0-1", Mems = "0", Idle = 1 },
+            Devices = [new DeviceCgroup { Allow = false, Access = "rwm" },
+                new DeviceCgroup { Allow = true, Type = "c", Major = 1, Minor = null, Access = "r" }],
+            Memory = new Memory { Limit = 1 << 30, Reservation = -1, Swap = 2, Kernel = 3, KernelTcp = 4,
+                Swappiness = 60, DisableOomKiller = true, UseHierarchy = false, CheckBeforeUpdate = true },
+            Cpu = new Cpu { Shares = 1024, Quota = -1, Burst = 5, Period = 100000, RealtimeRuntime = 6,
+                RealtimePeriod = 7, Cpus = "0-1", Mems = "0", Idle = 1 },
             Pids = new Pids { Limit = 100 },
             BlockIo = new BlockIo
             {
-                Weight = 500, LeafWeight = 300, WeightDevice = [new WeightDevice { Major = 8, Minor = 0, Weight = 10, LeafWeight = null }],
-                ThrottleReadBpsDevice = [new ThrottleDevice { Major = 8, Minor = 0, Rate = ulong.MaxValue }], ThrottleWriteBpsDevice = [],
-                ThrottleReadIopsDevice = [new ThrottleDevice { Major = 8, Minor = 16, Rate = 3 }], ThrottleWriteIopsDevice = null,
+                Weight = 500, LeafWeight = 300, WeightDevice =
+                    [new WeightDevice { Major = 8, Minor = 0, Weight = 10, LeafWeight = null }],
+                ThrottleReadBpsDevice = [new ThrottleDevice { Major = 8, Minor = 0, Rate = ulong.MaxValue }],
+                ThrottleWriteBpsDevice = [],
+                ThrottleReadIopsDevice = [new ThrottleDevice { Major = 8, Minor = 16, Rate = 3 }],
+                ThrottleWriteIopsDevice = null,
             },
             HugepageLimits = [new HugepageLimit { PageSize = "2MB", Limit = 4096 }],
             Network = new Network { ClassId = 9, Priorities = [new InterfacePriority { Name = "eth0", Priority = 3 }] },

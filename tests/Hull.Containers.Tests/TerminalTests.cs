@@ -42,7 +42,8 @@ public class TerminalTests(OciHarnessFixture f)
         listener.Bind(new UnixDomainSocketEndPoint(sockPath));
         listener.Listen();
         var id = H.NewId();
-        var b = H.Bundle(s => { s.Process!.Terminal = true; s.Process.ConsoleSize = new Box { Height = 33, Width = 101 }; },
+        var b = H.Bundle(s => { s.Process!.Terminal = true; s.Process.ConsoleSize =
+            new Box { Height = 33, Width = 101 }; },
             "sh", "-c", "tty; stty size; test -t 0 && echo interactive; read line; echo got=$line");
         var masterTask = ReceiveMaster(listener);
         var (code, _, e) = H.Run("create", "--bundle", b, "--console-socket", sockPath, id);
@@ -73,7 +74,8 @@ public class TerminalTests(OciHarnessFixture f)
             listener.Bind(new UnixDomainSocketEndPoint(sockPath));
             listener.Listen();
             var masterTask = ReceiveMaster(listener);
-            var run = Task.Run(() => H.Run("exec", "-t", "--console-socket", sockPath, id, "sh", "-c", "tty; test -t 1 && echo isatty; exit 4"));
+            var run = Task.Run(() => H.Run("exec", "-t", "--console-socket", sockPath, id, "sh", "-c",
+                "tty; test -t 1 && echo isatty; exit 4"));
             using var master = await masterTask.WaitAsync(TimeSpan.FromSeconds(10));
             var output = ReadAll(master).Replace("\r", "");
             var (code, _, e) = await run.WaitAsync(TimeSpan.FromSeconds(30));

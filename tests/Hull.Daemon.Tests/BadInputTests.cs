@@ -4,7 +4,8 @@ using Xunit;
 
 namespace Hull.Daemon.Tests;
 
-/// <summary>Every bad-input case of the issue, through the SDK: a clear message, the right status, and nothing half-made.</summary>
+/// <summary>Every bad-input case of the issue, through the SDK: a clear message, the right status, and nothing
+/// half-made.</summary>
 [Collection("daemon")]
 public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
 {
@@ -21,12 +22,15 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
     async Task AssertNotCreated(string name)
     {
         Assert.DoesNotContain(await C.ListInstancesAsync(), i => i.Name == name);
-        Assert.False(Directory.Exists(Path.Combine(shared.D.StateDir, "instances", name)), $"{name}'s directory was left behind");
+        Assert.False(Directory.Exists(Path.Combine(shared.D.StateDir, "instances", name)),
+            $"{name}'s directory was left behind");
     }
 
-    Task<Instance> Create(string name, string image = "busybox", Dictionary<string, string>? config = null, List<string>? profiles = null,
+    Task<Instance> Create(string name, string image = "busybox", Dictionary<string, string>? config = null,
+        List<string>? profiles = null,
         Dictionary<string, Dictionary<string, string>>? devices = null, string type = InstanceTypes.Container) =>
-        C.CreateInstanceAsync(new InstanceCreateRequest { Name = name, Image = image, Config = config ?? [], Profiles = profiles, Devices = devices ?? [], Type = type });
+        C.CreateInstanceAsync(new InstanceCreateRequest { Name = name, Image = image, Config = config ?? [],
+            Profiles = profiles, Devices = devices ?? [], Type = type });
 
     [SkippableFact]
     public async Task Unknown_instance_image_profile_and_key()
@@ -37,14 +41,20 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
         await Fails(() => C.DeleteInstanceAsync("ghost"), 404, "not found");
         await Fails(() => C.ReadFileAsync("ghost", "/etc/passwd"), 404, "not found");
 
-        await Fails(() => Create("bad-image", image: "no-such-image"), 404, "image 'no-such-image' not found", "hull image import", "busybox");
+        await Fails(() => Create("bad-image", image: "no-such-image"), 404, "image 'no-such-image' not found",
+            "hull image import", "busybox");
         await AssertNotCreated("bad-image");
-        await Fails(() => Create("bad-profile", profiles: ["default", "nope"]), 404, "profile 'nope' not found", "hull profile list");
+        await Fails(() => Create("bad-profile", profiles: ["default", "nope"]), 404, "profile 'nope' not found",
+            "hull profile list");
         await AssertNotCreated("bad-profile");
-        await Fails(() => Create("bad-key", config: new() { ["limits.cpus"] = "2" }), 400, "unknown config key 'limits.cpus'", "did you mean limits.cpu", "valid keys are");
+        await Fails(() => Create("bad-key", config: new() { ["limits.cpus"] = "2" }), 400,
+            "unknown config key 'limits.cpus'", "did you mean limits.cpu", "valid keys are");
         await AssertNotCreated("bad-key");
-        await Fails(() => Create("bad-dev", devices: new() { ["d"] = new() { ["type"] = "usb" } }), 400, "device 'd'", "valid types are disk, bind");
-        await Fails(() => Create("bad-dev", devices: new() { ["d"] = new() { ["type"] = "bind", ["source"] = "/no/such/dir", ["path"] = "/x" } }), 400, "/no/such/dir does not exist");
+        await Fails(() => Create("bad-dev", devices: new() { ["d"] = new() { ["type"] = "usb" } }), 400, "device 'd'",
+            "valid types are disk, bind");
+        await Fails(() => Create("bad-dev", devices: new() { ["d"] =
+            new() { ["type"] = "bind", ["source"] = "/no/such/dir", ["path"] = "/x" } }), 400,
+            "/no/such/dir does not exist");
         await AssertNotCreated("bad-dev");
         await Fails(() => C.GetProfileAsync("nope"), 404, "profile 'nope' not found");
         await Fails(() => C.GetImageAsync("nope"), 404, "image 'nope' not found");
@@ -54,11 +64,15 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
     [SkippableFact]
     public async Task Invalid_values_name_the_valid_range()
     {
-        await Fails(() => Create("v1", config: new() { ["limits.cpu"] = "0" }), 400, "limits.cpu='0' is invalid", "from 1 to 1024");
-        await Fails(() => Create("v1", config: new() { ["limits.memory"] = "1KiB" }), 400, "limits.memory='1KiB' is invalid", "from 4MiB to 16TiB");
+        await Fails(() => Create("v1", config: new() { ["limits.cpu"] = "0" }), 400, "limits.cpu='0' is invalid",
+            "from 1 to 1024");
+        await Fails(() => Create("v1", config: new() { ["limits.memory"] = "1KiB" }), 400,
+            "limits.memory='1KiB' is invalid", "from 4MiB to 16TiB");
         await Fails(() => Create("v1", config: new() { ["limits.memory"] = "lots" }), 400, "limits.memory='lots'");
-        await Fails(() => Create("v1", config: new() { ["limits.processes"] = "-5" }), 400, "limits.processes='-5'", "from 1 to 4194304");
-        await Fails(() => Create("v1", config: new() { ["boot.autostart"] = "maybe" }), 400, "boot.autostart='maybe'", "true or false");
+        await Fails(() => Create("v1", config: new() { ["limits.processes"] = "-5" }), 400, "limits.processes='-5'",
+            "from 1 to 4194304");
+        await Fails(() => Create("v1", config: new() { ["boot.autostart"] = "maybe" }), 400, "boot.autostart='maybe'",
+            "true or false");
         await Fails(() => Create("v1", config: new() { ["environment.1BAD"] = "x" }), 400, "environment.1BAD");
         await Fails(() => Create("bad name!"), 400, "instance name 'bad name!' is invalid");
         await Fails(() => Create("v1", type: "toaster"), 400, "instance type 'toaster' is invalid", "container or vm");
@@ -67,11 +81,15 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
         await Create("valid");
         var i = await C.GetInstanceAsync("valid");
         i.Config["limits.cpu"] = "2000";
-        await Fails(() => C.UpdateInstanceAsync("valid", new InstancePut { Config = i.Config, Profiles = i.Profiles }), 400, "limits.cpu='2000'", "from 1 to 1024");
+        await Fails(() => C.UpdateInstanceAsync("valid", new InstancePut { Config = i.Config, Profiles = i.Profiles }),
+            400, "limits.cpu='2000'", "from 1 to 1024");
         Assert.False((await C.GetInstanceAsync("valid")).Config.ContainsKey("limits.cpu"));
-        await Fails(() => C.ChangeStateAsync("valid", "explode"), 400, "state action 'explode' is unknown", "start, stop, restart, pause or resume");
+        await Fails(() => C.ChangeStateAsync("valid", "explode"), 400, "state action 'explode' is unknown",
+            "start, stop, restart, pause or resume");
         await Fails(() => C.ChangeStateAsync("valid", "stop", timeout: -7), 409, "already stopped");
-        await Fails(() => C.CreateProfileAsync(new ProfileCreateRequest { Name = "p-bad", Config = { ["limits.memory"] = "0" } }), 400, "limits.memory='0'");
+        await Fails(() => C.CreateProfileAsync(
+            new ProfileCreateRequest { Name = "p-bad", Config = { ["limits.memory"] = "0" } }), 400,
+            "limits.memory='0'");
         await Fails(() => C.ExecAsync("valid", new ExecRequest { Command = [] }), 400, "no command given");
         await C.DeleteInstanceAsync("valid");
     }
@@ -82,7 +100,8 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
         await Create("clash");
         await Fails(() => Create("clash"), 409, "instance 'clash' already exists", "choose another name");
         await C.CreateProfileAsync(new ProfileCreateRequest { Name = "dup" });
-        await Fails(() => C.CreateProfileAsync(new ProfileCreateRequest { Name = "dup" }), 409, "profile 'dup' already exists");
+        await Fails(() => C.CreateProfileAsync(new ProfileCreateRequest { Name = "dup" }), 409,
+            "profile 'dup' already exists");
         await C.DeleteProfileAsync("dup");
 
         await Fails(() => C.StopAsync("clash"), 409, "already stopped");
@@ -127,12 +146,14 @@ public sealed class BadInputTests(SharedDaemon shared) : IClassFixture<SharedDae
     [SkippableFact]
     public async Task An_engine_failure_mid_launch_leaves_nothing()
     {
-        await Fails(() => C.LaunchAsync("busybox", "broken", config: new() { ["user.test.fail-create"] = "1" }), 500, "injected engine failure");
+        await Fails(() => C.LaunchAsync("busybox", "broken", config: new() { ["user.test.fail-create"] = "1" }), 500,
+            "injected engine failure");
         await AssertNotCreated("broken");
         // A start that fails (a bind source removed after create) rolls back to Stopped with the reason.
         var src = Path.Combine(shared.D.Dir, "vanishing");
         Directory.CreateDirectory(src);
-        await Create("start-fails", devices: new() { ["d"] = new() { ["type"] = "bind", ["source"] = src, ["path"] = "/mnt/d" } });
+        await Create("start-fails", devices: new() { ["d"] =
+            new() { ["type"] = "bind", ["source"] = src, ["path"] = "/mnt/d" } });
         Directory.Delete(src);
         await Fails(() => C.StartAsync("start-fails"), 400, "device 'd'", "no longer exists");
         var i = await C.GetInstanceAsync("start-fails");

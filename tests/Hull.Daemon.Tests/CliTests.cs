@@ -31,7 +31,9 @@ public sealed class CliTests
         Ok(list, "list");
         using (var doc = JsonDocument.Parse(list.Out))
         {
-            var names = doc.RootElement.EnumerateArray().Select(e => (e.GetProperty("name").GetString(), e.GetProperty("state").GetString(), e.GetProperty("type").GetString())).ToList();
+            var names = doc.RootElement.EnumerateArray().Select(e =>
+                (e.GetProperty("name").GetString(), e.GetProperty("state").GetString(),
+                e.GetProperty("type").GetString())).ToList();
             Assert.Contains(("c1", "Running", "container"), names);
             Assert.Contains(("v1", "Running", "vm"), names);
         }
@@ -44,7 +46,8 @@ public sealed class CliTests
         Assert.Contains("Type: container", d.Cli("info", "c1").Out);
 
         // exec: stdin streamed in, stdout and stderr out, the exit status returned.
-        var exec = d.CliIn("hello from stdin", "exec", "c1", "--env", "X=1", "--cwd", "/tmp", "--", "sh", "-c", "cat; echo; echo $WHO$X $(pwd); echo oops >&2; exit 42");
+        var exec = d.CliIn("hello from stdin", "exec", "c1", "--env", "X=1", "--cwd", "/tmp", "--", "sh", "-c",
+            "cat; echo; echo $WHO$X $(pwd); echo oops >&2; exit 42");
         Assert.Equal(42, exec.Code);
         Assert.Equal("hello from stdin\ncli1 /tmp\n", exec.Out);
         Assert.Contains("oops", exec.Err);
@@ -138,7 +141,8 @@ public sealed class OciLayoutTests
 {
     static void Run(string program, params string[] args)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo(Hull.TestSupport.Requires.Program(program)) { RedirectStandardError = true, RedirectStandardOutput = true };
+        var psi = new System.Diagnostics.ProcessStartInfo(
+            Hull.TestSupport.Requires.Program(program)) { RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = System.Diagnostics.Process.Start(psi)!;
         var err = p.StandardError.ReadToEnd() + p.StandardOutput.ReadToEnd();
@@ -150,7 +154,8 @@ public sealed class OciLayoutTests
     public async Task Import_an_oci_layout_with_whiteouts_and_launch_it()
     {
         using var d = new TestDaemon();
-        // A layout with three layers: the busybox rootfs, a layer adding files, a layer whiting one out and making /opt opaque.
+        // A layout with three layers: the busybox rootfs, a layer adding files, a layer whiting one out and making /opt
+        // opaque.
         var export = Path.Combine(d.Dir, "bb.tar");
         await d.Client.LaunchAsync("busybox", "seed"); // builds the built-in image
         Assert.Equal(0, d.Cli("image", "export", "busybox", export).Code);
@@ -186,8 +191,10 @@ public sealed class OciLayoutTests
         Assert.Contains("app", badRef.Err);
         // A corrupt blob is refused and leaves no image.
         var images = (await d.Client.ListImagesAsync()).Count;
-        var blob = Directory.GetFiles(Path.Combine(layout, "blobs", "sha256")).OrderByDescending(f => new FileInfo(f).Length).First();
-        await using (var f = File.OpenWrite(blob)) { f.Seek(100, SeekOrigin.Begin); f.WriteByte(0x42); f.WriteByte(0x43); }
+        var blob = Directory.GetFiles(Path.Combine(layout, "blobs", "sha256")).OrderByDescending(f =>
+            new FileInfo(f).Length).First();
+        await using (var f = File.OpenWrite(blob)) { f.Seek(100,
+            SeekOrigin.Begin); f.WriteByte(0x42); f.WriteByte(0x43); }
         var corrupt = d.Cli("image", "import", layout);
         Assert.NotEqual(0, corrupt.Code);
         Assert.Contains("corrupt", corrupt.Err);

@@ -5,7 +5,8 @@ namespace Hull.Daemon.Tests;
 
 /// <summary>
 /// A real hulld (the JIT build of the test host: hulld plus the process test driver) on a private state dir and socket.
-/// Dispose (see <see cref="HulldProcess"/>) restarts a stopped daemon to delete every instance, then removes everything.
+/// Dispose (see <see cref="HulldProcess"/>) restarts a stopped daemon to delete every instance, then removes
+/// everything.
 /// </summary>
 public sealed class TestDaemon : HulldProcess
 {
@@ -13,14 +14,16 @@ public sealed class TestDaemon : HulldProcess
     {
         get
         {
-            var rel = typeof(TestDaemon).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "HullTestHostDir").Value!;
+            var rel = typeof(TestDaemon).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a =>
+                a.Key == "HullTestHostDir").Value!;
             return Path.Combine(Repo.Root, "tests", "Hull.Daemon.Tests", rel);
         }
     }
 
     public static string HostExe => Path.Combine(HostDir, "hull-testhost");
 
-    public TestDaemon(bool start = true, string[]? extraArgs = null) : base(Checked(HostExe), "hull-dt-", TimeSpan.FromSeconds(10))
+    public TestDaemon(bool start = true, string[]? extraArgs = null)
+        : base(Checked(HostExe), "hull-dt-", TimeSpan.FromSeconds(10))
     {
         if (start) Start(extraArgs);
     }

@@ -28,7 +28,8 @@ public sealed class LimitsTests
         },
     }) { BaseAddress = new Uri("http://hulld/"), Timeout = TimeSpan.FromMinutes(2) };
 
-    static async Task<(int Status, ErrorResponse? Error, string Body)> Send(HttpClient h, HttpMethod m, string path, HttpContent? body = null,
+    static async Task<(int Status, ErrorResponse? Error, string Body)> Send(HttpClient h, HttpMethod m, string path,
+        HttpContent? body = null,
         bool expectContinue = false)
     {
         var req = new HttpRequestMessage(m, path) { Content = body };
@@ -41,9 +42,11 @@ public sealed class LimitsTests
     }
 
     static long Rss(int pid) =>
-        long.Parse(File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+        long.Parse(File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:")).Split(' ',
+            StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
 
-    /// <summary>A body of n bytes that is one huge JSON string value, sent chunked (no Content-Length) or with a length.</summary>
+    /// <summary>A body of n bytes that is one huge JSON string value, sent chunked (no Content-Length) or with a
+    /// length.</summary>
     sealed class HugeJson(long n, bool chunked) : HttpContent
     {
         protected override async Task SerializeToStreamAsync(Stream s, TransportContext? context)
@@ -73,7 +76,8 @@ public sealed class LimitsTests
 
         // 100 MiB of JSON: a client that waits for "100 Continue" gets the 413 before it sends the body; one that
         // sends it at once (declared or chunked) is cut off at the 4 MiB JSON limit.
-        var (st, err, _) = await Send(h, HttpMethod.Post, "1.0/instances", new HugeJson(100L << 20, false), expectContinue: true);
+        var (st, err, _) = await Send(h, HttpMethod.Post, "1.0/instances", new HugeJson(100L << 20, false),
+            expectContinue: true);
         Assert.Equal(413, st);
         Assert.Contains("4MiB", err!.Error);
         Assert.Contains("--max-json-body", err.Error);
@@ -92,7 +96,8 @@ public sealed class LimitsTests
         Assert.True(new FileInfo(Path.Combine(d.StateDir, "hull.db")).Length < 4 << 20);
 
         // Uploads have their own limit (set to 1 MiB here): an image, a backup, a pushed file.
-        foreach (var (path, type) in new[] { ("1.0/images", "application/octet-stream"), ("1.0/instances", "application/x-tar"),
+        foreach (var (path, type) in new[] { ("1.0/images", "application/octet-stream"),
+            ("1.0/instances", "application/x-tar"),
                      ("1.0/instances/lim/files?path=/tmp/big", "application/octet-stream") })
         {
             var c = new ByteArrayContent(new byte[2 << 20]);
@@ -102,7 +107,8 @@ public sealed class LimitsTests
             Assert.Contains("1MiB", err!.Error);
             Assert.Contains("--max-upload", err.Error);
         }
-        var pe = await Assert.ThrowsAsync<HullException>(() => d.Client.PushFileAsync("lim", "/tmp/big", new byte[2 << 20]));
+        var pe = await Assert.ThrowsAsync<HullException>(() =>
+            d.Client.PushFileAsync("lim", "/tmp/big", new byte[2 << 20]));
         Assert.Equal(413, pe.StatusCode);
         Assert.Contains("--max-upload", pe.Message);
         // No spool is left behind by a refused upload.
@@ -118,7 +124,8 @@ public sealed class LimitsTests
     {
         using var d = new TestDaemon();
         var c = d.Client;
-        async Task Refused(Dictionary<string, string>? config, Dictionary<string, Dictionary<string, string>>? devices, string fragment)
+        async Task Refused(Dictionary<string, string>? config, Dictionary<string, Dictionary<string, string>>? devices,
+            string fragment)
         {
             var e = await Assert.ThrowsAsync<HullException>(() => c.CreateInstanceAsync(new InstanceCreateRequest
             { Name = "cfg", Image = "busybox", Config = config ?? [], Devices = devices ?? [] }));
@@ -130,7 +137,8 @@ public sealed class LimitsTests
         await Refused(new() { ["user.big"] = new string('v', 70000) }, null, "larger than 64 KiB");
         await Refused(null, Enumerable.Range(0, 70).ToDictionary(i => $"d{i}", i => new Dictionary<string, string>
             { ["type"] = "bind", ["source"] = "/tmp", ["path"] = $"/mnt/{i}" }), "limit of 64");
-        await Refused(null, new() { ["d"] = new() { ["type"] = "bind", ["source"] = "/tmp/" + new string('x', 5000), ["path"] = "/mnt" } },
+        await Refused(null, new() { ["d"] = new() { ["type"] = "bind", ["source"] = "/tmp/" + new string('x', 5000),
+            ["path"] = "/mnt" } },
             "at most 4096");
         await Assert.ThrowsAsync<HullException>(() => c.CreateProfileAsync(new ProfileCreateRequest
         { Name = "p", Config = Enumerable.Range(0, 1100).ToDictionary(i => $"user.k{i}", _ => "v") }));
@@ -152,7 +160,8 @@ public sealed class LimitsTests
         e = await Assert.ThrowsAsync<HullException>(() => c.ExecAsync("ex", "echo", "a\0b"));
         Assert.Equal(400, e.StatusCode);
         Assert.Contains("command[1] contains a NUL byte", e.Message);
-        e = await Assert.ThrowsAsync<HullException>(() => c.ExecAsync("ex", new ExecRequest { Command = ["env"], Environment = { ["A"] = "x\0y" } }));
+        e = await Assert.ThrowsAsync<HullException>(() =>
+            c.ExecAsync("ex", new ExecRequest { Command = ["env"], Environment = { ["A"] = "x\0y" } }));
         Assert.Equal(400, e.StatusCode);
         Assert.Contains("environment variable 'A' contains a NUL byte", e.Message);
     }
@@ -210,11 +219,14 @@ public sealed class LimitsTests
         using (var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
         {
             s.Connect(new UnixDomainSocketEndPoint(d.Socket));
-            s.Send(Encoding.ASCII.GetBytes("POST /1.0/images HTTP/1.1\r\nHost: hulld\r\nContent-Length: 10000000\r\n\r\n"));
+            s.Send(Encoding.ASCII.GetBytes("POST /1.0/images HTTP/1.1\r\nHost: hulld\r\nContent-Length: " +
+                "10000000\r\n\r\n"));
             s.Send(new byte[1 << 20]);
-            await Wait.UntilAsync(() => Task.FromResult(Directory.GetFiles(images, "tmp-upload-*").Length == 1), "the upload spool");
+            await Wait.UntilAsync(() => Task.FromResult(Directory.GetFiles(images, "tmp-upload-*").Length == 1),
+                "the upload spool");
         }
-        await Wait.UntilAsync(() => Task.FromResult(Directory.GetFiles(images, "tmp-upload-*").Length == 0), "the spool of the aborted upload to go");
+        await Wait.UntilAsync(() => Task.FromResult(Directory.GetFiles(images, "tmp-upload-*").Length == 0),
+            "the spool of the aborted upload to go");
 
         // kill -9 during an upload, and spools that an older hulld left: the restart sweeps them.
         File.WriteAllBytes(Path.Combine(images, "tmp-upload-0123456789ab"), new byte[4096]);

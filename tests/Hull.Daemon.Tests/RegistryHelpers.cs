@@ -24,7 +24,8 @@ public static class RegistryTestUtil
 
     public static string Run(string program, params string[] args)
     {
-        var psi = new ProcessStartInfo(Requires.Program(program)) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(Requires.Program(program)) { RedirectStandardError = true,
+            RedirectStandardOutput = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEndAsync();
@@ -35,16 +36,19 @@ public static class RegistryTestUtil
     }
 
     /// <summary>
-    /// An OCI layout (written by umoci) with two tags: "v1" is a busybox root filesystem in one layer (the host's static
+    /// An OCI layout (written by umoci) with two tags: "v1" is a busybox root filesystem in one layer (the host's
+    /// static
     /// /bin/busybox and its applet links), "v2" is v1 plus a layer adding /etc/hull-release.
     /// </summary>
     public static string BuildBusyboxLayout(string dir)
     {
         Requires.File("/bin/busybox", "busybox-static");
         var rootfs = Path.Combine(dir, "bb-rootfs");
-        foreach (var d in new[] { "bin", "etc", "dev", "proc", "sys", "tmp", "root" }) Directory.CreateDirectory(Path.Combine(rootfs, d));
+        foreach (var d in new[] { "bin", "etc", "dev", "proc", "sys", "tmp", "root" }) Directory.CreateDirectory(
+            Path.Combine(rootfs, d));
         File.Copy("/bin/busybox", Path.Combine(rootfs, "bin", "busybox"));
-        foreach (var applet in Run("/bin/busybox", "--list").Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        foreach (var applet in Run("/bin/busybox", "--list").Split('\n',
+            StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             if (applet != "busybox") File.CreateSymbolicLink(Path.Combine(rootfs, "bin", applet), "busybox");
         File.WriteAllText(Path.Combine(rootfs, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\n");
         var layout = Path.Combine(dir, "layout");
@@ -69,18 +73,22 @@ public static class RegistryTestUtil
         Run("skopeo", [.. args]);
     }
 
-    /// <summary>What hulld's image store holds on disk, minus the image dirs: work dirs and cached layer blobs.</summary>
+    /// <summary>What hulld's image store holds on disk, minus the image dirs: work dirs and cached layer
+    /// blobs.</summary>
     public static (List<string> Work, List<string> Blobs) StoreLeftovers(TestDaemon d)
     {
         var images = Path.Combine(d.StateDir, "images");
-        var work = Directory.EnumerateFileSystemEntries(images).Select(Path.GetFileName).Where(n => n!.StartsWith("tmp-", StringComparison.Ordinal)).Select(n => n!).ToList();
+        var work = Directory.EnumerateFileSystemEntries(images).Select(Path.GetFileName).Where(n =>
+            n!.StartsWith("tmp-", StringComparison.Ordinal)).Select(n => n!).ToList();
         var blobsDir = Path.Combine(images, "blobs", "sha256");
-        var blobs = Directory.Exists(blobsDir) ? Directory.EnumerateFiles(blobsDir).Select(f => Path.GetFileName(f)).ToList() : [];
+        var blobs = Directory.Exists(blobsDir) ? Directory.EnumerateFiles(blobsDir).Select(f =>
+            Path.GetFileName(f)).ToList() : [];
         return (work, blobs);
     }
 }
 
-/// <summary>Debian's docker-registry (distribution 2.8) on 127.0.0.1:PORT with its storage in a temp dir; killed and removed at dispose.</summary>
+/// <summary>Debian's docker-registry (distribution 2.8) on 127.0.0.1:PORT with its storage in a temp dir; killed and
+/// removed at dispose.</summary>
 public sealed class DockerRegistry : IDisposable
 {
     readonly Process _proc;
@@ -112,7 +120,8 @@ public sealed class DockerRegistry : IDisposable
               addr: 127.0.0.1:{Port}
             {(auth is null ? "" : "auth:\n" + auth)}
             """);
-        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true,
+            UseShellExecute = false };
         psi.ArgumentList.Add("serve");
         psi.ArgumentList.Add(config);
         _proc = Process.Start(psi)!;
@@ -123,7 +132,8 @@ public sealed class DockerRegistry : IDisposable
         using var http = new HttpClient();
         for (var i = 0; ; i++)
         {
-            if (_proc.HasExited) throw new InvalidOperationException($"docker-registry exited with {_proc.ExitCode}: {Log}");
+            if (_proc.HasExited) throw new InvalidOperationException(
+                $"docker-registry exited with {_proc.ExitCode}: {Log}");
             try
             {
                 using var r = http.GetAsync($"http://{Host}/v2/").GetAwaiter().GetResult();
@@ -168,14 +178,16 @@ public abstract class TestHttpServer : IDisposable
             {
                 HttpListenerContext c;
                 try { c = await _listener.GetContextAsync(); }
-                catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException) { return; }
+                catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or
+                    InvalidOperationException) { return; }
                 lock (Requests) Requests.Add($"{c.Request.HttpMethod} {c.Request.Url!.PathAndQuery}");
                 _ = Task.Run(() =>
                 {
                     try { Handle(c); }
                     catch (Exception e) when (e is not HttpListenerException)
                     {
-                        try { c.Response.StatusCode = 500; Write(c, "text/plain", Encoding.UTF8.GetBytes(e.ToString())); } catch (Exception) { }
+                        try { c.Response.StatusCode = 500; Write(c, "text/plain",
+                            Encoding.UTF8.GetBytes(e.ToString())); } catch (Exception) { }
                     }
                     catch (HttpListenerException) { }
                 });
@@ -225,7 +237,8 @@ public sealed class TokenServer : TestHttpServer
     public TokenServer(string user, string password)
     {
         (_user, _password) = (user, password);
-        var req = new CertificateRequest("CN=hull test token signer", _key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var req = new CertificateRequest("CN=hull test token signer", _key, HashAlgorithmName.SHA256,
+            RSASignaturePadding.Pkcs1);
         _cert = req.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
         CertificatePem = _cert.ExportCertificatePem();
     }
@@ -246,26 +259,34 @@ public sealed class TokenServer : TestHttpServer
             var plain = Encoding.UTF8.GetString(Convert.FromBase64String(auth[6..]));
             var i = plain.IndexOf(':');
             if (i > 0 && plain[..i] == _user && plain[(i + 1)..] == _password) user = _user;
-            else { Write(c, "application/json", Encoding.UTF8.GetBytes("{\"details\":\"bad credentials\"}"), 401); return; }
+            else { Write(c, "application/json", Encoding.UTF8.GetBytes("{\"details\":\"bad credentials\"}"),
+                401); return; }
         }
-        if (user is null) { Write(c, "application/json", Encoding.UTF8.GetBytes("{\"details\":\"anonymous access is not allowed\"}"), 401); return; }
-        if (c.Request.QueryString["service"] != Service) { Write(c, "text/plain", Encoding.UTF8.GetBytes("unknown service"), 400); return; }
+        if (user is null) { Write(c, "application/json",
+            Encoding.UTF8.GetBytes("{\"details\":\"anonymous access is not allowed\"}"), 401); return; }
+        if (c.Request.QueryString["service"] != Service) { Write(c, "text/plain",
+            Encoding.UTF8.GetBytes("unknown service"), 400); return; }
         var access = new JsonArray();
         foreach (var scope in c.Request.QueryString.GetValues("scope") ?? [])
         {
             var parts = scope.Split(':');
             if (parts.Length != 3 || parts[0] != "repository") continue;
-            access.Add((JsonNode)new JsonObject { ["type"] = "repository", ["name"] = parts[1], ["actions"] = new JsonArray(parts[2].Split(',').Select(a => (JsonNode)JsonValue.Create(a)!).ToArray()) });
+            access.Add((JsonNode)new JsonObject { ["type"] = "repository", ["name"] = parts[1],
+                ["actions"] = new JsonArray(parts[2].Split(',').Select(a =>
+                (JsonNode)JsonValue.Create(a)!).ToArray()) });
         }
         var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var header = new JsonObject { ["typ"] = "JWT", ["alg"] = "RS256", ["x5c"] = new JsonArray(JsonValue.Create(Convert.ToBase64String(_cert.RawData))) };
+        var header = new JsonObject { ["typ"] = "JWT", ["alg"] = "RS256",
+            ["x5c"] = new JsonArray(JsonValue.Create(Convert.ToBase64String(_cert.RawData))) };
         var claims = new JsonObject
         {
             ["iss"] = Issuer, ["sub"] = user, ["aud"] = Service, ["exp"] = now + 300, ["nbf"] = now - 10, ["iat"] = now,
             ["jti"] = Guid.NewGuid().ToString("N"), ["access"] = access,
         };
-        var signingInput = B64Url(Encoding.UTF8.GetBytes(header.ToJsonString())) + "." + B64Url(Encoding.UTF8.GetBytes(claims.ToJsonString()));
-        var sig = _key.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var signingInput = B64Url(Encoding.UTF8.GetBytes(header.ToJsonString())) + "."
+            + B64Url(Encoding.UTF8.GetBytes(claims.ToJsonString()));
+        var sig = _key.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256,
+            RSASignaturePadding.Pkcs1);
         var token = signingInput + "." + B64Url(sig);
         var body = new JsonObject { ["token"] = token, ["access_token"] = token, ["expires_in"] = 300 };
         Write(c, "application/json", Encoding.UTF8.GetBytes(body.ToJsonString()));
@@ -284,14 +305,17 @@ public sealed class FakeRegistry : TestHttpServer
     readonly Dictionary<string, (byte[] First, long Size)> _stalling = [];
     readonly TaskCompletionSource _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    /// <summary>Serves the first part of a blob of <paramref name="size"/> bytes, then holds the response open until dispose.</summary>
-    public void AddStallingBlob(string repo, string digest, byte[] first, long size) => _stalling[$"{repo}/blobs/{digest}"] = (first, size);
+    /// <summary>Serves the first part of a blob of <paramref name="size"/> bytes, then holds the response open until
+    /// dispose.</summary>
+    public void AddStallingBlob(string repo, string digest, byte[] first, long size) =>
+        _stalling[$"{repo}/blobs/{digest}"] = (first, size);
 
     protected override void Stopping() => _release.TrySetResult();
 
     public static string Digest(byte[] b) => "sha256:" + Convert.ToHexStringLower(SHA256.HashData(b));
 
-    /// <summary>Serves <paramref name="body"/> as blob <paramref name="digest"/> of <paramref name="repo"/> (whether or not it matches).</summary>
+    /// <summary>Serves <paramref name="body"/> as blob <paramref name="digest"/> of <paramref name="repo"/> (whether or
+    /// not it matches).</summary>
     public void AddBlob(string repo, string digest, byte[] body) => _blobs[$"{repo}/blobs/{digest}"] = body;
 
     /// <summary>Serves a manifest under a tag and under its digest; returns the digest.</summary>
@@ -307,7 +331,8 @@ public sealed class FakeRegistry : TestHttpServer
     protected override void Handle(HttpListenerContext c)
     {
         var path = c.Request.Url!.AbsolutePath;
-        if (path == "/v2/") { c.Response.Headers["Docker-Distribution-API-Version"] = "registry/2.0"; Write(c, "application/json", "{}"u8.ToArray()); return; }
+        if (path == "/v2/") { c.Response.Headers["Docker-Distribution-API-Version"] =
+            "registry/2.0"; Write(c, "application/json", "{}"u8.ToArray()); return; }
         var key = path.StartsWith("/v2/", StringComparison.Ordinal) ? path[4..] : path;
         if (_manifests.TryGetValue(key, out var m)) { Write(c, m.Type, m.Body); return; }
         if (_blobs.TryGetValue(key, out var b)) { Write(c, "application/octet-stream", b); return; }

@@ -19,7 +19,8 @@ public sealed class RegistryReferenceTests
     [InlineData("alpine:3.19", "docker.io", "library/alpine", "3.19", null)]
     [InlineData("someone/tool", "docker.io", "someone/tool", "latest", null)]
     [InlineData("[::1]:5000/x", "[::1]:5000", "x", "latest", null)]
-    [InlineData("r.io:443/a__b/c-d.e@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "r.io:443", "a__b/c-d.e", null, "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")]
+    [InlineData("r.io:443/a__b/c-d.e@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "r.io:443", "a__b/c-d.e", null, "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")]
     public void Parses_references(string text, string registry, string repo, string? tag, string? digest)
     {
         var r = ImageReference.Parse(text);
@@ -66,7 +67,9 @@ public sealed class RegistryReferenceTests
     [Fact]
     public void Parses_auth_challenges()
     {
-        var p = RegistryClient.ParseChallenge("realm=\"https://auth.example.com/token\",service=\"registry.example.com\",scope=\"repository:a/b:pull,push\"");
+        var p = RegistryClient.ParseChallenge(
+            "realm=\"https://auth.example.com/token\",service=\"registry.example.com\"," +
+            "scope=\"repository:a/b:pull,push\"");
         Assert.Equal("https://auth.example.com/token", p["realm"]);
         Assert.Equal("registry.example.com", p["service"]);
         Assert.Equal("repository:a/b:pull,push", p["scope"]);
@@ -80,13 +83,15 @@ public sealed class RegistryReferenceTests
     {
         using var t = new TempDir();
         var f = Path.Combine(t.Path, "auth.json");
-        File.WriteAllText(f, "{\"auths\":{\"https://r.example.com:5000\":{\"auth\":\"" + Convert.ToBase64String(Encoding.UTF8.GetBytes("alice:pa:ss"))
+        File.WriteAllText(f, "{\"auths\":{\"https://r.example.com:5000\":{\"auth\":\""
+            + Convert.ToBase64String(Encoding.UTF8.GetBytes("alice:pa:ss"))
             + "\"},\"other.io\":{\"username\":\"bob\",\"password\":\"pw\"}}}");
         Assert.Equal(("alice", "pa:ss"), AuthFileReader.Find(f, "r.example.com:5000"));
         Assert.Equal(("bob", "pw"), AuthFileReader.Find(f, "other.io"));
         Assert.Null(AuthFileReader.Find(f, "nowhere.io"));
         File.WriteAllText(f, "{not json");
-        Assert.Contains("not valid auth.json", Assert.Throws<RegistryException>(() => AuthFileReader.Find(f, "x")).Message);
+        Assert.Contains("not valid auth.json", Assert.Throws<RegistryException>(() =>
+            AuthFileReader.Find(f, "x")).Message);
     }
 }
 
@@ -146,8 +151,10 @@ public sealed class RegistryPullTests
         Assert.Contains(img.Fingerprint, info.Out);
         var l1 = d.Cli("launch", $"{reg.Host}/hull/busybox:v1", "c1");
         Assert.True(l1.Code == 0, l1.Err);
-        Assert.Equal("ok\n", (await d.Client.ExecAsync("c1", "sh", "-c", "cat /etc/hull-release 2>/dev/null; echo ok")).Stdout);
-        Assert.Equal(before, reg.Log.Split('\n').Count(l => l.Contains("GET /v2/hull/busybox/", StringComparison.Ordinal)));
+        Assert.Equal("ok\n", (await d.Client.ExecAsync("c1", "sh", "-c",
+            "cat /etc/hull-release 2>/dev/null; echo ok")).Stdout);
+        Assert.Equal(before, reg.Log.Split('\n').Count(l =>
+            l.Contains("GET /v2/hull/busybox/", StringComparison.Ordinal)));
 
         // Pulling v1 again asks for the manifest but fetches no layer.
         var again = await PullOp(d, new ImagePullRequest { Reference = $"{reg.Host}/hull/busybox:v1" });
@@ -208,10 +215,12 @@ public sealed class RegistryPullTests
             Assert.Equal((0, 0), (StoreLeftovers(d).Work.Count, StoreLeftovers(d).Blobs.Count));
 
             var authfile = Path.Combine(d.Dir, "auth.json");
-            File.WriteAllText(authfile, "{\"auths\":{\"" + reg.Host + "\":{\"auth\":\"" + Convert.ToBase64String(Encoding.UTF8.GetBytes("alice:s3cret")) + "\"}}}");
+            File.WriteAllText(authfile, "{\"auths\":{\"" + reg.Host + "\":{\"auth\":\""
+                + Convert.ToBase64String(Encoding.UTF8.GetBytes("alice:s3cret")) + "\"}}}");
             var ok = d.Cli("image", "pull", reference, "--authfile", authfile, "--alias", "tokbb");
             Assert.True(ok.Code == 0, ok.Err + reg.Log);
-            Assert.Contains(tokens.Requests, q => q.StartsWith("GET /token?", StringComparison.Ordinal) && q.Contains("scope=repository%3Ateam%2Fbb%3Apull", StringComparison.Ordinal));
+            Assert.Contains(tokens.Requests, q => q.StartsWith("GET /token?", StringComparison.Ordinal)
+                && q.Contains("scope=repository%3Ateam%2Fbb%3Apull", StringComparison.Ordinal));
             Assert.Equal(0, d.Cli("launch", reference, "tok1").Code);
             Assert.Equal("hi\n", (await d.Client.ExecAsync("tok1", "echo", "hi")).Stdout);
             await d.Client.DeleteInstanceAsync("tok1", force: true);
@@ -220,7 +229,8 @@ public sealed class RegistryPullTests
         // Basic auth (htpasswd, bcrypt).
         var htpasswd = Path.Combine(d.Dir, "htpasswd");
         File.WriteAllText(htpasswd, Run("htpasswd", "-Bbn", "bob", "pw-bob"));
-        using (var reg = new DockerRegistry(Path.Combine(d.Dir, "registry-basic"), $"  htpasswd:\n    realm: hull-test\n    path: {htpasswd}\n"))
+        using (var reg = new DockerRegistry(Path.Combine(d.Dir, "registry-basic"),
+            $"  htpasswd:\n    realm: hull-test\n    path: {htpasswd}\n"))
         {
             Push(layout, "v2", $"{reg.Host}/bb:v2", "bob:pw-bob");
             var reference = $"{reg.Host}/bb:v2";
@@ -232,7 +242,8 @@ public sealed class RegistryPullTests
             Assert.NotEqual(0, wrong.Code);
             Assert.Contains("refused the credentials of user 'bob'", wrong.Err);
             Assert.Equal(count, (await d.Client.ListImagesAsync()).Count);
-            var img = await d.Client.PullImageAsync(new ImagePullRequest { Reference = reference, Username = "bob", Password = "pw-bob" });
+            var img = await d.Client.PullImageAsync(
+                new ImagePullRequest { Reference = reference, Username = "bob", Password = "pw-bob" });
             Assert.Contains(reference, img.Aliases);
             await d.Client.LaunchAsync(reference, "basic1");
             Assert.Equal("pulled-v2\n", (await d.Client.ExecAsync("basic1", "cat", "/etc/hull-release")).Stdout);
@@ -246,7 +257,8 @@ public sealed class RegistryPullTests
         using var d = new TestDaemon();
         var images = (await d.Client.ListImagesAsync()).Count;
         using var fake = new FakeRegistry();
-        var config = Encoding.UTF8.GetBytes("{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}");
+        var config = Encoding.UTF8.GetBytes(
+            "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}");
         var good = Encoding.UTF8.GetBytes(new string('a', 4096));
         var claimed = FakeRegistry.Digest(Encoding.UTF8.GetBytes("what the manifest promised"));
         fake.AddBlob("bad/img", FakeRegistry.Digest(config), config);
@@ -254,10 +266,14 @@ public sealed class RegistryPullTests
         fake.AddBlob("bad/img", claimed, Encoding.UTF8.GetBytes("something else entirely!!!"));
         string Manifest(params byte[][] layers)
         {
-            string Desc(string mediaType, string digest, long size) => "{\"mediaType\":\"" + mediaType + "\",\"digest\":\"" + digest + "\",\"size\":" + size + "}";
+            string Desc(string mediaType, string digest, long size) =>
+                "{\"mediaType\":\"" + mediaType + "\",\"digest\":\"" + digest + "\",\"size\":" + size + "}";
             return "{\"schemaVersion\":2,\"mediaType\":\"" + MediaTypes.OciManifest + "\",\"config\":"
-                + Desc("application/vnd.oci.image.config.v1+json", FakeRegistry.Digest(config), config.Length) + ",\"layers\":["
-                + string.Join(",", layers.Select(l => Desc("application/vnd.oci.image.layer.v1.tar", l.Length == 0 ? claimed : FakeRegistry.Digest(l), l.Length == 0 ? 26 : l.Length)))
+                + Desc("application/vnd.oci.image.config.v1+json", FakeRegistry.Digest(config), config.Length)
+                    + ",\"layers\":["
+                + string.Join(",", layers.Select(l =>
+                    Desc("application/vnd.oci.image.layer.v1.tar", l.Length == 0 ? claimed : FakeRegistry.Digest(l),
+                    l.Length == 0 ? 26 : l.Length)))
                 + "]}";
         }
         // An index whose linux/amd64 manifest has a good layer, then one whose content does not match its digest.
@@ -292,13 +308,19 @@ public sealed class RegistryPullTests
         // A download cancelled half way (progress counts its bytes) leaves nothing.
         var stallDigest = FakeRegistry.Digest(Encoding.UTF8.GetBytes("never completely sent"));
         fake.AddStallingBlob("bad/img", stallDigest, new byte[3 << 20], 8 << 20);
-        fake.AddManifest("bad/img", "stall", MediaTypes.OciManifest, "{\"schemaVersion\":2,\"mediaType\":\"" + MediaTypes.OciManifest
-            + "\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"" + FakeRegistry.Digest(config) + "\",\"size\":" + config.Length
-            + "},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"" + FakeRegistry.Digest(good) + "\",\"size\":" + good.Length
-            + "},{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"" + stallDigest + "\",\"size\":" + (8 << 20) + "}]}");
-        var pull = await d.Client.PullImageOperationAsync(new ImagePullRequest { Reference = $"{fake.Host}/bad/img:stall" });
+        fake.AddManifest("bad/img", "stall", MediaTypes.OciManifest,
+            "{\"schemaVersion\":2,\"mediaType\":\"" + MediaTypes.OciManifest
+            + "\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\""
+                + FakeRegistry.Digest(config) + "\",\"size\":" + config.Length
+            + "},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\""
+                + FakeRegistry.Digest(good) + "\",\"size\":" + good.Length
+            + "},{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"" + stallDigest + "\",\"size\":"
+                + (8 << 20) + "}]}");
+        var pull = await d.Client.PullImageOperationAsync(
+            new ImagePullRequest { Reference = $"{fake.Host}/bad/img:stall" });
         Assert.True(pull.MayCancel);
-        await Wait.UntilAsync(async () => (await d.Client.GetOperationAsync(pull.Id)).Progress?.Contains(" MiB of 8.0 MiB (", StringComparison.Ordinal) == true, "byte progress of the stalled layer");
+        await Wait.UntilAsync(async () => (await d.Client.GetOperationAsync(pull.Id)).Progress?.Contains(
+            " MiB of 8.0 MiB (", StringComparison.Ordinal) == true, "byte progress of the stalled layer");
         Assert.Contains("layer 2/2", (await d.Client.GetOperationAsync(pull.Id)).Progress);
         await d.Client.CancelOperationAsync(pull.Id);
         var cancelled = await d.Client.WaitOperationAsync(pull.Id);
@@ -314,7 +336,8 @@ public sealed class RegistryPullTests
         var bad = d.Cli("image", "pull", "127.0.0.1:5000/UPPER");
         Assert.NotEqual(0, bad.Code);
         Assert.Contains("invalid repository", bad.Err);
-        var apiBad = await Assert.ThrowsAsync<HullException>(() => d.Client.PullImageOperationAsync(new ImagePullRequest { Reference = "x/y@sha256:12" }));
+        var apiBad = await Assert.ThrowsAsync<HullException>(() =>
+            d.Client.PullImageOperationAsync(new ImagePullRequest { Reference = "x/y@sha256:12" }));
         Assert.Equal(400, apiBad.StatusCode);
         Assert.Equal(images, (await d.Client.ListImagesAsync()).Count);
         Assert.Equal((0, 0), (StoreLeftovers(d).Work.Count, StoreLeftovers(d).Blobs.Count));

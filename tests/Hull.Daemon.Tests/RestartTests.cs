@@ -15,8 +15,10 @@ public sealed class RestartTests
         using var d = new TestDaemon();
         var c = d.Client;
         await c.LaunchAsync("busybox", "keeps");
-        await c.LaunchAsync("busybox", "ends", config: new() { ["user.test.init"] = "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 5" });
-        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "auto", Image = "busybox", Config = { ["boot.autostart"] = "true" } });
+        await c.LaunchAsync("busybox", "ends", config: new() { ["user.test.init"] =
+            "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 5" });
+        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "auto", Image = "busybox",
+            Config = { ["boot.autostart"] = "true" } });
         var keepsPid = (await c.GetInstanceAsync("keeps")).Pid!.Value;
         var endsPid = (await c.GetInstanceAsync("ends")).Pid!.Value;
 
@@ -24,10 +26,12 @@ public sealed class RestartTests
         Assert.True(Hull.Linux.Sys.ProcessExists(keepsPid), "the instance died with hulld");
         // While hulld is away, "ends" finishes with status 5.
         File.WriteAllText(Path.Combine(d.StateDir, "instances", "ends", "rootfs", "tmp", "go"), "");
-        await Wait.UntilAsync(() => Task.FromResult(!Hull.Linux.Sys.ProcessExists(endsPid)), "the 'ends' instance to exit");
+        await Wait.UntilAsync(() => Task.FromResult(!Hull.Linux.Sys.ProcessExists(endsPid)),
+            "the 'ends' instance to exit");
         // And a create was interrupted half-way (the row says so): recovery must undo it.
         Directory.CreateDirectory(Path.Combine(d.StateDir, "instances", "half", "rootfs"));
-        Sqlite(d, "INSERT INTO instances (name, type, image, image_fingerprint, config, devices, profiles, state, created, pending) " +
+        Sqlite(d, "INSERT INTO instances (name, type, image, image_fingerprint, config, devices, profiles, state, " +
+            "created, pending) " +
             "VALUES ('half', 'container', 'busybox', 'x', '{}', '{}', '[\"default\"]', 'Stopped', 0, 'create')");
 
         d.Start();
@@ -68,7 +72,8 @@ public sealed class RestartTests
         using (var d = new TestDaemon())
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(d.Socket));
         using (var d = new TestDaemon(extraArgs: ["--group", "root"]))
-            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite, File.GetUnixFileMode(d.Socket));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead |
+                UnixFileMode.GroupWrite, File.GetUnixFileMode(d.Socket));
         using (var d = new TestDaemon(start: false))
         {
             var ex = Assert.Throws<InvalidOperationException>(() => d.Start(["--group", "no-such-group-xyz"]));
@@ -99,10 +104,12 @@ public sealed class RestartTests
         {
             d.Start();
             await d.Client.LaunchAsync("busybox", "full");
-            var e = await Assert.ThrowsAsync<Hull.Sdk.HullException>(() => d.Client.PushFileAsync("full", "/root/big", new byte[16 << 20]));
+            var e = await Assert.ThrowsAsync<Hull.Sdk.HullException>(() =>
+                d.Client.PushFileAsync("full", "/root/big", new byte[16 << 20]));
             Assert.Equal(507, e.StatusCode);
             Assert.Contains("free some space", e.Message);
-            Assert.Equal("", (await d.Client.ExecAsync("full", "ls", "-A", "/root")).Stdout); // no half-written file left
+            // no half-written file left
+            Assert.Equal("", (await d.Client.ExecAsync("full", "ls", "-A", "/root")).Stdout);
             await d.Client.DeleteInstanceAsync("full", force: true);
             d.Stop();
         }

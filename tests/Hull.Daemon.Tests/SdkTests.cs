@@ -30,12 +30,14 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         Assert.Equal(["default"], c.Profiles);
         foreach (var name in new[] { "sdk-c1", "sdk-v1" })
         {
-            var r = await C.ExecAsync(name, new ExecRequest { Command = ["sh", "-c", "echo out; echo err >&2; cat; exit 4"], Stdin = "from stdin" });
+            var r = await C.ExecAsync(name, new ExecRequest { Command =
+                ["sh", "-c", "echo out; echo err >&2; cat; exit 4"], Stdin = "from stdin" });
             Assert.Equal(4, r.ExitCode);
             Assert.Equal("out\nfrom stdin", r.Stdout);
             Assert.Equal("err\n", r.Stderr);
 
-            var env = await C.ExecAsync(name, new ExecRequest { Command = ["sh", "-c", "echo $FOO; pwd"], Environment = { ["FOO"] = "bar" }, Cwd = "/tmp" });
+            var env = await C.ExecAsync(name, new ExecRequest { Command = ["sh", "-c", "echo $FOO; pwd"],
+                Environment = { ["FOO"] = "bar" }, Cwd = "/tmp" });
             Assert.Equal("bar\n/tmp\n", env.Stdout);
 
             await C.PushFileAsync(name, "/root/dir/hello.txt", Encoding.UTF8.GetBytes("hello " + name), 0b111_101_000);
@@ -54,7 +56,9 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         }
 
         // An interactive exec over the websocket: stdin streamed, a pty with resize, the exit code.
-        using (var s = await C.ExecInteractiveAsync("sdk-c1", new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; exit 9"], Tty = true, Width = 100, Height = 30 }))
+        using (var s = await C.ExecInteractiveAsync("sdk-c1",
+            new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; exit 9"], Tty = true,
+            Width = 100, Height = 30 }))
         {
             await s.WriteStdinAsync(Encoding.UTF8.GetBytes("ping\n"));
             var output = new MemoryStream();
@@ -103,9 +107,11 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         Assert.Equal(137, (await C.GetInstanceAsync("life")).LastExitCode);
 
         // An instance whose main process ends by itself is seen stopped, with its exit code.
-        await C.LaunchAsync("busybox", "quitter", config: new() { ["user.test.init"] = "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 7" });
+        await C.LaunchAsync("busybox", "quitter",
+            config: new() { ["user.test.init"] = "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 7" });
         await C.PushFileAsync("quitter", "/tmp/go", [1]);
-        await Wait.UntilAsync(async () => (await C.GetInstanceAsync("quitter")).State == InstanceStates.Stopped, "quitter to stop");
+        await Wait.UntilAsync(async () => (await C.GetInstanceAsync("quitter")).State == InstanceStates.Stopped,
+            "quitter to stop");
         Assert.Equal(7, (await C.GetInstanceAsync("quitter")).LastExitCode);
 
         await C.DeleteInstanceAsync("life");
@@ -115,9 +121,12 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
     [SkippableFact]
     public async Task Config_profiles_and_devices()
     {
-        await C.CreateProfileAsync(new ProfileCreateRequest { Name = "small", Config = { ["limits.memory"] = "256MiB", ["environment.GREETING"] = "hi" } });
-        await C.CreateProfileAsync(new ProfileCreateRequest { Name = "big", Config = { ["limits.memory"] = "2GiB", ["limits.cpu"] = "2" } });
-        var i = await C.CreateInstanceAsync(new InstanceCreateRequest { Name = "cfg", Image = "busybox", Profiles = ["default", "small", "big"], Config = { ["limits.processes"] = "100" } });
+        await C.CreateProfileAsync(new ProfileCreateRequest { Name = "small",
+            Config = { ["limits.memory"] = "256MiB", ["environment.GREETING"] = "hi" } });
+        await C.CreateProfileAsync(new ProfileCreateRequest { Name = "big",
+            Config = { ["limits.memory"] = "2GiB", ["limits.cpu"] = "2" } });
+        var i = await C.CreateInstanceAsync(new InstanceCreateRequest { Name = "cfg", Image = "busybox",
+            Profiles = ["default", "small", "big"], Config = { ["limits.processes"] = "100" } });
         Assert.Equal("2GiB", i.ExpandedConfig["limits.memory"]); // later profiles win
         Assert.Equal("hi", i.ExpandedConfig["environment.GREETING"]);
         Assert.Equal("100", i.Config["limits.processes"]);
@@ -125,15 +134,18 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         Assert.Contains("cfg", (await C.GetProfileAsync("small")).UsedBy);
 
         i.Config["limits.memory"] = "512MiB";
-        i = await C.UpdateInstanceAsync("cfg", new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles });
+        i = await C.UpdateInstanceAsync("cfg", new InstancePut { Config = i.Config, Devices = i.Devices,
+            Profiles = i.Profiles });
         Assert.Equal("512MiB", i.ExpandedConfig["limits.memory"]); // the instance's own config wins over profiles
 
         // A read-only host share: host changes are visible at once, writes are refused.
         var share = Path.Combine(shared.D.Dir, "share");
         Directory.CreateDirectory(share);
         File.WriteAllText(Path.Combine(share, "f"), "one");
-        i.Devices["share"] = new() { ["type"] = "bind", ["source"] = share, ["path"] = "/mnt/share", ["readonly"] = "true" };
-        await C.UpdateInstanceAsync("cfg", new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles });
+        i.Devices["share"] = new() { ["type"] = "bind", ["source"] = share, ["path"] = "/mnt/share",
+            ["readonly"] = "true" };
+        await C.UpdateInstanceAsync("cfg", new InstancePut { Config = i.Config, Devices = i.Devices,
+            Profiles = i.Profiles });
         await C.StartAsync("cfg");
         Assert.Equal("one", (await C.ExecAsync("cfg", "cat", "/mnt/share/f")).Stdout);
         File.WriteAllText(Path.Combine(share, "f"), "two");
@@ -185,7 +197,8 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         await C.CreateInstanceAsync(new InstanceCreateRequest { Name = "img-src", Image = "busybox" });
         var ms = new MemoryStream();
         await using (var s = await C.ExportImageAsync("busybox")) await s.CopyToAsync(ms);
-        var busybox = (await C.ListImagesAsync()).First(i => i.Aliases.Contains("busybox") && i.Type == InstanceTypes.Container);
+        var busybox = (await C.ListImagesAsync()).First(i => i.Aliases.Contains("busybox")
+            && i.Type == InstanceTypes.Container);
         Assert.Equal(busybox.Size, ms.Length);
         // Re-importing the same bytes is the same content-addressed image.
         ms.Position = 0;
@@ -196,7 +209,8 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         Assert.Equal(409, inUse.StatusCode);
         await C.DeleteImageAliasAsync("bb2");
 
-        var bad = await Assert.ThrowsAsync<HullException>(() => C.ImportImageAsync(new MemoryStream(Encoding.UTF8.GetBytes("not a tarball at all"))));
+        var bad = await Assert.ThrowsAsync<HullException>(() =>
+            C.ImportImageAsync(new MemoryStream(Encoding.UTF8.GetBytes("not a tarball at all"))));
         Assert.Contains("tarball", bad.Message);
 
         await C.PushFileAsync("img-src", "/root/mark", Encoding.UTF8.GetBytes("copied"));
@@ -215,7 +229,8 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         var seen = new List<Event>();
         var reader = Task.Run(async () =>
         {
-            try { await foreach (var e in C.EventsAsync(["lifecycle", "operation"], cts.Token)) lock (seen) seen.Add(e); }
+            try { await foreach (var e in C.EventsAsync(["lifecycle", "operation"], cts.Token)) lock (seen) seen.Add(
+                e); }
             catch (OperationCanceledException) { }
             catch (HttpRequestException) { }
             catch (IOException) { }
@@ -255,7 +270,8 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
         // Every route hulld maps is in its OpenAPI document, and the document lists no route that is not mapped.
         using var doc = JsonDocument.Parse(await C.OpenApiAsync());
         var documented = doc.RootElement.GetProperty("paths").EnumerateObject()
-            .SelectMany(p => p.Value.EnumerateObject().Select(m => $"{m.Name.ToUpperInvariant()} {p.Name}")).Order().ToList();
+            .SelectMany(p => p.Value.EnumerateObject().Select(m =>
+                $"{m.Name.ToUpperInvariant()} {p.Name}")).Order().ToList();
         var (code, routes, err) = RunHost("--routes");
         Assert.True(code == 0, err);
         var mapped = routes.Split('\n', StringSplitOptions.RemoveEmptyEntries).Order().ToList();
@@ -266,7 +282,8 @@ public sealed class SdkTests(SharedDaemon shared) : IClassFixture<SharedDaemon>
 
     static (int, string, string) RunHost(params string[] args)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo(TestDaemon.HostExe) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new System.Diagnostics.ProcessStartInfo(TestDaemon.HostExe) { RedirectStandardOutput = true,
+            RedirectStandardError = true };
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = System.Diagnostics.Process.Start(psi)!;
         var o = p.StandardOutput.ReadToEnd();

@@ -60,7 +60,8 @@ public sealed class AppContainerTests
         try
         {
             var priv = d.Cli("exec", "app1", "--", "/bin/sh", "-c",
-                $"test -e {hostTmp} && echo leak; echo inside > /tmp/inside-app1; echo r > /root/r; echo v > /var/tmp/v; ls -A /root; grep ' /tmp ' /proc/mounts | cut -d' ' -f3");
+                $"test -e {hostTmp} && echo leak; echo inside > /tmp/inside-app1; echo r > /root/r; echo v > " +
+                    "/var/tmp/v; ls -A /root; grep ' /tmp ' /proc/mounts | cut -d' ' -f3");
             Ok(priv, "exec private");
             Assert.Equal("r\ntmpfs\n", priv.Out);
         }
@@ -71,7 +72,8 @@ public sealed class AppContainerTests
         // The app's exit code is the instance's.
         File.WriteAllText(Path.Combine(share, "go.tmp"), "7\n");
         File.Move(Path.Combine(share, "go.tmp"), Path.Combine(share, "go"));
-        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("app1")).State == InstanceStates.Stopped, "the app to exit");
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("app1")).State == InstanceStates.Stopped,
+            "the app to exit");
         Assert.Equal(7, (await c.GetInstanceAsync("app1")).LastExitCode);
         Assert.Contains("Last exit code: 7", d.Cli("info", "app1").Out);
         Assert.Contains("started", d.Cli("logs", "app1").Out);

@@ -59,7 +59,8 @@ public sealed class BackupRoundTripTests
         Check(chmod(Path.Combine(d, "sticky"), 0x3FF)); // 01777
         Check(chmod(Path.Combine(d, "file"), 0x1A0)); // 0640
         SetXattr(Path.Combine(d, "opaque"), "trusted.overlay.opaque", "y"u8.ToArray());
-        SetXattr(Path.Combine(d, "suid"), "security.capability", Convert.FromHexString("0100000200200000000000000000000000000000"));
+        SetXattr(Path.Combine(d, "suid"), "security.capability",
+            Convert.FromHexString("0100000200200000000000000000000000000000"));
         SetXattr(Path.Combine(d, "file"), "user.note", "a note"u8.ToArray());
         // Times last (files first, then dirs bottom-up), to the nanosecond, symlinks included.
         var paths = Walk(d).Append(d).OrderByDescending(p => p.Length).ToList();
@@ -75,15 +76,22 @@ public sealed class BackupRoundTripTests
         var want = Describe(upper, MapBase(Path.Combine(a.StateDir, "instances", "rt")));
         var got = Describe(copy, MapBase(Path.Combine(a.StateDir, "instances", "rt2")));
         // The description holds what it should (so an equal one means something).
-        Assert.Contains(want, l => l.StartsWith("data/rel-dotdot symlink", StringComparison.Ordinal) && l.Contains("-> ../bin/busybox"));
-        Assert.Contains(want, l => l.StartsWith("data/abs symlink", StringComparison.Ordinal) && l.Contains("owner=4321:8765"));
-        Assert.Contains(want, l => l.StartsWith("data/opaque dir", StringComparison.Ordinal) && l.Contains("xattr:trusted.overlay.opaque=79"));
-        Assert.Contains(want, l => l.StartsWith("data/suid file mode=4755", StringComparison.Ordinal) && l.Contains("xattr:security.capability="));
-        Assert.Contains(want, l => l.StartsWith("data/sub/hard2 file", StringComparison.Ordinal) && l.Contains("links=3 same-as=data/file"));
-        Assert.Contains(want, l => l.StartsWith("data/whiteout char", StringComparison.Ordinal) && l.Contains("dev=0:0"));
+        Assert.Contains(want, l => l.StartsWith("data/rel-dotdot symlink", StringComparison.Ordinal)
+            && l.Contains("-> ../bin/busybox"));
+        Assert.Contains(want, l => l.StartsWith("data/abs symlink", StringComparison.Ordinal)
+            && l.Contains("owner=4321:8765"));
+        Assert.Contains(want, l => l.StartsWith("data/opaque dir", StringComparison.Ordinal)
+            && l.Contains("xattr:trusted.overlay.opaque=79"));
+        Assert.Contains(want, l => l.StartsWith("data/suid file mode=4755", StringComparison.Ordinal)
+            && l.Contains("xattr:security.capability="));
+        Assert.Contains(want, l => l.StartsWith("data/sub/hard2 file", StringComparison.Ordinal)
+            && l.Contains("links=3 same-as=data/file"));
+        Assert.Contains(want, l => l.StartsWith("data/whiteout char", StringComparison.Ordinal)
+            && l.Contains("dev=0:0"));
         Assert.Contains(want, l => l.StartsWith("data/loop0 block", StringComparison.Ordinal) && l.Contains("dev=7:0"));
         Assert.Contains(want, l => l.StartsWith("data/fifo fifo", StringComparison.Ordinal));
-        Assert.Contains(want, l => l.StartsWith("data/sticky dir mode=1777 owner=65534:65534", StringComparison.Ordinal));
+        Assert.Contains(want, l => l.StartsWith("data/sticky dir mode=1777 owner=65534:65534",
+            StringComparison.Ordinal));
         Assert.Equal(want.Count, got.Count);
         for (var k = 0; k < want.Count; k++) Assert.Equal(want[k], got[k]);
         // Still sparse: the 128 MiB file holds 4 KiB of data.
@@ -91,7 +99,8 @@ public sealed class BackupRoundTripTests
 
         // And as the container sees it.
         await a.Client.StartAsync("rt2");
-        var r = await a.Client.ExecAsync("rt2", "sh", "-c", "readlink /data/rel-dotdot; readlink /data/rel-dot; cat /data/sub/up | wc -c; ls /data/opaque");
+        var r = await a.Client.ExecAsync("rt2", "sh", "-c",
+            "readlink /data/rel-dotdot; readlink /data/rel-dot; cat /data/sub/up | wc -c; ls /data/opaque");
         Assert.Equal("../bin/busybox\n./file\n100000\nx\n", r.Stdout);
     }
 
@@ -112,15 +121,18 @@ public sealed class BackupRoundTripTests
     {
         var firstOfInode = new Dictionary<ulong, string>();
         var lines = new List<string>();
-        var all = Walk(root).Append(root).Select(p => (Rel: Path.GetRelativePath(root, p), Path: p)).OrderBy(x => x.Rel, StringComparer.Ordinal);
+        var all = Walk(root).Append(root).Select(p => (Rel: Path.GetRelativePath(root, p), Path: p)).OrderBy(x => x.Rel,
+            StringComparer.Ordinal);
         foreach (var (rel, p) in all)
         {
             var st = Stat(p);
             var type = (st.Mode & 0xF000) switch
             {
-                0x8000 => "file", 0x4000 => "dir", 0xA000 => "symlink", 0x2000 => "char", 0x6000 => "block", 0x1000 => "fifo", _ => "other",
+                0x8000 => "file", 0x4000 => "dir", 0xA000 => "symlink", 0x2000 => "char", 0x6000 => "block",
+                0x1000 => "fifo", _ => "other",
             };
-            var sb = new StringBuilder($"{rel} {type} mode={Convert.ToString(st.Mode & 0xFFF, 8)} owner={st.Uid - map.Uid}:{st.Gid - map.Gid} mtime={st.MtimeSec}.{st.MtimeNsec:D9}");
+            var sb = new StringBuilder($"{rel} {type} mode={Convert.ToString(st.Mode & 0xFFF, 8)} " +
+                $"owner={st.Uid - map.Uid}:{st.Gid - map.Gid} mtime={st.MtimeSec}.{st.MtimeNsec:D9}");
             if (type != "dir") sb.Append($" size={st.Size}");
             if (type is "char" or "block") sb.Append($" dev={st.RdevMajor}:{st.RdevMinor}");
             if (type == "symlink") sb.Append($" -> {new FileInfo(p).LinkTarget}");
@@ -143,7 +155,8 @@ public sealed class BackupRoundTripTests
     /// <summary>Every entry below <paramref name="dir"/>, not entering symlinked dirs.</summary>
     internal static IEnumerable<string> Walk(string dir)
     {
-        foreach (var p in Directory.EnumerateFileSystemEntries(dir, "*", new EnumerationOptions { AttributesToSkip = 0 }))
+        foreach (var p in Directory.EnumerateFileSystemEntries(dir, "*",
+            new EnumerationOptions { AttributesToSkip = 0 }))
         {
             yield return p;
             var fi = new FileInfo(p);
@@ -154,7 +167,8 @@ public sealed class BackupRoundTripTests
 
     // ---- the syscalls the comparison needs (not following symlinks) ----
 
-    readonly record struct StatX(uint Mode, uint Uid, uint Gid, ulong Ino, long Size, long Blocks, uint Nlink, long MtimeSec, uint MtimeNsec, uint RdevMajor, uint RdevMinor);
+    readonly record struct StatX(uint Mode, uint Uid, uint Gid, ulong Ino, long Size, long Blocks, uint Nlink,
+        long MtimeSec, uint MtimeNsec, uint RdevMajor, uint RdevMinor);
 
     static StatX Stat(string path)
     {
@@ -162,8 +176,10 @@ public sealed class BackupRoundTripTests
         Check(statx(-100, path, 0x100 /* AT_SYMLINK_NOFOLLOW */, 0x7ff, b));
         var s = b.AsSpan();
         return new StatX(BitConverter.ToUInt16(s[28..]), BitConverter.ToUInt32(s[20..]), BitConverter.ToUInt32(s[24..]),
-            BitConverter.ToUInt64(s[32..]), BitConverter.ToInt64(s[40..]), BitConverter.ToInt64(s[48..]), BitConverter.ToUInt32(s[16..]),
-            BitConverter.ToInt64(s[112..]), BitConverter.ToUInt32(s[120..]), BitConverter.ToUInt32(s[128..]), BitConverter.ToUInt32(s[132..]));
+            BitConverter.ToUInt64(s[32..]), BitConverter.ToInt64(s[40..]), BitConverter.ToInt64(s[48..]),
+            BitConverter.ToUInt32(s[16..]),
+            BitConverter.ToInt64(s[112..]), BitConverter.ToUInt32(s[120..]), BitConverter.ToUInt32(s[128..]),
+                BitConverter.ToUInt32(s[132..]));
     }
 
     static List<(string, byte[])> Xattrs(string path)
@@ -172,7 +188,8 @@ public sealed class BackupRoundTripTests
         var n = llistxattr(path, buf, buf.Length);
         if (n < 0) throw new IOException($"llistxattr {path}: errno {Marshal.GetLastPInvokeError()}");
         var list = new List<(string, byte[])>();
-        foreach (var name in Encoding.UTF8.GetString(buf, 0, (int)n).Split('\0', StringSplitOptions.RemoveEmptyEntries).Order(StringComparer.Ordinal))
+        foreach (var name in Encoding.UTF8.GetString(buf, 0, (int)n).Split('\0',
+            StringSplitOptions.RemoveEmptyEntries).Order(StringComparer.Ordinal))
         {
             var v = new byte[65536];
             var m = lgetxattr(path, name, v, v.Length);
@@ -182,7 +199,8 @@ public sealed class BackupRoundTripTests
         return list;
     }
 
-    static void SetXattr(string path, string name, byte[] value) => Check(lsetxattr(path, name, value, value.Length, 0));
+    static void SetXattr(string path, string name, byte[] value) =>
+        Check(lsetxattr(path, name, value, value.Length, 0));
 
     static void SetMtime(string path, long sec, long nsec)
     {
@@ -198,12 +216,16 @@ public sealed class BackupRoundTripTests
     static void Ok((int Code, string Out, string Err) r, string what) =>
         Assert.True(r.Code == 0, $"{what} failed ({r.Code}): {r.Out} {r.Err}");
 
-    [DllImport("libc", SetLastError = true)] static extern int statx(int dirfd, string path, int flags, uint mask, byte[] buf);
+    [DllImport("libc", SetLastError = true)] static extern int statx(int dirfd, string path, int flags, uint mask,
+        byte[] buf);
     [DllImport("libc", SetLastError = true)] static extern nint llistxattr(string path, byte[] list, nint size);
-    [DllImport("libc", SetLastError = true)] static extern nint lgetxattr(string path, string name, byte[] value, nint size);
-    [DllImport("libc", SetLastError = true)] static extern int lsetxattr(string path, string name, byte[] value, nint size, int flags);
+    [DllImport("libc", SetLastError = true)] static extern nint lgetxattr(string path, string name, byte[] value,
+        nint size);
+    [DllImport("libc", SetLastError = true)] static extern int lsetxattr(string path, string name, byte[] value,
+        nint size, int flags);
     [DllImport("libc", SetLastError = true)] static extern int lchown(string path, uint uid, uint gid);
     [DllImport("libc", SetLastError = true)] static extern int chmod(string path, uint mode);
     [DllImport("libc", SetLastError = true)] static extern int link(string oldpath, string newpath);
-    [DllImport("libc", SetLastError = true)] static extern int utimensat(int dirfd, string path, long[] times, int flags);
+    [DllImport("libc", SetLastError = true)] static extern int utimensat(int dirfd, string path, long[] times,
+        int flags);
 }

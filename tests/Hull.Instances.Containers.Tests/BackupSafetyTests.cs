@@ -50,25 +50,45 @@ public sealed class BackupSafetyTests
         string Rel(string from, string to) => Path.GetRelativePath(from, to);
         var (bad, expect) = variant switch
         {
-            "lower-abs" => (Rewrite(genuine, "instance/lower", Link("instance/lower", Path.Combine(sentinel, "file"))), "instance/lower"),
-            "lower-rel" => (Rewrite(genuine, "instance/lower", Link("instance/lower", Rel(instDir, Path.Combine(sentinel, "file")))), "instance/lower"),
+            "lower-abs" => (Rewrite(genuine, "instance/lower", Link("instance/lower", Path.Combine(sentinel, "file"))),
+                "instance/lower"),
+            "lower-rel" => (Rewrite(genuine, "instance/lower",
+                Link("instance/lower", Rel(instDir, Path.Combine(sentinel, "file")))), "instance/lower"),
             "upper-abs" => (Rewrite(genuine, "instance/upper", Link("instance/upper", sentinel)), "instance/upper"),
-            "upper-rel" => (Rewrite(genuine, "instance/upper", Link("instance/upper", Rel(instDir, sentinel))), "instance/upper"),
-            "rootfs-abs" => (Rewrite(genuine, null, Link("instance/rootfs", Path.Combine(sentinel, "victim"))), "instance/rootfs"),
-            "rootfs-rel" => (Rewrite(genuine, null, Link("instance/rootfs", Rel(instDir, Path.Combine(sentinel, "victim")))), "instance/rootfs"),
-            "work-abs" => (Rewrite(genuine, null, Link("instance/work", Path.Combine(sentinel, "victim"))), "instance/work"),
-            "console-abs" => (Rewrite(genuine, "instance/console.log", Link("instance/console.log", Path.Combine(sentinel, "file"))), "instance/console.log"),
-            "config-abs" => (Rewrite(genuine, null, Link("instance/config.json", Path.Combine(sentinel, "file"))), "instance/config.json"),
-            "snapshots-abs" => (Rewrite(genuine, "instance/snapshots", Link("instance/snapshots", sentinel)), "instance/snapshots"),
-            "snapshots-rel" => (Rewrite(genuine, "instance/snapshots", Link("instance/snapshots", Rel(instDir, sentinel))), "instance/snapshots"),
-            "snapshot-name" => (Rewrite(genuine, null, index: Rel(Path.Combine(instDir, "snapshots"), Path.Combine(sentinel, "victim"))), "snapshot name"),
-            "outside" => (Rewrite(genuine, null, Member("etc/cron.d/evil", "* * * * * root touch /tmp/pwned\n")), "etc/cron.d/evil"),
-            "dotdot-member" => (Rewrite(genuine, null, Member("instance/../../../../evil", "x")), "instance/../../../../evil"),
-            "hardlink-host" => (Rewrite(genuine, null, HardLink("instance/upper/stolen", Path.Combine(sentinel, "file"))), "hard link 'instance/upper/stolen'"),
-            "hardlink-lower" => (Rewrite(genuine, "instance/lower", Member("instance/upper/lower-data", ReadMember(genuine, "instance/lower")), HardLink("instance/lower", "instance/upper/lower-data")), "instance/lower"),
-            "device-console" => (Rewrite(genuine, "instance/console.log", Device("instance/console.log", 1, 3)), "instance/console.log"),
+            "upper-rel" => (Rewrite(genuine, "instance/upper", Link("instance/upper", Rel(instDir, sentinel))),
+                "instance/upper"),
+            "rootfs-abs" => (Rewrite(genuine, null, Link("instance/rootfs", Path.Combine(sentinel, "victim"))),
+                "instance/rootfs"),
+            "rootfs-rel" => (Rewrite(genuine, null,
+                Link("instance/rootfs", Rel(instDir, Path.Combine(sentinel, "victim")))), "instance/rootfs"),
+            "work-abs" => (Rewrite(genuine, null, Link("instance/work", Path.Combine(sentinel, "victim"))),
+                "instance/work"),
+            "console-abs" => (Rewrite(genuine, "instance/console.log",
+                Link("instance/console.log", Path.Combine(sentinel, "file"))), "instance/console.log"),
+            "config-abs" => (Rewrite(genuine, null, Link("instance/config.json", Path.Combine(sentinel, "file"))),
+                "instance/config.json"),
+            "snapshots-abs" => (Rewrite(genuine, "instance/snapshots", Link("instance/snapshots", sentinel)),
+                "instance/snapshots"),
+            "snapshots-rel" => (Rewrite(genuine, "instance/snapshots",
+                Link("instance/snapshots", Rel(instDir, sentinel))), "instance/snapshots"),
+            "snapshot-name" => (Rewrite(genuine, null,
+                index: Rel(Path.Combine(instDir, "snapshots"), Path.Combine(sentinel, "victim"))), "snapshot name"),
+            "outside" => (Rewrite(genuine, null, Member("etc/cron.d/evil", "* * * * * root touch /tmp/pwned\n")),
+                "etc/cron.d/evil"),
+            "dotdot-member" => (Rewrite(genuine, null, Member("instance/../../../../evil", "x")),
+                "instance/../../../../evil"),
+            "hardlink-host" => (Rewrite(genuine, null,
+                HardLink("instance/upper/stolen", Path.Combine(sentinel, "file"))),
+                "hard link 'instance/upper/stolen'"),
+            "hardlink-lower" => (Rewrite(genuine, "instance/lower",
+                Member("instance/upper/lower-data", ReadMember(genuine, "instance/lower")),
+                HardLink("instance/lower", "instance/upper/lower-data")), "instance/lower"),
+            "device-console" => (Rewrite(genuine, "instance/console.log", Device("instance/console.log", 1, 3)),
+                "instance/console.log"),
             // A symlink in the container's layer, then a member written through it.
-            "symlink-parent" => (Rewrite(genuine, null, Link("instance/upper/escape", sentinel), Member("instance/upper/escape/file", "overwritten\n")), "lies under 'instance/upper/escape', which is a symlink"),
+            "symlink-parent" => (Rewrite(genuine, null, Link("instance/upper/escape", sentinel),
+                Member("instance/upper/escape/file", "overwritten\n")),
+                "lies under 'instance/upper/escape', which is a symlink"),
             _ => throw new ArgumentException(variant),
         };
         var path = Path.Combine(a.Dir, "bad.tar");
@@ -81,7 +101,8 @@ public sealed class BackupSafetyTests
         if (r.Code == 0)
         {
             await Try(() => a.Client.StartAsync("evil"));
-            await Try(() => a.Client.ExecAsync("evil", "sh", "-c", "echo pwned > /pwned; echo pwned > /root/host-secret"));
+            await Try(() => a.Client.ExecAsync("evil", "sh", "-c",
+                "echo pwned > /pwned; echo pwned > /root/host-secret"));
             await Try(() => a.Client.StopAsync("evil", force: true));
             foreach (var s in await a.Client.ListSnapshotsAsync("evil"))
             {
@@ -104,14 +125,18 @@ public sealed class BackupSafetyTests
 
     // ---- hostile archives, made from a genuine export ----
 
-    static TarEntry Link(string name, string target) => new PaxTarEntry(TarEntryType.SymbolicLink, name) { LinkName = target };
-    static TarEntry HardLink(string name, string target) => new PaxTarEntry(TarEntryType.HardLink, name) { LinkName = target };
+    static TarEntry Link(string name, string target) =>
+        new PaxTarEntry(TarEntryType.SymbolicLink, name) { LinkName = target };
+    static TarEntry HardLink(string name, string target) =>
+        new PaxTarEntry(TarEntryType.HardLink, name) { LinkName = target };
     static TarEntry Device(string name, int major, int minor) =>
-        new PaxTarEntry(TarEntryType.CharacterDevice, name) { DeviceMajor = major, DeviceMinor = minor, Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
+        new PaxTarEntry(TarEntryType.CharacterDevice, name) { DeviceMajor = major, DeviceMinor = minor,
+            Mode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
     static TarEntry Member(string name, string text) =>
         new PaxTarEntry(TarEntryType.RegularFile, name) { DataStream = new MemoryStream(Encoding.UTF8.GetBytes(text)) };
 
-    /// <summary>The genuine backup without <paramref name="drop"/> (and what lies under it), with <paramref name="add"/>
+    /// <summary>The genuine backup without <paramref name="drop"/> (and what lies under it), with
+    /// <paramref name="add"/>
     /// appended; <paramref name="index"/> renames its snapshot in backup.json.</summary>
     static byte[] Rewrite(string genuine, string? drop, params TarEntry[] add) => Rewrite(genuine, drop, null, add);
 
@@ -157,14 +182,16 @@ public sealed class BackupSafetyTests
         foreach (var p in BackupRoundTripTests.Walk(dir).Order(StringComparer.Ordinal))
         {
             var fi = new FileInfo(p);
-            var kind = fi.LinkTarget is { } t ? "link " + t : fi.Attributes.HasFlag(FileAttributes.Directory) ? "dir" : "file " + Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(p)));
+            var kind = fi.LinkTarget is { } t ? "link " + t : fi.Attributes.HasFlag(FileAttributes.Directory) ? "dir"
+                : "file " + Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(p)));
             list.Add($"{Path.GetRelativePath(dir, p)} {kind}");
         }
         return list;
     }
 
     static List<string> Mounts(string under) =>
-        File.ReadAllLines("/proc/self/mountinfo").Where(l => l.Split(' ')[4].StartsWith(under, StringComparison.Ordinal)).ToList();
+        File.ReadAllLines("/proc/self/mountinfo").Where(l =>
+            l.Split(' ')[4].StartsWith(under, StringComparison.Ordinal)).ToList();
 
     static async Task Try(Func<Task> f)
     {

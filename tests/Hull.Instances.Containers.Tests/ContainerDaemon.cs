@@ -18,7 +18,8 @@ public sealed class ContainerDaemon : HulldProcess
     {
         get
         {
-            var rel = typeof(ContainerDaemon).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "HullContainerHostDir").Value!;
+            var rel = typeof(ContainerDaemon).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a =>
+                a.Key == "HullContainerHostDir").Value!;
             return Path.Combine(Repo.Root, "tests", "Hull.Instances.Containers.Tests", rel, "hull-container-testhost");
         }
     }
@@ -31,7 +32,8 @@ public sealed class ContainerDaemon : HulldProcess
     {
         if (stateOnOverlay)
         {
-            foreach (var x in new[] { "ovl/lower", "ovl/upper", "ovl/work", "state" }) Directory.CreateDirectory(Path.Combine(Dir, x));
+            foreach (var x in new[] { "ovl/lower", "ovl/upper", "ovl/work", "state" }) Directory.CreateDirectory(
+                Path.Combine(Dir, x));
             Hull.Linux.Sys.Mount("overlay", StateDir, "overlay", 0,
                 $"lowerdir={Dir}/ovl/lower,upperdir={Dir}/ovl/upper,workdir={Dir}/ovl/work");
         }
@@ -52,7 +54,8 @@ public sealed class ContainerDaemon : HulldProcess
         psi.Environment["HULL_INIT_BINARY"] = InitBinary;
     }
 
-    /// <summary>The engine's cgroup directories of a running container (every hierarchy), from its init's /proc/PID/cgroup.</summary>
+    /// <summary>The engine's cgroup directories of a running container (every hierarchy), from its init's
+    /// /proc/PID/cgroup.</summary>
     public static List<string> CgroupDirsOf(int pid)
     {
         var dirs = new List<string>();
@@ -60,8 +63,10 @@ public sealed class ContainerDaemon : HulldProcess
         {
             var parts = line.Split(':', 3);
             if (parts.Length < 3 || !parts[2].Contains("/hull/", StringComparison.Ordinal)) continue;
-            var ctrl = parts[1].Length == 0 ? "" : parts[1].StartsWith("name=", StringComparison.Ordinal) ? parts[1][5..] : parts[1];
-            foreach (var mnt in ctrl.Length == 0 ? new[] { "/sys/fs/cgroup/unified", "/sys/fs/cgroup" } : [Path.Combine("/sys/fs/cgroup", ctrl)])
+            var ctrl = parts[1].Length == 0 ? "" : parts[1].StartsWith("name=", StringComparison.Ordinal)
+                ? parts[1][5..] : parts[1];
+            foreach (var mnt in ctrl.Length == 0 ? new[] { "/sys/fs/cgroup/unified", "/sys/fs/cgroup" }
+                : [Path.Combine("/sys/fs/cgroup", ctrl)])
                 if (Directory.Exists(mnt + parts[2])) { dirs.Add(mnt + parts[2]); break; }
         }
         return dirs;
@@ -75,6 +80,7 @@ public sealed class ContainerDaemon : HulldProcess
         foreach (var f in Directory.EnumerateFiles(engine, "state.json", SearchOption.AllDirectories))
             foreach (Match m in Regex.Matches(File.ReadAllText(f), "\"[cC]groupPath\"\\s*:\\s*\"([^\"]+)\""))
                 foreach (var h in Directory.EnumerateDirectories("/sys/fs/cgroup").Append("/sys/fs/cgroup"))
-                    try { if (Directory.Exists(h + m.Groups[1].Value)) Directory.Delete(h + m.Groups[1].Value); } catch (Exception) { }
+                    try { if (Directory.Exists(h + m.Groups[1].Value)) Directory.Delete(h
+                        + m.Groups[1].Value); } catch (Exception) { }
     }
 }

@@ -6,7 +6,8 @@ using Xunit;
 
 namespace Hull.Instances.Containers.Tests;
 
-/// <summary>Real busybox containers through a real hulld: the SDK, the CLI, restarts of hulld, and clean deletion.</summary>
+/// <summary>Real busybox containers through a real hulld: the SDK, the CLI, restarts of hulld, and clean
+/// deletion.</summary>
 public sealed class ContainerDriverTests
 {
     static bool Mounted(string under) =>
@@ -17,7 +18,8 @@ public sealed class ContainerDriverTests
 
     /// <summary>The engine's container dirs (not its caches: '@' is never in a container id).</summary>
     static IEnumerable<string> EngineContainers(ContainerDaemon d) =>
-        Directory.EnumerateDirectories(Path.Combine(d.StateDir, "containers")).Where(x => !Path.GetFileName(x).StartsWith('@'));
+        Directory.EnumerateDirectories(Path.Combine(d.StateDir, "containers")).Where(x =>
+            !Path.GetFileName(x).StartsWith('@'));
 
     [SkippableFact]
     public async Task Sdk_launch_exec_files_limits_stop_start_delete()
@@ -29,8 +31,10 @@ public sealed class ContainerDriverTests
         var inst = await c.CreateInstanceAsync(new InstanceCreateRequest
         {
             Name = "c1", Image = "busybox", Start = true,
-            Config = { ["limits.memory"] = "128MiB", ["limits.processes"] = "100", ["limits.cpu"] = "1", ["environment.GREETING"] = "hi" },
-            Devices = { ["share"] = new() { ["type"] = "bind", ["source"] = share.Path, ["path"] = "/mnt/share", ["readonly"] = "true" } },
+            Config = { ["limits.memory"] = "128MiB", ["limits.processes"] = "100", ["limits.cpu"] = "1",
+                ["environment.GREETING"] = "hi" },
+            Devices = { ["share"] = new() { ["type"] = "bind", ["source"] = share.Path, ["path"] = "/mnt/share",
+                ["readonly"] = "true" } },
         });
         Assert.Equal(InstanceStates.Running, inst.State);
         Assert.Equal(InstanceTypes.Container, inst.Type);
@@ -40,8 +44,10 @@ public sealed class ContainerDriverTests
         // A real container: own pid, uts and mount namespaces, the overlay as its root.
         Assert.NotEqual(new FileInfo("/proc/self/ns/pid").LinkTarget, new FileInfo($"/proc/{pid}/ns/pid").LinkTarget);
         Assert.NotEqual(new FileInfo("/proc/self/ns/mnt").LinkTarget, new FileInfo($"/proc/{pid}/ns/mnt").LinkTarget);
-        Assert.True(Mounted(Path.Combine(InstanceDir(d, "c1"), "rootfs")), "the overlay is not mounted while the container runs");
-        var ids = await c.ExecAsync("c1", "sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $GREETING");
+        Assert.True(Mounted(Path.Combine(InstanceDir(d, "c1"), "rootfs")),
+            "the overlay is not mounted while the container runs");
+        var ids = await c.ExecAsync("c1", "sh", "-c",
+            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $GREETING");
         Assert.Equal(0, ids.ExitCode);
         var lines = ids.Stdout.Split('\n');
         Assert.Equal("c1", lines[0]);
@@ -49,18 +55,22 @@ public sealed class ContainerDriverTests
         Assert.Equal("hi", lines[2]);
 
         // exec: exit code, stdin, stdout, stderr, env, cwd
-        var r = await c.ExecAsync("c1", new ExecRequest { Command = ["sh", "-c", "echo out; echo err >&2; cat; exit 4"], Stdin = "from stdin" });
+        var r = await c.ExecAsync("c1", new ExecRequest { Command = ["sh", "-c", "echo out; echo err >&2; cat; exit 4"],
+            Stdin = "from stdin" });
         Assert.Equal(4, r.ExitCode);
         Assert.Equal("out\nfrom stdin", r.Stdout);
         Assert.Equal("err\n", r.Stderr);
-        var env = await c.ExecAsync("c1", new ExecRequest { Command = ["sh", "-c", "echo $FOO; pwd"], Environment = { ["FOO"] = "bar" }, Cwd = "/tmp" });
+        var env = await c.ExecAsync("c1", new ExecRequest { Command = ["sh", "-c", "echo $FOO; pwd"],
+            Environment = { ["FOO"] = "bar" }, Cwd = "/tmp" });
         Assert.Equal("bar\n/tmp\n", env.Stdout);
         var missing = await c.ExecAsync("c1", new ExecRequest { Command = ["nosuchprogram"] });
         Assert.Equal(127, missing.ExitCode);
         Assert.Contains("nosuchprogram", missing.Stderr);
 
         // a pty exec: stdin streamed, the window size, the exit code
-        using (var s = await c.ExecInteractiveAsync("c1", new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; tty; exit 9"], Tty = true, Width = 100, Height = 30 }))
+        using (var s = await c.ExecInteractiveAsync("c1",
+            new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; tty; exit 9"], Tty = true,
+            Width = 100, Height = 30 }))
         {
             await s.WriteStdinAsync(Encoding.UTF8.GetBytes("ping\n"));
             var output = new MemoryStream();
@@ -74,7 +84,8 @@ public sealed class ContainerDriverTests
         // limits in the container's cgroup
         var cgs = ContainerDaemon.CgroupDirsOf(pid);
         Assert.NotEmpty(cgs);
-        var memFile = cgs.Select(x => Path.Combine(x, "memory.limit_in_bytes")).Concat(cgs.Select(x => Path.Combine(x, "memory.max"))).First(File.Exists);
+        var memFile = cgs.Select(x => Path.Combine(x, "memory.limit_in_bytes")).Concat(
+            cgs.Select(x => Path.Combine(x, "memory.max"))).First(File.Exists);
         Assert.Equal((128L << 20).ToString(), File.ReadAllText(memFile).Trim());
         Assert.Equal("100", File.ReadAllText(cgs.Select(x => Path.Combine(x, "pids.max")).First(File.Exists)).Trim());
 
@@ -85,7 +96,8 @@ public sealed class ContainerDriverTests
 
         // files: push, pull, list, stat, delete, and a symlink that cannot escape
         await c.PushFileAsync("c1", "/root/dir/hello.txt", Encoding.UTF8.GetBytes("hello c1"), 0b111_101_000);
-        Assert.Equal("hello c1750\n", (await c.ExecAsync("c1", "sh", "-c", "cat /root/dir/hello.txt; stat -c %a /root/dir/hello.txt")).Stdout);
+        Assert.Equal("hello c1750\n", (await c.ExecAsync("c1", "sh", "-c",
+            "cat /root/dir/hello.txt; stat -c %a /root/dir/hello.txt")).Stdout);
         await c.ExecAsync("c1", "sh", "-c", "echo made inside > /tmp/inside");
         Assert.Equal("made inside\n", Encoding.UTF8.GetString(await c.ReadFileAsync("c1", "/tmp/inside")));
         using (var dir = await c.PullFileAsync("c1", "/root/dir"))
@@ -95,12 +107,14 @@ public sealed class ContainerDriverTests
         }
         await c.ExecAsync("c1", "ln", "-s", "/../../../../etc/hostname", "/tmp/escape");
         Assert.Equal("busybox\n", Encoding.UTF8.GetString(await c.ReadFileAsync("c1", "/tmp/escape")));
-        Assert.Equal(404, (await Assert.ThrowsAsync<HullException>(() => c.ReadFileAsync("c1", "/no/such/file"))).StatusCode);
+        Assert.Equal(404, (await Assert.ThrowsAsync<HullException>(() =>
+            c.ReadFileAsync("c1", "/no/such/file"))).StatusCode);
         await c.DeleteFileAsync("c1", "/tmp/inside");
         Assert.NotEqual(0, (await c.ExecAsync("c1", "test", "-e", "/tmp/inside")).ExitCode);
 
         // state, list, stats, logs
-        Assert.Contains(await c.ListInstancesAsync(), i => i.Name == "c1" && i.State == InstanceStates.Running && i.Pid == pid);
+        Assert.Contains(await c.ListInstancesAsync(),
+            i => i.Name == "c1" && i.State == InstanceStates.Running && i.Pid == pid);
         var st = await c.GetStateAsync("c1");
         Assert.True(st.Stats!.Pids >= 1);
         Assert.True(st.Stats.MemoryBytes > 0);
@@ -206,17 +220,20 @@ public sealed class ContainerDriverTests
         Assert.True(Hull.Linux.Sys.ProcessExists(keepsPid), "the container died with hulld");
         // While hulld is away, "ends" is stopped from the host.
         Hull.Linux.Libc.kill(endsPid, Hull.Linux.Signals.SIGTERM);
-        await Wait.UntilAsync(() => Task.FromResult(!Hull.Linux.Sys.ProcessExists(endsPid) || File.ReadAllText($"/proc/{endsPid}/stat").Contains(") Z ")), "the 'ends' container to exit");
+        await Wait.UntilAsync(() => Task.FromResult(!Hull.Linux.Sys.ProcessExists(endsPid)
+            || File.ReadAllText($"/proc/{endsPid}/stat").Contains(") Z ")), "the 'ends' container to exit");
 
         d.Start();
         var keeps = await c.GetInstanceAsync("keeps");
         Assert.Equal(InstanceStates.Running, keeps.State);
         Assert.Equal(keepsPid, keeps.Pid);
-        var r = await c.ExecAsync("keeps", new ExecRequest { Command = ["sh", "-c", "cat; echo still here"], Stdin = "in:" });
+        var r = await c.ExecAsync("keeps", new ExecRequest { Command = ["sh", "-c", "cat; echo still here"],
+            Stdin = "in:" });
         Assert.Equal(0, r.ExitCode);
         Assert.Equal("in:still here\n", r.Stdout);
         Assert.Equal(InstanceStates.Stopped, (await c.GetInstanceAsync("ends")).State);
-        Assert.False(Mounted(Path.Combine(InstanceDir(d, "ends"), "rootfs")), "the overlay of the ended container is still mounted");
+        Assert.False(Mounted(Path.Combine(InstanceDir(d, "ends"), "rootfs")),
+            "the overlay of the ended container is still mounted");
         Assert.All(endsCgroups, x => Assert.False(Directory.Exists(x), $"cgroup {x} of the ended container is left"));
         // It starts again.
         await c.StartAsync("ends");
@@ -225,7 +242,8 @@ public sealed class ContainerDriverTests
         // A reattached container is still stopped and watched properly.
         await c.StopAsync("keeps", timeout: 20);
         Assert.Equal(InstanceStates.Stopped, (await c.GetInstanceAsync("keeps")).State);
-        Assert.False(Hull.Linux.Sys.ProcessExists(keepsPid) && !File.ReadAllText($"/proc/{keepsPid}/stat").Contains(") Z "));
+        Assert.False(Hull.Linux.Sys.ProcessExists(keepsPid)
+            && !File.ReadAllText($"/proc/{keepsPid}/stat").Contains(") Z "));
         foreach (var n in new[] { "keeps", "ends" }) await c.DeleteInstanceAsync(n, force: true);
         Assert.False(Mounted(Path.Combine(d.StateDir, "instances")));
         Assert.Empty(EngineContainers(d));
@@ -236,7 +254,8 @@ public sealed class ContainerDriverTests
     {
         using var d = new ContainerDaemon();
         Ok(d.Cli("launch", "busybox", "k1", "-c", "environment.WHO=cli"), "launch");
-        var exec = d.CliIn("hello from stdin", "exec", "k1", "--env", "X=1", "--cwd", "/tmp", "--", "sh", "-c", "cat; echo; echo $WHO$X $(pwd); echo oops >&2; exit 42");
+        var exec = d.CliIn("hello from stdin", "exec", "k1", "--env", "X=1", "--cwd", "/tmp", "--", "sh", "-c",
+            "cat; echo; echo $WHO$X $(pwd); echo oops >&2; exit 42");
         Assert.Equal(42, exec.Code);
         Assert.Equal("hello from stdin\ncli1 /tmp\n", exec.Out);
         Assert.Contains("oops", exec.Err);
@@ -260,7 +279,8 @@ public sealed class ContainerDriverTests
         Ok(d.Cli("config", "set", "k1", "limits.memory=64MiB", "limits.processes=50"), "config set");
         var cgs = ContainerDaemon.CgroupDirsOf(d.Client.GetInstanceAsync("k1").GetAwaiter().GetResult().Pid!.Value);
         Assert.Equal("50", File.ReadAllText(cgs.Select(x => Path.Combine(x, "pids.max")).First(File.Exists)).Trim());
-        var memFile = cgs.Select(x => Path.Combine(x, "memory.limit_in_bytes")).Concat(cgs.Select(x => Path.Combine(x, "memory.max"))).First(File.Exists);
+        var memFile = cgs.Select(x => Path.Combine(x, "memory.limit_in_bytes")).Concat(
+            cgs.Select(x => Path.Combine(x, "memory.max"))).First(File.Exists);
         Assert.Equal((64L << 20).ToString(), File.ReadAllText(memFile).Trim());
         Ok(d.Cli("config", "unset", "k1", "limits.processes"), "config unset");
         Assert.Equal("max", File.ReadAllText(cgs.Select(x => Path.Combine(x, "pids.max")).First(File.Exists)).Trim());

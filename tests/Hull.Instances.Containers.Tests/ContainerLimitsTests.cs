@@ -7,7 +7,8 @@ using Xunit;
 
 namespace Hull.Instances.Containers.Tests;
 
-/// <summary>The error bugs of the security run that need a real container: each does the bad thing through hulld.</summary>
+/// <summary>The error bugs of the security run that need a real container: each does the bad thing through
+/// hulld.</summary>
 public sealed class ContainerLimitsTests
 {
     static async Task<HullException> Fails(Func<Task> call, int status, params string[] fragments)
@@ -25,8 +26,10 @@ public sealed class ContainerLimitsTests
         var c = d.Client;
         await c.LaunchAsync("busybox", "u1");
         foreach (var user in new[] { "4294967295", "0:4294967295", "1000:4294967295" })
-            await Fails(() => c.ExecAsync("u1", new ExecRequest { Command = ["id", "-u"], User = user }), 400, "4294967295 (-1) is not a user or group id");
-        Assert.Equal("1000\n", (await c.ExecAsync("u1", new ExecRequest { Command = ["id", "-u"], User = "1000" })).Stdout);
+            await Fails(() => c.ExecAsync("u1", new ExecRequest { Command = ["id", "-u"], User = user }), 400,
+                "4294967295 (-1) is not a user or group id");
+        Assert.Equal("1000\n", (await c.ExecAsync("u1",
+            new ExecRequest { Command = ["id", "-u"], User = "1000" })).Stdout);
     }
 
     [SkippableFact]
@@ -35,7 +38,8 @@ public sealed class ContainerLimitsTests
         using var d = new ContainerDaemon();
         var c = d.Client;
         await c.LaunchAsync("busybox", "f1");
-        Assert.Equal(0, (await c.ExecAsync("f1", "sh", "-c", "mkfifo /tmp/fifo && ln -s /nonexistent /tmp/dang")).ExitCode);
+        Assert.Equal(0, (await c.ExecAsync("f1", "sh", "-c",
+            "mkfifo /tmp/fifo && ln -s /nonexistent /tmp/dang")).ExitCode);
 
         // A procfs file says size 0 and has content.
         var status = Encoding.UTF8.GetString(await c.ReadFileAsync("f1", "/proc/1/status"));

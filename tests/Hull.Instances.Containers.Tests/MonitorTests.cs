@@ -11,20 +11,27 @@ namespace Hull.Instances.Containers.Tests;
 /// </summary>
 public sealed class MonitorTests
 {
-    static string Cmd(params string[] args) => "[" + string.Join(",", args.Select(a => "\"" + System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping.Encode(a) + "\"")) + "]";
+    static string Cmd(params string[] args) =>
+        "[" + string.Join(",", args.Select(a =>
+        "\"" + System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping.Encode(a) + "\"")) + "]";
 
-    /// <summary>A busybox container whose process waits for /go inside it, then exits with the code written there.</summary>
-    static Task<Instance> LaunchWaiter(ContainerDaemon d, string name) => d.Client.CreateInstanceAsync(new InstanceCreateRequest
+    /// <summary>A busybox container whose process waits for /go inside it, then exits with the code written
+    /// there.</summary>
+    static Task<Instance> LaunchWaiter(ContainerDaemon d, string name) =>
+        d.Client.CreateInstanceAsync(new InstanceCreateRequest
     {
         Name = name, Image = "busybox", Start = true,
-        Config = { ["app.command"] = Cmd("/bin/sh", "-c", "rm -f /go; while [ ! -s /go ]; do sleep 0.05; done; exit $(cat /go)") },
+        Config = { ["app.command"] = Cmd("/bin/sh", "-c",
+            "rm -f /go; while [ ! -s /go ]; do sleep 0.05; done; exit $(cat /go)") },
     });
 
-    static int MonitorPid(ContainerDaemon d) => int.Parse(File.ReadAllText(Path.Combine(d.StateDir, "monitor.pid")).Trim());
+    static int MonitorPid(ContainerDaemon d) =>
+        int.Parse(File.ReadAllText(Path.Combine(d.StateDir, "monitor.pid")).Trim());
 
     static bool Gone(int pid) => !Sys.ProcessExists(pid);
 
-    /// <summary>Lets the waiter go with <paramref name="code"/> (written through its root) and waits until its init is reaped.</summary>
+    /// <summary>Lets the waiter go with <paramref name="code"/> (written through its root) and waits until its init is
+    /// reaped.</summary>
     static async Task EndWith(int pid, int code)
     {
         var tmp = $"/proc/{pid}/root/go.tmp";
@@ -55,7 +62,8 @@ public sealed class MonitorTests
         Assert.Equal(MonitorPid(d), monitor);
         // The other containers are found again and work.
         Assert.Equal(InstanceStates.Running, (await c.GetInstanceAsync("keeps")).State);
-        var r = await c.ExecAsync("keeps", new ExecRequest { Command = ["sh", "-c", "cat; echo still here"], Stdin = "in:" });
+        var r = await c.ExecAsync("keeps", new ExecRequest { Command = ["sh", "-c", "cat; echo still here"],
+            Stdin = "in:" });
         Assert.Equal(0, r.ExitCode);
         Assert.Equal("in:still here\n", r.Stdout);
 
@@ -71,7 +79,8 @@ public sealed class MonitorTests
         await c.StartAsync("ends-k9");
         var again = (await c.GetInstanceAsync("ends-k9")).Pid!.Value;
         await EndWith(again, 3);
-        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("ends-k9")).State == InstanceStates.Stopped, "ends-k9 to stop");
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("ends-k9")).State == InstanceStates.Stopped,
+            "ends-k9 to stop");
         Assert.Equal(3, (await c.GetInstanceAsync("ends-k9")).LastExitCode);
         Assert.Equal(keeps, (await c.GetInstanceAsync("keeps")).Pid);
 
@@ -94,7 +103,8 @@ public sealed class MonitorTests
         var old = (await c.LaunchAsync("busybox", "before")).Pid!.Value;
         var monitor = MonitorPid(d);
         Libc.kill(monitor, Signals.SIGKILL);
-        await Wait.UntilAsync(() => Task.FromResult(File.Exists(Path.Combine(d.StateDir, "monitor.pid")) && MonitorPid(d) != monitor && Sys.ProcessExists(MonitorPid(d))),
+        await Wait.UntilAsync(() => Task.FromResult(File.Exists(Path.Combine(d.StateDir, "monitor.pid"))
+            && MonitorPid(d) != monitor && Sys.ProcessExists(MonitorPid(d))),
             "hulld to start a new monitor");
         Assert.Contains("went away", d.Log);
 
@@ -107,7 +117,8 @@ public sealed class MonitorTests
         var pid = (await LaunchWaiter(d, "after")).Pid!.Value;
         Assert.Equal(MonitorPid(d), int.Parse(File.ReadAllText($"/proc/{pid}/stat").Split(") ")[1].Split(' ')[1]));
         await EndWith(pid, 9);
-        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("after")).State == InstanceStates.Stopped, "'after' to stop");
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("after")).State == InstanceStates.Stopped,
+            "'after' to stop");
         Assert.Equal(9, (await c.GetInstanceAsync("after")).LastExitCode);
 
         // The orphan still stops (its code is what a stop implies: the monitor that could have recorded it is gone).
@@ -127,7 +138,8 @@ public sealed class MonitorTests
         await Wait.UntilAsync(() => Task.FromResult(Gone(monitor)), "the monitor to die");
         // The orphan ends with 0; nothing that could record it was its parent.
         await EndWith(pid, 0);
-        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("orphan")).State == InstanceStates.Stopped, "'orphan' to stop");
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("orphan")).State == InstanceStates.Stopped,
+            "'orphan' to stop");
         var i = await c.GetInstanceAsync("orphan");
         Assert.Null(i.LastExitCode);
         Assert.Contains("exit code unknown", i.StatusMessage);
@@ -154,7 +166,8 @@ public sealed class MonitorTests
             File.Copy(f, Path.Combine(upgraded, Path.GetFileName(f)));
         d.Stop();
         d.Start(program: Path.Combine(upgraded, Path.GetFileName(ContainerDaemon.HostExe)));
-        await Wait.UntilAsync(() => Task.FromResult(MonitorPid(d) != oldMonitor), "the new hulld to retire the old monitor and start its own");
+        await Wait.UntilAsync(() => Task.FromResult(MonitorPid(d) != oldMonitor),
+            "the new hulld to retire the old monitor and start its own");
         Assert.True(Sys.ProcessExists(oldMonitor), "the retired monitor must stay while it has a container");
         Assert.Contains("retiring the container monitor", d.Log);
 
@@ -163,11 +176,14 @@ public sealed class MonitorTests
         Assert.Equal(MonitorPid(d), int.Parse(File.ReadAllText($"/proc/{fresh}/stat").Split(") ")[1].Split(' ')[1]));
         Assert.Equal(oldMonitor, int.Parse(File.ReadAllText($"/proc/{old}/stat").Split(") ")[1].Split(' ')[1]));
         await EndWith(old, 11);
-        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("old")).State == InstanceStates.Stopped, "'old' to stop");
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("old")).State == InstanceStates.Stopped,
+            "'old' to stop");
         Assert.Equal(11, (await c.GetInstanceAsync("old")).LastExitCode);
-        await Wait.UntilAsync(() => Task.FromResult(Gone(oldMonitor)), "the retired monitor to exit after its last container");
+        await Wait.UntilAsync(() => Task.FromResult(Gone(oldMonitor)),
+            "the retired monitor to exit after its last container");
         await EndWith(fresh, 12);
-        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("fresh")).State == InstanceStates.Stopped, "'fresh' to stop");
+        await Wait.UntilAsync(async () => (await c.GetInstanceAsync("fresh")).State == InstanceStates.Stopped,
+            "'fresh' to stop");
         Assert.Equal(12, (await c.GetInstanceAsync("fresh")).LastExitCode);
         foreach (var n in new[] { "old", "fresh" }) await c.DeleteInstanceAsync(n, force: true);
     }

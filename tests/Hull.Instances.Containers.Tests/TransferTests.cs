@@ -4,7 +4,8 @@ using Xunit;
 
 namespace Hull.Instances.Containers.Tests;
 
-/// <summary>Export/import and copy/move of container instances between two real hullds (two "hosts" on this machine).</summary>
+/// <summary>Export/import and copy/move of container instances between two real hullds (two "hosts" on this
+/// machine).</summary>
 public sealed class TransferTests
 {
     [SkippableFact]
@@ -35,7 +36,8 @@ public sealed class TransferTests
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(a.StateDir, "instances")));
 
         await b.Client.StartAsync("m2");
-        Assert.Equal("after the snapshot", System.Text.Encoding.UTF8.GetString(await b.Client.ReadFileAsync("m2", "/root/after.txt")));
+        Assert.Equal("after the snapshot", System.Text.Encoding.UTF8.GetString(
+            await b.Client.ReadFileAsync("m2", "/root/after.txt")));
         // The overlay's whiteouts and opaque dirs travelled: the deleted file stays deleted.
         var r = await b.Client.ExecAsync("m2", "sh", "-c", "test -e /bin/ls; echo $? $(ls /var/opaque)");
         Assert.Equal("1 x\n", r.Stdout);
@@ -60,7 +62,8 @@ public sealed class TransferTests
         Assert.Contains("unix:/", bad.Err);
 
         Ok(a.Cli("launch", "busybox", "k1"), "launch");
-        Ok(a.Cli("exec", "k1", "--", "sh", "-c", "echo moved > /root/m.txt && dd if=/dev/urandom of=/root/big bs=64k count=16 2>/dev/null"), "exec");
+        Ok(a.Cli("exec", "k1", "--", "sh", "-c",
+            "echo moved > /root/m.txt && dd if=/dev/urandom of=/root/big bs=64k count=16 2>/dev/null"), "exec");
         var refused = a.Cli("move", "k1", "other:");
         Assert.Equal(1, refused.Code);
         Assert.Contains("--stateless", refused.Err);
@@ -106,7 +109,8 @@ public sealed class TransferTests
         Assert.Equal(1, truncated.Code);
         var names = (await a.Client.ListInstancesAsync()).Select(i => i.Name).Order().ToList();
         Assert.Equal(["k2", "k3"], names);
-        Assert.Equal(["k2", "k3"], Directory.EnumerateFileSystemEntries(Path.Combine(a.StateDir, "instances")).Select(Path.GetFileName).Order().ToList());
+        Assert.Equal(["k2", "k3"], Directory.EnumerateFileSystemEntries(Path.Combine(a.StateDir, "instances")).Select(
+            Path.GetFileName).Order().ToList());
         Ok(a.Cli("remote", "remove", "other"), "remote remove");
         Assert.Equal(1, a.Cli("copy", "k2", "other:k9").Code);
     }

@@ -11,12 +11,14 @@ namespace Hull.Instances.Containers.Tests;
 /// container sees kept through files, snapshots and backups.</summary>
 public sealed class UnprivilegedTests
 {
-    /// <summary>Root's host uid range (its /etc/subuid line, or hulld's documented default 1000000-1000999999).</summary>
+    /// <summary>Root's host uid range (its /etc/subuid line, or hulld's documented default
+    /// 1000000-1000999999).</summary>
     static (long Start, long End) Uids
     {
         get
         {
-            var line = File.Exists("/etc/subuid") ? File.ReadLines("/etc/subuid").FirstOrDefault(l => l.StartsWith("root:")) : null;
+            var line = File.Exists("/etc/subuid")
+                ? File.ReadLines("/etc/subuid").FirstOrDefault(l => l.StartsWith("root:")) : null;
             if (line is null) return (1_000_000, 1_001_000_000);
             var p = line.Split(':');
             return (long.Parse(p[1]), long.Parse(p[1]) + long.Parse(p[2]));
@@ -37,9 +39,11 @@ public sealed class UnprivilegedTests
         return (long.Parse(p[1]), long.Parse(p[2]), r.Stdout);
     }
 
-    /// <summary>Owner, mode and mtime of every file of an image root filesystem (to prove it is never changed).</summary>
+    /// <summary>Owner, mode and mtime of every file of an image root filesystem (to prove it is never
+    /// changed).</summary>
     static Dictionary<string, string> Snapshot(string root) =>
-        Directory.EnumerateFileSystemEntries(root, "*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 })
+        Directory.EnumerateFileSystemEntries(root, "*",
+            new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 })
             .ToDictionary(p => p, p =>
             {
                 var st = Stat(p);
@@ -80,7 +84,8 @@ public sealed class UnprivilegedTests
         Assert.Equal(0u, Stat(Path.Combine(lower, "bin")).Uid);
 
         // A file root makes inside is owned by the mapped root in the upper dir; inside it is root's.
-        var r = await c.ExecAsync("u1", "sh", "-c", "echo x > /made-by-root && chown 1234:4321 /etc && stat -c '%u:%g' /made-by-root /bin/busybox /etc");
+        var r = await c.ExecAsync("u1", "sh", "-c",
+            "echo x > /made-by-root && chown 1234:4321 /etc && stat -c '%u:%g' /made-by-root /bin/busybox /etc");
         Assert.Equal("0:0\n0:0\n1234:4321\n", r.Stdout);
         var upper = Path.Combine(InstanceDir(d, "u1"), "upper");
         Assert.Equal((uint)b, Stat(Path.Combine(upper, "made-by-root")).Uid);
@@ -90,24 +95,31 @@ public sealed class UnprivilegedTests
         Assert.Equal(before, Snapshot(lower));
 
         // Root inside cannot read (or replace) the 0600 host-root file: it is not host root.
-        r = await c.ExecAsync("u1", "sh", "-c", "cat /mnt/secret/key; echo rc=$?; echo evil > /mnt/secret/key; echo rc=$?; stat -c '%u' /mnt/secret/key");
+        r = await c.ExecAsync("u1", "sh", "-c",
+            "cat /mnt/secret/key; echo rc=$?; echo evil > /mnt/secret/key; echo rc=$?; stat -c '%u' /mnt/secret/key");
         Assert.DoesNotContain("host root only", r.Stdout);
         Assert.Contains("rc=1\nrc=1\n65534\n", r.Stdout);
         Assert.Equal("host root only\n", File.ReadAllText(Path.Combine(secretDir, "key")));
 
         // hull file push/pull: owners as the container sees them.
-        await c.PushFileAsync("u1", "/home/pushed/file.txt", new MemoryStream("pushed"u8.ToArray()), 0b110_100_000, uid: 1000, gid: 1001);
-        Assert.Equal("1000:1001 640\n", (await c.ExecAsync("u1", "stat", "-c", "%u:%g %a", "/home/pushed/file.txt")).Stdout);
+        await c.PushFileAsync("u1", "/home/pushed/file.txt", new MemoryStream("pushed"u8.ToArray()), 0b110_100_000,
+            uid: 1000, gid: 1001);
+        Assert.Equal("1000:1001 640\n", (await c.ExecAsync("u1", "stat", "-c", "%u:%g %a",
+            "/home/pushed/file.txt")).Stdout);
         Assert.Equal("0:0\n", (await c.ExecAsync("u1", "stat", "-c", "%u:%g", "/home/pushed")).Stdout);
         Assert.Equal((uint)(b + 1000), Stat(Path.Combine(upper, "home/pushed/file.txt")).Uid);
-        using (var f = await c.PullFileAsync("u1", "/home/pushed/file.txt")) Assert.Equal((1000, 1001), (f.Entry.Uid, f.Entry.Gid));
-        using (var f = await c.PullFileAsync("u1", "/bin")) Assert.Contains(f.Listing!, e => e.Name == "busybox" && e.Uid == 0);
-        var bad = await Assert.ThrowsAsync<HullException>(() => c.PushFileAsync("u1", "/x", new MemoryStream("x"u8.ToArray()), uid: 70000));
+        using (var f = await c.PullFileAsync("u1", "/home/pushed/file.txt")) Assert.Equal((1000, 1001),
+            (f.Entry.Uid, f.Entry.Gid));
+        using (var f = await c.PullFileAsync("u1", "/bin")) Assert.Contains(f.Listing!,
+            e => e.Name == "busybox" && e.Uid == 0);
+        var bad = await Assert.ThrowsAsync<HullException>(() =>
+            c.PushFileAsync("u1", "/x", new MemoryStream("x"u8.ToArray()), uid: 70000));
         Assert.Contains("ids are 0 to 65535", bad.Message);
 
         // Stopped, the files are read through the same map.
         await c.StopAsync("u1", force: true);
-        using (var f = await c.PullFileAsync("u1", "/home/pushed/file.txt")) Assert.Equal((1000, 1001), (f.Entry.Uid, f.Entry.Gid));
+        using (var f = await c.PullFileAsync("u1", "/home/pushed/file.txt")) Assert.Equal((1000, 1001),
+            (f.Entry.Uid, f.Entry.Gid));
         await c.StartAsync("u1");
         Assert.Equal(expected, (await UidMap(c, "u1")).Base);
         Assert.Equal("1000:1001\n", (await c.ExecAsync("u1", "stat", "-c", "%u:%g", "/home/pushed/file.txt")).Stdout);
@@ -118,14 +130,17 @@ public sealed class UnprivilegedTests
     {
         using var d = new ContainerDaemon();
         var c = d.Client;
-        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "p1", Image = "busybox", Start = true, Config = { ["security.privileged"] = "true" } });
-        Assert.Equal("0 0 4294967295", string.Join(' ', (await UidMap(c, "p1")).Text.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Trim());
+        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "p1", Image = "busybox", Start = true,
+            Config = { ["security.privileged"] = "true" } });
+        Assert.Equal("0 0 4294967295", string.Join(' ',
+            (await UidMap(c, "p1")).Text.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Trim());
         await c.ExecAsync("p1", "sh", "-c", "echo p > /priv");
         Assert.Equal(0u, Stat(Path.Combine(InstanceDir(d, "p1"), "upper", "priv")).Uid);
 
         var shared = Uids.Start;
         foreach (var n in new[] { "i1", "i2" })
-            await c.CreateInstanceAsync(new InstanceCreateRequest { Name = n, Image = "busybox", Start = true, Config = { ["security.idmap.isolated"] = "true" } });
+            await c.CreateInstanceAsync(new InstanceCreateRequest { Name = n, Image = "busybox", Start = true,
+                Config = { ["security.idmap.isolated"] = "true" } });
         var m1 = await UidMap(c, "i1");
         var m2 = await UidMap(c, "i2");
         foreach (var m in new[] { m1, m2 })
@@ -151,13 +166,15 @@ public sealed class UnprivilegedTests
 
         // Freed on delete: the next isolated container may get it.
         await c.DeleteInstanceAsync("i1", force: true);
-        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "i4", Image = "busybox", Start = true, Config = { ["security.idmap.isolated"] = "true" } });
+        await c.CreateInstanceAsync(new InstanceCreateRequest { Name = "i4", Image = "busybox", Start = true,
+            Config = { ["security.idmap.isolated"] = "true" } });
         Assert.Equal(m1.Base, (await UidMap(c, "i4")).Base);
 
         // Switching a stopped container to privileged re-owns its files to the host's ids.
         await c.StopAsync("i4", force: true);
         var i4 = await c.GetInstanceAsync("i4");
-        await c.UpdateInstanceAsync("i4", new InstancePut { Config = new(i4.Config) { ["security.privileged"] = "true" }, Devices = i4.Devices, Profiles = i4.Profiles });
+        await c.UpdateInstanceAsync("i4", new InstancePut { Config =
+            new(i4.Config) { ["security.privileged"] = "true" }, Devices = i4.Devices, Profiles = i4.Profiles });
         await c.StartAsync("i4");
         Assert.Equal((0L, 4294967295L), ((await UidMap(c, "i4")).Base, (await UidMap(c, "i4")).Size));
         Assert.Equal("0\n", (await c.ExecAsync("i4", "stat", "-c", "%u", "/bin")).Stdout);
@@ -181,7 +198,9 @@ public sealed class UnprivilegedTests
             ("security.privileged", "maybe", "security.privileged='maybe' is invalid"),
         })
         {
-            var e = await Assert.ThrowsAsync<HullException>(() => c.CreateInstanceAsync(new InstanceCreateRequest { Name = "bad", Image = "busybox", Config = { [key] = value } }));
+            var e = await Assert.ThrowsAsync<HullException>(() =>
+                c.CreateInstanceAsync(new InstanceCreateRequest { Name = "bad", Image = "busybox",
+                Config = { [key] = value } }));
             Assert.Contains(says, e.Message);
         }
         var tooBig = await Assert.ThrowsAsync<HullException>(() => c.CreateInstanceAsync(new InstanceCreateRequest
@@ -225,7 +244,8 @@ public sealed class UnprivilegedTests
         // Imported as an isolated container: its own range, the same owners inside, the snapshot too.
         await using (var f = File.OpenRead(tarball)) await c.ImportInstanceAsync(f, "b2");
         var b2 = await c.GetInstanceAsync("b2");
-        await c.UpdateInstanceAsync("b2", new InstancePut { Config = new(b2.Config) { ["security.idmap.isolated"] = "true" }, Devices = b2.Devices, Profiles = b2.Profiles });
+        await c.UpdateInstanceAsync("b2", new InstancePut { Config =
+            new(b2.Config) { ["security.idmap.isolated"] = "true" }, Devices = b2.Devices, Profiles = b2.Profiles });
         await c.StartAsync("b2");
         var m = await UidMap(c, "b2");
         Assert.NotEqual(Uids.Start, m.Base);
@@ -252,7 +272,9 @@ public sealed class UnprivilegedTests
         {
             var r = d.Cli("launch", "host", "app1", "--share", share, "--", "/bin/sh", "-c", "sleep 1000");
             Assert.True(r.Code == 0, r.Err);
-            var e = await d.Client.ExecAsync("app1", "sh", "-c", $"cat /proc/self/uid_map; stat -c '%u:%g' /usr/bin /etc/passwd {share}/f; cat {share}/f; touch /usr/x; echo rc=$?");
+            var e = await d.Client.ExecAsync("app1", "sh", "-c",
+                $"cat /proc/self/uid_map; stat -c '%u:%g' /usr/bin /etc/passwd {share}/f; cat {share}/f; touch " +
+                "/usr/x; echo rc=$?");
             Assert.Contains($" {Uids.Start} ", e.Stdout);
             Assert.True(e.Stdout.Contains("0:0\n0:0\n0:0\nshared"), e.Stdout + e.Stderr);
             Assert.Contains("rc=1", e.Stdout);

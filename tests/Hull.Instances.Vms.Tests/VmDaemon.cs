@@ -18,7 +18,8 @@ public sealed class VmDaemon : HulldProcess
     {
         get
         {
-            var rel = typeof(VmDaemon).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "HullVmHostDir").Value!;
+            var rel = typeof(VmDaemon).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a =>
+                a.Key == "HullVmHostDir").Value!;
             return Path.Combine(Repo.Root, "tests", "Hull.Instances.Vms.Tests", rel, "hull-vm-testhost");
         }
     }
@@ -34,7 +35,8 @@ public sealed class VmDaemon : HulldProcess
         Requires.Program("mkfs.ext4");
         Requires.File("/bin/busybox", "busybox-static");
         Requires.File(AgentBinary, "the published hull-agent (make build)");
-        if (!Directory.EnumerateFiles("/boot", "vmlinuz-*").Any()) Requires.Missing("a guest kernel in /boot (linux-image-amd64)");
+        if (!Directory.EnumerateFiles("/boot", "vmlinuz-*").Any()) Requires.Missing(
+            "a guest kernel in /boot (linux-image-amd64)");
     }
 
     public VmDaemon() : base(Checked(HostExe), "hull-vmd-", TimeSpan.FromSeconds(30)) => Start();
@@ -63,7 +65,8 @@ public sealed class VmDaemon : HulldProcess
             try
             {
                 var cmd = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ');
-                if (cmd.Contains("qemu-system", StringComparison.Ordinal) && cmd.Contains(path, StringComparison.Ordinal)) list.Add(pid);
+                if (cmd.Contains("qemu-system", StringComparison.Ordinal)
+                    && cmd.Contains(path, StringComparison.Ordinal)) list.Add(pid);
             }
             catch (IOException) { }
             catch (UnauthorizedAccessException) { }

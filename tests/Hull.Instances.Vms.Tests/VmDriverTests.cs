@@ -32,7 +32,8 @@ public sealed class VmDriverTests(ITestOutputHelper output)
 
         // launch through the CLI: the built-in busybox VM image is built on first use (no download)
         var sw = Stopwatch.StartNew();
-        var launch = d.Cli("launch", "busybox", "v1", "--vm", "-c", "limits.memory=192MiB", "-c", "limits.cpu=1", "-c", "environment.GREETING=hello-vm");
+        var launch = d.Cli("launch", "busybox", "v1", "--vm", "-c", "limits.memory=192MiB", "-c", "limits.cpu=1", "-c",
+            "environment.GREETING=hello-vm");
         Assert.True(launch.Code == 0, launch.Err + launch.Out + d.Log);
         var launched = sw.Elapsed;
         var inst = await c.GetInstanceAsync("v1");
@@ -47,18 +48,21 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         // exec: the first one waits for the agent of the booting guest
         var first = await c.ExecAsync("v1", "sh", "-c", "echo $GREETING; hostname; uname -r");
         var ready = sw.Elapsed;
-        output.WriteLine($"launch (image build + create + QEMU start) {launched.TotalSeconds:0.0} s; agent answered an exec {(ready - launched).TotalSeconds:0.0} s later");
+        output.WriteLine($"launch (image build + create + QEMU start) {launched.TotalSeconds:0.0} s; agent answered " +
+            $"an exec {(ready - launched).TotalSeconds:0.0} s later");
         Assert.Equal(0, first.ExitCode);
         var lines = first.Stdout.Split('\n');
         Assert.Equal("hello-vm", lines[0]);
         Assert.Equal("v1", lines[1]);
         Assert.NotEqual(Environment.MachineName, lines[1]);
 
-        var r = await c.ExecAsync("v1", new ExecRequest { Command = ["sh", "-c", "echo out; echo err >&2; cat; exit 4"], Stdin = "from stdin" });
+        var r = await c.ExecAsync("v1", new ExecRequest { Command = ["sh", "-c", "echo out; echo err >&2; cat; exit 4"],
+            Stdin = "from stdin" });
         Assert.Equal(4, r.ExitCode);
         Assert.Equal("out\nfrom stdin", r.Stdout);
         Assert.Equal("err\n", r.Stderr);
-        var env = await c.ExecAsync("v1", new ExecRequest { Command = ["sh", "-c", "echo $FOO; pwd"], Environment = { ["FOO"] = "bar" }, Cwd = "/tmp" });
+        var env = await c.ExecAsync("v1", new ExecRequest { Command = ["sh", "-c", "echo $FOO; pwd"],
+            Environment = { ["FOO"] = "bar" }, Cwd = "/tmp" });
         Assert.Equal("bar\n/tmp\n", env.Stdout);
         var missing = await c.ExecAsync("v1", new ExecRequest { Command = ["nosuchprogram"] });
         Assert.Equal(127, missing.ExitCode);
@@ -68,7 +72,9 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         Assert.Equal("cli\n", cliExec.Out);
 
         // a pty exec through the agent: stdin streamed, the window size, the exit code
-        using (var s = await c.ExecInteractiveAsync("v1", new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; exit 9"], Tty = true, Width = 100, Height = 30 }))
+        using (var s = await c.ExecInteractiveAsync("v1",
+            new ExecRequest { Command = ["sh", "-c", "read line; echo got:$line; stty size; exit 9"], Tty = true,
+            Width = 100, Height = 30 }))
         {
             await s.WriteStdinAsync(Encoding.UTF8.GetBytes("ping\n"));
             var output = new MemoryStream();
@@ -91,13 +97,15 @@ public sealed class VmDriverTests(ITestOutputHelper output)
             }
             Assert.Contains("console-ok", seen.Text);
             cts.Cancel();
-            try { await run; } catch (OperationCanceledException) { } catch (System.Net.WebSockets.WebSocketException) { }
+            try { await run; } catch (OperationCanceledException) { } catch (
+                System.Net.WebSockets.WebSocketException) { }
         }
 
         // files: push then pull byte-exact, stat and listing, delete
         var data = RandomNumberGenerator.GetBytes(300_000);
         await c.PushFileAsync("v1", "/root/dir/blob.bin", data, 0b110_000_000);
-        Assert.Equal(Convert.ToHexString(SHA256.HashData(data)), (await Sh(c, "v1", "sha256sum /root/dir/blob.bin")).Split(' ')[0].ToUpperInvariant());
+        Assert.Equal(Convert.ToHexString(SHA256.HashData(data)),
+            (await Sh(c, "v1", "sha256sum /root/dir/blob.bin")).Split(' ')[0].ToUpperInvariant());
         Assert.Equal(data, await c.ReadFileAsync("v1", "/root/dir/blob.bin"));
         using (var listing = await c.PullFileAsync("v1", "/root/dir"))
         {
@@ -172,11 +180,14 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         await c.RestoreSnapshotAsync("v1", "disk1");
         await c.StartAsync("v1");
         Assert.Equal("keep\n", await Sh(c, "v1", "cat /mnt/root/keep"));
-        Assert.Equal("no\n", await Sh(c, "v1", "[ -e /mnt/root/later ] && echo yes || echo no; [ -e /root/before-full ] && echo ram; true"));
+        Assert.Equal("no\n", await Sh(c, "v1", "[ -e /mnt/root/later ] && echo yes || echo no; [ -e " +
+            "/root/before-full ] && echo ram; true"));
 
         // a guest kernel panic: QEMU is ended and the instance shows Error with the reason
-        Assert.Equal(0, (await c.ExecAsync("v1", "sh", "-c", "(sleep 1; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &")).ExitCode);
-        for (var i = 0; i < 600 && (await c.GetInstanceAsync("v1")).State == InstanceStates.Running; i++) await Task.Delay(200);
+        Assert.Equal(0, (await c.ExecAsync("v1", "sh", "-c",
+            "(sleep 1; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &")).ExitCode);
+        for (var i = 0; i < 600 && (await c.GetInstanceAsync(
+            "v1")).State == InstanceStates.Running; i++) await Task.Delay(200);
         inst = await c.GetInstanceAsync("v1");
         Assert.Equal(InstanceStates.Error, inst.State);
         Assert.Contains("panicked", inst.StatusMessage);
@@ -202,7 +213,8 @@ public sealed class VmDriverTests(ITestOutputHelper output)
         Assert.Empty(await c.ListInstancesAsync());
 
         // more memory than the host has
-        var hostMiB = File.ReadLines("/proc/meminfo").First(l => l.StartsWith("MemTotal:")).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1];
+        var hostMiB = File.ReadLines("/proc/meminfo").First(l => l.StartsWith("MemTotal:")).Split(' ',
+            StringSplitOptions.RemoveEmptyEntries)[1];
         var huge = (long.Parse(hostMiB) / 1024 + 1024) + "MiB";
         var mem = await Assert.ThrowsAsync<HullException>(() => c.CreateInstanceAsync(new InstanceCreateRequest
         {

@@ -12,7 +12,8 @@ public class SpawnerTests
         req.Fds.Add((w, 1));
         using var child = Spawner.Spawn(req);
         w.Dispose();
-        using var reader = new StreamReader(new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(r.Detach(), true), FileAccess.Read));
+        using var reader = new StreamReader(new FileStream(
+            new Microsoft.Win32.SafeHandles.SafeFileHandle(r.Detach(), true), FileAccess.Read));
         var output = reader.ReadToEnd();
         return (Sys.ExitCode(Sys.WaitPid(child.Pid)), output);
     }
@@ -20,7 +21,8 @@ public class SpawnerTests
     [Fact]
     public void Spawns_a_program_and_maps_stdout()
     {
-        var (code, output) = Run(new SpawnRequest { Path = "/bin/sh", Argv = ["sh", "-c", "echo hi; exit 3"], Env = [] });
+        var (code, output) = Run(new SpawnRequest { Path = "/bin/sh", Argv = ["sh", "-c", "echo hi; exit 3"],
+            Env = [] });
         Assert.Equal(3, code);
         Assert.Equal("hi\n", output);
     }
@@ -28,7 +30,8 @@ public class SpawnerTests
     [Fact]
     public void Reports_exec_failure_with_errno_and_path()
     {
-        var ex = Assert.Throws<SpawnException>(() => Spawner.Spawn(new SpawnRequest { Path = "/nonexistent/prog", Argv = ["x"], Env = [] }));
+        var ex = Assert.Throws<SpawnException>(() =>
+            Spawner.Spawn(new SpawnRequest { Path = "/nonexistent/prog", Argv = ["x"], Env = [] }));
         Assert.Equal(SpawnStage.Exec, ex.Stage);
         Assert.Equal(Errors.ENOENT, ex.Errno);
         Assert.Contains("/nonexistent/prog", ex.Message);
@@ -53,7 +56,8 @@ public class SpawnerTests
     public void Waits_for_release_and_exits_quietly_when_abandoned()
     {
         Requires.Root();
-        var child = Spawner.Start(new SpawnRequest { Path = "/bin/true", Argv = ["true"], Env = [], WaitForRelease = true, CloneFlags = CLONE.NEWUSER });
+        var child = Spawner.Start(new SpawnRequest { Path = "/bin/true", Argv = ["true"], Env = [],
+            WaitForRelease = true, CloneFlags = CLONE.NEWUSER });
         // The parent could write uid_map here; the child has not exec'd yet.
         Assert.True(File.Exists($"/proc/{child.Pid}/uid_map"));
         child.Dispose();

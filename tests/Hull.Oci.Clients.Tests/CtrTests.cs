@@ -6,7 +6,8 @@ namespace Hull.Oci.Clients.Tests;
 
 /// <summary>
 /// A private containerd (its own root, state, socket and config in one temp dir) whose runc shim runs hull-oci from
-/// out/bin, and a busybox OCI image built with umoci and imported with ctr. Dispose kills the tasks, stops containerd and
+/// out/bin, and a busybox OCI image built with umoci and imported with ctr. Dispose kills the tasks, stops containerd
+/// and
 /// its shims, unmounts the snapshots and removes the directory.
 /// </summary>
 public sealed class ContainerdFixture : IDisposable
@@ -27,15 +28,18 @@ public sealed class ContainerdFixture : IDisposable
 
     public ContainerdFixture()
     {
-        if (!File.Exists("/usr/bin/containerd") && !File.Exists("/usr/local/bin/containerd")) { startError = "containerd is not installed"; return; }
+        if (!File.Exists("/usr/bin/containerd") && !File.Exists("/usr/local/bin/containerd")) { startError =
+            "containerd is not installed"; return; }
         try { Start(); }
         catch (Exception e) { startError = e.Message; }
     }
 
-    /// <summary>Fails the calling test with the reason the fixture could not start containerd or build the image.</summary>
+    /// <summary>Fails the calling test with the reason the fixture could not start containerd or build the
+    /// image.</summary>
     public void EnsureStarted()
     {
-        if (startError is not null) throw new InvalidOperationException("the private containerd is not usable: " + startError);
+        if (startError is not null) throw new InvalidOperationException("the private containerd is not usable: "
+            + startError);
     }
 
     void Start()
@@ -66,8 +70,10 @@ public sealed class ContainerdFixture : IDisposable
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (Ctr("version").ExitCode != 0)
         {
-            if (containerd.HasExited) throw new InvalidOperationException("containerd exited: " + File.ReadAllText(Path.Combine(Dir.Path, "containerd.log")));
-            if (DateTime.UtcNow > deadline) throw new TimeoutException("containerd did not answer on " + Address + " within 30 s");
+            if (containerd.HasExited) throw new InvalidOperationException("containerd exited: "
+                + File.ReadAllText(Path.Combine(Dir.Path, "containerd.log")));
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("containerd did not answer on " + Address
+                + " within 30 s");
             Thread.Sleep(100);
         }
         BuildAndImportImage();
@@ -90,7 +96,8 @@ public sealed class ContainerdFixture : IDisposable
         Directory.Delete(bundle, recursive: true);
     }
 
-    public CmdResult Ctr(params string[] args) => Cmd.Run("ctr", ["--address", Address, "--namespace", Namespace, .. args], 120);
+    public CmdResult Ctr(params string[] args) =>
+        Cmd.Run("ctr", ["--address", Address, "--namespace", Namespace, .. args], 120);
 
     public void Dispose()
     {
@@ -98,12 +105,14 @@ public sealed class ContainerdFixture : IDisposable
         {
             try
             {
-                foreach (var line in Ctr("tasks", "ls", "-q").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                foreach (var line in Ctr("tasks", "ls", "-q").Stdout.Split('\n',
+                    StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                 {
                     Ctr("tasks", "kill", "--signal", "SIGKILL", line);
                     Ctr("tasks", "delete", "--force", line);
                 }
-                foreach (var line in Ctr("containers", "ls", "-q").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                foreach (var line in Ctr("containers", "ls", "-q").Stdout.Split('\n',
+                    StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                     Ctr("containers", "delete", line);
             }
             catch (TimeoutException) { }
@@ -148,12 +157,14 @@ public sealed class CtrTests : IClassFixture<ContainerdFixture>
     {
         Require();
         var id = NewId();
-        var r = f.Ctr(["run", "--rm", .. RuntimeFlags, ContainerdFixture.Image, id, "sh", "-c", "echo hello from hull; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 7"]);
+        var r = f.Ctr(["run", "--rm", .. RuntimeFlags, ContainerdFixture.Image, id, "sh", "-c",
+            "echo hello from hull; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 7"]);
         Assert.True(r.ExitCode == 7, r.ToString());
         Assert.Contains("hello from hull", r.Stdout);
         Assert.Contains("sh -c echo hello from hull", r.Stdout);
         Assert.DoesNotContain(id, f.Ctr("containers", "ls", "-q").Stdout);
-        Assert.Empty(Cmd.Ok(f.HullOci, ["--root", Path.Combine(f.RuncRoot, ContainerdFixture.Namespace), "list", "-q"]).Stdout.Trim());
+        Assert.Empty(Cmd.Ok(f.HullOci, ["--root", Path.Combine(f.RuncRoot, ContainerdFixture.Namespace), "list",
+            "-q"]).Stdout.Trim());
     }
 
     [SkippableFact]
@@ -171,7 +182,8 @@ public sealed class CtrTests : IClassFixture<ContainerdFixture>
             Assert.Contains("\"status\": \"running\"", state.Stdout);
             Assert.Matches(@"(?m)^" + id + @"\s+\d+\s+RUNNING", f.Ctr("tasks", "ls").Stdout);
 
-            var exec = f.Ctr(["tasks", "exec", "--exec-id", "e1", "--fifo-dir", f.FifoDir, id, "sh", "-c", "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 6"]);
+            var exec = f.Ctr(["tasks", "exec", "--exec-id", "e1", "--fifo-dir", f.FifoDir, id, "sh", "-c",
+                "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 6"]);
             Assert.True(exec.ExitCode == 6, exec.ToString());
             Assert.Contains("exec-ok", exec.Stdout);
             Assert.Contains("sleep 1000", exec.Stdout);
@@ -186,7 +198,8 @@ public sealed class CtrTests : IClassFixture<ContainerdFixture>
             }
             var delete = f.Ctr("tasks", "delete", id);
             Assert.True(delete.ExitCode == 0, delete.ToString());
-            Assert.False(Cmd.Run(f.HullOci, ["--root", hullRoot, "state", id]).ExitCode == 0, "Hull still has the state of " + id);
+            Assert.False(Cmd.Run(f.HullOci, ["--root", hullRoot, "state", id]).ExitCode == 0,
+                "Hull still has the state of " + id);
         }
         finally
         {
@@ -204,7 +217,8 @@ public sealed class CtrTests : IClassFixture<ContainerdFixture>
         string Quote(IEnumerable<string> a) => string.Join(' ', a.Select(x => "'" + x.Replace("'", "'\\''") + "'"));
         string[] ctr = ["ctr", "--address", f.Address, "--namespace", ContainerdFixture.Namespace];
         // script(1) gives ctr a pty as stdin; the shim then asks hull-oci for a console (--console-socket).
-        var run = Cmd.Run("script", ["-qec", Quote([.. ctr, "run", "--rm", "-t", .. RuntimeFlags, ContainerdFixture.Image, id,
+        var run = Cmd.Run("script", ["-qec", Quote(
+            [.. ctr, "run", "--rm", "-t", .. RuntimeFlags, ContainerdFixture.Image, id,
             "sh", "-c", "tty; test -t 0 && test -t 1 && echo stdin-and-stdout-are-terminals; exit 4"]), "/dev/null"]);
         Assert.True(run.ExitCode == 4, run.ToString());
         Assert.Matches(@"/dev/pts/\d+", run.Stdout);
@@ -215,7 +229,8 @@ public sealed class CtrTests : IClassFixture<ContainerdFixture>
         Assert.True(d.ExitCode == 0, d.ToString());
         try
         {
-            var exec = Cmd.Run("script", ["-qec", Quote([.. ctr, "tasks", "exec", "-t", "--exec-id", "t1", "--fifo-dir", f.FifoDir, id2,
+            var exec = Cmd.Run("script", ["-qec",
+                Quote([.. ctr, "tasks", "exec", "-t", "--exec-id", "t1", "--fifo-dir", f.FifoDir, id2,
                 "sh", "-c", "tty; test -t 0 && echo exec-has-a-terminal; exit 3"]), "/dev/null"]);
             Assert.True(exec.ExitCode == 3, exec.ToString());
             Assert.Contains("exec-has-a-terminal", exec.Stdout);

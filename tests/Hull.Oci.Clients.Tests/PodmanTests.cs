@@ -19,7 +19,8 @@ public sealed class PodmanFixture : IDisposable
     readonly bool networkRunDirExisted = Directory.Exists(NetworkRunDir);
     readonly List<string> ids = [];
 
-    /// <summary>Remembers a container id so Dispose can force-delete it from Hull's state if Podman left it there.</summary>
+    /// <summary>Remembers a container id so Dispose can force-delete it from Hull's state if Podman left it
+    /// there.</summary>
     public void Track(string id) { lock (ids) ids.Add(id); }
 
     public bool HullHas(string id) => Cmd.Run(HullOci, ["--root", HullRoot, "state", id], 30).ExitCode == 0;
@@ -31,22 +32,27 @@ public sealed class PodmanFixture : IDisposable
         Directory.CreateDirectory(Path.Combine(Dir.Path, "tmp"));
     }
 
-    /// <summary>podman's global flags: the private store, Hull as the runtime (with its state root), cgroupfs, file events.</summary>
+    /// <summary>podman's global flags: the private store, Hull as the runtime (with its state root), cgroupfs, file
+    /// events.</summary>
     public string[] Global =>
     [
-        "--root", Path.Combine(Dir.Path, "storage"), "--runroot", Path.Combine(Dir.Path, "run"), "--tmpdir", Path.Combine(Dir.Path, "tmp"),
+        "--root", Path.Combine(Dir.Path, "storage"), "--runroot", Path.Combine(Dir.Path, "run"), "--tmpdir",
+        Path.Combine(Dir.Path, "tmp"),
         "--runtime", HullOci,
         "--cgroup-manager", "cgroupfs", "--events-backend", "file",
     ];
 
-    /// <summary>This host's root lacks CAP_SYS_RESOURCE, so Podman's raised default rlimits must be pinned (runc needs the same).</summary>
-    public static readonly string[] RunFlags = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+    /// <summary>This host's root lacks CAP_SYS_RESOURCE, so Podman's raised default rlimits must be pinned (runc needs
+    /// the same).</summary>
+    public static readonly string[] RunFlags =
+        ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
 
     public CmdResult Podman(params string[] args) => Cmd.Run("podman", [.. Global, .. args]);
 
     public void Dispose()
     {
-        try { Cmd.Run("podman", [.. Global, "rm", "--all", "--force", "--time", "0"], 60); } catch (TimeoutException) { }
+        try { Cmd.Run("podman", [.. Global, "rm", "--all", "--force", "--time", "0"], 60); } catch (
+            TimeoutException) { }
         foreach (var id in ids)
             if (HullHas(id)) Cmd.Run(HullOci, ["--root", HullRoot, "delete", "--force", id], 30);
         Cleanup.KillProcessesMentioning(Dir.Path);
@@ -78,7 +84,8 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
     {
         Require();
         var cidfile = Path.Combine(f.Dir.Path, Guid.NewGuid().ToString("N") + ".cid");
-        var r = f.Podman(["run", "--rm", "--cidfile", cidfile, .. PodmanFixture.RunFlags, "--rootfs", f.Rootfs, "sh", "-c", "echo hello from hull; cat /proc/self/status | grep NoNewPrivs; exit 3"]);
+        var r = f.Podman(["run", "--rm", "--cidfile", cidfile, .. PodmanFixture.RunFlags, "--rootfs", f.Rootfs, "sh",
+            "-c", "echo hello from hull; cat /proc/self/status | grep NoNewPrivs; exit 3"]);
         var id = File.ReadAllText(cidfile).Trim();
         f.Track(id);
         Assert.True(r.ExitCode == 3, r.ToString());
@@ -93,7 +100,8 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
     {
         Require();
         var cidfile = Path.Combine(f.Dir.Path, Guid.NewGuid().ToString("N") + ".cid");
-        var r = f.Podman(["run", "--rm", "--cidfile", cidfile, .. PodmanFixture.RunFlags, "--rootfs", f.Rootfs, "/no/such/program"]);
+        var r = f.Podman(["run", "--rm", "--cidfile", cidfile, .. PodmanFixture.RunFlags, "--rootfs", f.Rootfs,
+            "/no/such/program"]);
         var id = File.ReadAllText(cidfile).Trim();
         f.Track(id);
         Assert.True(r.ExitCode is 126 or 127, r.ToString());
@@ -106,7 +114,8 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
     {
         Require();
         var name = "hull-detached-" + Guid.NewGuid().ToString("N")[..8];
-        var run = f.Podman(["run", "-d", "--name", name, .. PodmanFixture.RunFlags, "--rootfs", f.Rootfs, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]);
+        var run = f.Podman(["run", "-d", "--name", name, .. PodmanFixture.RunFlags, "--rootfs", f.Rootfs, "sh", "-c",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done"]);
         Assert.True(run.ExitCode == 0, run.ToString());
         var id = run.Stdout.Trim();
         f.Track(id);
@@ -116,7 +125,8 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
             var state = Cmd.Ok(f.HullOci, ["--root", PodmanFixture.HullRoot, "state", id]);
             Assert.Contains("\"status\": \"running\"", state.Stdout);
 
-            var exec = f.Podman(["exec", name, "sh", "-c", "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 5"]);
+            var exec = f.Podman(["exec", name, "sh", "-c",
+                "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 5"]);
             Assert.True(exec.ExitCode == 5, exec.ToString());
             Assert.Contains("exec-ok", exec.Stdout);
             Assert.Contains("while true", exec.Stdout);
@@ -127,7 +137,8 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
 
             var stop = f.Podman(["stop", "--time", "10", name]);
             Assert.True(stop.ExitCode == 0, stop.ToString());
-            var inspect = Cmd.Ok("podman", [.. f.Global, "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name]);
+            var inspect = Cmd.Ok("podman", [.. f.Global, "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
+                name]);
             Assert.Equal("exited 0", inspect.Stdout.Trim());
         }
         finally
@@ -148,7 +159,8 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
         const int Base = 200000;
         var rootfs = Path.Combine(f.Dir.Path, "rootfs-mapped");
         BusyboxRootfs.Create(rootfs);
-        foreach (var d in new[] { "proc", "dev", "sys", "etc", "tmp", "run" }) Directory.CreateDirectory(Path.Combine(rootfs, d));
+        foreach (var d in new[] { "proc", "dev", "sys", "etc", "tmp", "run" }) Directory.CreateDirectory(
+            Path.Combine(rootfs, d));
         var vol = Path.Combine(f.Dir.Path, "vol-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(vol);
         Cmd.Ok("chown", ["-R", $"{Base}:{Base}", rootfs, vol]);
@@ -159,11 +171,13 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
             var r = Cmd.Run("podman", [.. f.Global.Select(a => a == f.HullOci ? runtime : a), "run", "--rm",
                 .. PodmanFixture.RunFlags, "--uidmap", $"0:{Base}:65536", "--gidmap", $"0:{Base}:65536",
                 "-v", $"{vol}:/vol", "--rootfs", rootfs,
-                "sh", "-c", "id -u; cat /proc/self/uid_map; cat /etc/hosts >/dev/null && echo hosts-ok; echo hi > /vol/x"]);
+                "sh", "-c", "id -u; cat /proc/self/uid_map; cat /etc/hosts >/dev/null && echo hosts-ok; echo hi > " +
+                    "/vol/x"]);
             Assert.True(r.ExitCode == 0, $"{runtime}: {r}");
             var lines = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             Assert.Equal("0", lines[0]);
-            Assert.Equal($"0 {Base} 65536", string.Join(' ', lines[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)));
+            Assert.Equal($"0 {Base} 65536", string.Join(' ',
+                lines[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)));
             Assert.Contains("hosts-ok", lines);
             var st = new FileInfo(Path.Combine(vol, "x"));
             Assert.True(st.Exists, $"{runtime}: the volume was not written");
@@ -179,8 +193,10 @@ public sealed class PodmanTests : IClassFixture<PodmanFixture>
         // script(1) gives podman a pty as stdin, so -it is allowed and the container gets its own terminal.
         // The sleep before exit: conmon sometimes drops the last output of a -it process that exits at once
         // (seen with runc too, about 1 run in 15 here); it is not part of what is checked.
-        var podman = string.Join(' ', new[] { "podman" }.Concat(f.Global).Concat(["run", "--rm", "-it"]).Concat(PodmanFixture.RunFlags)
-            .Concat(["--rootfs", f.Rootfs, "sh", "-c", "'tty; test -t 0 && test -t 1 && echo stdin-and-stdout-are-terminals; sleep 1; exit 4'"]));
+        var podman = string.Join(' ', new[] { "podman" }.Concat(f.Global).Concat(["run", "--rm", "-it"]).Concat(
+            PodmanFixture.RunFlags)
+            .Concat(["--rootfs", f.Rootfs, "sh", "-c",
+                "'tty; test -t 0 && test -t 1 && echo stdin-and-stdout-are-terminals; sleep 1; exit 4'"]));
         var r = Cmd.Run("script", ["-qec", podman, "/dev/null"]);
         Assert.True(r.ExitCode == 4, r.ToString());
         Assert.Matches(@"/dev/pts/\d+", r.Stdout);

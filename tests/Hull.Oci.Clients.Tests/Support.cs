@@ -12,14 +12,16 @@ public sealed record CmdResult(string Command, int ExitCode, string Stdout, stri
     public override string ToString() => $"`{Command}` exited {ExitCode}\n--- stdout\n{Stdout}\n--- stderr\n{Stderr}";
 }
 
-/// <summary>Runs a client program (podman, ctr, ...) and captures its output; a command that hangs is killed and reported.</summary>
+/// <summary>Runs a client program (podman, ctr, ...) and captures its output; a command that hangs is killed and
+/// reported.</summary>
 public static class Cmd
 {
     public static CmdResult Run(string file, IEnumerable<string> args, int timeoutSeconds = 120, string? stdin = null)
     {
         var psi = new ProcessStartInfo(file)
         {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true,
+            UseShellExecute = false,
         };
         foreach (var a in args) psi.ArgumentList.Add(a);
         var line = file + " " + string.Join(' ', psi.ArgumentList);
@@ -32,7 +34,8 @@ public static class Cmd
         {
             try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             p.WaitForExit();
-            throw new TimeoutException($"`{line}` did not finish within {timeoutSeconds} s\n--- stdout\n{stdout.Result}\n--- stderr\n{stderr.Result}");
+            throw new TimeoutException($"`{line}` did not finish within {timeoutSeconds} s\n--- " +
+                $"stdout\n{stdout.Result}\n--- stderr\n{stderr.Result}");
         }
         return new CmdResult(line, p.ExitCode, stdout.Result, stderr.Result);
     }
@@ -63,7 +66,8 @@ public static class BusyboxRootfs
             var link = Path.Combine(bin, applet);
             if (!File.Exists(link)) File.CreateSymbolicLink(link, "busybox");
         }
-        foreach (var d in new[] { "etc", "tmp", "proc", "sys", "dev", "root" }) Directory.CreateDirectory(Path.Combine(rootfs, d));
+        foreach (var d in new[] { "etc", "tmp", "proc", "sys", "dev", "root" }) Directory.CreateDirectory(
+            Path.Combine(rootfs, d));
     }
 }
 
@@ -103,13 +107,15 @@ public static partial class Cleanup
         var sb = new StringBuilder();
         for (var i = 0; i < s.Length; i++)
         {
-            if (s[i] == '\\' && i + 3 < s.Length) { sb.Append((char)Convert.ToInt32(s.Substring(i + 1, 3), 8)); i += 3; }
+            if (s[i] == '\\' && i + 3 < s.Length) { sb.Append(
+                (char)Convert.ToInt32(s.Substring(i + 1, 3), 8)); i += 3; }
             else sb.Append(s[i]);
         }
         return sb.ToString();
     }
 
-    /// <summary>Kills (SIGKILL) every process whose command line contains marker — a unique temp path of the fixture, so only processes the test started.</summary>
+    /// <summary>Kills (SIGKILL) every process whose command line contains marker — a unique temp path of the fixture,
+    /// so only processes the test started.</summary>
     public static void KillProcessesMentioning(string marker)
     {
         var self = Environment.ProcessId;
@@ -117,9 +123,12 @@ public static partial class Cleanup
         {
             if (!int.TryParse(Path.GetFileName(d), out var pid) || pid == self) continue;
             string cmdline;
-            try { cmdline = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' '); } catch (IOException) { continue; } catch (UnauthorizedAccessException) { continue; }
+            try { cmdline = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' '); } catch (
+                IOException) { continue; } catch (UnauthorizedAccessException) { continue; }
             if (!cmdline.Contains(marker, StringComparison.Ordinal)) continue;
-            try { using var p = Process.GetProcessById(pid); p.Kill(); p.WaitForExit(5000); } catch (ArgumentException) { } catch (InvalidOperationException) { } catch (System.ComponentModel.Win32Exception) { }
+            try { using var p = Process.GetProcessById(pid); p.Kill(); p.WaitForExit(5000); } catch (
+                ArgumentException) { } catch (InvalidOperationException) { } catch (
+                System.ComponentModel.Win32Exception) { }
         }
     }
 
@@ -128,7 +137,8 @@ public static partial class Cleanup
     {
         if (!Directory.Exists(root)) return;
         var list = Cmd.Run(hullOci, ["--root", root, "list", "-q"], 30);
-        foreach (var id in list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        foreach (var id in list.Stdout.Split('\n',
+            StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             Cmd.Run(hullOci, ["--root", root, "delete", "--force", id], 30);
     }
 }

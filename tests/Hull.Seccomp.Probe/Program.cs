@@ -57,12 +57,15 @@ static unsafe class Probe
         var callArgs = new long[6];
         if (call)
         {
-            if (!SeccompCompiler.TryGetSyscallNumber(SeccompArch.X86_64, rest[0], out nr)) { Console.Error.WriteLine($"probe: unknown syscall {rest[0]}"); return 125; }
+            if (!SeccompCompiler.TryGetSyscallNumber(SeccompArch.X86_64, rest[0],
+                out nr)) { Console.Error.WriteLine($"probe: unknown syscall {rest[0]}"); return 125; }
             for (var k = 1; k < rest.Length && k <= 6; k++)
-                callArgs[k - 1] = rest[k].StartsWith("0x", StringComparison.Ordinal) ? (long)Convert.ToUInt64(rest[k][2..], 16) : long.Parse(rest[k]);
+                callArgs[k - 1] = rest[k].StartsWith("0x", StringComparison.Ordinal)
+                    ? (long)Convert.ToUInt64(rest[k][2..], 16) : long.Parse(rest[k]);
         }
         var argv = Native(rest);
-        var env = Native(Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>().Select(e => $"{e.Key}={e.Value}").ToArray());
+        var env = Native(Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>().Select(e =>
+            $"{e.Key}={e.Value}").ToArray());
 
         try
         {
@@ -71,8 +74,10 @@ static unsafe class Probe
             if (notifyFd is not null && !string.IsNullOrEmpty(profile.ListenerPath))
             {
                 var pid = Libc.getpid();
-                var state = new Hull.Oci.State { Id = "probe", Status = "creating", Pid = pid, Bundle = Environment.CurrentDirectory };
-                SeccompListener.Send(profile.ListenerPath, notifyFd, SeccompListener.CreateState(state, pid, profile.ListenerMetadata));
+                var state = new Hull.Oci.State { Id = "probe", Status = "creating", Pid = pid,
+                    Bundle = Environment.CurrentDirectory };
+                SeccompListener.Send(profile.ListenerPath, notifyFd,
+                    SeccompListener.CreateState(state, pid, profile.ListenerMetadata));
             }
         }
         catch (Exception e) when (e is LinuxException or SeccompException)
@@ -104,7 +109,8 @@ static unsafe class Probe
 
     static int Usage()
     {
-        Console.Error.WriteLine("usage: Hull.Seccomp.Probe (PROFILE.json | --default CAPS) (-- COMMAND ARGS... | --call SYSCALL [ARGS...] | --disassemble)");
+        Console.Error.WriteLine("usage: Hull.Seccomp.Probe (PROFILE.json | --default CAPS) (-- COMMAND ARGS... | " +
+            "--call SYSCALL [ARGS...] | --disassemble)");
         return 125;
     }
 }

@@ -7,7 +7,8 @@ public sealed record SeccompData(uint Nr, uint Arch, ulong InstructionPointer = 
 {
     public uint Word(uint offset)
     {
-        if (offset % 4 != 0 || offset >= 64) throw new InvalidOperationException($"misaligned or out-of-range load at {offset}");
+        if (offset % 4 != 0 || offset >= 64) throw new InvalidOperationException(
+            $"misaligned or out-of-range load at {offset}");
         if (offset == 0) return Nr;
         if (offset == 4) return Arch;
         if (offset == 8) return (uint)InstructionPointer;
@@ -27,7 +28,8 @@ public static class BpfInterpreter
 {
     public static void Check(SockFilter[] prog)
     {
-        if (prog.Length is 0 or > Bpf.MaxInstructions) throw new InvalidOperationException($"program length {prog.Length}");
+        if (prog.Length is 0 or > Bpf.MaxInstructions) throw new InvalidOperationException(
+            $"program length {prog.Length}");
         if ((prog[^1].Code & 0x07) != Bpf.RET) throw new InvalidOperationException("the last instruction is not a ret");
         for (var pc = 0; pc < prog.Length; pc++)
         {
@@ -35,22 +37,26 @@ public static class BpfInterpreter
             switch (ins.Code)
             {
                 case Bpf.LD | Bpf.W | Bpf.ABS:
-                    if (ins.K % 4 != 0 || ins.K >= 64) throw new InvalidOperationException($"{pc}: bad load offset {ins.K}");
+                    if (ins.K % 4 != 0 || ins.K >= 64) throw new InvalidOperationException(
+                        $"{pc}: bad load offset {ins.K}");
                     break;
                 case Bpf.ALU | Bpf.AND | Bpf.K:
                 case Bpf.RET | Bpf.K:
                     break;
                 case Bpf.JMP | Bpf.JA:
-                    if (pc + 1 + (long)ins.K >= prog.Length) throw new InvalidOperationException($"{pc}: ja out of the program");
+                    if (pc + 1 + (long)ins.K >= prog.Length) throw new InvalidOperationException(
+                        $"{pc}: ja out of the program");
                     break;
                 case Bpf.JMP | Bpf.JEQ | Bpf.K:
                 case Bpf.JMP | Bpf.JGT | Bpf.K:
                 case Bpf.JMP | Bpf.JGE | Bpf.K:
                 case Bpf.JMP | Bpf.JSET | Bpf.K:
-                    if (pc + 1 + ins.Jt >= prog.Length || pc + 1 + ins.Jf >= prog.Length) throw new InvalidOperationException($"{pc}: jump out of the program");
+                    if (pc + 1 + ins.Jt >= prog.Length || pc + 1
+                        + ins.Jf >= prog.Length) throw new InvalidOperationException($"{pc}: jump out of the program");
                     break;
                 default:
-                    throw new InvalidOperationException($"{pc}: opcode 0x{ins.Code:x} is not allowed in a seccomp filter");
+                    throw new InvalidOperationException(
+                        $"{pc}: opcode 0x{ins.Code:x} is not allowed in a seccomp filter");
             }
         }
     }

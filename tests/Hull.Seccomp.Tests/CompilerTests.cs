@@ -12,14 +12,16 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     internal static OciSeccomp Profile(string defaultAction, params SeccompSyscall[] rules) =>
         new() { DefaultAction = defaultAction, Syscalls = [.. rules] };
 
-    internal static SeccompSyscall Rule(string action, string[] names, uint? errnoRet = null, params SeccompArg[] args) =>
+    internal static SeccompSyscall Rule(string action, string[] names, uint? errnoRet = null,
+        params SeccompArg[] args) =>
         new() { Names = [.. names], Action = action, ErrnoRet = errnoRet, Args = args.Length == 0 ? null : [.. args] };
 
     internal static SeccompArg Arg(uint index, string op, ulong value, ulong valueTwo = 0) =>
         new() { Index = index, Op = op, Value = value, ValueTwo = valueTwo };
 
     internal static uint Nr(SeccompArch arch, string name) =>
-        SeccompCompiler.TryGetSyscallNumber(arch, name, out var nr) ? nr : throw new InvalidOperationException($"no {name} on {arch}");
+        SeccompCompiler.TryGetSyscallNumber(arch, name, out var nr) ? nr
+            : throw new InvalidOperationException($"no {name} on {arch}");
 
     static uint ArchValue(SeccompArch a) => a == SeccompArch.X86 ? Bpf.AuditArchI386 : Bpf.AuditArchX86_64;
 
@@ -32,7 +34,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
         return BpfInterpreter.Run(p.Instructions, new SeccompData(nr, arch, 0x7f0000001234, args));
     }
 
-    internal static uint Eval(SeccompProgram p, string name, params ulong[] args) => Run(p, SeccompArch.X86_64, name, args).Ret;
+    internal static uint Eval(SeccompProgram p, string name, params ulong[] args) =>
+        Run(p, SeccompArch.X86_64, name, args).Ret;
 
     static readonly ulong[] Boundary =
     [
@@ -75,10 +78,12 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
                 Array.Fill(args, 0xdead_beef_dead_beef);
                 args[index] = a;
                 var expected = Reference(op, a, v, 0) ? Allow : Errno(1);
-                Assert.True(expected == Eval(p, "read", args), $"{op} arg{index}={a:x} value={v:x}: want {Bpf.DescribeReturn(expected)}");
+                Assert.True(expected == Eval(p, "read", args),
+                    $"{op} arg{index}={a:x} value={v:x}: want {Bpf.DescribeReturn(expected)}");
                 // i386: the low words only, whatever the high words hold.
                 var expected32 = Reference(op, a & 0xffffffff, v & 0xffffffff, 0) ? Allow : Errno(1);
-                Assert.True(expected32 == Run(p, SeccompArch.X86, "read", args).Ret, $"i386 {op} arg{index}={a:x} value={v:x}: want {Bpf.DescribeReturn(expected32)}");
+                Assert.True(expected32 == Run(p, SeccompArch.X86, "read", args).Ret,
+                    $"i386 {op} arg{index}={a:x} value={v:x}: want {Bpf.DescribeReturn(expected32)}");
             }
         }
     }
@@ -86,11 +91,13 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void MaskedEqMasksBothWords()
     {
-        ulong[] masks = [0, 0xff, 0xffffffff, 0x1_00000000, 0xffffffff_00000000, 0xffffffff_ffffffff, 0x7E020000, 0x8000000000000001];
+        ulong[] masks = [0, 0xff, 0xffffffff, 0x1_00000000, 0xffffffff_00000000, 0xffffffff_ffffffff, 0x7E020000,
+            0x8000000000000001];
         foreach (var mask in masks)
             foreach (var datum in Boundary.Append(0x7E020000u).Append(0x10000000u))
             {
-                var p = SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["openat"], 13, Arg(2, "SCMP_CMP_MASKED_EQ", mask, datum))));
+                var p = SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW",
+                    Rule("SCMP_ACT_ERRNO", ["openat"], 13, Arg(2, "SCMP_CMP_MASKED_EQ", mask, datum))));
                 foreach (var a in Boundary.Append(0x10000000u).Append(0x7E020000u))
                 {
                     var expected = (a & mask) == datum ? Errno(13) : Allow;
@@ -103,7 +110,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     public void ComparisonsOnOneArgumentInOneRuleAreAnded()
     {
         var p = SeccompCompiler.Compile(Profile("SCMP_ACT_ERRNO",
-            Rule("SCMP_ACT_ALLOW", ["read"], null, Arg(2, "SCMP_CMP_GE", 10), Arg(2, "SCMP_CMP_LE", 20), Arg(0, "SCMP_CMP_EQ", 3))));
+            Rule("SCMP_ACT_ALLOW", ["read"], null, Arg(2, "SCMP_CMP_GE", 10), Arg(2, "SCMP_CMP_LE", 20),
+                Arg(0, "SCMP_CMP_EQ", 3))));
         Assert.Equal(Allow, Eval(p, "read", 3, 0, 10));
         Assert.Equal(Allow, Eval(p, "read", 3, 0, 20));
         Assert.Equal(Errno(1), Eval(p, "read", 3, 0, 9));
@@ -115,7 +123,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void X86AbiComparesTheLowWordsOnly()
     {
-        var profile = Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["personality"], 22, Arg(0, "SCMP_CMP_EQ", 0xffff_ffff_0000_0005)));
+        var profile = Profile("SCMP_ACT_ALLOW",
+            Rule("SCMP_ACT_ERRNO", ["personality"], 22, Arg(0, "SCMP_CMP_EQ", 0xffff_ffff_0000_0005)));
         profile.Architectures = ["SCMP_ARCH_X86"];
         var p = SeccompCompiler.Compile(profile);
         Assert.Equal(Errno(22), Run(p, SeccompArch.X86, "personality", 5).Ret);
@@ -125,7 +134,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(Allow, Run(p, SeccompArch.X86_64, "personality", 5).Ret);
         Assert.Equal(Errno(22), Run(p, SeccompArch.X86_64, "personality", 0xffff_ffff_0000_0005).Ret);
         // i386 numbers are not x86_64 numbers: mkdir is 39 on i386, getpid on x86_64.
-        var q = SeccompCompiler.Compile(new OciSeccomp { DefaultAction = "SCMP_ACT_ALLOW", Architectures = ["SCMP_ARCH_X86"], Syscalls = [Rule("SCMP_ACT_ERRNO", ["mkdir"])] });
+        var q = SeccompCompiler.Compile(new OciSeccomp { DefaultAction = "SCMP_ACT_ALLOW",
+            Architectures = ["SCMP_ARCH_X86"], Syscalls = [Rule("SCMP_ACT_ERRNO", ["mkdir"])] });
         Assert.Equal(39u, Nr(SeccompArch.X86, "mkdir"));
         Assert.Equal(Errno(1), Run(q, Bpf.AuditArchI386, 39).Ret);
         Assert.Equal(Allow, Run(q, Bpf.AuditArchX86_64, 39).Ret);
@@ -141,7 +151,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(KillProcess, Run(p, AuditAarch64, 34).Ret);
         Assert.Equal(KillProcess, Run(p, Bpf.AuditArchI386, 39).Ret);          // i386 not in the profile
         Assert.Equal(KillProcess, Run(p, Bpf.AuditArchX86_64, Bpf.X32SyscallBit | 83).Ret); // x32 not in the profile
-        Assert.Equal(Allow, Run(p, Bpf.AuditArchX86_64, 0xffffffff).Ret);       // -1 (a tracer skipping a call): default
+        // -1 (a tracer skipping a call): default
+        Assert.Equal(Allow, Run(p, Bpf.AuditArchX86_64, 0xffffffff).Ret);
         Assert.Equal(Errno(1), Eval(p, "mkdir"));
         Assert.Equal(Allow, Eval(p, "getpid"));
     }
@@ -163,7 +174,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void X32UsesItsOwnNumbersAndSharesTheAuditArch()
     {
-        var profile = Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["mkdir"], 30), Rule("SCMP_ACT_ERRNO", ["rt_sigaction"], 31));
+        var profile = Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["mkdir"], 30),
+            Rule("SCMP_ACT_ERRNO", ["rt_sigaction"], 31));
         profile.Architectures = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X32"];
         var p = SeccompCompiler.Compile(profile);
         Assert.Equal([SeccompArch.X86_64, SeccompArch.X32], p.Architectures);
@@ -171,7 +183,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(Bpf.X32SyscallBit | 512, Nr(SeccompArch.X32, "rt_sigaction")); // x32's own rt_sigaction
         Assert.Equal(Errno(30), Run(p, SeccompArch.X32, "mkdir").Ret);
         Assert.Equal(Errno(31), Run(p, SeccompArch.X32, "rt_sigaction").Ret);
-        Assert.Equal(Allow, Run(p, Bpf.AuditArchX86_64, Bpf.X32SyscallBit | 13).Ret); // the x86_64 rt_sigaction number with the x32 bit
+        // the x86_64 rt_sigaction number with the x32 bit
+        Assert.Equal(Allow, Run(p, Bpf.AuditArchX86_64, Bpf.X32SyscallBit | 13).Ret);
         Assert.Equal(Errno(30), Run(p, SeccompArch.X86_64, "mkdir").Ret);
         Assert.Equal(Errno(31), Run(p, SeccompArch.X86_64, "rt_sigaction").Ret);
         Assert.Equal(Allow, Run(p, Bpf.AuditArchX86_64, 0xffffffff).Ret);
@@ -234,9 +247,11 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
         var n = Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_NOTIFY", ["mkdir"]));
         n.Flags = ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"];
         var q = SeccompCompiler.Compile(n);
-        Assert.Equal(SeccompFilterFlags.Tsync | SeccompFilterFlags.NewListener | SeccompFilterFlags.TsyncEsrch | SeccompFilterFlags.WaitKillableRecv, q.Flags);
+        Assert.Equal(SeccompFilterFlags.Tsync | SeccompFilterFlags.NewListener | SeccompFilterFlags.TsyncEsrch |
+            SeccompFilterFlags.WaitKillableRecv, q.Flags);
         Assert.Equal(SeccompFilterFlags.NewListener | SeccompFilterFlags.Tsync | SeccompFilterFlags.TsyncEsrch,
-            SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_NOTIFY", ["mkdir"]))).WithFlags(SeccompFilterFlags.Tsync).Flags);
+            SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_NOTIFY", ["mkdir"]))).WithFlags(
+                SeccompFilterFlags.Tsync).Flags);
 
         var bad = Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["mkdir"]));
         bad.Flags = ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"];
@@ -244,11 +259,17 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData("defaultAction", "linux.seccomp.defaultAction: unknown action \"SCMP_ACT_NOPE\"; valid values: SCMP_ACT_KILL, SCMP_ACT_KILL_PROCESS")]
-    [InlineData("action", "linux.seccomp.syscalls[0].action: unknown action \"SCMP_ACT_NOPE\"; valid values: SCMP_ACT_KILL,")]
-    [InlineData("op", "linux.seccomp.syscalls[0].args[0].op: unknown operator \"SCMP_CMP_NOPE\"; valid values: SCMP_CMP_NE, SCMP_CMP_LT, SCMP_CMP_LE, SCMP_CMP_EQ, SCMP_CMP_GE, SCMP_CMP_GT, SCMP_CMP_MASKED_EQ")]
-    [InlineData("arch", "linux.seccomp.architectures[1]: unknown architecture \"SCMP_ARCH_NOPE\"; valid values: SCMP_ARCH_X86, SCMP_ARCH_X86_64, SCMP_ARCH_X32, SCMP_ARCH_ARM, SCMP_ARCH_AARCH64")]
-    [InlineData("flag", "linux.seccomp.flags[0]: unknown flag \"SECCOMP_FILTER_FLAG_NOPE\"; valid flags: SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_FILTER_FLAG_LOG, SECCOMP_FILTER_FLAG_SPEC_ALLOW, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")]
+    [InlineData("defaultAction", "linux.seccomp.defaultAction: unknown action \"SCMP_ACT_NOPE\"; valid values: " +
+        "SCMP_ACT_KILL, SCMP_ACT_KILL_PROCESS")]
+    [InlineData("action", "linux.seccomp.syscalls[0].action: unknown action \"SCMP_ACT_NOPE\"; valid values: " +
+        "SCMP_ACT_KILL,")]
+    [InlineData("op", "linux.seccomp.syscalls[0].args[0].op: unknown operator \"SCMP_CMP_NOPE\"; valid values: " +
+        "SCMP_CMP_NE, SCMP_CMP_LT, SCMP_CMP_LE, SCMP_CMP_EQ, SCMP_CMP_GE, SCMP_CMP_GT, SCMP_CMP_MASKED_EQ")]
+    [InlineData("arch", "linux.seccomp.architectures[1]: unknown architecture \"SCMP_ARCH_NOPE\"; valid values: " +
+        "SCMP_ARCH_X86, SCMP_ARCH_X86_64, SCMP_ARCH_X32, SCMP_ARCH_ARM, SCMP_ARCH_AARCH64")]
+    [InlineData("flag", "linux.seccomp.flags[0]: unknown flag \"SECCOMP_FILTER_FLAG_NOPE\"; valid flags: " +
+        "SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_FILTER_FLAG_LOG, SECCOMP_FILTER_FLAG_SPEC_ALLOW, " +
+        "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")]
     [InlineData("index", "linux.seccomp.syscalls[0].args[0].index is 6; a syscall has arguments 0 to 5")]
     [InlineData("errnoRet", "linux.seccomp.syscalls[0].errnoRet is set, but SCMP_ACT_ALLOW returns no errno")]
     [InlineData("errnoRange", "linux.seccomp.syscalls[0].errnoRet is 4096; an errno is 0 to 4095")]
@@ -302,7 +323,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(Errno(5), Eval(first, "read", 0));
         Assert.Equal(Errno(6), Eval(first, "write", 0));
         // The same action twice is fine.
-        SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["read"], 5), Rule("SCMP_ACT_ERRNO", ["read"], 5)));
+        SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rule("SCMP_ACT_ERRNO", ["read"], 5),
+            Rule("SCMP_ACT_ERRNO", ["read"], 5)));
 
         // The same comparisons (in any order) with different actions: error.
         var e = Assert.Throws<SeccompException>(() => SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW",
@@ -352,7 +374,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
             var (_, steps) = Run(p, Bpf.AuditArchX86_64, nr);
             maxSteps = Math.Max(maxSteps, steps);
         }
-        output.WriteLine($"350 syscalls, distinct actions: {p.Instructions.Length} instructions, at most {maxSteps} executed per lookup");
+        output.WriteLine($"350 syscalls, distinct actions: {p.Instructions.Length} instructions, at most {maxSteps} " +
+            "executed per lookup");
         // ld arch, jeq, ld nr, jge x32, ~10 tree levels (up to 701 intervals), ret; a few ja trampolines near the root.
         Assert.True(maxSteps <= 18, $"{maxSteps} instructions for one lookup");
         Assert.True(p.Instructions.Length < 1600, $"{p.Instructions.Length} instructions");
@@ -363,7 +386,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         // 300 syscalls with argument rules: the tree's leaves jump far to their blocks, and the blocks are long.
         var names = SeccompCompiler.SyscallNames(SeccompArch.X86_64).Order(StringComparer.Ordinal).Take(300).ToArray();
-        var rules = names.Select((n, i) => Rule("SCMP_ACT_ERRNO", [n], (uint)(i + 1), Arg((uint)(i % 6), "SCMP_CMP_EQ", (ulong)i << 20))).ToList();
+        var rules = names.Select((n, i) => Rule("SCMP_ACT_ERRNO", [n], (uint)(i + 1),
+            Arg((uint)(i % 6), "SCMP_CMP_EQ", (ulong)i << 20))).ToList();
         rules.Add(Rule("SCMP_ACT_LOG", [names[0]], null, Arg(5, "SCMP_CMP_LT", 0x1_0000_0000)));
         var p = SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", [.. rules]));
         Assert.True(p.Instructions.Length > 600);
@@ -383,7 +407,8 @@ public class CompilerTests(Xunit.Abstractions.ITestOutputHelper output)
     public void TooManyInstructionsFailClearly()
     {
         SeccompSyscall[] Rules(int n) => Enumerable.Range(0, n)
-            .Select(i => Rule("SCMP_ACT_ERRNO", ["ioctl"], 1, Arg(1, "SCMP_CMP_EQ", (ulong)i), Arg(2, "SCMP_CMP_GT", (ulong)i))).ToArray();
+            .Select(i => Rule("SCMP_ACT_ERRNO", ["ioctl"], 1, Arg(1, "SCMP_CMP_EQ", (ulong)i),
+                Arg(2, "SCMP_CMP_GT", (ulong)i))).ToArray();
         var ok = SeccompCompiler.Compile(Profile("SCMP_ACT_ALLOW", Rules(400)));
         Assert.InRange(ok.Instructions.Length, 3000, Bpf.MaxInstructions);
         Assert.Equal(Bpf.RetErrno | 1, Eval(ok, "ioctl", 0, 399, 400));

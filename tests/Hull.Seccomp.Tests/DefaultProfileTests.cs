@@ -13,9 +13,11 @@ public class DefaultProfileTests(Xunit.Abstractions.ITestOutputHelper output)
         CLONE_CHILD_CLEARTID = 0x200000;
     const ulong ThreadFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
         CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
-    static readonly ulong[] NamespaceFlags = [0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000];
+    static readonly ulong[] NamespaceFlags =
+        [0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000];
 
-    static SeccompProgram Default(params string[] caps) => SeccompCompiler.Compile(SeccompProfiles.DefaultProfile(caps));
+    static SeccompProgram Default(params string[] caps) =>
+        SeccompCompiler.Compile(SeccompProfiles.DefaultProfile(caps));
 
     [Fact]
     public void EveryLookupTakesAtMost40Instructions()
@@ -31,11 +33,13 @@ public class DefaultProfileTests(Xunit.Abstractions.ITestOutputHelper output)
             argSets.Add([0xffffffff, 0, 0, 0, 0, 0]);
             argSets.Add([0xffff_ffff_ffff_ffff, 0xffff_ffff_ffff_ffff, 0, 0, 0, 0]);
             argSets.Add([0x20008, 0, 0, 0, 0, 0]);
-            foreach (var (arch, lo, hi) in new[] { (Bpf.AuditArchX86_64, 0u, 1100u), (Bpf.AuditArchI386, 0u, 1100u), (Bpf.AuditArchX86_64, Bpf.X32SyscallBit, Bpf.X32SyscallBit + 1100) })
+            foreach (var (arch, lo, hi) in new[] { (Bpf.AuditArchX86_64, 0u, 1100u), (Bpf.AuditArchI386, 0u, 1100u),
+                (Bpf.AuditArchX86_64, Bpf.X32SyscallBit, Bpf.X32SyscallBit + 1100) })
                 for (var nr = lo; nr < hi; nr++)
                     foreach (var args in argSets)
                         max = Math.Max(max, Run(p, arch, nr, args).Steps);
-            output.WriteLine($"default profile ({string.Join(",", caps)}): {p.Instructions.Length} instructions, at most {max} executed per lookup");
+            output.WriteLine($"default profile ({string.Join(",", caps)}): {p.Instructions.Length} instructions, at " +
+                $"most {max} executed per lookup");
             Assert.True(max <= 40, $"a lookup took {max} instructions");
             Assert.True(p.Instructions.Length < 1000, $"{p.Instructions.Length} instructions");
         }
@@ -45,12 +49,16 @@ public class DefaultProfileTests(Xunit.Abstractions.ITestOutputHelper output)
     public void AllowsOrdinaryProgramsAndDeniesTheDangerousCalls()
     {
         var p = Default("CAP_CHOWN", "CAP_NET_BIND_SERVICE");
-        foreach (var n in new[] { "read", "write", "openat", "execve", "mmap", "futex", "rt_sigaction", "exit_group", "wait4", "socket", "getrandom_missing_is_ok" })
+        foreach (var n in new[] { "read", "write", "openat", "execve", "mmap", "futex", "rt_sigaction", "exit_group",
+            "wait4", "socket", "getrandom_missing_is_ok" })
             if (SeccompCompiler.TryGetSyscallNumber(SeccompArch.X86_64, n, out _))
                 Assert.True(Allow == Eval(p, n), n);
-        foreach (var n in new[] { "mount", "umount2", "unshare", "setns", "pivot_root", "keyctl", "add_key", "request_key", "bpf", "ptrace",
-                     "reboot", "kexec_load", "init_module", "finit_module", "open_by_handle_at", "fsopen", "move_mount", "io_uring_setup",
-                     "userfaultfd", "perf_event_open", "settimeofday", "chroot", "swapon", "acct", "iopl", "syslog", "sethostname" })
+        foreach (var n in new[] { "mount", "umount2", "unshare", "setns", "pivot_root", "keyctl", "add_key",
+            "request_key", "bpf", "ptrace",
+                     "reboot", "kexec_load", "init_module", "finit_module", "open_by_handle_at", "fsopen", "move_mount",
+                     "io_uring_setup",
+                     "userfaultfd", "perf_event_open", "settimeofday", "chroot", "swapon", "acct", "iopl", "syslog",
+                         "sethostname" })
             Assert.True(Eperm == Eval(p, n), $"{n}: {Bpf.DescribeReturn(Eval(p, n))}");
         Assert.Equal(Enosys, Eval(p, "clone3"));
         Assert.Equal(Enosys, Run(p, Bpf.AuditArchX86_64, 462).Ret); // newer than the tables (mseal on 6.10+)
@@ -69,7 +77,8 @@ public class DefaultProfileTests(Xunit.Abstractions.ITestOutputHelper output)
         // personality: Linux, UNAME26, LINUX32 and the query only.
         foreach (var ok in new ulong[] { 0, 8, 0x20000, 0x20008, 0xffffffff })
             Assert.Equal(Allow, Eval(p, "personality", ok));
-        foreach (var bad in new ulong[] { 0x40000 /* ADDR_NO_RANDOMIZE */, 0x0400000 /* READ_IMPLIES_EXEC */, 0x20, 0xffff_ffff_ffff_ffff, 0x1_0000_0000 })
+        foreach (var bad in new ulong[] { 0x40000 /* ADDR_NO_RANDOMIZE */, 0x0400000 /* READ_IMPLIES_EXEC */, 0x20,
+            0xffff_ffff_ffff_ffff, 0x1_0000_0000 })
             Assert.Equal(Eperm, Eval(p, "personality", bad));
 
         // The same on i386 and x32, with their own numbers.
@@ -96,7 +105,8 @@ public class DefaultProfileTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(Enosys, Eval(admin, "clone3"));
 
         var others = Default("sys_ptrace", "SYS_TIME", "CAP_SYS_MODULE", "cap_sys_chroot");
-        foreach (var n in new[] { "ptrace", "process_vm_readv", "settimeofday", "clock_settime", "init_module", "chroot" })
+        foreach (var n in new[] { "ptrace", "process_vm_readv", "settimeofday", "clock_settime", "init_module",
+            "chroot" })
             Assert.True(Allow == Eval(others, n), n);
         Assert.Equal(Eperm, Eval(others, "mount"));
         Assert.Equal(Eperm, Eval(others, "clone", 0x20000000 | SIGCHLD));

@@ -25,13 +25,15 @@ public partial class KernelTests
     static string ProbePath()
     {
         var p = Path.Combine(AppContext.BaseDirectory, "Hull.Seccomp.Probe");
-        if (!File.Exists(p)) throw new InvalidOperationException($"{p} is missing: the test project builds it (ProjectReference)");
+        if (!File.Exists(p)) throw new InvalidOperationException(
+            $"{p} is missing: the test project builds it (ProjectReference)");
         return p;
     }
 
     static void RequireSeccomp()
     {
-        Requires.File("/proc/sys/kernel/seccomp/actions_avail", "a kernel with seccomp filters (CONFIG_SECCOMP_FILTER)");
+        Requires.File("/proc/sys/kernel/seccomp/actions_avail",
+            "a kernel with seccomp filters (CONFIG_SECCOMP_FILTER)");
     }
 
     static Process StartProbe(string workDir, params string[] args)
@@ -78,14 +80,16 @@ public partial class KernelTests
         using var dir = new TempDir("hull-seccomp");
         var target = Path.Combine(dir.Path, "made");
         // A name this kernel's tables do not know is skipped, as runc does.
-        var profile = WriteProfile(dir, AllowBut(Rule("SCMP_ACT_ERRNO", ["mkdir", "no_such_syscall_anywhere", "mkdirat"])));
+        var profile = WriteProfile(dir, AllowBut(
+            Rule("SCMP_ACT_ERRNO", ["mkdir", "no_such_syscall_anywhere", "mkdirat"])));
         var (exit, _, err) = RunProbe(dir.Path, profile, "--", "/bin/mkdir", target);
         Assert.Equal(1, exit);
         Assert.Contains("Operation not permitted", err);
         Assert.False(Directory.Exists(target));
 
         // The same profile lets everything else through.
-        var (exit2, out2, err2) = RunProbe(dir.Path, profile, "--", "/bin/sh", "-c", "echo hello > " + Path.Combine(dir.Path, "f") + " && cat " + Path.Combine(dir.Path, "f"));
+        var (exit2, out2, err2) = RunProbe(dir.Path, profile, "--", "/bin/sh", "-c",
+            "echo hello > " + Path.Combine(dir.Path, "f") + " && cat " + Path.Combine(dir.Path, "f"));
         Assert.True(exit2 == 0, err2);
         Assert.Equal("hello\n", out2);
     }
@@ -137,7 +141,8 @@ public partial class KernelTests
         RequireSeccomp();
         using var dir = new TempDir("hull-seccomp");
         var profile = WriteProfile(dir, AllowBut(
-            Rule("SCMP_ACT_ERRNO", ["personality"], 22, Arg(0, "SCMP_CMP_MASKED_EQ", 0x40000 /* ADDR_NO_RANDOMIZE */, 0x40000))));
+            Rule("SCMP_ACT_ERRNO", ["personality"], 22,
+                Arg(0, "SCMP_CMP_MASKED_EQ", 0x40000 /* ADDR_NO_RANDOMIZE */, 0x40000))));
         var (exit, stdout, err) = RunProbe(dir.Path, profile, "--call", "personality", "0x40000");
         Assert.True(exit == 0, err);
         Assert.Equal("result=-1 errno=22", stdout.Trim());
@@ -200,7 +205,8 @@ public partial class KernelTests
         Directory.CreateDirectory(mnt);
         try
         {
-            (exit, _, err) = RunProbe(dir.Path, "--default", "CAP_CHOWN", "--", busybox, "mount", "-t", "tmpfs", "none", mnt);
+            (exit, _, err) = RunProbe(dir.Path, "--default", "CAP_CHOWN", "--", busybox, "mount", "-t", "tmpfs", "none",
+                mnt);
             Assert.NotEqual(0, exit);
             Assert.DoesNotContain(mnt, File.ReadAllText("/proc/self/mountinfo"));
         }
@@ -286,11 +292,13 @@ public partial class KernelTests
         using (w)
         {
             var state = SeccompListener.CreateState(new State { Id = "c1", Status = "creating", Pid = 1 }, 1, null);
-            var e = Assert.Throws<LinuxException>(() => SeccompListener.Send("/nonexistent-hull-dir/agent.sock", w, state));
+            var e = Assert.Throws<LinuxException>(() =>
+                SeccompListener.Send("/nonexistent-hull-dir/agent.sock", w, state));
             Assert.Equal(Errors.ENOENT, e.Errno);
             Assert.Contains("seccomp listener /nonexistent-hull-dir/agent.sock", e.Message);
             var tooLong = "/" + new string('x', 120);
-            Assert.Contains("at most 107", Assert.Throws<SeccompException>(() => SeccompListener.Send(tooLong, w, state)).Message);
+            Assert.Contains("at most 107", Assert.Throws<SeccompException>(() =>
+                SeccompListener.Send(tooLong, w, state)).Message);
         }
     }
 
@@ -306,7 +314,8 @@ public partial class KernelTests
         return poll(&p, 1, timeoutMs) == 1 && (p.Revents & 1) != 0;
     }
 
-    /// <summary>Reads the whole message (the sender closes after one state) and the fd passed with SCM_RIGHTS.</summary>
+    /// <summary>Reads the whole message (the sender closes after one state) and the fd passed with
+    /// SCM_RIGHTS.</summary>
     static unsafe (byte[] Data, SafeFd? Fd) ReceiveWithFd(Socket conn)
     {
         var data = new List<byte>();

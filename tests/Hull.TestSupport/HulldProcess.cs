@@ -45,8 +45,10 @@ public abstract class HulldProcess : IDisposable
     /// <summary>Starts the daemon; <paramref name="program"/> runs another build of the host (an upgrade).</summary>
     public void Start(string[]? extraArgs = null, string? program = null)
     {
-        var psi = new ProcessStartInfo(program ?? HostProgram) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "--socket", Socket, "--state-dir", StateDir }.Concat(extraArgs ?? [])) psi.ArgumentList.Add(a);
+        var psi = new ProcessStartInfo(program ?? HostProgram) { RedirectStandardOutput = true,
+            RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "--socket", Socket, "--state-dir",
+            StateDir }.Concat(extraArgs ?? [])) psi.ArgumentList.Add(a);
         Environment(psi);
         _proc = Process.Start(psi)!;
         _proc.OutputDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
@@ -86,10 +88,12 @@ public abstract class HulldProcess : IDisposable
         _proc = null;
     }
 
-    /// <summary>Runs the hull CLI (the test host's "cli" mode) against this daemon, with <paramref name="stdin"/> as its input.</summary>
+    /// <summary>Runs the hull CLI (the test host's "cli" mode) against this daemon, with <paramref name="stdin"/> as
+    /// its input.</summary>
     public (int Code, string Out, string Err) CliIn(string? stdin, params string[] args)
     {
-        var psi = new ProcessStartInfo(HostProgram) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(HostProgram) { RedirectStandardOutput = true, RedirectStandardError = true,
+            RedirectStandardInput = true, UseShellExecute = false };
         psi.ArgumentList.Add("cli");
         foreach (var a in args) psi.ArgumentList.Add(a);
         Environment(psi);
@@ -98,7 +102,8 @@ public abstract class HulldProcess : IDisposable
         var e = p.StandardError.ReadToEndAsync();
         if (stdin is not null) p.StandardInput.Write(stdin);
         p.StandardInput.Close();
-        if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException("hull " + string.Join(' ', args) + " hung"); }
+        if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException("hull " + string.Join(' ', args)
+            + " hung"); }
         return (p.ExitCode, o.Result, e.Result);
     }
 
@@ -107,17 +112,20 @@ public abstract class HulldProcess : IDisposable
     /// <summary>True if the process's command line names this test's dir.</summary>
     protected bool Mentions(int pid)
     {
-        try { return File.ReadAllText($"/proc/{pid}/cmdline").Contains(Dir, StringComparison.Ordinal); } catch (IOException) { return false; }
+        try { return File.ReadAllText($"/proc/{pid}/cmdline").Contains(Dir, StringComparison.Ordinal); } catch (
+            IOException) { return false; }
     }
 
-    /// <summary>Before the generic cleanup: deletes every instance through the daemon (subclasses may restart it first).</summary>
+    /// <summary>Before the generic cleanup: deletes every instance through the daemon (subclasses may restart it
+    /// first).</summary>
     protected virtual void DeleteInstances()
     {
         try
         {
             if (_proc is not null || Client.IsRunningAsync().GetAwaiter().GetResult())
                 foreach (var i in Client.ListInstancesAsync().GetAwaiter().GetResult())
-                    try { Client.DeleteInstanceAsync(i.Name, force: true).GetAwaiter().GetResult(); } catch (HullException) { }
+                    try { Client.DeleteInstanceAsync(i.Name, force: true).GetAwaiter().GetResult(); } catch (
+                        HullException) { }
         }
         catch (Exception) { }
     }
@@ -131,7 +139,8 @@ public abstract class HulldProcess : IDisposable
         Stop();
         // A CLI-started daemon is not ours by handle: stop it through its pid file.
         var pidFile = Path.Combine(StateDir, "hulld.pid");
-        if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var dpid) && Mentions(dpid)) Hull.Linux.Libc.kill(dpid, Hull.Linux.Signals.SIGKILL);
+        if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var dpid)
+            && Mentions(dpid)) Hull.Linux.Libc.kill(dpid, Hull.Linux.Signals.SIGKILL);
         for (var round = 0; round < 3; round++)
         {
             foreach (var d in Directory.EnumerateDirectories("/proc"))
@@ -139,14 +148,16 @@ public abstract class HulldProcess : IDisposable
                 if (!int.TryParse(Path.GetFileName(d), out var pid) || pid == System.Environment.ProcessId) continue;
                 string root = "";
                 try { root = new DirectoryInfo($"/proc/{pid}/root").LinkTarget ?? ""; } catch (Exception) { }
-                if (Mentions(pid) || root.StartsWith(Dir, StringComparison.Ordinal)) Hull.Linux.Libc.kill(pid, Hull.Linux.Signals.SIGKILL);
+                if (Mentions(pid) || root.StartsWith(Dir, StringComparison.Ordinal)) Hull.Linux.Libc.kill(pid,
+                    Hull.Linux.Signals.SIGKILL);
             }
             Thread.Sleep(50);
         }
         foreach (var line in File.ReadAllLines("/proc/self/mountinfo").Reverse())
         {
             var mp = line.Split(' ')[4];
-            if (mp.StartsWith(Dir + "/", StringComparison.Ordinal) || mp == Dir) Hull.Linux.Libc.umount2(mp, Hull.Linux.MS.MNT_DETACH);
+            if (mp.StartsWith(Dir + "/", StringComparison.Ordinal) || mp == Dir) Hull.Linux.Libc.umount2(mp,
+                Hull.Linux.MS.MNT_DETACH);
         }
         CleanupExtra();
         Client.Dispose();
@@ -157,7 +168,8 @@ public abstract class HulldProcess : IDisposable
 
 public static class Wait
 {
-    /// <summary>Polls until the condition holds; fails the test after a generous bound (a hang guard, not a timing assertion).</summary>
+    /// <summary>Polls until the condition holds; fails the test after a generous bound (a hang guard, not a timing
+    /// assertion).</summary>
     public static async Task UntilAsync(Func<Task<bool>> cond, string what)
     {
         for (var i = 0; i < 600; i++)

@@ -18,7 +18,8 @@ public static partial class Requires
     public static void Missing(string what)
     {
         Skip.If(SkipMissing, $"skipped (HULL_TEST_SKIP_MISSING=1): {what}");
-        throw new InvalidOperationException($"this test needs {what}. Run the tests as root on a Linux host that has it (set HULL_TEST_SKIP_MISSING=1 to skip instead).");
+        throw new InvalidOperationException($"this test needs {what}. Run the tests as root on a Linux host that has " +
+            "it (set HULL_TEST_SKIP_MISSING=1 to skip instead).");
     }
 
     public static void Root()
@@ -56,8 +57,10 @@ public static class Repo
     static string FindRoot()
     {
         var d = AppContext.BaseDirectory;
-        while (d is not null && !System.IO.File.Exists(Path.Combine(d, "Directory.Build.props"))) d = Path.GetDirectoryName(d);
-        return d ?? throw new InvalidOperationException("cannot find the repository root above " + AppContext.BaseDirectory);
+        while (d is not null && !System.IO.File.Exists(Path.Combine(d, "Directory.Build.props"))) d =
+            Path.GetDirectoryName(d);
+        return d ?? throw new InvalidOperationException("cannot find the repository root above "
+            + AppContext.BaseDirectory);
     }
 
     /// <summary>The NativeAOT binaries (make build puts them in out/bin; HULL_BIN overrides).</summary>
@@ -68,7 +71,8 @@ public static class Repo
         get
         {
             var p = Path.Combine(Bin, "hull");
-            if (!System.IO.File.Exists(p)) throw new InvalidOperationException($"{p} is missing: run 'make build' first (the test script does).");
+            if (!System.IO.File.Exists(p)) throw new InvalidOperationException(
+                $"{p} is missing: run 'make build' first (the test script does).");
             return p;
         }
     }
@@ -81,7 +85,8 @@ public sealed class TempDir : IDisposable
 
     public TempDir(string prefix = "hull-test")
     {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}"[..(prefix.Length + 13)]);
+        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(),
+            $"{prefix}-{Guid.NewGuid():N}"[..(prefix.Length + 13)]);
         Directory.CreateDirectory(Path);
     }
 

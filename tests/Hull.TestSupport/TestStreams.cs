@@ -13,8 +13,10 @@ public sealed class CaptureStream : Stream
     public string Text => Encoding.UTF8.GetString(Bytes);
 
     public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct) { Write(buffer, offset, count); return Task.CompletedTask; }
-    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default) { Write(buffer.Span); return ValueTask.CompletedTask; }
+    public override Task WriteAsync(byte[] buffer, int offset, int count,
+        CancellationToken ct) { Write(buffer, offset, count); return Task.CompletedTask; }
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer,
+        CancellationToken ct = default) { Write(buffer.Span); return ValueTask.CompletedTask; }
 
     public override void Write(ReadOnlySpan<byte> buffer)
     {
@@ -59,7 +61,8 @@ public sealed class CaptureStream : Stream
 /// <summary>A stdin the test feeds line by line; completing it is end of file.</summary>
 public sealed class FeedStream : Stream
 {
-    readonly System.Threading.Channels.Channel<byte[]> _ch = System.Threading.Channels.Channel.CreateUnbounded<byte[]>();
+    readonly System.Threading.Channels.Channel<byte[]> _ch =
+        System.Threading.Channels.Channel.CreateUnbounded<byte[]>();
     byte[] _cur = [];
     int _pos;
 
@@ -79,12 +82,14 @@ public sealed class FeedStream : Stream
         return n;
     }
 
-    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+    public override int Read(byte[] buffer, int offset, int count) =>
+        ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
     public override bool CanRead => true;
     public override bool CanSeek => false;
     public override bool CanWrite => false;
     public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override long Position { get => throw new NotSupportedException(); set =>
+        throw new NotSupportedException(); }
     public override void Flush() { }
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
     public override void SetLength(long value) => throw new NotSupportedException();

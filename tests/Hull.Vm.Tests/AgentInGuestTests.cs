@@ -34,7 +34,8 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
         IExecTarget target = await f.AgentAsync();
         var stdout = new MemoryStream();
         var stderr = new MemoryStream();
-        var r = await target.ExecAsync(new ExecRequest { Argv = ["sh", "-c", "cat; echo to-err >&2; exit 3"], Stdin = true },
+        var r = await target.ExecAsync(new ExecRequest { Argv = ["sh", "-c", "cat; echo to-err >&2; exit 3"],
+            Stdin = true },
             new MemoryStream(Encoding.UTF8.GetBytes("hello from the host\n")), stdout, stderr);
         Assert.Equal(3, r.ExitCode);
         Assert.Equal(0, r.Signal);
@@ -44,11 +45,13 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
         // Several windows of stdin (flow control towards the guest) and of stdout (back to the host).
         var big = RandomNumberGenerator.GetBytes(3 << 20);
         stdout.SetLength(0);
-        r = await target.ExecAsync(new ExecRequest { Argv = ["sha256sum"], Stdin = true }, new MemoryStream(big), stdout, null);
+        r = await target.ExecAsync(new ExecRequest { Argv = ["sha256sum"], Stdin = true }, new MemoryStream(big),
+            stdout, null);
         Assert.Equal(0, r.ExitCode);
         Assert.StartsWith(Convert.ToHexStringLower(SHA256.HashData(big)), Encoding.ASCII.GetString(stdout.ToArray()));
         stdout.SetLength(0);
-        r = await target.ExecAsync(new ExecRequest { Argv = ["head", "-c", "3000000", "/dev/zero"] }, null, stdout, null);
+        r = await target.ExecAsync(new ExecRequest { Argv = ["head", "-c", "3000000", "/dev/zero"] }, null, stdout,
+            null);
         Assert.Equal(0, r.ExitCode);
         Assert.Equal(3000000, stdout.Length);
         Assert.True(stdout.ToArray().All(b => b == 0));
@@ -97,7 +100,8 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
             Assert.Equal(0, r.Signal);
             Assert.Contains("got-term", output.Text);
         }
-        await using (var p = await target.StartExecAsync(new ExecRequest { Argv = ["sleep", "600"] }, null, new MemoryStream(), null))
+        await using (var p = await target.StartExecAsync(new ExecRequest { Argv = ["sleep", "600"] }, null,
+            new MemoryStream(), null))
         {
             await p.SignalAsync(9);
             var r = await p.WaitAsync().WaitAsync(TimeSpan.FromSeconds(60));
@@ -115,7 +119,9 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
         // Larger than the 256 KiB window several times over: flow control in both directions.
         var big = RandomNumberGenerator.GetBytes((3 << 20) + 12345);
         var small = Encoding.UTF8.GetBytes("small file\n");
-        var pushed = await files.PushFileAsync(new PushRequest { Path = dir + "/sub/big.bin", Mode = 0b110_100_000, MakeParents = true }, new MemoryStream(big));
+        var pushed = await files.PushFileAsync(
+            new PushRequest { Path = dir + "/sub/big.bin", Mode = 0b110_100_000, MakeParents = true },
+            new MemoryStream(big));
         Assert.Equal(big.Length, pushed.Size);
         Assert.Equal(0b110_100_000u, pushed.Mode);
         await files.PushFileAsync(new PushRequest { Path = dir + "/small.txt" }, new MemoryStream(small));
@@ -137,7 +143,8 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
         Assert.Equal(0b111_000_000u, made.Mode);
 
         var list = await a.ListAsync(dir);
-        Assert.Equal(["a", "small.txt", "sub"], list.Select(e => Path.GetFileName(e.Path)).Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal(["a", "small.txt", "sub"],
+            list.Select(e => Path.GetFileName(e.Path)).Order(StringComparer.Ordinal).ToArray());
         Assert.Equal("directory", list.Single(e => e.Path.EndsWith("/sub", StringComparison.Ordinal)).Type);
         Assert.Equal(small.Length, list.Single(e => e.Path.EndsWith("/small.txt", StringComparison.Ordinal)).Size);
 
@@ -147,7 +154,8 @@ public sealed class AgentInGuestTests(SharedVmFixture f)
         var notEmpty = await Assert.ThrowsAsync<AgentOperationException>(() => a.RemoveAsync(dir));
         Assert.Equal("ENOTEMPTY", notEmpty.ErrnoName);
         await a.RemoveAsync(dir, recursive: true);
-        var missing = await Assert.ThrowsAsync<AgentOperationException>(() => files.PullFileAsync(dir + "/sub/big.bin", new MemoryStream()));
+        var missing = await Assert.ThrowsAsync<AgentOperationException>(() =>
+            files.PullFileAsync(dir + "/sub/big.bin", new MemoryStream()));
         Assert.Equal("ENOENT", missing.ErrnoName);
     }
 }

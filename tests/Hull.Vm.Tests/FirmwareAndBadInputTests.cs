@@ -14,7 +14,8 @@ public sealed class FirmwareTests
         TestImages.RequireVmHost();
         Requires.File(QemuCommand.DefaultSeaBios, "SeaBIOS (seabios package)");
         await using var dir = new VmDir();
-        var vm = await Vm.LaunchAsync(dir.Sub("bios"), new VmConfig { Name = "bios", Boot = BootMode.Bios, MemoryMiB = 64, Accel = Accel.Tcg }, TestImages.Host);
+        var vm = await Vm.LaunchAsync(dir.Sub("bios"),
+            new VmConfig { Name = "bios", Boot = BootMode.Bios, MemoryMiB = 64, Accel = Accel.Tcg }, TestImages.Host);
         var log = await vm.WaitForConsoleAsync("SeaBIOS (version", TimeSpan.FromSeconds(60));
         Assert.Contains("SeaBIOS", log);
         await vm.KillAsync();
@@ -28,7 +29,8 @@ public sealed class FirmwareTests
         var code = QemuCommand.OvmfCodeCandidates.FirstOrDefault(File.Exists);
         if (code is null) Requires.Missing("OVMF (ovmf package)");
         await using var dir = new VmDir();
-        var vm = await Vm.LaunchAsync(dir.Sub("uefi"), new VmConfig { Name = "uefi", Boot = BootMode.Uefi, MemoryMiB = 128, Accel = Accel.Tcg }, TestImages.Host);
+        var vm = await Vm.LaunchAsync(dir.Sub("uefi"),
+            new VmConfig { Name = "uefi", Boot = BootMode.Uefi, MemoryMiB = 128, Accel = Accel.Tcg }, TestImages.Host);
         Assert.True(File.Exists(Path.Combine(vm.StateDir, StateFiles.OvmfVars)));
         // OVMF writes its boot manager's progress to the serial console: with no disk it tries the EFI shell / PXE.
         var log = await vm.WaitForConsoleAsync("BdsDxe", TimeSpan.FromSeconds(150));
@@ -55,7 +57,8 @@ public sealed class BadInputTests
         await using var dir = new VmDir();
         var e = await Refused(dir.Sub("a"), new VmConfig { Kernel = "/nonexistent/vmlinux", Accel = Accel.Tcg });
         Assert.Contains("/nonexistent/vmlinux", e.Message);
-        e = await Refused(dir.Sub("b"), new VmConfig { Boot = BootMode.Bios, Firmware = "/nonexistent/bios.bin", Accel = Accel.Tcg });
+        e = await Refused(dir.Sub("b"), new VmConfig { Boot = BootMode.Bios, Firmware = "/nonexistent/bios.bin",
+            Accel = Accel.Tcg });
         Assert.Contains("/nonexistent/bios.bin", e.Message);
         var image = await TestImages.ImageAsync();
         var c = image.ToConfig("x");
@@ -125,7 +128,8 @@ public sealed class BadInputTests
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
         var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        var e = await Assert.ThrowsAsync<VmException>(() => vm.MigrateAsync(dir.Sub("dst"), TestImages.Host, $"tcp:127.0.0.1:{port}"));
+        var e = await Assert.ThrowsAsync<VmException>(() =>
+            vm.MigrateAsync(dir.Sub("dst"), TestImages.Host, $"tcp:127.0.0.1:{port}"));
         Assert.Contains($"port {port}", e.Message);
         Assert.False(Directory.Exists(dir.Sub("dst")));
         Assert.NotNull(vm.Pid);
@@ -173,7 +177,8 @@ public sealed class AgentChannelTests
     {
         TestImages.RequireVmHost();
         // The plain default image (no agent, no echo loop): nothing opens the port.
-        var plain = await Hull.Vm.Image.DefaultImage.BuildAsync(new Hull.Vm.Image.DefaultImageOptions { CacheDir = TestImages.CacheDir });
+        var plain = await Hull.Vm.Image.DefaultImage.BuildAsync(
+            new Hull.Vm.Image.DefaultImageOptions { CacheDir = TestImages.CacheDir });
         await using var dir = new VmDir();
         var vm = await Vm.LaunchAsync(dir.Sub("silent"), plain.ToConfig("silent"), TestImages.Host);
         await vm.WaitForConsoleAsync(Hull.Vm.Image.DefaultImage.ReadyMarker, TestImages.BootTimeout);

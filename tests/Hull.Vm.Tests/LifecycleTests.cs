@@ -27,7 +27,8 @@ public sealed class LifecycleTests
             Assert.Equal(pid, again.Pid);
             Assert.Equal(VmState.Running, await again.GetStateAsync());
             // ACPI power button: the guest's acpid powers it off by itself.
-            Assert.True(await again.StopAsync(TimeSpan.FromSeconds(60)), "the guest did not power off on the ACPI button");
+            Assert.True(await again.StopAsync(TimeSpan.FromSeconds(60)),
+                "the guest did not power off on the ACPI button");
             Assert.Equal(VmState.Stopped, await again.GetStateAsync());
         }
         TestImages.AssertNoRuntimeLeft(state);
@@ -125,9 +126,11 @@ public sealed class ImageAndDiskTests
         TestImages.RequireVmHost();
         var cpio = Hull.TestSupport.Requires.Program("cpio");
         // Any dynamically linked program stands in for the agent binary here.
-        var image = await DefaultImage.BuildAsync(new DefaultImageOptions { CacheDir = TestImages.CacheDir, AgentBinary = "/bin/ls" });
+        var image = await DefaultImage.BuildAsync(
+            new DefaultImageOptions { CacheDir = TestImages.CacheDir, AgentBinary = "/bin/ls" });
         Assert.True(image.HasAgent);
-        var psi = new System.Diagnostics.ProcessStartInfo(cpio, "-t") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new System.Diagnostics.ProcessStartInfo(cpio, "-t") { RedirectStandardInput = true,
+            RedirectStandardOutput = true, RedirectStandardError = true };
         using var p = System.Diagnostics.Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         await using (var f = File.OpenRead(image.Initrd)) await f.CopyToAsync(p.StandardInput.BaseStream);
@@ -137,7 +140,8 @@ public sealed class ImageAndDiskTests
         Assert.Contains("bin/hull-agent", names);
         Assert.Contains(names, n => n.EndsWith("/libc.so.6", StringComparison.Ordinal));
         Assert.Contains(names, n => n.Contains("ld-linux-x86-64.so.2", StringComparison.Ordinal));
-        foreach (var m in new[] { "virtio_console.ko", "virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "vmw_vsock_virtio_transport.ko", "pvpanic-mmio.ko" })
+        foreach (var m in new[] { "virtio_console.ko", "virtio_blk.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko",
+            "vmw_vsock_virtio_transport.ko", "pvpanic-mmio.ko" })
             Assert.Contains(names, n => n.EndsWith("/" + m, StringComparison.Ordinal));
         Assert.Contains("init", names);
         Assert.Contains("/bin/hull-agent --serial " + AgentChannel.GuestDevice, InitOf(image));
@@ -190,7 +194,8 @@ public sealed class ImageAndDiskTests
         var from = vm.ConsoleLogLength;
         await vm.StartAsync();
         await vm.WaitForConsoleAsync(DefaultImage.ReadyMarker, TestImages.BootTimeout, from);
-        Assert.Equal("gone", (await TestImages.ShellAsync(vm, "[ -e /mnt/root/dirty ] && echo present || echo gone")).Trim());
+        Assert.Equal("gone", (await TestImages.ShellAsync(vm,
+            "[ -e /mnt/root/dirty ] && echo present || echo gone")).Trim());
         await vm.KillAsync();
         await vm.DeleteSnapshotAsync("clean");
         Assert.Empty(await vm.ListSnapshotsAsync());

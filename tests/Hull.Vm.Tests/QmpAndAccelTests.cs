@@ -21,20 +21,24 @@ public sealed class QmpClientTests
         {
             var psi = new ProcessStartInfo(Requires.Program("qemu-system-x86_64"))
             {
-                RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false,
+                RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true,
+                UseShellExecute = false,
             };
-            foreach (var a in new[] { "-M", "none", "-nodefaults", "-display", "none", "-qmp", $"unix:{Socket},server=on,wait=off" })
+            foreach (var a in new[] { "-M", "none", "-nodefaults", "-display", "none", "-qmp",
+                $"unix:{Socket},server=on,wait=off" })
                 psi.ArgumentList.Add(a);
             Process = Process.Start(psi)!;
             Process.ErrorDataReceived += (_, e) => { if (e.Data is not null) File.AppendAllText(Log, e.Data + "\n"); };
             Process.BeginErrorReadLine();
             var sw = Stopwatch.StartNew();
-            while (!File.Exists(Socket) && !Path.Exists(Socket) && sw.Elapsed < TimeSpan.FromSeconds(20)) Thread.Sleep(20);
+            while (!File.Exists(Socket) && !Path.Exists(Socket)
+                && sw.Elapsed < TimeSpan.FromSeconds(20)) Thread.Sleep(20);
         }
 
         public void Dispose()
         {
-            try { if (!Process.HasExited) { Process.Kill(); Process.WaitForExit(); } } catch (InvalidOperationException) { }
+            try { if (!Process.HasExited) { Process.Kill(); Process.WaitForExit(); } } catch (
+                InvalidOperationException) { }
             Process.Dispose();
             Dir.Dispose();
         }
@@ -47,12 +51,14 @@ public sealed class QmpClientTests
         using var q = new BareQemu();
         await using var c = await QmpClient.ConnectAsync(q.Socket);
         Assert.Matches(@"^\d+\.\d+\.\d+$", c.QemuVersion);
-        var tasks = Enumerable.Range(0, 20).Select(i => i % 2 == 0 ? c.ExecuteAsync("query-version") : c.ExecuteAsync("query-name")).ToArray();
+        var tasks = Enumerable.Range(0, 20).Select(i =>
+            i % 2 == 0 ? c.ExecuteAsync("query-version") : c.ExecuteAsync("query-name")).ToArray();
         var results = await Task.WhenAll(tasks);
         for (var i = 0; i < results.Length; i += 2) Assert.NotNull(results[i]?["qemu"]?["major"]);
         var e = await Assert.ThrowsAsync<QmpException>(() => c.ExecuteAsync("no-such-command"));
         Assert.Equal("CommandNotFound", e.ErrorClass);
-        var e2 = await Assert.ThrowsAsync<QmpException>(() => c.ExecuteAsync("query-cpu-model-expansion", new JsonObject { ["type"] = "bogus" }));
+        var e2 = await Assert.ThrowsAsync<QmpException>(() =>
+            c.ExecuteAsync("query-cpu-model-expansion", new JsonObject { ["type"] = "bogus" }));
         Assert.Contains("bogus", e2.Message);
     }
 
@@ -75,7 +81,8 @@ public sealed class QmpClientTests
             await resume.WaitAsync(TimeSpan.FromSeconds(10));
         }
         lock (events) Assert.Contains("RESUME", events);
-        await Assert.ThrowsAsync<TimeoutException>(() => c.WaitForEventAsync("GUEST_PANICKED", null, TimeSpan.FromMilliseconds(200)));
+        await Assert.ThrowsAsync<TimeoutException>(() =>
+            c.WaitForEventAsync("GUEST_PANICKED", null, TimeSpan.FromMilliseconds(200)));
 
         q.Process.Kill();
         await c.Closed.WaitAsync(TimeSpan.FromSeconds(10));
@@ -87,7 +94,8 @@ public sealed class QmpClientTests
     public async Task Connect_to_a_missing_socket_is_a_clear_error()
     {
         using var d = new TempDir("hqmp");
-        var e = await Assert.ThrowsAsync<QemuGoneException>(() => QmpClient.ConnectAsync(Path.Combine(d.Path, "none.sock"), TimeSpan.FromSeconds(2)));
+        var e = await Assert.ThrowsAsync<QemuGoneException>(() =>
+            QmpClient.ConnectAsync(Path.Combine(d.Path, "none.sock"), TimeSpan.FromSeconds(2)));
         Assert.Contains("none.sock", e.Message);
     }
 }

@@ -80,7 +80,8 @@ public sealed class SharedVmTests(SharedVmFixture f)
         var agent = await f.AgentAsync();
         // The agent runs a long exec while the snapshot is taken: after the restore, the guest is back at that
         // moment, while the host has moved on. The channel must come back in sync.
-        var running = await agent.StartExecAsync(new Hull.Agent.Protocol.ExecRequest { Argv = ["sleep", "600"] }, null, new MemoryStream(), null);
+        var running = await agent.StartExecAsync(new Hull.Agent.Protocol.ExecRequest { Argv = ["sleep", "600"] }, null,
+            new MemoryStream(), null);
         // Memory state: a file on tmpfs (RAM) exists at the snapshot and is gone again after the restore.
         await TestImages.ShellAsync(vm, "echo before > /tmp/state");
         await vm.SnapshotAsync("full1", SnapshotKind.Full);
@@ -91,7 +92,8 @@ public sealed class SharedVmTests(SharedVmFixture f)
         Assert.Contains(list, s => s.Name == "full1" && s.Kind == SnapshotKind.Full && s.VmStateBytes > 0);
         Assert.Contains(list, s => s.Name == "disk1" && s.Kind == SnapshotKind.Disk);
         await Assert.ThrowsAsync<VmException>(() => vm.SnapshotAsync("disk1", SnapshotKind.Disk));
-        await Assert.ThrowsAsync<VmException>(() => vm.RestoreSnapshotAsync("disk1")); // disk-only restore needs a stopped VM
+        // disk-only restore needs a stopped VM
+        await Assert.ThrowsAsync<VmException>(() => vm.RestoreSnapshotAsync("disk1"));
 
         await vm.RestoreSnapshotAsync("full1");
         Assert.Equal(VmState.Running, await vm.GetStateAsync());
@@ -108,7 +110,8 @@ public sealed class SharedVmTests(SharedVmFixture f)
         // The exec of the old connection (alive again after the restore) was ended by that hello.
         var pid = running.Pid;
         Assert.Equal("gone\n", (await TestImages.ExecAsync(agent, "sh", "-c",
-            $"for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /proc/{pid} ] || {{ echo gone; exit 0; }}; sleep 0.2; done; cat /proc/{pid}/cmdline")).Out);
+            $"for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /proc/{pid} ] || {{ echo gone; exit 0; }}; sleep 0.2; done; cat " +
+                $"/proc/{pid}/cmdline")).Out);
 
         await vm.DeleteSnapshotAsync("disk1");
         await vm.DeleteSnapshotAsync("full1");
@@ -123,12 +126,14 @@ public sealed class SharedVmTests(SharedVmFixture f)
         using var con = await vm.OpenConsoleAsync();
         var from = vm.ConsoleLogLength;
         // 401 lines (2.4 KB, one byte per QEMU write) while the attached terminal takes 3 s for its first write.
-        var input = new SlowInput(Encoding.ASCII.GetBytes("seq 1000 1400; echo seq-$((1+1))-done\n"), TimeSpan.FromSeconds(10));
+        var input = new SlowInput(Encoding.ASCII.GetBytes("seq 1000 1400; echo seq-$((1+1))-done\n"),
+            TimeSpan.FromSeconds(10));
         var output = new SlowOutput(TimeSpan.FromSeconds(3));
         await con.AttachAsync(input, output);
         Assert.Contains("seq-2-done", output.Text);
         var lines = output.Text.Replace("\r", "", StringComparison.Ordinal).Split('\n');
-        Assert.Equal(Enumerable.Range(1000, 401).Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+        Assert.Equal(Enumerable.Range(1000, 401).Select(i =>
+            i.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             lines.Where(l => l.Length >= 4 && l.All(char.IsAsciiDigit)));
         // console.log has the run too. (It is not compared byte for byte: when a client lags, QEMU 7.2 logs a byte
         // it has to resend twice; see docs/vm.md.)
@@ -145,7 +150,8 @@ public sealed class SharedVmTests(SharedVmFixture f)
             if (!_waited) { _waited = true; await Task.Delay(firstWrite, ct); }
             lock (_inner) _inner.Write(buffer.Span);
         }
-        public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+        public override void Write(byte[] buffer, int offset, int count) =>
+            WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
         public override bool CanRead => false;
         public override bool CanSeek => false;
         public override bool CanWrite => true;
@@ -185,9 +191,12 @@ public sealed class SharedVmTests(SharedVmFixture f)
     sealed class SyncStream(MemoryStream inner) : Stream
     {
         public string Text { get { lock (inner) return Encoding.UTF8.GetString(inner.ToArray()); } }
-        public override void Write(byte[] buffer, int offset, int count) { lock (inner) inner.Write(buffer, offset, count); }
-        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct) { Write(buffer, offset, count); return Task.CompletedTask; }
-        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default) { lock (inner) inner.Write(buffer.Span); return ValueTask.CompletedTask; }
+        public override void Write(byte[] buffer, int offset,
+            int count) { lock (inner) inner.Write(buffer, offset, count); }
+        public override Task WriteAsync(byte[] buffer, int offset, int count,
+            CancellationToken ct) { Write(buffer, offset, count); return Task.CompletedTask; }
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer,
+            CancellationToken ct = default) { lock (inner) inner.Write(buffer.Span); return ValueTask.CompletedTask; }
         public override bool CanRead => false;
         public override bool CanSeek => false;
         public override bool CanWrite => true;

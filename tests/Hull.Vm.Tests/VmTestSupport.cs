@@ -14,9 +14,11 @@ public static class TestImages
     public static string CacheDir { get; } = Path.Combine(Repo.Root, "artifacts", "vm-cache");
     public static VmHostOptions Host { get; } = new() { CacheDir = CacheDir };
 
-    /// <summary>The NativeAOT guest agent the test image carries: HULL_AGENT, else out/bin/hull-agent (make agent).</summary>
+    /// <summary>The NativeAOT guest agent the test image carries: HULL_AGENT, else out/bin/hull-agent (make
+    /// agent).</summary>
     public static string AgentBinary =>
-        Environment.GetEnvironmentVariable("HULL_AGENT") is { Length: > 0 } p ? p : Path.Combine(Repo.Bin, "hull-agent");
+        Environment.GetEnvironmentVariable("HULL_AGENT") is { Length: > 0 } p ? p
+            : Path.Combine(Repo.Bin, "hull-agent");
 
     static readonly SemaphoreSlim s_lock = new(1, 1);
     static DefaultImageInfo? s_image;
@@ -28,7 +30,8 @@ public static class TestImages
         Requires.Program("qemu-img");
         Requires.Program("mkfs.ext4");
         Requires.File("/bin/busybox", "busybox-static");
-        if (!Directory.EnumerateFiles("/boot", "vmlinuz-*").Any()) Requires.Missing("a guest kernel in /boot (linux-image-amd64)");
+        if (!Directory.EnumerateFiles("/boot", "vmlinuz-*").Any()) Requires.Missing(
+            "a guest kernel in /boot (linux-image-amd64)");
         Requires.File(AgentBinary, "the NativeAOT guest agent: run make agent (or set HULL_AGENT)");
     }
 
@@ -37,7 +40,8 @@ public static class TestImages
         await s_lock.WaitAsync();
         try
         {
-            return s_image ??= await DefaultImage.BuildAsync(new DefaultImageOptions { CacheDir = CacheDir, AgentBinary = AgentBinary });
+            return s_image ??= await DefaultImage.BuildAsync(
+                new DefaultImageOptions { CacheDir = CacheDir, AgentBinary = AgentBinary });
         }
         finally { s_lock.Release(); }
     }
@@ -57,7 +61,8 @@ public static class TestImages
         var log = await vm.WaitForConsoleAsync($"E{id}X", timeout ?? TimeSpan.FromSeconds(60), from);
         var start = log.IndexOf($"B{id}X", StringComparison.Ordinal);
         var end = log.IndexOf($"E{id}X", StringComparison.Ordinal);
-        return start >= 0 && end > start ? log[(start + id.Length + 2)..end].Replace("\r", "", StringComparison.Ordinal).Trim('\n') : log;
+        return start >= 0 && end > start ? log[(start + id.Length + 2)..end].Replace("\r", "",
+            StringComparison.Ordinal).Trim('\n') : log;
     }
 
     public static readonly TimeSpan AgentTimeout = TimeSpan.FromSeconds(60);
@@ -97,7 +102,8 @@ public static class TestImages
             try
             {
                 var cmd = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ');
-                if (cmd.Contains("qemu-system", StringComparison.Ordinal) && cmd.Contains(stateDir, StringComparison.Ordinal)) return true;
+                if (cmd.Contains("qemu-system", StringComparison.Ordinal)
+                    && cmd.Contains(stateDir, StringComparison.Ordinal)) return true;
             }
             catch (IOException) { }
             catch (UnauthorizedAccessException) { }
@@ -138,7 +144,8 @@ public sealed class VmDir : IAsyncDisposable
                 try
                 {
                     var cmd = File.ReadAllText($"/proc/{pid}/cmdline");
-                    if (cmd.Contains(stateDir, StringComparison.Ordinal)) System.Diagnostics.Process.GetProcessById(pid).Kill();
+                    if (cmd.Contains(stateDir, StringComparison.Ordinal)) System.Diagnostics.Process.GetProcessById(
+                        pid).Kill();
                 }
                 catch (Exception) { }
             }
@@ -194,7 +201,8 @@ public sealed class SharedVmFixture : IAsyncLifetime
     public Vm Get()
     {
         TestImages.RequireVmHost();
-        if (Error is not null) throw new InvalidOperationException("the shared VM did not boot: " + Error.Message, Error);
+        if (Error is not null) throw new InvalidOperationException("the shared VM did not boot: " + Error.Message,
+            Error);
         return Vm!;
     }
 

@@ -7,8 +7,10 @@ namespace Hull.Cgroups.V1;
 /// throttling (blkio.throttle.*_device).</summary>
 internal static class V1Blkio
 {
-    internal static string DeviceHint(string file, long major, long minor, int e) => e is Errors.ENODEV or Errors.EINVAL or Errors.ENOENT
-        ? $"{major}:{minor} is not a block device here (see /sys/dev/block), or its I/O scheduler does not support {file}"
+    internal static string DeviceHint(string file, long major, long minor, int e) =>
+        e is Errors.ENODEV or Errors.EINVAL or Errors.ENOENT
+        ? $"{major}:{minor} is not a block device here (see /sys/dev/block), or its I/O scheduler does not support " +
+            $"{file}"
         : CgroupFiles.GenericHint(file, e);
 
     public static void Apply(CgroupFiles f, string d, BlockIo b)
@@ -20,17 +22,21 @@ internal static class V1Blkio
         if (b.LeafWeight is { } lw and > 0)
         {
             if (f.Exists(d, "blkio.leaf_weight")) f.Write(d, "blkio.leaf_weight", lw.ToString());
-            else f.Warn("linux.resources.blockIO.leafWeight ignored: only the CFQ scheduler had leaf weights and this kernel has no blkio.leaf_weight");
+            else f.Warn("linux.resources.blockIO.leafWeight ignored: only the CFQ scheduler had leaf weights and " +
+                "this kernel has no blkio.leaf_weight");
         }
         foreach (var wd in b.WeightDevice ?? [])
         {
             if (wd.Weight is { } dw)
-                f.Write(d, weightDevFile, $"{wd.Major}:{wd.Minor} {dw}", e => DeviceHint(weightDevFile, wd.Major, wd.Minor, e));
+                f.Write(d, weightDevFile, $"{wd.Major}:{wd.Minor} {dw}",
+                    e => DeviceHint(weightDevFile, wd.Major, wd.Minor, e));
             if (wd.LeafWeight is { } dlw)
             {
                 if (f.Exists(d, "blkio.leaf_weight_device"))
-                    f.Write(d, "blkio.leaf_weight_device", $"{wd.Major}:{wd.Minor} {dlw}", e => DeviceHint("blkio.leaf_weight_device", wd.Major, wd.Minor, e));
-                else f.Warn($"linux.resources.blockIO.weightDevice {wd.Major}:{wd.Minor} leafWeight ignored: this kernel has no blkio.leaf_weight_device");
+                    f.Write(d, "blkio.leaf_weight_device", $"{wd.Major}:{wd.Minor} {dlw}",
+                        e => DeviceHint("blkio.leaf_weight_device", wd.Major, wd.Minor, e));
+                else f.Warn($"linux.resources.blockIO.weightDevice {wd.Major}:{wd.Minor} leafWeight ignored: this " +
+                    "kernel has no blkio.leaf_weight_device");
             }
         }
         Throttle(f, d, "blkio.throttle.read_bps_device", b.ThrottleReadBpsDevice);
@@ -79,8 +85,10 @@ internal static class V1Blkio
             if (sp.Length < 2) continue;
             var mm = sp[0].Split(':');
             if (mm.Length != 2 || !ulong.TryParse(mm[0], out var maj) || !ulong.TryParse(mm[1], out var min)) continue;
-            if (sp.Length == 3 && ulong.TryParse(sp[2], out var v)) list.Add(new BlkioEntry { Major = maj, Minor = min, Op = sp[1], Value = v });
-            else if (sp.Length == 2 && ulong.TryParse(sp[1], out var v2)) list.Add(new BlkioEntry { Major = maj, Minor = min, Op = "", Value = v2 });
+            if (sp.Length == 3 && ulong.TryParse(sp[2], out var v)) list.Add(
+                new BlkioEntry { Major = maj, Minor = min, Op = sp[1], Value = v });
+            else if (sp.Length == 2 && ulong.TryParse(sp[1], out var v2)) list.Add(
+                new BlkioEntry { Major = maj, Minor = min, Op = "", Value = v2 });
         }
         return list;
     }

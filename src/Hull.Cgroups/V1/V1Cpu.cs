@@ -16,15 +16,18 @@ internal static class V1Cpu
             f.Write(d, "cpu.shares", shares.ToString());
             var got = f.ReadU64(d, "cpu.shares");
             if (got != 0 && got != shares)
-                throw new CgroupException($"{d}/cpu.shares = {shares}: the kernel clamped it to {got} — use a value from 2 to 262144", "cpu.shares", shares.ToString());
+                throw new CgroupException($"{d}/cpu.shares = {shares}: the kernel clamped it to {got} — use a value " +
+                    "from 2 to 262144", "cpu.shares", shares.ToString());
         }
         string QuotaHint(int e) => e == Errors.EINVAL
-            ? "the quota/period pair exceeds the parent's CPU bandwidth or is out of range (quota ≥ 1000 µs, period 1000–1000000 µs): lower quota or raise the parent's"
+            ? "the quota/period pair exceeds the parent's CPU bandwidth or is out of range (quota ≥ 1000 µs, period " +
+                "1000–1000000 µs): lower quota or raise the parent's"
             : CgroupFiles.GenericHint("cpu.cfs_quota_us", e);
         if (c.Period is { } period and > 0 && c.Quota is { } q && q != 0)
         {
             // The kernel checks quota/period as a pair against the parent; one order may fail where the other works.
-            if (!f.TryWrite(d, "cpu.cfs_period_us", period.ToString(), out _) || !f.TryWrite(d, "cpu.cfs_quota_us", q.ToString(), out _))
+            if (!f.TryWrite(d, "cpu.cfs_period_us", period.ToString(), out _)
+                || !f.TryWrite(d, "cpu.cfs_quota_us", q.ToString(), out _))
             {
                 f.Write(d, "cpu.cfs_quota_us", q.ToString(), QuotaHint);
                 f.Write(d, "cpu.cfs_period_us", period.ToString(), QuotaHint);
@@ -36,10 +39,13 @@ internal static class V1Cpu
             if (c.Quota is { } q2 && q2 != 0) f.Write(d, "cpu.cfs_quota_us", q2.ToString(), QuotaHint);
         }
         if (c.Burst is { } burst) f.Write(d, "cpu.cfs_burst_us", burst.ToString(), e => e == Errors.EINVAL
-            ? "cpu.burst must not exceed the quota (and needs a quota set)" : CgroupFiles.GenericHint("cpu.cfs_burst_us", e));
+            ? "cpu.burst must not exceed the quota (and needs a quota set)"
+                : CgroupFiles.GenericHint("cpu.cfs_burst_us", e));
         string RtHint(int e) => e is Errors.EINVAL or Errors.EBUSY
-            ? "the parent cgroups do not have that much realtime runtime: give it to each parent's cpu.rt_runtime_us first, or remove realtimeRuntime"
-            : e == Errors.ENOENT ? "this kernel has no realtime group scheduling (CONFIG_RT_GROUP_SCHED): remove realtimeRuntime/realtimePeriod"
+            ? "the parent cgroups do not have that much realtime runtime: give it to each parent's cpu.rt_runtime_us " +
+                "first, or remove realtimeRuntime"
+            : e == Errors.ENOENT ? "this kernel has no realtime group scheduling (CONFIG_RT_GROUP_SCHED): remove " +
+                "realtimeRuntime/realtimePeriod"
             : CgroupFiles.GenericHint("cpu.rt_runtime_us", e);
         if (c.RealtimePeriod is { } rp and > 0) f.Write(d, "cpu.rt_period_us", rp.ToString(), RtHint);
         if (c.RealtimeRuntime is { } rr && rr != 0) f.Write(d, "cpu.rt_runtime_us", rr.ToString(), RtHint);

@@ -32,7 +32,8 @@ internal static class V1Cpuset
         }
     }
 
-    public static void Apply(CgroupFiles f, string d, Cpu c) => Write(f, d, c, "cpuset.effective_cpus", "cpuset.effective_mems");
+    public static void Apply(CgroupFiles f, string d, Cpu c) =>
+        Write(f, d, c, "cpuset.effective_cpus", "cpuset.effective_mems");
 
     /// <summary>Shared with v2 (same file names and syntax; only the parent's effective files differ).</summary>
     internal static void Write(CgroupFiles f, string d, Cpu c, string effCpus, string effMems)
@@ -40,11 +41,13 @@ internal static class V1Cpuset
         var parent = Path.GetDirectoryName(d) ?? d;
         if (!string.IsNullOrEmpty(c.Cpus))
             f.Write(d, "cpuset.cpus", c.Cpus, e => e is Errors.EINVAL or Errors.ERANGE
-                ? $"CPU list \"{c.Cpus}\" is malformed or names CPUs this cgroup may not use: the parent allows {f.ReadOrNull(parent, effCpus)?.Trim() ?? "?"} (use a list such as \"0-1\" or \"0,2\")"
+                ? $"CPU list \"{c.Cpus}\" is malformed or names CPUs this cgroup may not use: the parent allows " +
+                    $"{f.ReadOrNull(parent, effCpus)?.Trim() ?? "?"} (use a list such as \"0-1\" or \"0,2\")"
                 : CgroupFiles.GenericHint("cpuset.cpus", e));
         if (!string.IsNullOrEmpty(c.Mems))
             f.Write(d, "cpuset.mems", c.Mems, e => e is Errors.EINVAL or Errors.ERANGE
-                ? $"memory node list \"{c.Mems}\" is malformed or names nodes this cgroup may not use: the parent allows {f.ReadOrNull(parent, effMems)?.Trim() ?? "?"}"
+                ? $"memory node list \"{c.Mems}\" is malformed or names nodes this cgroup may not use: the parent " +
+                    $"allows {f.ReadOrNull(parent, effMems)?.Trim() ?? "?"}"
                 : CgroupFiles.GenericHint("cpuset.mems", e));
     }
 
@@ -61,7 +64,8 @@ internal static class V1Cpuset
         c.MemorySpreadSlab = f.ReadU64(d, "cpuset.memory_spread_slab");
         c.MemoryPressure = f.ReadU64(d, "cpuset.memory_pressure");
         c.SchedLoadBalance = f.ReadU64(d, "cpuset.sched_load_balance");
-        c.SchedRelaxDomainLevel = long.TryParse(f.ReadOrNull(d, "cpuset.sched_relax_domain_level")?.Trim(), out var l) ? l : 0;
+        c.SchedRelaxDomainLevel = long.TryParse(f.ReadOrNull(d, "cpuset.sched_relax_domain_level")?.Trim(), out var l)
+            ? l : 0;
     }
 
     /// <summary>"0-2,5" → [0,1,2,5]; null for empty.</summary>

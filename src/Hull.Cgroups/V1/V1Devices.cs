@@ -24,26 +24,31 @@ internal static class V1Devices
         {
             foreach (var c in current.Exceptions)
             {
-                var keep = target.Exceptions.FirstOrDefault(t => t.Type == c.Type && t.Major == c.Major && t.Minor == c.Minor);
+                var keep = target.Exceptions.FirstOrDefault(t => t.Type == c.Type && t.Major == c.Major
+                    && t.Minor == c.Minor);
                 var drop = new string(c.Access.Where(a => keep is null || !keep.Access.Contains(a)).ToArray());
                 if (drop.Length > 0) f.Write(d, "devices.deny", (c with { Access = drop }).ToV1(), Hint);
             }
             foreach (var t in target.Exceptions)
             {
-                var have = current.Exceptions.FirstOrDefault(c => c.Type == t.Type && c.Major == t.Major && c.Minor == t.Minor);
-                if (have is null || t.Access.Any(a => !have.Access.Contains(a))) f.Write(d, "devices.allow", t.ToV1(), Hint);
+                var have = current.Exceptions.FirstOrDefault(c => c.Type == t.Type && c.Major == t.Major
+                    && c.Minor == t.Minor);
+                if (have is null || t.Access.Any(a => !have.Access.Contains(a))) f.Write(d, "devices.allow", t.ToV1(),
+                    Hint);
             }
         }
         else
         {
             f.Write(d, target.DefaultAllow ? "devices.allow" : "devices.deny", "a", Hint);
-            foreach (var t in target.Exceptions) f.Write(d, target.DefaultAllow ? "devices.deny" : "devices.allow", t.ToV1(), Hint);
+            foreach (var t in target.Exceptions) f.Write(d, target.DefaultAllow ? "devices.deny" : "devices.allow",
+                t.ToV1(), Hint);
         }
         if (!target.DefaultAllow && f.ReadOrNull(d, "devices.list") is { } after && after.Length > 0)
         {
             var got = DeviceRuleSet.ParseV1List(after);
             if (!got.SameAs(target))
-                throw new CgroupException($"{d}/devices.list does not show the requested device rules ({target}); the kernel has ({got}): a parent cgroup restricts these devices", "devices.list");
+                throw new CgroupException($"{d}/devices.list does not show the requested device rules ({target}); " +
+                    $"the kernel has ({got}): a parent cgroup restricts these devices", "devices.list");
         }
         return target;
     }

@@ -3,7 +3,8 @@ using Hull.Linux;
 namespace Hull.Cgroups.V1;
 
 /// <summary>cgroup v1 freezer: freezer.state FROZEN / THAWED. Freezing can stall on tasks that are in the middle of
-/// something (vfork, D state): the write is repeated and the wait is bounded; on timeout the cgroup is thawed again.</summary>
+/// something (vfork, D state): the write is repeated and the wait is bounded; on timeout the cgroup is thawed
+/// again.</summary>
 internal static class V1Freezer
 {
     const int MaxWaitMs = 5000;
@@ -18,7 +19,9 @@ internal static class V1Freezer
             if (Environment.TickCount64 - start > MaxWaitMs)
             {
                 f.TryWrite(d, "freezer.state", "THAWED", out _);
-                throw new CgroupException($"{d}/freezer.state stayed FREEZING for {MaxWaitMs / 1000} s: a process cannot be frozen (uninterruptible sleep or vfork); the cgroup was thawed again — retry later", "freezer.state", "FROZEN", Errors.EBUSY);
+                throw new CgroupException($"{d}/freezer.state stayed FREEZING for {MaxWaitMs / 1000} s: a process " +
+                    "cannot be frozen (uninterruptible sleep or vfork); the cgroup was thawed again — retry later",
+                    "freezer.state", "FROZEN", Errors.EBUSY);
             }
             Thread.Sleep(i < 10 ? 0 : 1);
         }
@@ -32,7 +35,8 @@ internal static class V1Freezer
             if (i % 50 == 0) f.Write(d, "freezer.state", "THAWED");
             if (State(f, d) == "THAWED") return;
             if (Environment.TickCount64 - start > MaxWaitMs)
-                throw new CgroupException($"{d}/freezer.state does not become THAWED: a parent cgroup is frozen (see freezer.parent_freezing); thaw it first", "freezer.state", "THAWED", Errors.EBUSY);
+                throw new CgroupException($"{d}/freezer.state does not become THAWED: a parent cgroup is frozen (see " +
+                    "freezer.parent_freezing); thaw it first", "freezer.state", "THAWED", Errors.EBUSY);
             Thread.Sleep(i < 10 ? 0 : 1);
         }
     }

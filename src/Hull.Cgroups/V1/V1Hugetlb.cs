@@ -26,7 +26,9 @@ internal static partial class V1Hugetlb
     {
         if (f.Exists(d, file)) return;
         var have = Sizes(d, suffix);
-        throw new CgroupException($"linux.resources.hugepageLimits pageSize \"{size}\" is not supported here ({d}/{file} is missing): this host's huge page sizes are {(have.Count == 0 ? "none" : string.Join(", ", have))}", file, size);
+        throw new CgroupException($"linux.resources.hugepageLimits pageSize \"{size}\" is not supported here " +
+            $"({d}/{file} is missing): this host's huge page sizes are " +
+            $"{(have.Count == 0 ? "none" : string.Join(", ", have))}", file, size);
     }
 
     public static void Apply(CgroupFiles f, string d, List<HugepageLimit> limits)

@@ -16,19 +16,24 @@ internal static class V1Memory
     {
         m = new Memory
         {
-            Limit = Nz(m.Limit), Reservation = Nz(m.Reservation), Swap = Nz(m.Swap), Kernel = Nz(m.Kernel), KernelTcp = Nz(m.KernelTcp),
+            Limit = Nz(m.Limit), Reservation = Nz(m.Reservation), Swap = Nz(m.Swap), Kernel = Nz(m.Kernel),
+            KernelTcp = Nz(m.KernelTcp),
             Swappiness = m.Swappiness, DisableOomKiller = m.DisableOomKiller,
         };
         string LimitHint(int e) => e switch
         {
-            Errors.EBUSY => $"the new limit is below current usage ({f.ReadU64(d, "memory.usage_in_bytes")} bytes in memory.usage_in_bytes): raise the limit or free memory in the container first",
-            Errors.EINVAL => $"memory.limit_in_bytes must not exceed memory+swap (memory.memsw.limit_in_bytes = {f.ReadOrNull(d, Memsw)?.Trim() ?? "?"}): raise memory.swap as well",
+            Errors.EBUSY => $"the new limit is below current usage ({f.ReadU64(d, "memory.usage_in_bytes")} bytes in " +
+                "memory.usage_in_bytes): raise the limit or free memory in the container first",
+            Errors.EINVAL => "memory.limit_in_bytes must not exceed memory+swap (memory.memsw.limit_in_bytes = " +
+                $"{f.ReadOrNull(d, Memsw)?.Trim() ?? "?"}): raise memory.swap as well",
             _ => CgroupFiles.GenericHint(Limit, e),
         };
         string SwapHint(int e) => e switch
         {
-            Errors.EBUSY => $"the new memory+swap limit is below current usage ({f.ReadU64(d, "memory.memsw.usage_in_bytes")} bytes): raise memory.swap",
-            Errors.EINVAL => "memory.swap (memory+swap on v1) must be ≥ memory.limit: raise it, or use -1 for unlimited swap",
+            Errors.EBUSY => "the new memory+swap limit is below current usage " +
+                $"({f.ReadU64(d, "memory.memsw.usage_in_bytes")} bytes): raise memory.swap",
+            Errors.EINVAL => "memory.swap (memory+swap on v1) must be ≥ memory.limit: raise it, or use -1 for " +
+                "unlimited swap",
             _ => CgroupFiles.GenericHint(Memsw, e),
         };
 
@@ -36,7 +41,9 @@ internal static class V1Memory
         if (swap is not null && !f.Exists(d, Memsw))
         {
             if (swap == -1 || swap == m.Limit) swap = null;   // nothing to enforce without swap accounting
-            else throw new CgroupException($"linux.resources.memory.swap {swap} cannot be applied: {d}/{Memsw} is missing because the kernel does not account swap (boot with swapaccount=1, or remove memory.swap)", Memsw, swap.ToString());
+            else throw new CgroupException($"linux.resources.memory.swap {swap} cannot be applied: {d}/{Memsw} is " +
+                "missing because the kernel does not account swap (boot with swapaccount=1, or remove memory.swap)",
+                Memsw, swap.ToString());
         }
         if (m.Limit is { } limit)
         {
@@ -45,7 +52,8 @@ internal static class V1Memory
                 // memory.limit_in_bytes ≤ memory.memsw.limit_in_bytes at every step: grow memsw first, shrink it last.
                 var cur = f.ReadU64(d, Memsw);
                 var growing = sw == -1 || (ulong)sw > cur;
-                if (growing) { f.Write(d, Memsw, sw.ToString(), SwapHint); f.Write(d, Limit, limit.ToString(), LimitHint); }
+                if (growing) { f.Write(d, Memsw, sw.ToString(), SwapHint); f.Write(d, Limit, limit.ToString(),
+                    LimitHint); }
                 else { f.Write(d, Limit, limit.ToString(), LimitHint); f.Write(d, Memsw, sw.ToString(), SwapHint); }
             }
             else f.Write(d, Limit, limit.ToString(), LimitHint);

@@ -16,7 +16,8 @@ namespace Hull.Cgroups;
 /// </summary>
 public static class DeviceFilter
 {
-    /// <summary>The name the program is loaded under (shown by <c>bpftool prog</c> / <c>bpftool cgroup list</c>).</summary>
+    /// <summary>The name the program is loaded under (shown by <c>bpftool prog</c> / <c>bpftool cgroup
+    /// list</c>).</summary>
     public const string ProgramName = "hull_devices";
     /// <summary>The license string given to the kernel. Device programs call no helper, so no GPL-only helper is
     /// involved and any string is accepted; this one names the usual one for such programs.</summary>
@@ -42,7 +43,8 @@ public static class DeviceFilter
             // The kernel's device numbers are 12-bit majors and 20-bit minors: a larger number never matches.
             if (e.Major > int.MaxValue || e.Minor > int.MaxValue) continue;
             var next = a.NewLabel();
-            if (e.Type != 'a') a.JumpImm(BpfOp.JNE, RType, e.Type == 'b' ? BpfConst.DEVCG_DEV_BLOCK : BpfConst.DEVCG_DEV_CHAR, next);
+            if (e.Type != 'a') a.JumpImm(BpfOp.JNE, RType,
+                e.Type == 'b' ? BpfConst.DEVCG_DEV_BLOCK : BpfConst.DEVCG_DEV_CHAR, next);
             if (e.Major != DeviceRule.Any) a.JumpImm(BpfOp.JNE, RMajor, (int)e.Major, next);
             if (e.Minor != DeviceRule.Any) a.JumpImm(BpfOp.JNE, RMinor, (int)e.Minor, next);
             var acc = AccessBits(e.Access);
@@ -71,7 +73,8 @@ public static class DeviceFilter
     {
         var bits = 0;
         foreach (var c in access)
-            bits |= c switch { 'r' => BpfConst.DEVCG_ACC_READ, 'w' => BpfConst.DEVCG_ACC_WRITE, 'm' => BpfConst.DEVCG_ACC_MKNOD, _ => 0 };
+            bits |= c switch { 'r' => BpfConst.DEVCG_ACC_READ, 'w' => BpfConst.DEVCG_ACC_WRITE,
+                'm' => BpfConst.DEVCG_ACC_MKNOD, _ => 0 };
         return bits;
     }
 
@@ -92,8 +95,11 @@ public static class DeviceFilter
         }
         var insns = Build(rules);
         SafeFd prog;
-        try { prog = BpfSys.ProgLoad(BpfConst.PROG_TYPE_CGROUP_DEVICE, insns, License, ProgramName, BpfConst.CGROUP_DEVICE); }
-        catch (BpfException e) { throw new CgroupException($"loading the device program for {cgroupDir} ({rules}): {e.Message}", cgroupDir, errno: e.Errno, inner: e); }
+        try { prog = BpfSys.ProgLoad(BpfConst.PROG_TYPE_CGROUP_DEVICE, insns, License, ProgramName,
+            BpfConst.CGROUP_DEVICE); }
+        catch (BpfException e) { throw new CgroupException(
+            $"loading the device program for {cgroupDir} ({rules}): {e.Message}", cgroupDir, errno: e.Errno,
+            inner: e); }
         using (prog)
         {
             // A cgroup whose programs were attached without BPF_F_ALLOW_MULTI (by another tool) takes one program:
@@ -103,7 +109,8 @@ public static class DeviceFilter
             catch (BpfException e)
             {
                 throw new CgroupException($"attaching the device program to {cgroupDir}: {e.Message}" +
-                    (e.Errno == Errors.EBADF ? " — the directory is not on a cgroup2 mount" : ""), cgroupDir, errno: e.Errno, inner: e);
+                    (e.Errno == Errors.EBADF ? " — the directory is not on a cgroup2 mount" : ""), cgroupDir,
+                        errno: e.Errno, inner: e);
             }
             var (now, _) = Query(dir, cgroupDir);
             var newId = now.Except(old).FirstOrDefault();
@@ -131,14 +138,16 @@ public static class DeviceFilter
     {
         using var dir = OpenDir(cgroupDir);
         try { return BpfSys.ProgQuery(dir, BpfConst.CGROUP_DEVICE, effective).Ids; }
-        catch (BpfException e) { throw new CgroupException($"querying the device programs of {cgroupDir}: {e.Message}", cgroupDir, errno: e.Errno, inner: e); }
+        catch (BpfException e) { throw new CgroupException($"querying the device programs of {cgroupDir}: {e.Message}",
+            cgroupDir, errno: e.Errno, inner: e); }
     }
 
     static SafeFd OpenDir(string cgroupDir)
     {
         if (Sys.TryOpen(cgroupDir, O.RDONLY | O.DIRECTORY, out var fd, out var e)) return fd;
         fd.Dispose();
-        throw new CgroupException($"open {cgroupDir}: {Errors.Describe(e)}" + (e == Errors.ENOENT ? " — the cgroup does not exist: call Create() first" : ""), cgroupDir, errno: e);
+        throw new CgroupException($"open {cgroupDir}: {Errors.Describe(e)}"
+            + (e == Errors.ENOENT ? " — the cgroup does not exist: call Create() first" : ""), cgroupDir, errno: e);
     }
 
     static (uint[] Ids, uint Flags) Query(SafeFd dir, string cgroupDir)
@@ -147,7 +156,8 @@ public static class DeviceFilter
         catch (BpfException e)
         {
             throw new CgroupException($"querying the device programs of {cgroupDir}: {e.Message}" +
-                (e.Errno == Errors.EBADF ? " — the directory is not on a cgroup2 mount" : ""), cgroupDir, errno: e.Errno, inner: e);
+                (e.Errno == Errors.EBADF ? " — the directory is not on a cgroup2 mount" : ""), cgroupDir,
+                    errno: e.Errno, inner: e);
         }
     }
 
@@ -158,7 +168,8 @@ public static class DeviceFilter
             using var p = BpfSys.ProgGetFdById(id);
             if (p is null) continue;                                   // freed meanwhile
             if (!BpfSys.TryProgDetach(dir, p, BpfConst.CGROUP_DEVICE, out var e) && e != Errors.ENOENT)
-                throw new CgroupException($"detaching device program {id} from {cgroupDir}: {Errors.Describe(e)}", cgroupDir, errno: e);
+                throw new CgroupException($"detaching device program {id} from {cgroupDir}: {Errors.Describe(e)}",
+                    cgroupDir, errno: e);
         }
     }
 }

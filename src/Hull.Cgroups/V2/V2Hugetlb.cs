@@ -11,13 +11,15 @@ internal static class V2Hugetlb
         foreach (var h in limits)
         {
             if (!f.Exists(d, $"hugetlb.{h.PageSize}.max") && V1Hugetlb.Sizes(d, "max").Count == 0)
-                throw new CgroupException($"linux.resources.hugepageLimits cannot be applied: {V2Tree.MissingHint(d, "hugetlb.max")}", $"hugetlb.{h.PageSize}.max", h.PageSize);
+                throw new CgroupException("linux.resources.hugepageLimits cannot be applied: " +
+                    $"{V2Tree.MissingHint(d, "hugetlb.max")}", $"hugetlb.{h.PageSize}.max", h.PageSize);
             V1Hugetlb.Check(f, d, h.PageSize, $"hugetlb.{h.PageSize}.max", "max");
         }
         foreach (var h in limits)
         {
             f.Write(d, $"hugetlb.{h.PageSize}.max", h.Limit.ToString());
-            if (f.Exists(d, $"hugetlb.{h.PageSize}.rsvd.max")) f.Write(d, $"hugetlb.{h.PageSize}.rsvd.max", h.Limit.ToString());
+            if (f.Exists(d, $"hugetlb.{h.PageSize}.rsvd.max")) f.Write(d, $"hugetlb.{h.PageSize}.rsvd.max",
+                h.Limit.ToString());
         }
     }
 

@@ -13,22 +13,28 @@ internal static class V2Io
 
     public static void Apply(CgroupFiles f, string d, BlockIo b)
     {
-        string Hint(string file, int e) => e == Errors.ENOENT ? V2Tree.MissingHint(d, file) : CgroupFiles.GenericHint(file, e);
+        string Hint(string file, int e) => e == Errors.ENOENT ? V2Tree.MissingHint(d, file)
+            : CgroupFiles.GenericHint(file, e);
         var bfq = f.Exists(d, "io.bfq.weight");
         if (b.Weight is { } w and > 0)
         {
             if (bfq) f.Write(d, "io.bfq.weight", w.ToString(), e => Hint("io.bfq.weight", e));
             else f.Write(d, "io.weight", "default " + BlkioWeightToIoWeight(w), e => Hint("io.weight", e));
         }
-        if (b.LeafWeight is { } lw and > 0) f.Warn("linux.resources.blockIO.leafWeight ignored: cgroup v2 has no leaf weights");
+        if (b.LeafWeight is { } lw and > 0) f.Warn(
+            "linux.resources.blockIO.leafWeight ignored: cgroup v2 has no leaf weights");
         foreach (var wd in b.WeightDevice ?? [])
         {
             if (wd.Weight is { } dw)
             {
-                var (file, value) = bfq ? ("io.bfq.weight", dw.ToString()) : ("io.weight", BlkioWeightToIoWeight(dw).ToString());
-                f.Write(d, file, $"{wd.Major}:{wd.Minor} {value}", e => e == Errors.ENOENT ? Hint(file, e) : V1Blkio.DeviceHint(file, wd.Major, wd.Minor, e));
+                var (file, value) = bfq ? ("io.bfq.weight", dw.ToString())
+                    : ("io.weight", BlkioWeightToIoWeight(dw).ToString());
+                f.Write(d, file, $"{wd.Major}:{wd.Minor} {value}",
+                    e => e == Errors.ENOENT ? Hint(file, e) : V1Blkio.DeviceHint(file, wd.Major, wd.Minor, e));
             }
-            if (wd.LeafWeight is not null) f.Warn($"linux.resources.blockIO.weightDevice {wd.Major}:{wd.Minor} leafWeight ignored: cgroup v2 has no leaf weights");
+            if (wd.LeafWeight is not null) f.Warn(
+                $"linux.resources.blockIO.weightDevice {wd.Major}:{wd.Minor} leafWeight ignored: cgroup v2 has no " +
+                "leaf weights");
         }
         Max(f, d, "rbps", b.ThrottleReadBpsDevice);
         Max(f, d, "wbps", b.ThrottleWriteBpsDevice);
@@ -40,7 +46,8 @@ internal static class V2Io
     {
         foreach (var t in list ?? [])
             f.Write(d, "io.max", $"{t.Major}:{t.Minor} {key}={(t.Rate == 0 ? "max" : t.Rate.ToString())}",
-                e => e == Errors.ENOENT ? V2Tree.MissingHint(d, "io.max") : V1Blkio.DeviceHint("io.max", t.Major, t.Minor, e));
+                e => e == Errors.ENOENT ? V2Tree.MissingHint(d, "io.max")
+                    : V1Blkio.DeviceHint("io.max", t.Major, t.Minor, e));
     }
 
     public static void Stats(CgroupFiles f, string d, CgroupStats s)

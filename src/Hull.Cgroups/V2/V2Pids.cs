@@ -7,7 +7,9 @@ namespace Hull.Cgroups.V2;
 internal static class V2Pids
 {
     public static void Apply(CgroupFiles f, string d, Pids p) =>
-        f.Write(d, "pids.max", V1Pids.Value(p.Limit), e => e == Hull.Linux.Errors.ENOENT ? V2Tree.MissingHint(d, "pids.max") : CgroupFiles.GenericHint("pids.max", e));
+        f.Write(d, "pids.max", V1Pids.Value(p.Limit),
+            e => e == Hull.Linux.Errors.ENOENT ? V2Tree.MissingHint(d, "pids.max")
+            : CgroupFiles.GenericHint("pids.max", e));
 
     public static void Stats(CgroupFiles f, string d, CgroupStats s) => V1Pids.Stats(f, d, s);
 }

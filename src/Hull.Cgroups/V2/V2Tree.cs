@@ -1,6 +1,7 @@
 namespace Hull.Cgroups.V2;
 
-/// <summary>cgroup v2 tree: controllers reach a cgroup only if every ancestor lists them in cgroup.subtree_control.</summary>
+/// <summary>cgroup v2 tree: controllers reach a cgroup only if every ancestor lists them in
+/// cgroup.subtree_control.</summary>
 internal static class V2Tree
 {
     /// <summary>Enables in each ancestor of <paramref name="leaf"/> (from the mount down to its parent) every
@@ -17,12 +18,15 @@ internal static class V2Tree
             var enabled = (f.ReadOrNull(level, "cgroup.subtree_control") ?? "")
                 .Split([' ', '\n'], StringSplitOptions.RemoveEmptyEntries).Select(c => c.TrimStart('+')).ToHashSet();
             var missing = offered.Where(c => !enabled.Contains(c)).ToList();
-            if (missing.Count > 0 && !f.TryWrite(level, "cgroup.subtree_control", string.Join(" ", missing.Select(c => "+" + c)), out _))
+            if (missing.Count > 0 && !f.TryWrite(level, "cgroup.subtree_control",
+                string.Join(" ", missing.Select(c => "+" + c)), out _))
             {
                 foreach (var c in missing)
                     if (!f.TryWrite(level, "cgroup.subtree_control", "+" + c, out var e))
-                        f.Warn($"{level}/cgroup.subtree_control = +{c}: {Hull.Linux.Errors.Describe(e)} — the {c} controller will not be available below {level}" +
-                            (e == Hull.Linux.Errors.EBUSY ? " (that cgroup has processes of its own; cgroup v2 allows controllers only for cgroups without them)" : ""));
+                        f.Warn($"{level}/cgroup.subtree_control = +{c}: {Hull.Linux.Errors.Describe(e)} — the {c} " +
+                            $"controller will not be available below {level}" +
+                            (e == Hull.Linux.Errors.EBUSY ? " (that cgroup has processes of its own; cgroup v2 " +
+                                "allows controllers only for cgroups without them)" : ""));
             }
             level += "/" + rel[i];
         }
@@ -34,7 +38,9 @@ internal static class V2Tree
         var controller = file.Split('.')[0];
         var have = CgroupLayout.ReadControllers(dir).ToList();
         if (!have.Contains(controller) && controller != "cgroup")
-            return $"the {controller} controller is not enabled for this cgroup (it has: {(have.Count == 0 ? "none" : string.Join(" ", have))}); enable it in the parents' cgroup.subtree_control, or remove the setting";
+            return $"the {controller} controller is not enabled for this cgroup (it has: " +
+                $"{(have.Count == 0 ? "none" : string.Join(" ", have))}); enable it in the parents' " +
+                "cgroup.subtree_control, or remove the setting";
         return $"this kernel has no {file}: remove the setting";
     }
 }

@@ -22,16 +22,19 @@ public static partial class CliApp
         {
             Command = new Argument<string[]>("command")
             {
-                Description = "The program and its arguments (after --) to run instead of the image's init; required for the host image",
+                Description = "The program and its arguments (after --) to run instead of the image's init; required " +
+                    "for the host image",
                 Arity = ArgumentArity.ZeroOrMore,
             },
             Share = new Option<string[]>("--share")
             {
-                Description = "A host directory to share read-only at the same path (repeatable or comma-separated), e.g. --share /opt/tool",
+                Description = "A host directory to share read-only at the same path (repeatable or comma-separated), " +
+                    "e.g. --share /opt/tool",
             },
             System = new Option<string>("--system")
             {
-                Description = "For the host image: the host system directories to share read-only, comma-separated, instead of the default /usr,/lib,/lib32,/lib64,/libx32,/bin,/sbin,/etc (none: share none)",
+                Description = "For the host image: the host system directories to share read-only, comma-separated, " +
+                    "instead of the default /usr,/lib,/lib32,/lib64,/libx32,/bin,/sbin,/etc (none: share none)",
             },
         };
         cmd.Arguments.Add(o.Command);
@@ -54,9 +57,12 @@ public static partial class CliApp
             req.Config["app.command"] = Encoding.UTF8.GetString(ms.ToArray());
         }
         if (pr.GetValue(o.Share) is { Length: > 0 } shares)
-            req.Config["app.share"] = string.Join(",", shares.SelectMany(s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)));
+            req.Config["app.share"] = string.Join(",",
+                shares.SelectMany(s => s.Split(',', StringSplitOptions.RemoveEmptyEntries |
+                StringSplitOptions.TrimEntries)));
         if (pr.GetValue(o.System) is { } system) req.Config["app.system"] = system;
         if (req.Image == "host" && !req.Config.ContainsKey("app.command"))
-            throw new CliException("the host image runs a host program: name it after --, e.g. hull launch host web -- /usr/bin/python3 -m http.server");
+            throw new CliException("the host image runs a host program: name it after --, e.g. hull launch host web " +
+                "-- /usr/bin/python3 -m http.server");
     }
 }

@@ -10,7 +10,8 @@ public static partial class CliApp
     {
         var shell = new Argument<string>("shell") { Description = "bash" };
         shell.AcceptOnlyFromAmong("bash");
-        var cmd = new Command("completion", "Print a shell completion script: eval \"$(hull completion bash)\"") { shell };
+        var cmd = new Command("completion", "Print a shell completion script: eval \"$(hull completion " +
+            "bash)\"") { shell };
         cmd.SetAction(_ =>
         {
             Out.Write("""

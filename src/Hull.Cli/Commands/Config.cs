@@ -20,7 +20,8 @@ public static partial class CliApp
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 var put = new InstancePut
                 {
-                    Config = pr.GetValue(expanded) ? i.ExpandedConfig : i.Config, Devices = pr.GetValue(expanded) ? i.ExpandedDevices : i.Devices, Profiles = i.Profiles,
+                    Config = pr.GetValue(expanded) ? i.ExpandedConfig : i.Config,
+                    Devices = pr.GetValue(expanded) ? i.ExpandedDevices : i.Devices, Profiles = i.Profiles,
                 };
                 var fmt = Format(pr) == "table" ? "yaml" : Format(pr);
                 Output.Structured(fmt, put, Output.Pretty.InstancePut, Out);
@@ -30,27 +31,33 @@ public static partial class CliApp
         }
         {
             var name = NameArg();
-            var kv = new Argument<string[]>("key=value") { Arity = ArgumentArity.OneOrMore, Description = "Keys to set" };
+            var kv = new Argument<string[]>("key=value") { Arity = ArgumentArity.OneOrMore,
+                Description = "Keys to set" };
             var set = new Command("set", $"Set config keys ({Hull.Instances.ConfigSchema.KeyList})") { name, kv };
             Act(set, async (pr, c, ct) =>
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 foreach (var (k, v) in KeyValues(pr.GetValue(kv), "config")) i.Config[k] = v;
-                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles }, ct);
+                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
+                    Profiles = i.Profiles }, ct);
                 return 0;
             });
             config.Subcommands.Add(set);
         }
         {
             var name = NameArg();
-            var keys = new Argument<string[]>("keys") { Arity = ArgumentArity.OneOrMore, Description = "Keys to remove" };
+            var keys = new Argument<string[]>("keys") { Arity = ArgumentArity.OneOrMore,
+                Description = "Keys to remove" };
             var unset = new Command("unset", "Remove config keys") { name, keys };
             Act(unset, async (pr, c, ct) =>
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 foreach (var k in pr.GetValue(keys)!)
-                    if (!i.Config.Remove(k)) throw new CliException($"config key '{k}' is not set on '{i.Name}'{(i.ExpandedConfig.ContainsKey(k) ? " (it comes from a profile: change the profile)" : "")}");
-                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles }, ct);
+                    if (!i.Config.Remove(k)) throw new CliException(
+                        $"config key '{k}' is not set on '{i.Name}'" +
+                        (i.ExpandedConfig.ContainsKey(k) ? " (it comes from a profile: change the profile)" : ""));
+                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
+                    Profiles = i.Profiles }, ct);
                 return 0;
             });
             config.Subcommands.Add(unset);
@@ -62,10 +69,13 @@ public static partial class CliApp
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 var put = new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles };
-                var edited = await EditAsync(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(put, Output.Pretty.InstancePut)), i.Name + ".json", ct);
+                var edited = await EditAsync(Encoding.UTF8.GetBytes(
+                    JsonSerializer.Serialize(put, Output.Pretty.InstancePut)), i.Name + ".json", ct);
                 InstancePut next;
-                try { next = JsonSerializer.Deserialize(edited, Output.Pretty.InstancePut) ?? throw new CliException("the edited config is empty"); }
-                catch (JsonException e) { throw new CliException($"the edited config is not valid JSON ({e.Message}): nothing was changed"); }
+                try { next = JsonSerializer.Deserialize(edited, Output.Pretty.InstancePut)
+                    ?? throw new CliException("the edited config is empty"); }
+                catch (JsonException e) { throw new CliException(
+                    $"the edited config is not valid JSON ({e.Message}): nothing was changed"); }
                 await c.UpdateInstanceAsync(i.Name, next, ct);
                 return 0;
             });
@@ -75,15 +85,18 @@ public static partial class CliApp
         {
             var name = NameArg();
             var dev = new Argument<string>("device") { Description = "Device name" };
-            var kv = new Argument<string[]>("key=value") { Arity = ArgumentArity.OneOrMore, Description = "type=bind source=/host/dir path=/in/instance readonly=true" };
+            var kv = new Argument<string[]>("key=value") { Arity = ArgumentArity.OneOrMore,
+                Description = "type=bind source=/host/dir path=/in/instance readonly=true" };
             var add = new Command("add", "Add a device") { name, dev, kv };
             Act(add, async (pr, c, ct) =>
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 var dn = pr.GetValue(dev)!;
-                if (i.Devices.ContainsKey(dn)) throw new CliException($"device '{dn}' already exists on '{i.Name}': remove it first or choose another name");
+                if (i.Devices.ContainsKey(dn)) throw new CliException(
+                    $"device '{dn}' already exists on '{i.Name}': remove it first or choose another name");
                 i.Devices[dn] = KeyValues(pr.GetValue(kv), "device key");
-                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles }, ct);
+                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
+                    Profiles = i.Profiles }, ct);
                 return 0;
             });
             device.Subcommands.Add(add);
@@ -96,8 +109,10 @@ public static partial class CliApp
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 var dn = pr.GetValue(dev)!;
-                if (!i.Devices.Remove(dn)) throw new CliException($"device '{dn}' not found on '{i.Name}': 'hull config show {i.Name}' lists its devices");
-                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles }, ct);
+                if (!i.Devices.Remove(dn)) throw new CliException(
+                    $"device '{dn}' not found on '{i.Name}': 'hull config show {i.Name}' lists its devices");
+                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
+                    Profiles = i.Profiles }, ct);
                 return 0;
             });
             device.Subcommands.Add(remove);

@@ -21,7 +21,8 @@ public static partial class CliApp
         {
             var src = new Argument<string>("source") { Description = "Local file ('-' for stdin)" };
             var dst = new Argument<string>("target") { Description = "INSTANCE/PATH" };
-            var mode = new Option<string>("--mode") { Description = "File mode in octal (default: the local file's, or 0644)" };
+            var mode = new Option<string>("--mode") { Description =
+                "File mode in octal (default: the local file's, or 0644)" };
             var uid = new Option<int>("--uid") { Description = "Owner uid inside the instance" };
             var gid = new Option<int>("--gid") { Description = "Owner gid inside the instance" };
             var push = new Command("push", "Copy a local file into an instance") { src, dst, mode, uid, gid };
@@ -29,7 +30,8 @@ public static partial class CliApp
             {
                 var (inst, path) = SplitTarget(pr.GetValue(dst)!);
                 var s = pr.GetValue(src)!;
-                var m = pr.GetValue(mode) is { } ms ? ParseMode(ms) : s == "-" ? 0b110_100_100 : (int)File.GetUnixFileMode(s) & 0xFFF;
+                var m = pr.GetValue(mode) is { } ms ? ParseMode(ms) : s == "-" ? 0b110_100_100
+                    : (int)File.GetUnixFileMode(s) & 0xFFF;
                 if (path.EndsWith('/')) path += Path.GetFileName(s);
                 await using var input = s == "-" ? Console.OpenStandardInput() : File.OpenRead(s);
                 await c.PushFileAsync(inst, path, input, m, pr.GetValue(uid), pr.GetValue(gid), ct);
@@ -107,7 +109,8 @@ public static partial class CliApp
 
     static async Task<byte[]> EditAsync(byte[] content, string name, CancellationToken ct)
     {
-        var editor = Environment.GetEnvironmentVariable("VISUAL") ?? Environment.GetEnvironmentVariable("EDITOR") ?? "vi";
+        var editor = Environment.GetEnvironmentVariable("VISUAL") ?? Environment.GetEnvironmentVariable("EDITOR")
+            ?? "vi";
         var tmp = Path.Combine(Path.GetTempPath(), $"hull-edit-{Guid.NewGuid():N}-{name}");
         await File.WriteAllBytesAsync(tmp, content, ct);
         try
@@ -116,7 +119,8 @@ public static partial class CliApp
             // passed as an argument.
             var r = await HostProgram.ExecAsync("/bin/sh", ["-c", editor + " \"$0\"", tmp],
                 new() { Interactive = true, Error = e => new CliException(e.Message) }, ct);
-            if (r.ExitCode != 0) throw new CliException($"the editor ({editor}) exited with status {r.ExitCode}: nothing was changed");
+            if (r.ExitCode != 0) throw new CliException(
+                $"the editor ({editor}) exited with status {r.ExitCode}: nothing was changed");
             return await File.ReadAllBytesAsync(tmp, ct);
         }
         finally { File.Delete(tmp); }

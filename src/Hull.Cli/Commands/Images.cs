@@ -17,17 +17,21 @@ public static partial class CliApp
                 var imgs = await c.ListImagesAsync(ct);
                 if (Output.Structured(Format(pr), imgs, Output.Pretty.ListImage, Out)) return 0;
                 Output.Table(Out, ["ALIAS", "FINGERPRINT", "TYPE", "SIZE", "DESCRIPTION", "CREATED"],
-                    imgs.Select(i => new[] { string.Join(",", i.Aliases), i.Fingerprint[..12], i.Type, Output.Size(i.Size), i.Description, Output.Time(i.CreatedAt) }));
+                    imgs.Select(i => new[] { string.Join(",", i.Aliases), i.Fingerprint[..12], i.Type,
+                        Output.Size(i.Size), i.Description, Output.Time(i.CreatedAt) }));
                 return 0;
             });
             image.Subcommands.Add(list);
         }
         {
-            var file = new Argument<string>("file") { Description = "A rootfs tarball (tar, tar.gz, tar.xz), an OCI image layout directory, or with --vm a disk image" };
+            var file = new Argument<string>("file") { Description =
+                "A rootfs tarball (tar, tar.gz, tar.xz), an OCI image layout directory, or with --vm a disk image" };
             var aliasOpt = new Option<string>("--alias") { Description = "An alias for the image" };
             var vm = new Option<bool>("--vm") { Description = "The file is a VM disk image" };
-            var refOpt = new Option<string>("--ref") { Description = "For an OCI layout holding several images: the tag to import" };
-            var import = new Command("import", "Import an image file or OCI image layout") { file, aliasOpt, vm, refOpt };
+            var refOpt = new Option<string>("--ref") { Description =
+                "For an OCI layout holding several images: the tag to import" };
+            var import = new Command("import", "Import an image file or OCI image layout") { file, aliasOpt, vm,
+                refOpt };
             Act(import, async (pr, c, ct) =>
             {
                 var f = pr.GetValue(file)!;
@@ -35,21 +39,27 @@ public static partial class CliApp
                 Image img;
                 if (Directory.Exists(f))
                 {
-                    if (!File.Exists(Path.Combine(f, "oci-layout"))) throw new CliException($"{f} is a directory but not an OCI image layout (no oci-layout file): give a rootfs tarball or a layout written by skopeo or umoci");
+                    if (!File.Exists(Path.Combine(f, "oci-layout"))) throw new CliException(
+                        $"{f} is a directory but not an OCI image layout (no oci-layout file): give a rootfs tarball " +
+                        "or a layout written by skopeo or umoci");
                     Image? layoutImage = null;
                     await HostProgram.RunAsync("tar", ["-cf", "-", "-C", f, "."], new()
                     {
                         What = $"packing {f}",
-                        ReadStdout = async s => layoutImage = await c.ImportOciLayoutAsync(s, pr.GetValue(refOpt), pr.GetValue(aliasOpt), $"imported from OCI layout {Path.GetFileName(Path.GetFullPath(f).TrimEnd('/'))}", p, ct),
+                        ReadStdout = async s => layoutImage =
+                            await c.ImportOciLayoutAsync(s, pr.GetValue(refOpt), pr.GetValue(aliasOpt),
+                            $"imported from OCI layout {Path.GetFileName(Path.GetFullPath(f).TrimEnd('/'))}", p, ct),
                         Error = e => new CliException(e.Message),
                     }, ct);
                     img = layoutImage!;
                 }
                 else
                 {
-                    if (!File.Exists(f)) throw new CliException($"{f} does not exist: give the path of a rootfs tarball or an OCI layout directory");
+                    if (!File.Exists(f)) throw new CliException(
+                        $"{f} does not exist: give the path of a rootfs tarball or an OCI layout directory");
                     await using var s = File.OpenRead(f);
-                    img = await c.ImportImageAsync(s, pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container, pr.GetValue(aliasOpt), $"imported from {Path.GetFileName(f)}", p, ct);
+                    img = await c.ImportImageAsync(s, pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container,
+                        pr.GetValue(aliasOpt), $"imported from {Path.GetFileName(f)}", p, ct);
                 }
                 Out.WriteLine($"Image imported with fingerprint: {img.Fingerprint}");
                 return 0;
@@ -75,7 +85,8 @@ public static partial class CliApp
             var info = new Command("info", "Show an image") { img };
             Act(info, async (pr, c, ct) =>
             {
-                Output.Structured(Format(pr) == "table" ? "yaml" : Format(pr), await c.GetImageAsync(pr.GetValue(img)!, ct), Output.Pretty.Image, Out);
+                Output.Structured(Format(pr) == "table" ? "yaml" : Format(pr),
+                    await c.GetImageAsync(pr.GetValue(img)!, ct), Output.Pretty.Image, Out);
                 return 0;
             });
             image.Subcommands.Add(info);
@@ -100,7 +111,8 @@ public static partial class CliApp
             var an = new Argument<string>("alias");
             var target = new Argument<string>("target") { Description = "Image fingerprint or alias" };
             var create = new Command("create", "Create or move an alias") { an, target };
-            Act(create, async (pr, c, ct) => { await c.SetImageAliasAsync(pr.GetValue(an)!, pr.GetValue(target)!, ct); return 0; });
+            Act(create, async (pr, c, ct) => { await c.SetImageAliasAsync(pr.GetValue(an)!, pr.GetValue(target)!,
+                ct); return 0; });
             alias.Subcommands.Add(create);
             var dn = new Argument<string>("alias");
             var delete = new Command("delete", "Delete an alias") { dn };

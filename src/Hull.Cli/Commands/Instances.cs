@@ -4,7 +4,8 @@ using Hull.Api;
 
 namespace Hull.Cli;
 
-/// <summary>launch, init, start, stop, restart, pause, resume, delete, list, info, exec, console and the other verbs on one instance.</summary>
+/// <summary>launch, init, start, stop, restart, pause, resume, delete, list, info, exec, console and the other verbs on
+/// one instance.</summary>
 public static partial class CliApp
 {
     static IEnumerable<Command> InstanceCommands()
@@ -12,41 +13,52 @@ public static partial class CliApp
         yield return CreateCommand("launch", "Create and start an instance from an image", start: true);
         yield return CreateCommand("init", "Create an instance from an image without starting it", start: false);
 
-        foreach (var (verb, action, help) in new[] { ("start", "start", "Start instances"), ("pause", "pause", "Pause (freeze) running instances"), ("resume", "resume", "Resume paused instances") })
+        foreach (var (verb, action, help) in new[] { ("start", "start", "Start instances"),
+            ("pause", "pause", "Pause (freeze) running instances"), ("resume", "resume", "Resume paused instances") })
         {
-            var names = new Argument<string[]>("names") { Description = "Instance names", Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
+            var names = new Argument<string[]>("names") { Description = "Instance names",
+                Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
             var cmd = new Command(verb, help) { names };
             Act(cmd, async (pr, c, ct) =>
             {
-                foreach (var n in pr.GetValue(names)!) await WaitOp(c, await c.ChangeStateOperationAsync(n, action, ct: ct), ct);
+                foreach (var n in pr.GetValue(names)!) await WaitOp(c,
+                    await c.ChangeStateOperationAsync(n, action, ct: ct), ct);
                 return 0;
             });
             yield return cmd;
         }
 
-        foreach (var (verb, help) in new[] { ("stop", "Stop instances (SIGTERM or ACPI shutdown, then kill after the timeout)"), ("restart", "Restart instances") })
+        foreach (var (verb, help) in new[] { ("stop",
+            "Stop instances (SIGTERM or ACPI shutdown, then kill after the timeout)"),
+            ("restart", "Restart instances") })
         {
-            var names = new Argument<string[]>("names") { Description = "Instance names", Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
-            var force = new Option<bool>("--force") { Description = "Kill at once instead of asking the instance to stop" };
-            var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for a clean stop before killing (-1: forever)", DefaultValueFactory = _ => 30 };
+            var names = new Argument<string[]>("names") { Description = "Instance names",
+                Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
+            var force = new Option<bool>("--force") { Description =
+                "Kill at once instead of asking the instance to stop" };
+            var timeout = new Option<int>("--timeout") { Description =
+                "Seconds to wait for a clean stop before killing (-1: forever)", DefaultValueFactory = _ => 30 };
             var cmd = new Command(verb, help) { names, force, timeout };
             Act(cmd, async (pr, c, ct) =>
             {
                 foreach (var n in pr.GetValue(names)!)
-                    await WaitOp(c, await c.ChangeStateOperationAsync(n, verb, pr.GetValue(force), pr.GetValue(timeout), ct), ct);
+                    await WaitOp(c, await c.ChangeStateOperationAsync(n, verb, pr.GetValue(force), pr.GetValue(timeout),
+                        ct), ct);
                 return 0;
             });
             yield return cmd;
         }
 
         {
-            var names = new Argument<string[]>("names") { Description = "Instance names", Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
+            var names = new Argument<string[]>("names") { Description = "Instance names",
+                Arity = ArgumentArity.OneOrMore, CompletionSources = { _ => InstanceNames() } };
             var force = new Option<bool>("--force") { Description = "Stop a running instance first" };
             var cmd = new Command("delete", "Delete instances") { names, force };
             cmd.Aliases.Add("rm");
             Act(cmd, async (pr, c, ct) =>
             {
-                foreach (var n in pr.GetValue(names)!) await WaitOp(c, await c.DeleteInstanceOperationAsync(n, pr.GetValue(force), ct), ct);
+                foreach (var n in pr.GetValue(names)!) await WaitOp(c,
+                    await c.DeleteInstanceOperationAsync(n, pr.GetValue(force), ct), ct);
                 return 0;
             });
             yield return cmd;
@@ -60,7 +72,8 @@ public static partial class CliApp
                 var list = await c.ListInstancesAsync(ct);
                 if (Output.Structured(Format(pr), list, Output.Pretty.ListInstance, Out)) return 0;
                 Output.Table(Out, ["NAME", "STATE", "TYPE", "IMAGE", "PID", "PROFILES", "CREATED"],
-                    list.Select(i => new[] { i.Name, i.State.ToUpperInvariant(), i.Type, i.Image, i.Pid?.ToString() ?? "", string.Join(",", i.Profiles), Output.Time(i.CreatedAt) }));
+                    list.Select(i => new[] { i.Name, i.State.ToUpperInvariant(), i.Type, i.Image,
+                        i.Pid?.ToString() ?? "", string.Join(",", i.Profiles), Output.Time(i.CreatedAt) }));
                 return 0;
             });
             yield return cmd;
@@ -77,14 +90,22 @@ public static partial class CliApp
                 Out.WriteLine($"Name: {i.Name}\nType: {i.Type}\nImage: {i.Image}\nState: {i.State}");
                 if (i.StatusMessage is not null) Out.WriteLine($"Status: {i.StatusMessage}");
                 if (st.Pid is { } pid) Out.WriteLine($"PID: {pid}");
-                foreach (var (k, v) in st.Details ?? []) Out.WriteLine($"{char.ToUpperInvariant(k[0])}{k[1..].Replace('-', ' ')}: {v}");
+                foreach (var (k, v) in st.Details ?? []) Out.WriteLine(
+                    $"{char.ToUpperInvariant(k[0])}{k[1..].Replace('-', ' ')}: {v}");
                 if (i.LastExitCode is { } ec) Out.WriteLine($"Last exit code: {ec}");
-                Out.WriteLine($"Profiles: {string.Join(", ", i.Profiles)}\nCreated: {Output.Time(i.CreatedAt)}\nLast used: {Output.Time(i.LastUsedAt)}");
+                Out.WriteLine($"Profiles: {string.Join(", ", i.Profiles)}\nCreated: {Output.Time(i.CreatedAt)}\nLast " +
+                    $"used: {Output.Time(i.LastUsedAt)}");
                 if (st.Stats is { } s)
-                    Out.WriteLine($"Resources:\n  CPU time: {s.CpuUsageNs / 1e9:0.00}s\n  Memory: {Output.Size(s.MemoryBytes)}\n  Processes: {s.Pids}\n  Disk read/write: {Output.Size(s.IoReadBytes)} / {Output.Size(s.IoWriteBytes)}");
-                if (i.ExpandedConfig.Count > 0) Out.WriteLine("Config:\n" + string.Join("\n", i.ExpandedConfig.OrderBy(k => k.Key).Select(k => $"  {k.Key}: {k.Value}")));
+                    Out.WriteLine($"Resources:\n  CPU time: {s.CpuUsageNs / 1e9:0.00}s\n  Memory: " +
+                        $"{Output.Size(s.MemoryBytes)}\n  Processes: {s.Pids}\n  Disk read/write: " +
+                        $"{Output.Size(s.IoReadBytes)} / {Output.Size(s.IoWriteBytes)}");
+                if (i.ExpandedConfig.Count > 0) Out.WriteLine("Config:\n"
+                    + string.Join("\n", i.ExpandedConfig.OrderBy(k => k.Key).Select(k => $"  {k.Key}: {k.Value}")));
                 if (i.ExpandedDevices.Count > 0)
-                    Out.WriteLine("Devices:\n" + string.Join("\n", i.ExpandedDevices.OrderBy(k => k.Key).Select(k => $"  {k.Key}: " + string.Join(" ", k.Value.OrderBy(x => x.Key).Select(x => $"{x.Key}={x.Value}")))));
+                    Out.WriteLine("Devices:\n" + string.Join("\n",
+                        i.ExpandedDevices.OrderBy(k => k.Key).Select(k =>
+                        $"  {k.Key}: " + string.Join(" ",
+                        k.Value.OrderBy(x => x.Key).Select(x => $"{x.Key}={x.Value}")))));
                 return 0;
             });
             yield return cmd;
@@ -117,7 +138,8 @@ public static partial class CliApp
                         await s.WriteStdinAsync(buf.AsMemory(0, n), cts.Token);
                     }
                 }, cts.Token);
-                try { await s.RunAsync(Console.OpenStandardOutput(), null, cts.Token); } catch (OperationCanceledException) { }
+                try { await s.RunAsync(Console.OpenStandardOutput(), null, cts.Token); } catch (
+                    OperationCanceledException) { }
                 return 0;
             });
             yield return cmd;
@@ -133,7 +155,8 @@ public static partial class CliApp
                 var stdout = Console.OpenStandardOutput();
                 var buf = new byte[16384];
                 int n;
-                while ((n = await s.ReadAsync(buf, ct)) > 0) { await stdout.WriteAsync(buf.AsMemory(0, n), ct); await stdout.FlushAsync(ct); }
+                while ((n = await s.ReadAsync(buf, ct)) > 0) { await stdout.WriteAsync(buf.AsMemory(0, n),
+                    ct); await stdout.FlushAsync(ct); }
                 return 0;
             });
             yield return cmd;
@@ -143,21 +166,27 @@ public static partial class CliApp
 
     static Command CreateCommand(string verb, string help, bool start)
     {
-        var image = new Argument<string>("image") { Description = "Image alias or fingerprint (busybox and host are built in; host: an application container), or a registry reference (host[:port]/repo[:tag]) to pull" };
+        var image = new Argument<string>("image") { Description =
+            "Image alias or fingerprint (busybox and host are built in; host: an application container), or a " +
+            "registry reference (host[:port]/repo[:tag]) to pull" };
         var name = new Argument<string>("name") { Description = "Instance name" };
         var vm = new Option<bool>("--vm") { Description = "Make a virtual machine instead of a container" };
-        var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
-        var profiles = new Option<string[]>("--profile", "-p") { Description = "Profiles to apply, in order (repeatable; default: default)" };
+        var cfg = new Option<string[]>("--config",
+            "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
+        var profiles = new Option<string[]>("--profile",
+            "-p") { Description = "Profiles to apply, in order (repeatable; default: default)" };
         var noProfiles = new Option<bool>("--no-profiles") { Description = "Apply no profile" };
         var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles };
         var app = AddAppOptions(cmd);
         Act(cmd, async (pr, c, ct) =>
         {
-            var p = pr.GetValue(profiles) is { Length: > 0 } ps ? ps.SelectMany(x => x.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToList()
+            var p = pr.GetValue(profiles) is { Length: > 0 } ps
+                ? ps.SelectMany(x => x.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToList()
                 : pr.GetValue(noProfiles) ? [] : null;
             var req = new InstanceCreateRequest
             {
-                Name = pr.GetValue(name)!, Image = pr.GetValue(image)!, Type = pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container,
+                Name = pr.GetValue(name)!, Image = pr.GetValue(image)!,
+                Type = pr.GetValue(vm) ? InstanceTypes.Vm : InstanceTypes.Container,
                 Config = KeyValues(pr.GetValue(cfg), "config"), Profiles = p, Start = start,
             };
             ApplyAppOptions(pr, app, req);
@@ -171,16 +200,20 @@ public static partial class CliApp
     static Command ExecCommand()
     {
         var name = NameArg();
-        var command = new Argument<string[]>("command") { Description = "The command and its arguments (after --)", Arity = ArgumentArity.OneOrMore };
-        var tty = new Option<bool>("--force-interactive", "-t") { Description = "Run on a pty even if stdin or stdout is not a terminal" };
+        var command = new Argument<string[]>("command") { Description = "The command and its arguments (after --)",
+            Arity = ArgumentArity.OneOrMore };
+        var tty = new Option<bool>("--force-interactive",
+            "-t") { Description = "Run on a pty even if stdin or stdout is not a terminal" };
         var noTty = new Option<bool>("--force-noninteractive", "-T") { Description = "Never use a pty" };
         var env = new Option<string[]>("--env") { Description = "Environment KEY=VALUE (repeatable)" };
         var cwd = new Option<string>("--cwd") { Description = "Working directory inside the instance" };
         var user = new Option<string>("--user") { Description = "User (name or uid, optionally :group) to run as" };
-        var cmd = new Command("exec", "Run a command in an instance: stdio streamed, its exit status returned") { name, command, tty, noTty, env, cwd, user };
+        var cmd = new Command("exec", "Run a command in an instance: stdio streamed, its exit status returned") { name,
+            command, tty, noTty, env, cwd, user };
         Act(cmd, async (pr, c, ct) =>
         {
-            var useTty = pr.GetValue(tty) || (!pr.GetValue(noTty) && !Console.IsInputRedirected && !Console.IsOutputRedirected);
+            var useTty = pr.GetValue(tty) || (!pr.GetValue(noTty) && !Console.IsInputRedirected
+                && !Console.IsOutputRedirected);
             var (w, h) = Terminal.Size();
             var req = new ExecRequest
             {

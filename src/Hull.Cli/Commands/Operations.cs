@@ -15,7 +15,8 @@ public static partial class CliApp
         {
             var ops = await c.ListOperationsAsync(ct);
             if (Output.Structured(Format(pr), ops, Output.Pretty.ListOperation, Out)) return 0;
-            Output.Table(Out, ["ID", "DESCRIPTION", "STATUS", "CREATED"], ops.Select(o => new[] { o.Id, o.Description, o.Status, Output.Time(o.CreatedAt) }));
+            Output.Table(Out, ["ID", "DESCRIPTION", "STATUS", "CREATED"],
+                ops.Select(o => new[] { o.Id, o.Description, o.Status, Output.Time(o.CreatedAt) }));
             return 0;
         });
         operation.Subcommands.Add(list);
@@ -24,7 +25,8 @@ public static partial class CliApp
         Act(wait, async (pr, c, ct) =>
         {
             var op = await c.WaitOperationAsync(pr.GetValue(id)!, -1, ct);
-            if (!Output.Structured(Format(pr), op, Output.Pretty.Operation, Out)) Out.WriteLine($"{op.Id}: {op.Status}{(op.Error is null ? "" : " (" + op.Error + ")")}");
+            if (!Output.Structured(Format(pr), op, Output.Pretty.Operation, Out)) Out.WriteLine(
+                $"{op.Id}: {op.Status}{(op.Error is null ? "" : " (" + op.Error + ")")}");
             return op.Status == OperationStatus.Success ? 0 : 1;
         });
         operation.Subcommands.Add(wait);
@@ -37,7 +39,8 @@ public static partial class CliApp
 
     static Command EventsCommand()
     {
-        var type = new Option<string[]>("--type") { Description = "lifecycle, operation or logging (repeatable; default: all)" };
+        var type = new Option<string[]>("--type") { Description =
+            "lifecycle, operation or logging (repeatable; default: all)" };
         var events = new Command("events", "Print the events stream as JSON lines") { type };
         Act(events, async (pr, c, ct) =>
         {

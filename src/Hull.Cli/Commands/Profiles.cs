@@ -15,7 +15,8 @@ public static partial class CliApp
             {
                 var ps = await c.ListProfilesAsync(ct);
                 if (Output.Structured(Format(pr), ps, Output.Pretty.ListProfile, Out)) return 0;
-                Output.Table(Out, ["NAME", "DESCRIPTION", "USED BY"], ps.Select(p => new[] { p.Name, p.Description, p.UsedBy.Count.ToString() }));
+                Output.Table(Out, ["NAME", "DESCRIPTION", "USED BY"],
+                    ps.Select(p => new[] { p.Name, p.Description, p.UsedBy.Count.ToString() }));
                 return 0;
             });
             profile.Subcommands.Add(list);
@@ -27,7 +28,8 @@ public static partial class CliApp
             var create = new Command("create", "Create a profile") { name, cfg, desc };
             Act(create, async (pr, c, ct) =>
             {
-                await c.CreateProfileAsync(new ProfileCreateRequest { Name = pr.GetValue(name)!, Config = KeyValues(pr.GetValue(cfg), "config"), Description = pr.GetValue(desc) ?? "" }, ct);
+                await c.CreateProfileAsync(new ProfileCreateRequest { Name = pr.GetValue(name)!,
+                    Config = KeyValues(pr.GetValue(cfg), "config"), Description = pr.GetValue(desc) ?? "" }, ct);
                 return 0;
             });
             profile.Subcommands.Add(create);
@@ -51,7 +53,8 @@ public static partial class CliApp
             {
                 var p = await c.GetProfileAsync(pr.GetValue(name)!, ct);
                 foreach (var (k, v) in KeyValues(pr.GetValue(kv), "config")) p.Config[k] = v;
-                await c.UpdateProfileAsync(p.Name, new ProfilePut { Config = p.Config, Devices = p.Devices, Description = p.Description }, ct);
+                await c.UpdateProfileAsync(p.Name, new ProfilePut { Config = p.Config, Devices = p.Devices,
+                    Description = p.Description }, ct);
                 return 0;
             });
             profile.Subcommands.Add(set);
@@ -64,8 +67,10 @@ public static partial class CliApp
             {
                 var p = await c.GetProfileAsync(pr.GetValue(name)!, ct);
                 foreach (var k in pr.GetValue(keys)!)
-                    if (!p.Config.Remove(k)) throw new CliException($"config key '{k}' is not set in profile '{p.Name}'");
-                await c.UpdateProfileAsync(p.Name, new ProfilePut { Config = p.Config, Devices = p.Devices, Description = p.Description }, ct);
+                    if (!p.Config.Remove(k)) throw new CliException(
+                        $"config key '{k}' is not set in profile '{p.Name}'");
+                await c.UpdateProfileAsync(p.Name, new ProfilePut { Config = p.Config, Devices = p.Devices,
+                    Description = p.Description }, ct);
                 return 0;
             });
             profile.Subcommands.Add(unset);
@@ -78,13 +83,16 @@ public static partial class CliApp
         }
         {
             var inst = NameArg();
-            var profiles = new Argument<string>("profiles") { Description = "Comma-separated profiles, in order (empty string: none)" };
+            var profiles = new Argument<string>("profiles") { Description =
+                "Comma-separated profiles, in order (empty string: none)" };
             var assign = new Command("assign", "Set the profiles of an instance") { inst, profiles };
             Act(assign, async (pr, c, ct) =>
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(inst)!, ct);
-                var ps = pr.GetValue(profiles)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
-                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = ps }, ct);
+                var ps = pr.GetValue(profiles)!.Split(',',
+                    StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
+                    Profiles = ps }, ct);
                 return 0;
             });
             profile.Subcommands.Add(assign);

@@ -11,7 +11,8 @@ public static partial class CliApp
         var snapshot = new Command("snapshot", "Snapshots of an instance's root filesystem and config");
         {
             var name = NameArg();
-            var snap = new Argument<string>("snapshot") { Description = "Snapshot name (default: snapN)", Arity = ArgumentArity.ZeroOrOne };
+            var snap = new Argument<string>("snapshot") { Description = "Snapshot name (default: snapN)",
+                Arity = ArgumentArity.ZeroOrOne };
             var create = new Command("create", "Take a snapshot") { name, snap };
             Act(create, async (pr, c, ct) =>
             {
@@ -33,7 +34,8 @@ public static partial class CliApp
             var name = NameArg();
             var snap = new Argument<string>("snapshot");
             var restore = new Command("restore", "Restore a stopped instance from a snapshot") { name, snap };
-            Act(restore, async (pr, c, ct) => { await c.RestoreSnapshotAsync(pr.GetValue(name)!, pr.GetValue(snap)!, ct); return 0; });
+            Act(restore, async (pr, c, ct) => { await c.RestoreSnapshotAsync(pr.GetValue(name)!, pr.GetValue(snap)!,
+                ct); return 0; });
             snapshot.Subcommands.Add(restore);
         }
         {
@@ -52,7 +54,8 @@ public static partial class CliApp
             var name = NameArg();
             var snap = new Argument<string>("snapshot");
             var del = new Command("delete", "Delete a snapshot") { name, snap };
-            Act(del, async (pr, c, ct) => { await c.DeleteSnapshotAsync(pr.GetValue(name)!, pr.GetValue(snap)!, ct); return 0; });
+            Act(del, async (pr, c, ct) => { await c.DeleteSnapshotAsync(pr.GetValue(name)!, pr.GetValue(snap)!,
+                ct); return 0; });
             snapshot.Subcommands.Add(del);
         }
         return snapshot;

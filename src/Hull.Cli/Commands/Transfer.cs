@@ -11,9 +11,12 @@ public static partial class CliApp
     {
         {
             var src = NameArg("source", "The instance to copy: NAME or REMOTE:NAME");
-            var dst = new Argument<string>("destination") { Description = "The copy: NAME, REMOTE:NAME or REMOTE: (same name)" };
-            var cfg = new Option<string[]>("--config", "-c") { Description = "Config key=value for the copy (repeatable)" };
-            var cmd = new Command("copy", "Copy an instance, on this hulld or to another one (REMOTE:NAME); the source must be stopped to go to another hulld") { src, dst, cfg };
+            var dst = new Argument<string>("destination") { Description =
+                "The copy: NAME, REMOTE:NAME or REMOTE: (same name)" };
+            var cfg = new Option<string[]>("--config",
+                "-c") { Description = "Config key=value for the copy (repeatable)" };
+            var cmd = new Command("copy", "Copy an instance, on this hulld or to another one (REMOTE:NAME); the " +
+                "source must be stopped to go to another hulld") { src, dst, cfg };
             cmd.Aliases.Add("cp");
             Act(cmd, async (pr, c, ct) =>
             {
@@ -25,7 +28,8 @@ public static partial class CliApp
                 {
                     using var on = sr is null ? null : await ConnectAsync(sr, ct);
                     var client = on ?? c;
-                    var op = await client.CreateInstanceOperationAsync(new InstanceCreateRequest { Name = dn, CopyFrom = sn, Config = config }, ct);
+                    var op = await client.CreateInstanceOperationAsync(
+                        new InstanceCreateRequest { Name = dn, CopyFrom = sn, Config = config }, ct);
                     await WaitOp(client, op, ct);
                     return 0;
                 }
@@ -36,7 +40,8 @@ public static partial class CliApp
                 if (config.Count > 0)
                     await to.UpdateInstanceAsync(made.Name, new InstancePut
                     {
-                        Config = new(made.Config.Concat(config).GroupBy(kv => kv.Key).Select(g => g.Last())), Devices = made.Devices, Profiles = made.Profiles,
+                        Config = new(made.Config.Concat(config).GroupBy(kv => kv.Key).Select(g => g.Last())),
+                        Devices = made.Devices, Profiles = made.Profiles,
                     }, ct);
                 return 0;
             });
@@ -45,14 +50,19 @@ public static partial class CliApp
 
         {
             var src = NameArg("source", "The instance to move: NAME or REMOTE:NAME");
-            var dst = new Argument<string>("destination") { Description = "NEWNAME (rename), REMOTE:NAME or REMOTE: (to another hulld)" };
-            var stateless = new Option<bool>("--stateless") { Description = "Move a running instance by stopping it here and starting it there (its processes restart); without it a running VM moves live" };
+            var dst = new Argument<string>("destination") { Description =
+                "NEWNAME (rename), REMOTE:NAME or REMOTE: (to another hulld)" };
+            var stateless = new Option<bool>("--stateless") { Description =
+                "Move a running instance by stopping it here and starting it there (its processes restart); without " +
+                "it a running VM moves live" };
             var address = new Option<string>("--migration-address")
             {
-                Description = "For a live move: the target host's address as the source host reaches it (default 127.0.0.1: both hullds on one host)",
+                Description = "For a live move: the target host's address as the source host reaches it (default " +
+                    "127.0.0.1: both hullds on one host)",
                 DefaultValueFactory = _ => "127.0.0.1",
             };
-            var cmd = new Command("move", "Rename an instance, or move it to another hulld (REMOTE:NAME); a running VM moves live") { src, dst, stateless, address };
+            var cmd = new Command("move", "Rename an instance, or move it to another hulld (REMOTE:NAME); a running " +
+                "VM moves live") { src, dst, stateless, address };
             cmd.Aliases.Add("mv");
             Act(cmd, async (pr, c, ct) =>
             {
@@ -61,7 +71,8 @@ public static partial class CliApp
                 if (dn.Length == 0) dn = sn;
                 if (SameRemote(pr, sr, dr))
                 {
-                    if (dn == sn) throw new CliException($"'{sn}' is already there: give a new name or another remote (REMOTE:)");
+                    if (dn == sn) throw new CliException(
+                        $"'{sn}' is already there: give a new name or another remote (REMOTE:)");
                     using var on = sr is null ? null : await ConnectAsync(sr, ct);
                     await (on ?? c).RenameInstanceAsync(sn, dn, ct);
                     return 0;
@@ -70,14 +81,17 @@ public static partial class CliApp
                 using var to = await ConnectAsync(dr ?? pr.GetValue(RemoteOption), ct);
                 using var p = new ProgressText();
                 var inst = await from.GetInstanceAsync(sn, ct);
-                if (inst.Type == InstanceTypes.Vm && inst.State is InstanceStates.Running or InstanceStates.Frozen && !pr.GetValue(stateless))
+                if (inst.Type == InstanceTypes.Vm && inst.State is InstanceStates.Running or InstanceStates.Frozen
+                    && !pr.GetValue(stateless))
                 {
                     var live = await InstanceTransfer.MoveLiveAsync(from, inst, to, dn, pr.GetValue(address)!, p, ct);
                     p.Dispose();
-                    await Out.WriteLineAsync($"moved {sn} live: total {live.Total.TotalMilliseconds:0} ms, downtime {live.Downtime.TotalMilliseconds:0} ms, {live.TransferredBytes / 1048576.0:0.0} MiB sent");
+                    await Out.WriteLineAsync($"moved {sn} live: total {live.Total.TotalMilliseconds:0} ms, downtime " +
+                        $"{live.Downtime.TotalMilliseconds:0} ms, {live.TransferredBytes / 1048576.0:0.0} MiB sent");
                     return 0;
                 }
-                await InstanceTransfer.MoveAsync(from, sn, to, dn, pr.GetValue(stateless), pr.GetValue(address)!, p, ct);
+                await InstanceTransfer.MoveAsync(from, sn, to, dn, pr.GetValue(stateless), pr.GetValue(address)!, p,
+                    ct);
                 return 0;
             });
             yield return cmd;
@@ -86,7 +100,8 @@ public static partial class CliApp
         {
             var name = NameArg();
             var file = new Argument<string>("file") { Description = "The backup tarball to write ('-' for stdout)" };
-            var cmd = new Command("export", "Write a stopped instance (its filesystem, config and snapshots) to a backup tarball") { name, file };
+            var cmd = new Command("export", "Write a stopped instance (its filesystem, config and snapshots) to a " +
+                "backup tarball") { name, file };
             Act(cmd, async (pr, c, ct) =>
             {
                 var path = pr.GetValue(file)!;
@@ -105,8 +120,10 @@ public static partial class CliApp
         }
 
         {
-            var file = new Argument<string>("file") { Description = "A backup tarball made by 'hull export' ('-' for stdin)" };
-            var name = new Argument<string?>("name") { Description = "The instance's name (default: the name it was exported with)", Arity = ArgumentArity.ZeroOrOne };
+            var file = new Argument<string>("file") { Description =
+                "A backup tarball made by 'hull export' ('-' for stdin)" };
+            var name = new Argument<string?>("name") { Description =
+                "The instance's name (default: the name it was exported with)", Arity = ArgumentArity.ZeroOrOne };
             var start = new Option<bool>("--start") { Description = "Start the instance once imported" };
             var cmd = new Command("import", "Make an instance from a backup tarball") { file, name, start };
             Act(cmd, async (pr, c, ct) =>
@@ -152,16 +169,19 @@ public static partial class CliApp
 
     static Command RemoteCommand()
     {
-        var cmd = new Command("remote", "Named hullds to copy and move instances to (REMOTE:NAME), or to talk to with --remote");
+        var cmd = new Command("remote", "Named hullds to copy and move instances to (REMOTE:NAME), or to talk to " +
+            "with --remote");
         {
             var name = new Argument<string>("name") { Description = "The remote's name" };
-            var addr = new Argument<string>("address") { Description = "unix:/path/to/hulld.sock (another hulld here, or a forwarded socket)" };
+            var addr = new Argument<string>("address") { Description =
+                "unix:/path/to/hulld.sock (another hulld here, or a forwarded socket)" };
             var c = new Command("add", "Add a remote") { name, addr };
             Local(c, pr =>
             {
                 var n = pr.GetValue(name)!;
                 Remotes.ValidateName(n);
-                if (n is Remotes.Local or "default") throw new CliException($"'{n}' is reserved: choose another remote name");
+                if (n is Remotes.Local or "default") throw new CliException(
+                    $"'{n}' is reserved: choose another remote name");
                 Remotes.SocketOf(pr.GetValue(addr)!);
                 var r = Remotes.Load();
                 if (r.Entries.ContainsKey(n)) throw new CliException($"remote '{n}' exists already: remove it first");
@@ -177,9 +197,13 @@ public static partial class CliApp
             Local(c, pr =>
             {
                 var r = Remotes.Load();
-                var rows = new List<string[]> { new[] { Remotes.Local + (r.Default == Remotes.Local ? " (default)" : ""), "unix:" + HullClient.DefaultSocket } };
-                rows.AddRange(r.Entries.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => new[] { e.Key + (r.Default == e.Key ? " (default)" : ""), e.Value }));
-                var list = rows.Select(x => new Dictionary<string, string> { ["name"] = x[0].Replace(" (default)", ""), ["address"] = x[1] }).ToList();
+                var rows = new List<string[]> { new[] { Remotes.Local
+                    + (r.Default == Remotes.Local ? " (default)" : ""), "unix:" + HullClient.DefaultSocket } };
+                rows.AddRange(r.Entries.OrderBy(e => e.Key,
+                    StringComparer.Ordinal).Select(e =>
+                    new[] { e.Key + (r.Default == e.Key ? " (default)" : ""), e.Value }));
+                var list = rows.Select(x => new Dictionary<string,
+                    string> { ["name"] = x[0].Replace(" (default)", ""), ["address"] = x[1] }).ToList();
                 if (!Output.Structured(Format(pr), list, Output.Pretty.ListDictionaryStringString, Out))
                     Output.Table(Out, ["NAME", "ADDRESS"], rows);
                 return 0;
@@ -194,7 +218,8 @@ public static partial class CliApp
             {
                 var r = Remotes.Load();
                 var n = pr.GetValue(name)!;
-                if (!r.Entries.Remove(n)) throw new CliException($"remote '{n}' is not known: 'hull remote list' shows them");
+                if (!r.Entries.Remove(n)) throw new CliException(
+                    $"remote '{n}' is not known: 'hull remote list' shows them");
                 if (r.Default == n) r.Default = Remotes.Local;
                 r.Save();
                 return 0;
@@ -202,13 +227,15 @@ public static partial class CliApp
             cmd.Subcommands.Add(c);
         }
         {
-            var name = new Argument<string>("name") { Description = "The remote to use when none is named ('local' for this host)" };
+            var name = new Argument<string>("name") { Description =
+                "The remote to use when none is named ('local' for this host)" };
             var c = new Command("switch", "Set the default remote") { name };
             Local(c, pr =>
             {
                 var r = Remotes.Load();
                 var n = pr.GetValue(name)!;
-                if (n != Remotes.Local && !r.Entries.ContainsKey(n)) throw new CliException($"remote '{n}' is not known: 'hull remote list' shows them");
+                if (n != Remotes.Local && !r.Entries.ContainsKey(n)) throw new CliException(
+                    $"remote '{n}' is not known: 'hull remote list' shows them");
                 r.Default = n;
                 r.Save();
                 return 0;
@@ -218,7 +245,8 @@ public static partial class CliApp
         return cmd;
     }
 
-    /// <summary>An action that needs no hulld (local config); errors print as "Error: ..." with exit status 1.</summary>
+    /// <summary>An action that needs no hulld (local config); errors print as "Error: ..." with exit status
+    /// 1.</summary>
     static void Local(Command cmd, Func<ParseResult, int> action) =>
         cmd.SetAction(pr =>
         {

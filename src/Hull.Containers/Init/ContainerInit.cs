@@ -29,7 +29,8 @@ public static unsafe class ContainerInit
         var reportedReady = false;
         try
         {
-            var plan = ch.ReceivePlan() ?? throw new ContainerException("the runtime closed the sync socket before sending the plan");
+            var plan = ch.ReceivePlan() ?? throw new ContainerException(
+                "the runtime closed the sync socket before sending the plan");
             Create(plan, ch, () => reportedReady = true);
             return 0;
         }
@@ -38,7 +39,8 @@ public static unsafe class ContainerInit
             var msg = e is ContainerException or LinuxException or SpawnException ? e.Message : e.ToString();
             if (!reportedReady)
             {
-                try { ch.Send(new SyncMessage { Type = SyncType.Error, Message = msg, ExitCode = e is ContainerException ce ? ce.ExitCode : 1 }); }
+                try { ch.Send(new SyncMessage { Type = SyncType.Error, Message = msg,
+                    ExitCode = e is ContainerException ce ? ce.ExitCode : 1 }); }
                 catch (LinuxException) { }
             }
             else System.Console.Error.WriteLine($"hull: {msg}");
@@ -53,7 +55,8 @@ public static unsafe class ContainerInit
         // In its cgroup in every hierarchy now (the spawner joined the v1 ones): the namespace is rooted there.
         if (plan.NewCgroupNamespace) Sys.Check(Libc.unshare((int)CLONE.NEWCGROUP), "unshare(CLONE_NEWCGROUP)");
         if (plan.MountNamespaceFd >= 0) JoinMountNamespace(plan.MountNamespaceFd);
-        var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace, CgroupMounts.Read(plan.CgroupPaths), plan.NewCgroupNamespace,
+        var setup = new RootfsSetup(LinuxSyscalls.Instance, spec, plan.Rootfs, plan.InUserNamespace,
+            CgroupMounts.Read(plan.CgroupPaths), plan.NewCgroupNamespace,
             plan.BindSourceFds);
         if (plan.NewMountNamespace)
         {
@@ -74,7 +77,8 @@ public static unsafe class ContainerInit
             if (reply.Type != SyncType.HooksDone) throw new ContainerException(reply.Message ?? "hooks failed");
         }
         HookRunner.Run("createContainer", spec.Hooks?.CreateContainer, plan.HookState!);
-        using var listener = plan.SeccompProgram is null ? SeccompSupport.ConnectListenerBeforePivot(spec.Linux?.Seccomp) : null;
+        using var listener = plan.SeccompProgram is null
+            ? SeccompSupport.ConnectListenerBeforePivot(spec.Linux?.Seccomp) : null;
         // The exec fifo is reopened for writing through this process's fd directory, taken while the runtime's
         // /proc is still reachable: the container's root need not have /proc (nor any mount, without a mount
         // namespace).
@@ -94,7 +98,8 @@ public static unsafe class ContainerInit
         // The runtime normally compiled the profile; only a SCMP_ACT_NOTIFY profile comes here to be loaded by us.
         var seccomp = plan.SeccompProgram is { } prog
             ? (prog, plan.SeccompFlags, (Hull.Seccomp.SeccompProgram?)null)
-            : SeccompSupport.Compile(spec.Linux?.Seccomp) is { } c ? (c.Program, c.Flags, c.Compiled) : ((byte[], uint, Hull.Seccomp.SeccompProgram?)?)null;
+            : SeccompSupport.Compile(spec.Linux?.Seccomp) is { } c ? (c.Program, c.Flags, c.Compiled)
+                : ((byte[], uint, Hull.Seccomp.SeccompProgram?)?)null;
         // create must fail, not leave a container that cannot start: whatever would stop the init from opening
         // the exec fifo (its owner, its mode) shows now, before "ready".
         if (fdDir is not null) CheckFifo(fdDir, plan.FifoFd);
@@ -113,7 +118,8 @@ public static unsafe class ContainerInit
         {
             var state = plan.HookState!;
             state.Status = ContainerStatus.Created.Oci();
-            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, state.Pid, listener); // the host pid, as runc
+            // the host pid, as runc
+            SeccompSupport.LoadWithListener(seccomp.Value.Item3, spec.Linux!.Seccomp!, state, state.Pid, listener);
             seccomp = null;
         }
         ProcessSetup.SwitchUserAndExec(process, spec, exe, plan.FirstPrivateFd, seccomp?.Item1, seccomp?.Item2 ?? 0);
@@ -160,9 +166,11 @@ public static unsafe class ContainerInit
     /// <summary>Allocates the container's pty, sends the master to the console socket and returns the slave.</summary>
     static SafeFd OpenConsole(int consoleSocketFd, Box? size, bool mountOnDevConsole)
     {
-        if (consoleSocketFd < 0) throw new ContainerException("process.terminal is true but no --console-socket was given");
+        if (consoleSocketFd < 0) throw new ContainerException(
+            "process.terminal is true but no --console-socket was given");
         var m = Libc.open("/dev/ptmx", O.RDWR | O.NOCTTY | O.CLOEXEC, 0);
-        if (m < 0) throw LinuxException.FromLastError("open /dev/ptmx (is devpts mounted at /dev/pts with ptmxmode=0666?)");
+        if (m < 0) throw LinuxException.FromLastError(
+            "open /dev/ptmx (is devpts mounted at /dev/pts with ptmxmode=0666?)");
         using var master = new SafeFd(m);
         Sys.Check(Libc.unlockpt(m), "unlockpt");
         var buf = stackalloc byte[128];
@@ -230,7 +238,9 @@ public static class CgroupMounts
             else
             {
                 var opts = right.Length > 2 ? right[2].Split(',') : [];
-                var ctrls = opts.Where(o => o is not ("rw" or "ro" or "nosuid" or "nodev" or "noexec" or "relatime") && !o.StartsWith("release_agent", StringComparison.Ordinal) && o != "xattr" && o != "clone_children" && o != "nsdelegate" && o != "cpuset_v2_mode" && o != "noprefix" && o != "favordynmods").ToList();
+                var ctrls = opts.Where(o => o is not ("rw" or "ro" or "nosuid" or "nodev" or "noexec" or "relatime")
+                    && !o.StartsWith("release_agent", StringComparison.Ordinal) && o != "xattr" && o != "clone_children"
+                    && o != "nsdelegate" && o != "cpuset_v2_mode" && o != "noprefix" && o != "favordynmods").ToList();
                 key = string.Join(',', ctrls.Where(c => !c.StartsWith("name=", StringComparison.Ordinal)));
                 var named = ctrls.FirstOrDefault(c => c.StartsWith("name=", StringComparison.Ordinal));
                 if (key.Length == 0 && named is not null) key = named;

@@ -4,7 +4,8 @@ using Hull.Oci;
 
 namespace Hull.Containers;
 
-/// <summary>What the parent tells the container init (hull in init mode) to do. Sent once over the sync socket.</summary>
+/// <summary>What the parent tells the container init (hull in init mode) to do. Sent once over the sync
+/// socket.</summary>
 public sealed class InitPlan
 {
     public InitMode Mode { get; set; } = InitMode.Create;
@@ -18,7 +19,8 @@ public sealed class InitPlan
     public bool NewUserNamespace { get; set; }
     public bool NewNetworkNamespace { get; set; }
     public bool NewUtsNamespace { get; set; }
-    /// <summary>The init unshares a cgroup namespace first (after the spawner put it in its cgroup everywhere).</summary>
+    /// <summary>The init unshares a cgroup namespace first (after the spawner put it in its cgroup
+    /// everywhere).</summary>
     public bool NewCgroupNamespace { get; set; }
     public bool InUserNamespace { get; set; }
     public bool NoPivot { get; set; }
@@ -37,9 +39,11 @@ public sealed class InitPlan
     public List<string> CgroupPaths { get; set; } = [];
     /// <summary>Fds below this (3 + --preserve-fds) are passed on to the container process.</summary>
     public int FirstPrivateFd { get; set; } = 3;
-    /// <summary>Whether to report back before pivot_root so that the parent runs prestart/createRuntime hooks.</summary>
+    /// <summary>Whether to report back before pivot_root so that the parent runs prestart/createRuntime
+    /// hooks.</summary>
     public bool ParentHooks { get; set; }
-    /// <summary>linux.seccomp compiled by the runtime (the spec sent to the init then carries no profile), or null.</summary>
+    /// <summary>linux.seccomp compiled by the runtime (the spec sent to the init then carries no profile), or
+    /// null.</summary>
     public byte[]? SeccompProgram { get; set; }
     public uint SeccompFlags { get; set; }
     /// <summary>The state passed to hooks the init runs (createContainer, startContainer).</summary>
@@ -62,7 +66,8 @@ public enum SyncType : byte
     Hooks,
     /// <summary>runtime → init: the hooks ran.</summary>
     HooksDone,
-    /// <summary>init → runtime: set up, waiting to run the process (<see cref="SyncMessage.Pid"/> is the init's).</summary>
+    /// <summary>init → runtime: set up, waiting to run the process (<see cref="SyncMessage.Pid"/> is the
+    /// init's).</summary>
     Ready,
     /// <summary>runtime → init (run): run the process.</summary>
     Start,
@@ -81,7 +86,8 @@ public sealed class SyncMessage
     public int ExitCode { get; set; }
 }
 
-/// <summary>Length-prefixed messages over a socket (the runtime ⇄ init channel), in <see cref="PlanCodec"/>'s binary form.</summary>
+/// <summary>Length-prefixed messages over a socket (the runtime ⇄ init channel), in <see cref="PlanCodec"/>'s binary
+/// form.</summary>
 public sealed class SyncChannel(SafeFd fd) : IDisposable
 {
     public SafeFd Fd { get; } = fd;
@@ -106,7 +112,8 @@ public sealed class SyncChannel(SafeFd fd) : IDisposable
         var len = new byte[4];
         if (!ReadExactly(len)) return null;
         var n = BinaryPrimitives.ReadInt32LittleEndian(len);
-        if (n < 0 || n > 64 << 20) throw new ContainerException($"corrupt message on the init sync socket (length {n})");
+        if (n < 0 || n > 64 << 20) throw new ContainerException(
+            $"corrupt message on the init sync socket (length {n})");
         var body = new byte[n];
         if (!ReadExactly(body)) return null;
         return body;

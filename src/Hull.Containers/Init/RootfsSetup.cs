@@ -3,7 +3,8 @@ using Hull.Oci;
 
 namespace Hull.Containers;
 
-/// <summary>One cgroup hierarchy as the container should see it (from the host's mountinfo and /proc/self/cgroup).</summary>
+/// <summary>One cgroup hierarchy as the container should see it (from the host's mountinfo and
+/// /proc/self/cgroup).</summary>
 public sealed record CgroupHierarchy(string Name, string FsType, string Options, string HostDir);
 
 /// <summary>
@@ -11,11 +12,13 @@ public sealed record CgroupHierarchy(string Name, string FsType, string Options,
 /// checked without root. Runs in the container's new mount namespace, before and around pivot_root.
 /// Order: PrepareRoot → MountAll → CreateDevices → (hooks) → PivotRoot → Finish.
 /// </summary>
-public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool inUserNamespace, IReadOnlyList<CgroupHierarchy> cgroups, bool newCgroupNamespace,
+public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool inUserNamespace,
+    IReadOnlyList<CgroupHierarchy> cgroups, bool newCgroupNamespace,
     IReadOnlyList<int>? bindSourceFds = null)
 {
     static readonly (string Path, uint Major, uint Minor)[] DefaultDevices =
-        [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
+        [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9),
+            ("/dev/tty", 5, 0)];
 
     public string Rootfs { get; } = rootfs.TrimEnd('/');
 
@@ -56,7 +59,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
     public void MountAll()
     {
         var mounts = spec.Mounts ?? [];
-        for (var i = 0; i < mounts.Count; i++) MountOne(mounts[i], bindSourceFds is { } fds && i < fds.Count ? fds[i] : -1);
+        for (var i = 0; i < mounts.Count; i++) MountOne(mounts[i],
+            bindSourceFds is { } fds && i < fds.Count ? fds[i] : -1);
     }
 
     /// <param name="sourceFd">The bind source as a detached mount the runtime cloned (see InitPlan.BindSourceFds),
@@ -70,7 +74,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
         {
             var source = sourceFd >= 0 ? $"/proc/self/fd/{sourceFd}" : m.Source!;
             if (!sys.Exists(source))
-                throw new ContainerException($"bind mount source {source} (for {m.Destination}) does not exist: create it or fix mounts[].source");
+                throw new ContainerException($"bind mount source {source} (for {m.Destination}) does not exist: " +
+                    "create it or fix mounts[].source");
             if (sys.IsDirectory(source)) sys.MkdirAll(dest, 0b111_101_101);
             else sys.CreateFile(dest, 0b110_100_100);
             if (sourceFd >= 0) sys.AttachMount(sourceFd, dest);
@@ -105,7 +110,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
             // In a user namespace the flags locked on the source (nodev, nosuid, noexec...) must be kept.
             var locked = LockedFlags(dest);
             try { sys.Mount(null, dest, null, MS.REMOUNT | MS.BIND | flags | locked, null); }
-            catch (LinuxException e2) { throw new ContainerException($"remounting {what} with its options: {e2.Message}", e2); }
+            catch (LinuxException e2) { throw new ContainerException(
+                $"remounting {what} with its options: {e2.Message}", e2); }
         }
     }
 
@@ -146,7 +152,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
                 foreach (var alias in h.Name.Split(','))
                     if (!sys.Exists(dest + "/" + alias)) sys.Symlink(h.Name, dest + "/" + alias);
         }
-        if ((flags & MS.RDONLY) != 0) sys.Mount(null, dest, null, MS.REMOUNT | MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC, "mode=755");
+        if ((flags & MS.RDONLY) != 0) sys.Mount(null, dest, null,
+            MS.REMOUNT | MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC, "mode=755");
     }
 
     void MountHierarchy(string target, CgroupHierarchy h, ulong flags)
@@ -163,7 +170,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
         }
     }
 
-    /// <summary>Device nodes: the default set and linux.devices (bind-mounted from the host inside a user namespace, where mknod is not allowed).</summary>
+    /// <summary>Device nodes: the default set and linux.devices (bind-mounted from the host inside a user namespace,
+    /// where mknod is not allowed).</summary>
     public void CreateDevices()
     {
         var devIsMount = spec.Mounts?.Any(m => m.Destination.TrimEnd('/') == "/dev") ?? false;
@@ -173,7 +181,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
         foreach (var d in spec.Linux?.Devices ?? [])
         {
             devices.RemoveAll(x => x.Path == d.Path);
-            devices.Add((d.Path, d.Type[0], (uint)d.Major, (uint)d.Minor, d.FileMode ?? 0b110_110_110, d.Uid ?? 0, d.Gid ?? 0));
+            devices.Add((d.Path, d.Type[0], (uint)d.Major, (uint)d.Minor, d.FileMode ?? 0b110_110_110, d.Uid ?? 0,
+                d.Gid ?? 0));
         }
         foreach (var d in devices)
         {
@@ -193,7 +202,8 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
             if (d.Uid != 0 || d.Gid != 0) sys.Chown(dest, d.Uid, d.Gid);
         }
         if (!devIsMount) return;
-        foreach (var (link, target) in new[] { ("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"), ("/dev/ptmx", "pts/ptmx") })
+        foreach (var (link, target) in new[] { ("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"), ("/dev/ptmx", "pts/ptmx") })
         {
             var dest = InRoot(link);
             if (!sys.Exists(dest)) sys.Symlink(target, dest);
@@ -201,9 +211,11 @@ public sealed class RootfsSetup(ISyscalls sys, Spec spec, string rootfs, bool in
     }
 
     public static ulong Makedev(uint major, uint minor) =>
-        ((ulong)(major & 0xfffff000) << 32) | ((ulong)(major & 0xfff) << 8) | ((ulong)(minor & 0xffffff00) << 12) | (minor & 0xff);
+        ((ulong)(major & 0xfffff000) << 32) | ((ulong)(major & 0xfff) << 8) | ((ulong)(minor & 0xffffff00) << 12) | (
+            minor & 0xff);
 
-    /// <summary>Makes the rootfs "/" (pivot_root with the old root stacked on the new and then detached, as runc does).</summary>
+    /// <summary>Makes the rootfs "/" (pivot_root with the old root stacked on the new and then detached, as runc
+    /// does).</summary>
     public void PivotRoot(bool noPivot)
     {
         if (noPivot)

@@ -13,9 +13,11 @@ public sealed class CreateOptions
     public string? ConsoleSocket { get; init; }
     public bool NoPivot { get; init; }
     public int PreserveFds { get; init; }
-    /// <summary>Use this spec instead of reading bundle/config.json (the instance layer builds specs in memory).</summary>
+    /// <summary>Use this spec instead of reading bundle/config.json (the instance layer builds specs in
+    /// memory).</summary>
     public Spec? Spec { get; init; }
-    /// <summary>Optional stdin, stdout, stderr for the container's init and process (instead of the caller's own fds 0-2),
+    /// <summary>Optional stdin, stdout, stderr for the container's init and process (instead of the caller's own fds
+    /// 0-2),
     /// e.g. /dev/null and a console log file. Must hold exactly three fds.</summary>
     public IReadOnlyList<SafeFd>? Stdio { get; init; }
 }
@@ -152,7 +154,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
 
     internal static readonly Dictionary<string, string> NsProcName = new()
     {
-        ["pid"] = "pid", ["network"] = "net", ["mount"] = "mnt", ["ipc"] = "ipc", ["uts"] = "uts", ["user"] = "user", ["cgroup"] = "cgroup", ["time"] = "time",
+        ["pid"] = "pid", ["network"] = "net", ["mount"] = "mnt", ["ipc"] = "ipc", ["uts"] = "uts", ["user"] = "user",
+        ["cgroup"] = "cgroup", ["time"] = "time",
     };
 
     /// <summary>
@@ -198,12 +201,14 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         var mountNamespace = namespaces.Any(n => n.Type == "mount");
         if (!mountNamespace) WarnNoMountNamespace(spec);
         if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == InitMode.Create)
-            throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be handed to the caller");
+            throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be " +
+                "handed to the caller");
         SafeFd? consoleSocket = null;
         if (spec.Process.Terminal && o.ConsoleSocket is not null)
         {
             try { consoleSocket = UnixSockets.Connect(o.ConsoleSocket); }
-            catch (LinuxException e) { throw new ContainerException($"--console-socket {o.ConsoleSocket}: {e.Message}"); }
+            catch (LinuxException e) { throw new ContainerException(
+                $"--console-socket {o.ConsoleSocket}: {e.Message}"); }
         }
 
         var dir = Store.Claim(o.Id);
@@ -214,7 +219,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         {
             Id = o.Id, Bundle = bundle, Rootfs = rootfs, Created = DateTime.UtcNow, Annotations = spec.Annotations,
             Namespaces = namespaces.Select(n => n.Type).ToList(),
-            HasPoststart = spec.Hooks?.Poststart is { Count: > 0 }, HasPoststop = spec.Hooks?.Poststop is { Count: > 0 },
+            HasPoststart = spec.Hooks?.Poststart is { Count: > 0 },
+            HasPoststop = spec.Hooks?.Poststop is { Count: > 0 },
         };
         SpawnedChild? child = null;
         var nsFds = new List<SafeFd>(); // namespaces joined by path: needed only until the child has exec'd
@@ -266,7 +272,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             req.Fds.Add((childEnd, firstPrivate));
             if (o.Stdio is { } stdio)
             {
-                if (stdio.Count != 3) throw new ContainerException("CreateOptions.Stdio must hold exactly three fds (stdin, stdout, stderr)");
+                if (stdio.Count != 3) throw new ContainerException(
+                    "CreateOptions.Stdio must hold exactly three fds (stdin, stdout, stderr)");
                 for (var i = 0; i < 3; i++) req.Fds.Add((stdio[i], i));
             }
             var consoleFd = -1;
@@ -292,7 +299,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 if (string.IsNullOrEmpty(ns.Path))
                 {
                     if (ns.Type == "time" && spec.Linux?.TimeOffsets is { Count: > 0 } offs)
-                        req.TimeOffsets = string.Join("\n", offs.Select(kv => $"{kv.Key} {kv.Value.Secs} {kv.Value.Nanosecs}")) + "\n";
+                        req.TimeOffsets = string.Join("\n",
+                            offs.Select(kv => $"{kv.Key} {kv.Value.Secs} {kv.Value.Nanosecs}")) + "\n";
                     // The cgroup namespace is unshared by the init, once it is in its cgroup in every hierarchy (as
                     // runc does): clone3 would root it at the caller's v1 cgroups, before the child joins its own.
                     else if (ns.Type == "cgroup") newCgroup = true;
@@ -345,7 +353,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 throw new ContainerException($"starting the container init: {e.Message}", e);
             }
 
-            var hookState = new State { Id = o.Id, Status = ContainerStatus.Creating.Oci(), Pid = pid, Bundle = bundle, Annotations = spec.Annotations };
+            var hookState = new State { Id = o.Id, Status = ContainerStatus.Creating.Oci(), Pid = pid, Bundle = bundle,
+                Annotations = spec.Annotations };
             var parentHooks = (spec.Hooks?.Prestart?.Count ?? 0) + (spec.Hooks?.CreateRuntime?.Count ?? 0) > 0;
             var shipProgram = seccomp is { NeedsListener: false };
             var profile = spec.Linux?.Seccomp;
@@ -353,7 +362,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             channel.Send(new InitPlan
             {
                 Mode = mode, Id = o.Id, Bundle = bundle, Rootfs = rootfs, Spec = spec,
-                SeccompProgram = shipProgram ? seccomp!.Value.Program : null, SeccompFlags = shipProgram ? seccomp!.Value.Flags : 0,
+                SeccompProgram = shipProgram ? seccomp!.Value.Program : null,
+                SeccompFlags = shipProgram ? seccomp!.Value.Flags : 0,
                 // A mount namespace joined by path is set up as a new one (as runc): the rootfs is made "/" there.
                 NewMountNamespace = mountNamespace,
                 NewUserNamespace = newUser, InUserNamespace = inUser,
@@ -372,7 +382,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 {
                     var status = Sys.WaitPid(pid);
                     cleanup.RemoveLast(); // reaped already
-                    throw new ContainerException($"the container init exited during setup ({DescribeStatus(status)}) without saying why");
+                    throw new ContainerException($"the container init exited during setup ({DescribeStatus(status)}) " +
+                        "without saying why");
                 }
                 if (m.Type == SyncType.Error)
                     throw new ContainerException(m.Message ?? "container setup failed")
@@ -429,11 +440,13 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         {
             new() { Allow = true, Type = "c", Access = "m" }, new() { Allow = true, Type = "b", Access = "m" },
         };
-        foreach (var (ma, mi) in new (long, long?)[] { (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, null) })
+        foreach (var (ma, mi) in new (long, long?)[] { (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2),
+            (136, null) })
             rules.Add(new DeviceCgroup { Allow = true, Type = "c", Major = ma, Minor = mi, Access = "rwm" });
         foreach (var d in spec.Linux?.Devices ?? [])
             if (d.Type is "c" or "b")
-                rules.Add(new DeviceCgroup { Allow = true, Type = d.Type, Major = d.Major, Minor = d.Minor, Access = "rwm" });
+                rules.Add(new DeviceCgroup { Allow = true, Type = d.Type, Major = d.Major, Minor = d.Minor,
+                    Access = "rwm" });
         return new Resources
         {
             Devices = rules, Memory = res.Memory, Cpu = res.Cpu, Pids = res.Pids, BlockIo = res.BlockIo,
@@ -442,7 +455,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     }
 
     /// <summary>The host id that a user namespace's mappings give to id 0, or null if 0 is not mapped.</summary>
-    /// <summary>A new cgroup namespace and a read-write /sys/fs/cgroup: the container manages its own subtree.</summary>
+    /// <summary>A new cgroup namespace and a read-write /sys/fs/cgroup: the container manages its own
+    /// subtree.</summary>
     static bool DelegatesCgroup(Spec spec) =>
         spec.Linux?.Namespaces?.Any(n => n.Type == "cgroup" && string.IsNullOrEmpty(n.Path)) == true
         && spec.Mounts?.Any(m => m.Type == "cgroup" && !(m.Options?.Contains("ro") ?? false)) == true;
@@ -475,7 +489,9 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
     {
         var text = string.Join("\n", maps.Select(m => $"{m.ContainerId} {m.HostId} {m.Size}")) + "\n";
         if (!Sys.TryWriteFile($"/proc/{pid}/{file}", text, out var e))
-            throw new ContainerException($"writing linux.{(file == "uid_map" ? "uidMappings" : "gidMappings")} ({text.Trim().Replace("\n", "; ")}): {Errors.Describe(e)} — ranges must not overlap and must exist on the host");
+            throw new ContainerException($"writing linux.{(file == "uid_map" ? "uidMappings" : "gidMappings")} " +
+                $"({text.Trim().Replace("\n", "; ")}): {Errors.Describe(e)} — ranges must not overlap and must exist " +
+                "on the host");
     }
 
     internal static void WritePidFile(string path, int pid)
@@ -499,7 +515,8 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         // exited already, and a hook must still learn that the container ran, and its pid.
         var state = new State
         {
-            Id = r.Id, Status = ContainerStatus.Running.Oci(), Pid = r.Pid, Bundle = r.Bundle, Annotations = r.Annotations,
+            Id = r.Id, Status = ContainerStatus.Running.Oci(), Pid = r.Pid, Bundle = r.Bundle,
+            Annotations = r.Annotations,
         };
         try { HookRunner.Run("poststart", hooks, state); }
         catch (ContainerException e) { Console.Error.WriteLine($"hull: warning: {e.Message}"); }

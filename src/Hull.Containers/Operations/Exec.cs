@@ -27,7 +27,8 @@ public sealed unsafe partial class ContainerEngine
     /// The process an exec runs: the container's own process settings (capabilities, LSM labels, no_new_privs,
     /// rlimits) with the caller's args, env, cwd, user and terminal, as runc exec does.
     /// </summary>
-    public Hull.Oci.Process ExecProcess(string id, List<string> args, bool tty, List<string>? env, string? cwd, string? user, IReadOnlyList<string>? capsToAdd)
+    public Hull.Oci.Process ExecProcess(string id, List<string> args, bool tty, List<string>? env, string? cwd,
+        string? user, IReadOnlyList<string>? capsToAdd)
     {
         Store.Load(id);
         var spec = Store.LoadSpec(id);
@@ -35,7 +36,8 @@ public sealed unsafe partial class ContainerEngine
         var p = new Hull.Oci.Process
         {
             Args = args, Terminal = tty, Env = [.. b.Env ?? [], .. env ?? []], Cwd = cwd ?? b.Cwd,
-            User = new User { Uid = b.User.Uid, Gid = b.User.Gid, AdditionalGids = b.User.AdditionalGids, Umask = b.User.Umask },
+            User = new User { Uid = b.User.Uid, Gid = b.User.Gid, AdditionalGids = b.User.AdditionalGids,
+                Umask = b.User.Umask },
             Capabilities = b.Capabilities, NoNewPrivileges = b.NoNewPrivileges, ApparmorProfile = b.ApparmorProfile,
             SelinuxLabel = b.SelinuxLabel, Rlimits = b.Rlimits, OomScoreAdj = b.OomScoreAdj,
         };
@@ -79,7 +81,8 @@ public sealed unsafe partial class ContainerEngine
         var spec = Store.LoadSpec(o.Id);
         if (p.Terminal && o.ConsoleSocket is null)
             throw new ContainerException("a terminal was asked for (-t or process.terminal): pass --console-socket");
-        using var pidfd = OpenProcess(r) ?? throw new ContainerException($"cannot exec in container \"{o.Id}\": its process has exited");
+        using var pidfd = OpenProcess(r) ?? throw new ContainerException(
+            $"cannot exec in container \"{o.Id}\": its process has exited");
 
         var fds = new List<SafeFd>();
         try
@@ -110,8 +113,11 @@ public sealed unsafe partial class ContainerEngine
             for (var i = 3; i < 3 + o.PreserveFds; i++) { var f = new SafeFd(i, owns: false); req.Fds.Add((f, i)); }
             if (o.Stdio is { } stdio)
             {
-                if (stdio.Count != 3) throw new ContainerException("ExecOptions.Stdio must hold exactly three fds (stdin, stdout, stderr)");
-                if (p.Terminal) throw new ContainerException("ExecOptions.Stdio cannot be combined with process.terminal: pass the pty slave in Stdio with StdioIsTerminal");
+                if (stdio.Count != 3) throw new ContainerException(
+                    "ExecOptions.Stdio must hold exactly three fds (stdin, stdout, stderr)");
+                if (p.Terminal) throw new ContainerException(
+                    "ExecOptions.Stdio cannot be combined with process.terminal: pass the pty slave in Stdio with " +
+                    "StdioIsTerminal");
                 for (var i = 0; i < 3; i++) req.Fds.Add((stdio[i], i));
                 if (o.StdioIsTerminal) req.ControllingTty = 0;
             }
@@ -147,7 +153,8 @@ public sealed unsafe partial class ContainerEngine
                     if (req.SeccompListener is { } sl)
                     {
                         child.Release();
-                        SeccompSupport.HandOffExecListener(sl.ParentEnd, child.Pidfd, spec.Linux!.Seccomp!, StateOf(o.Id), child.Pid);
+                        SeccompSupport.HandOffExecListener(sl.ParentEnd, child.Pidfd, spec.Linux!.Seccomp!,
+                            StateOf(o.Id), child.Pid);
                     }
                     child.Finish();
                 }
@@ -155,7 +162,12 @@ public sealed unsafe partial class ContainerEngine
             }
             catch (SpawnException e) when (e.Stage == SpawnStage.Exec)
             {
-                throw new ContainerException($"exec: \"{p.Args![0]}\": {(e.Errno == Errors.ENOENT && !p.Args[0].Contains('/') ? "executable file not found in $PATH" : Errors.Describe(e.Errno))}") { ExitCode = e.Errno == Errors.ENOENT ? 127 : 126 };
+                throw new ContainerException($"exec: \"{p.Args![0]}\": " +
+                    (e.Errno == Errors.ENOENT && !p.Args[0].Contains('/')
+                        ? "executable file not found in $PATH" : Errors.Describe(e.Errno)))
+                {
+                    ExitCode = e.Errno == Errors.ENOENT ? 127 : 126,
+                };
             }
             catch (SpawnException e) { throw new ContainerException($"exec in container \"{o.Id}\": {e.Message}"); }
             if (o.PidFile is not null) WritePidFile(o.PidFile, child.Pid);
@@ -174,7 +186,8 @@ public sealed unsafe partial class ContainerEngine
         {
             lim[0] = r.Soft; lim[1] = r.Hard;
             if (Libc.prlimit(pid, Rlimits.Resource(r.Type), lim, null) < 0)
-                throw new ContainerException($"setting {r.Type} to soft={r.Soft} hard={r.Hard} for the exec'd process: {Errors.Describe(System.Runtime.InteropServices.Marshal.GetLastPInvokeError())}");
+                throw new ContainerException($"setting {r.Type} to soft={r.Soft} hard={r.Hard} for the exec'd " +
+                    $"process: {Errors.Describe(System.Runtime.InteropServices.Marshal.GetLastPInvokeError())}");
         }
         if (p.OomScoreAdj is { } oom && !Sys.TryWriteFile($"/proc/{pid}/oom_score_adj", oom.ToString(), out var e))
             throw new ContainerException($"setting oomScoreAdj {oom} for the exec'd process: {Errors.Describe(e)}");
@@ -185,7 +198,8 @@ public sealed unsafe partial class ContainerEngine
     {
         var name = p.Args![0];
         if (name.Contains('/')) return [name.StartsWith('/') ? name : Path.Combine(p.Cwd, name)];
-        var path = p.Env?.LastOrDefault(e => e.StartsWith("PATH=", StringComparison.Ordinal))?[5..] ?? ProcessSetup.DefaultPath;
+        var path = p.Env?.LastOrDefault(e => e.StartsWith("PATH=", StringComparison.Ordinal))?[5..]
+            ?? ProcessSetup.DefaultPath;
         return path.Split(':', StringSplitOptions.RemoveEmptyEntries).Select(d => Path.Combine(d, name)).ToList();
     }
 }

@@ -74,7 +74,8 @@ public static class HookRunner
             {
                 Libc.kill(child.Pid, Signals.SIGKILL);
                 Sys.WaitPid(child.Pid);
-                throw new ContainerException($"{kind} hook #{index} ({hook.Path}) timed out after {hook.Timeout} s and was killed");
+                throw new ContainerException($"{kind} hook #{index} ({hook.Path}) timed out after {hook.Timeout} s " +
+                    "and was killed");
             }
             var status = Sys.WaitPid(child.Pid);
             reader.Join(2000);
@@ -82,14 +83,17 @@ public static class HookRunner
             {
                 string text;
                 lock (output) text = output.ToString().Trim();
-                var how = (status & 0x7f) == 0 ? $"exit status {(status >> 8) & 0xff}" : $"signal {Signals.Name(status & 0x7f)}";
-                throw new ContainerException($"{kind} hook #{index} ({hook.Path}) failed with {how}{(text.Length > 0 ? ": " + text : "")}");
+                var how = (status & 0x7f) == 0 ? $"exit status {(status >> 8) & 0xff}"
+                    : $"signal {Signals.Name(status & 0x7f)}";
+                throw new ContainerException($"{kind} hook #{index} ({hook.Path}) failed with " +
+                    $"{how}{(text.Length > 0 ? ": " + text : "")}");
             }
         }
     }
 }
 
 /// <summary>The state on one line, as hooks read it.</summary>
-[System.Text.Json.Serialization.JsonSourceGenerationOptions(DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+[System.Text.Json.Serialization.JsonSourceGenerationOptions(DefaultIgnoreCondition =
+    System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
 [System.Text.Json.Serialization.JsonSerializable(typeof(State))]
 internal sealed partial class CompactOciJson : System.Text.Json.Serialization.JsonSerializerContext;

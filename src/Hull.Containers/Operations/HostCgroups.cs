@@ -66,7 +66,8 @@ public sealed class HostCgroups : ICgroupFactory
         public CgroupJoinFds PrepareJoin()
         {
             var join = cg.PrepareJoin();
-            return new CgroupJoinFds { Directory = join.CgroupDir, TaskFiles = [.. join.TaskFiles], Paths = [.. cg.Directories.Values] };
+            return new CgroupJoinFds { Directory = join.CgroupDir, TaskFiles = [.. join.TaskFiles],
+                Paths = [.. cg.Directories.Values] };
         }
 
         static void Wrap(Action a)

@@ -43,7 +43,8 @@ public sealed unsafe partial class ContainerEngine
         {
             Span<byte> b = stackalloc byte[1];
             if (Sys.Read(f, b) != 1)
-                throw new ContainerException($"cannot start container \"{id}\": its init exited before starting the process");
+                throw new ContainerException($"cannot start container \"{id}\": its init exited before starting the " +
+                    "process");
         }
         File.Delete(fifo);
         r.Started = true;
@@ -51,7 +52,8 @@ public sealed unsafe partial class ContainerEngine
         RunPoststart(id, r);
     }
 
-    /// <summary>kill: a signal to the container's process, or with <paramref name="all"/> to every process in its cgroup.</summary>
+    /// <summary>kill: a signal to the container's process, or with <paramref name="all"/> to every process in its
+    /// cgroup.</summary>
     public void Kill(string id, int signal, bool all)
     {
         var r = Store.Load(id);
@@ -87,7 +89,8 @@ public sealed unsafe partial class ContainerEngine
         return fd;
     }
 
-    /// <summary>delete: removes a stopped container (or, with force, kills it first), then runs poststop hooks.</summary>
+    /// <summary>delete: removes a stopped container (or, with force, kills it first), then runs poststop
+    /// hooks.</summary>
     public void Delete(string id, bool force)
     {
         StateStore.ValidateId(id);
@@ -110,7 +113,8 @@ public sealed unsafe partial class ContainerEngine
                 if (status == ContainerStatus.Paused) { try { cg.Thaw(); } catch (Exception) { } }
                 Sys.PidfdSendSignal(pidfd, Signals.SIGKILL);
                 if (!Sys.WaitPidfd(pidfd, 10_000))
-                    throw new ContainerException($"container \"{id}\" (pid {r.Pid}) did not die within 10 s of SIGKILL; try again");
+                    throw new ContainerException($"container \"{id}\" (pid {r.Pid}) did not die within 10 s of " +
+                        "SIGKILL; try again");
                 // If it is our child (run), reap it.
                 Libc.waitpid(r.Pid, null, 1 /* WNOHANG */);
             }
@@ -120,7 +124,8 @@ public sealed unsafe partial class ContainerEngine
         cg.Destroy();
         Spec? spec = null;
         if (r.HasPoststop) { try { spec = Store.LoadSpec(id); } catch (Exception) { } }
-        var state = new State { Id = id, Status = ContainerStatus.Stopped.Oci(), Bundle = r.Bundle, Annotations = r.Annotations };
+        var state = new State { Id = id, Status = ContainerStatus.Stopped.Oci(), Bundle = r.Bundle,
+            Annotations = r.Annotations };
         Store.Remove(id);
         if (spec?.Hooks?.Poststop is { Count: > 0 } post)
         {
@@ -129,7 +134,8 @@ public sealed unsafe partial class ContainerEngine
         }
     }
 
-    /// <summary>For run in the foreground: waits for the container's process and deletes the container. Returns the exit code.</summary>
+    /// <summary>For run in the foreground: waits for the container's process and deletes the container. Returns the
+    /// exit code.</summary>
     public int WaitAndDelete(string id, int pid)
     {
         var status = Sys.WaitPid(pid);

@@ -83,7 +83,8 @@ public sealed class SeccompCache(string directory)
             {
                 if (Libc.mkdir(Directory, 0b111_000_000) < 0 && !System.IO.Directory.Exists(Directory)) return;
             }
-            else if (System.IO.Directory.EnumerateFiles(Directory, "seccomp-*.bpf").Take(MaxEntries).Count() >= MaxEntries) return;
+            else if (System.IO.Directory.EnumerateFiles(Directory,
+                "seccomp-*.bpf").Take(MaxEntries).Count() >= MaxEntries) return;
             var data = new byte[8 + key.Length + 8 + program.Length];
             Magic.CopyTo(data, 0);
             BinaryPrimitives.WriteInt32LittleEndian(data.AsSpan(4), key.Length);

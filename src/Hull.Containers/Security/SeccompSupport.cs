@@ -19,7 +19,8 @@ public static class SeccompSupport
     /// The runtime's compile for create: from <paramref name="cache"/> when it holds this profile (then NeedsListener
     /// is false and no <see cref="SeccompProgram"/> is returned), else compiled and stored there.
     /// </summary>
-    public static (byte[] Program, uint Flags, bool NeedsListener)? Compile(Hull.Oci.Seccomp? profile, SeccompCache? cache)
+    public static (byte[] Program, uint Flags, bool NeedsListener)? Compile(Hull.Oci.Seccomp? profile,
+        SeccompCache? cache)
     {
         if (profile is null) return null;
         if (cache is null) return Compile(profile) is { } c0 ? (c0.Program, c0.Flags, c0.Compiled.NeedsListener) : null;
@@ -48,11 +49,14 @@ public static class SeccompSupport
     /// For a profile with SCMP_ACT_NOTIFY: loads the filter on the calling thread (the one that execs), and hands the
     /// notify fd to listenerPath. The filter is then active for the rest of the setup, so the profile must allow it.
     /// </summary>
-    public static void LoadWithListener(SeccompProgram program, Hull.Oci.Seccomp profile, Hull.Oci.State state, int pid, SafeFd? connected = null)
+    public static void LoadWithListener(SeccompProgram program, Hull.Oci.Seccomp profile, Hull.Oci.State state, int pid,
+        SafeFd? connected = null)
     {
         if (string.IsNullOrEmpty(profile.ListenerPath))
-            throw new InvalidSpecException("linux.seccomp uses SCMP_ACT_NOTIFY but has no listenerPath: give the seccomp agent's socket");
-        using var fd = SeccompLoader.Load(program) ?? throw new ContainerException("seccomp: the kernel gave no notify fd for a SCMP_ACT_NOTIFY filter");
+            throw new InvalidSpecException("linux.seccomp uses SCMP_ACT_NOTIFY but has no listenerPath: give the " +
+                "seccomp agent's socket");
+        using var fd = SeccompLoader.Load(program)
+            ?? throw new ContainerException("seccomp: the kernel gave no notify fd for a SCMP_ACT_NOTIFY filter");
         var st = SeccompListener.CreateState(state, pid, profile.ListenerMetadata);
         if (connected is not null) SeccompListener.Send(connected, profile.ListenerPath, fd, st);
         else SeccompListener.Send(profile.ListenerPath, fd, st);
@@ -67,11 +71,13 @@ public static class SeccompSupport
     {
         if (profile?.Syscalls?.Any(s => s.Action == "SCMP_ACT_NOTIFY") != true) return null;
         if (string.IsNullOrEmpty(profile.ListenerPath))
-            throw new InvalidSpecException("linux.seccomp uses SCMP_ACT_NOTIFY but has no listenerPath: give the seccomp agent's socket");
+            throw new InvalidSpecException("linux.seccomp uses SCMP_ACT_NOTIFY but has no listenerPath: give the " +
+                "seccomp agent's socket");
         try { return SeccompListener.Connect(profile.ListenerPath); }
         catch (Exception e) when (e is LinuxException or SeccompException)
         {
-            throw new ContainerException($"seccomp: {e.Message} — start the seccomp agent first, or fix linux.seccomp.listenerPath");
+            throw new ContainerException($"seccomp: {e.Message} — start the seccomp agent first, or fix " +
+                "linux.seccomp.listenerPath");
         }
     }
 
@@ -83,7 +89,8 @@ public static class SeccompSupport
     public static (SafeFd ChildEnd, SafeFd ParentEnd) ExecListenerChannel(Hull.Oci.Seccomp profile)
     {
         if (string.IsNullOrEmpty(profile.ListenerPath))
-            throw new InvalidSpecException("linux.seccomp uses SCMP_ACT_NOTIFY but has no listenerPath: give the seccomp agent's socket");
+            throw new InvalidSpecException("linux.seccomp uses SCMP_ACT_NOTIFY but has no listenerPath: give the " +
+                "seccomp agent's socket");
         var (a, b) = Sys.SocketPair();
         return (a, b);
     }
@@ -94,7 +101,8 @@ public static class SeccompSupport
     /// container process state (pid = the exec'd process, state = the container's) to listenerPath, then lets the
     /// child go on to exec. If the hand-off fails the child is killed (it never runs the program) and this throws.
     /// </summary>
-    public static unsafe bool HandOffExecListener(SafeFd parentEnd, SafeFd childPidfd, Hull.Oci.Seccomp profile, Hull.Oci.State state, int pid)
+    public static unsafe bool HandOffExecListener(SafeFd parentEnd, SafeFd childPidfd, Hull.Oci.Seccomp profile,
+        Hull.Oci.State state, int pid)
     {
         try
         {
@@ -110,13 +118,16 @@ public static class SeccompSupport
             if ((p[0].REvents & 1) == 0) return false;     // the child exited before loading the filter
             SafeFd fd;
             try { fd = UnixSockets.ReceiveFd(parentEnd).Fd; }
-            catch (LinuxException e) { throw new ContainerException($"seccomp: the exec'd process did not hand over its notify fd ({e.Message})"); }
+            catch (LinuxException e) { throw new ContainerException(
+                $"seccomp: the exec'd process did not hand over its notify fd ({e.Message})"); }
             using (fd)
             {
-                try { SeccompListener.Send(profile.ListenerPath!, fd, SeccompListener.CreateState(state, pid, profile.ListenerMetadata)); }
+                try { SeccompListener.Send(profile.ListenerPath!, fd,
+                    SeccompListener.CreateState(state, pid, profile.ListenerMetadata)); }
                 catch (Exception e) when (e is LinuxException or SeccompException)
                 {
-                    throw new ContainerException($"seccomp: sending the notify fd of the exec'd process {pid} to the listener {profile.ListenerPath}: {e.Message}");
+                    throw new ContainerException($"seccomp: sending the notify fd of the exec'd process {pid} to the " +
+                        $"listener {profile.ListenerPath}: {e.Message}");
                 }
             }
             Sys.WriteAll(parentEnd, "1"u8, "seccomp listener go-ahead");

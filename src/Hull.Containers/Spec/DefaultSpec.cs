@@ -12,10 +12,12 @@ public static class DefaultSpec
     public static readonly string[] MaskedPaths =
     [
         "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap", "/sys/dev/block",
+        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+        "/sys/dev/block",
     ];
 
-    public static readonly string[] ReadonlyPaths = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+    public static readonly string[] ReadonlyPaths =
+        ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
     public static Spec Create(List<string> args, bool terminal)
     {
@@ -36,17 +38,24 @@ public static class DefaultSpec
             Mounts =
             [
                 new Mount { Destination = "/proc", Type = "proc", Source = "proc" },
-                new Mount { Destination = "/dev", Type = "tmpfs", Source = "tmpfs", Options = ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-                new Mount { Destination = "/dev/pts", Type = "devpts", Source = "devpts", Options = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
-                new Mount { Destination = "/dev/shm", Type = "tmpfs", Source = "shm", Options = ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-                new Mount { Destination = "/dev/mqueue", Type = "mqueue", Source = "mqueue", Options = ["nosuid", "noexec", "nodev"] },
-                new Mount { Destination = "/sys", Type = "sysfs", Source = "sysfs", Options = ["nosuid", "noexec", "nodev", "ro"] },
-                new Mount { Destination = "/sys/fs/cgroup", Type = "cgroup", Source = "cgroup", Options = ["nosuid", "noexec", "nodev", "relatime", "ro"] },
+                new Mount { Destination = "/dev", Type = "tmpfs", Source = "tmpfs",
+                    Options = ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+                new Mount { Destination = "/dev/pts", Type = "devpts", Source = "devpts",
+                    Options = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+                new Mount { Destination = "/dev/shm", Type = "tmpfs", Source = "shm",
+                    Options = ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+                new Mount { Destination = "/dev/mqueue", Type = "mqueue", Source = "mqueue",
+                    Options = ["nosuid", "noexec", "nodev"] },
+                new Mount { Destination = "/sys", Type = "sysfs", Source = "sysfs",
+                    Options = ["nosuid", "noexec", "nodev", "ro"] },
+                new Mount { Destination = "/sys/fs/cgroup", Type = "cgroup", Source = "cgroup",
+                    Options = ["nosuid", "noexec", "nodev", "relatime", "ro"] },
             ],
             Linux = new Hull.Oci.Linux
             {
                 Resources = new Resources { Devices = [new DeviceCgroup { Allow = false, Access = "rwm" }] },
-                Namespaces = [new() { Type = "pid" }, new() { Type = "network" }, new() { Type = "ipc" }, new() { Type = "uts" }, new() { Type = "mount" }, new() { Type = "cgroup" }],
+                Namespaces = [new() { Type = "pid" }, new() { Type = "network" }, new() { Type = "ipc" },
+                    new() { Type = "uts" }, new() { Type = "mount" }, new() { Type = "cgroup" }],
                 MaskedPaths = [.. MaskedPaths],
                 ReadonlyPaths = [.. ReadonlyPaths],
                 Seccomp = Hull.Seccomp.SeccompProfiles.DefaultProfile(caps),

@@ -12,10 +12,12 @@ public static class SpecLoader
     public static Spec LoadBundle(string bundle, out byte[] raw)
     {
         if (!Directory.Exists(bundle))
-            throw new InvalidSpecException($"bundle directory {bundle} does not exist: pass --bundle with the directory that holds config.json");
+            throw new InvalidSpecException($"bundle directory {bundle} does not exist: pass --bundle with the " +
+                "directory that holds config.json");
         var path = Path.Combine(bundle, "config.json");
         if (!File.Exists(path))
-            throw new InvalidSpecException($"{path} does not exist: create it with 'hull-oci spec' in the bundle directory");
+            throw new InvalidSpecException($"{path} does not exist: create it with 'hull-oci spec' in the bundle " +
+                "directory");
         raw = File.ReadAllBytes(path);
         var spec = Parse(raw, path);
         SpecValidator.Validate(spec, bundle);

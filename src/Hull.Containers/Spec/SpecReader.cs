@@ -16,9 +16,11 @@ public static class SpecReader
 {
     sealed class GiveUp : Exception;
 
-    static readonly JsonReaderOptions Options = new() { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true };
+    static readonly JsonReaderOptions Options =
+        new() { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true };
 
-    /// <summary>The spec, or null if the input is not something this reader accepts (then use the serializer).</summary>
+    /// <summary>The spec, or null if the input is not something this reader accepts (then use the
+    /// serializer).</summary>
     public static Spec? TryRead(ReadOnlySpan<byte> json)
     {
         try
@@ -38,7 +40,8 @@ public static class SpecReader
     delegate T Item<T>(ref Utf8JsonReader r);
     delegate void Prop<T>(ref Utf8JsonReader r, T target, string name);
 
-    /// <summary>An object (or null) whose properties <paramref name="prop"/> assigns; the reader is on its first token.</summary>
+    /// <summary>An object (or null) whose properties <paramref name="prop"/> assigns; the reader is on its first
+    /// token.</summary>
     static T? Obj<T>(ref Utf8JsonReader r, Prop<T> prop) where T : class, new()
     {
         if (r.TokenType == JsonTokenType.Null) return null;
@@ -129,7 +132,8 @@ public static class SpecReader
             case "process": s.Process = Obj<Hull.Oci.Process>(ref r, Process); break;
             case "root": s.Root = Obj<Root>(ref r, (ref Utf8JsonReader r, Root o, string n) =>
                 {
-                    if (n == "path") o.Path = Str(ref r)!; else if (n == "readonly") o.Readonly = Bool(ref r); else Skip(ref r);
+                    if (n == "path") o.Path = Str(ref r)!; else if (n == "readonly") o.Readonly =
+                        Bool(ref r); else Skip(ref r);
                 }); break;
             case "hostname": s.Hostname = Str(ref r); break;
             case "domainname": s.Domainname = Str(ref r); break;
@@ -148,14 +152,16 @@ public static class SpecReader
             case "terminal": p.Terminal = Bool(ref r); break;
             case "consoleSize": p.ConsoleSize = Obj<Box>(ref r, (ref Utf8JsonReader r, Box o, string n) =>
                 {
-                    if (n == "height") o.Height = U32(ref r); else if (n == "width") o.Width = U32(ref r); else Skip(ref r);
+                    if (n == "height") o.Height = U32(ref r); else if (n == "width") o.Width =
+                        U32(ref r); else Skip(ref r);
                 }); break;
             case "user": p.User = Obj<User>(ref r, User)!; break;
             case "args": p.Args = Strs(ref r); break;
             case "commandLine": p.CommandLine = Str(ref r); break;
             case "env": p.Env = Strs(ref r); break;
             case "cwd": p.Cwd = Str(ref r)!; break;
-            case "capabilities": p.Capabilities = Obj<Hull.Oci.Capabilities>(ref r, (ref Utf8JsonReader r, Hull.Oci.Capabilities c, string n) =>
+            case "capabilities": p.Capabilities =
+                Obj<Hull.Oci.Capabilities>(ref r, (ref Utf8JsonReader r, Hull.Oci.Capabilities c, string n) =>
                 {
                     switch (n)
                     {
@@ -167,9 +173,11 @@ public static class SpecReader
                         default: Skip(ref r); break;
                     }
                 }); break;
-            case "rlimits": p.Rlimits = List(ref r, (ref Utf8JsonReader r) => Obj<Rlimit>(ref r, (ref Utf8JsonReader r, Rlimit l, string n) =>
+            case "rlimits": p.Rlimits = List(ref r,
+                (ref Utf8JsonReader r) => Obj<Rlimit>(ref r, (ref Utf8JsonReader r, Rlimit l, string n) =>
                 {
-                    if (n == "type") l.Type = Str(ref r)!; else if (n == "hard") l.Hard = U64(ref r); else if (n == "soft") l.Soft = U64(ref r); else Skip(ref r);
+                    if (n == "type") l.Type = Str(ref r)!; else if (n == "hard") l.Hard =
+                        U64(ref r); else if (n == "soft") l.Soft = U64(ref r); else Skip(ref r);
                 })!); break;
             case "noNewPrivileges": p.NoNewPrivileges = Bool(ref r); break;
             case "apparmorProfile": p.ApparmorProfile = Str(ref r); break;
@@ -191,11 +199,14 @@ public static class SpecReader
                 }); break;
             case "ioPriority": p.IoPriority = Obj<IoPriority>(ref r, (ref Utf8JsonReader r, IoPriority o, string n) =>
                 {
-                    if (n == "class") o.Class = Str(ref r)!; else if (n == "priority") o.Priority = I32(ref r); else Skip(ref r);
+                    if (n == "class") o.Class = Str(ref r)!; else if (n == "priority") o.Priority =
+                        I32(ref r); else Skip(ref r);
                 }); break;
-            case "execCPUAffinity": p.ExecCpuAffinity = Obj<CpuAffinity>(ref r, (ref Utf8JsonReader r, CpuAffinity o, string n) =>
+            case "execCPUAffinity": p.ExecCpuAffinity =
+                Obj<CpuAffinity>(ref r, (ref Utf8JsonReader r, CpuAffinity o, string n) =>
                 {
-                    if (n == "initial") o.Initial = Str(ref r); else if (n == "final") o.Final = Str(ref r); else Skip(ref r);
+                    if (n == "initial") o.Initial = Str(ref r); else if (n == "final") o.Final =
+                        Str(ref r); else Skip(ref r);
                 }); break;
             default: Skip(ref r); break;
         }
@@ -214,9 +225,11 @@ public static class SpecReader
         }
     }
 
-    static IdMapping IdMap(ref Utf8JsonReader r) => Obj<IdMapping>(ref r, (ref Utf8JsonReader r, IdMapping m, string n) =>
+    static IdMapping IdMap(ref Utf8JsonReader r) =>
+        Obj<IdMapping>(ref r, (ref Utf8JsonReader r, IdMapping m, string n) =>
     {
-        if (n == "containerID") m.ContainerId = U32(ref r); else if (n == "hostID") m.HostId = U32(ref r); else if (n == "size") m.Size = U32(ref r); else Skip(ref r);
+        if (n == "containerID") m.ContainerId = U32(ref r); else if (n == "hostID") m.HostId =
+            U32(ref r); else if (n == "size") m.Size = U32(ref r); else Skip(ref r);
     })!;
 
     static void Mount(ref Utf8JsonReader r, Mount m, string n)
@@ -233,7 +246,8 @@ public static class SpecReader
         }
     }
 
-    static List<Hook>? HookList(ref Utf8JsonReader r) => List(ref r, (ref Utf8JsonReader r) => Obj<Hook>(ref r, (ref Utf8JsonReader r, Hook h, string n) =>
+    static List<Hook>? HookList(ref Utf8JsonReader r) =>
+        List(ref r, (ref Utf8JsonReader r) => Obj<Hook>(ref r, (ref Utf8JsonReader r, Hook h, string n) =>
     {
         switch (n)
         {
@@ -263,17 +277,21 @@ public static class SpecReader
     {
         switch (n)
         {
-            case "namespaces": l.Namespaces = List(ref r, (ref Utf8JsonReader r) => Obj<Namespace>(ref r, (ref Utf8JsonReader r, Namespace o, string n) =>
+            case "namespaces": l.Namespaces = List(ref r,
+                (ref Utf8JsonReader r) => Obj<Namespace>(ref r, (ref Utf8JsonReader r, Namespace o, string n) =>
                 {
                     if (n == "type") o.Type = Str(ref r)!; else if (n == "path") o.Path = Str(ref r); else Skip(ref r);
                 })!); break;
             case "uidMappings": l.UidMappings = List(ref r, IdMap); break;
             case "gidMappings": l.GidMappings = List(ref r, IdMap); break;
-            case "timeOffsets": l.TimeOffsets = Dict(ref r, (ref Utf8JsonReader r) => Obj<TimeOffset>(ref r, (ref Utf8JsonReader r, TimeOffset o, string n) =>
+            case "timeOffsets": l.TimeOffsets = Dict(ref r,
+                (ref Utf8JsonReader r) => Obj<TimeOffset>(ref r, (ref Utf8JsonReader r, TimeOffset o, string n) =>
                 {
-                    if (n == "secs") o.Secs = I64(ref r); else if (n == "nanosecs") o.Nanosecs = U32(ref r); else Skip(ref r);
+                    if (n == "secs") o.Secs = I64(ref r); else if (n == "nanosecs") o.Nanosecs =
+                        U32(ref r); else Skip(ref r);
                 })!); break;
-            case "devices": l.Devices = List(ref r, (ref Utf8JsonReader r) => Obj<Device>(ref r, (ref Utf8JsonReader r, Device d, string n) =>
+            case "devices": l.Devices = List(ref r,
+                (ref Utf8JsonReader r) => Obj<Device>(ref r, (ref Utf8JsonReader r, Device d, string n) =>
                 {
                     switch (n)
                     {
@@ -295,13 +313,16 @@ public static class SpecReader
             case "maskedPaths": l.MaskedPaths = Strs(ref r); break;
             case "readonlyPaths": l.ReadonlyPaths = Strs(ref r); break;
             case "mountLabel": l.MountLabel = Str(ref r); break;
-            case "personality": l.Personality = Obj<Personality>(ref r, (ref Utf8JsonReader r, Personality p, string n) =>
+            case "personality": l.Personality = Obj<Personality>(ref r,
+                (ref Utf8JsonReader r, Personality p, string n) =>
                 {
-                    if (n == "domain") p.Domain = Str(ref r)!; else if (n == "flags") p.Flags = Strs(ref r); else Skip(ref r);
+                    if (n == "domain") p.Domain = Str(ref r)!; else if (n == "flags") p.Flags =
+                        Strs(ref r); else Skip(ref r);
                 }); break;
             case "intelRdt": l.IntelRdt = Obj<IntelRdt>(ref r, (ref Utf8JsonReader r, IntelRdt o, string n) =>
                 {
-                    if (n == "closID") o.ClosId = Str(ref r); else if (n == "l3CacheSchema") o.L3CacheSchema = Str(ref r); else if (n == "memBwSchema") o.MemBwSchema = Str(ref r); else Skip(ref r);
+                    if (n == "closID") o.ClosId = Str(ref r); else if (n == "l3CacheSchema") o.L3CacheSchema =
+                        Str(ref r); else if (n == "memBwSchema") o.MemBwSchema = Str(ref r); else Skip(ref r);
                 }); break;
             default: Skip(ref r); break;
         }
@@ -317,14 +338,18 @@ public static class SpecReader
             case "flags": s.Flags = Strs(ref r); break;
             case "listenerPath": s.ListenerPath = Str(ref r); break;
             case "listenerMetadata": s.ListenerMetadata = Str(ref r); break;
-            case "syscalls": s.Syscalls = List(ref r, (ref Utf8JsonReader r) => Obj<SeccompSyscall>(ref r, (ref Utf8JsonReader r, SeccompSyscall c, string n) =>
+            case "syscalls": s.Syscalls = List(ref r,
+                (ref Utf8JsonReader r) => Obj<SeccompSyscall>(ref r,
+                (ref Utf8JsonReader r, SeccompSyscall c, string n) =>
                 {
                     switch (n)
                     {
                         case "names": c.Names = Strs(ref r)!; break;
                         case "action": c.Action = Str(ref r)!; break;
                         case "errnoRet": c.ErrnoRet = NU32(ref r); break;
-                        case "args": c.Args = List(ref r, (ref Utf8JsonReader r) => Obj<SeccompArg>(ref r, (ref Utf8JsonReader r, SeccompArg a, string n) =>
+                        case "args": c.Args = List(ref r,
+                            (ref Utf8JsonReader r) => Obj<SeccompArg>(ref r,
+                            (ref Utf8JsonReader r, SeccompArg a, string n) =>
                             {
                                 switch (n)
                                 {
@@ -346,7 +371,8 @@ public static class SpecReader
     {
         switch (n)
         {
-            case "devices": x.Devices = List(ref r, (ref Utf8JsonReader r) => Obj<DeviceCgroup>(ref r, (ref Utf8JsonReader r, DeviceCgroup d, string n) =>
+            case "devices": x.Devices = List(ref r,
+                (ref Utf8JsonReader r) => Obj<DeviceCgroup>(ref r, (ref Utf8JsonReader r, DeviceCgroup d, string n) =>
                 {
                     switch (n)
                     {
@@ -390,33 +416,45 @@ public static class SpecReader
                         default: Skip(ref r); break;
                     }
                 }); break;
-            case "pids": x.Pids = Obj<Pids>(ref r, (ref Utf8JsonReader r, Pids p, string n) => { if (n == "limit") p.Limit = I64(ref r); else Skip(ref r); }); break;
+            case "pids": x.Pids = Obj<Pids>(ref r,
+                (ref Utf8JsonReader r, Pids p, string n) =>
+                { if (n == "limit") p.Limit = I64(ref r); else Skip(ref r); }); break;
             case "blockIO": x.BlockIo = Obj<BlockIo>(ref r, BlockIo); break;
-            case "hugepageLimits": x.HugepageLimits = List(ref r, (ref Utf8JsonReader r) => Obj<HugepageLimit>(ref r, (ref Utf8JsonReader r, HugepageLimit h, string n) =>
+            case "hugepageLimits": x.HugepageLimits =
+                List(ref r, (ref Utf8JsonReader r) =>
+                Obj<HugepageLimit>(ref r, (ref Utf8JsonReader r, HugepageLimit h, string n) =>
                 {
-                    if (n == "pageSize") h.PageSize = Str(ref r)!; else if (n == "limit") h.Limit = U64(ref r); else Skip(ref r);
+                    if (n == "pageSize") h.PageSize = Str(ref r)!; else if (n == "limit") h.Limit =
+                        U64(ref r); else Skip(ref r);
                 })!); break;
             case "network": x.Network = Obj<Network>(ref r, (ref Utf8JsonReader r, Network w, string n) =>
                 {
                     if (n == "classID") w.ClassId = NU32(ref r);
-                    else if (n == "priorities") w.Priorities = List(ref r, (ref Utf8JsonReader r) => Obj<InterfacePriority>(ref r, (ref Utf8JsonReader r, InterfacePriority p, string n) =>
+                    else if (n == "priorities") w.Priorities =
+                        List(ref r, (ref Utf8JsonReader r) =>
+                        Obj<InterfacePriority>(ref r, (ref Utf8JsonReader r, InterfacePriority p, string n) =>
                         {
-                            if (n == "name") p.Name = Str(ref r)!; else if (n == "priority") p.Priority = U32(ref r); else Skip(ref r);
+                            if (n == "name") p.Name = Str(ref r)!; else if (n == "priority") p.Priority =
+                                U32(ref r); else Skip(ref r);
                         })!);
                     else Skip(ref r);
                 }); break;
-            case "rdma": x.Rdma = Dict(ref r, (ref Utf8JsonReader r) => Obj<Rdma>(ref r, (ref Utf8JsonReader r, Rdma d, string n) =>
+            case "rdma": x.Rdma = Dict(ref r, (ref Utf8JsonReader r) =>
+                Obj<Rdma>(ref r, (ref Utf8JsonReader r, Rdma d, string n) =>
                 {
-                    if (n == "hcaHandles") d.HcaHandles = NU32(ref r); else if (n == "hcaObjects") d.HcaObjects = NU32(ref r); else Skip(ref r);
+                    if (n == "hcaHandles") d.HcaHandles = NU32(ref r); else if (n == "hcaObjects") d.HcaObjects =
+                        NU32(ref r); else Skip(ref r);
                 })!); break;
             case "unified": x.Unified = Dict(ref r, Str)!; break;
             default: Skip(ref r); break;
         }
     }
 
-    static ThrottleDevice Throttle(ref Utf8JsonReader r) => Obj<ThrottleDevice>(ref r, (ref Utf8JsonReader r, ThrottleDevice t, string n) =>
+    static ThrottleDevice Throttle(ref Utf8JsonReader r) =>
+        Obj<ThrottleDevice>(ref r, (ref Utf8JsonReader r, ThrottleDevice t, string n) =>
     {
-        if (n == "major") t.Major = I64(ref r); else if (n == "minor") t.Minor = I64(ref r); else if (n == "rate") t.Rate = U64(ref r); else Skip(ref r);
+        if (n == "major") t.Major = I64(ref r); else if (n == "minor") t.Minor =
+            I64(ref r); else if (n == "rate") t.Rate = U64(ref r); else Skip(ref r);
     })!;
 
     static void BlockIo(ref Utf8JsonReader r, BlockIo b, string n)
@@ -425,7 +463,9 @@ public static class SpecReader
         {
             case "weight": b.Weight = NU16(ref r); break;
             case "leafWeight": b.LeafWeight = NU16(ref r); break;
-            case "weightDevice": b.WeightDevice = List(ref r, (ref Utf8JsonReader r) => Obj<WeightDevice>(ref r, (ref Utf8JsonReader r, WeightDevice w, string n) =>
+            case "weightDevice": b.WeightDevice =
+                List(ref r, (ref Utf8JsonReader r) =>
+                Obj<WeightDevice>(ref r, (ref Utf8JsonReader r, WeightDevice w, string n) =>
                 {
                     switch (n)
                     {

@@ -11,7 +11,8 @@ public sealed class ContainerRecord
     public string Rootfs { get; set; } = "";
     /// <summary>The init/container process; 0 while creating.</summary>
     public int Pid { get; set; }
-    /// <summary>The process's start time (clock ticks since boot, /proc/PID/stat field 22): a pid is only ours if it matches.</summary>
+    /// <summary>The process's start time (clock ticks since boot, /proc/PID/stat field 22): a pid is only ours if it
+    /// matches.</summary>
     public ulong PidStartTime { get; set; }
     public DateTime Created { get; set; }
     public string CgroupPath { get; set; } = "";
@@ -59,11 +60,13 @@ public sealed class ContainerRecord
         return buf.WrittenSpan.ToArray();
     }
 
-    /// <summary>Reads state.json; unknown properties are skipped. Throws <see cref="JsonException"/> if it is not a JSON object.</summary>
+    /// <summary>Reads state.json; unknown properties are skipped. Throws <see cref="JsonException"/> if it is not a
+    /// JSON object.</summary>
     public static ContainerRecord FromJson(ReadOnlySpan<byte> json)
     {
         var r = new Utf8JsonReader(json);
-        if (!r.Read() || r.TokenType != JsonTokenType.StartObject) throw new JsonException("state.json is not a JSON object");
+        if (!r.Read() || r.TokenType != JsonTokenType.StartObject) throw new JsonException(
+            "state.json is not a JSON object");
         var c = new ContainerRecord();
         while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
         {
@@ -88,7 +91,8 @@ public sealed class ContainerRecord
                     while (r.Read() && r.TokenType != JsonTokenType.EndArray) c.Namespaces.Add(r.GetString()!);
                     break;
                 case "annotations":
-                    if (r.TokenType != JsonTokenType.StartObject) throw new JsonException("annotations is not an object");
+                    if (r.TokenType != JsonTokenType.StartObject) throw new JsonException(
+                        "annotations is not an object");
                     c.Annotations = [];
                     while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
                     {
@@ -121,7 +125,8 @@ public sealed class StateStore(string root)
     {
         if (string.IsNullOrEmpty(id))
             throw new ContainerException("a container id is required");
-        if (id is "." or ".." || id.Length > 1024 || id.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' or '+')))
+        if (id is "." or ".." || id.Length > 1024
+            || id.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' or '+')))
             throw new ContainerException($"invalid container id \"{id}\": use letters, digits and - _ . + only");
     }
 
@@ -134,7 +139,8 @@ public sealed class StateStore(string root)
         if (Libc.mkdir(dir, 0b111_000_000) < 0)
         {
             var e = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
-            if (e == Errors.EEXIST) throw new ContainerException($"container \"{id}\" already exists: choose another id or delete it first (hull-oci delete {id})");
+            if (e == Errors.EEXIST) throw new ContainerException(
+                $"container \"{id}\" already exists: choose another id or delete it first (hull-oci delete {id})");
             throw new LinuxException(e, $"mkdir {dir}");
         }
         return dir;
@@ -148,7 +154,8 @@ public sealed class StateStore(string root)
         var file = Path.Combine(Dir(id), "state.json");
         if (!File.Exists(file)) throw new ContainerNotFoundException(id);
         try { return ContainerRecord.FromJson(File.ReadAllBytes(file)); }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException) { throw new ContainerException($"{file} is empty or corrupt: remove {Dir(id)} by hand"); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException) { throw new
+            ContainerException($"{file} is empty or corrupt: remove {Dir(id)} by hand"); }
     }
 
     public void Save(ContainerRecord r)
@@ -160,13 +167,16 @@ public sealed class StateStore(string root)
     }
 
     public void SaveSpec(string id, Hull.Oci.Spec spec) =>
-        File.WriteAllBytes(Path.Combine(Dir(id), "config.json"), JsonSerializer.SerializeToUtf8Bytes(spec, Hull.Oci.OciJson.Default.Spec));
+        File.WriteAllBytes(Path.Combine(Dir(id), "config.json"),
+            JsonSerializer.SerializeToUtf8Bytes(spec, Hull.Oci.OciJson.Default.Spec));
 
     /// <summary>Keeps the bundle's config.json as it was read (the same spec, without serializing it again).</summary>
-    public void SaveSpec(string id, byte[] configJson) => File.WriteAllBytes(Path.Combine(Dir(id), "config.json"), configJson);
+    public void SaveSpec(string id, byte[] configJson) =>
+        File.WriteAllBytes(Path.Combine(Dir(id), "config.json"), configJson);
 
     public Hull.Oci.Spec LoadSpec(string id) =>
-        JsonSerializer.Deserialize(File.ReadAllBytes(Path.Combine(Dir(id), "config.json")), Hull.Oci.OciJson.Default.Spec)!;
+        JsonSerializer.Deserialize(File.ReadAllBytes(Path.Combine(Dir(id), "config.json")),
+            Hull.Oci.OciJson.Default.Spec)!;
 
     public void Remove(string id)
     {
@@ -176,6 +186,8 @@ public sealed class StateStore(string root)
 
     public IEnumerable<string> Ids() =>
         Directory.Exists(Root)
-            ? Directory.EnumerateDirectories(Root).Select(Path.GetFileName).Where(n => n is not null && File.Exists(Path.Combine(Root, n, "state.json"))).Select(n => n!).OrderBy(n => n, StringComparer.Ordinal)
+            ? Directory.EnumerateDirectories(Root).Select(Path.GetFileName).Where(n => n is not null
+                && File.Exists(Path.Combine(Root, n, "state.json"))).Select(n => n!).OrderBy(n => n,
+                StringComparer.Ordinal)
             : [];
 }

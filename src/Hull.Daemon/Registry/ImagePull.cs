@@ -23,16 +23,20 @@ public sealed partial class ImageStore
     string RefsDir => Path.Combine(_dir, BlobsDirName, "refs");
     string BlobPath(string digest) => Path.Combine(BlobsDir, digest["sha256:".Length..]);
 
-    /// <summary>Pulls an image from a registry (progress in bytes) and returns it; the normalised reference becomes an alias.</summary>
+    /// <summary>Pulls an image from a registry (progress in bytes) and returns it; the normalised reference becomes an
+    /// alias.</summary>
     public async Task<Image> PullAsync(ImagePullRequest req, OperationContext? op, CancellationToken ct)
     {
         ImageReference reference;
         try { reference = ImageReference.Parse(req.Reference); }
         catch (RegistryException e) { throw new InstanceException(e.Message, e.Status); }
         if (req.Alias is not null && !ConfigSchema.IsValidName(req.Alias, 128))
-            throw new InstanceException($"image alias '{req.Alias}' is invalid: use letters, digits, '-', '_' or '.', starting with a letter or digit");
+            throw new InstanceException($"image alias '{req.Alias}' is invalid: use letters, digits, '-', '_' or " +
+                "'.', starting with a letter or digit");
         if (string.IsNullOrEmpty(req.Username) != (req.Password is null))
-            throw new InstanceException(string.IsNullOrEmpty(req.Username) ? "a password was given without a username: give both" : $"no password was given for user '{req.Username}': give both");
+            throw new InstanceException(string.IsNullOrEmpty(req.Username)
+                ? "a password was given without a username: give both"
+                : $"no password was given for user '{req.Username}': give both");
         var creds = string.IsNullOrEmpty(req.Username) ? null : new RegistryCredentials(req.Username, req.Password!);
         try
         {
@@ -42,7 +46,8 @@ public sealed partial class ImageStore
         catch (RegistryException e) { throw new InstanceException(e.Message, e.Status); }
     }
 
-    async Task<ImageRecord> PullAsync(ImageReference reference, RegistryCredentials? creds, bool insecure, string? alias, OperationContext? op, CancellationToken ct)
+    async Task<ImageRecord> PullAsync(ImageReference reference, RegistryCredentials? creds, bool insecure,
+        string? alias, OperationContext? op, CancellationToken ct)
     {
         using var client = new RegistryClient(reference, creds, insecure);
         op?.Progress($"resolving {reference}");
@@ -86,7 +91,8 @@ public sealed partial class ImageStore
             var layout = WriteLayout(work, image, config);
             var aliases = new List<string> { reference.ToString() };
             if (alias is not null) aliases.Add(alias);
-            rec = await AddOciLayoutAsync(work, layout, null, aliases, $"pulled from {reference} ({image.ManifestDigest})", op, ct);
+            rec = await AddOciLayoutAsync(work, layout, null, aliases,
+                $"pulled from {reference} ({image.ManifestDigest})", op, ct);
             AddLayerRefs(rec.Fingerprint, digests);
             op?.Result("manifest_digest", image.ManifestDigest);
             op?.Result("layers_fetched", fetched.ToString(CultureInfo.InvariantCulture));
@@ -106,13 +112,17 @@ public sealed partial class ImageStore
     {
         ImageConfigDocument? config;
         try { config = JsonSerializer.Deserialize(configBytes, RegistryJson.Default.ImageConfigDocument); }
-        catch (JsonException e) { throw new InstanceException($"the image config of {reference} is not valid JSON ({e.Message})", 502); }
+        catch (JsonException e) { throw new InstanceException(
+            $"the image config of {reference} is not valid JSON ({e.Message})", 502); }
         if (config is null) throw new InstanceException($"the image config of {reference} is empty", 502);
-        if ((config.Os is { Length: > 0 } os && os != "linux") || (config.Architecture is { Length: > 0 } arch && arch != "amd64"))
-            throw new InstanceException($"{reference} is a {config.Os}/{config.Architecture} image: this host runs linux/amd64 images", 400);
+        if ((config.Os is { Length: > 0 } os && os != "linux")
+            || (config.Architecture is { Length: > 0 } arch && arch != "amd64"))
+            throw new InstanceException($"{reference} is a {config.Os}/{config.Architecture} image: this host runs " +
+                "linux/amd64 images", 400);
     }
 
-    /// <summary>Writes an OCI layout of the image (manifest and config written, layers hard-linked from the cache).</summary>
+    /// <summary>Writes an OCI layout of the image (manifest and config written, layers hard-linked from the
+    /// cache).</summary>
     string WriteLayout(string work, ResolvedImage image, byte[] config)
     {
         var layout = Path.Combine(work, "layout");
@@ -129,9 +139,11 @@ public sealed partial class ImageStore
         }
         var index = new LayoutIndex
         {
-            Manifests = [new Descriptor { MediaType = image.ManifestMediaType, Digest = image.ManifestDigest, Size = image.ManifestBytes.Length }],
+            Manifests = [new Descriptor { MediaType = image.ManifestMediaType, Digest = image.ManifestDigest,
+                Size = image.ManifestBytes.Length }],
         };
-        File.WriteAllBytes(Path.Combine(layout, "index.json"), JsonSerializer.SerializeToUtf8Bytes(index, RegistryJson.Default.LayoutIndex));
+        File.WriteAllBytes(Path.Combine(layout, "index.json"),
+            JsonSerializer.SerializeToUtf8Bytes(index, RegistryJson.Default.LayoutIndex));
         return layout;
     }
 
@@ -174,7 +186,8 @@ public sealed partial class ImageStore
         {
             Directory.CreateDirectory(RefsDir);
             var path = Path.Combine(RefsDir, fingerprint);
-            var all = (File.Exists(path) ? File.ReadAllLines(path) : []).Concat(digests).Where(ImageReference.IsSha256Digest).Distinct().Order(StringComparer.Ordinal);
+            var all = (File.Exists(path) ? File.ReadAllLines(path) : []).Concat(digests).Where(
+                ImageReference.IsSha256Digest).Distinct().Order(StringComparer.Ordinal);
             var tmp = path + ".tmp";
             File.WriteAllLines(tmp, all);
             File.Move(tmp, path, overwrite: true);
@@ -189,7 +202,8 @@ public sealed partial class ImageStore
         CollectBlobs();
     }
 
-    /// <summary>Removes blobs that no image's refs list and no pull in progress uses, and leftover partial downloads.</summary>
+    /// <summary>Removes blobs that no image's refs list and no pull in progress uses, and leftover partial
+    /// downloads.</summary>
     void CollectBlobs()
     {
         lock (_blobLock)
@@ -206,7 +220,8 @@ public sealed partial class ImageStore
         }
     }
 
-    /// <summary>At start: drops the refs of images that are gone (a crash between the two) and the blobs nothing uses.</summary>
+    /// <summary>At start: drops the refs of images that are gone (a crash between the two) and the blobs nothing
+    /// uses.</summary>
     void RecoverBlobs(HashSet<string> knownImages)
     {
         if (Directory.Exists(RefsDir))
@@ -225,9 +240,11 @@ public sealed partial class ImageStore
         if (!ImageReference.TryParse(name, out var reference, out var error)) throw new InstanceException(error!);
         if (Find(reference!.ToString(), null) is { } found)
             return found.Type == type ? found
-                : throw new InstanceException($"image '{name}' is a {found.Type} image and cannot make a {type} instance", 400);
+                : throw new InstanceException($"image '{name}' is a {found.Type} image and cannot make a {type} " +
+                    "instance", 400);
         if (type != InstanceTypes.Container)
-            throw new InstanceException($"'{name}' is a registry reference: registry images make containers, not {type}s", 400);
+            throw new InstanceException($"'{name}' is a registry reference: registry images make containers, not " +
+                $"{type}s", 400);
         op?.Progress($"pulling {reference}");
         try { return await PullAsync(reference, null, false, null, op, ct); }
         catch (RegistryException e) { throw new InstanceException(e.Message, e.Status); }

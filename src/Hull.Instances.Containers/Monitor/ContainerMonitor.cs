@@ -60,9 +60,11 @@ public static class ContainerMonitor
             switch (args[i])
             {
                 case "--state-dir" when i + 1 < args.Length: stateDir = Path.GetFullPath(args[++i]); break;
-                case "--ready-fd" when i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var fd): readyFd = fd; i++; break;
+                case "--ready-fd" when i + 1 < args.Length
+                    && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var fd): readyFd = fd; i++; break;
                 case "--help" or "-h": Console.WriteLine(Usage); return 0;
-                default: Console.Error.WriteLine($"hulld monitor: unknown or incomplete option '{args[i]}'\n{Usage}"); return 2;
+                default: Console.Error.WriteLine("hulld monitor: unknown or incomplete option " +
+                    $"'{args[i]}'\n{Usage}"); return 2;
             }
         }
         if (stateDir is null) { Console.Error.WriteLine($"hulld monitor: --state-dir is required\n{Usage}"); return 2; }
@@ -73,7 +75,8 @@ public static class ContainerMonitor
         {
             var msg = $"the container monitor for {stateDir} cannot start: {e.Message}";
             Log(msg);
-            if (ready is not null) { try { Sys.WriteAll(ready, Encoding.UTF8.GetBytes(msg)); } catch (LinuxException) { } }
+            if (ready is not null) { try { Sys.WriteAll(ready, Encoding.UTF8.GetBytes(msg)); } catch (
+                LinuxException) { } }
             return 1;
         }
         if (ready is not null) { try { Sys.WriteAll(ready, "ok"u8); } catch (LinuxException) { } ready.Dispose(); }
@@ -81,7 +84,8 @@ public static class ContainerMonitor
     }
 
     internal static void Log(string message) =>
-        Console.Error.WriteLine($"{DateTime.UtcNow:yyyy-MM-ddTHH:mm:ss.fffZ} monitor[{Environment.ProcessId}]: {message}");
+        Console.Error.WriteLine($"{DateTime.UtcNow:yyyy-MM-ddTHH:mm:ss.fffZ} monitor[{Environment.ProcessId}]: " +
+            $"{message}");
 }
 
 sealed class MonitorServer(string stateDir)
@@ -140,7 +144,8 @@ sealed class MonitorServer(string stateDir)
 
     public int Run()
     {
-        ContainerMonitor.Log($"serving {ContainerMonitor.SocketPath(stateDir)} (protocol {ContainerMonitor.ProtocolVersion})");
+        ContainerMonitor.Log($"serving {ContainerMonitor.SocketPath(stateDir)} (protocol " +
+            $"{ContainerMonitor.ProtocolVersion})");
         var accept = new Thread(AcceptLoop) { IsBackground = true, Name = "hull-monitor-accept" };
         accept.Start();
         _done.Wait();
@@ -195,7 +200,8 @@ sealed class MonitorServer(string stateDir)
                 finally { foreach (var f in fds) f.Dispose(); }
             }
         }
-        catch (Exception e) when (e is LinuxException or IOException) { ContainerMonitor.Log($"a connection failed: {e.Message}"); }
+        catch (Exception e) when (e is LinuxException or IOException) { ContainerMonitor.Log(
+            $"a connection failed: {e.Message}"); }
         finally
         {
             lock (_gate)
@@ -234,7 +240,8 @@ sealed class MonitorServer(string stateDir)
                         File.Delete(ContainerMonitor.SocketPath(stateDir));
                         _listener!.Dispose();
                         _lock!.Dispose();
-                        ContainerMonitor.Log($"retired by a hulld of another build; {_inits.Count} container(s) left to watch");
+                        ContainerMonitor.Log($"retired by a hulld of another build; {_inits.Count} container(s) left " +
+                            "to watch");
                     }
                 }
                 return Reply();
@@ -263,7 +270,8 @@ sealed class MonitorServer(string stateDir)
                     r.Spec = JsonSerializer.Serialize(process, OciJson.Default.Process);
                     return r;
                 default:
-                    return Reply($"unknown request '{m.Op}' (this monitor speaks protocol {ContainerMonitor.ProtocolVersion})");
+                    return Reply($"unknown request '{m.Op}' (this monitor speaks protocol " +
+                        $"{ContainerMonitor.ProtocolVersion})");
             }
         }
         catch (Exception e) when (e is ContainerException or LinuxException or IOException or JsonException
@@ -308,7 +316,8 @@ sealed class MonitorServer(string stateDir)
             {
                 var op = e.TryGetProperty("op", out var o) ? o.GetString() : null;
                 if (string.Equals(op, "read", StringComparison.OrdinalIgnoreCase)) s.IoReadBytes += Get(e, "value");
-                else if (string.Equals(op, "write", StringComparison.OrdinalIgnoreCase)) s.IoWriteBytes += Get(e, "value");
+                else if (string.Equals(op, "write", StringComparison.OrdinalIgnoreCase)) s.IoWriteBytes += Get(e,
+                    "value");
             }
         }
         return r;
@@ -384,7 +393,8 @@ sealed class MonitorServer(string stateDir)
                 File.Move(tmp, exitFile, overwrite: true);
             }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { ContainerMonitor.Log($"{id}: writing {exitFile}: {e.Message}"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { ContainerMonitor.Log(
+            $"{id}: writing {exitFile}: {e.Message}"); }
         MonitorInterop.TryWaitPidfd(pidfd, reap: true);
         ContainerMonitor.Log($"{id}: init (pid {pid}) exited with code {code}");
         lock (_gate)

@@ -28,7 +28,8 @@ public sealed class MonitorClient : IDisposable
     readonly List<Waiter> _waiters = [];
     readonly Lazy<PidfdWatcher> _orphans = new(() => new PidfdWatcher("hulld-container-exits"));
 
-    /// <param name="command">The program and arguments that run the monitor; "--state-dir DIR --ready-fd 3" are appended.
+    /// <param name="command">The program and arguments that run the monitor; "--state-dir DIR --ready-fd 3" are
+    /// appended.
     /// Default: this executable with "monitor" (hulld's monitor mode).</param>
     public MonitorClient(string stateDir, IReadOnlyList<string>? command = null)
     {
@@ -49,20 +50,23 @@ public sealed class MonitorClient : IDisposable
             Spec = JsonSerializer.Serialize(spec, OciJson.Default.Spec),
         }, $"starting container '{id}'", stdio).Pid;
 
-    /// <summary>A container's status, its init's pid and start time; null if the engine has no such container.</summary>
+    /// <summary>A container's status, its init's pid and start time; null if the engine has no such
+    /// container.</summary>
     public (ContainerStatus Status, int Pid, ulong StartTime)? State(string id)
     {
         var r = Request(new MonitorMessage { Op = MonitorOp.State, Id = id }, $"reading the state of container '{id}'");
         return r.Status is { } s ? (s, r.Pid, r.PidStartTime) : null;
     }
 
-    /// <summary>A signal to the container's init, or with <paramref name="all"/> to every process of its cgroup.</summary>
+    /// <summary>A signal to the container's init, or with <paramref name="all"/> to every process of its
+    /// cgroup.</summary>
     public void Kill(string id, int signal, bool all) =>
         Request(new MonitorMessage { Op = MonitorOp.Kill, Id = id, Signal = signal, All = all }, Doing("signal", id));
 
     public void Pause(string id) => Request(new MonitorMessage { Op = MonitorOp.Pause, Id = id }, Doing("pause", id));
 
-    public void Resume(string id) => Request(new MonitorMessage { Op = MonitorOp.Resume, Id = id }, Doing("resume", id));
+    public void Resume(string id) => Request(new MonitorMessage { Op = MonitorOp.Resume, Id = id },
+        Doing("resume", id));
 
     public void Update(string id, Resources resources) => Request(new MonitorMessage
     {
@@ -73,13 +77,15 @@ public sealed class MonitorClient : IDisposable
         Request(new MonitorMessage { Op = MonitorOp.Stats, Id = id }, Doing("measure", id)).Stats ?? new MonitorStats();
 
     /// <summary>Removes the container (an init still alive is killed, and its exit recorded, first).</summary>
-    public void Delete(string id) => Request(new MonitorMessage { Op = MonitorOp.Delete, Id = id }, Doing("delete", id));
+    public void Delete(string id) => Request(new MonitorMessage { Op = MonitorOp.Delete, Id = id },
+        Doing("delete", id));
 
     /// <summary>The process of an exec: the container's own process settings with this command, env, cwd and user.
     /// </summary>
     public Hull.Oci.Process ExecProcess(string id, List<string> command, List<string> env, string? cwd, string? user)
     {
-        var r = Request(new MonitorMessage { Op = MonitorOp.Exec, Id = id, Command = command, Env = env, Cwd = cwd, User = user },
+        var r = Request(new MonitorMessage { Op = MonitorOp.Exec, Id = id, Command = command, Env = env, Cwd = cwd,
+            User = user },
             Doing("prepare an exec in", id));
         return JsonSerializer.Deserialize(r.Spec ?? "null", OciJson.Default.Process)
             ?? throw new MonitorException($"the container monitor prepared no process for the exec in '{id}'");
@@ -176,15 +182,18 @@ public sealed class MonitorClient : IDisposable
             }
             if (reply.Op == MonitorOp.Error)
             {
-                if (attempt == 0 && reply.Error?.Contains("retired", StringComparison.Ordinal) == true) { Lost(); continue; }
-                throw new MonitorException(req.Op == MonitorOp.Create ? $"starting container '{req.Id}' failed: {reply.Error}"
+                if (attempt == 0 && reply.Error?.Contains("retired",
+                    StringComparison.Ordinal) == true) { Lost(); continue; }
+                throw new MonitorException(req.Op == MonitorOp.Create
+                    ? $"starting container '{req.Id}' failed: {reply.Error}"
                     : reply.Error ?? "the container monitor failed without saying why");
             }
             return reply;
         }
     }
 
-    /// <summary>Drops the held connection (its thread closes it) so that the next <see cref="Ensure"/> looks again.</summary>
+    /// <summary>Drops the held connection (its thread closes it) so that the next <see cref="Ensure"/> looks
+    /// again.</summary>
     void Lost()
     {
         lock (_gate)
@@ -194,7 +203,8 @@ public sealed class MonitorClient : IDisposable
         }
     }
 
-    /// <summary>Connects to the monitor, starting (or replacing) it if needed. Thread-safe; cheap when connected.</summary>
+    /// <summary>Connects to the monitor, starting (or replacing) it if needed. Thread-safe; cheap when
+    /// connected.</summary>
     public void Ensure()
     {
         lock (_gate)
@@ -206,29 +216,34 @@ public sealed class MonitorClient : IDisposable
             {
                 var (conn, hello) = TryHello();
                 if (conn is null) { Spawn(); continue; }
-                if (hello!.Op == MonitorOp.Ok && hello.Version == ContainerMonitor.ProtocolVersion && hello.Identity == identity)
+                if (hello!.Op == MonitorOp.Ok && hello.Version == ContainerMonitor.ProtocolVersion
+                    && hello.Identity == identity)
                 {
                     Hold(conn, hello.Pid);
                     return;
                 }
                 // Another build (an upgrade or a downgrade): it keeps its containers and exits after the last one;
                 // a monitor of this build takes over the socket for new ones.
-                DriverLog.Info($"retiring the container monitor (pid {hello.Pid}, protocol {hello.Version}) of another " +
+                DriverLog.Info($"retiring the container monitor (pid {hello.Pid}, protocol {hello.Version}) of " +
+                    "another " +
                     $"build; it keeps watching its {hello.Containers} container(s)");
                 var listen = false;
                 try
                 {
-                    MonitorWire.Send(conn, new MonitorMessage { Op = MonitorOp.Retire, Version = ContainerMonitor.ProtocolVersion });
+                    MonitorWire.Send(conn, new MonitorMessage { Op = MonitorOp.Retire,
+                        Version = ContainerMonitor.ProtocolVersion });
                     var retired = MonitorWire.Receive(conn, [], new byte[64 << 10]);
                     // One of this protocol pushes the exits of the containers it keeps on this connection.
-                    listen = retired is { Op: MonitorOp.Ok, Containers: > 0 } && hello.Version == ContainerMonitor.ProtocolVersion;
+                    listen = retired is { Op: MonitorOp.Ok, Containers: > 0 }
+                        && hello.Version == ContainerMonitor.ProtocolVersion;
                 }
                 catch (Exception e) when (e is LinuxException or IOException) { }
                 if (listen) Listen(conn, hello.Pid, current: false);
                 else conn.Dispose();
                 Spawn();
             }
-            throw new InstanceException($"cannot reach the container monitor of {_stateDir}; see {ContainerMonitor.LogPath(_stateDir)}", 500);
+            throw new InstanceException($"cannot reach the container monitor of {_stateDir}; see " +
+                $"{ContainerMonitor.LogPath(_stateDir)}", 500);
         }
     }
 
@@ -238,7 +253,8 @@ public sealed class MonitorClient : IDisposable
         try
         {
             conn = MonitorInterop.Connect(ContainerMonitor.SocketPath(_stateDir));
-            MonitorWire.Send(conn, new MonitorMessage { Op = MonitorOp.Hello, Version = ContainerMonitor.ProtocolVersion });
+            MonitorWire.Send(conn, new MonitorMessage { Op = MonitorOp.Hello,
+                Version = ContainerMonitor.ProtocolVersion });
             if (!Sys.WaitPidfd(conn, 10_000)) { conn.Dispose(); return (null, null); } // hung: starting another says so
             var hello = MonitorWire.Receive(conn, [], new byte[64 << 10]);
             if (hello is null) { conn.Dispose(); return (null, null); }
@@ -291,7 +307,8 @@ public sealed class MonitorClient : IDisposable
             DriverLog.Warning($"the container monitor (pid {pid}) went away: containers it was the parent of are " +
                 "re-parented and their exit codes cannot be known; starting a new monitor");
             try { Ensure(); }
-            catch (Exception e) when (e is InstanceException or LinuxException or IOException or ObjectDisposedException)
+            catch (Exception e) when (e is InstanceException or LinuxException or IOException or
+                ObjectDisposedException)
             {
                 DriverLog.Warning($"{e.Message} (retried at the next container start)");
             }
@@ -307,13 +324,15 @@ public sealed class MonitorClient : IDisposable
             SpawnedChild child;
             using (writeEnd)
             using (var devnull = Sys.Open("/dev/null", O.RDWR))
-            using (var log = Sys.Open(ContainerMonitor.LogPath(_stateDir), O.WRONLY | O.CREAT | O.APPEND, 0b110_000_000))
+            using (var log = Sys.Open(ContainerMonitor.LogPath(_stateDir), O.WRONLY | O.CREAT | O.APPEND,
+                0b110_000_000))
             {
                 var env = new List<string>();
                 foreach (DictionaryEntry kv in Environment.GetEnvironmentVariables()) env.Add($"{kv.Key}={kv.Value}");
                 // The monitor allocates little and lives long: a small gen0 budget keeps its resident memory near what
                 // it holds (measured: 41 MB instead of 68 MB with 200 containers).
-                if (Environment.GetEnvironmentVariable("DOTNET_GCgen0size") is null) env.Add("DOTNET_GCgen0size=0x200000");
+                if (Environment.GetEnvironmentVariable("DOTNET_GCgen0size") is null) env.Add(
+                    "DOTNET_GCgen0size=0x200000");
                 var req = new SpawnRequest
                 {
                     Path = _command[0],
@@ -323,7 +342,8 @@ public sealed class MonitorClient : IDisposable
                 };
                 req.Fds.AddRange([(devnull, 0), (log, 1), (log, 2), (writeEnd, 3)]);
                 try { child = Spawner.Start(req); child.Finish(); }
-                catch (SpawnException e) { throw new InstanceException($"starting the container monitor ({_command[0]}): {e.Message}", 500); }
+                catch (SpawnException e) { throw new InstanceException(
+                    $"starting the container monitor ({_command[0]}): {e.Message}", 500); }
             }
             var pid = child.Pid;
             // Our child until we exit: reap it when it ends (it exits by itself when idle).
@@ -341,7 +361,9 @@ public sealed class MonitorClient : IDisposable
                 answer.Append(Encoding.UTF8.GetString(buf, 0, n));
             }
             if (answer.ToString() != "ok")
-                throw new InstanceException(answer.Length > 0 ? answer.ToString() : $"the container monitor (pid {pid}) exited at start; see {ContainerMonitor.LogPath(_stateDir)}", 500);
+                throw new InstanceException(answer.Length > 0 ? answer.ToString()
+                    : $"the container monitor (pid {pid}) exited at start; see {ContainerMonitor.LogPath(_stateDir)}",
+                    500);
             DriverLog.Info($"started the container monitor (pid {pid.ToString(CultureInfo.InvariantCulture)})");
         }
     }

@@ -25,7 +25,8 @@ public sealed class PidfdWatcher : IDisposable
 
     public int Count { get { lock (_gate) return _watched.Count; } }
 
-    /// <summary>Calls <paramref name="ready"/> once the process behind <paramref name="pidfd"/> has exited (at once if it
+    /// <summary>Calls <paramref name="ready"/> once the process behind <paramref name="pidfd"/> has exited (at once if
+    /// it
     /// already has). The watcher owns the pidfd from now on. Returns a key for <see cref="Unregister"/>.</summary>
     public ulong Register(SafeFd pidfd, Action ready)
     {

@@ -77,7 +77,8 @@ public static class BpfOp
     // ALU operations.
     public const int ADD = 0x00, SUB = 0x10, OR = 0x40, AND = 0x50, LSH = 0x60, RSH = 0x70, XOR = 0xa0, MOV = 0xb0;
     // Jump operations.
-    public const int JA = 0x00, JEQ = 0x10, JGT = 0x20, JGE = 0x30, JSET = 0x40, JNE = 0x50, EXIT = 0x90, JLT = 0xa0, JLE = 0xb0;
+    public const int JA = 0x00, JEQ = 0x10, JGT = 0x20, JGE = 0x30, JSET = 0x40, JNE = 0x50, EXIT = 0x90, JLT = 0xa0,
+        JLE = 0xb0;
 }
 
 /// <summary>
@@ -96,15 +97,20 @@ public sealed class BpfAssembler
     public BpfAssembler Emit(BpfInsn insn) { _insns.Add(insn); return this; }
 
     /// <summary>dst = *(u32 *)(src + off).</summary>
-    public BpfAssembler LoadU32(int dst, int src, short off) => Emit(new((byte)(BpfOp.LDX | BpfOp.MEM | BpfOp.W), (byte)dst, (byte)src, off, 0));
+    public BpfAssembler LoadU32(int dst, int src, short off) =>
+        Emit(new((byte)(BpfOp.LDX | BpfOp.MEM | BpfOp.W), (byte)dst, (byte)src, off, 0));
     /// <summary>dst = imm (64-bit, sign-extended).</summary>
-    public BpfAssembler Mov64(int dst, int imm) => Emit(new((byte)(BpfOp.ALU64 | BpfOp.MOV | BpfOp.K), (byte)dst, 0, 0, imm));
+    public BpfAssembler Mov64(int dst, int imm) =>
+        Emit(new((byte)(BpfOp.ALU64 | BpfOp.MOV | BpfOp.K), (byte)dst, 0, 0, imm));
     /// <summary>wdst = wsrc.</summary>
-    public BpfAssembler Mov32Reg(int dst, int src) => Emit(new((byte)(BpfOp.ALU | BpfOp.MOV | BpfOp.X), (byte)dst, (byte)src, 0, 0));
+    public BpfAssembler Mov32Reg(int dst, int src) =>
+        Emit(new((byte)(BpfOp.ALU | BpfOp.MOV | BpfOp.X), (byte)dst, (byte)src, 0, 0));
     /// <summary>wdst &amp;= imm.</summary>
-    public BpfAssembler And32(int dst, int imm) => Emit(new((byte)(BpfOp.ALU | BpfOp.AND | BpfOp.K), (byte)dst, 0, 0, imm));
+    public BpfAssembler And32(int dst, int imm) =>
+        Emit(new((byte)(BpfOp.ALU | BpfOp.AND | BpfOp.K), (byte)dst, 0, 0, imm));
     /// <summary>wdst &gt;&gt;= imm (logical).</summary>
-    public BpfAssembler Rsh32(int dst, int imm) => Emit(new((byte)(BpfOp.ALU | BpfOp.RSH | BpfOp.K), (byte)dst, 0, 0, imm));
+    public BpfAssembler Rsh32(int dst, int imm) =>
+        Emit(new((byte)(BpfOp.ALU | BpfOp.RSH | BpfOp.K), (byte)dst, 0, 0, imm));
     public BpfAssembler Exit() => Emit(new((byte)(BpfOp.JMP | BpfOp.EXIT), 0, 0, 0, 0));
 
     /// <summary>A label to jump to; place it with <see cref="Mark"/>.</summary>
@@ -139,7 +145,8 @@ public sealed class BpfAssembler
             var target = _labels[label];
             if (target < 0) throw new InvalidOperationException($"label {label} is used but never placed");
             var off = target - at - 1;
-            if (off is < short.MinValue or > short.MaxValue) throw new InvalidOperationException($"jump at {at} to {target} is out of range");
+            if (off is < short.MinValue or > short.MaxValue) throw new InvalidOperationException(
+                $"jump at {at} to {target} is out of range");
             var i = result[at];
             result[at] = new BpfInsn(i.Code, i.Dst, i.Src, (short)off, i.Imm);
         }

@@ -5,7 +5,8 @@ namespace Hull.Linux.Bpf;
 
 /// <summary>A failed bpf(2) call: the command, the errno, and for a program load the verifier's log.</summary>
 public sealed class BpfException(string operation, int errno, string? verifierLog = null)
-    : Exception($"{operation}: {Errors.Describe(errno)}{Hint(errno)}" + (string.IsNullOrWhiteSpace(verifierLog) ? "" : "\nverifier log:\n" + verifierLog.TrimEnd()))
+    : Exception($"{operation}: {Errors.Describe(errno)}{Hint(errno)}"
+        + (string.IsNullOrWhiteSpace(verifierLog) ? "" : "\nverifier log:\n" + verifierLog.TrimEnd()))
 {
     public int Errno { get; } = errno;
     public string Operation { get; } = operation;
@@ -14,7 +15,8 @@ public sealed class BpfException(string operation, int errno, string? verifierLo
 
     static string Hint(int errno) => errno switch
     {
-        Errors.EPERM => " — bpf(2) needs CAP_SYS_ADMIN (or CAP_BPF with CAP_NET_ADMIN/CAP_PERFMON) in the initial user namespace; kernel.unprivileged_bpf_disabled does not matter for root",
+        Errors.EPERM => " — bpf(2) needs CAP_SYS_ADMIN (or CAP_BPF with CAP_NET_ADMIN/CAP_PERFMON) in the initial " +
+            "user namespace; kernel.unprivileged_bpf_disabled does not matter for root",
         Errors.ENOSYS => " — the kernel has no bpf(2) (CONFIG_BPF_SYSCALL)",
         _ => "",
     };
@@ -28,10 +30,12 @@ public static class BpfConst
     public const uint CGROUP_DEVICE = 6;
     public const uint F_ALLOW_OVERRIDE = 1, F_ALLOW_MULTI = 2, F_REPLACE = 4;
     /// <summary>struct bpf_cgroup_dev_ctx: access_type = (access &lt;&lt; 16) | type.</summary>
-    public const int DEVCG_DEV_BLOCK = 1, DEVCG_DEV_CHAR = 2, DEVCG_ACC_MKNOD = 1, DEVCG_ACC_READ = 2, DEVCG_ACC_WRITE = 4;
+    public const int DEVCG_DEV_BLOCK = 1, DEVCG_DEV_CHAR = 2, DEVCG_ACC_MKNOD = 1, DEVCG_ACC_READ = 2,
+        DEVCG_ACC_WRITE = 4;
 }
 
-/// <summary>Thin throwing wrappers over the bpf(2) commands Hull needs; every fd comes back as a <see cref="SafeFd"/>.</summary>
+/// <summary>Thin throwing wrappers over the bpf(2) commands Hull needs; every fd comes back as a
+/// <see cref="SafeFd"/>.</summary>
 public static unsafe class BpfSys
 {
     // Big enough for every field used here; the unused rest stays zero, which is what the kernel checks.
@@ -43,9 +47,11 @@ public static unsafe class BpfSys
     /// BPF_PROG_LOAD. On failure the verifier is asked again with its log on, and the log is part of the exception.
     /// <paramref name="name"/> (at most 15 characters of [A-Za-z0-9_.]) shows up in bpftool.
     /// </summary>
-    public static SafeFd ProgLoad(uint progType, ReadOnlySpan<BpfInsn> insns, string license, string? name = null, uint expectedAttachType = 0)
+    public static SafeFd ProgLoad(uint progType, ReadOnlySpan<BpfInsn> insns, string license, string? name = null,
+        uint expectedAttachType = 0)
     {
-        if (name is { Length: > 15 }) throw new ArgumentException("a BPF program name has at most 15 characters", nameof(name));
+        if (name is { Length: > 15 }) throw new ArgumentException("a BPF program name has at most 15 characters",
+            nameof(name));
         var r = Load(progType, insns, license, name, expectedAttachType, null, 0, out var errno);
         if (r >= 0) return new SafeFd((int)r);
         // Second try with the verifier log (a first try without it is cheaper when all goes well, as libbpf does).
@@ -62,10 +68,12 @@ public static unsafe class BpfSys
             }
             finally { NativeMemory.Free(buf); }
         }
-        throw new BpfException($"BPF_PROG_LOAD ({insns.Length} instructions{(name is null ? "" : ", " + name)})", errno, log);
+        throw new BpfException($"BPF_PROG_LOAD ({insns.Length} instructions{(name is null ? "" : ", " + name)})", errno,
+            log);
     }
 
-    static long Load(uint progType, ReadOnlySpan<BpfInsn> insns, string license, string? name, uint expectedAttachType, byte* log, int logSize, out int errno)
+    static long Load(uint progType, ReadOnlySpan<BpfInsn> insns, string license, string? name, uint expectedAttachType,
+        byte* log, int logSize, out int errno)
     {
         var lic = Encoding.ASCII.GetBytes(license + "\0");
         byte* attr = stackalloc byte[AttrSize];
@@ -91,7 +99,8 @@ public static unsafe class BpfSys
         }
     }
 
-    /// <summary>BPF_PROG_ATTACH of <paramref name="prog"/> to <paramref name="target"/> (a cgroup directory fd).</summary>
+    /// <summary>BPF_PROG_ATTACH of <paramref name="prog"/> to <paramref name="target"/> (a cgroup directory
+    /// fd).</summary>
     public static void ProgAttach(SafeFd target, SafeFd prog, uint attachType, uint flags, SafeFd? replace = null)
     {
         byte* attr = stackalloc byte[AttrSize];
@@ -102,7 +111,8 @@ public static unsafe class BpfSys
         *(uint*)(attr + 12) = flags;
         if (replace is not null) *(uint*)(attr + 16) = (uint)replace.Fd;
         if (Call(BpfConst.PROG_ATTACH, attr) < 0)
-            throw new BpfException($"BPF_PROG_ATTACH (attach type {attachType}, flags 0x{flags:x})", Marshal.GetLastPInvokeError());
+            throw new BpfException($"BPF_PROG_ATTACH (attach type {attachType}, flags 0x{flags:x})",
+                Marshal.GetLastPInvokeError());
         GC.KeepAlive(target); GC.KeepAlive(prog); GC.KeepAlive(replace);
     }
 

@@ -28,13 +28,15 @@ public static unsafe partial class RootedFs
     [LibraryImport("libc", SetLastError = true)]
     private static partial int fstat(int fd, FsAt.Stat* st);
 
-    /// <summary>Opens <paramref name="path"/> (absolute inside the root) as if <paramref name="root"/> were "/".</summary>
+    /// <summary>Opens <paramref name="path"/> (absolute inside the root) as if <paramref name="root"/> were
+    /// "/".</summary>
     public static bool TryOpen(SafeFd root, string path, int flags, uint mode, out SafeFd fd, out int errno) =>
         FsAt.TryOpenat2(root, path.TrimStart('/'), flags, mode, FsAt.RESOLVE_IN_ROOT | FsAt.RESOLVE_NO_MAGICLINKS,
             out fd, out errno);
 
     /// <summary>Opens <paramref name="path"/> below <paramref name="dir"/> following no symlink at all (any component
-    /// that is one fails with ELOOP) and never leaving it (EXDEV): for a program's own files in a dir it owns.</summary>
+    /// that is one fails with ELOOP) and never leaving it (EXDEV): for a program's own files in a dir it
+    /// owns.</summary>
     public static bool TryOpenBeneath(SafeFd dir, string path, int flags, uint mode, out SafeFd fd, out int errno) =>
         FsAt.TryOpenat2(dir, path.TrimStart('/'), flags, mode,
             FsAt.RESOLVE_BENEATH | FsAt.RESOLVE_NO_SYMLINKS | FsAt.RESOLVE_NO_MAGICLINKS, out fd, out errno);

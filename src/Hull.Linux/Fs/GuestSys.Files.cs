@@ -41,7 +41,8 @@ public static unsafe partial class GuestSys
         Statx st;
         var p = Marshal.StringToCoTaskMemUTF8(path);
         long r;
-        try { r = Libc.syscall(SYS.statx, O.AT_FDCWD, p, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, (long)&st, 0); }
+        try { r = Libc.syscall(SYS.statx, O.AT_FDCWD, p, follow ? 0 : AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, (long)&st,
+            0); }
         finally { Marshal.FreeCoTaskMem(p); }
         errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
         info = r < 0 ? default : new StatxInfo(st.Mode, st.Uid, st.Gid, (long)st.Size, st.MtimeSec, st.MtimeNsec);
@@ -58,9 +59,12 @@ public static unsafe partial class GuestSys
         return new StatxInfo(st.Mode, st.Uid, st.Gid, (long)st.Size, st.MtimeSec, st.MtimeNsec);
     }
 
-    public static void Fsync(SafeFd fd, string what) => Sys.Check(Libc.syscall(SYS.fsync, fd.Fd, 0, 0, 0, 0, 0), $"fsync {what}");
-    public static void Fchmod(SafeFd fd, uint mode, string what) => Sys.Check(Libc.syscall(SYS.fchmod, fd.Fd, mode, 0, 0, 0, 0), $"chmod {what}");
-    public static void Fchown(SafeFd fd, uint uid, uint gid, string what) => Sys.Check(Libc.fchown(fd.Fd, uid, gid), $"chown {what}");
+    public static void Fsync(SafeFd fd, string what) =>
+        Sys.Check(Libc.syscall(SYS.fsync, fd.Fd, 0, 0, 0, 0, 0), $"fsync {what}");
+    public static void Fchmod(SafeFd fd, uint mode, string what) =>
+        Sys.Check(Libc.syscall(SYS.fchmod, fd.Fd, mode, 0, 0, 0, 0), $"chmod {what}");
+    public static void Fchown(SafeFd fd, uint uid, uint gid, string what) =>
+        Sys.Check(Libc.fchown(fd.Fd, uid, gid), $"chown {what}");
 
     public static void Rename(string from, string to)
     {

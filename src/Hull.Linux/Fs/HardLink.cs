@@ -8,6 +8,7 @@ public static partial class HardLink
     [LibraryImport("libc", EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int link(string oldpath, string newpath);
 
-    /// <summary>Makes <paramref name="newPath"/> a hard link to <paramref name="existing"/>; false (errno kept) if the kernel refuses.</summary>
+    /// <summary>Makes <paramref name="newPath"/> a hard link to <paramref name="existing"/>; false (errno kept) if the
+    /// kernel refuses.</summary>
     public static bool TryCreate(string existing, string newPath) => link(existing, newPath) == 0;
 }

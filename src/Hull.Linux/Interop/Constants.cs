@@ -94,5 +94,6 @@ public static class Signals
         return false;
     }
 
-    public static string Name(int signal) => signal > 0 && signal < Names.Length ? "SIG" + Names[signal] : signal.ToString();
+    public static string Name(int signal) => signal > 0
+        && signal < Names.Length ? "SIG" + Names[signal] : signal.ToString();
 }

@@ -103,7 +103,8 @@ public static unsafe partial class Libc
     [LibraryImport(L, SetLastError = true)]
     public static partial uint geteuid();
 
-    /// <summary>syscall(2): for calls glibc 2.36 does not wrap (pivot_root, pidfd_*, capset, seccomp, setres*id on one thread...).</summary>
+    /// <summary>syscall(2): for calls glibc 2.36 does not wrap (pivot_root, pidfd_*, capset, seccomp, setres*id on one
+    /// thread...).</summary>
     [LibraryImport(L, EntryPoint = "syscall", SetLastError = true)]
     public static partial long syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6);
 

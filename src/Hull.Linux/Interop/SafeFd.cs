@@ -55,7 +55,8 @@ public static unsafe class Sys
     public static (SafeFd A, SafeFd B) SocketPair(int type = 1 /* SOCK_STREAM */)
     {
         int* fds = stackalloc int[2];
-        if (Libc.socketpair(1 /* AF_UNIX */, type | O.CLOEXEC, 0, fds) < 0) throw LinuxException.FromLastError("socketpair");
+        if (Libc.socketpair(1 /* AF_UNIX */, type | O.CLOEXEC, 0, fds) < 0) throw LinuxException.FromLastError(
+            "socketpair");
         return (new SafeFd(fds[0]), new SafeFd(fds[1]));
     }
 
@@ -120,7 +121,8 @@ public static unsafe class Sys
     }
 
     public static void Mount(string? source, string target, string? fstype, ulong flags, string? data) =>
-        Check(Libc.mount(source, target, fstype, flags, data), $"mount {source ?? "none"}{(fstype is null ? "" : $" (type {fstype})")} on {target}");
+        Check(Libc.mount(source, target, fstype, flags, data),
+            $"mount {source ?? "none"}{(fstype is null ? "" : $" (type {fstype})")} on {target}");
 
     public static void SetCloexec(SafeFd fd, bool on)
     {
@@ -137,10 +139,12 @@ public static unsafe class Sys
     }
 
     public static void PidfdSendSignal(SafeFd pidfd, int signal) =>
-        Check(Libc.syscall(SYS.pidfd_send_signal, pidfd.Fd, signal, 0, 0, 0, 0), $"pidfd_send_signal {Signals.Name(signal)}");
+        Check(Libc.syscall(SYS.pidfd_send_signal, pidfd.Fd, signal, 0, 0, 0, 0),
+            $"pidfd_send_signal {Signals.Name(signal)}");
 
     public static void PivotRoot(string newRoot, string putOld) =>
-        Check(WithPaths(newRoot, putOld, (a, b) => Libc.syscall(SYS.pivot_root, (long)a, (long)b, 0, 0, 0, 0)), $"pivot_root {newRoot}");
+        Check(WithPaths(newRoot, putOld, (a, b) => Libc.syscall(SYS.pivot_root, (long)a, (long)b, 0, 0, 0, 0)),
+            $"pivot_root {newRoot}");
 
     /// <summary>close_range(first, ~0U, CLOSE_RANGE_CLOEXEC): every fd from <paramref name="first"/> on becomes
     /// close-on-exec.</summary>
@@ -172,7 +176,8 @@ public static unsafe class Sys
         }
     }
 
-    /// <summary>Waits up to <paramref name="timeoutMs"/> (-1: forever) for a pidfd to become readable, i.e. the process to exit.</summary>
+    /// <summary>Waits up to <paramref name="timeoutMs"/> (-1: forever) for a pidfd to become readable, i.e. the process
+    /// to exit.</summary>
     public static bool WaitPidfd(SafeFd pidfd, int timeoutMs)
     {
         var deadline = timeoutMs < 0 ? long.MaxValue : Environment.TickCount64 + timeoutMs;
@@ -191,5 +196,6 @@ public static unsafe class Sys
     /// <summary>Converts a wait status into a shell-style exit code (128+signal for a killed process).</summary>
     public static int ExitCode(int status) => (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f);
 
-    public static bool ProcessExists(int pid) => pid > 0 && (Libc.kill(pid, 0) == 0 || Marshal.GetLastPInvokeError() == Errors.EPERM);
+    public static bool ProcessExists(int pid) => pid > 0
+        && (Libc.kill(pid, 0) == 0 || Marshal.GetLastPInvokeError() == Errors.EPERM);
 }

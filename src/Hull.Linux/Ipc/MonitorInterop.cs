@@ -20,12 +20,16 @@ public static unsafe partial class MonitorInterop
 
     [LibraryImport("libc", SetLastError = true)] private static partial int bind(int fd, byte* addr, int len);
     [LibraryImport("libc", SetLastError = true)] private static partial int listen(int fd, int backlog);
-    [LibraryImport("libc", SetLastError = true)] private static partial int accept4(int fd, void* addr, void* len, int flags);
+    [LibraryImport("libc", SetLastError = true)] private static partial int accept4(int fd, void* addr, void* len,
+        int flags);
     [LibraryImport("libc", SetLastError = true)] private static partial int shutdown(int fd, int how);
-    [LibraryImport("libc", SetLastError = true)] private static partial int getsockopt(int fd, int level, int name, void* val, int* len);
+    [LibraryImport("libc", SetLastError = true)] private static partial int getsockopt(int fd, int level, int name,
+        void* val, int* len);
     [LibraryImport("libc", SetLastError = true)] private static partial int epoll_create1(int flags);
-    [LibraryImport("libc", SetLastError = true)] private static partial int epoll_ctl(int epfd, int op, int fd, EpollEvent* ev);
-    [LibraryImport("libc", SetLastError = true)] private static partial int epoll_wait(int epfd, EpollEvent* events, int max, int timeout);
+    [LibraryImport("libc", SetLastError = true)] private static partial int epoll_ctl(int epfd, int op, int fd,
+        EpollEvent* ev);
+    [LibraryImport("libc", SetLastError = true)] private static partial int epoll_wait(int epfd, EpollEvent* events,
+        int max, int timeout);
 
     [StructLayout(LayoutKind.Sequential, Pack = 4)]
     public struct EpollEvent { public uint Events; public ulong Data; }
@@ -33,7 +37,8 @@ public static unsafe partial class MonitorInterop
     static int Address(string path, byte* addr)
     {
         var bytes = Encoding.UTF8.GetBytes(path);
-        if (bytes.Length > 107) throw new LinuxException(Errors.EINVAL, $"socket path {path} is longer than 107 bytes: use a shorter state dir");
+        if (bytes.Length > 107) throw new LinuxException(Errors.EINVAL,
+            $"socket path {path} is longer than 107 bytes: use a shorter state dir");
         addr[0] = AF_UNIX; addr[1] = 0;
         for (var i = 0; i < bytes.Length; i++) addr[2 + i] = bytes[i];
         addr[2 + bytes.Length] = 0;
@@ -47,7 +52,8 @@ public static unsafe partial class MonitorInterop
         return new SafeFd(fd);
     }
 
-    /// <summary>Binds and listens on a unix seqpacket socket at <paramref name="path"/> (which must not exist).</summary>
+    /// <summary>Binds and listens on a unix seqpacket socket at <paramref name="path"/> (which must not
+    /// exist).</summary>
     public static SafeFd Listen(string path, int backlog = 512)
     {
         var s = Socket();
@@ -124,7 +130,8 @@ public static unsafe partial class MonitorInterop
         fixed (byte* d = data)
         {
             var iov = new IoVec { Base = d, Len = data.Length };
-            var msg = new MsgHdr { Iov = &iov, IovLen = 1, Control = n > 0 ? control : null, ControlLen = n > 0 ? space : 0 };
+            var msg = new MsgHdr { Iov = &iov, IovLen = 1, Control = n > 0 ? control : null,
+                ControlLen = n > 0 ? space : 0 };
             while (true)
             {
                 if (Libc.sendmsg(socket.Fd, &msg, MSG_NOSIGNAL) >= 0) break;
@@ -135,8 +142,10 @@ public static unsafe partial class MonitorInterop
         GC.KeepAlive(fds);
     }
 
-    /// <summary>Receives one message into <paramref name="buffer"/>; attached descriptors are added to <paramref name="fds"/>
-    /// (close-on-exec). Returns the message length, 0 at end of stream. A message larger than the buffer is an error.</summary>
+    /// <summary>Receives one message into <paramref name="buffer"/>; attached descriptors are added to
+    /// <paramref name="fds"/>
+    /// (close-on-exec). Returns the message length, 0 at end of stream. A message larger than the buffer is an
+    /// error.</summary>
     public static int Receive(SafeFd socket, byte[] buffer, List<SafeFd> fds)
     {
         var control = stackalloc byte[16 + 4 * MaxFds + 8];
@@ -161,8 +170,10 @@ public static unsafe partial class MonitorInterop
                 var count = (int)((*(long*)control - 16) / 4);
                 for (var i = 0; i < count; i++) fds.Add(new SafeFd(*(int*)(control + 16 + 4 * i)));
             }
-            if ((msg.Flags & MSG_TRUNC) != 0) throw new LinuxException(Errors.EINVAL, $"recvmsg: a message longer than {buffer.Length} bytes");
-            if ((msg.Flags & MSG_CTRUNC) != 0) throw new LinuxException(Errors.EINVAL, $"recvmsg: more than {MaxFds} descriptors in one message");
+            if ((msg.Flags & MSG_TRUNC) != 0) throw new LinuxException(Errors.EINVAL,
+                $"recvmsg: a message longer than {buffer.Length} bytes");
+            if ((msg.Flags & MSG_CTRUNC) != 0) throw new LinuxException(Errors.EINVAL,
+                $"recvmsg: more than {MaxFds} descriptors in one message");
             return (int)r;
         }
     }
@@ -182,7 +193,8 @@ public static unsafe partial class MonitorInterop
 
     public static void EpollRemove(SafeFd epoll, SafeFd fd) => epoll_ctl(epoll.Fd, EPOLL_CTL_DEL, fd.Fd, null);
 
-    /// <summary>Waits for events; fills <paramref name="data"/> with the data of the ready fds and returns how many (0 on timeout).</summary>
+    /// <summary>Waits for events; fills <paramref name="data"/> with the data of the ready fds and returns how many (0
+    /// on timeout).</summary>
     public static int EpollWait(SafeFd epoll, Span<ulong> data, int timeoutMs)
     {
         var max = Math.Min(data.Length, 256);
@@ -210,7 +222,8 @@ public static unsafe partial class MonitorInterop
         while (true)
         {
             new Span<byte>(info, 128).Clear();
-            var r = Libc.syscall(SYS.waitid, P_PIDFD, pidfd.Fd, (long)info, WEXITED | WNOHANG | (reap ? 0 : WNOWAIT), 0, 0);
+            var r = Libc.syscall(SYS.waitid, P_PIDFD, pidfd.Fd, (long)info, WEXITED | WNOHANG | (reap ? 0 : WNOWAIT), 0,
+                0);
             if (r < 0)
             {
                 var e = Marshal.GetLastPInvokeError();
@@ -229,7 +242,8 @@ public static unsafe partial class MonitorInterop
 {
     [LibraryImport("libc", SetLastError = true)] private static partial int fstat(int fd, byte* st);
 
-    /// <summary>"dev:ino:size:mtime" of an open file: tells two builds of a binary apart even at the same path.</summary>
+    /// <summary>"dev:ino:size:mtime" of an open file: tells two builds of a binary apart even at the same
+    /// path.</summary>
     public static string FileIdentity(SafeFd fd)
     {
         var st = stackalloc byte[144];

@@ -3,7 +3,8 @@ using System.Text;
 
 namespace Hull.Linux;
 
-/// <summary>Unix socket helpers: connect by path, pass an fd with SCM_RIGHTS (as runc's --console-socket protocol does).</summary>
+/// <summary>Unix socket helpers: connect by path, pass an fd with SCM_RIGHTS (as runc's --console-socket protocol
+/// does).</summary>
 public static unsafe class UnixSockets
 {
     const int AF_UNIX = 1, SOCK_STREAM = 1, SOL_SOCKET = 1, SCM_RIGHTS = 1;
@@ -14,7 +15,8 @@ public static unsafe class UnixSockets
         if (fd < 0) throw LinuxException.FromLastError("socket");
         var sock = new SafeFd(fd);
         var bytes = Encoding.UTF8.GetBytes(path);
-        if (bytes.Length > 107) { sock.Dispose(); throw new ArgumentException($"socket path {path} is longer than 107 bytes"); }
+        if (bytes.Length > 107) { sock.Dispose(); throw new ArgumentException(
+            $"socket path {path} is longer than 107 bytes"); }
         var addr = stackalloc byte[110];
         addr[0] = AF_UNIX; addr[1] = 0;
         for (var i = 0; i < bytes.Length; i++) addr[2 + i] = bytes[i];
@@ -42,7 +44,8 @@ public static unsafe class UnixSockets
         {
             var iov = new IoVec { Base = d, Len = data.Length };
             var msg = new MsgHdr { Iov = &iov, IovLen = 1, Control = control, ControlLen = 24 };
-            if (Libc.sendmsg(socket.Fd, &msg, 0x4000 /* MSG_NOSIGNAL */) < 0) throw LinuxException.FromLastError("sendmsg SCM_RIGHTS");
+            if (Libc.sendmsg(socket.Fd, &msg, 0x4000 /* MSG_NOSIGNAL */) < 0) throw LinuxException.FromLastError(
+                "sendmsg SCM_RIGHTS");
         }
     }
 

@@ -16,7 +16,8 @@ public static unsafe class IdmappedMounts
     struct MountAttr { public ulong AttrSet, AttrClr, Propagation, UsernsFd; }
 
     /// <summary>
-    /// An fd of a new user namespace whose uid_map and gid_map are <paramref name="uidMap"/> and <paramref name="gidMap"/>
+    /// An fd of a new user namespace whose uid_map and gid_map are <paramref name="uidMap"/> and
+    /// <paramref name="gidMap"/>
     /// (lines "inside outside count"). It is made by a child cloned into it that never runs: the maps are written, the
     /// namespace opened, and the child abandoned and reaped (the fd keeps the namespace alive).
     /// </summary>
@@ -37,7 +38,8 @@ public static unsafe class IdmappedMounts
     }
 
     /// <summary>
-    /// A detached copy of the mount at <paramref name="path"/> (with the mounts below it if <paramref name="recursive"/>),
+    /// A detached copy of the mount at <paramref name="path"/> (with the mounts below it if
+    /// <paramref name="recursive"/>),
     /// made here, where the path resolves with this process's rights: a process in a new user namespace attaches it
     /// with move_mount(2) where it could not reach the path itself (a 0700 directory of its runtime's).
     /// </summary>
@@ -47,7 +49,8 @@ public static unsafe class IdmappedMounts
         long fd;
         try
         {
-            fd = Libc.syscall(SYS.open_tree, O.AT_FDCWD, p, OPEN_TREE_CLONE | O.CLOEXEC | (recursive ? AT_RECURSIVE : 0),
+            fd = Libc.syscall(SYS.open_tree, O.AT_FDCWD, p,
+                OPEN_TREE_CLONE | O.CLOEXEC | (recursive ? AT_RECURSIVE : 0),
                 0, 0, 0);
         }
         finally { Marshal.FreeCoTaskMem(p); }
@@ -58,7 +61,8 @@ public static unsafe class IdmappedMounts
     /// <summary>A detached, recursive copy of the mount tree at <paramref name="path"/>, idmapped through the user
     /// namespace <paramref name="userns"/> (and read-only, nosuid and nodev as asked). Attach it with
     /// <see cref="Attach"/>, or name it as /proc/self/fd/N (an overlayfs layer); closing it unmounts it.</summary>
-    public static SafeFd Clone(string path, SafeFd userns, bool readOnly = false, bool nosuid = false, bool nodev = false,
+    public static SafeFd Clone(string path, SafeFd userns, bool readOnly = false, bool nosuid = false,
+        bool nodev = false,
         bool recursive = true)
     {
         var tree = CloneBind(path, recursive);

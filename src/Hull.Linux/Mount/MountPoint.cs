@@ -25,7 +25,8 @@ public static unsafe class MountPoint
         Statx st;
         var p = Marshal.StringToCoTaskMemUTF8(path);
         long r;
-        try { r = Libc.syscall(SYS.statx, O.AT_FDCWD, p, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, (long)&st, 0); }
+        try { r = Libc.syscall(SYS.statx, O.AT_FDCWD, p, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, (long)&st,
+            0); }
         finally { Marshal.FreeCoTaskMem(p); }
         if (r < 0)
         {

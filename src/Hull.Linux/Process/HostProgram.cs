@@ -30,7 +30,8 @@ public sealed class HostProgramOptions
     public Func<string, bool>? StopOnStderr;
     /// <summary>The program shares this process's terminal (stdin, stdout and stderr): an editor.</summary>
     public bool Interactive;
-    /// <summary>The program reads this process's stdin (stty asks the terminal there); its output is captured.</summary>
+    /// <summary>The program reads this process's stdin (stty asks the terminal there); its output is
+    /// captured.</summary>
     public bool InheritStdin;
     /// <summary>Builds the exception thrown for a failure from its message (the caller's own exception type);
     /// null throws <see cref="HostProgramException"/>.</summary>

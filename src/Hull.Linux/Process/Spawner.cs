@@ -27,20 +27,23 @@ public sealed class SpawnException(SpawnStage stage, int errno, string what)
         SpawnStage.Gid => $"setting the gid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
         SpawnStage.Uid => $"setting the uid ({what}): {Errors.Describe(errno)} — is it mapped in the user namespace?",
         SpawnStage.Seccomp => $"loading the seccomp filter ({what}): {Errors.Describe(errno)}",
-        SpawnStage.SeccompListener => $"handing the seccomp notify fd to the runtime ({what}): {Errors.Describe(errno)} — the profile must allow sendmsg, close and read",
+        SpawnStage.SeccompListener => $"handing the seccomp notify fd to the runtime ({what}): " +
+            $"{Errors.Describe(errno)} — the profile must allow sendmsg, close and read",
         SpawnStage.Files => $"writing a process attribute such as an LSM label ({what}): {Errors.Describe(errno)}",
         _ => $"spawning {what} failed at {stage}: {Errors.Describe(errno)}",
     };
 }
 
-/// <summary>What the child does between clone3 and execve. Everything here is done by raw syscalls in the child.</summary>
+/// <summary>What the child does between clone3 and execve. Everything here is done by raw syscalls in the
+/// child.</summary>
 public sealed class SpawnRequest
 {
     /// <summary>CLONE_NEW* flags: namespaces the child is created in.</summary>
     public ulong CloneFlags;
     /// <summary>A cgroup2 directory fd: the child starts in it (CLONE_INTO_CGROUP).</summary>
     public SafeFd? CgroupDir;
-    /// <summary>When set, the child waits for one byte on this fd before doing anything else (see <see cref="SpawnedChild.Release"/>).</summary>
+    /// <summary>When set, the child waits for one byte on this fd before doing anything else (see
+    /// <see cref="SpawnedChild.Release"/>).</summary>
     public bool WaitForRelease;
     /// <summary>Executable: an fd (execveat AT_EMPTY_PATH) or a path.</summary>
     public SafeFd? ExecFd;
@@ -63,7 +66,8 @@ public sealed class SpawnRequest
     public string? Chdir;
     /// <summary>Signal mask installed in the child before exec (bit n-1 for signal n).</summary>
     public ulong SignalMask;
-    /// <summary>Credentials and attributes applied last, just before exec; null leaves the child's as they are.</summary>
+    /// <summary>Credentials and attributes applied last, just before exec; null leaves the child's as they
+    /// are.</summary>
     public ProcessAttributes? Attributes;
     /// <summary>Candidate paths tried in order (a PATH search done in the child's own mount namespace).</summary>
     public IReadOnlyList<string>? ExecCandidates;
@@ -166,7 +170,8 @@ public static unsafe partial class Spawner
             Fill(s, req, mem, refs);
             int st = 0;
             var r = NativeExec(s, &st);
-            throw new SpawnException((SpawnStage)st, (int)-r, req.ExecCandidates?.FirstOrDefault() ?? req.Path ?? req.Argv[0]);
+            throw new SpawnException((SpawnStage)st, (int)-r,
+                req.ExecCandidates?.FirstOrDefault() ?? req.Path ?? req.Argv[0]);
         }
         finally { foreach (var h in refs) h.DangerousRelease(); }
     }
@@ -182,12 +187,14 @@ public static unsafe partial class Spawner
         s->ListenerSock = Ref(req.SeccompListener?.ChildEnd, refs);
         s->ListenerCloseFd = Ref(req.SeccompListener?.ParentEnd, refs);
         if (req.Attributes is not { } a) return;
-        if (a.Files.Count > 4 || (a.Groups?.Count ?? 0) > 64) throw new ArgumentException("at most 4 attribute files and 64 supplementary groups");
+        if (a.Files.Count > 4 || (a.Groups?.Count ?? 0) > 64) throw new ArgumentException(
+            "at most 4 attribute files and 64 supplementary groups");
         s->ApplyProcess = 1;
         s->Umask = a.Umask;
         s->Personality = a.Personality;
         s->NFiles = a.Files.Count;
-        for (var i = 0; i < a.Files.Count; i++) { s->FilePath[i] = (long)mem.Utf8(a.Files[i].Path); s->FileData[i] = (long)mem.Utf8(a.Files[i].Data); }
+        for (var i = 0; i < a.Files.Count; i++) { s->FilePath[i] = (long)mem.Utf8(a.Files[i].Path); s->FileData[i] =
+            (long)mem.Utf8(a.Files[i].Data); }
         s->CapBounding = a.Bounding; s->CapEffective = a.Effective; s->CapPermitted = a.Permitted;
         s->CapInheritable = a.Inheritable; s->CapAmbient = a.Ambient; s->LastCap = a.LastCap;
         s->Uid = (int)a.Uid; s->Gid = (int)a.Gid;
@@ -198,7 +205,8 @@ public static unsafe partial class Spawner
         {
             var filter = (byte*)mem.Alloc(prog.Length);
             prog.CopyTo(new Span<byte>(filter, prog.Length));
-            var fprog = (byte*)mem.Alloc(16);            // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+            // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+            var fprog = (byte*)mem.Alloc(16);
             *(ushort*)fprog = (ushort)(prog.Length / 8);
             *(byte**)(fprog + 8) = filter;
             s->SeccompProg = fprog;
@@ -208,7 +216,8 @@ public static unsafe partial class Spawner
 
     static SafeFd? s_ownPidNs;
 
-    /// <summary>Starts the child. If <see cref="SpawnRequest.WaitForRelease"/> is set it waits for <see cref="SpawnedChild.Release"/>.</summary>
+    /// <summary>Starts the child. If <see cref="SpawnRequest.WaitForRelease"/> is set it waits for
+    /// <see cref="SpawnedChild.Release"/>.</summary>
     public static SpawnedChild Start(SpawnRequest req)
     {
         if (req.JoinNamespaces.Count > MaxNs || req.CgroupTaskFiles.Count > MaxNs || req.Fds.Count > MaxFds)
@@ -293,7 +302,8 @@ public static unsafe partial class Spawner
         return r;
     }
 
-    /// <summary>Spawns, waits for exec, and returns the running child. For children that need no parent-side setup.</summary>
+    /// <summary>Spawns, waits for exec, and returns the running child. For children that need no parent-side
+    /// setup.</summary>
     public static SpawnedChild Spawn(SpawnRequest req)
     {
         var c = Start(req);
@@ -314,7 +324,8 @@ public sealed unsafe class SpawnedChild : IDisposable
     public int Pid { get; }
     public SafeFd Pidfd { get; }
 
-    internal SpawnedChild(int pid, SafeFd pidfd, NativeBlock mem, void* native, SafeFd? sync, List<SafeHandle> refs, string what)
+    internal SpawnedChild(int pid, SafeFd pidfd, NativeBlock mem, void* native, SafeFd? sync, List<SafeHandle> refs,
+        string what)
     {
         Pid = pid; Pidfd = pidfd; _mem = mem; _native = native; _sync = sync; _refs = refs; _what = what;
     }
@@ -328,7 +339,8 @@ public sealed unsafe class SpawnedChild : IDisposable
         _sync = null;
     }
 
-    /// <summary>Waits until the child has exec'd; throws <see cref="SpawnException"/> if it failed (the child is then reaped).</summary>
+    /// <summary>Waits until the child has exec'd; throws <see cref="SpawnException"/> if it failed (the child is then
+    /// reaped).</summary>
     public void Finish()
     {
         if (_mem is null) return;

@@ -68,12 +68,15 @@ public sealed class LinuxSyscalls : ISyscalls
     }
 
     public void Mknod(string path, uint mode, ulong dev) => Sys.Check(Libc.mknod(path, mode, dev), $"mknod {path}");
-    public void Symlink(string target, string linkPath) => Sys.Check(Libc.symlink(target, linkPath), $"symlink {linkPath} -> {target}");
+    public void Symlink(string target, string linkPath) =>
+        Sys.Check(Libc.symlink(target, linkPath), $"symlink {linkPath} -> {target}");
     public void Chown(string path, uint uid, uint gid) => Sys.Check(Libc.chown(path, uid, gid), $"chown {path}");
     public void Chmod(string path, uint mode) => Sys.Check(Libc.chmod(path, mode), $"chmod {path}");
     public void WriteFile(string path, string content) => Sys.WriteFile(path, content);
-    public void SetHostname(string name) => Sys.Check(Libc.sethostname(name, System.Text.Encoding.UTF8.GetByteCount(name)), $"sethostname {name}");
-    public void SetDomainname(string name) => Sys.Check(Libc.setdomainname(name, System.Text.Encoding.UTF8.GetByteCount(name)), $"setdomainname {name}");
+    public void SetHostname(string name) => Sys.Check(
+        Libc.sethostname(name, System.Text.Encoding.UTF8.GetByteCount(name)), $"sethostname {name}");
+    public void SetDomainname(string name) =>
+        Sys.Check(Libc.setdomainname(name, System.Text.Encoding.UTF8.GetByteCount(name)), $"setdomainname {name}");
     public bool Exists(string path) => Libc.access(path, 0) == 0 || IsDanglingLink(path);
     public bool IsDirectory(string path) => Directory.Exists(path);
 
@@ -87,7 +90,8 @@ public sealed class LinuxSyscalls : ISyscalls
 public sealed class RecordingSyscalls : ISyscalls
 {
     public List<string> Calls { get; } = [];
-    /// <summary>Paths that "exist"; directories end without a slash and are listed in <see cref="Directories"/>.</summary>
+    /// <summary>Paths that "exist"; directories end without a slash and are listed in
+    /// <see cref="Directories"/>.</summary>
     public HashSet<string> Files { get; } = [];
     public HashSet<string> Directories { get; } = ["/"];
     /// <summary>Makes the named call (by its first word) fail with this errno.</summary>
@@ -108,10 +112,14 @@ public sealed class RecordingSyscalls : ISyscalls
     public void Chdir(string path) => Rec("chdir", $"chdir {path}");
     public SafeFd OpenDirectory(string path) { Rec("open", $"open {path}"); return new SafeFd(); }
     public void Fchdir(SafeFd dir) => Rec("fchdir", "fchdir");
-    public void MkdirAll(string path, uint mode) { Rec("mkdir", $"mkdir {path} {Convert.ToString(mode, 8)}"); Directories.Add(path); }
+    public void MkdirAll(string path, uint mode) { Rec("mkdir",
+        $"mkdir {path} {Convert.ToString(mode, 8)}"); Directories.Add(path); }
     public void CreateFile(string path, uint mode) { Rec("create", $"create {path}"); Files.Add(path); }
-    public void Mknod(string path, uint mode, ulong dev) { Rec("mknod", $"mknod {path} {Convert.ToString(mode, 8)} {dev >> 8}:{dev & 0xff}"); Files.Add(path); }
-    public void Symlink(string target, string linkPath) { Rec("symlink", $"symlink {linkPath} -> {target}"); Files.Add(linkPath); }
+    public void Mknod(string path, uint mode,
+        ulong dev) { Rec("mknod", $"mknod {path} {Convert.ToString(mode, 8)} {dev >> 8}:{dev & 0xff}"); Files.Add(
+        path); }
+    public void Symlink(string target, string linkPath) { Rec("symlink",
+        $"symlink {linkPath} -> {target}"); Files.Add(linkPath); }
     public void Chown(string path, uint uid, uint gid) => Rec("chown", $"chown {path} {uid}:{gid}");
     public void Chmod(string path, uint mode) => Rec("chmod", $"chmod {path} {Convert.ToString(mode, 8)}");
     public void WriteFile(string path, string content) => Rec("write", $"write {path} {content}");

@@ -15,7 +15,8 @@ public static unsafe partial class GuestSys
         Sys.Check(Libc.ioctl(fd.Fd, TIOCSWINSZ, (nint)ws), "ioctl TIOCSWINSZ");
     }
 
-    /// <summary>Opens a new pseudo-terminal pair: (master, slave), both close-on-exec, the slave not our controlling tty.</summary>
+    /// <summary>Opens a new pseudo-terminal pair: (master, slave), both close-on-exec, the slave not our controlling
+    /// tty.</summary>
     public static (SafeFd Master, SafeFd Slave) OpenPty()
     {
         var m = Libc.posix_openpt(O.RDWR | O.NOCTTY | O.CLOEXEC);

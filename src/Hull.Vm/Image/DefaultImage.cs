@@ -9,11 +9,14 @@ public sealed class DefaultImageOptions
 {
     /// <summary>Where images are cached (images/&lt;key&gt;/...).</summary>
     public required string CacheDir { get; init; }
-    /// <summary>Guest kernel version (a /boot/vmlinuz-VERSION with /lib/modules/VERSION); the newest such pair when null.</summary>
+    /// <summary>Guest kernel version (a /boot/vmlinuz-VERSION with /lib/modules/VERSION); the newest such pair when
+    /// null.</summary>
     public string? KernelVersion { get; init; }
-    /// <summary>The hull-agent binary to include (with the glibc libraries it links); /init starts it on the agent port.</summary>
+    /// <summary>The hull-agent binary to include (with the glibc libraries it links); /init starts it on the agent
+    /// port.</summary>
     public string? AgentBinary { get; init; }
-    /// <summary>Shell lines /init runs after the devices are ready and before the marker (test images, customisation).</summary>
+    /// <summary>Shell lines /init runs after the devices are ready and before the marker (test images,
+    /// customisation).</summary>
     public string? ExtraInit { get; init; }
     /// <summary>A directory that becomes the root disk's contents (mkfs.ext4 -d); a small default when null.</summary>
     public string? RootDir { get; init; }
@@ -25,7 +28,8 @@ public sealed class DefaultImageOptions
 }
 
 /// <summary>A built default image: everything a direct-boot VM needs.</summary>
-public sealed record DefaultImageInfo(string Dir, string KernelVersion, string Kernel, string Initrd, string RootDisk, bool HasAgent)
+public sealed record DefaultImageInfo(string Dir, string KernelVersion, string Kernel, string Initrd, string RootDisk,
+    bool HasAgent)
 {
     /// <summary>A VM config that boots this image with a qcow2 overlay on its root disk.</summary>
     public VmConfig ToConfig(string name, int memoryMiB = 256) => new()
@@ -52,7 +56,8 @@ public static class DefaultImage
     /// <summary>Modules loaded by /init (with their dependencies from modules.dep), in this order.</summary>
     public static readonly string[] Modules =
     [
-        "virtio_ring", "virtio", "virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio-rng",
+        "virtio_ring", "virtio", "virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console",
+        "virtio-rng",
         "vsock", "vmw_vsock_virtio_transport", "crc32c_generic", "ext4", "pvpanic-mmio", "button", "evdev",
     ];
 
@@ -63,17 +68,23 @@ public static class DefaultImage
         var ver = o.KernelVersion ?? FindKernelVersion(o);
         var vmlinuz = Path.Combine(o.BootDir, $"vmlinuz-{ver}");
         var modDir = Path.Combine(o.ModulesDir, ver);
-        if (!File.Exists(vmlinuz)) throw new VmException($"kernel {vmlinuz} does not exist: install linux-image-amd64 (or give KernelVersion)");
-        if (!Directory.Exists(modDir)) throw new VmException($"kernel modules {modDir} do not exist: install the modules of kernel {ver}");
-        if (!File.Exists(o.Busybox)) throw new VmException($"busybox {o.Busybox} does not exist: install busybox-static");
-        if (o.AgentBinary is not null && !File.Exists(o.AgentBinary)) throw new VmException($"agent binary {o.AgentBinary} does not exist: build hull-agent first");
-        if (o.RootDir is not null && !Directory.Exists(o.RootDir)) throw new VmException($"root directory {o.RootDir} does not exist");
+        if (!File.Exists(vmlinuz)) throw new VmException(
+            $"kernel {vmlinuz} does not exist: install linux-image-amd64 (or give KernelVersion)");
+        if (!Directory.Exists(modDir)) throw new VmException(
+            $"kernel modules {modDir} do not exist: install the modules of kernel {ver}");
+        if (!File.Exists(o.Busybox)) throw new VmException(
+            $"busybox {o.Busybox} does not exist: install busybox-static");
+        if (o.AgentBinary is not null && !File.Exists(o.AgentBinary)) throw new VmException(
+            $"agent binary {o.AgentBinary} does not exist: build hull-agent first");
+        if (o.RootDir is not null && !Directory.Exists(o.RootDir)) throw new VmException(
+            $"root directory {o.RootDir} does not exist");
 
         var key = Key(o, ver, vmlinuz);
         var cacheDir = Path.GetFullPath(o.CacheDir);
         var dir = Path.Combine(cacheDir, "images", key);
         var kernelPath = Path.Combine(cacheDir, "kernels", $"vmlinux-{ver}");
-        var info = new DefaultImageInfo(dir, ver, kernelPath, Path.Combine(dir, "initrd.cpio"), Path.Combine(dir, "root.qcow2"), o.AgentBinary is not null);
+        var info = new DefaultImageInfo(dir, ver, kernelPath, Path.Combine(dir, "initrd.cpio"),
+            Path.Combine(dir, "root.qcow2"), o.AgentBinary is not null);
         if (File.Exists(Path.Combine(dir, "complete")) && File.Exists(kernelPath)) return info;
         await s_lock.WaitAsync(ct).ConfigureAwait(false);
         try
@@ -106,10 +117,12 @@ public static class DefaultImage
     {
         var versions = Directory.Exists(o.BootDir)
             ? Directory.GetFiles(o.BootDir, "vmlinuz-*").Select(f => Path.GetFileName(f)["vmlinuz-".Length..])
-                .Where(v => Directory.Exists(Path.Combine(o.ModulesDir, v))).OrderDescending(StringComparer.Ordinal).ToList()
+                .Where(v => Directory.Exists(Path.Combine(o.ModulesDir, v))).OrderDescending(
+                    StringComparer.Ordinal).ToList()
             : [];
         return versions.FirstOrDefault()
-            ?? throw new VmException($"no guest kernel found (a {o.BootDir}/vmlinuz-VERSION with {o.ModulesDir}/VERSION): install linux-image-amd64");
+            ?? throw new VmException($"no guest kernel found (a {o.BootDir}/vmlinuz-VERSION with " +
+                $"{o.ModulesDir}/VERSION): install linux-image-amd64");
     }
 
     static string Key(DefaultImageOptions o, string ver, string vmlinuz)
@@ -125,7 +138,8 @@ public static class DefaultImage
         F(vmlinuz); F(o.Busybox); F(o.AgentBinary);
         sb.Append(o.ExtraInit ?? "-").Append('\n').Append(o.RootDiskMiB).Append('\n');
         if (o.RootDir is not null)
-            foreach (var f in Directory.EnumerateFileSystemEntries(o.RootDir, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
+            foreach (var f in Directory.EnumerateFileSystemEntries(o.RootDir, "*",
+                SearchOption.AllDirectories).Order(StringComparer.Ordinal))
             {
                 sb.Append(Path.GetRelativePath(o.RootDir, f)).Append('|');
                 if (File.Exists(f)) F(f); else sb.Append('\n');
@@ -140,7 +154,8 @@ public static class DefaultImage
     /// Extracts the uncompressed ELF vmlinux from a bzImage: finds the compressed payload (xz, gzip or zstd magic)
     /// and decompresses it. Cached per kernel version.
     /// </summary>
-    public static async Task<string> ExtractVmlinuxAsync(string bzImage, string cacheDir, string version, CancellationToken ct = default)
+    public static async Task<string> ExtractVmlinuxAsync(string bzImage, string cacheDir, string version,
+        CancellationToken ct = default)
     {
         var outPath = Path.Combine(cacheDir, $"vmlinux-{version}");
         if (File.Exists(outPath)) return outPath;
@@ -167,13 +182,17 @@ public static class DefaultImage
                             switch (kind)
                             {
                                 case "gzip":
-                                    using (var gz = new GZipStream(payload, CompressionMode.Decompress)) await gz.CopyToAsync(outFile, ct).ConfigureAwait(false);
+                                    using (var gz = new GZipStream(payload,
+                                        CompressionMode.Decompress)) await gz.CopyToAsync(outFile,
+                                        ct).ConfigureAwait(false);
                                     break;
                                 case "xz":
-                                    Tools.Run(Tools.Find("xz", "xz-utils"), ["-dc", "--single-stream"], $"decompressing {bzImage}", stdin: payload, stdout: outFile);
+                                    Tools.Run(Tools.Find("xz", "xz-utils"), ["-dc", "--single-stream"],
+                                        $"decompressing {bzImage}", stdin: payload, stdout: outFile);
                                     break;
                                 default:
-                                    Tools.Run(Tools.Find("zstd", "zstd"), ["-dc"], $"decompressing {bzImage}", stdin: payload, stdout: outFile);
+                                    Tools.Run(Tools.Find("zstd", "zstd"), ["-dc"], $"decompressing {bzImage}",
+                                        stdin: payload, stdout: outFile);
                                     break;
                             }
                         }
@@ -202,7 +221,8 @@ public static class DefaultImage
 
     // ---------------------------------------------------------------- initramfs
 
-    /// <summary>modules.dep closure of <see cref="Modules"/>, dependencies first: relative paths under the module dir.</summary>
+    /// <summary>modules.dep closure of <see cref="Modules"/>, dependencies first: relative paths under the module
+    /// dir.</summary>
     public static List<string> ResolveModules(string modDir, IEnumerable<string> wanted)
     {
         var deps = new Dictionary<string, (string Path, string[] Deps)>(StringComparer.Ordinal);
@@ -237,9 +257,12 @@ public static class DefaultImage
         if (path.EndsWith(".ko", StringComparison.Ordinal)) return File.ReadAllBytes(path);
         using var ms = new MemoryStream();
         using var input = File.OpenRead(path);
-        if (path.EndsWith(".gz", StringComparison.Ordinal)) { using var gz = new GZipStream(input, CompressionMode.Decompress); gz.CopyTo(ms); }
-        else if (path.EndsWith(".xz", StringComparison.Ordinal)) Tools.Run(Tools.Find("xz", "xz-utils"), ["-dc"], $"decompressing {path}", stdin: input, stdout: ms);
-        else if (path.EndsWith(".zst", StringComparison.Ordinal)) Tools.Run(Tools.Find("zstd", "zstd"), ["-dc"], $"decompressing {path}", stdin: input, stdout: ms);
+        if (path.EndsWith(".gz", StringComparison.Ordinal)) { using var gz =
+            new GZipStream(input, CompressionMode.Decompress); gz.CopyTo(ms); }
+        else if (path.EndsWith(".xz", StringComparison.Ordinal)) Tools.Run(Tools.Find("xz", "xz-utils"), ["-dc"],
+            $"decompressing {path}", stdin: input, stdout: ms);
+        else if (path.EndsWith(".zst", StringComparison.Ordinal)) Tools.Run(Tools.Find("zstd", "zstd"), ["-dc"],
+            $"decompressing {path}", stdin: input, stdout: ms);
         else throw new VmException($"module {path} has an unknown compression");
         return ms.ToArray();
     }
@@ -251,7 +274,8 @@ public static class DefaultImage
         using var f = File.Create(output);
         using (var cpio = new CpioWriter(f))
         {
-            foreach (var d in new[] { "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "etc", "mnt/root", "root", $"lib/modules/{ver}" })
+            foreach (var d in new[] { "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "etc",
+                "mnt/root", "root", $"lib/modules/{ver}" })
                 cpio.Directory(d);
             cpio.CharDevice("dev/console", 5, 1);
             cpio.CharDevice("dev/null", 1, 3, 0b110_110_110);
@@ -283,12 +307,14 @@ public static class DefaultImage
     {
         string output;
         try { output = Tools.Run(Tools.Find("ldd", "libc-bin"), [binary], $"listing the libraries of {binary}"); }
-        catch (VmException e) when (e.Message.Contains("not a dynamic executable", StringComparison.Ordinal)) { return []; }
+        catch (VmException e) when (e.Message.Contains("not a dynamic executable",
+            StringComparison.Ordinal)) { return []; }
         var libs = new List<string>();
         foreach (var raw in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-            if (raw.Contains("not found", StringComparison.Ordinal)) throw new VmException($"{binary} needs a library that is missing on this host: {raw}");
+            if (raw.Contains("not found", StringComparison.Ordinal)) throw new VmException(
+                $"{binary} needs a library that is missing on this host: {raw}");
             var arrow = raw.IndexOf("=>", StringComparison.Ordinal);
             var rest = arrow >= 0 ? raw[(arrow + 2)..].Trim() : raw;
             var sp = rest.IndexOf(' ');
@@ -307,7 +333,8 @@ public static class DefaultImage
     {
         var agent = o.AgentBinary is not null
             ? $"# The guest agent on its virtio-serial port, restarted a second after it ends.\n" +
-              $"( while true; do /bin/hull-agent --serial {AgentChannel.GuestDevice}; sleep 1; done ) </dev/null >>/run/hull-agent.log 2>&1 &\n"
+              $"( while true; do /bin/hull-agent --serial {AgentChannel.GuestDevice}; sleep 1; done ) </dev/null " +
+                  ">>/run/hull-agent.log 2>&1 &\n"
             : "";
         return $$"""
 #!/bin/busybox sh
@@ -382,10 +409,13 @@ done
                 File.WriteAllText(Path.Combine(tmpRoot, "README"), "Hull default VM root disk.\n");
                 src = tmpRoot;
             }
-            Tools.Run(Tools.Find("mkfs.ext4", "e2fsprogs"), ["-q", "-F", "-L", "hullroot", "-d", src, raw, $"{o.RootDiskMiB}M"], "making the root disk");
+            Tools.Run(Tools.Find("mkfs.ext4", "e2fsprogs"),
+                ["-q", "-F", "-L", "hullroot", "-d", src, raw, $"{o.RootDiskMiB}M"], "making the root disk");
             var q = Path.Combine(dir, "root.qcow2");
-            Tools.Run(Tools.QemuImg, ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, q], "converting the root disk to qcow2");
-            if (OperatingSystem.IsLinux()) File.SetUnixFileMode(q, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+            Tools.Run(Tools.QemuImg, ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, q],
+                "converting the root disk to qcow2");
+            if (OperatingSystem.IsLinux()) File.SetUnixFileMode(q,
+                UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         }
         finally
         {

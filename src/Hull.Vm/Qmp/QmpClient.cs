@@ -15,7 +15,8 @@ public sealed class QmpException(string command, string errorClass, string descr
     public string Description { get; } = description;
 }
 
-/// <summary>The QMP connection is gone (QEMU exited or closed the socket). The message carries QEMU's last stderr lines.</summary>
+/// <summary>The QMP connection is gone (QEMU exited or closed the socket). The message carries QEMU's last stderr
+/// lines.</summary>
 public sealed class QemuGoneException(string message) : Exception(message);
 
 /// <summary>An asynchronous QMP event.</summary>
@@ -58,7 +59,8 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
     /// Connects to a QMP unix socket, reads the greeting and negotiates capabilities. <paramref name="diagnostics"/>
     /// returns text that explains a failure (typically the tail of QEMU's stderr log).
     /// </summary>
-    public static async Task<QmpClient> ConnectAsync(string socketPath, TimeSpan? timeout = null, Func<string>? diagnostics = null, CancellationToken ct = default)
+    public static async Task<QmpClient> ConnectAsync(string socketPath, TimeSpan? timeout = null,
+        Func<string>? diagnostics = null, CancellationToken ct = default)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         QmpClient? client = null;
@@ -66,17 +68,22 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
         {
             using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
             cts.CancelAfter(timeout ?? DefaultTimeout);
-            try { await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), cts.Token).ConfigureAwait(false); }
-            catch (SocketException e) { throw new QemuGoneException($"cannot connect to QMP socket {socketPath}: {e.Message}{Tail(diagnostics)}"); }
+            try { await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath),
+                cts.Token).ConfigureAwait(false); }
+            catch (SocketException e) { throw new QemuGoneException(
+                $"cannot connect to QMP socket {socketPath}: {e.Message}{Tail(diagnostics)}"); }
             client = new QmpClient(socket, diagnostics);
             var reader = new LineReader(client._stream);
             string? greeting;
             // A QEMU that dies right after creating the socket resets the connection (ECONNRESET): it is gone.
             try { greeting = await reader.ReadLineAsync(cts.Token).ConfigureAwait(false); }
-            catch (IOException e) { throw new QemuGoneException($"QEMU closed the QMP socket {socketPath} before its greeting ({e.Message}){Tail(diagnostics)}"); }
-            if (greeting is null) throw new QemuGoneException($"QEMU closed the QMP socket {socketPath} before its greeting{Tail(diagnostics)}");
+            catch (IOException e) { throw new QemuGoneException(
+                $"QEMU closed the QMP socket {socketPath} before its greeting ({e.Message}){Tail(diagnostics)}"); }
+            if (greeting is null) throw new QemuGoneException(
+                $"QEMU closed the QMP socket {socketPath} before its greeting{Tail(diagnostics)}");
             var g = JsonNode.Parse(greeting)?["QMP"]?["version"]?["qemu"];
-            if (g is null) throw new QemuGoneException($"{socketPath} is not a QMP socket (greeting: {Trim(greeting)})");
+            if (g is null) throw new QemuGoneException(
+                $"{socketPath} is not a QMP socket (greeting: {Trim(greeting)})");
             client.QemuVersion = $"{g["major"]}.{g["minor"]}.{g["micro"]}";
             client._reader = Task.Run(() => client.ReadLoop(reader));
             await client.ExecuteAsync("qmp_capabilities", null, timeout, ct).ConfigureAwait(false);
@@ -86,7 +93,8 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
         {
             client?.Dispose();
             socket.Dispose();
-            throw new TimeoutException($"QMP socket {socketPath} did not answer within {(timeout ?? DefaultTimeout).TotalSeconds:0.#} s{Tail(diagnostics)}");
+            throw new TimeoutException($"QMP socket {socketPath} did not answer within " +
+                $"{(timeout ?? DefaultTimeout).TotalSeconds:0.#} s{Tail(diagnostics)}");
         }
         catch
         {
@@ -104,7 +112,8 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
 
     static string Trim(string s) => s.Length > 200 ? s[..200] + "..." : s;
 
-    /// <summary>Registers an event handler; dispose the result to unsubscribe. Handlers run on the reader thread: keep them short.</summary>
+    /// <summary>Registers an event handler; dispose the result to unsubscribe. Handlers run on the reader thread: keep
+    /// them short.</summary>
     public IDisposable Subscribe(Action<QmpEvent> handler)
     {
         lock (_subscribers) _subscribers.Add(handler);
@@ -116,15 +125,18 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
         public void Dispose() { lock (c._subscribers) c._subscribers.Remove(h); }
     }
 
-    /// <summary>Waits for the first event named <paramref name="name"/> that matches <paramref name="filter"/>.</summary>
-    public async Task<QmpEvent> WaitForEventAsync(string name, Func<QmpEvent, bool>? filter, TimeSpan timeout, CancellationToken ct = default)
+    /// <summary>Waits for the first event named <paramref name="name"/> that matches
+    /// <paramref name="filter"/>.</summary>
+    public async Task<QmpEvent> WaitForEventAsync(string name, Func<QmpEvent, bool>? filter, TimeSpan timeout,
+        CancellationToken ct = default)
     {
         var tcs = new TaskCompletionSource<QmpEvent>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var sub = Subscribe(e => { if (e.Name == name && (filter?.Invoke(e) ?? true)) tcs.TrySetResult(e); });
         return await WaitAsync(tcs.Task, timeout, $"QMP event {name}", ct).ConfigureAwait(false);
     }
 
-    /// <summary>An event waiter registered now, awaited later (so an event that comes right after a command is not missed).</summary>
+    /// <summary>An event waiter registered now, awaited later (so an event that comes right after a command is not
+    /// missed).</summary>
     public EventWaiter Expect(string name, Func<QmpEvent, bool>? filter = null) => new(this, name, filter);
 
     public sealed class EventWaiter : IDisposable
@@ -141,7 +153,8 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
         }
 
         public Task<QmpEvent> Task => _tcs.Task;
-        public Task<QmpEvent> WaitAsync(TimeSpan timeout, CancellationToken ct = default) => _c.WaitAsync(_tcs.Task, timeout, $"QMP event {_name}", ct);
+        public Task<QmpEvent> WaitAsync(TimeSpan timeout, CancellationToken ct = default) =>
+            _c.WaitAsync(_tcs.Task, timeout, $"QMP event {_name}", ct);
         public void Dispose() => _sub.Dispose();
     }
 
@@ -157,8 +170,10 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
         throw new TimeoutException($"{what} did not come within {timeout.TotalSeconds:0.#} s");
     }
 
-    /// <summary>Runs a QMP command and returns its "return" value. Throws <see cref="QmpException"/> on an error reply.</summary>
-    public async Task<JsonNode?> ExecuteAsync(string command, JsonObject? arguments = null, TimeSpan? timeout = null, CancellationToken ct = default)
+    /// <summary>Runs a QMP command and returns its "return" value. Throws <see cref="QmpException"/> on an error
+    /// reply.</summary>
+    public async Task<JsonNode?> ExecuteAsync(string command, JsonObject? arguments = null, TimeSpan? timeout = null,
+        CancellationToken ct = default)
     {
         if (_closedReason is not null) throw Gone();
         var id = Interlocked.Increment(ref _nextId);
@@ -184,10 +199,12 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
     }
 
     /// <summary>Runs a command that returns an object.</summary>
-    public async Task<JsonObject> ExecuteObjectAsync(string command, JsonObject? arguments = null, TimeSpan? timeout = null, CancellationToken ct = default) =>
+    public async Task<JsonObject> ExecuteObjectAsync(string command, JsonObject? arguments = null,
+        TimeSpan? timeout = null, CancellationToken ct = default) =>
         await ExecuteAsync(command, arguments, timeout, ct).ConfigureAwait(false) as JsonObject ?? [];
 
-    Exception Gone() => new QemuGoneException($"QEMU closed the QMP connection ({_closedReason ?? "closed"}){Tail(_diagnostics)}");
+    Exception Gone() => new QemuGoneException(
+        $"QEMU closed the QMP connection ({_closedReason ?? "closed"}){Tail(_diagnostics)}");
 
     async Task ReadLoop(LineReader reader)
     {
@@ -207,7 +224,8 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
                 {
                     var ts = obj["timestamp"];
                     var when = ts is null ? DateTimeOffset.UtcNow
-                        : DateTimeOffset.FromUnixTimeMilliseconds((long)ts["seconds"]!.GetValue<long>() * 1000 + (ts["microseconds"]?.GetValue<long>() ?? 0) / 1000);
+                        : DateTimeOffset.FromUnixTimeMilliseconds((long)ts["seconds"]!.GetValue<long>() * 1000
+                            + (ts["microseconds"]?.GetValue<long>() ?? 0) / 1000);
                     var e = new QmpEvent(ev.GetValue<string>(), obj["data"] as JsonObject, when);
                     Action<QmpEvent>[] subs;
                     lock (_subscribers) subs = [.. _subscribers];
@@ -217,10 +235,13 @@ public sealed class QmpClient : IAsyncDisposable, IDisposable
                     }
                     continue;
                 }
-                if (obj["id"] is JsonNode idNode && idNode.GetValueKind() == JsonValueKind.Number && _pending.TryGetValue(idNode.GetValue<long>(), out var p))
+                if (obj["id"] is JsonNode idNode && idNode.GetValueKind() == JsonValueKind.Number
+                    && _pending.TryGetValue(idNode.GetValue<long>(), out var p))
                 {
                     if (obj["error"] is JsonObject err)
-                        p.Tcs.TrySetException(new QmpException(p.Command, err["class"]?.GetValue<string>() ?? "GenericError", err["desc"]?.GetValue<string>() ?? "unknown error"));
+                        p.Tcs.TrySetException(new QmpException(p.Command,
+                            err["class"]?.GetValue<string>() ?? "GenericError",
+                            err["desc"]?.GetValue<string>() ?? "unknown error"));
                     else
                         p.Tcs.TrySetResult(obj["return"]?.DeepClone());
                 }

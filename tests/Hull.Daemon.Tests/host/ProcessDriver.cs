@@ -15,7 +15,8 @@ namespace Hull.TestHost;
 /// started detached (its own session, under a small shell monitor that records the exit code), so it outlives hulld
 /// exactly as real instances must. No isolation beyond chroot, no limits: it exists so the daemon, API, SDK and CLI
 /// can be tested end to end before the container and VM engines land.
-/// Files in the instance dir: rootfs/, snapshots/NAME/, init.sh, monitor.sh, pid, exit, frozen, mounts, console.log, console.in.
+/// Files in the instance dir: rootfs/, snapshots/NAME/, init.sh, monitor.sh, pid, exit, frozen, mounts, console.log,
+/// console.in.
 /// </summary>
 public sealed class ProcessDriver(string type) : IInstanceDriver
 {
@@ -28,7 +29,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
 
     public void Validate(InstanceSpec spec)
     {
-        if (!File.Exists(Chroot)) throw new InstanceException($"the process test driver needs {Chroot} (coreutils)", 500);
+        if (!File.Exists(Chroot)) throw new InstanceException($"the process test driver needs {Chroot} (coreutils)",
+            500);
     }
 
     public async Task CreateAsync(InstanceSpec spec, CancellationToken ct)
@@ -78,7 +80,9 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         var init = spec.Config.TryGetValue("user.test.init", out var i) ? i
             : "trap 'echo stopping; exit 0' TERM; echo \"$HOSTNAME booted\"; while :; do sleep 1000 & wait $!; done";
         await File.WriteAllTextAsync(F(spec, "init.sh"),
-            $"exec env -i {string.Join(' ', Env(spec, new Dictionary<string, string> { ["HOSTNAME"] = spec.Name }).Select(Q))} {Chroot} {Q(rootfs)} /bin/sh -c {Q(init)}\n", ct);
+            "exec env -i " +
+                string.Join(' ', Env(spec, new Dictionary<string, string> { ["HOSTNAME"] = spec.Name }).Select(Q)) +
+                $" {Chroot} {Q(rootfs)} /bin/sh -c {Q(init)}\n", ct);
         await File.WriteAllTextAsync(F(spec, "monitor.sh"), """
             # The instance's monitor: runs init.sh in its own session and records how it ended.
             cd "$(dirname "$0")" || exit 1
@@ -92,11 +96,14 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
             echo $rc > exit.tmp && mv exit.tmp exit
             """, ct);
         var psi = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
-        foreach (var a in new[] { "-c", "setsid /bin/sh \"$0\" </dev/null >>\"$1\" 2>&1 &", F(spec, "monitor.sh"), F(spec, "monitor.log") }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "-c", "setsid /bin/sh \"$0\" </dev/null >>\"$1\" 2>&1 &", F(spec, "monitor.sh"),
+            F(spec, "monitor.log") }) psi.ArgumentList.Add(a);
         using (var p = Process.Start(psi)!) await p.WaitForExitAsync(ct);
         // The monitor writes pid once the init runs.
-        for (var n = 0; n < 500 && !File.Exists(F(spec, "pid")) && !File.Exists(F(spec, "exit")); n++) await Task.Delay(10, ct);
-        if (!File.Exists(F(spec, "pid"))) throw new InstanceException($"instance {spec.Name} did not start: see {F(spec, "monitor.log")}", 500);
+        for (var n = 0; n < 500 && !File.Exists(F(spec, "pid"))
+            && !File.Exists(F(spec, "exit")); n++) await Task.Delay(10, ct);
+        if (!File.Exists(F(spec, "pid"))) throw new InstanceException(
+            $"instance {spec.Name} did not start: see {F(spec, "monitor.log")}", 500);
     }
 
     static void MountDevices(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices)
@@ -108,7 +115,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
             foreach (var m in devices.SelectMany(d => d.Mounts))
             {
                 var target = rootfs + m.Target;
-                if (m.IsFile) { Directory.CreateDirectory(Path.GetDirectoryName(target)!); if (!File.Exists(target)) File.WriteAllBytes(target, []); }
+                if (m.IsFile) { Directory.CreateDirectory(Path.GetDirectoryName(target)!); if (
+                    !File.Exists(target)) File.WriteAllBytes(target, []); }
                 else Directory.CreateDirectory(target);
                 Sys.Mount(m.Source, target, null, MS.BIND | MS.REC, null);
                 done.Add(target);
@@ -135,8 +143,10 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     {
         try
         {
-            var parts = File.ReadAllText(F(spec, "pid")).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            return (int.Parse(parts[0], CultureInfo.InvariantCulture), long.Parse(parts[1], CultureInfo.InvariantCulture));
+            var parts = File.ReadAllText(F(spec, "pid")).Split(' ',
+                StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            return (int.Parse(parts[0], CultureInfo.InvariantCulture),
+                long.Parse(parts[1], CultureInfo.InvariantCulture));
         }
         catch (Exception e) when (e is IOException or FormatException or IndexOutOfRangeException) { return null; }
     }
@@ -152,10 +162,12 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     }
 
     /// <summary>The init's pid if it still runs (same process: the start time matches).</summary>
-    int? Alive(InstanceSpec spec) => ReadPid(spec) is { } p && StartTime(p.Pid) == p.Start && !File.Exists(F(spec, "exit")) ? p.Pid : null;
+    int? Alive(InstanceSpec spec) => ReadPid(spec) is { } p && StartTime(p.Pid) == p.Start
+        && !File.Exists(F(spec, "exit")) ? p.Pid : null;
 
     int? ExitCode(InstanceSpec spec) =>
-        File.Exists(F(spec, "exit")) && int.TryParse(File.ReadAllText(F(spec, "exit")).Trim(), CultureInfo.InvariantCulture, out var c) ? c : null;
+        File.Exists(F(spec, "exit")) && int.TryParse(File.ReadAllText(F(spec, "exit")).Trim(),
+            CultureInfo.InvariantCulture, out var c) ? c : null;
 
     public async Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)
     {
@@ -170,7 +182,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
                 while (Alive(spec) is not null && DateTime.UtcNow < deadline) await Task.Delay(20, ct);
             }
             if (Alive(spec) is not null) { Libc.kill(-pid, Signals.SIGKILL); Libc.kill(-pid, Signals.SIGCONT); }
-            for (var n = 0; n < 1000 && !File.Exists(F(spec, "exit")) && StartTime(pid) is not null; n++) await Task.Delay(10, ct);
+            for (var n = 0; n < 1000 && !File.Exists(F(spec, "exit"))
+                && StartTime(pid) is not null; n++) await Task.Delay(10, ct);
             for (var n = 0; n < 200 && !File.Exists(F(spec, "exit")); n++) await Task.Delay(10, ct);
         }
         UnmountAll(spec);
@@ -213,7 +226,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         var pid = Alive(spec);
         return Task.FromResult(new DriverState
         {
-            State = pid is null ? InstanceState.Stopped : File.Exists(F(spec, "frozen")) ? InstanceState.Paused : InstanceState.Running,
+            State = pid is null ? InstanceState.Stopped : File.Exists(F(spec, "frozen")) ? InstanceState.Paused
+                : InstanceState.Running,
             Pid = pid, ExitCode = ExitCode(spec),
         });
     }
@@ -224,7 +238,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         if (pid is null) UnmountAll(spec);
         return Task.FromResult(new ReattachResult
         {
-            State = pid is null ? InstanceState.Stopped : File.Exists(F(spec, "frozen")) ? InstanceState.Paused : InstanceState.Running,
+            State = pid is null ? InstanceState.Stopped : File.Exists(F(spec, "frozen")) ? InstanceState.Paused
+                : InstanceState.Running,
             Pid = pid, ExitCode = pid is null ? ExitCode(spec) : null,
         });
     }
@@ -247,14 +262,16 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         argv.AddRange([Rootfs(spec), "/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", exec.Cwd ?? "/"]);
         argv.AddRange(exec.Command);
         var env = Env(spec, exec.Environment).ToList();
-        return Task.FromResult(exec.Tty ? PtyExec.Start(argv, env, exec.Width, exec.Height) : PipeExec.Start(argv, env));
+        return Task.FromResult(exec.Tty ? PtyExec.Start(argv, env, exec.Width, exec.Height)
+            : PipeExec.Start(argv, env));
     }
 
     sealed class PipeExec(Process p) : IExecSession
     {
         public static IExecSession Start(List<string> argv, List<string> env)
         {
-            var psi = new ProcessStartInfo(argv[0]) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            var psi = new ProcessStartInfo(argv[0]) { RedirectStandardInput = true, RedirectStandardOutput = true,
+                RedirectStandardError = true, UseShellExecute = false };
             foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
             psi.Environment.Clear();
             foreach (var e in env) { var i = e.IndexOf('='); psi.Environment[e[..i]] = e[(i + 1)..]; }
@@ -298,7 +315,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         {
             _master = master;
             _child = child;
-            _stream = new FileStream(new SafeFileHandle(master.DangerousGetHandle(), false), FileAccess.ReadWrite, 1, false);
+            _stream = new FileStream(new SafeFileHandle(master.DangerousGetHandle(), false), FileAccess.ReadWrite, 1,
+                false);
             Exit = Task.Factory.StartNew(() => Sys.ExitCode(Sys.WaitPid(child.Pid)), TaskCreationOptions.LongRunning);
         }
 
@@ -360,14 +378,16 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     static FileEntry Entry(string name, SafeFd fd)
     {
         var st = RootedFs.FStat(fd);
-        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF), Uid = (int)st.Uid, Gid = (int)st.Gid };
+        return new FileEntry { Name = name, Type = TypeOf(st.Mode), Size = st.Size, Mode = (int)(st.Mode & 0xFFF),
+            Uid = (int)st.Uid, Gid = (int)st.Gid };
     }
 
     public Task<FileEntry?> StatFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
         using var root = Root(spec);
         if (!RootedFs.TryOpen(root, path, O.PATH, 0, out var fd, out var e))
-            return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null) : throw new LinuxException(e, $"open {path}");
+            return e == Errors.ENOENT || e == Errors.ENOTDIR ? Task.FromResult<FileEntry?>(null)
+                : throw new LinuxException(e, $"open {path}");
         using (fd) return Task.FromResult<FileEntry?>(Entry(Path.GetFileName(path), fd));
     }
 
@@ -383,7 +403,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         using var root = Root(spec);
         using var dir = RootedFs.Open(root, path, O.RDONLY | O.DIRECTORY);
         var list = new List<FileEntry>();
-        foreach (var child in Directory.EnumerateFileSystemEntries($"/proc/self/fd/{dir.Fd}").Select(Path.GetFileName).Order(StringComparer.Ordinal))
+        foreach (var child in Directory.EnumerateFileSystemEntries($"/proc/self/fd/{dir.Fd}").Select(
+            Path.GetFileName).Order(StringComparer.Ordinal))
         {
             if (RootedFs.TryOpen(root, path.TrimEnd('/') + "/" + child, O.PATH | O.NOFOLLOW, 0, out var cfd, out _))
                 using (cfd) list.Add(Entry(child!, cfd));
@@ -407,7 +428,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
         {
             RootedFs.FChown(fd, (uint)meta.Uid, (uint)meta.Gid);
             RootedFs.FChmod(fd, (uint)meta.Mode);
-            await using var fs = new FileStream(new SafeFileHandle(fd.DangerousGetHandle(), false), FileAccess.Write, 1);
+            await using var fs = new FileStream(new SafeFileHandle(fd.DangerousGetHandle(), false), FileAccess.Write,
+                1);
             try { await content.CopyToAsync(fs, ct); }
             catch
             {
@@ -417,13 +439,15 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
             }
         }
         using var pd = RootedFs.Open(root, parent, O.RDONLY | O.DIRECTORY);
-        File.Move($"/proc/self/fd/{pd.Fd}/{Path.GetFileName(tmp)}", $"/proc/self/fd/{pd.Fd}/{Path.GetFileName(path)}", overwrite: true);
+        File.Move($"/proc/self/fd/{pd.Fd}/{Path.GetFileName(tmp)}", $"/proc/self/fd/{pd.Fd}/{Path.GetFileName(path)}",
+            overwrite: true);
     }
 
     public Task DeleteFileAsync(InstanceSpec spec, string path, CancellationToken ct)
     {
         using var root = Root(spec);
-        var st = StatFileAsync(spec, path, ct).Result ?? throw new InstanceException($"{path} does not exist in instance '{spec.Name}'", 404);
+        var st = StatFileAsync(spec, path, ct).Result
+            ?? throw new InstanceException($"{path} does not exist in instance '{spec.Name}'", 404);
         using var d = RootedFs.Open(root, Path.GetDirectoryName(path) ?? "/", O.RDONLY | O.DIRECTORY);
         RootedFs.UnlinkAt(d, Path.GetFileName(path), st.Type == "directory");
         return Task.CompletedTask;
@@ -434,7 +458,9 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
     {
         var input = new FileStream(F(spec, "console.in"), FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 1);
-        return Task.FromResult<IConsoleSession>(new Console(new LogFileStream(F(spec, "console.log"), () => Alive(spec) is not null, follow: true, fromEnd: true), input));
+        return Task.FromResult<IConsoleSession>(
+            new Console(new LogFileStream(F(spec, "console.log"), () => Alive(spec) is not null, follow: true,
+            fromEnd: true), input));
     }
 
     sealed class Console(Stream output, Stream input) : IConsoleSession
@@ -445,7 +471,8 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
     }
 
     public Task<Stream> OpenLogAsync(InstanceSpec spec, bool follow, CancellationToken ct) =>
-        Task.FromResult<Stream>(new LogFileStream(F(spec, "console.log"), () => Alive(spec) is not null, follow, fromEnd: false));
+        Task.FromResult<Stream>(new LogFileStream(F(spec, "console.log"), () => Alive(spec) is not null, follow,
+            fromEnd: false));
 
     // ---- snapshots ----
 
@@ -490,12 +517,15 @@ public sealed class ProcessDriver(string type) : IInstanceDriver
                 var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
                 if (int.Parse(f[2], CultureInfo.InvariantCulture) != pgid && pid != pgid) continue;
                 s.Pids++;
-                s.CpuUsageNs += (long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture)) * 10_000_000;
+                s.CpuUsageNs += (long.Parse(f[11], CultureInfo.InvariantCulture)
+                    + long.Parse(f[12], CultureInfo.InvariantCulture)) * 10_000_000;
                 s.MemoryBytes += long.Parse(f[21], CultureInfo.InvariantCulture) * Environment.SystemPageSize;
                 foreach (var line in File.ReadLines($"/proc/{pid}/io"))
                 {
-                    if (line.StartsWith("read_bytes:", StringComparison.Ordinal)) s.IoReadBytes += long.Parse(line[11..].Trim(), CultureInfo.InvariantCulture);
-                    else if (line.StartsWith("write_bytes:", StringComparison.Ordinal)) s.IoWriteBytes += long.Parse(line[12..].Trim(), CultureInfo.InvariantCulture);
+                    if (line.StartsWith("read_bytes:", StringComparison.Ordinal)) s.IoReadBytes += long.Parse(
+                        line[11..].Trim(), CultureInfo.InvariantCulture);
+                    else if (line.StartsWith("write_bytes:", StringComparison.Ordinal)) s.IoWriteBytes += long.Parse(
+                        line[12..].Trim(), CultureInfo.InvariantCulture);
                 }
             }
             catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException) { }
