@@ -171,17 +171,21 @@ public sealed partial class ContainerDriver
         return ReadExit(spec);
     }
 
-    /// <summary>The signal that stops the instance's init cleanly: its init system's halt signal (systemd takes
-    /// SIGTERM as "re-execute"), SIGTERM for any other init.</summary>
-    int HaltSignal(InstanceSpec spec)
+    /// <summary>The signal that stops the instance's init cleanly: the halt signal of the init system its start
+    /// booted (recorded in config.json; systemd takes SIGTERM as "re-execute"), SIGTERM for any other init.</summary>
+    static int HaltSignal(InstanceSpec spec)
     {
-        if (AppConfig.Command(spec.Config) is not null || !Directory.Exists(Rootfs(spec))) return Signals.SIGTERM;
         try
         {
-            var kind = SystemContainers.Detect(Rootfs(spec));
-            return kind is { } k ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
+            var oci = ReadOwn(spec, "config.json") is { } json
+                ? System.Text.Json.JsonSerializer.Deserialize(json, OciJson.Default.Spec) : null;
+            return oci is not null && SystemContainers.Recorded(oci) is { } k
+                ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
         }
-        catch (LinuxException) { return Signals.SIGTERM; }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InstanceException or IOException)
+        {
+            return Signals.SIGTERM;
+        }
     }
 
     /// <summary>A refusal of the monitor's for a running instance (not running, already paused...): a

@@ -49,7 +49,7 @@ public sealed partial class ContainerDriver
             Unprivileged.MakeReachable(spec, map);
         }
         s.Linux.Resources = Resources(spec, s.Linux.Resources);
-        if (init is not null) SystemContainers.Apply(s, privileged: Unprivileged.OnDisk(spec) is null);
+        if (init is { } kind) SystemContainers.Apply(s, kind, privileged: Unprivileged.OnDisk(spec) is null);
         if (app) AppContainers.Apply(spec, s, root);
         if (app && Unprivileged.OnDisk(spec) is { } appMap) _ids.IdmapReadOnlyBinds(spec, s, root, appMap);
         foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
@@ -73,9 +73,7 @@ public sealed partial class ContainerDriver
     static bool Exists(string root, string rel)
     {
         using var r = Sys.Open(root, O.RDONLY | O.DIRECTORY);
-        if (!RootedFs.TryOpen(r, rel, O.PATH, 0, out var fd, out _)) return false;
-        fd.Dispose();
-        return true;
+        return RootedFs.Exists(r, rel);
     }
 
     static Resources Resources(InstanceSpec spec, Resources? baseRes)

@@ -23,10 +23,9 @@ public static class SystemContainers
     static readonly string[] Dropped = ["CAP_SYS_MODULE", "CAP_SYS_TIME", "CAP_SYS_RAWIO", "CAP_MAC_ADMIN",
         "CAP_MAC_OVERRIDE"];
 
-    /// <summary>SIGRTMIN+3: systemd's "halt" (SIGTERM would make it re-execute itself).</summary>
-    public const int SigRtMinPlus3 = 37;
-    /// <summary>SIGUSR2: busybox init's poweroff.</summary>
-    public const int SigUsr2 = 12;
+    /// <summary>The OCI annotation in which a start records the init it booted (hull stop signals that one, whatever
+    /// /sbin/init has become since).</summary>
+    public const string InitAnnotation = "org.hull.init";
 
     /// <summary>The init system of a root filesystem whose /sbin/init is one; null otherwise.</summary>
     public static InitKind? Detect(string root)
@@ -41,33 +40,33 @@ public static class SystemContainers
             if (name == "systemd") return InitKind.Systemd;
             // busybox init and sysvinit without an inittab: not a system image (the built-in busybox image links
             // /sbin/init to busybox and runs a shell loop instead).
-            if (!Has(r, "etc/inittab")) return null;
+            if (!RootedFs.Exists(r, "etc/inittab")) return null;
             return name == "busybox" ? InitKind.Busybox : InitKind.SysV;
         }
-    }
-
-    static bool Has(SafeFd root, string rel)
-    {
-        if (!RootedFs.TryOpen(root, rel, O.PATH, 0, out var fd, out _)) return false;
-        fd.Dispose();
-        return true;
     }
 
     /// <summary>The signal that halts the init (hull stop), and the one that reboots it.</summary>
     public static (int Halt, int Reboot) SignalsOf(InitKind kind) => kind switch
     {
-        InitKind.Systemd => (SigRtMinPlus3, Signals.SIGINT),
-        InitKind.Busybox => (SigUsr2, Signals.SIGTERM),
+        // SIGRTMIN+3 is systemd's "halt" (SIGTERM would make it re-execute itself); SIGUSR2 busybox init's poweroff.
+        InitKind.Systemd => (Signals.SIGRTMIN + 3, Signals.SIGINT),
+        InitKind.Busybox => (Signals.SIGUSR2, Signals.SIGTERM),
         // sysvinit's SIGPWR runs inittab's power-failure entries, which Debian's inittab no longer acts on; SIGINT
         // runs its ctrlaltdel entry (shutdown -r): the rc scripts stop everything and the reboot ends the pid
         // namespace's init, so the instance stops cleanly.
         _ => (Signals.SIGINT, Signals.SIGINT),
     };
 
+    /// <summary>The init a start recorded in <paramref name="oci"/> (<see cref="InitAnnotation"/>); null for a
+    /// container whose init is not an init system.</summary>
+    public static InitKind? Recorded(Spec oci) =>
+        oci.Annotations?.GetValueOrDefault(InitAnnotation) is { } v && Enum.TryParse<InitKind>(v, out var k) ? k : null;
+
     /// <summary>Makes <paramref name="oci"/> a system container's spec (after the default spec and the id
     /// map).</summary>
-    public static void Apply(Spec oci, bool privileged)
+    public static void Apply(Spec oci, InitKind kind, bool privileged)
     {
+        (oci.Annotations ??= [])[InitAnnotation] = kind.ToString();
         var p = oci.Process!;
         p.Args = ["/sbin/init"];
         p.NoNewPrivileges = false;

@@ -41,6 +41,15 @@ public static unsafe partial class RootedFs
         FsAt.TryOpenat2(dir, path.TrimStart('/'), flags, mode,
             FsAt.RESOLVE_BENEATH | FsAt.RESOLVE_NO_SYMLINKS | FsAt.RESOLVE_NO_MAGICLINKS, out fd, out errno);
 
+    /// <summary>Whether <paramref name="path"/> names anything inside <paramref name="root"/> (resolved as
+    /// <see cref="TryOpen"/> resolves it).</summary>
+    public static bool Exists(SafeFd root, string path)
+    {
+        if (!TryOpen(root, path, O.PATH, 0, out var fd, out _)) return false;
+        fd.Dispose();
+        return true;
+    }
+
     public static SafeFd Open(SafeFd root, string path, int flags, uint mode = 0) =>
         TryOpen(root, path, flags, mode, out var fd, out var e) ? fd : throw new LinuxException(e, $"open {path}");
 

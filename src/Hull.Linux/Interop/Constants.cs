@@ -56,8 +56,8 @@ public static class PR
 
 public static class Signals
 {
-    public const int SIGHUP = 1, SIGINT = 2, SIGQUIT = 3, SIGKILL = 9, SIGUSR1 = 10, SIGTERM = 15, SIGCHLD = 17,
-        SIGCONT = 18, SIGSTOP = 19, SIGWINCH = 28;
+    public const int SIGHUP = 1, SIGINT = 2, SIGQUIT = 3, SIGKILL = 9, SIGUSR1 = 10, SIGUSR2 = 12, SIGTERM = 15,
+        SIGCHLD = 17, SIGCONT = 18, SIGSTOP = 19, SIGWINCH = 28, SIGRTMIN = 34;
 
     static readonly string[] Names =
     {
