@@ -327,7 +327,6 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             var bindFds = cloneAll || (spec.Mounts?.Any(IsIdmapped) ?? false)
                 ? CloneBindSources(spec.Mounts ?? [], bundle, cloneAll, req, nsFds, ref next) : [];
             using var join = cg.PrepareJoin();
-            var cgroupPaths = join.Paths;
             req.CgroupDir = join.Directory;
             req.CgroupTaskFiles.AddRange(join.TaskFiles);
             req.WaitForRelease = newUser;
@@ -371,7 +370,7 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
                 NewUtsNamespace = namespaces.Any(n => n.Type == "uts"),
                 NewCgroupNamespace = newCgroup,
                 NoPivot = o.NoPivot, ConsoleSocketFd = consoleFd, FifoFd = fifoFd, FirstPrivateFd = firstPrivate,
-                MountNamespaceFd = mountNsFd, BindSourceFds = bindFds, CgroupPaths = cgroupPaths,
+                MountNamespaceFd = mountNsFd, BindSourceFds = bindFds, CgroupPaths = join.Paths,
                 ParentHooks = parentHooks, HookState = hookState,
             });
             if (spec.Linux is not null) spec.Linux.Seccomp = profile;
@@ -454,13 +453,13 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
         };
     }
 
-    /// <summary>The host id that a user namespace's mappings give to id 0, or null if 0 is not mapped.</summary>
     /// <summary>A new cgroup namespace and a read-write /sys/fs/cgroup: the container manages its own
     /// subtree.</summary>
     static bool DelegatesCgroup(Spec spec) =>
         spec.Linux?.Namespaces?.Any(n => n.Type == "cgroup" && string.IsNullOrEmpty(n.Path)) == true
         && spec.Mounts?.Any(m => m.Type == "cgroup" && !(m.Options?.Contains("ro") ?? false)) == true;
 
+    /// <summary>The host id that a user namespace's mappings give to id 0, or null if 0 is not mapped.</summary>
     static uint? HostIdOfRoot(List<IdMapping>? maps) =>
         maps?.FirstOrDefault(m => m.ContainerId == 0 && m.Size > 0) is { } m ? m.HostId : null;
 
