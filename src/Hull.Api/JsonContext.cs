@@ -36,6 +36,7 @@ namespace Hull.Api;
 [JsonSerializable(typeof(ProfileCreateRequest))]
 [JsonSerializable(typeof(Image))]
 [JsonSerializable(typeof(List<Image>))]
+[JsonSerializable(typeof(ImageRunConfig))]
 [JsonSerializable(typeof(ImageAlias))]
 [JsonSerializable(typeof(List<ImageAlias>))]
 [JsonSerializable(typeof(ImagePullRequest))]

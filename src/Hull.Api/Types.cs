@@ -263,6 +263,26 @@ public sealed class Image
     public List<string> Aliases { get; set; } = [];
     /// <summary>True for a built-in image made on this host on first use (busybox).</summary>
     public bool Builtin { get; set; }
+    /// <summary>How the image's author meant it to run (the OCI image config of a pulled or OCI-layout image); null
+    /// for a rootfs tarball.</summary>
+    public ImageRunConfig? Config { get; set; }
+}
+
+/// <summary>
+/// The run settings of an OCI image config ("config" in the image spec): a container made from the image runs
+/// Entrypoint + Cmd with Env, in WorkingDir, as User, and stops with StopSignal. A launch copies them into the
+/// instance's own config (oci.entrypoint, app.command, environment.*, oci.cwd, oci.user, oci.stopsignal).
+/// </summary>
+public sealed class ImageRunConfig
+{
+    public List<string>? Entrypoint { get; set; }
+    public List<string>? Cmd { get; set; }
+    public List<string>? Env { get; set; }
+    public string? WorkingDir { get; set; }
+    public string? User { get; set; }
+    public string? StopSignal { get; set; }
+    /// <summary>The ports the image says it listens on, as "80/tcp".</summary>
+    public List<string>? ExposedPorts { get; set; }
 }
 
 public sealed class ImageAlias

@@ -81,7 +81,26 @@ public static class Output
         var plain = s.Length > 0 && s.All(c => char.IsLetterOrDigit(c) || c is '-' or '_' or '.' or '/')
             && !(s is "true" or "false" or "null" or "yes" or "no" or "on" or "off")
                 && !double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
-        return plain ? s : JsonSerializer.Serialize(s, HullJson.Default.String);
+        return plain ? s : Quoted(s);
+    }
+
+    /// <summary>A YAML double-quoted scalar: only the backslash, the quote and control characters escaped (JSON's
+    /// encoder would also turn '"', '+', '&lt;' and non-ASCII text into \uXXXX).</summary>
+    static string Quoted(string s)
+    {
+        var sb = new StringBuilder(s.Length + 2).Append('"');
+        foreach (var c in s)
+            _ = c switch
+            {
+                '\\' => sb.Append("\\\\"),
+                '"' => sb.Append("\\\""),
+                '\n' => sb.Append("\\n"),
+                '\t' => sb.Append("\\t"),
+                '\r' => sb.Append("\\r"),
+                < ' ' or '\x7f' => sb.Append("\\x").Append(((int)c).ToString("X2", CultureInfo.InvariantCulture)),
+                _ => sb.Append(c),
+            };
+        return sb.Append('"').ToString();
     }
 
     public static void Table(TextWriter w, string[] headers, IEnumerable<string[]> rows)

@@ -96,13 +96,14 @@ public sealed partial class Api(Daemon d)
                 LimitBody(c, upload?.Invoke(c) == true);
                 await handler(c);
             }
-            // A websocket request refused before its upgrade gets the error as any request (its client sees the
-            // status; the SDK asks again without the upgrade for the message).
+            // A websocket request refused before its upgrade gets the error as any request, and its message also in
+            // the header X-Hull-Error (URI-escaped): a websocket client sees a refused upgrade's headers, not its body.
             catch (Exception e) when (!c.Response.HasStarted)
             {
                 var (code, msg) = e is Microsoft.AspNetCore.Http.BadHttpRequestException { StatusCode: 413 }
                     ? (413, TooLarge(c)) : ApiErrors.Describe(e);
                 if (code >= 500) Interlocked.Increment(ref d.ApiErrors);
+                if (c.WebSockets.IsWebSocketRequest) c.Response.Headers["X-Hull-Error"] = Uri.EscapeDataString(msg);
                 await Error(c, code, msg);
             }
         });

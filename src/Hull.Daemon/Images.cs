@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using System.Text.Json;
 using Hull.Api;
 using Hull.Instances;
 using Hull.Linux;
@@ -73,12 +74,24 @@ public sealed partial class ImageStore
         return _store.ListImages().Select(i => ToApi(i, aliases)).ToList();
     }
 
-    static Image ToApi(ImageRecord i, List<(string Name, string Type, string Fingerprint)> aliases) => new()
+    Image ToApi(ImageRecord i, List<(string Name, string Type, string Fingerprint)> aliases) => new()
     {
         Fingerprint = i.Fingerprint, Type = i.Type, Size = i.Size, CreatedAt = i.Created, Description = i.Description,
         Builtin = i.Builtin,
         Aliases = aliases.Where(a => a.Fingerprint == i.Fingerprint).Select(a => a.Name).ToList(),
+        Config = RunConfigOf(i),
     };
+
+    /// <summary>The image's run settings (images/FP/run.json, written when an OCI image is added); null for a rootfs
+    /// tarball image.</summary>
+    public ImageRunConfig? RunConfigOf(ImageRecord i)
+    {
+        var path = Path.Combine(ImageDir(i.Fingerprint), RunConfigFile);
+        try { return JsonSerializer.Deserialize(File.ReadAllBytes(path), HullJson.Default.ImageRunConfig); }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { return null; }
+    }
+
+    const string RunConfigFile = "run.json";
 
     /// <summary>Finds an image by alias (for the type), full fingerprint or unique fingerprint prefix; null if
     /// none.</summary>
@@ -177,7 +190,7 @@ public sealed partial class ImageStore
         IReadOnlyList<string> aliases, string description, OperationContext? op, CancellationToken ct)
     {
         var rootfs = Path.Combine(work, "rootfs");
-        await OciLayout.FlattenAsync(layout, reference, rootfs, Limits, op, ct);
+        var run = await OciLayout.FlattenAsync(layout, reference, rootfs, Limits, op, ct);
         Files.RemoveTree(layout);
         op?.Progress("packing the root filesystem");
         var tar = Path.Combine(work, "image.tar");
@@ -188,7 +201,7 @@ public sealed partial class ImageStore
         await _lock.WaitAsync(ct);
         try
         {
-            var rec = await AddLockedAsync(tar, InstanceTypes.Container, description, builtin: false, op, ct);
+            var rec = await AddLockedAsync(tar, InstanceTypes.Container, description, builtin: false, op, ct, run);
             foreach (var a in aliases) _store.SetAlias(a, InstanceTypes.Container, rec.Fingerprint);
             return rec;
         }
@@ -226,7 +239,7 @@ public sealed partial class ImageStore
     }
 
     async Task<ImageRecord> AddLockedAsync(string file, string type, string description, bool builtin,
-        OperationContext? op, CancellationToken ct)
+        OperationContext? op, CancellationToken ct, ImageRunConfig? run = null)
     {
         op?.Progress("computing the fingerprint");
         string fp;
@@ -250,6 +263,8 @@ public sealed partial class ImageStore
             if (!Directory.EnumerateFileSystemEntries(rootfs).Any()) throw new InstanceException(
                 "the image tarball is empty: give a tarball of a root filesystem");
             File.Move(file, Path.Combine(stage, "image.tar"));
+            if (run is not null) await File.WriteAllBytesAsync(Path.Combine(stage, RunConfigFile),
+                JsonSerializer.SerializeToUtf8Bytes(run, HullJson.Default.ImageRunConfig), ct);
         }
         else File.Move(file, Path.Combine(stage, "disk.img"));
         var size = new FileInfo(Path.Combine(stage, type == InstanceTypes.Container ? "image.tar" : "disk.img")).Length;

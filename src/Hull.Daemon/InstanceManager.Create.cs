@@ -46,12 +46,18 @@ public sealed partial class InstanceManager
         var type = source?.Type ?? req.Type;
         var driver = Driver(type);
         var image = source is null ? await _images.ResolveAsync(req.Image, type, op, ct) : null;
+        var config = source is not null
+            ? new Dictionary<string, string>(source.Config.Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last()))
+            // An OCI image runs as its author meant: its run settings become the instance's own keys (the request's
+            // win).
+            : image is not null && type == InstanceTypes.Container && _images.RunConfigOf(image) is { } run
+                ? new Dictionary<string, string>(req.Config.Concat(AppConfig.FromImage(run, req.Config)))
+                : req.Config;
         var r = new InstanceRecord
         {
             Name = req.Name, Type = type, Image = source?.Image ?? req.Image,
             ImageFingerprint = image?.Fingerprint ?? source!.ImageFingerprint,
-            Config = source is null ? req.Config : new Dictionary<string,
-            string>(source.Config.Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last())),
+            Config = config,
             Devices = source is null ? req.Devices : new Dictionary<string, Dictionary<string,
             string>>(source.Devices.Concat(req.Devices).GroupBy(k => k.Key).Select(g => g.Last())),
             Profiles = req.Profiles ?? source?.Profiles ?? ["default"],

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text.Json;
+using Hull.Api;
 using Hull.Instances;
 using Hull.Linux;
 using Microsoft.Win32.SafeHandles;
@@ -13,14 +14,15 @@ namespace Hull.Daemon;
 /// below, .wh..wh..opq hides everything below in that directory). Layers are unpacked by <see cref="ImageUnpack"/>:
 /// whatever a layer holds (symlinks out of the root from an earlier layer, "..", hard links to host paths) stays inside
 /// the rootfs, and the image as a whole stays within hulld's <see cref="ImageLimits"/>. The layout's own files are
-/// opened with openat2 RESOLVE_IN_ROOT, so a symlink in an uploaded layout never reads a host file.
+/// opened with openat2 RESOLVE_IN_ROOT, so a symlink in an uploaded layout never reads a host file. The image's run
+/// settings (its config blob's "config": Entrypoint, Cmd, Env...) are returned for the image store to keep.
 /// </summary>
 public static class OciLayout
 {
     const string RefAnnotation = "org.opencontainers.image.ref.name";
 
-    public static async Task FlattenAsync(string layout, string? reference, string rootfs, ImageLimits limits,
-        OperationContext? op, CancellationToken ct)
+    public static async Task<ImageRunConfig?> FlattenAsync(string layout, string? reference, string rootfs,
+        ImageLimits limits, OperationContext? op, CancellationToken ct)
     {
         using var layoutFd = Sys.Open(layout, O.RDONLY | O.DIRECTORY);
         if (!LayoutFileExists(layoutFd, "oci-layout") || !LayoutFileExists(layoutFd, "index.json"))
@@ -47,6 +49,8 @@ public static class OciLayout
         var manifest = await ReadManifestAsync(layoutFd, chosen, ct);
         using (manifest)
         {
+            var run = manifest.RootElement.TryGetProperty("config", out var configDescriptor)
+                ? await ReadRunConfigAsync(layoutFd, configDescriptor, ct) : null;
             var layers = manifest.RootElement.GetProperty("layers").EnumerateArray().ToList();
             Directory.CreateDirectory(rootfs);
             var used = new RootedTarResult();
@@ -63,7 +67,63 @@ public static class OciLayout
                 }
                 catch (RootedTarLimitException e) { throw limits.TooLarge(e); }
             }
+            return run;
         }
+    }
+
+    /// <summary>The run settings of the image's config blob (image-spec config.md, "config"); null when it sets
+    /// none. Values of the wrong JSON type are an error naming the field, not silently dropped.</summary>
+    static async Task<ImageRunConfig?> ReadRunConfigAsync(SafeFd layout, JsonElement descriptor, CancellationToken ct)
+    {
+        JsonDocument doc;
+        await using (var f = await VerifiedBlobAsync(layout, descriptor, ct))
+        {
+            if (f.Length > 4 << 20)
+                throw new InstanceException("the image's config blob is larger than 4 MiB: it is not an image config");
+            try { doc = await JsonDocument.ParseAsync(f, cancellationToken: ct); }
+            catch (JsonException e)
+            {
+                throw new InstanceException($"the image's config is not valid JSON ({e.Message})");
+            }
+        }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("config", out var c) || c.ValueKind != JsonValueKind.Object)
+                return null;
+            var run = new ImageRunConfig
+            {
+                Entrypoint = Strings(c, "Entrypoint"), Cmd = Strings(c, "Cmd"), Env = Strings(c, "Env"),
+                WorkingDir = Text(c, "WorkingDir"), User = Text(c, "User"), StopSignal = Text(c, "StopSignal"),
+                ExposedPorts = c.TryGetProperty("ExposedPorts", out var ports)
+                    && ports.ValueKind == JsonValueKind.Object
+                        ? ports.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal).ToList() : null,
+            };
+            return run is { Entrypoint: null, Cmd: null, Env: null, WorkingDir: null, User: null, StopSignal: null,
+                ExposedPorts: null } ? null : run;
+        }
+    }
+
+    static List<string>? Strings(JsonElement config, string field)
+    {
+        if (!config.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != JsonValueKind.Array || v.EnumerateArray().Any(e => e.ValueKind != JsonValueKind.String))
+            throw new InstanceException($"the image config's {field} is not a list of strings: the image is malformed");
+        var list = v.EnumerateArray().Select(e => e.GetString()!).ToList();
+        if (list.Any(x => x.Contains('\0')))
+            throw new InstanceException($"the image config's {field} holds a NUL byte: the image is malformed");
+        return list.Count == 0 ? null : list;
+    }
+
+    static string? Text(JsonElement config, string field)
+    {
+        if (!config.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind != JsonValueKind.String)
+            throw new InstanceException($"the image config's {field} is not a string: the image is malformed");
+        var s = v.GetString()!;
+        if (s.Contains('\0'))
+            throw new InstanceException($"the image config's {field} holds a NUL byte: the image is malformed");
+        return s.Length == 0 ? null : s;
     }
 
     static bool LayoutFileExists(SafeFd layout, string path)

@@ -171,10 +171,12 @@ public sealed partial class ContainerDriver
         return ReadExit(spec);
     }
 
-    /// <summary>The signal that stops the instance's init cleanly: the halt signal of the init system its start
-    /// booted (recorded in config.json; systemd takes SIGTERM as "re-execute"), SIGTERM for any other init.</summary>
+    /// <summary>The signal that stops the instance's init cleanly: oci.stopsignal if set (an OCI image's StopSignal),
+    /// else the halt signal of the init system its start booted (recorded in config.json; systemd takes SIGTERM as
+    /// "re-execute"), SIGTERM for any other init.</summary>
     static int HaltSignal(InstanceSpec spec)
     {
+        if (spec.Config.TryGetValue(AppConfig.StopSignalKey, out var stop)) return AppConfig.ParseSignal(stop);
         try
         {
             var oci = ReadOwn(spec, "config.json") is { } json
@@ -284,7 +286,7 @@ public sealed partial class ContainerDriver
                 + (Find(spec) is { Status: ContainerStatus.Paused } ? " (it is paused: resume it first)" : ""), 409);
         var env = exec.Environment.Select(kv => $"{kv.Key}={kv.Value}").ToList();
         Hull.Oci.Process p;
-        try { p = _monitor.ExecProcess(spec.Name, [.. exec.Command], env, exec.Cwd, exec.User); }
+        try { p = _monitor.ExecProcess(spec.Name, [.. exec.Command], env, exec.Cwd, NumericUser(f.Pid, exec.User)); }
         catch (MonitorException e) { throw new InstanceException(e.Message); }
         try
         {
@@ -298,6 +300,15 @@ public sealed partial class ContainerDriver
             return Task.FromResult(ContainerExec.Failed(e.ExitCode, e.Message, exec.Tty));
         }
         catch (ContainerException e) { throw new InstanceException(e.Message, 500); }
+    }
+
+    /// <summary>An exec's user as UID:GID, names looked up in the running container's own account files.</summary>
+    static string? NumericUser(int initPid, string? user)
+    {
+        if (user is null || user.Split(':').All(p => uint.TryParse(p, out _))) return user;
+        using var root = Sys.Open($"/proc/{initPid}/root", O.RDONLY | O.DIRECTORY);
+        var u = ContainerUsers.Resolve(root, user);
+        return string.Create(CultureInfo.InvariantCulture, $"{u.Uid}:{u.Gid}");
     }
 
     // ---- stats: the container's cgroup ----

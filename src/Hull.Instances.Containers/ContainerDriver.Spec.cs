@@ -18,9 +18,10 @@ public sealed partial class ContainerDriver
     Spec BuildSpec(InstanceSpec spec, IReadOnlyList<DeviceRunConfig> devices, out InitKind? init)
     {
         var root = Rootfs(spec);
-        // An instance of the host image is an application container (AppContainers); app.command replaces the init.
+        // An instance of the host image is an application container (AppContainers); oci.entrypoint + app.command
+        // (an OCI image's Entrypoint + Cmd, or the user's command) replace the init.
         var app = AppContainers.IsHostImage(IsCopy(spec) ? root : LowerOf(spec));
-        var custom = AppConfig.Command(spec.Config);
+        var custom = AppConfig.Process(spec.Config);
         List<string> args;
         // A full-OS image (its /sbin/init is an init system) boots as a system container (SystemContainers).
         init = custom is null && !app ? SystemContainers.Detect(root) : null;
@@ -51,6 +52,7 @@ public sealed partial class ContainerDriver
         s.Linux.Resources = Resources(spec, s.Linux.Resources);
         if (init is { } kind) SystemContainers.Apply(s, kind, privileged: Unprivileged.OnDisk(spec) is null);
         if (app) AppContainers.Apply(spec, s, root);
+        ApplyImageRun(spec, s, root, env);
         if (app && Unprivileged.OnDisk(spec) is { } appMap) _ids.IdmapReadOnlyBinds(spec, s, root, appMap);
         foreach (var disk in devices.SelectMany(d => d.Disks).Where(x => x.Target != "/"))
             throw new InstanceException($"a disk device at {disk.Target} (a block device or image file) cannot be " +
@@ -68,6 +70,23 @@ public sealed partial class ContainerDriver
             });
         }
         return s;
+    }
+
+    /// <summary>oci.cwd and oci.user (an OCI image's WorkingDir and User, or the user's): the working directory, and
+    /// the user looked up in the container's own account files, with its groups and, unless set, its HOME.</summary>
+    static void ApplyImageRun(InstanceSpec spec, Spec s, string root, Dictionary<string, string> env)
+    {
+        if (spec.Config.TryGetValue(AppConfig.CwdKey, out var cwd)) s.Process!.Cwd = cwd;
+        if (!spec.Config.TryGetValue(AppConfig.UserKey, out var user)) return;
+        using var r = Sys.Open(root, O.RDONLY | O.DIRECTORY);
+        var u = ContainerUsers.Resolve(r, user);
+        s.Process!.User = new User { Uid = u.Uid, Gid = u.Gid, AdditionalGids = u.Groups.Length > 0 ? [.. u.Groups]
+            : null };
+        if (!spec.Environment.ContainsKey("HOME"))
+        {
+            env["HOME"] = u.Home;
+            s.Process.Env = env.Select(kv => $"{kv.Key}={kv.Value}").ToList();
+        }
     }
 
     static bool Exists(string root, string rel)

@@ -270,9 +270,13 @@ public sealed class HullClient : IDisposable
         }
         catch (WebSocketException) when (ws.HttpStatusCode >= HttpStatusCode.BadRequest)
         {
-            // The daemon refused before upgrading: ask again without the upgrade to get its error message.
+            // The daemon refused before upgrading: its message is in a header (or, from an older hulld, in the body
+            // of the same request without the upgrade).
             var status = ws.HttpStatusCode;
+            var header = ws.HttpResponseHeaders?.TryGetValue("X-Hull-Error", out var v) == true
+                ? v.FirstOrDefault() : null;
             ws.Dispose();
+            if (header is not null) throw new HullException(Uri.UnescapeDataString(header), (int)status);
             using var resp = await _http.GetAsync(path, ct);
             if ((int)resp.StatusCode >= 400) throw await ErrorAsync(resp, ct);
             throw new HullException($"hulld refused the websocket ({(int)status})", (int)status);

@@ -5,7 +5,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using Hull.TestSupport;
 using Xunit;
-using static Hull.Daemon.Tests.RegistryTestUtil;
+using static Hull.TestSupport.RegistryTestUtil;
 
 namespace Hull.Daemon.Tests;
 

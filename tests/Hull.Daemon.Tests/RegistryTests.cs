@@ -4,7 +4,8 @@ using Hull.Registry;
 using Hull.Sdk;
 using Hull.TestSupport;
 using Xunit;
-using static Hull.Daemon.Tests.RegistryTestUtil;
+using static Hull.TestSupport.RegistryTestUtil;
+using static Hull.Daemon.Tests.ImageStoreLeftovers;
 
 namespace Hull.Daemon.Tests;
 

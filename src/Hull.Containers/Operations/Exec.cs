@@ -51,6 +51,7 @@ public sealed unsafe partial class ContainerEngine
                     $"--user \"{user}\": 4294967295 (-1) is not a user or group id: give one from 0 to 4294967294");
             p.User.Uid = uid;
             p.User.Gid = parts.Length > 1 ? uint.Parse(parts[1]) : p.User.Gid;
+            p.User.AdditionalGids = null; // the container's groups are its user's, not this one's (as runc exec)
         }
         if (capsToAdd is { Count: > 0 })
         {
