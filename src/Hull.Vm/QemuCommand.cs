@@ -99,6 +99,9 @@ public static class QemuCommand
             else a.AddRange(["-device",
                 $"{(direct ? "virtio-blk-device" : "virtio-blk-pci")},drive={d.Node}-blk,id={d.Node}-dev"]);
         }
+        foreach (var n in c.Nics)
+            a.AddRange(["-netdev", $"tap,id={n.Id},ifname={Escape(n.Tap)},script=no,downscript=no", "-device",
+                $"{(direct ? "virtio-net-device" : "virtio-net-pci")},netdev={n.Id},mac={n.Mac},id={n.Id}-dev"]);
         if (c.Incoming is not null) a.AddRange(["-incoming", c.Incoming]);
         a.AddRange(c.ExtraArgs);
         return a;

@@ -48,6 +48,18 @@ public sealed class DiskConfig
     public string Node { get; set; } = "";
 }
 
+/// <summary>A network card: a virtio-net device on a host tap device that someone else (hulld's network code) made
+/// and attached to a bridge; QEMU opens it by name. The guest sees it with this MAC.</summary>
+public sealed class NicConfig
+{
+    /// <summary>The host tap device's name.</summary>
+    public string Tap { get; set; } = "";
+    /// <summary>The guest's MAC address, 00:16:3e:xx:xx:xx style (lowercase hex, colons).</summary>
+    public string Mac { get; set; } = "";
+    /// <summary>QEMU id (net0, net1...).</summary>
+    public string Id { get; set; } = "";
+}
+
 /// <summary>A VM's definition, stored as config.json in its state dir.</summary>
 public sealed class VmConfig
 {
@@ -68,6 +80,7 @@ public sealed class VmConfig
     /// <summary>OVMF variable store template (copied into the state dir).</summary>
     public string? FirmwareVars { get; set; }
     public List<DiskConfig> Disks { get; set; } = [];
+    public List<NicConfig> Nics { get; set; } = [];
     /// <summary>Guest host name, passed on the kernel command line (hull.hostname=) for Hull's init.</summary>
     public string? Hostname { get; set; }
     public PanicPolicy OnPanic { get; set; } = PanicPolicy.Keep;

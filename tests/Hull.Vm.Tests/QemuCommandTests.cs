@@ -133,4 +133,17 @@ public sealed class QemuCommandTests
         Assert.DoesNotContain("-initrd", argv);
         Assert.Equal(["-accel", "tcg", "-cpu", "max"], argv[argv.IndexOf("-accel")..(argv.IndexOf("-accel") + 4)]);
     }
+
+    [Fact]
+    public void A_nic_is_a_virtio_net_device_on_its_host_tap()
+    {
+        var nic = new NicConfig { Tap = "hulltap1", Mac = "00:16:3e:12:34:56", Id = "net0" };
+        var direct = QemuCommand.Build(new VmConfig { Name = "n1", Kernel = "/k", Nics = [nic] }, "/st/n1");
+        var pci = QemuCommand.Build(new VmConfig { Name = "n2", Boot = BootMode.Bios, Nics = [nic] }, "/st/n2");
+        string[] netdev = ["-netdev", "tap,id=net0,ifname=hulltap1,script=no,downscript=no"];
+        AssertArgv([.. netdev, "-device", "virtio-net-device,netdev=net0,mac=00:16:3e:12:34:56,id=net0-dev"],
+            direct.Skip(direct.IndexOf("-netdev")).ToList());
+        AssertArgv([.. netdev, "-device", "virtio-net-pci,netdev=net0,mac=00:16:3e:12:34:56,id=net0-dev"],
+            pci.Skip(pci.IndexOf("-netdev")).ToList());
+    }
 }

@@ -378,6 +378,27 @@ for e in /sys/class/input/event*; do
     ( head -c 1 "/dev/input/${e##*/}" >/dev/null && sync && poweroff -f ) &
   fi
 done
+# Networking: lo, and each NIC (virtio-net) configured by DHCP in the background; the host's dnsmasq answers, and
+# the hostname sent lets it resolve this guest by name.
+ip link set lo up
+cat >/run/udhcpc.script <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    { [ -n "$domain" ] && echo "search $domain"; for d in $dns; do echo "nameserver $d"; done; } >/etc/resolv.conf ;;
+esac
+EOF
+chmod 755 /run/udhcpc.script
+for n in /sys/class/net/*; do
+  i="${n##*/}"; [ "$i" = lo ] && continue
+  ip link set "$i" up
+  udhcpc -i "$i" -b -s /run/udhcpc.script -x "hostname:$(hostname)" >>/run/udhcpc.log 2>&1
+done
 {{agent}}{{o.ExtraInit ?? ""}}
 # Open the serial port before the marker: until ttyS0 is opened as a tty its receiver is off, and opening it
 # discards what arrived, so input typed right after the marker would lose its first byte. This holder is not a
