@@ -1,9 +1,8 @@
-using Hull.Api;
 using Hull.Linux;
 
 namespace Hull.Cli;
 
-/// <summary>The local terminal: size and raw mode (through stty, restored on dispose).</summary>
+/// <summary>The local terminal: size and raw mode (restored on dispose).</summary>
 static class Terminal
 {
     public static (int Width, int Height) Size()
@@ -14,26 +13,11 @@ static class Terminal
         return (80, 24);
     }
 
-    public static IDisposable? MakeRaw()
-    {
-        if (Console.IsInputRedirected) return null;
-        var saved = Stty("-g");
-        if (saved is null) return null;
-        Stty("raw -echo");
-        return new Restore(saved.Trim());
-    }
+    /// <summary>Standard input as plain bytes from fd 0. Console.OpenStandardInput on a terminal reads through .NET's
+    /// own line editor, which echoes, handles Ctrl-C and turns raw mode back off.</summary>
+    public static Stream OpenStdin() => new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, false),
+        FileAccess.Read, 1, false);
 
-    sealed class Restore(string saved) : IDisposable { public void Dispose() => Stty(saved); }
-
-    static string? Stty(string args)
-    {
-        try
-        {
-            var r = HostProgram.ExecAsync("stty", args.Split(' '), new() { InheritStdin = true },
-                CancellationToken.None)
-                .GetAwaiter().GetResult();
-            return r.ExitCode == 0 ? r.Stdout : null;
-        }
-        catch (HostProgramException) { return null; }
-    }
+    /// <summary>Raw mode on stdin's terminal until disposed; null when stdin is not a terminal.</summary>
+    public static IDisposable? MakeRaw() => Console.IsInputRedirected ? null : Termios.MakeRaw(0);
 }

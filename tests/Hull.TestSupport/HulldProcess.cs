@@ -109,6 +109,20 @@ public abstract class HulldProcess : IDisposable
 
     public (int Code, string Out, string Err) Cli(params string[] args) => CliIn(null, args);
 
+    /// <summary>Starts the CLI on a terminal of its own (a pty that script(1) holds), as a person runs it: what is
+    /// written to the returned process's stdin is typed on that terminal; its stdout is what the terminal
+    /// shows.</summary>
+    public Process CliOnTerminal(params string[] args)
+    {
+        var psi = new ProcessStartInfo(Requires.Program("script")) { RedirectStandardOutput = true,
+            RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        var command = string.Join(' ', new[] { HostProgram, "cli" }.Concat(args).Select(a =>
+            "'" + a.Replace("'", "'\\''", StringComparison.Ordinal) + "'"));
+        foreach (var a in new[] { "-q", "-f", "-e", "-c", "exec " + command, "/dev/null" }) psi.ArgumentList.Add(a);
+        Environment(psi);
+        return Process.Start(psi)!;
+    }
+
     /// <summary>True if the process's command line names this test's dir.</summary>
     protected bool Mentions(int pid)
     {

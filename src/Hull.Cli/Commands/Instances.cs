@@ -124,7 +124,7 @@ public static partial class CliApp
                 using var raw = Terminal.MakeRaw();
                 var input = Task.Run(async () =>
                 {
-                    var stdin = Console.OpenStandardInput();
+                    var stdin = Terminal.OpenStdin();
                     var buf = new byte[1024];
                     var sawCtrlA = false;
                     int n;
@@ -138,8 +138,19 @@ public static partial class CliApp
                         await s.WriteStdinAsync(buf.AsMemory(0, n), cts.Token);
                     }
                 }, cts.Token);
-                try { await s.RunAsync(Console.OpenStandardOutput(), null, cts.Token); } catch (
-                    OperationCanceledException) { }
+                try { await s.RunAsync(Console.OpenStandardOutput(), null, cts.Token); }
+                catch (OperationCanceledException) { return 0; }
+                if (cts.IsCancellationRequested) return 0;
+                raw?.Dispose();
+                // hulld ended the console: the instance stopped (a guest that powered off, an init that exited).
+                var state = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
+                for (var i = 0; i < 30 && state.State is InstanceStates.Stopping or InstanceStates.Running; i++)
+                {
+                    await Task.Delay(100, ct);
+                    state = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
+                }
+                await Err.WriteLineAsync($"\nhull: the console closed: {state.Name} is {state.State.ToLowerInvariant()}" +
+                    (state.LastExitCode is { } code ? $" (exit code {code})" : ""));
                 return 0;
             });
             yield return cmd;
@@ -228,7 +239,7 @@ public static partial class CliApp
                 var resize = s.ResizeAsync(nw, nh);
             }) : null;
             using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            _ = s.PumpStdinAsync(Console.OpenStandardInput(), cts.Token);
+            _ = s.PumpStdinAsync(Terminal.OpenStdin(), cts.Token);
             var code = await s.RunAsync(Console.OpenStandardOutput(), Console.OpenStandardError(), ct);
             cts.Cancel();
             if (code is null) throw new CliException("the connection to hulld ended before the command did");
