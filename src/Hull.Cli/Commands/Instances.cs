@@ -149,8 +149,8 @@ public static partial class CliApp
                     await Task.Delay(100, ct);
                     state = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 }
-                await Err.WriteLineAsync($"\nhull: the console closed: {state.Name} is {state.State.ToLowerInvariant()}" +
-                    (state.LastExitCode is { } code ? $" (exit code {code})" : ""));
+                await Err.WriteLineAsync($"\nhull: the console closed: {state.Name} is " +
+                    state.State.ToLowerInvariant() + (state.LastExitCode is { } code ? $" (exit code {code})" : ""));
                 return 0;
             });
             yield return cmd;
