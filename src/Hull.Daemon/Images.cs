@@ -10,6 +10,10 @@ namespace Hull.Daemon;
 /// containers).</summary>
 public delegate Task<string> BuiltinImageBuilder(string workDir, OperationContext? op, CancellationToken ct);
 
+/// <summary>Checks an image file of one type before it is added; throws <see cref="InstanceException"/> saying what
+/// is wrong with it.</summary>
+public delegate Task ImageCheck(string file, CancellationToken ct);
+
 /// <summary>
 /// The content-addressed image store under STATE/images: images/FINGERPRINT/{image.tar|disk.img, rootfs/}. The
 /// fingerprint is the SHA-256 of the image file. Work happens in images/tmp-*; an image appears by rename, then its
@@ -21,6 +25,7 @@ public sealed partial class ImageStore
     readonly Store _store;
     readonly SemaphoreSlim _lock = new(1, 1);
     readonly Dictionary<(string Name, string Type), BuiltinImageBuilder> _builtins = [];
+    readonly Dictionary<string, ImageCheck> _checks = [];
 
     /// <summary>How much an image may unpack to (hulld's --max-image-size and --max-image-entries).</summary>
     public ImageLimits Limits { get; set; } = new();
@@ -38,6 +43,10 @@ public sealed partial class ImageStore
         builder;
 
     public IEnumerable<(string Name, string Type)> Builtins => _builtins.Keys;
+
+    /// <summary>Registers the check of the image files of a type (the VM engine refuses files that are no disk
+    /// image).</summary>
+    public void RegisterCheck(string type, ImageCheck check) => _checks[type] = check;
 
     /// <summary>Removes half-made work and image directories that have no row (a crash between rename and
     /// insert).</summary>
@@ -266,7 +275,11 @@ public sealed partial class ImageStore
             if (run is not null) await File.WriteAllBytesAsync(Path.Combine(stage, RunConfigFile),
                 JsonSerializer.SerializeToUtf8Bytes(run, HullJson.Default.ImageRunConfig), ct);
         }
-        else File.Move(file, Path.Combine(stage, "disk.img"));
+        else
+        {
+            if (_checks.TryGetValue(type, out var check)) await check(file, ct);
+            File.Move(file, Path.Combine(stage, "disk.img"));
+        }
         var size = new FileInfo(Path.Combine(stage, type == InstanceTypes.Container ? "image.tar" : "disk.img")).Length;
         Directory.Move(stage, ImageDir(fp));
         var rec = new ImageRecord { Fingerprint = fp, Type = type, Size = size, Created = DateTimeOffset.UtcNow,

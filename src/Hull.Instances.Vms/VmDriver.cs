@@ -158,8 +158,9 @@ public sealed partial class VmDriver : IInstanceDriver
             QemuBinary = current.QemuBinary,
             Disks =
             [
-                new DiskConfig { Path = Path.Combine(VmDir(spec), Path.GetFileName(root.Path)), Format = root.Format,
-                    Base = root.Base, Owned = true },
+                root.CdRom ? new DiskConfig { Path = root.Path, Format = root.Format, CdRom = true, ReadOnly = true }
+                : new DiskConfig { Path = Path.Combine(VmDir(spec), Path.GetFileName(root.Path)),
+                    Format = root.Format, Base = root.Base, Owned = true },
                 .. DeviceDisks(disks),
             ],
         };
@@ -284,12 +285,16 @@ public sealed partial class VmDriver : IInstanceDriver
             else
             {
                 var layout = await VmImages.ResolveAsync(spec.Image.File, ct);
+                // An ISO (install or live media) is a read-only CD-ROM the firmware boots; a disk image gets an
+                // overlay of the instance's own.
+                var iso = !layout.Direct && VmImages.IsIso(layout.RootDisk);
                 c = new VmConfig
                 {
                     Name = spec.Name,
                     Boot = layout.Direct ? BootMode.Direct : BootMode.Bios,
                     Kernel = layout.Kernel, Initrd = layout.Initrd, Cmdline = layout.Cmdline,
-                    Disks = [new DiskConfig { Base = layout.RootDisk }],
+                    Disks = [iso ? new DiskConfig { Path = layout.RootDisk, CdRom = true, ReadOnly = true,
+                        Format = DiskFormat.Raw } : new DiskConfig { Base = layout.RootDisk }],
                 };
             }
             c.MemoryMiB = MemoryMiB(spec);

@@ -61,6 +61,52 @@ public static class VmImages
         finally { s_lock.Release(); }
     }
 
+    /// <summary>
+    /// Refuses at import what no VM can boot, naming what was found: a Hull VM bundle must carry its manifest; any
+    /// other file must be a qcow2 image that qemu-img check finds whole, or a raw image with a partition table (MBR or
+    /// GPT) or an ISO 9660 volume (install media, attached as a CD-ROM).
+    /// </summary>
+    public static async Task CheckAsync(string file, CancellationToken ct)
+    {
+        if (IsTar(file))
+        {
+            var list = await RunAsync("tar", ["-tf", file], ct);
+            if (!list.Split('\n').Any(l => l.Trim() is Manifest or "./" + Manifest))
+                throw new InstanceException($"the VM image is a tar file without a {Manifest} manifest: import a " +
+                    "disk image (qcow2 or raw), an ISO, or a Hull VM bundle");
+            return;
+        }
+        var size = new FileInfo(file).Length;
+        var head = new byte[34 * 1024];
+        int n;
+        using (var f = File.OpenRead(file)) n = f.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        if (n >= 4 && head[0] == 'Q' && head[1] == 'F' && head[2] == 'I' && head[3] == 0xfb)
+        {
+            var check = await HostProgram.ExecAsync("qemu-img", ["check", "-q", "-f", "qcow2", file],
+                new(), ct);
+            if (check.ExitCode != 0) throw new InstanceException($"the qcow2 image is damaged or truncated " +
+                $"(qemu-img check: {(check.Stderr + check.Stdout).Trim().Split('\n')[0]}): import a whole image");
+            return;
+        }
+        if (IsIso(head, n) || (n >= 512 && head[510] == 0x55 && head[511] == 0xaa)
+            || (n >= 520 && Encoding.ASCII.GetString(head, 512, 8) == "EFI PART"))
+            return;
+        var text = head.Take(n).All(b => b is (>= 0x20 and < 0x7f) or (byte)'\n' or (byte)'\r' or (byte)'\t');
+        throw new InstanceException($"the file is not a VM disk image: {size} bytes of " +
+            (text ? "text" : "data") + " with no qcow2 header, no partition table (MBR or GPT) and no ISO 9660 " +
+            "volume: give a bootable disk image (qcow2 or raw), an ISO, or a Hull VM bundle");
+    }
+
+    /// <summary>True for an ISO 9660 image ("CD001" in the primary volume descriptor at 32 KiB).</summary>
+    public static bool IsIso(string file)
+    {
+        var head = new byte[34 * 1024];
+        using var f = File.OpenRead(file);
+        return IsIso(head, f.ReadAtLeast(head, head.Length, throwOnEndOfStream: false));
+    }
+
+    static bool IsIso(byte[] head, int n) => n >= 32774 && Encoding.ASCII.GetString(head, 32769, 5) == "CD001";
+
     static bool IsTar(string path)
     {
         using var f = File.OpenRead(path);

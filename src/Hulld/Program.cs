@@ -25,6 +25,7 @@ public static class Program
                     (work, _, ct) => AppContainers.BuildHostImageAsync(work, ct));
                 // The built-in VM image: the default image (host kernel, busybox, virtio modules, hull-agent), built on
                 // first use.
+                images.RegisterCheck(InstanceTypes.Vm, VmImages.CheckAsync);
                 images.RegisterBuiltin("busybox", InstanceTypes.Vm,
                     (work, op, ct) => VmImages.BuildDefaultBundleAsync(work, Vm(o).CacheDir, Vm(o).AgentBinary,
                         m => op?.Progress(m), ct));

@@ -1,0 +1,56 @@
+using Hull.TestSupport;
+using Xunit;
+
+namespace Hull.Instances.Vms.Tests;
+
+/// <summary>
+/// hull image import --vm refuses what no VM can boot, naming what it found, and leaves nothing behind: a text file,
+/// a truncated qcow2, a tar that is no Hull VM bundle. A raw disk with a partition table is taken.
+/// </summary>
+public sealed class VmImageImportTests
+{
+    [SkippableFact]
+    public async Task Files_that_are_no_disk_image_are_refused_with_what_was_found()
+    {
+        VmDaemon.RequireVmHost();
+        using var d = new VmDaemon();
+        var before = (await d.Client.ListImagesAsync()).Count;
+        string F(string name) => Path.Combine(d.Dir, name);
+
+        File.WriteAllText(F("junk.img"), "this is not a VM\n");
+        var junk = d.Cli("image", "import", F("junk.img"), "--vm");
+        Assert.NotEqual(0, junk.Code);
+        Assert.Contains("the file is not a VM disk image: 17 bytes of text with no qcow2 header", junk.Err);
+
+        RegistryTestUtil.Run("qemu-img", "create", "-q", "-f", "qcow2", F("whole.qcow2"), "64M");
+        using (var whole = File.OpenRead(F("whole.qcow2")))
+        using (var cut = File.Create(F("cut.qcow2")))
+        {
+            var head = new byte[300];
+            whole.ReadExactly(head);
+            cut.Write(head);
+        }
+        var truncated = d.Cli("image", "import", F("cut.qcow2"), "--vm");
+        Assert.NotEqual(0, truncated.Code);
+        Assert.Contains("the qcow2 image is damaged or truncated (qemu-img check:", truncated.Err);
+
+        Directory.CreateDirectory(F("t"));
+        File.WriteAllText(Path.Combine(d.Dir, "t", "readme"), "no manifest\n");
+        RegistryTestUtil.Run("tar", "-cf", F("plain.tar"), "-C", F("t"), "readme");
+        var tar = d.Cli("image", "import", F("plain.tar"), "--vm");
+        Assert.NotEqual(0, tar.Code);
+        Assert.Contains("a tar file without a hull-vm-image manifest", tar.Err);
+
+        Assert.Equal(before, (await d.Client.ListImagesAsync()).Count);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(d.StateDir, "images"), "tmp-*"));
+
+        // A raw disk with an MBR (boot signature 55 aa), and a whole qcow2, are taken.
+        var raw = new byte[1 << 20];
+        raw[510] = 0x55;
+        raw[511] = 0xaa;
+        File.WriteAllBytes(F("mbr.img"), raw);
+        Assert.Equal(0, d.Cli("image", "import", F("mbr.img"), "--vm", "--alias", "mbr").Code);
+        Assert.Equal(0, d.Cli("image", "import", F("whole.qcow2"), "--vm", "--alias", "q").Code);
+        Assert.Equal(before + 2, (await d.Client.ListImagesAsync()).Count);
+    }
+}
