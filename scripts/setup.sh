@@ -10,6 +10,7 @@ PKGS=(
   iproute2 nftables dnsmasq-base                       # networking
   qemu-system-x86 qemu-utils ovmf seabios              # the VM engine's device model and firmware
   linux-image-amd64 e2fsprogs cpio xz-utils            # the default VM image (guest kernel, root disk, initramfs)
+  grub-pc-bin grub-common xorriso mtools               # tests: bootable GRUB install media (grub-mkrescue)
   skopeo umoci docker-registry apache2-utils           # OCI images, a local registry for tests (htpasswd for its Basic auth)
   sqlite3 jq util-linux procps psmisc hyperfine time
 )

@@ -53,4 +53,32 @@ public sealed class VmImageImportTests
         Assert.Equal(0, d.Cli("image", "import", F("whole.qcow2"), "--vm", "--alias", "q").Code);
         Assert.Equal(before + 2, (await d.Client.ListImagesAsync()).Count);
     }
+
+    [SkippableFact]
+    public async Task An_iso_is_attached_as_a_cd_rom_and_the_firmware_boots_it()
+    {
+        VmDaemon.RequireVmHost();
+        Requires.Program("grub-mkrescue");
+        Requires.Program("xorriso");
+        Requires.File("/usr/lib/grub/i386-pc/cdboot.img", "grub-pc-bin");
+        using var d = new VmDaemon();
+        var tree = Path.Combine(d.Dir, "iso", "boot", "grub");
+        Directory.CreateDirectory(tree);
+        File.WriteAllText(Path.Combine(tree, "grub.cfg"), "serial --unit=0 --speed=115200\nterminal_input serial\n" +
+            "terminal_output serial\necho \"hull-iso-marker\"\nsleep 600\n");
+        var iso = Path.Combine(d.Dir, "media.iso");
+        RegistryTestUtil.Run("grub-mkrescue", "-o", iso, Path.Combine(d.Dir, "iso"));
+        Assert.Equal(0, d.Cli("image", "import", iso, "--vm", "--alias", "media").Code);
+        var launch = d.Cli("launch", "media", "m1", "--vm", "-c", "limits.memory=128MiB");
+        Assert.True(launch.Code == 0, launch.Err);
+        var log = "";
+        for (var i = 0; i < 300 && !log.Contains("hull-iso-marker", StringComparison.Ordinal); i++)
+        {
+            await Task.Delay(200);
+            log = d.Cli("logs", "m1").Out;
+        }
+        Assert.Contains("Booting from DVD/CD", log);
+        Assert.Contains("hull-iso-marker", log);
+        await d.Client.DeleteInstanceAsync("m1", force: true);
+    }
 }
