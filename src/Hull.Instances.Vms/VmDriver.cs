@@ -546,10 +546,11 @@ public sealed partial class VmDriver : IInstanceDriver
                 }
             }
             ct.ThrowIfCancellationRequested();
-            // QEMU is gone: give the engine a moment to record why (it reaps its child, or sees QMP close).
-            for (var i = 0; i < 40 && File.Exists(vm.PidFilePath); i++) await Task.Delay(50, ct);
             if (vm.Pid == pid) await Task.Delay(200, ct);
         }
+        // QEMU is gone (perhaps before this wait began: a guest that powers off at once): give the engine a moment to
+        // record why (it reaps its child, or sees QMP close; QEMU removes its pid file itself, before that).
+        for (var i = 0; i < 60 && ExitCode(vm) is null; i++) await Task.Delay(50, ct);
         await DropAgentAsync(spec.Name);
         return ExitCode(vm) ?? 128 + Signals.SIGKILL;
     }

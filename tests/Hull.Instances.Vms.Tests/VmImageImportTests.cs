@@ -55,7 +55,7 @@ public sealed class VmImageImportTests
     }
 
     [SkippableFact]
-    public async Task An_iso_is_attached_as_a_cd_rom_and_the_firmware_boots_it()
+    public async Task An_iso_is_attached_as_a_cd_rom_the_firmware_boots_it_and_its_power_off_is_exit_0()
     {
         VmDaemon.RequireVmHost();
         Requires.Program("grub-mkrescue");
@@ -65,7 +65,7 @@ public sealed class VmImageImportTests
         var tree = Path.Combine(d.Dir, "iso", "boot", "grub");
         Directory.CreateDirectory(tree);
         File.WriteAllText(Path.Combine(tree, "grub.cfg"), "serial --unit=0 --speed=115200\nterminal_input serial\n" +
-            "terminal_output serial\necho \"hull-iso-marker\"\nsleep 600\n");
+            "terminal_output serial\necho \"hull-iso-marker\"\nsleep 2\nhalt\n");
         var iso = Path.Combine(d.Dir, "media.iso");
         RegistryTestUtil.Run("grub-mkrescue", "-o", iso, Path.Combine(d.Dir, "iso"));
         Assert.Equal(0, d.Cli("image", "import", iso, "--vm", "--alias", "media").Code);
@@ -79,6 +79,10 @@ public sealed class VmImageImportTests
         }
         Assert.Contains("Booting from DVD/CD", log);
         Assert.Contains("hull-iso-marker", log);
+        // GRUB's halt powers the machine off: a clean end (exit code 0), not a kill (137).
+        await Wait.UntilAsync(async () => (await d.Client.GetInstanceAsync("m1")).State == "Stopped",
+            "the guest's power-off");
+        Assert.Equal(0, (await d.Client.GetInstanceAsync("m1")).LastExitCode);
         await d.Client.DeleteInstanceAsync("m1", force: true);
     }
 }
