@@ -109,6 +109,7 @@ public sealed class Daemon
     public static async Task<int> RunAsync(string[] args, Func<DaemonOptions, IReadOnlyList<IInstanceDriver>> drivers,
         Action<DaemonOptions, ImageStore>? images = null)
     {
+        if (args.Contains("--help") || args.Contains("-h")) { Console.WriteLine(DaemonOptions.Usage); return 0; }
         DaemonOptions o;
         try { o = DaemonOptions.Parse(args); }
         catch (ArgumentException e)
@@ -116,7 +117,6 @@ public sealed class Daemon
             await Console.Error.WriteLineAsync($"hulld: {e.Message}\n{DaemonOptions.Usage}");
             return 2;
         }
-        if (args.Contains("--help") || args.Contains("-h")) { Console.WriteLine(DaemonOptions.Usage); return 0; }
         if (o.PrintRoutes)
         {
             var app0 = Builder().Build();

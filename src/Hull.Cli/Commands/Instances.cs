@@ -42,8 +42,15 @@ public static partial class CliApp
             Act(cmd, async (pr, c, ct) =>
             {
                 foreach (var n in pr.GetValue(names)!)
+                {
                     await WaitOp(c, await c.ChangeStateOperationAsync(n, verb, pr.GetValue(force), pr.GetValue(timeout),
                         ct), ct);
+                    // A stop that had to kill says so: the instance did not end when asked.
+                    if (verb == "stop" && !pr.GetValue(force)
+                        && (await c.GetInstanceAsync(n, ct)).LastExitCode == 128 + 9)
+                        await Err.WriteLineAsync($"hull: {n} did not stop within {pr.GetValue(timeout)} s of being " +
+                            "asked (SIGTERM, its stop signal, or the ACPI power button): it was killed");
+                }
                 return 0;
             });
             yield return cmd;
