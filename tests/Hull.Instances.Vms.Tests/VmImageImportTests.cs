@@ -71,6 +71,9 @@ public sealed class VmImageImportTests
         Assert.Equal(0, d.Cli("image", "import", iso, "--vm", "--alias", "media").Code);
         var launch = d.Cli("launch", "media", "m1", "--vm", "-c", "limits.memory=128MiB");
         Assert.True(launch.Code == 0, launch.Err);
+        // Where KVM cannot run the guest, the launch says it fell back to emulation, and why.
+        if ((await d.Client.GetStateAsync("m1")).Details?.GetValueOrDefault("accelerator") == "tcg")
+            Assert.Contains("hull: m1 runs under TCG emulation, not KVM: ", launch.Err);
         var log = "";
         for (var i = 0; i < 300 && !log.Contains("hull-iso-marker", StringComparison.Ordinal); i++)
         {

@@ -210,6 +210,12 @@ public static partial class CliApp
             ApplyAppOptions(pr, app, req);
             await Err.WriteLineAsync($"{(start ? "Launching" : "Creating")} {req.Name}");
             await WaitOp(c, await c.CreateInstanceOperationAsync(req, ct), ct);
+            // A VM that could not have KVM runs under emulation (TCG), many times slower: say so, and why.
+            if (start && req.Type == InstanceTypes.Vm
+                && (await c.GetStateAsync(req.Name, ct)).Details is { } d
+                && d.GetValueOrDefault("accelerator") == "tcg")
+                await Err.WriteLineAsync($"hull: {req.Name} runs under TCG emulation, not KVM: " +
+                    d.GetValueOrDefault("accelerator-reason", "no reason recorded"));
             return 0;
         });
         return cmd;
