@@ -6,6 +6,7 @@ using System.Text;
 using Hull.Agent.Protocol;
 using Hull.Api;
 using Hull.Linux;
+using Hull.Vm;
 
 namespace Hull.Instances.Vms;
 
@@ -58,16 +59,23 @@ public sealed partial class VmDriver
         var vm = await VmAsync(spec, CancellationToken.None);
         if (vm.Pid is null) throw new InstanceException($"VM '{spec.Name}' is not running: start it first", 409);
         var sw = Stopwatch.StartNew();
+        // Hull's own images (direct kernel boot) carry the agent: wait for their boot. A foreign image booted by
+        // firmware may have none: wait a short while after QEMU's start, then say so rather than hang.
+        var foreign = vm.Config.Boot != BootMode.Direct;
+        var timeout = foreign ? ForeignAgentWait(vm) : _o.AgentTimeout;
         string? last = null;
         while (true)
         {
             if (vm.Pid is null) throw new InstanceException(
                 $"VM '{spec.Name}' stopped while waiting for its agent " +
                 $"({vm.LastRecord?.Reason ?? "no reason recorded"})", 409);
-            var left = _o.AgentTimeout - sw.Elapsed;
+            var left = timeout - sw.Elapsed;
+            if (left <= TimeSpan.Zero && foreign)
+                throw new InstanceException($"no Hull agent answered in VM '{spec.Name}': its guest (booted by " +
+                    $"firmware from a disk image or ISO) may not run hull-agent: use 'hull console {spec.Name}'", 503);
             if (left <= TimeSpan.Zero)
                 throw new InstanceException($"the guest agent of VM '{spec.Name}' did not answer within " +
-                    $"{_o.AgentTimeout.TotalSeconds:0} s" +
+                    $"{timeout.TotalSeconds:0} s" +
                     $"{(last is null ? "" : $" ({last})")}: the guest may still be booting (see 'hull logs " +
                         $"{spec.Name}') or its image has no working hull-agent", 503);
             AgentClient? client = null;
@@ -86,6 +94,15 @@ public sealed partial class VmDriver
                 await Task.Delay(200);
             }
         }
+    }
+
+    /// <summary>The wait for a foreign guest's agent: until <see cref="VmDriverOptions.ForeignAgentTimeout"/> after
+    /// QEMU started (its pid file's time), and at least 3 s.</summary>
+    TimeSpan ForeignAgentWait(IVm vm)
+    {
+        var started = File.Exists(vm.PidFilePath) ? File.GetLastWriteTimeUtc(vm.PidFilePath) : DateTime.UtcNow;
+        var left = started + _o.ForeignAgentTimeout - DateTime.UtcNow;
+        return left > TimeSpan.FromSeconds(3) ? left : TimeSpan.FromSeconds(3);
     }
 
     /// <summary>Runs an agent operation; a lost connection is re-made once (the guest agent restarted, QEMU

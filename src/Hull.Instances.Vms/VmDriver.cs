@@ -16,6 +16,9 @@ public sealed class VmDriverOptions
     public string? AgentBinary { get; init; }
     /// <summary>How long exec and file operations wait for the guest agent of a booting VM.</summary>
     public TimeSpan AgentTimeout { get; init; } = TimeSpan.FromSeconds(180);
+    /// <summary>How long after QEMU's start they wait for an agent in a guest from a foreign image (a disk image or
+    /// ISO booted by firmware, which may well have no hull-agent): then they fail, saying so.</summary>
+    public TimeSpan ForeignAgentTimeout { get; init; } = TimeSpan.FromSeconds(20);
     /// <summary>Guest memory when limits.memory is unset.</summary>
     public int DefaultMemoryMiB { get; init; } = 256;
 

@@ -65,7 +65,7 @@ public sealed class VmImageImportTests
         var tree = Path.Combine(d.Dir, "iso", "boot", "grub");
         Directory.CreateDirectory(tree);
         File.WriteAllText(Path.Combine(tree, "grub.cfg"), "serial --unit=0 --speed=115200\nterminal_input serial\n" +
-            "terminal_output serial\necho \"hull-iso-marker\"\nsleep 2\nhalt\n");
+            "terminal_output serial\necho \"hull-iso-marker\"\nsleep 25\nhalt\n");
         var iso = Path.Combine(d.Dir, "media.iso");
         RegistryTestUtil.Run("grub-mkrescue", "-o", iso, Path.Combine(d.Dir, "iso"));
         Assert.Equal(0, d.Cli("image", "import", iso, "--vm", "--alias", "media").Code);
@@ -82,6 +82,13 @@ public sealed class VmImageImportTests
         }
         Assert.Contains("Booting from DVD/CD", log);
         Assert.Contains("hull-iso-marker", log);
+        // GRUB runs no Hull agent: exec fails soon after the start, saying why, instead of waiting minutes.
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var exec = d.Cli("exec", "m1", "--", "true");
+        Assert.NotEqual(0, exec.Code);
+        Assert.Contains("no Hull agent answered in VM 'm1'", exec.Err);
+        Assert.Contains("use 'hull console m1'", exec.Err);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(25), $"exec took {sw.Elapsed} to give up");
         // GRUB's halt powers the machine off: a clean end (exit code 0), not a kill (137).
         await Wait.UntilAsync(async () => (await d.Client.GetInstanceAsync("m1")).State == "Stopped",
             "the guest's power-off");
