@@ -100,7 +100,8 @@ public sealed partial class ContainerDriver
         {
             using var fs = new FileStream(ConsoleLogPath(spec), FileMode.Open, FileAccess.Read);
             fs.Seek(Math.Max(from, fs.Length - 16384), SeekOrigin.Begin);
-            var text = new StreamReader(fs).ReadToEnd().TrimEnd('\n');
+            // A system container's console is a pty: its lines end in \r\n.
+            var text = new StreamReader(fs).ReadToEnd().Replace("\r\n", "\n").TrimEnd('\n');
             return string.Join('\n', text.Split('\n').TakeLast(lines));
         }
         catch (IOException) { return ""; }
@@ -173,18 +174,22 @@ public sealed partial class ContainerDriver
 
     /// <summary>The signal that stops the instance's init cleanly: the halt signal of the init system its start
     /// booted (recorded in config.json; systemd takes SIGTERM as "re-execute"), SIGTERM for any other init.</summary>
-    static int HaltSignal(InstanceSpec spec)
+    static int HaltSignal(InstanceSpec spec) =>
+        RecordedInit(spec) is { } k ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
+
+    /// <summary>The init system the instance's last start booted (recorded in its config.json); null for any other
+    /// init.</summary>
+    static InitKind? RecordedInit(InstanceSpec spec)
     {
         try
         {
             var oci = ReadOwn(spec, "config.json") is { } json
                 ? System.Text.Json.JsonSerializer.Deserialize(json, OciJson.Default.Spec) : null;
-            return oci is not null && SystemContainers.Recorded(oci) is { } k
-                ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
+            return oci is null ? null : SystemContainers.Recorded(oci);
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or InstanceException or IOException)
         {
-            return Signals.SIGTERM;
+            return null;
         }
     }
 

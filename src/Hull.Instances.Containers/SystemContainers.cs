@@ -70,6 +70,9 @@ public static class SystemContainers
         var p = oci.Process!;
         p.Args = ["/sbin/init"];
         p.NoNewPrivileges = false;
+        // /dev/console is a pty: the init allocates it in the container's devpts, binds its slave on /dev/console and
+        // makes it its stdio; the monitor holds the master (MonitorConsole: console.log, hull console).
+        p.Terminal = true;
         // Privileged: no more than hulld has (root here may lack some, e.g. CAP_SYS_RESOURCE in a container).
         var have = privileged ? Hull.Containers.Capabilities.OwnBounding() : ulong.MaxValue;
         var caps = Hull.Containers.Capabilities.Names.Take(Hull.Containers.Capabilities.LastCap + 1)

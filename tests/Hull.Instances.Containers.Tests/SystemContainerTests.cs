@@ -74,6 +74,7 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
             "setpriv --reuid=65534 --regid=65534 --clear-groups cat /etc/debian_version >/dev/null && echo ok"));
         var map = await Sh(c, "deb1", "cat /proc/self/uid_map");
         Assert.Equal(privileged, map.Split(' ', StringSplitOptions.RemoveEmptyEntries) is ["0", "0", _]);
+        await ConsoleShowsBootAndLogin(c, "deb1");
 
         // hull stop halts it (SIGRTMIN+3): systemd shuts down and halts, which ends the pid namespace's init with
         // SIGINT (130), well within the timeout; a SIGTERM would have it re-execute itself until the SIGKILL (137).
@@ -88,6 +89,65 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         Assert.Equal("running", await BootState(c, "deb1"));
         await c.StopAsync("deb1", timeout: 20);
         Assert.Equal(130, (await c.GetStateAsync("deb1")).LastExitCode);
+    }
+
+    /// <summary>/dev/console is a pty the monitor holds: systemd's boot messages are in hull logs, and hull console
+    /// shows console-getty's login prompt and takes input (login answers a user name with its password prompt).
+    /// </summary>
+    async Task ConsoleShowsBootAndLogin(HullClient c, string name)
+    {
+        var log = System.Text.RegularExpressions.Regex.Replace(
+            await new StreamReader(await c.LogsAsync(name)).ReadToEndAsync(), "\u001b\\[[0-9;]*m", ""); // colours
+        Assert.Contains("Welcome to Debian GNU/Linux 12", log);
+        Assert.Contains("Reached target", log);
+        Assert.Equal("active", await Sh(c, name, "systemctl is-active console-getty"));
+        using var con = await c.ConsoleAsync(name);
+        var seen = new Capture();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var run = con.RunAsync(seen, null, cts.Token);
+        // The prompt getty is waiting on comes first; Enter makes it ask again.
+        await seen.WaitFor($"{name} login: ", cts.Token);
+        await con.WriteStdinAsync("root\n"u8.ToArray(), cts.Token);
+        await seen.WaitFor("Password: ", cts.Token);
+        await con.WriteStdinAsync("\u0004"u8.ToArray(), cts.Token); // abandon the login (^D): getty starts again
+        output.WriteLine($"console:\n{seen.Text}");
+        cts.Cancel();
+        try { await run; } catch (OperationCanceledException) { }
+    }
+
+    /// <summary>Collects what a console sends, for <see cref="WaitFor"/>.</summary>
+    sealed class Capture : Stream
+    {
+        readonly System.Text.StringBuilder _text = new();
+        public string Text { get { lock (_text) return _text.ToString(); } }
+
+        public async Task WaitFor(string s, CancellationToken ct)
+        {
+            while (!Text.Contains(s, StringComparison.Ordinal))
+            {
+                if (ct.IsCancellationRequested)
+                    throw new TimeoutException($"'{s}' did not come; the console sent:\n{Text}");
+                await Task.Delay(20, CancellationToken.None);
+            }
+        }
+
+        public override void Write(byte[] buffer, int offset, int count)
+        {
+            lock (_text) _text.Append(System.Text.Encoding.UTF8.GetString(buffer, offset, count));
+        }
+        public override void Flush() { }
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position
+        {
+            get => throw new NotSupportedException();
+            set => throw new NotSupportedException();
+        }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
     }
 
     [SkippableFact]
