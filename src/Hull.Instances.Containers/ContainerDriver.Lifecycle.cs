@@ -230,10 +230,11 @@ public sealed partial class ContainerDriver
     {
         var f = Find(spec);
         var state = f is { } x ? MapState(x.Status) : InstanceState.Stopped;
+        var code = state == InstanceState.Stopped ? ReadExit(spec) : null;
         return Task.FromResult(new DriverState
         {
-            State = state, Pid = state == InstanceState.Stopped ? null : f!.Value.Pid,
-            ExitCode = state == InstanceState.Stopped ? ReadExit(spec) : null,
+            State = state, Pid = state == InstanceState.Stopped ? null : f!.Value.Pid, ExitCode = code,
+            Rebooted = code is { } c && SystemContainers.IsReboot(c) && RecordedInit(spec) is not null,
         });
     }
 

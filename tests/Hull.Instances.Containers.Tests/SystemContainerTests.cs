@@ -87,8 +87,29 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         Assert.Equal("running", await BootState(c, "deb1"));
         await c.RestartAsync("deb1", timeout: 20);
         Assert.Equal("running", await BootState(c, "deb1"));
+        await RebootsFromInside(c, "deb1", "systemctl reboot");
+        Assert.Equal("running", await BootState(c, "deb1"));
         await c.StopAsync("deb1", timeout: 20);
         Assert.Equal(130, (await c.GetStateAsync("deb1")).LastExitCode);
+    }
+
+    /// <summary>A reboot asked for inside ends the init with SIGHUP (in a pid namespace, reboot(2) with a restart
+    /// does): hulld starts the instance again, with a new init, instead of leaving it Stopped.</summary>
+    async Task RebootsFromInside(HullClient c, string name, string command)
+    {
+        var before = (await c.GetStateAsync(name)).Pid;
+        try { await Sh(c, name, command); } catch (HullException) { } // the container may go away under the exec
+        var sw = Stopwatch.StartNew();
+        InstanceStateInfo st;
+        while ((st = await c.GetStateAsync(name)) is not { State: InstanceStates.Running, Pid: { } pid }
+               || pid == before)
+        {
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(60),
+                $"'{command}' in {name}: not running again after 60 s ({st.State}, exit code {st.LastExitCode})");
+            await Task.Delay(50);
+        }
+        output.WriteLine($"{name}: '{command}' to running again with a new init: {sw.ElapsedMilliseconds} ms");
+        Assert.Equal(129, st.LastExitCode);
     }
 
     /// <summary>/dev/console is a pty the monitor holds: systemd's boot messages are in hull logs, and hull console
@@ -176,6 +197,8 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         Assert.NotEqual(137, (await c.GetStateAsync("sv1")).LastExitCode);
         await c.StartAsync("sv1");
         await c.RestartAsync("sv1", timeout: 20);
+        await RebootsFromInside(c, "sv1", "for i in $(seq 100); do [ \"$(runlevel)\" = 'N 2' ] && break; " +
+            "sleep 0.1; done; reboot");
         Assert.Equal("sv1", await Sh(c, "sv1", "hostname"));
         await c.StopAsync("sv1", timeout: 20);
     }
@@ -188,7 +211,7 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         foreach (var x in new[] { "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run" })
             Directory.CreateDirectory(Path.Combine(root, x));
         File.Copy("/bin/busybox", Path.Combine(root, "bin/busybox"));
-        foreach (var app in new[] { "sh", "echo", "sleep", "cat", "ps", "hostname" })
+        foreach (var app in new[] { "sh", "echo", "sleep", "cat", "ps", "hostname", "reboot" })
             File.CreateSymbolicLink(Path.Combine(root, "bin", app), "busybox");
         init(root);
         var tar = Path.Combine(dir, "image.tar");
@@ -224,6 +247,8 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         Assert.Contains("busybox-init: down", log);
         await c.StartAsync("bb1");
         await c.RestartAsync("bb1", timeout: 20);
+        // busybox's reboot sends SIGTERM to its init, which runs the shutdown entries and reboots.
+        await RebootsFromInside(c, "bb1", "reboot");
         Assert.Equal("bb1", await Sh(c, "bb1", "hostname"));
         // The container's "/" has the image's mode (0755: the Debian test reads as a user inside); the instance dir
         // is 0710 to the container's root group, so a host user cannot reach the container's files through rootfs/.
