@@ -203,6 +203,48 @@ public sealed class SystemContainerTests(ITestOutputHelper output)
         await c.StopAsync("sv1", timeout: 20);
     }
 
+    /// <summary>20 Debian systemd containers at once (unprivileged) all boot to running, then
+    /// all stop cleanly. Prints each one's boot time and host memory (its cgroup's, after boot) for the record; the
+    /// figures that count are bench/system/run.sh's.</summary>
+    [SkippableFact]
+    public async Task Twenty_Debian_system_containers_boot_to_running_at_once_and_stop()
+    {
+        const int n = 20;
+        using var d = new ContainerDaemon();
+        var c = d.Client;
+        await Import(c, DebianImage(), "debian");
+        var names = Enumerable.Range(1, n).Select(i => $"d{i}").ToList();
+        var sw = Stopwatch.StartNew();
+        var boots = await Task.WhenAll(names.Select(async name =>
+        {
+            await c.CreateInstanceAsync(new InstanceCreateRequest { Name = name, Image = "debian", Start = true });
+            var launched = sw.Elapsed;
+            var state = await BootState(c, name);
+            return (name, state, sw.Elapsed - launched);
+        }));
+        output.WriteLine($"{n} containers running after {sw.Elapsed.TotalSeconds:F1} s");
+        foreach (var (name, state, took) in boots)
+            Assert.True(state == "running", $"{name}: {state}");
+        long total = 0;
+        foreach (var (name, _, took) in boots)
+        {
+            var st = await c.GetStateAsync(name);
+            total += st.Stats?.MemoryBytes ?? 0;
+            output.WriteLine($"{name}: launch returned to running {took.TotalSeconds:F2} s, memory " +
+                $"{(st.Stats?.MemoryBytes ?? 0) / 1048576.0:F1} MiB");
+        }
+        output.WriteLine($"memory per container (cgroup usage, with page cache): {total / n / 1048576.0:F1} MiB");
+        sw.Restart();
+        await Task.WhenAll(names.Select(name => c.StopAsync(name, timeout: 60)));
+        output.WriteLine($"{n} containers stopped in {sw.Elapsed.TotalSeconds:F1} s");
+        foreach (var name in names)
+        {
+            var st = await c.GetStateAsync(name);
+            Assert.Equal(InstanceStates.Stopped, st.State);
+            Assert.Equal(130, st.LastExitCode); // halted by SIGRTMIN+3, not killed after the timeout (137)
+        }
+    }
+
     /// <summary>A root filesystem of the host's static busybox with <paramref name="init"/> as /sbin/init.</summary>
     static string BusyboxTar(string dir, Action<string> init)
     {
