@@ -263,6 +263,9 @@ public sealed class Image
     public List<string> Aliases { get; set; } = [];
     /// <summary>True for a built-in image made on this host on first use (busybox).</summary>
     public bool Builtin { get; set; }
+    /// <summary>What the image's metadata file (an Incus/LXD unified image's metadata.yaml) says of it: os, release,
+    /// description...; empty for an image without one.</summary>
+    public Dictionary<string, string> Properties { get; set; } = [];
     /// <summary>How the image's author meant it to run (the OCI image config of a pulled or OCI-layout image); null
     /// for a rootfs tarball.</summary>
     public ImageRunConfig? Config { get; set; }

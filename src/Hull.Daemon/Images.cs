@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using Hull.Api;
 using Hull.Instances;
@@ -86,7 +87,7 @@ public sealed partial class ImageStore
     Image ToApi(ImageRecord i, List<(string Name, string Type, string Fingerprint)> aliases) => new()
     {
         Fingerprint = i.Fingerprint, Type = i.Type, Size = i.Size, CreatedAt = i.Created, Description = i.Description,
-        Builtin = i.Builtin,
+        Builtin = i.Builtin, Properties = PropertiesOf(i.Fingerprint),
         Aliases = aliases.Where(a => a.Fingerprint == i.Fingerprint).Select(a => a.Name).ToList(),
         Config = RunConfigOf(i),
     };
@@ -271,6 +272,12 @@ public sealed partial class ImageStore
             }
             if (!Directory.EnumerateFileSystemEntries(rootfs).Any()) throw new InstanceException(
                 "the image tarball is empty: give a tarball of a root filesystem");
+            if (Unified(stage) is { } meta)
+            {
+                File.WriteAllText(Path.Combine(stage, PropertiesFile),
+                    JsonSerializer.Serialize(meta.Properties, HullJson.Default.DictionaryStringString));
+                if (meta.Properties.GetValueOrDefault("description") is { Length: > 0 } d) description = d;
+            }
             File.Move(file, Path.Combine(stage, "image.tar"));
             if (run is not null) await File.WriteAllBytesAsync(Path.Combine(stage, RunConfigFile),
                 JsonSerializer.SerializeToUtf8Bytes(run, HullJson.Default.ImageRunConfig), ct);
@@ -286,6 +293,58 @@ public sealed partial class ImageStore
             Description = description, Builtin = builtin };
         _store.InsertImage(rec);
         return rec;
+    }
+
+    /// <summary>The image's properties (from its metadata file), in its dir.</summary>
+    const string PropertiesFile = "properties.json";
+
+    /// <summary>
+    /// An Incus/LXD unified image (metadata.yaml and rootfs/ at the top of the tarball), unpacked in
+    /// <paramref name="stage"/>/rootfs: its metadata, with rootfs/ moved up to be the image's root filesystem; null
+    /// for a plain root filesystem. The unpacked tree is the upload's: the metadata file is read without following a
+    /// link, and only a real directory rootfs/ counts.
+    /// </summary>
+    static ImageMetadata? Unified(string stage)
+    {
+        var top = Path.Combine(stage, "rootfs");
+        var inner = Path.Combine(top, "rootfs");
+        if (!Sys.TryOpen(Path.Combine(top, ImageMetadata.FileName), O.RDONLY | O.NOFOLLOW | O.NONBLOCK, out var fd,
+            out _)) return null;
+        string text;
+        using (fd)
+        {
+            var st = RootedFs.FStat(fd);
+            if ((st.Mode & 0xF000) != 0x8000 || !Directory.Exists(inner)
+                || new DirectoryInfo(inner).LinkTarget is not null) return null;
+            if (st.Size > ImageMetadata.MaxSize) throw new InstanceException(
+                $"the image's {ImageMetadata.FileName} is larger than {ImageMetadata.MaxSize / 1024} KiB");
+            var buf = new byte[st.Size];
+            var n = 0;
+            while (n < buf.Length && Sys.Read(fd, buf.AsSpan(n)) is var r and > 0) n += r;
+            text = Encoding.UTF8.GetString(buf, 0, n);
+        }
+        var meta = ImageMetadata.Parse(text);
+        var host = ImageMetadata.HostArchitectures[0];
+        if (meta.Architecture is { } arch && !ImageMetadata.HostArchitectures.Contains(arch))
+            throw new InstanceException($"the image is for architecture {arch}, not this host's ({host}): import an " +
+                $"image built for {host}");
+        var outer = Path.Combine(stage, "unified");
+        Directory.Move(top, outer);
+        Directory.Move(Path.Combine(outer, "rootfs"), top);
+        Files.RemoveTree(outer);
+        return meta;
+    }
+
+    /// <summary>The properties an image's metadata file gave it (empty without one).</summary>
+    Dictionary<string, string> PropertiesOf(string fingerprint)
+    {
+        var f = Path.Combine(ImageDir(fingerprint), PropertiesFile);
+        try
+        {
+            return File.Exists(f) ? JsonSerializer.Deserialize(File.ReadAllText(f),
+                HullJson.Default.DictionaryStringString) ?? [] : [];
+        }
+        catch (Exception e) when (e is IOException or JsonException) { return []; }
     }
 
     public string ExportPath(string name)

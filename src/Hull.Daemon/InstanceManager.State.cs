@@ -270,12 +270,19 @@ public sealed partial class InstanceManager
         r.State = InstanceState.Stopped; r.Pid = null; r.LastExitCode = code;
         r.StatusMessage = code is null ? UnknownExitCode : null;
         // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.
-        if (_drivers.TryGetValue(r.Type, out var drv)
-            && await SafeStateAsync(drv, spec) is { State: InstanceState.Error } ds)
-        {
-            r.State = InstanceState.Error; r.StatusMessage = ds.Message;
-        }
+        var ds = _drivers.TryGetValue(r.Type, out var drv) ? await SafeStateAsync(drv, spec) : null;
+        if (ds is { State: InstanceState.Error }) { r.State = InstanceState.Error; r.StatusMessage = ds.Message; }
         _store.UpdateInstance(r);
         _events.Lifecycle("instance-exited", name);
+        // A guest that rebooted itself (systemctl reboot in a system container) is started again, as Incus does.
+        if (ds is { Rebooted: true })
+        {
+            try
+            {
+                await StartLockedAsync(r, CancellationToken.None);
+                _events.Lifecycle("instance-restarted", name);
+            }
+            catch (Exception e) { _events.Log("error", $"starting {name} again after its reboot: {e.Message}", name); }
+        }
     }
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net.Sockets;
 using System.Text.Json;
 using Hull.Api;
 using Hull.Containers;
@@ -147,18 +148,26 @@ public sealed partial class ContainerDriver
 
     // ---- console and log ----
 
+    /// <summary>A system container's console is its /dev/console (a pty the monitor holds): output and input. Any
+    /// other container's is its init's output as console.log gets it (no input).</summary>
     public Task<IConsoleSession> AttachConsoleAsync(InstanceSpec spec, CancellationToken ct)
     {
         if (!IsRunning(spec)) throw new InstanceException($"instance '{spec.Name}' is not running", 409);
+        if (RecordedInit(spec) is not null)
+        {
+            var fd = _monitor.AttachConsole(spec.Name);
+            var s = new NetworkStream(new Socket(new SafeSocketHandle(fd.Detach(), true)), ownsSocket: true);
+            return Task.FromResult<IConsoleSession>(new LogConsole(s, s));
+        }
         return Task.FromResult<IConsoleSession>(
             new LogConsole(new LogFileStream(ConsoleLogPath(spec), () => IsRunning(spec), follow: true,
-            fromEnd: true)));
+            fromEnd: true), null));
     }
 
-    sealed class LogConsole(Stream output) : IConsoleSession
+    sealed class LogConsole(Stream output, Stream? input) : IConsoleSession
     {
         public Stream Output => output;
-        public Stream? Input => null;
+        public Stream? Input => input;
         public ValueTask DisposeAsync() { output.Dispose(); return ValueTask.CompletedTask; }
     }
 

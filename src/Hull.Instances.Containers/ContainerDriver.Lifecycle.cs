@@ -74,13 +74,29 @@ public sealed partial class ContainerDriver
         finally { Lock(spec).Release(); }
     }
 
-    /// <summary>An init system that ends within <see cref="EarlyExit"/> of its start failed to boot (a system
-    /// container's init runs until it is stopped): the start fails with its exit status and its last console lines,
-    /// rather than leaving a silent Stopped instance.</summary>
+    /// <summary>
+    /// An init system that ends before it has started a process of its own failed to boot (every init's first act is
+    /// to run something: systemd its generators and journald, busybox init and sysvinit their sysinit entries, while
+    /// the failures the issue saw, such as systemd unable to mount /run, end it before that): the start fails with its
+    /// exit status and its last console lines, rather than leaving a silent Stopped instance. The monitor's exit event
+    /// says so as soon as it ends; a healthy start returns once its init has a child (looked at every
+    /// <see cref="LifeSignPoll"/>), or after <see cref="EarlyExit"/> for an init that neither forks nor ends.
+    /// </summary>
     async Task FailIfInitDiesAtOnce(InstanceSpec spec, long logStart, CancellationToken ct)
     {
         if (Find(spec) is not { } f) return;
-        if (!await EndsWithin(spec, f, EarlyExit, ct)) return;
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var exit = ExitOf(spec, f, stop.Token);
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (!exit.IsCompleted && !ProcFs.HasChildren(f.Pid) && waited.Elapsed < EarlyExit)
+            await Task.WhenAny(exit, Task.Delay(LifeSignPoll, ct));
+        if (!exit.IsCompleted)
+        {
+            await stop.CancelAsync();
+            try { await exit; return; }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested) { return; }
+        }
+        await exit;
         var code = ReadExit(spec);
         var status = code is null ? "with an unknown status" : code > 128 ? $"on signal {code - 128} (code {code})"
             : $"with code {code}";
@@ -90,8 +106,11 @@ public sealed partial class ContainerDriver
             $"\n(all of it: hull logs {spec.Name})", 500);
     }
 
-    /// <summary>How long a system container's init must live for its start to count.</summary>
+    /// <summary>The longest a start waits for a sign of life of an init that neither forks nor ends.</summary>
     static readonly TimeSpan EarlyExit = TimeSpan.FromMilliseconds(300);
+
+    /// <summary>How often a start looks for the init's first child.</summary>
+    static readonly TimeSpan LifeSignPoll = TimeSpan.FromMilliseconds(2);
 
     /// <summary>The last <paramref name="lines"/> lines console.log got since <paramref name="from"/>.</summary>
     static string ConsoleTail(InstanceSpec spec, long from, int lines)
@@ -100,7 +119,8 @@ public sealed partial class ContainerDriver
         {
             using var fs = new FileStream(ConsoleLogPath(spec), FileMode.Open, FileAccess.Read);
             fs.Seek(Math.Max(from, fs.Length - 16384), SeekOrigin.Begin);
-            var text = new StreamReader(fs).ReadToEnd().TrimEnd('\n');
+            // A system container's console is a pty: its lines end in \r\n.
+            var text = new StreamReader(fs).ReadToEnd().Replace("\r\n", "\n").TrimEnd('\n');
             return string.Join('\n', text.Split('\n').TakeLast(lines));
         }
         catch (IOException) { return ""; }
@@ -174,19 +194,23 @@ public sealed partial class ContainerDriver
     /// <summary>The signal that stops the instance's init cleanly: oci.stopsignal if set (an OCI image's StopSignal),
     /// else the halt signal of the init system its start booted (recorded in config.json; systemd takes SIGTERM as
     /// "re-execute"), SIGTERM for any other init.</summary>
-    static int HaltSignal(InstanceSpec spec)
+    static int HaltSignal(InstanceSpec spec) =>
+        spec.Config.TryGetValue(AppConfig.StopSignalKey, out var stop) ? AppConfig.ParseSignal(stop)
+        : RecordedInit(spec) is { } k ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
+
+    /// <summary>The init system the instance's last start booted (recorded in its config.json); null for any other
+    /// init.</summary>
+    static InitKind? RecordedInit(InstanceSpec spec)
     {
-        if (spec.Config.TryGetValue(AppConfig.StopSignalKey, out var stop)) return AppConfig.ParseSignal(stop);
         try
         {
             var oci = ReadOwn(spec, "config.json") is { } json
                 ? System.Text.Json.JsonSerializer.Deserialize(json, OciJson.Default.Spec) : null;
-            return oci is not null && SystemContainers.Recorded(oci) is { } k
-                ? SystemContainers.SignalsOf(k).Halt : Signals.SIGTERM;
+            return oci is null ? null : SystemContainers.Recorded(oci);
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or InstanceException or IOException)
         {
-            return Signals.SIGTERM;
+            return null;
         }
     }
 
@@ -227,10 +251,11 @@ public sealed partial class ContainerDriver
     {
         var f = Find(spec);
         var state = f is { } x ? MapState(x.Status) : InstanceState.Stopped;
+        var code = state == InstanceState.Stopped ? ReadExit(spec) : null;
         return Task.FromResult(new DriverState
         {
-            State = state, Pid = state == InstanceState.Stopped ? null : f!.Value.Pid,
-            ExitCode = state == InstanceState.Stopped ? ReadExit(spec) : null,
+            State = state, Pid = state == InstanceState.Stopped ? null : f!.Value.Pid, ExitCode = code,
+            Rebooted = code is { } c && SystemContainers.IsReboot(c) && RecordedInit(spec) is not null,
         });
     }
 

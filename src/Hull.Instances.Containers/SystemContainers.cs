@@ -57,6 +57,11 @@ public static class SystemContainers
         _ => (Signals.SIGINT, Signals.SIGINT),
     };
 
+    /// <summary>Whether an init system ended on reboot(2) with a restart: in a pid namespace the kernel ends its init
+    /// with SIGHUP for a restart and SIGINT for a halt or power-off (reboot_pid_ns), which is what LXC looks at
+    /// (systemctl reboot, busybox's reboot, sysvinit's shutdown -r all end so).</summary>
+    public static bool IsReboot(int exitCode) => exitCode == 128 + Signals.SIGHUP;
+
     /// <summary>The init a start recorded in <paramref name="oci"/> (<see cref="InitAnnotation"/>); null for a
     /// container whose init is not an init system.</summary>
     public static InitKind? Recorded(Spec oci) =>
@@ -70,6 +75,9 @@ public static class SystemContainers
         var p = oci.Process!;
         p.Args = ["/sbin/init"];
         p.NoNewPrivileges = false;
+        // /dev/console is a pty: the init allocates it in the container's devpts, binds its slave on /dev/console and
+        // makes it its stdio; the monitor holds the master (MonitorConsole: console.log, hull console).
+        p.Terminal = true;
         // Privileged: no more than hulld has (root here may lack some, e.g. CAP_SYS_RESOURCE in a container).
         var have = privileged ? Hull.Containers.Capabilities.OwnBounding() : ulong.MaxValue;
         var caps = Hull.Containers.Capabilities.Names.Take(Hull.Containers.Capabilities.LastCap + 1)

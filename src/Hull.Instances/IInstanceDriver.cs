@@ -198,6 +198,9 @@ public sealed class DriverState
     public int? ExitCode { get; init; }
     /// <summary>Why the instance is in the Error state (a VM's guest panicked...), if it is.</summary>
     public string? Message { get; init; }
+    /// <summary>Stopped because its guest asked to reboot (a system container's init ended on reboot(2)): hulld starts
+    /// it again when nobody asked it to stop.</summary>
+    public bool Rebooted { get; init; }
     /// <summary>Engine facts shown by 'hull info' (a VM: accelerator and why, vCPUs, memory...); null if
     /// none.</summary>
     public IReadOnlyDictionary<string, string>? Details { get; init; }

@@ -16,8 +16,9 @@ public static partial class CliApp
             {
                 var imgs = await c.ListImagesAsync(ct);
                 if (Output.Structured(Format(pr), imgs, Output.Pretty.ListImage, Out)) return 0;
-                Output.Table(Out, ["ALIAS", "FINGERPRINT", "TYPE", "SIZE", "DESCRIPTION", "CREATED"],
+                Output.Table(Out, ["ALIAS", "FINGERPRINT", "TYPE", "OS", "RELEASE", "SIZE", "DESCRIPTION", "CREATED"],
                     imgs.Select(i => new[] { string.Join(",", i.Aliases), i.Fingerprint[..12], i.Type,
+                        i.Properties.GetValueOrDefault("os", ""), i.Properties.GetValueOrDefault("release", ""),
                         Output.Size(i.Size), i.Description, Output.Time(i.CreatedAt) }));
                 return 0;
             });
@@ -25,7 +26,8 @@ public static partial class CliApp
         }
         {
             var file = new Argument<string>("file") { Description =
-                "A rootfs tarball (tar, tar.gz, tar.xz), an OCI image layout directory, or with --vm a disk image" };
+                "A rootfs tarball (tar, tar.gz, tar.xz), an Incus/LXD unified image (a tarball or directory with " +
+                "metadata.yaml and rootfs/), an OCI image layout directory, or with --vm a disk image" };
             var aliasOpt = new Option<string>("--alias") { Description = "An alias for the image" };
             var vm = new Option<bool>("--vm") { Description = "The file is a VM disk image" };
             var refOpt = new Option<string>("--ref") { Description =
@@ -37,11 +39,27 @@ public static partial class CliApp
                 var f = pr.GetValue(file)!;
                 using var p = new ProgressLine();
                 Image img;
-                if (Directory.Exists(f))
+                if (Directory.Exists(f) && File.Exists(Path.Combine(f, "metadata.yaml"))
+                    && Directory.Exists(Path.Combine(f, "rootfs")))
+                {
+                    // An Incus/LXD image directory (metadata.yaml, rootfs/): sent as a unified image tarball.
+                    Image? unified = null;
+                    var from = $"imported from {Path.GetFileName(Path.GetFullPath(f).TrimEnd('/'))}";
+                    await HostProgram.RunAsync("tar", ["--numeric-owner", "-cf", "-", "-C", f, "."], new()
+                    {
+                        What = $"packing {f}",
+                        ReadStdout = async s => unified = await c.ImportImageAsync(s, InstanceTypes.Container,
+                            pr.GetValue(aliasOpt), from, p, ct),
+                        Error = e => new CliException(e.Message),
+                    }, ct);
+                    img = unified!;
+                }
+                else if (Directory.Exists(f))
                 {
                     if (!File.Exists(Path.Combine(f, "oci-layout"))) throw new CliException(
-                        $"{f} is a directory but not an OCI image layout (no oci-layout file): give a rootfs tarball " +
-                        "or a layout written by skopeo or umoci");
+                        $"{f} is a directory but neither an OCI image layout (no oci-layout file) nor an image " +
+                        "directory (metadata.yaml and rootfs/): give a rootfs tarball or a layout written by skopeo " +
+                        "or umoci");
                     Image? layoutImage = null;
                     await HostProgram.RunAsync("tar", ["-cf", "-", "-C", f, "."], new()
                     {

@@ -11,6 +11,9 @@ public sealed class CreateOptions
     public required string Bundle { get; init; }
     public string? PidFile { get; init; }
     public string? ConsoleSocket { get; init; }
+    /// <summary>An already connected console socket, instead of <see cref="ConsoleSocket"/>'s path: the init sends the
+    /// pty master on it (the caller reads it from the other end). The caller keeps and closes it.</summary>
+    public SafeFd? ConsoleConnection { get; init; }
     public bool NoPivot { get; init; }
     public int PreserveFds { get; init; }
     /// <summary>Use this spec instead of reading bundle/config.json (the instance layer builds specs in
@@ -200,11 +203,12 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             Console.Error.WriteLine($"hull: warning: {w}");
         var mountNamespace = namespaces.Any(n => n.Type == "mount");
         if (!mountNamespace) WarnNoMountNamespace(spec);
-        if (spec.Process!.Terminal && o.ConsoleSocket is null && mode == InitMode.Create)
+        if (spec.Process!.Terminal && o.ConsoleSocket is null && o.ConsoleConnection is null
+            && mode == InitMode.Create)
             throw new ContainerException("process.terminal is true: pass --console-socket so the pty master can be " +
                 "handed to the caller");
-        SafeFd? consoleSocket = null;
-        if (spec.Process.Terminal && o.ConsoleSocket is not null)
+        SafeFd? consoleSocket = spec.Process.Terminal ? o.ConsoleConnection : null;
+        if (spec.Process.Terminal && consoleSocket is null && o.ConsoleSocket is not null)
         {
             try { consoleSocket = UnixSockets.Connect(o.ConsoleSocket); }
             catch (LinuxException e) { throw new ContainerException(
@@ -337,7 +341,11 @@ public sealed unsafe partial class ContainerEngine(StateStore store, ICgroupFact
             Sys.Prctl(PR.SET_DUMPABLE, 0);
             try { child = Spawner.Start(req); }
             catch (SpawnException e) { throw new ContainerException($"starting the container init: {e.Message}", e); }
-            finally { childEnd.Dispose(); consoleSocket?.Dispose(); fifo?.Dispose(); devNull?.Dispose(); }
+            finally
+            {
+                childEnd.Dispose(); fifo?.Dispose(); devNull?.Dispose();
+                if (o.ConsoleConnection is null) consoleSocket?.Dispose();
+            }
             var pid = child.Pid;
             cleanup.Add(() => { Libc.kill(pid, Signals.SIGKILL); Sys.WaitPid(pid); });
             if (newUser)

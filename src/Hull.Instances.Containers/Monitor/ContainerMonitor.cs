@@ -22,7 +22,7 @@ namespace Hull.Instances.Containers;
 public static class ContainerMonitor
 {
     /// <summary>Bumped whenever a request or reply other than hello/retire changes.</summary>
-    public const int ProtocolVersion = 2;
+    public const int ProtocolVersion = 3;
 
     public static string SocketPath(string stateDir) => Path.Combine(stateDir, "monitor.sock");
     public static string LockPath(string stateDir) => Path.Combine(stateDir, "monitor.lock");
@@ -96,6 +96,8 @@ sealed class MonitorServer(string stateDir)
     readonly Dictionary<string, Init> _inits = new(StringComparer.Ordinal);
     /// <summary>Connections that said hello: they get the pushed events.</summary>
     readonly List<SafeFd> _subscribers = [];
+    /// <summary>The /dev/console of each system container, by container id (MonitorConsole).</summary>
+    readonly Dictionary<string, MonitorConsole> _consoles = new(StringComparer.Ordinal);
     ContainerEngine _engine = null!;
     PidfdWatcher _watcher = null!;
     SafeFd? _lock;
@@ -185,19 +187,20 @@ sealed class MonitorServer(string stateDir)
             while (true)
             {
                 var fds = new List<SafeFd>();
+                var replyFds = new List<SafeFd>();
                 try
                 {
                     var m = MonitorWire.Receive(conn, fds, buffer);
                     if (m is null) return;
-                    var reply = Handle(m, fds);
+                    var reply = Handle(m, fds, replyFds);
                     // Events go out under the gate too: a reply and an event never interleave within a message.
                     lock (_gate)
                     {
-                        MonitorWire.Send(conn, reply);
+                        MonitorWire.Send(conn, reply, replyFds);
                         if (m.Op == MonitorOp.Hello && reply.Op == MonitorOp.Ok) _subscribers.Add(conn);
                     }
                 }
-                finally { foreach (var f in fds) f.Dispose(); }
+                finally { foreach (var f in fds.Concat(replyFds)) f.Dispose(); }
             }
         }
         catch (Exception e) when (e is LinuxException or IOException) { ContainerMonitor.Log(
@@ -222,7 +225,7 @@ sealed class MonitorServer(string stateDir)
 
     int Live { get { lock (_gate) return _inits.Count; } }
 
-    MonitorMessage Handle(MonitorMessage m, List<SafeFd> fds)
+    MonitorMessage Handle(MonitorMessage m, List<SafeFd> fds, List<SafeFd> replyFds)
     {
         switch (m.Op)
         {
@@ -264,6 +267,13 @@ sealed class MonitorServer(string stateDir)
                     return Reply();
                 case MonitorOp.Stats: return Stats(m.Id);
                 case MonitorOp.Delete: return Delete(m.Id);
+                case MonitorOp.Console:
+                    MonitorConsole? console;
+                    lock (_gate) _consoles.TryGetValue(m.Id, out console);
+                    if (console is null) return Reply($"container '{m.Id}' has no console held by this monitor (only " +
+                        "a system container has one)");
+                    replyFds.Add(console.Attach());
+                    return Reply();
                 case MonitorOp.Exec:
                     var process = _engine.ExecProcess(m.Id, m.Command ?? [], false, m.Env, m.Cwd, m.User, null);
                     var r = Reply();
@@ -347,9 +357,31 @@ sealed class MonitorServer(string stateDir)
         Spec spec;
         try { spec = JsonSerializer.Deserialize(m.Spec, OciJson.Default.Spec) ?? throw new JsonException("null"); }
         catch (JsonException e) { return Reply($"the spec of '{m.Id}' is not valid JSON: {e.Message}"); }
-        var pid = _engine.Create(new CreateOptions { Id = m.Id, Bundle = m.Bundle, Spec = spec, Stdio = fds });
-        try { _engine.Start(m.Id); }
-        catch { _engine.Delete(m.Id, force: true); throw; }
+        // A terminal: the init sends the master of /dev/console's pty on this socket pair (MonitorConsole).
+        var (consoleMine, consoleTheirs) = spec.Process?.Terminal == true ? Sys.SocketPair() : (null, null);
+        int pid;
+        using (consoleMine) using (consoleTheirs)
+        {
+            pid = _engine.Create(new CreateOptions { Id = m.Id, Bundle = m.Bundle, Spec = spec, Stdio = fds,
+                ConsoleConnection = consoleTheirs });
+            MonitorConsole? console = null;
+            try
+            {
+                if (consoleMine is not null)
+                {
+                    console = new MonitorConsole(m.Id, UnixSockets.ReceiveFd(consoleMine).Fd, Dup(fds[1]));
+                    lock (_gate) _consoles[m.Id] = console;
+                }
+                _engine.Start(m.Id);
+            }
+            catch
+            {
+                lock (_gate) _consoles.Remove(m.Id);
+                _engine.Delete(m.Id, force: true);
+                console?.End(TimeSpan.Zero);
+                throw;
+            }
+        }
         var exitFile = m.ExitFile;
         var id = m.Id;
         try
@@ -381,6 +413,11 @@ sealed class MonitorServer(string stateDir)
         var pid = init.Pid;
         var code = MonitorInterop.TryWaitPidfd(pidfd, reap: false);
         if (code is null) { ContainerMonitor.Log($"{id}: pid {pid} reported ready but has not exited"); return; }
+        // Its last console output is in console.log before the exit is: a start that failed shows why.
+        MonitorConsole? console;
+        lock (_gate) _consoles.Remove(id, out console);
+        if (console is not null && !console.End(TimeSpan.FromSeconds(2)))
+            ContainerMonitor.Log($"{id}: the console is still open 2 s after the init ended");
         try
         {
             if (Directory.Exists(Path.GetDirectoryName(exitFile)))
@@ -413,6 +450,12 @@ sealed class MonitorServer(string stateDir)
             }
             MaybeExit();
         }
+    }
+
+    static SafeFd Dup(SafeFd fd)
+    {
+        var d = Libc.fcntl(fd.Fd, O.F_DUPFD_CLOEXEC, 3);
+        return d >= 0 ? new SafeFd(d) : throw LinuxException.FromLastError("dup");
     }
 
     /// <summary>Under the gate: exits once no container is left to watch and no hulld is connected (retired: once no

@@ -91,6 +91,17 @@ public sealed class MonitorClient : IDisposable
             ?? throw new MonitorException($"the container monitor prepared no process for the exec in '{id}'");
     }
 
+    /// <summary>A stream socket on the container's /dev/console (a system container's, held by the monitor): reads
+    /// are its output from now on, writes its input. The caller owns it.</summary>
+    public SafeFd AttachConsole(string id)
+    {
+        var got = new List<SafeFd>();
+        Request(new MonitorMessage { Op = MonitorOp.Console, Id = id }, Doing("attach the console of", id), keep: got);
+        if (got.Count == 1) return got[0];
+        foreach (var f in got) f.Dispose();
+        throw new MonitorException($"the container monitor sent no console for container '{id}'");
+    }
+
     static string Doing(string verb, string id) => $"asking the container monitor to {verb} container '{id}'";
 
     /// <summary>
@@ -149,7 +160,11 @@ public sealed class MonitorClient : IDisposable
 
     /// <summary>One request on a connection of its own; returns the ok reply or throws with the monitor's error.
     /// </summary>
+    /// <param name="keep">Takes the descriptors an ok reply carries (otherwise closed).</param>
     MonitorMessage Request(MonitorMessage req, string doing, IReadOnlyList<SafeFd>? fds = null)
+        => Request(req, doing, null, fds);
+
+    MonitorMessage Request(MonitorMessage req, string doing, List<SafeFd>? keep, IReadOnlyList<SafeFd>? fds = null)
     {
         req.Version = ContainerMonitor.ProtocolVersion;
         for (var attempt = 0; ; attempt++)
@@ -166,7 +181,8 @@ public sealed class MonitorClient : IDisposable
                         $"while {doing}; see {ContainerMonitor.LogPath(_stateDir)}", 500);
                 var got = new List<SafeFd>();
                 reply = MonitorWire.Receive(conn, got, new byte[64 << 10]);
-                foreach (var f in got) f.Dispose();
+                if (keep is not null && reply?.Op == MonitorOp.Ok) keep.AddRange(got);
+                else foreach (var f in got) f.Dispose();
             }
             catch (LinuxException) when (attempt == 0) { Lost(); continue; }
             catch (LinuxException e)

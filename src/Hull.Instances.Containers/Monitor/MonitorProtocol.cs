@@ -27,6 +27,9 @@ public enum MonitorOp
     /// <summary>Prepares an exec: the process to run (the container's process settings with the caller's command).
     /// The monitor never enters a container: a fresh, sealed hull-oci does.</summary>
     [JsonStringEnumMemberName("exec")] Exec,
+    /// <summary>Attaches to a system container's /dev/console (MonitorConsole): the reply carries a stream socket whose
+    /// reads are the console's output from now on and whose writes are its input.</summary>
+    [JsonStringEnumMemberName("console")] Console,
     /// <summary>Pushed by the monitor on every connection that said hello: a container's init has ended.</summary>
     [JsonStringEnumMemberName("exit")] Exit,
 }

@@ -142,6 +142,25 @@ public static unsafe partial class MonitorInterop
         GC.KeepAlive(fds);
     }
 
+    /// <summary>Sends what the socket's buffer takes now, without waiting (MSG_DONTWAIT): the number of bytes sent
+    /// (fewer than asked, even 0, when the buffer is full); -1 when the peer has gone.</summary>
+    public static int SendNow(SafeFd socket, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* d = data)
+        {
+            var iov = new IoVec { Base = d, Len = data.Length };
+            var msg = new MsgHdr { Iov = &iov, IovLen = 1 };
+            while (true)
+            {
+                var r = Libc.sendmsg(socket.Fd, &msg, MSG_NOSIGNAL | 0x40 /* MSG_DONTWAIT */);
+                if (r >= 0) return (int)r;
+                var e = Marshal.GetLastPInvokeError();
+                if (e == Errors.EINTR) continue;
+                return e == Errors.EAGAIN ? 0 : -1;
+            }
+        }
+    }
+
     /// <summary>Receives one message into <paramref name="buffer"/>; attached descriptors are added to
     /// <paramref name="fds"/>
     /// (close-on-exec). Returns the message length, 0 at end of stream. A message larger than the buffer is an

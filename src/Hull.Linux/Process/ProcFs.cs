@@ -30,6 +30,15 @@ public static class ProcFs
         return new ProcStat(f[0][0], U(f[11]), U(f[12]), U(f[19]), int.Parse(f[1], CultureInfo.InvariantCulture));
     }
 
+    /// <summary>True if the main thread of <paramref name="pid"/> has a child process now
+    /// (/proc/PID/task/PID/children, CONFIG_PROC_CHILDREN); false if it has none or cannot be read.</summary>
+    public static bool HasChildren(int pid)
+    {
+        try { return File.ReadAllText($"/proc/{pid}/task/{pid}/children").Trim().Length > 0; }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
     /// <summary>True if pid is alive (not a zombie) and is the process that started at startTime.</summary>
     public static bool IsAlive(int pid, ulong startTime) =>
         pid > 0 && Stat(pid) is { } s && s.StartTime == startTime && s.State is not ('Z' or 'X');
