@@ -50,8 +50,9 @@ public sealed partial class InstanceManager
         {
             Name = req.Name, Type = type, Image = source?.Image ?? req.Image,
             ImageFingerprint = image?.Fingerprint ?? source!.ImageFingerprint,
+            // A copy gets a MAC and an address of its own.
             Config = source is null ? req.Config : new Dictionary<string,
-            string>(source.Config.Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last())),
+            string>(WithoutNicVolatile(source.Config).Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last())),
             Devices = source is null ? req.Devices : new Dictionary<string, Dictionary<string,
             string>>(source.Devices.Concat(req.Devices).GroupBy(k => k.Key).Select(g => g.Last())),
             Profiles = req.Profiles ?? source?.Profiles ?? ["default"],
@@ -180,6 +181,7 @@ public sealed partial class InstanceManager
         StopWatcher(r.Name);
         await driver.DeleteAsync(spec, CancellationToken.None);
         foreach (var d in spec.Devices) d.Remove(spec.Dir);
+        StopNics(r.Name, spec);
         Files.RemoveTree(spec.Dir);
         _store.DeleteInstance(r.Name);
     }

@@ -28,6 +28,28 @@ public sealed class DeviceRunConfig
     public required string Device { get; init; }
     public List<MountSpec> Mounts { get; } = [];
     public List<DiskSpec> Disks { get; } = [];
+    /// <summary>A network interface (nic devices; hulld fills it in from the network).</summary>
+    public NicSpec? Nic { get; set; }
+}
+
+/// <summary>
+/// A NIC as the engine makes it: for a container, hulld has made the veth pair <see cref="HostName"/> (on the
+/// bridge, up) and <see cref="PeerName"/>; the engine moves the peer into the container's network namespace before
+/// the container's process starts, names it <see cref="Name"/> and gives it its addresses and default routes.
+/// </summary>
+public sealed class NicSpec
+{
+    public string Name { get; set; } = "eth0";
+    public string HostName { get; set; } = "";
+    public string PeerName { get; set; } = "";
+    public string Bridge { get; set; } = "";
+    public string HwAddr { get; set; } = "";
+    public int Mtu { get; set; }
+    /// <summary>The instance's IPv4 address with the subnet's prefix ("10.0.3.17/24"); null: none.</summary>
+    public string? Ipv4 { get; set; }
+    public string? Gateway4 { get; set; }
+    public string? Ipv6 { get; set; }
+    public string? Gateway6 { get; set; }
 }
 
 /// <summary>A host path to bind into the instance (containers: a bind mount; VMs: a shared directory).</summary>
@@ -39,7 +61,7 @@ public sealed record DiskSpec(string? Source, string Target, long? SizeBytes, bo
 /// <summary>Makes device objects from config and validates their keys.</summary>
 public static class DeviceFactory
 {
-    public static readonly string[] Types = ["disk", "bind"];
+    public static readonly string[] Types = ["disk", "bind", "nic"];
 
     /// <summary>Makes a device; with <paramref name="validate"/> (the default) checks its config, including host paths.
     /// Without it (an existing instance being stopped or deleted) only the type must be known.</summary>
@@ -55,6 +77,7 @@ public static class DeviceFactory
         {
             "disk" => new DiskDevice(name, config),
             "bind" => new BindDevice(name, config),
+            "nic" => new NicDevice(name, config),
             _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are " +
                 $"{string.Join(", ", Types)}"),
         };
@@ -71,6 +94,14 @@ public static class DeviceFactory
         if (validate) CheckLimits(devices);
         var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d =>
             Create(d.Key, d.Value, validate)).ToList();
+        var nicNames = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var n in list.OfType<NicDevice>())
+        {
+            if (nicNames.TryGetValue(n.InterfaceName, out var other))
+                throw new InstanceException($"nic devices '{other}' and '{n.Name}' both name their interface " +
+                    $"{n.InterfaceName}: give each its own 'name'");
+            nicNames[n.InterfaceName] = n.Name;
+        }
         var targets = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var d in list)
         {
@@ -211,6 +242,67 @@ public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> 
         return rc;
     }
 
+    public void Stop(string instanceDir) { }
+    public void Remove(string instanceDir) { }
+}
+
+/// <summary>
+/// A network interface on a managed network (Incus's nic device, nictype=bridged): keys network, name (default
+/// eth0), hwaddr (default: made once and kept as volatile.DEVICE.hwaddr), ipv4.address (static; default: allocated by
+/// hulld and kept as volatile.DEVICE.ipv4.address), mtu. hulld resolves the network and fills in the engine's
+/// <see cref="NicSpec"/>.
+/// </summary>
+public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
+{
+    static readonly string[] Keys = ["type", "nictype", "network", "name", "hwaddr", "ipv4.address", "mtu"];
+    public string Name { get; } = name;
+    public string Type => "nic";
+    public IReadOnlyDictionary<string, string> Config { get; } = config;
+    public string InterfaceName => Config.TryGetValue("name", out var n) && n.Length > 0 ? n : "eth0";
+    public string Network => Config.GetValueOrDefault("network") ?? "";
+
+    /// <summary>The instance config keys hulld keeps for a NIC (a copy gets new ones).</summary>
+    public static string HwAddrKey(string device) => $"volatile.{device}.hwaddr";
+    public static string Ipv4Key(string device) => $"volatile.{device}.ipv4.address";
+
+    public void Validate()
+    {
+        DeviceFactory.CheckKeys(Name, Config, Keys);
+        if (Config.TryGetValue("nictype", out var t) && t.Length > 0 && t != "bridged")
+            throw new InstanceException($"device '{Name}': nictype='{t}' is not supported: use bridged (the default)");
+        if (Network.Length == 0)
+            throw new InstanceException($"device '{Name}': the key 'network' is missing: name a managed network " +
+                "('hull network list' shows them)");
+        var ifname = InterfaceName;
+        if (ifname.Length > 15 || ifname is "lo" or "." or ".." || !ifname.All(c => char.IsAsciiLetterOrDigit(c)
+            || c is '-' or '_' or '.'))
+            throw new InstanceException($"device '{Name}': name='{ifname}' is invalid: an interface name has 1-15 " +
+                "letters, digits, '-', '_' or '.' (and is not lo)");
+        if (Config.TryGetValue("hwaddr", out var mac) && mac.Length > 0 && !IsUnicastMac(mac))
+            throw new InstanceException($"device '{Name}': hwaddr='{mac}' is invalid: use a unicast MAC address " +
+                "such as 02:48:00:12:34:56 (six hex pairs, the first byte even)");
+        if (Config.TryGetValue("ipv4.address", out var ip) && ip.Length > 0
+            && (!System.Net.IPAddress.TryParse(ip, out var a) || a.AddressFamily !=
+                System.Net.Sockets.AddressFamily.InterNetwork || ip.Count(c => c == '.') != 3))
+            throw new InstanceException($"device '{Name}': ipv4.address='{ip}' is invalid: use an IPv4 address " +
+                "inside the network's subnet, such as 10.0.3.50");
+        if (Config.TryGetValue("mtu", out var mtu) && mtu.Length > 0
+            && (!int.TryParse(mtu, System.Globalization.NumberStyles.None,
+                System.Globalization.CultureInfo.InvariantCulture, out var m) || m is < 1280 or > 65535))
+            throw new InstanceException($"device '{Name}': mtu='{mtu}' is invalid: use a whole number from 1280 to " +
+                "65535");
+    }
+
+    public static bool IsUnicastMac(string text)
+    {
+        var parts = text.Split(':');
+        if (parts.Length != 6 || parts.Any(p => p.Length != 2 || !p.All(char.IsAsciiHexDigit))) return false;
+        var first = Convert.ToByte(parts[0], 16);
+        return (first & 1) == 0 && text != "00:00:00:00:00:00";
+    }
+
+    public void Add(string instanceDir) { }
+    public DeviceRunConfig Start(string instanceDir) => new() { Device = Name };
     public void Stop(string instanceDir) { }
     public void Remove(string instanceDir) { }
 }

@@ -22,7 +22,7 @@ namespace Hull.Instances.Containers;
 public static class ContainerMonitor
 {
     /// <summary>Bumped whenever a request or reply other than hello/retire changes.</summary>
-    public const int ProtocolVersion = 2;
+    public const int ProtocolVersion = 3;
 
     public static string SocketPath(string stateDir) => Path.Combine(stateDir, "monitor.sock");
     public static string LockPath(string stateDir) => Path.Combine(stateDir, "monitor.lock");
@@ -348,7 +348,11 @@ sealed class MonitorServer(string stateDir)
         try { spec = JsonSerializer.Deserialize(m.Spec, OciJson.Default.Spec) ?? throw new JsonException("null"); }
         catch (JsonException e) { return Reply($"the spec of '{m.Id}' is not valid JSON: {e.Message}"); }
         var pid = _engine.Create(new CreateOptions { Id = m.Id, Bundle = m.Bundle, Spec = spec, Stdio = fds });
-        try { _engine.Start(m.Id); }
+        try
+        {
+            if (m.Nics is { Count: > 0 } nics) ContainerNics.Configure(pid, nics);
+            _engine.Start(m.Id);
+        }
         catch { _engine.Delete(m.Id, force: true); throw; }
         var exitFile = m.ExitFile;
         var id = m.Id;

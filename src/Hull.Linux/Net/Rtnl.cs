@@ -302,7 +302,8 @@ public sealed class Rtnl : INetLinks
 /// <summary>Ethernet addresses as text ("02:00:5e:10:00:01").</summary>
 public static class MacAddress
 {
-    public static string Format(ReadOnlySpan<byte> mac) => string.Join(':', mac.ToArray().Select(b => b.ToString("x2")));
+    public static string Format(ReadOnlySpan<byte> mac) =>
+        string.Join(':', mac.ToArray().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
 
     public static bool TryParse(string text, out byte[] mac)
     {

@@ -1,0 +1,350 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Hull.Api;
+using Hull.Linux;
+using Hull.Linux.Net;
+using Hull.Sdk;
+using Hull.TestSupport;
+using Xunit;
+
+namespace Hull.Instances.Containers.Tests;
+
+/// <summary>
+/// Managed networks for real: a bridge with NAT and dnsmasq, containers with a veth each, names that resolve. Every
+/// packet goes to addresses the test made: the bridge, the containers, and an "outside" network namespace of its own.
+/// Each test's hulld makes its own default network (a unique name), deleted at the end.
+/// </summary>
+public sealed class NetworkTests
+{
+    static void Ok((int Code, string Out, string Err) r, string what) =>
+        Assert.True(r.Code == 0, $"{what} failed ({r.Code}): {r.Out} {r.Err}");
+
+    static string NetName() => $"hnt{Random.Shared.Next(0x1000, 0xffff):x4}";
+
+    const string Httpd =
+        "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+
+    static (int Code, string Out, string Err) Exec(ContainerDaemon d, string name, string script) =>
+        d.Cli("exec", name, "--", "/bin/sh", "-c", script);
+
+    static Cidr Subnet(Network n)
+    {
+        Assert.True(Cidr.TryParse(n.Config["ipv4.address"], out var c), n.Config["ipv4.address"]);
+        return c;
+    }
+
+    static async Task<IPAddress> AddressOf(ContainerDaemon d, string instance, string network)
+    {
+        var l = (await d.Client.ListNetworkLeasesAsync(network)).First(l => l.Hostname == instance &&
+            l.Address.Contains('.'));
+        return IPAddress.Parse(l.Address);
+    }
+
+    [SkippableFact]
+    public async Task A_container_gets_an_address_a_route_a_resolver_and_reaches_others_by_name()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        var c = d.Client;
+        var n = await c.GetNetworkAsync(net);
+        var subnet = Subnet(n);
+        Assert.Equal(24, subnet.Prefix);
+        Assert.StartsWith("10.", subnet.Address.ToString());
+        Assert.Equal("Created", n.Status);
+        var def = await c.GetProfileAsync("default");
+        Assert.Equal("nic", def.Devices["eth0"]["type"]);
+        Assert.Equal(net, def.Devices["eth0"]["network"]);
+
+        Ok(d.Cli("launch", "busybox", "web", "--", "/bin/sh", "-c", Httpd), "launch web");
+        Ok(d.Cli("launch", "busybox", "cli", "--", "/bin/sh", "-c", "exec sleep 1000"), "launch cli");
+        var web = await AddressOf(d, "web", net);
+        Assert.True(subnet.Contains(web), $"{web} is not in {subnet}");
+
+        var addr = Exec(d, "web", "ip -4 addr show eth0; ip -4 route; cat /etc/resolv.conf; cat /etc/hosts");
+        Ok(addr, "ip addr");
+        Assert.Contains($"inet {web}/24", addr.Out);
+        Assert.Contains($"default via {subnet.Address} dev eth0", addr.Out);
+        Assert.Contains($"nameserver {subnet.Address}", addr.Out);
+        Assert.Contains("search hull", addr.Out);
+        Assert.Contains($"{web}\tweb.hull web", addr.Out);
+        // Its MAC is the one hulld keeps for it.
+        var inst = await c.GetInstanceAsync("web");
+        var mac = inst.Config["volatile.eth0.hwaddr"];
+        Assert.Contains(mac, Exec(d, "web", "cat /sys/class/net/eth0/address").Out);
+
+        // The host reaches it on the bridge.
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+        Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://{web}/"));
+        // Another container reaches it by NAME.hull and by NAME, through dnsmasq at the gateway.
+        // (busybox-static's wget cannot resolve names itself, glibc's static NSS crashes it, nor take -T; its
+        // nslookup asks the resolver from /etc/resolv.conf directly.)
+        var byName = Exec(d, "cli", "for n in web.hull web; do " +
+            "a=$(nslookup $n | sed -n 's/^Address: *\\([0-9.]*\\)$/\\1/p'); wget -q -O - http://$a/ || exit 1; done");
+        Ok(byName, "wget by name");
+        Assert.Equal("hello-from-web\nhello-from-web\n", byName.Out);
+        // The host can ask the network's DNS too.
+        var dig = RunHost("/bin/busybox", "nslookup", "web.hull", subnet.Address.ToString());
+        Assert.Contains(web.ToString(), dig);
+
+        // Leases: both instances, allocated; their addresses stay across a restart.
+        var leases = d.Cli("network", "list-leases", net);
+        Ok(leases, "list-leases");
+        Assert.Contains("web", leases.Out);
+        Assert.Contains("cli", leases.Out);
+        Ok(d.Cli("restart", "web", "--force"), "restart web");
+        Assert.Equal(web, await AddressOf(d, "web", net));
+        Assert.Contains(mac, Exec(d, "web", "cat /sys/class/net/eth0/address").Out);
+
+        // A network in use cannot go.
+        var del = d.Cli("network", "delete", net);
+        Assert.NotEqual(0, del.Code);
+        Assert.Contains("in use by", del.Err);
+        Assert.Contains("instance web", del.Err);
+        Assert.Contains("profile default", del.Err);
+        // A copy gets a MAC and an address of its own.
+        Ok(d.Cli("stop", "cli", "--force"), "stop cli");
+        Ok(d.Cli("copy", "cli", "cli2"), "copy");
+        Ok(d.Cli("start", "cli2"), "start cli2");
+        var copy = await c.GetInstanceAsync("cli2");
+        Assert.NotEqual((await c.GetInstanceAsync("cli")).Config["volatile.eth0.hwaddr"],
+            copy.Config["volatile.eth0.hwaddr"]);
+        Assert.NotEqual((await c.GetInstanceAsync("cli")).Config["volatile.eth0.ipv4.address"],
+            copy.Config["volatile.eth0.ipv4.address"]);
+    }
+
+    static async Task<string> RetryGet(HttpClient http, string url)
+    {
+        for (var i = 0; ; i++)
+        {
+            try { return await http.GetStringAsync(url); }
+            catch (HttpRequestException) when (i < 50) { await Task.Delay(100); }
+        }
+    }
+
+    static string RunHost(string program, params string[] args) =>
+        HostProgram.Run(program, args, new HostProgramOptions { Timeout = TimeSpan.FromSeconds(20) });
+
+    [SkippableFact]
+    public async Task Outbound_traffic_is_masqueraded_to_an_outside_namespace_and_stops_without_nat()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        var subnet = Subnet(await d.Client.GetNetworkAsync(net));
+        using var links = Rtnl.Open();
+        using var outside = NetNs.Create();
+        // An outside network: a veth to a namespace of the test's own, 10.253.X.0/24, no route back to the bridge.
+        var x = Random.Shared.Next(1, 250);
+        if (subnet.Contains(IPAddress.Parse($"10.253.{x}.1"))) x = (x + 1) % 250;
+        var hostSide = $"hlo{Random.Shared.Next(0x1000, 0xffff):x4}";
+        IPAddress hostAddr = IPAddress.Parse($"10.253.{x}.1"), outAddr = IPAddress.Parse($"10.253.{x}.2");
+        try
+        {
+            links.CreateVeth(hostSide, "eth0", 0, outside);
+            links.AddAddress(hostSide, hostAddr, 24);
+            links.SetUp(hostSide, true);
+            using (var inside = Rtnl.OpenIn(outside))
+            {
+                inside.AddAddress("eth0", outAddr, 24);
+                inside.SetUp("eth0", true);
+                inside.SetUp("lo", true);
+            }
+            using var listener = NetNs.In(outside, () =>
+            {
+                var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                s.Bind(new IPEndPoint(outAddr, 8000));
+                s.Listen();
+                return s;
+            });
+            // It answers every request with the address it saw the request come from.
+            var serving = Task.Run(() =>
+            {
+                while (true)
+                {
+                    Socket conn;
+                    try { conn = listener.Accept(); } catch (SocketException) { return; }
+                    catch (ObjectDisposedException) { return; }
+                    using (conn)
+                    {
+                        var buf = new byte[4096];
+                        try { conn.Receive(buf); } catch (SocketException) { continue; }
+                        var from = ((IPEndPoint)conn.RemoteEndPoint!).Address.ToString();
+                        conn.Send(Encoding.ASCII.GetBytes($"HTTP/1.0 200 OK\r\nContent-Length: {from.Length + 1}\r\n" +
+                            $"\r\n{from}\n"));
+                    }
+                }
+            });
+
+            Ok(d.Cli("launch", "busybox", "c1", "--", "/bin/sh", "-c", "exec sleep 1000"), "launch");
+            var r = Exec(d, "c1", $"wget -q -O - http://{outAddr}:8000/");
+            Ok(r, "wget outside");
+            Assert.Equal($"{hostAddr}\n", r.Out); // masqueraded: the outside saw the host, not 10.x
+
+            Ok(d.Cli("network", "set", net, "ipv4.nat=false"), "nat off");
+            var noNat = Exec(d, "c1", $"timeout 3 wget -q -O - http://{outAddr}:8000/");
+            Assert.NotEqual(0, noNat.Code); // the outside has no route back to the bridge's subnet
+            Ok(d.Cli("network", "set", net, "ipv4.nat=true"), "nat on");
+            Ok(Exec(d, "c1", $"wget -q -O - http://{outAddr}:8000/"), "wget with nat again");
+            listener.Close();
+            await serving;
+        }
+        finally { if (links.Link(hostSide) is not null) links.DeleteLink(hostSide); }
+    }
+
+    [SkippableFact]
+    public async Task Bad_input_is_refused_before_anything_is_made()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        var c = d.Client;
+        var subnet = Subnet(await c.GetNetworkAsync(net));
+        var before = HostState(net);
+
+        async Task<string> Refused(Func<Task> f)
+        {
+            var e = await Assert.ThrowsAsync<HullException>(f);
+            return e.Message;
+        }
+        var other = NetName();
+        Assert.Contains("overlaps another network's subnet",
+            await Refused(() => c.CreateNetworkAsync(new NetworkCreateRequest { Name = other,
+                Config = new() { ["ipv4.address"] = $"{Cidr.FromUInt(Cidr.ToUInt(subnet.Network) + 9)}/24" } })));
+        using (var links = Rtnl.Open())
+        {
+            var route = links.Routes(AddressFamily.InterNetwork).First(r => r.Prefix is > 0 and < 31
+                && r.OutIndex != links.IndexOf(net));
+            var inRoute = Cidr.FromUInt(Cidr.ToUInt(route.Destination) + 1);
+            Assert.Contains("overlaps the host route",
+                await Refused(() => c.CreateNetworkAsync(new NetworkCreateRequest { Name = other,
+                    Config = new() { ["ipv4.address"] = $"{inRoute}/{Math.Max(route.Prefix, 8)}" } })));
+        }
+        Assert.Contains("is invalid", await Refused(() => c.CreateNetworkAsync(new NetworkCreateRequest
+            { Name = other, Config = new() { ["ipv4.address"] = "10.1.2.300/24" } })));
+        Assert.Contains("network or broadcast address", await Refused(() => c.CreateNetworkAsync(
+            new NetworkCreateRequest { Name = other, Config = new() { ["ipv4.address"] = "10.77.0.0/24" } })));
+        Assert.Contains("unknown network key", await Refused(() => c.CreateNetworkAsync(new NetworkCreateRequest
+            { Name = other, Config = new() { ["ipv4.adress"] = "auto" } })));
+        Assert.Contains("network name", await Refused(() => c.CreateNetworkAsync(new NetworkCreateRequest
+            { Name = "a-name-far-too-long" })));
+        Assert.Null((await c.ListNetworksAsync()).FirstOrDefault(n => n.Name == other));
+
+        // NICs: a static address outside the subnet, the gateway, another's; a bad MAC; a missing network.
+        var outsideAddr = Cidr.FromUInt(Cidr.ToUInt(subnet.Network) + 256);
+        var bad = await Refused(() => c.CreateInstanceAsync(new InstanceCreateRequest { Name = "b1",
+            Image = "busybox", Start = true, Devices = new() { ["eth0"] = new() { ["type"] = "nic",
+                ["network"] = net, ["ipv4.address"] = outsideAddr.ToString() } } }));
+        Assert.Contains("outside network", bad);
+        Assert.Contains("hwaddr='01:00:5e:00:00:01' is invalid", await Refused(() => c.CreateInstanceAsync(
+            new InstanceCreateRequest { Name = "b2", Image = "busybox", Devices = new() { ["eth0"] = new()
+                { ["type"] = "nic", ["network"] = net, ["hwaddr"] = "01:00:5e:00:00:01" } } })));
+        var missing = await Refused(() => c.CreateInstanceAsync(new InstanceCreateRequest { Name = "b3",
+            Image = "busybox", Start = true, Devices = new() { ["eth0"] = new() { ["type"] = "nic",
+                ["network"] = "nosuchnet" } } }));
+        Assert.Contains("network 'nosuchnet' not found", missing);
+        Ok(d.Cli("launch", "busybox", "s1", "--", "/bin/sh", "-c", "exec sleep 1000"), "launch s1");
+        var s1 = await AddressOf(d, "s1", net);
+        var taken = await Refused(() => c.CreateInstanceAsync(new InstanceCreateRequest { Name = "b4",
+            Image = "busybox", Start = true, Devices = new() { ["eth0"] = new() { ["type"] = "nic",
+                ["network"] = net, ["ipv4.address"] = s1.ToString() } } }));
+        Assert.Contains("already used by instance 's1'", taken);
+        foreach (var b in new[] { "b1", "b2", "b3", "b4" })
+            try { await c.DeleteInstanceAsync(b, force: true); } catch (HullException) { }
+        await c.DeleteInstanceAsync("s1", force: true);
+        // Nothing was left of the failed starts.
+        Assert.Equal(before, HostState(net));
+    }
+
+    /// <summary>What networks leave on the host: veths of instances ("hv…"/"hp…"), Hull's nft tables, dnsmasq
+    /// processes of this network.</summary>
+    static string HostState(string net)
+    {
+        using var links = Rtnl.Open();
+        var veths = links.Links().Count(l => l.Name.StartsWith("hv", StringComparison.Ordinal)
+            || l.Name.StartsWith("hp", StringComparison.Ordinal));
+        var tables = RunHost("nft", "list", "tables").Split('\n').Count(t => t.Contains($"hull.{net}"));
+        var dnsmasq = Directory.EnumerateDirectories("/proc").Count(p =>
+        {
+            try { return File.ReadAllText(Path.Combine(p, "cmdline")).Contains($"--interface={net}\0"); }
+            catch (IOException) { return false; }
+        });
+        return $"veths {veths}, tables {tables}, dnsmasq {dnsmasq}";
+    }
+
+    [SkippableFact]
+    public async Task Networking_survives_hulld_kill_and_is_rebuilt_when_lost_and_nothing_leaks()
+    {
+        var net = NetName();
+        var before = HostState(net).Split(',')[0];
+        using (var d = new ContainerDaemon(defaultNetwork: net))
+        {
+            var c = d.Client;
+            var subnet = Subnet(await c.GetNetworkAsync(net));
+            Ok(d.Cli("launch", "busybox", "web", "--", "/bin/sh", "-c", Httpd), "launch web");
+            var web = await AddressOf(d, "web", net);
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+            Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://{web}/"));
+            var pid = (await c.GetInstanceAsync("web")).Pid;
+
+            // kill -9 of hulld: the container and its network go on; a new hulld finds them.
+            d.Kill9();
+            Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://{web}/"));
+            d.Start();
+            Assert.Equal(pid, (await c.GetInstanceAsync("web")).Pid);
+            Assert.Equal(web, await AddressOf(d, "web", net));
+            Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://{web}/"));
+
+            // dnsmasq killed: started again; names resolve again.
+            var st = await c.GetNetworkStateAsync(net);
+            Assert.NotNull(st.DnsmasqPid);
+            Libc.kill(st.DnsmasqPid!.Value, Signals.SIGKILL);
+            await Wait.UntilAsync(async () => (await c.GetNetworkStateAsync(net)).DnsmasqPid is { } p
+                && p != st.DnsmasqPid, "dnsmasq to be restarted");
+            Assert.Contains(web.ToString(), await RetryLookup("web.hull", subnet.Address));
+
+            // The bridge deleted: made again, with the running container's veth on it; the container answers.
+            using (var links = Rtnl.Open()) links.DeleteLink(net);
+            await Wait.UntilAsync(async () =>
+            {
+                try { return (await c.GetNetworkStateAsync(net)).UpperDevices.Count == 1; }
+                catch (HullException) { return false; }
+            }, "the bridge to be rebuilt");
+            Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://{web}/"));
+
+            // Hull's table deleted (only Hull's: other tables on the host are never touched): loaded again.
+            RunHost("nft", "delete", "table", "inet", $"hull.{net}");
+            await Wait.UntilAsync(() => Task.FromResult(RunHost("nft", "list", "tables").Contains($"hull.{net}")),
+                "the nft table to be reloaded");
+
+            // kill -9 in the middle of a launch: whatever it made is cleaned up by the next hulld.
+            var launch = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(d.HostProgram,
+                ["cli", "launch", "busybox", "mid", "--", "/bin/sh", "-c", "exec sleep 1000"])
+            {
+                Environment = { ["HULL_SOCKET"] = d.Socket, ["HULL_CONFIG_DIR"] = Path.Combine(d.Dir, "config") },
+                RedirectStandardOutput = true, RedirectStandardError = true,
+            })!;
+            await Wait.UntilAsync(async () => (await c.ListInstancesAsync()).Any(i => i.Name == "mid")
+                || launch.HasExited, "the launch to begin");
+            await Task.Delay(Random.Shared.Next(0, 300));
+            d.Kill9();
+            launch.WaitForExit();
+            d.Start();
+            foreach (var i in await c.ListInstancesAsync())
+                await c.DeleteInstanceAsync(i.Name, force: true);
+            Assert.Empty(await c.ListInstancesAsync());
+            using (var links = Rtnl.Open())
+                Assert.DoesNotContain(links.Links(), l => l.Master == links.IndexOf(net));
+        }
+        // After the daemon's cleanup (instances, then networks): no veth, table or dnsmasq of it is left.
+        Assert.Equal($"{before}, tables 0, dnsmasq 0", HostState(net));
+        using (var links = Rtnl.Open()) Assert.Null(links.Link(net));
+    }
+
+    static async Task<string> RetryLookup(string name, IPAddress server)
+    {
+        for (var i = 0; ; i++)
+        {
+            try { return RunHost("/bin/busybox", "nslookup", name, server.ToString()); }
+            catch (HostProgramException) when (i < 50) { await Task.Delay(100); }
+        }
+    }
+}
