@@ -140,6 +140,8 @@ public sealed class InstanceStateInfo
     public int? Pid { get; set; }
     public int? LastExitCode { get; set; }
     public InstanceStats? Stats { get; set; }
+    /// <summary>The addresses of a running instance's NICs: "eth0 inet 10.0.3.2/24 (hullbr0)".</summary>
+    public List<string>? Addresses { get; set; }
     /// <summary>Engine facts (a VM: accelerator, accelerator-reason, vcpus, memory, boot); null when the engine gives
     /// none.</summary>
     public Dictionary<string, string>? Details { get; set; }

@@ -314,7 +314,10 @@ public sealed partial class InstanceManager
     void ApplyLocked(NetworkRecord n)
     {
         var s = NetworkConfig.Parse(n.Config);
-        Host(n.Name).Ensure(s, Leases(n.Name), Ports(n.Name));
+        var ports = Ports(n.Name);
+        var h = Host(n.Name);
+        h.Ensure(s, Leases(n.Name, runningOnly: true), ports);
+        _loadedRules[n.Name] = h.RenderRules(s, ports);
         _netErrors.Remove(n.Name);
     }
 
@@ -374,16 +377,14 @@ public sealed partial class InstanceManager
                     try
                     {
                         var h = Host(n.Name);
-                        var s = NetworkConfig.Parse(n.Config);
                         var bridgeOk = Links.Link(n.Name) is { Up: true };
                         var dnsOk = h.DnsmasqPid() is not null;
                         var rulesOk = tick % 5 != 0 || h.HasRules();
                         if (bridgeOk && dnsOk && rulesOk && !_netErrors.ContainsKey(n.Name)) continue;
                         _events.Log("warning", $"network {n.Name}: repairing (bridge {(bridgeOk ? "ok" : "missing")}" +
                             $", dnsmasq {(dnsOk ? "ok" : "not running")}, rules {(rulesOk ? "ok" : "missing")})");
-                        h.Ensure(s, Leases(n.Name), Ports(n.Name));
+                        ApplyLocked(n);
                         if (!bridgeOk) ReattachVeths(n.Name);
-                        _netErrors.Remove(n.Name);
                     }
                     catch (Exception e) { _netErrors[n.Name] = e.Message; }
                 }
@@ -430,6 +431,25 @@ public sealed partial class InstanceManager
         return list;
     }
 
+    /// <summary>"eth0 inet 10.0.3.2/24 (hullbr0)" for each address of an instance's NICs; null if it has none.
+    /// </summary>
+    List<string>? NicAddresses(InstanceRecord r)
+    {
+        var list = new List<string>();
+        foreach (var (dev, cfg) in Expand(r).Devices.Where(d => d.Value.GetValueOrDefault("type") == "nic")
+            .OrderBy(d => d.Key, StringComparer.Ordinal))
+        {
+            var net = cfg.GetValueOrDefault("network") ?? "";
+            if (_store.GetNetwork(net) is not { } n) continue;
+            var s = NetworkConfig.Parse(n.Config);
+            var ifname = cfg.GetValueOrDefault("name") is { Length: > 0 } nm ? nm : "eth0";
+            if (Leases(net).FirstOrDefault(l => l.Instance == r.Name && l.Device == dev) is not { } l) continue;
+            if (l.Ipv4 is { } a4) list.Add($"{ifname} inet {a4}/{s.Ipv4!.Value.Prefix} ({net})");
+            if (l.Ipv6 is { } a6) list.Add($"{ifname} inet6 {a6}/{s.Ipv6!.Value.Prefix} ({net})");
+        }
+        return list.Count > 0 ? list : null;
+    }
+
     /// <summary>An instance's IPv6 address: the subnet's prefix with its IPv4 address as the host part.</summary>
     static IPAddress Ipv6For(Cidr v6, IPAddress v4)
     {
@@ -438,14 +458,91 @@ public sealed partial class InstanceManager
         return new IPAddress(b);
     }
 
-    /// <summary>The published ports of a network's instances (proxy devices; none yet).</summary>
-    List<PortForward> Ports(string network) => [];
+    /// <summary>The published ports (proxy devices) of the running instances whose first NIC is on this network,
+    /// forwarded to the address of that NIC.</summary>
+    List<PortForward> Ports(string network)
+    {
+        var list = new List<PortForward>();
+        var profiles = ProfilesByName();
+        var leases = Leases(network, runningOnly: true);
+        foreach (var r in _store.ListInstances())
+        {
+            if (!r.State.IsLive() && r.State != InstanceState.Starting) continue;
+            var devs = Expand(r, profiles).Devices;
+            var nic = devs.Where(d => d.Value.GetValueOrDefault("type") == "nic").OrderBy(d => d.Key,
+                StringComparer.Ordinal).FirstOrDefault();
+            if (nic.Value?.GetValueOrDefault("network") != network) continue;
+            if (leases.FirstOrDefault(l => l.Instance == r.Name && l.Device == nic.Key)?.Ipv4 is not { } target)
+                continue;
+            foreach (var (dev, cfg) in devs.Where(d => d.Value.GetValueOrDefault("type") == "proxy"))
+            {
+                ProxyDevice p;
+                try { p = new ProxyDevice(dev, cfg); p.Validate(); } catch (InstanceException) { continue; }
+                list.Add(new PortForward(r.Name, dev, p.Listen.Protocol, p.Listen.Address, p.Listen.Port, target,
+                    p.Connect.Port));
+            }
+        }
+        return list;
+    }
 
+    readonly Dictionary<string, string> _loadedRules = [];
+
+    /// <summary>After instances started or stopped: DNS holds the running ones, and the network's table their
+    /// published ports (loaded again only if it changed).</summary>
     void RefreshDns(string network)
     {
-        if (_store.GetNetwork(network) is not { } n) return;
-        TryDo(() => Host(network).WriteHosts(NetworkConfig.Parse(n.Config), Leases(network, runningOnly: true)),
-            network);
+        lock (_netLock)
+        {
+            if (_store.GetNetwork(network) is not { } n) return;
+            var s = NetworkConfig.Parse(n.Config);
+            var h = Host(network);
+            TryDo(() => h.WriteHosts(s, Leases(network, runningOnly: true)), network);
+            var rules = h.RenderRules(s, Ports(network));
+            if (_loadedRules.GetValueOrDefault(network) == rules) return;
+            TryDo(() => { h.LoadRules(s, Ports(network)); _loadedRules[network] = rules; }, network);
+        }
+    }
+
+    /// <summary>
+    /// A published port must be free when it is added: not published by another instance (any state: its port is
+    /// its own while it exists) and not listened on by a host process. The error names the owner.
+    /// </summary>
+    void CheckPublishedPorts(InstanceRecord r, Dictionary<string, Dictionary<string, string>> devices)
+    {
+        var mine = devices.Where(d => d.Value.GetValueOrDefault("type") == "proxy")
+            .Select(d => new ProxyDevice(d.Key, d.Value)).ToList();
+        if (mine.Count == 0) return;
+        var seen = new Dictionary<(string, int), string>();
+        foreach (var p in mine)
+        {
+            var l = p.Listen;
+            if (seen.TryGetValue((l.Protocol, l.Port), out var other))
+                throw new InstanceException($"devices '{other}' and '{p.Name}' both publish {l.Protocol} port " +
+                    $"{l.Port}: publish each port once");
+            seen[(l.Protocol, l.Port)] = p.Name;
+        }
+        var profiles = ProfilesByName();
+        var ownBefore = _store.GetInstance(r.Name) is { } old ? Expand(old, profiles).Devices : [];
+        foreach (var o in _store.ListInstances().Where(o => o.Name != r.Name))
+            foreach (var (dev, cfg) in Expand(o, profiles).Devices.Where(d => d.Value.GetValueOrDefault("type") ==
+                "proxy"))
+            {
+                ProxyDevice op;
+                try { op = new ProxyDevice(dev, cfg); op.Validate(); } catch (InstanceException) { continue; }
+                foreach (var p in mine.Where(p => p.Listen.Protocol == op.Listen.Protocol
+                    && p.Listen.Port == op.Listen.Port && (p.Listen.Address.Equals(IPAddress.Any)
+                    || op.Listen.Address.Equals(IPAddress.Any) || p.Listen.Address.Equals(op.Listen.Address))))
+                    throw new InstanceException($"device '{p.Name}': {p.Listen.Protocol} port {p.Listen.Port} is " +
+                        $"already published by instance '{o.Name}' (device '{dev}'): choose another host port", 409);
+            }
+        foreach (var p in mine)
+        {
+            // A port this instance had already is its own: only new ones are checked against the host.
+            if (ownBefore.TryGetValue(p.Name, out var had) && had.GetValueOrDefault("listen") ==
+                p.Config.GetValueOrDefault("listen")) continue;
+            if (HostSockets.Listener(p.Listen.Protocol, p.Listen.Address, p.Listen.Port) is { } taken)
+                throw new InstanceException($"device '{p.Name}': {taken}: choose another host port", 409);
+        }
     }
 
     // ---- NICs ----

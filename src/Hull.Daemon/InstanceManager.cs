@@ -139,6 +139,7 @@ public sealed partial class InstanceManager
         var (cfg, dev) = Expand(r);
         ConfigSchema.Validate(cfg);
         DeviceFactory.CreateAll(dev);
+        CheckPublishedPorts(r, dev);
     }
 
     public static void ValidateName(string name, string what = "instance")

@@ -61,7 +61,7 @@ public sealed record DiskSpec(string? Source, string Target, long? SizeBytes, bo
 /// <summary>Makes device objects from config and validates their keys.</summary>
 public static class DeviceFactory
 {
-    public static readonly string[] Types = ["disk", "bind", "nic"];
+    public static readonly string[] Types = ["disk", "bind", "nic", "proxy"];
 
     /// <summary>Makes a device; with <paramref name="validate"/> (the default) checks its config, including host paths.
     /// Without it (an existing instance being stopped or deleted) only the type must be known.</summary>
@@ -78,6 +78,7 @@ public static class DeviceFactory
             "disk" => new DiskDevice(name, config),
             "bind" => new BindDevice(name, config),
             "nic" => new NicDevice(name, config),
+            "proxy" => new ProxyDevice(name, config),
             _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are " +
                 $"{string.Join(", ", Types)}"),
         };
@@ -299,6 +300,69 @@ public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> c
         if (parts.Length != 6 || parts.Any(p => p.Length != 2 || !p.All(char.IsAsciiHexDigit))) return false;
         var first = Convert.ToByte(parts[0], 16);
         return (first & 1) == 0 && text != "00:00:00:00:00:00";
+    }
+
+    public void Add(string instanceDir) { }
+    public DeviceRunConfig Start(string instanceDir) => new() { Device = Name };
+    public void Stop(string instanceDir) { }
+    public void Remove(string instanceDir) { }
+}
+
+/// <summary>
+/// A published port (Incus's proxy device in NAT mode): listen=tcp:ADDR:PORT on the host is forwarded to
+/// connect=tcp:ADDR:PORT of the instance (ADDR 0.0.0.0 or 127.0.0.1: the instance's address on its first NIC), by
+/// nftables DNAT in the network's table, for outside traffic and the host's own (127.0.0.1 too).
+/// </summary>
+public sealed class ProxyDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
+{
+    static readonly string[] Keys = ["type", "listen", "connect", "bind", "nat"];
+    public string Name { get; } = name;
+    public string Type => "proxy";
+    public IReadOnlyDictionary<string, string> Config { get; } = config;
+
+    /// <summary>A proxy endpoint: protocol (tcp or udp), IPv4 address, port.</summary>
+    public sealed record Endpoint(string Protocol, System.Net.IPAddress Address, int Port)
+    {
+        public override string ToString() => $"{Protocol}:{Address}:{Port}";
+    }
+
+    public Endpoint Listen => Parse("listen");
+    public Endpoint Connect => Parse("connect");
+
+    public void Validate()
+    {
+        DeviceFactory.CheckKeys(Name, Config, Keys);
+        var l = Parse("listen");
+        var c = Parse("connect");
+        if (l.Protocol != c.Protocol)
+            throw new InstanceException($"device '{Name}': listen is {l.Protocol} but connect is {c.Protocol}: use " +
+                "the same protocol on both sides");
+        if (!c.Address.Equals(System.Net.IPAddress.Any) && !System.Net.IPAddress.IsLoopback(c.Address))
+            throw new InstanceException($"device '{Name}': connect={Config["connect"]}: the address is the " +
+                $"instance's own: use {c.Protocol}:0.0.0.0:{c.Port}");
+        if (Config.TryGetValue("bind", out var b) && b.Length > 0 && b != "host")
+            throw new InstanceException($"device '{Name}': bind='{b}' is not supported: use host (the default)");
+        if (Config.TryGetValue("nat", out var n) && n.Length > 0 && !DeviceFactory.Bool(Name, Config, "nat"))
+            throw new InstanceException($"device '{Name}': nat=false (a proxy process) is not supported: published " +
+                "ports are forwarded by nftables; use nat=true (the default)");
+    }
+
+    Endpoint Parse(string key)
+    {
+        if (!Config.TryGetValue(key, out var v) || v.Length == 0)
+            throw new InstanceException($"device '{Name}': the key '{key}' is missing: set it to tcp:ADDR:PORT or " +
+                "udp:ADDR:PORT, such as tcp:0.0.0.0:8080");
+        var parts = v.Split(':');
+        if (parts.Length != 3 || parts[0] is not ("tcp" or "udp")
+            || !System.Net.IPAddress.TryParse(parts[1], out var addr)
+            || addr.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork
+            || parts[1].Count(c => c == '.') != 3)
+            throw new InstanceException($"device '{Name}': {key}='{v}' is invalid: use tcp:ADDR:PORT or " +
+                "udp:ADDR:PORT with an IPv4 address, such as tcp:0.0.0.0:8080");
+        if (!int.TryParse(parts[2], System.Globalization.NumberStyles.None,
+                System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
+            throw new InstanceException($"device '{Name}': {key}='{v}': the port '{parts[2]}' is outside 1-65535");
+        return new Endpoint(parts[0], addr, port);
     }
 
     public void Add(string instanceDir) { }

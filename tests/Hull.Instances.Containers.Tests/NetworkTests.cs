@@ -191,6 +191,88 @@ public sealed class NetworkTests
         finally { if (links.Link(hostSide) is not null) links.DeleteLink(hostSide); }
     }
 
+    static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Any, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    [SkippableFact]
+    public async Task A_published_port_reaches_the_container_from_outside_the_host_and_127_0_0_1()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        var c = d.Client;
+        var port = FreePort();
+        Ok(d.Cli("launch", "busybox", "web", "-p", $"{port}:80", "--", "/bin/sh", "-c", Httpd), "launch -p");
+        var web = await AddressOf(d, "web", net);
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+        // The host's own traffic: 127.0.0.1 and a host address.
+        Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://127.0.0.1:{port}/"));
+        var list = d.Cli("list");
+        Assert.Contains($"{port}->80/tcp", list.Out);
+        Assert.Contains(web.ToString(), list.Out);
+        Assert.Contains($"eth0 inet {web}/24 ({net})", d.Cli("info", "web").Out);
+
+        // Outside traffic: a client in a namespace of the test's own, through a veth to the host.
+        using var links = Rtnl.Open();
+        using var outside = NetNs.Create();
+        var x = Random.Shared.Next(1, 250);
+        var hostSide = $"hlo{Random.Shared.Next(0x1000, 0xffff):x4}";
+        IPAddress hostAddr = IPAddress.Parse($"10.252.{x}.1"), outAddr = IPAddress.Parse($"10.252.{x}.2");
+        try
+        {
+            links.CreateVeth(hostSide, "eth0", 0, outside);
+            links.AddAddress(hostSide, hostAddr, 24);
+            links.SetUp(hostSide, true);
+            using (var inside = Rtnl.OpenIn(outside))
+            {
+                inside.AddAddress("eth0", outAddr, 24);
+                inside.SetUp("eth0", true);
+            }
+            var page = NetNs.In(outside, () =>
+            {
+                using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                s.ConnectAsync(new IPEndPoint(hostAddr, port)).Wait(TimeSpan.FromSeconds(10));
+                s.Send(Encoding.ASCII.GetBytes("GET / HTTP/1.0\r\n\r\n"));
+                var buf = new byte[4096];
+                var sb = new StringBuilder();
+                int n;
+                while ((n = s.Receive(buf)) > 0) sb.Append(Encoding.ASCII.GetString(buf, 0, n));
+                return sb.ToString();
+            });
+            Assert.EndsWith("hello-from-web\n", page);
+        }
+        finally { if (links.Link(hostSide) is not null) links.DeleteLink(hostSide); }
+
+        // A port taken is refused when it is added, naming the owner: another instance, a host process.
+        var twice = d.Cli("launch", "busybox", "web2", "-p", $"{port}:80");
+        Assert.NotEqual(0, twice.Code);
+        Assert.Contains($"tcp port {port} is already published by instance 'web'", twice.Err);
+        var hostPort = FreePort();
+        using (var held = new TcpListener(IPAddress.Any, hostPort))
+        {
+            held.Start();
+            var busy = d.Cli("launch", "busybox", "web3", "-p", $"{hostPort}:80");
+            Assert.NotEqual(0, busy.Code);
+            Assert.Contains($"tcp port {hostPort} is already in use on the host", busy.Err);
+            Assert.Contains($"(pid {System.Environment.ProcessId})", busy.Err);
+        }
+        var range = d.Cli("launch", "busybox", "web4", "-p", "70000:80");
+        Assert.NotEqual(0, range.Code);
+        Assert.Contains("ports from 1 to 65535", range.Err);
+        Assert.DoesNotContain((await c.ListInstancesAsync()).Select(i => i.Name), n => n is "web2" or "web3" or
+            "web4");
+
+        // Stopped: the forward goes with it.
+        Ok(d.Cli("stop", "web", "--force"), "stop");
+        Assert.DoesNotContain($"dport {port}", RunHost("nft", "list", "table", "inet", $"hull.{net}"));
+        Ok(d.Cli("start", "web"), "start");
+        Assert.Contains($"dport {port}", RunHost("nft", "list", "table", "inet", $"hull.{net}"));
+        Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://127.0.0.1:{port}/"));
+    }
+
     [SkippableFact]
     public async Task Bad_input_is_refused_before_anything_is_made()
     {

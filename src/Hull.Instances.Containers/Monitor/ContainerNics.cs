@@ -18,6 +18,10 @@ static class ContainerNics
     public static void Configure(int initPid, IReadOnlyList<NicSpec> nics)
     {
         using var ns = NetNs.OfProcess(initPid);
+        // Never configure the host's own namespace (a container without a network namespace of its own).
+        if (new FileInfo($"/proc/{initPid}/ns/net").LinkTarget == new FileInfo("/proc/self/ns/net").LinkTarget)
+            throw new InstanceException("the container has no network namespace of its own: its nic devices " +
+                "cannot be set up; remove them or give it a network namespace");
         lock (Gate)
         {
             _host ??= Rtnl.Open();
