@@ -398,10 +398,10 @@ public sealed partial class InstanceManager
         foreach (var r in _store.ListInstances().Where(r => r.State.IsLive()))
             foreach (var (dev, cfg) in Expand(r).Devices)
                 if (cfg.GetValueOrDefault("type") == "nic" && cfg.GetValueOrDefault("network") == network
-                    && Links.Link(VethName(r.Name, dev, host: true)) is not null)
+                    && Links.Link(VethName(r.Name, dev)) is not null)
                 {
-                    TryDo(() => Links.SetMaster(VethName(r.Name, dev, host: true), network), r.Name);
-                    TryDo(() => Links.SetUp(VethName(r.Name, dev, host: true), true), r.Name);
+                    TryDo(() => Links.SetMaster(VethName(r.Name, dev), network), r.Name);
+                    TryDo(() => Links.SetUp(VethName(r.Name, dev), true), r.Name);
                 }
     }
 
@@ -547,73 +547,60 @@ public sealed partial class InstanceManager
 
     // ---- NICs ----
 
-    /// <summary>The host end ("hv…") or the peer ("hp…", until the engine moves and renames it) of an instance's
-    /// NIC: a hash of this hulld's state dir, the instance and the device, so that whatever a crash left behind is
-    /// found again.</summary>
-    string VethName(string instance, string device, bool host) =>
-        (host ? "hv" : "hp") + Hash($"{_stateDir}\0{instance}\0{device}")[..10];
+    /// <summary>The host end ("hv…") of an instance's NIC: a hash of this hulld's state dir, the instance and the
+    /// device, so that whatever a crash left behind is found again.</summary>
+    string VethName(string instance, string device) => "hv" + Hash($"{_stateDir}\0{instance}\0{device}")[..10];
 
     /// <summary>
     /// Before the engine starts an instance: for each nic device, a MAC and an IPv4 address (kept in the instance
-    /// config), a veth pair with its host end up on the bridge, /etc/resolv.conf and /etc/hosts for a container;
-    /// fills in the device's <see cref="NicSpec"/>. On failure nothing of it is left.
+    /// config), /etc/resolv.conf and /etc/hosts for a container; fills in the device's <see cref="NicSpec"/>. The
+    /// engine makes the veth pair (a container's monitor makes it with its peer directly in the container's network
+    /// namespace: a link moved between namespaces costs the kernel an RCU grace period, about 8 ms here).
     /// </summary>
     void StartNics(InstanceRecord r, InstanceSpec spec, List<DeviceRunConfig> runs)
     {
         var nics = spec.Devices.OfType<NicDevice>().ToList();
         if (nics.Count == 0) return;
-        var made = new List<string>();
-        try
+        var kept = new Dictionary<string, string>(r.Config);
+        NicSpec? first = null;
+        string? domain = null;
+        foreach (var nic in nics)
         {
-            NicSpec? first = null;
-            string? domain = null;
-            foreach (var nic in nics)
+            var rc = runs.First(x => x.Device == nic.Name);
+            NetworkSettings s;
+            IPAddress? v4;
+            lock (_netLock)
             {
-                var rc = runs.First(x => x.Device == nic.Name);
-                NetworkSettings s;
-                IPAddress? v4;
-                lock (_netLock)
-                {
-                    var n = _store.GetNetwork(nic.Network) ?? throw new InstanceException(
-                        $"device '{nic.Name}': network '{nic.Network}' not found: create it ('hull network create " +
-                        $"{nic.Network}') or change the device's network", 404);
-                    s = NetworkConfig.Parse(n.Config);
-                    if (Links.Link(n.Name) is not { Up: true }) ApplyLocked(n);
-                    v4 = AssignAddress(r, nic, s);
-                }
-                var mac = AssignHwAddr(r, nic);
-                var hostName = VethName(r.Name, nic.Name, true);
-                var peer = VethName(r.Name, nic.Name, false);
-                if (Links.Link(hostName) is not null) Links.DeleteLink(hostName); // left by a crash
-                var mtu = nic.Config.TryGetValue("mtu", out var m) && m.Length > 0
-                    ? int.Parse(m, CultureInfo.InvariantCulture) : s.Mtu;
-                MacAddress.TryParse(mac, out var macBytes);
-                Links.CreateVeth(hostName, peer, mtu, null, macBytes);
-                made.Add(hostName);
-                Links.SetMaster(hostName, nic.Network);
-                Links.SetUp(hostName, true);
-                rc.Nic = new NicSpec
-                {
-                    Name = nic.InterfaceName, HostName = hostName, PeerName = peer, Bridge = nic.Network, HwAddr = mac,
-                    Mtu = mtu, Ipv4 = v4 is null ? null : $"{v4}/{s.Ipv4!.Value.Prefix}",
-                    Gateway4 = s.Ipv4?.Address.ToString(),
-                    Ipv6 = v4 is null || s.Ipv6 is not { } v6 ? null : $"{Ipv6For(v6, v4)}/{v6.Prefix}",
-                    Gateway6 = s.Ipv6?.Address.ToString(),
-                };
-                first ??= rc.Nic;
-                domain ??= s.Domain;
+                var n = _store.GetNetwork(nic.Network) ?? throw new InstanceException(
+                    $"device '{nic.Name}': network '{nic.Network}' not found: create it ('hull network create " +
+                    $"{nic.Network}') or change the device's network", 404);
+                s = NetworkConfig.Parse(n.Config);
+                if (Links.Link(n.Name) is not { Up: true }) ApplyLocked(n);
+                v4 = AssignAddress(r, nic, s);
             }
-            if (r.Type == InstanceTypes.Container && first is not null)
-                runs.First(x => x.Device == nics[0].Name).Mounts.AddRange(WriteResolverFiles(r.Name, spec.Dir, first,
-                    domain!));
+            var mac = AssignHwAddr(r, nic);
+            var hostName = VethName(r.Name, nic.Name);
+            if (Links.Link(hostName) is not null) Links.DeleteLink(hostName); // left by a crash
+            var mtu = nic.Config.TryGetValue("mtu", out var m) && m.Length > 0
+                ? int.Parse(m, CultureInfo.InvariantCulture) : s.Mtu;
+            rc.Nic = new NicSpec
+            {
+                Name = nic.InterfaceName, HostName = hostName, Bridge = nic.Network, HwAddr = mac,
+                Mtu = mtu, Ipv4 = v4 is null ? null : $"{v4}/{s.Ipv4!.Value.Prefix}",
+                Gateway4 = s.Ipv4?.Address.ToString(),
+                Ipv6 = v4 is null || s.Ipv6 is not { } v6 ? null : $"{Ipv6For(v6, v4)}/{v6.Prefix}",
+                Gateway6 = s.Ipv6?.Address.ToString(),
+            };
+            first ??= rc.Nic;
+            domain ??= s.Domain;
+        }
+        if (r.Type == InstanceTypes.Container && first is not null)
+            runs.First(x => x.Device == nics[0].Name).Mounts.AddRange(WriteResolverFiles(r.Name, spec.Dir, first,
+                domain!));
+        // Written only when a MAC or an address was made now (a write is an fsync).
+        if (kept.Count != r.Config.Count || kept.Any(kv => r.Config.GetValueOrDefault(kv.Key) != kv.Value))
             _store.UpdateInstance(r);
-            foreach (var net in nics.Select(n => n.Network).Distinct()) RefreshDns(net);
-        }
-        catch
-        {
-            foreach (var h in made) TryDo(() => { if (Links.Link(h) is not null) Links.DeleteLink(h); }, r.Name);
-            throw;
-        }
+        foreach (var net in nics.Select(n => n.Network).Distinct()) RefreshDns(net);
     }
 
     /// <summary>/etc/resolv.conf (the network's DNS at the gateway, its domain searched) and /etc/hosts for a
@@ -696,10 +683,8 @@ public sealed partial class InstanceManager
         var nets = new HashSet<string>();
         foreach (var nic in spec.Devices.OfType<NicDevice>())
         {
-            var h = VethName(instance, nic.Name, true);
+            var h = VethName(instance, nic.Name);
             TryDo(() => { if (Links.Link(h) is not null) Links.DeleteLink(h); }, instance);
-            var p = VethName(instance, nic.Name, false);
-            TryDo(() => { if (Links.Link(p) is not null) Links.DeleteLink(p); }, instance);
             nets.Add(nic.Network);
         }
         foreach (var n in nets) RefreshDns(n);

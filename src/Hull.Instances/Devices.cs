@@ -33,15 +33,14 @@ public sealed class DeviceRunConfig
 }
 
 /// <summary>
-/// A NIC as the engine makes it: for a container, hulld has made the veth pair <see cref="HostName"/> (on the
-/// bridge, up) and <see cref="PeerName"/>; the engine moves the peer into the container's network namespace before
-/// the container's process starts, names it <see cref="Name"/> and gives it its addresses and default routes.
+/// A NIC as the engine makes it: for a container, a veth pair whose end <see cref="Name"/> is made directly in the
+/// container's network namespace before the container's process starts (with its MAC, addresses and default routes)
+/// and whose host end <see cref="HostName"/> joins the bridge, up.
 /// </summary>
 public sealed class NicSpec
 {
     public string Name { get; set; } = "eth0";
     public string HostName { get; set; } = "";
-    public string PeerName { get; set; } = "";
     public string Bridge { get; set; } = "";
     public string HwAddr { get; set; } = "";
     public int Mtu { get; set; }

@@ -214,6 +214,12 @@ public sealed class NetworkTests
         Assert.Contains($"{port}->80/tcp", list.Out);
         Assert.Contains(web.ToString(), list.Out);
         Assert.Contains($"eth0 inet {web}/24 ({net})", d.Cli("info", "web").Out);
+        // Another instance on the bridge through the published port at the gateway (hairpin).
+        var gw = Subnet(await c.GetNetworkAsync(net)).Address;
+        Ok(d.Cli("launch", "busybox", "c2", "--", "/bin/sh", "-c", "exec sleep 1000"), "launch c2");
+        var hairpin = Exec(d, "c2", $"wget -q -O - http://{gw}:{port}/");
+        Ok(hairpin, "wget through the gateway's published port");
+        Assert.Equal("hello-from-web\n", hairpin.Out);
 
         // Outside traffic: a client in a namespace of the test's own, through a veth to the host.
         using var links = Rtnl.Open();
@@ -271,6 +277,80 @@ public sealed class NetworkTests
         Ok(d.Cli("start", "web"), "start");
         Assert.Contains($"dport {port}", RunHost("nft", "list", "table", "inet", $"hull.{net}"));
         Assert.Equal("hello-from-web\n", await RetryGet(http, $"http://127.0.0.1:{port}/"));
+    }
+
+    /// <summary>Sends a UDP datagram to 127.0.0.1:PORT as raw Ethernet frames to the gateway's MAC (argv: ifname,
+    /// gateway MAC, source IPv4, port, own MAC): what a process with CAP_NET_RAW in a container's namespace can do.
+    /// </summary>
+    const string LoopbackSpoofer = """
+        #include <arpa/inet.h>
+        #include <linux/if_packet.h>
+        #include <net/if.h>
+        #include <stdio.h>
+        #include <stdlib.h>
+        #include <string.h>
+        #include <sys/socket.h>
+        #include <unistd.h>
+        static unsigned short csum(unsigned char *p, int n) {
+            unsigned long s = 0; for (int i = 0; i < n; i += 2) s += (p[i] << 8) | p[i + 1];
+            while (s >> 16) s = (s & 0xffff) + (s >> 16); return (unsigned short)~s;
+        }
+        int main(int argc, char **argv) {
+            if (argc != 6) return 2;
+            int fd = socket(AF_PACKET, SOCK_RAW, htons(0x0800)); if (fd < 0) { perror("socket"); return 1; }
+            unsigned char f[64] = {0}; unsigned int m[6];
+            sscanf(argv[2], "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+            for (int i = 0; i < 6; i++) f[i] = m[i];
+            sscanf(argv[5], "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+            for (int i = 0; i < 6; i++) f[6 + i] = m[i];
+            f[12] = 0x08; f[13] = 0x00;
+            unsigned char *ip = f + 14; ip[0] = 0x45; ip[3] = 20 + 8 + 5; ip[8] = 64; ip[9] = 17;
+            inet_pton(AF_INET, argv[3], ip + 12); inet_pton(AF_INET, "127.0.0.1", ip + 16);
+            unsigned short c = csum(ip, 20); ip[10] = c >> 8; ip[11] = c & 0xff;
+            unsigned char *udp = ip + 20; int port = atoi(argv[4]);
+            udp[0] = 0x30; udp[1] = 0x39; udp[2] = port >> 8; udp[3] = port & 0xff; udp[5] = 8 + 5;
+            memcpy(udp + 8, "spoof", 5);
+            struct sockaddr_ll a = {0}; a.sll_family = AF_PACKET; a.sll_ifindex = if_nametoindex(argv[1]);
+            a.sll_halen = 6; memcpy(a.sll_addr, f, 6);
+            for (int i = 0; i < 5; i++)
+                if (sendto(fd, f, 14 + 20 + 8 + 5, 0, (struct sockaddr *)&a, sizeof a) < 0) {
+                    perror("send"); return 1;
+                }
+            puts("sent"); return 0;
+        }
+        """;
+
+    [SkippableFact]
+    public async Task An_instance_cannot_reach_the_hosts_loopback_through_the_bridge()
+    {
+        Requires.File("/usr/bin/gcc", "gcc");
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        // route_localnet is on for the bridge once a port is published on it.
+        Ok(d.Cli("launch", "busybox", "web", "-p", $"{FreePort()}:80", "--", "/bin/sh", "-c", Httpd), "launch web");
+        Ok(d.Cli("launch", "busybox", "evil", "--", "/bin/sh", "-c", "exec sleep 1000"), "launch evil");
+        var evil = await AddressOf(d, "evil", net);
+        var gwMac = (await d.Client.GetNetworkStateAsync(net)).Hwaddr;
+        var bin = Path.Combine(d.Dir, "spoof");
+        File.WriteAllText(bin + ".c", LoopbackSpoofer);
+        var gcc = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("gcc",
+            ["-static", "-O2", "-o", bin, bin + ".c"]) { RedirectStandardError = true })!;
+        var err = gcc.StandardError.ReadToEnd();
+        gcc.WaitForExit();
+        Assert.True(gcc.ExitCode == 0, $"gcc -static: {err}");
+        // A host service bound to loopback only.
+        using var victim = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var port = ((IPEndPoint)victim.Client.LocalEndPoint!).Port;
+        // Hull's containers lack CAP_NET_RAW by default; one that has it (an image or a privileged container that
+        // keeps it) is played by the helper run in the container's network namespace from the host.
+        var pid = (await d.Client.GetInstanceAsync("evil")).Pid!.Value;
+        var sent = RunHost(Requires.Program("nsenter"), $"--net=/proc/{pid}/ns/net", bin, "eth0", gwMac,
+            evil.ToString(), port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            (await d.Client.GetInstanceAsync("evil")).Config["volatile.eth0.hwaddr"]);
+        Assert.Contains("sent", sent);
+        var got = victim.ReceiveAsync();
+        var done = await Task.WhenAny(got, Task.Delay(2000));
+        Assert.True(done != got, "a container reached a service bound to the host's 127.0.0.1 through the bridge");
     }
 
     [SkippableFact]

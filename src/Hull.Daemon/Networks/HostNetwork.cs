@@ -97,8 +97,15 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
             sb.Append(CultureInfo.InvariantCulture,
                 $"    ip6 saddr {v6.SubnetText} oifname != \"{br}\" masquerade\n");
         if (ports.Count > 0)
+        {
             sb.Append(CultureInfo.InvariantCulture,
                 $"    oifname \"{br}\" ip saddr 127.0.0.0/8 masquerade\n");
+            // Hairpin: an instance reaching a published port of another on the same bridge gets the answer back
+            // through the host.
+            if (s.Ipv4 is { } h4)
+                sb.Append(CultureInfo.InvariantCulture,
+                    $"    oifname \"{br}\" ip saddr {h4.SubnetText} ct status dnat masquerade\n");
+        }
         sb.Append("  }\n");
         if (ports.Count > 0)
         {
@@ -117,7 +124,15 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
                 sb.Append("  }\n");
             }
         }
+        // route_localnet (for published ports on 127.0.0.1) would also let an instance send packets to the host's
+        // loopback services through the bridge (as CVE-2020-8558 did to Kubernetes): nothing from the bridge to
+        // 127.0.0.0/8 is taken, before conntrack (replies to the host's own forwarded connections still carry the
+        // bridge's address at that point).
         sb.Append(CultureInfo.InvariantCulture, $$"""
+              chain guard {
+                type filter hook prerouting priority raw; policy accept;
+                iifname "{{br}}" ip daddr 127.0.0.0/8 drop
+              }
               chain forward {
                 type filter hook forward priority filter; policy accept;
                 iifname "{{br}}" accept
