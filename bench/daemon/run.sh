@@ -41,7 +41,7 @@ TMP=$(mktemp -d /tmp/hull-dbench.XXXXXX)
 chmod 711 "$TMP" # unprivileged containers (the default) reach their rootfs through it
 STATE=$TMP/state
 SOCK=$TMP/hulld.sock
-export HULL_SOCKET=$SOCK HULL_DIR=$STATE HULL_HULLD=/bin/false
+export HULL_SOCKET=$SOCK HULL_DIR=$STATE HULL_HULLD=/bin/false HULL_DEFAULT_NETWORK=none # bench/net measures networks
 HULLD_PID=
 declare -A SAVED=()
 

@@ -24,7 +24,7 @@ for b in hull hulld hull-oci; do [ -x "$REPO/out/bin/$b" ] || { echo "bench/syst
 TAR=$("$REPO/scripts/debian-rootfs.sh" systemd)
 T=$(mktemp -d /tmp/hull-sysbench.XXXXXX)
 chmod 711 "$T"
-export HULL_SOCKET=$T/hulld.sock HULL_DIR=$T/state
+export HULL_SOCKET=$T/hulld.sock HULL_DIR=$T/state HULL_DEFAULT_NETWORK=none # no network: bench/net measures it
 H=$REPO/out/bin/hull
 "$REPO/out/bin/hulld" --socket "$HULL_SOCKET" --state-dir "$HULL_DIR" > "$T/hulld.log" 2>&1 &
 HULLD=$!

@@ -140,6 +140,8 @@ public sealed class InstanceStateInfo
     public int? Pid { get; set; }
     public int? LastExitCode { get; set; }
     public InstanceStats? Stats { get; set; }
+    /// <summary>The addresses of a running instance's NICs: "eth0 inet 10.0.3.2/24 (hullbr0)".</summary>
+    public List<string>? Addresses { get; set; }
     /// <summary>Engine facts (a VM: accelerator, accelerator-reason, vcpus, memory, boot); null when the engine gives
     /// none.</summary>
     public Dictionary<string, string>? Details { get; set; }
@@ -250,6 +252,80 @@ public sealed class ProfileCreateRequest
     public string Description { get; set; } = "";
     public Dictionary<string, string> Config { get; set; } = [];
     public Dictionary<string, Dictionary<string, string>> Devices { get; set; } = [];
+}
+
+/// <summary>A managed network (Incus's shape): a bridge with its subnet, NAT, DNS and DHCP.</summary>
+public sealed class Network
+{
+    public string Name { get; set; } = "";
+    public string Description { get; set; } = "";
+    /// <summary>bridge.</summary>
+    public string Type { get; set; } = "bridge";
+    public bool Managed { get; set; } = true;
+    /// <summary>Created (host side up), Errored (see <see cref="StatusMessage"/>).</summary>
+    public string Status { get; set; } = "Created";
+    public string? StatusMessage { get; set; }
+    public Dictionary<string, string> Config { get; set; } = [];
+    /// <summary>Instances and profiles with a NIC on this network ("instance c1", "profile default").</summary>
+    public List<string> UsedBy { get; set; } = [];
+}
+
+public sealed class NetworkPut
+{
+    public string Description { get; set; } = "";
+    public Dictionary<string, string> Config { get; set; } = [];
+}
+
+public sealed class NetworkCreateRequest
+{
+    public string Name { get; set; } = "";
+    public string Description { get; set; } = "";
+    /// <summary>bridge (the only type).</summary>
+    public string Type { get; set; } = "bridge";
+    public Dictionary<string, string> Config { get; set; } = [];
+}
+
+/// <summary>An address an instance holds on a network: static (set by ipv4.address on the NIC), allocated (by hulld)
+/// or dynamic (a DHCP lease of dnsmasq).</summary>
+public sealed class NetworkLease
+{
+    public string Hostname { get; set; } = "";
+    public string Hwaddr { get; set; } = "";
+    public string Address { get; set; } = "";
+    public string Type { get; set; } = "";
+}
+
+/// <summary>The bridge as the kernel shows it.</summary>
+public sealed class NetworkState
+{
+    /// <summary>up or down.</summary>
+    public string State { get; set; } = "";
+    public string Hwaddr { get; set; } = "";
+    public int Mtu { get; set; }
+    public string Type { get; set; } = "broadcast";
+    public List<NetworkStateAddress> Addresses { get; set; } = [];
+    public NetworkCounters Counters { get; set; } = new();
+    /// <summary>The host interfaces attached to the bridge (instances' veths).</summary>
+    public List<string> UpperDevices { get; set; } = [];
+    /// <summary>The DNS and DHCP server of the network (dnsmasq), if it runs.</summary>
+    public int? DnsmasqPid { get; set; }
+}
+
+public sealed class NetworkStateAddress
+{
+    /// <summary>inet or inet6.</summary>
+    public string Family { get; set; } = "";
+    public string Address { get; set; } = "";
+    public string Netmask { get; set; } = "";
+    public string Scope { get; set; } = "global";
+}
+
+public sealed class NetworkCounters
+{
+    public long BytesReceived { get; set; }
+    public long BytesSent { get; set; }
+    public long PacketsReceived { get; set; }
+    public long PacketsSent { get; set; }
 }
 
 public sealed class Image

@@ -44,6 +44,7 @@ public static partial class CliApp
         root.Subcommands.Add(FileCommand());
         root.Subcommands.Add(ConfigCommand());
         root.Subcommands.Add(ProfileCommand());
+        root.Subcommands.Add(NetworkCommand());
         root.Subcommands.Add(SnapshotCommand());
         root.Subcommands.Add(ImageCommand());
         root.Subcommands.Add(OperationCommand());

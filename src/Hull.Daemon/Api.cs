@@ -58,6 +58,17 @@ public sealed partial class Api(Daemon d)
         Route(app, "PUT", "/1.0/profiles/{name}",
             async c => await Ok(c, M.UpdateProfile(Name(c), await Body(c, J.ProfilePut)), J.Profile));
         Route(app, "DELETE", "/1.0/profiles/{name}", c => { M.DeleteProfile(Name(c)); return NoContent(c); });
+        Route(app, "GET", "/1.0/networks", c => Ok(c, M.Networks(), J.ListNetwork));
+        Route(app, "POST", "/1.0/networks", async c =>
+            await Ok(c, M.CreateNetwork(await Body(c, J.NetworkCreateRequest)), J.Network, 201));
+        Route(app, "GET", "/1.0/networks/{name}", c => Ok(c, M.GetNetwork(Name(c)), J.Network));
+        Route(app, "PUT", "/1.0/networks/{name}",
+            async c => await Ok(c, M.UpdateNetwork(Name(c), await Body(c, J.NetworkPut)), J.Network));
+        Route(app, "PATCH", "/1.0/networks/{name}",
+            async c => await Ok(c, M.PatchNetwork(Name(c), await Body(c, J.NetworkPut)), J.Network));
+        Route(app, "DELETE", "/1.0/networks/{name}", c => { M.DeleteNetwork(Name(c)); return NoContent(c); });
+        Route(app, "GET", "/1.0/networks/{name}/leases", c => Ok(c, M.NetworkLeases(Name(c)), J.ListNetworkLease));
+        Route(app, "GET", "/1.0/networks/{name}/state", c => Ok(c, M.NetworkStateApi(Name(c)), J.NetworkState));
 
         Route(app, "GET", "/1.0/images", c => Ok(c, d.Images.List(), J.ListImage));
         Route(app, "POST", "/1.0/images", ImportImage, upload: _ => true);

@@ -18,6 +18,10 @@ public sealed class DaemonOptions
     public string Socket = HullPaths.Socket;
     /// <summary>A group allowed to use the socket (0660); null keeps it root-only (0600).</summary>
     public string? Group;
+    /// <summary>The network hulld makes at its first start (and puts on the default profile as eth0); "none" makes
+    /// none.</summary>
+    public string DefaultNetwork = Environment.GetEnvironmentVariable("HULL_DEFAULT_NETWORK") is { Length: > 0 } n
+        ? n : "hullbr0";
     public bool PrintRoutes;
     public bool Verbose;
     /// <summary>The largest JSON request body (every route but the uploads).</summary>
@@ -43,7 +47,7 @@ public sealed class DaemonOptions
 
     public const string Usage = $"""
         usage: hulld [--socket PATH] [--state-dir DIR] [--group NAME] [--max-json-body SIZE] [--max-upload SIZE]
-                     [--max-image-size SIZE] [--max-image-entries N] [--verbose]
+                     [--max-image-size SIZE] [--max-image-entries N] [--default-network NAME] [--verbose]
           Runs the Hull daemon in the foreground. It serves the REST API on a unix socket and owns every instance.
           --socket PATH     the API socket (default $HULL_SOCKET or {HullPaths.DefaultSocket})
           --state-dir DIR   the state directory (default $HULL_DIR or {HullPaths.DefaultStateDir})
@@ -52,6 +56,8 @@ public sealed class DaemonOptions
           --max-upload SIZE       the largest upload: image, backup, pushed file (default $HULL_MAX_UPLOAD or 64GiB)
           --max-image-size SIZE   the most an image may unpack to (default $HULL_MAX_IMAGE_SIZE or 32GiB)
           --max-image-entries N   the most files an image may hold (default $HULL_MAX_IMAGE_ENTRIES or 2000000)
+          --default-network NAME  the network made at the first start, on the default profile's eth0
+                                  (default $HULL_DEFAULT_NETWORK or hullbr0; none: no network)
           --verbose         log every request
           --routes          print the API routes and exit
         """;
@@ -81,6 +87,7 @@ public sealed class DaemonOptions
                         MaxBytes = o.ImageLimits.MaxBytes, MaxEntries = Parse(args[i], Next(), false),
                     };
                     break;
+                case "--default-network": o.DefaultNetwork = Next(); break;
                 case "--routes": o.PrintRoutes = true; break;
                 case "--verbose" or "-v": o.Verbose = true; break;
                 default: throw new ArgumentException($"unknown option '{args[i]}'");
@@ -188,6 +195,8 @@ public sealed class Daemon
 
         // Streams (events, logs -f, exec) end when hulld is asked to stop, rather than holding the shutdown up.
         app.Lifetime.ApplicationStopping.Register(shutdown.Cancel);
+        manager.DefaultNetwork = o.DefaultNetwork;
+        manager.StartNetworks();
         await manager.RecoverAsync(shutdown.Token);
         await app.StartAsync();
         SecureSocket(o);

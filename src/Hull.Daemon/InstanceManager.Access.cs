@@ -35,6 +35,7 @@ public sealed partial class InstanceManager
         {
             try { info.Stats = await Driver(r.Type).GetStatsAsync(Spec(r), ct); } catch (
                 Exception e) { _events.Log("warning", $"stats of {name}: {e.Message}", name); }
+            info.Addresses = NicAddresses(r);
         }
         if (_drivers.TryGetValue(r.Type, out var drv)
             && await SafeStateAsync(drv, Spec(r)) is { Details: { } details }) info.Details = new(details);

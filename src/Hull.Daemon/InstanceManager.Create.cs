@@ -47,7 +47,9 @@ public sealed partial class InstanceManager
         var driver = Driver(type);
         var image = source is null ? await _images.ResolveAsync(req.Image, type, op, ct) : null;
         var config = source is not null
-            ? new Dictionary<string, string>(source.Config.Concat(req.Config).GroupBy(k => k.Key).Select(g => g.Last()))
+            // A copy gets a MAC and an address of its own.
+            ? new Dictionary<string, string>(WithoutNicVolatile(source.Config).Concat(req.Config).GroupBy(k => k.Key)
+                .Select(g => g.Last()))
             // An OCI image runs as its author meant: its run settings become the instance's own keys (the request's
             // win).
             : image is not null && type == InstanceTypes.Container && _images.RunConfigOf(image) is { } run
@@ -186,6 +188,7 @@ public sealed partial class InstanceManager
         StopWatcher(r.Name);
         await driver.DeleteAsync(spec, CancellationToken.None);
         foreach (var d in spec.Devices) d.Remove(spec.Dir);
+        StopNics(r.Name, spec);
         Files.RemoveTree(spec.Dir);
         _store.DeleteInstance(r.Name);
     }

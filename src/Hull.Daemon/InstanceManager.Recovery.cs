@@ -37,6 +37,7 @@ public sealed partial class InstanceManager
                 _store.UpdateInstance(r);
             }
         }
+        SyncNics();
         foreach (var r in _store.ListInstances())
         {
             if (r.State != InstanceState.Stopped || r.Pending is not null) continue;
@@ -83,7 +84,7 @@ public sealed partial class InstanceManager
                 {
                     r.State = InstanceState.Error; r.StatusMessage = ds.Message;
                 }
-                foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), r.Name);
+                StopDevices(r.Name, spec);
                 _events.Lifecycle("instance-exited", r.Name);
             }
         }

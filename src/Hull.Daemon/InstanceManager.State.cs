@@ -124,6 +124,7 @@ public sealed partial class InstanceManager
         {
             var runs = new List<DeviceRunConfig>();
             foreach (var d in spec.Devices) { runs.Add(d.Start(spec.Dir)); started.Add(d); }
+            StartNics(r, spec, runs);
             await driver.StartAsync(spec, runs, ct);
             var st = await driver.GetStateAsync(spec, CancellationToken.None);
             r.State = InstanceState.Running; r.Pid = st.Pid; r.Pending = null; r.LastUsed = DateTimeOffset.UtcNow;
@@ -132,6 +133,7 @@ public sealed partial class InstanceManager
         catch (Exception e)
         {
             foreach (var d in started) TryDo(() => d.Stop(spec.Dir), r.Name);
+            StopNics(r.Name, spec);
             try
             {
                 await driver.StopAsync(spec, force: true, TimeSpan.Zero, CancellationToken.None);
@@ -179,7 +181,7 @@ public sealed partial class InstanceManager
             if (r.State.IsLive()) Watch(r.Name, driver, spec);
             throw;
         }
-        foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), r.Name);
+        StopDevices(r.Name, spec);
         r.State = InstanceState.Stopped; r.Pending = null; r.Pid = null; r.LastExitCode = code;
         r.StatusMessage = code is null ? UnknownExitCode : null;
         _store.UpdateInstance(r);
@@ -226,6 +228,13 @@ public sealed partial class InstanceManager
         try { return await driver.GetStateAsync(spec, CancellationToken.None); } catch { return null; }
     }
 
+    /// <summary>After an instance stopped: every device's <see cref="IDevice.Stop"/>, and its NICs go.</summary>
+    void StopDevices(string name, InstanceSpec spec)
+    {
+        foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
+        StopNics(name, spec);
+    }
+
     void TryDo(Action a, string instance)
     {
         try { a(); } catch (Exception e) { _events.Log("warning", e.Message, instance); }
@@ -266,7 +275,7 @@ public sealed partial class InstanceManager
         var r = _store.GetInstance(name);
         if (r is null || !r.State.IsLive()) return;
         var spec = Spec(r);
-        foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
+        StopDevices(name, spec);
         r.State = InstanceState.Stopped; r.Pid = null; r.LastExitCode = code;
         r.StatusMessage = code is null ? UnknownExitCode : null;
         // An engine that knows the instance died badly (a VM's guest panicked) says why: the instance shows Error.

@@ -19,6 +19,7 @@ public sealed partial class InstanceManager
     readonly ImageStore _images;
     readonly EventHub _events;
     readonly string _instancesDir;
+    readonly string _stateDir;
     readonly IReadOnlyDictionary<string, IInstanceDriver> _drivers;
     readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new();
     readonly ConcurrentDictionary<string, CancellationTokenSource> _watchers = new();
@@ -28,6 +29,7 @@ public sealed partial class InstanceManager
         IEnumerable<IInstanceDriver> drivers, CancellationToken shutdown)
     {
         _store = store; _images = images; _events = events; _shutdown = shutdown;
+        _stateDir = stateDir;
         _instancesDir = Path.Combine(stateDir, "instances");
         Directory.CreateDirectory(_instancesDir);
         _drivers = drivers.ToDictionary(d => d.Type);
@@ -137,6 +139,7 @@ public sealed partial class InstanceManager
         var (cfg, dev) = Expand(r);
         ConfigSchema.Validate(cfg);
         DeviceFactory.CreateAll(dev);
+        CheckPublishedPorts(r, dev);
     }
 
     public static void ValidateName(string name, string what = "instance")

@@ -65,6 +65,14 @@ public sealed class ProfileRecord
     public Dictionary<string, Dictionary<string, string>> Devices = [];
 }
 
+/// <summary>A managed network: its name (the bridge's), description and config (Incus's keys).</summary>
+public sealed class NetworkRecord
+{
+    public string Name = "";
+    public string Description = "";
+    public Dictionary<string, string> Config = [];
+}
+
 public sealed class ImageRecord
 {
     public string Fingerprint = "";
@@ -140,6 +148,15 @@ public sealed class Store : IDisposable
         // 2: daemon counters that survive restarts.
         """
         CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+        """,
+        // 3: managed networks (the default one, hullbr0, is made by hulld at its first start with this step, not
+        // here: its subnet is chosen against the host's routes).
+        """
+        CREATE TABLE networks (
+            name TEXT PRIMARY KEY NOT NULL,
+            description TEXT NOT NULL,
+            config TEXT NOT NULL
+        );
         """,
     ];
 
@@ -490,6 +507,52 @@ public sealed class Store : IDisposable
         lock (_lock)
         {
             using var cmd = Cmd("DELETE FROM profiles WHERE name=$n", ("$n", name));
+            Run(cmd);
+        }
+    }
+
+    // ---- networks ----
+
+    public List<NetworkRecord> ListNetworks()
+    {
+        lock (_lock)
+        {
+            using var cmd = Cmd("SELECT name, description, config FROM networks ORDER BY name");
+            using var r = cmd.ExecuteReader();
+            var list = new List<NetworkRecord>();
+            while (r.Read()) list.Add(new NetworkRecord { Name = r.GetString(0), Description = r.GetString(1),
+                Config = Cfg(r.GetString(2)) });
+            return list;
+        }
+    }
+
+    public NetworkRecord? GetNetwork(string name) => ListNetworks().FirstOrDefault(n => n.Name == name);
+
+    public bool InsertNetwork(NetworkRecord n)
+    {
+        lock (_lock)
+        {
+            using var cmd = Cmd("INSERT OR IGNORE INTO networks (name, description, config) VALUES ($n,$de,$c)",
+                ("$n", n.Name), ("$de", n.Description), ("$c", J(n.Config)));
+            return Run(cmd) == 1;
+        }
+    }
+
+    public void UpdateNetwork(NetworkRecord n)
+    {
+        lock (_lock)
+        {
+            using var cmd = Cmd("UPDATE networks SET description=$de, config=$c WHERE name=$n",
+                ("$n", n.Name), ("$de", n.Description), ("$c", J(n.Config)));
+            Run(cmd);
+        }
+    }
+
+    public void DeleteNetwork(string name)
+    {
+        lock (_lock)
+        {
+            using var cmd = Cmd("DELETE FROM networks WHERE name=$n", ("$n", name));
             Run(cmd);
         }
     }

@@ -58,8 +58,9 @@ public sealed partial class ContainerDriver
                 using var log = OpenConsoleLog(spec);
                 var logStart = (long)RootedFs.FStat(log).Size;
                 // The monitor creates and starts it (and rolls back if that fails): the init is the monitor's child.
+                var nics = devices.Select(d => d.Nic).OfType<NicSpec>().ToList();
                 await Task.Run(() => _monitor.CreateAndStart(spec.Name, spec.Dir, oci, P(spec, "exit"),
-                    [devnull, log, log]), ct);
+                    [devnull, log, log], nics.Count > 0 ? nics : null), ct);
                 if (init is not null) await FailIfInitDiesAtOnce(spec, logStart, ct);
             }
             catch (Exception e)

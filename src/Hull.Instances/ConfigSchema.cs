@@ -81,6 +81,14 @@ public static class ConfigSchema
             return;
         }
         if (key.StartsWith(UserPrefix, StringComparison.Ordinal) && key.Length > UserPrefix.Length) return;
+        if (IsNicVolatile(key))
+        {
+            if (key.EndsWith(".hwaddr", StringComparison.Ordinal) ? !NicDevice.IsUnicastMac(value)
+                : !System.Net.IPAddress.TryParse(value, out _))
+                throw new InstanceException($"{key}='{value}' is invalid: hulld keeps a NIC's MAC and address here; " +
+                    "remove the key to get new ones");
+            return;
+        }
         var hint = Suggest(key);
         throw new InstanceException($"unknown config key '{key}'{(hint is null ? "" : $" (did you mean {hint}?)")}: " +
             $"valid keys are {KeyList}");
@@ -123,6 +131,12 @@ public static class ConfigSchema
                     d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
         return d[a.Length, b.Length];
     }
+
+    /// <summary>volatile.DEVICE.hwaddr and volatile.DEVICE.ipv4.address: what hulld keeps for a NIC.</summary>
+    public static bool IsNicVolatile(string key) => key.StartsWith("volatile.", StringComparison.Ordinal)
+        && (key.EndsWith(".hwaddr", StringComparison.Ordinal)
+            || key.EndsWith(".ipv4.address", StringComparison.Ordinal))
+        && key.Length > "volatile..hwaddr".Length;
 
     public static bool IsEnvName(string name) =>
         name.Length > 0 && !char.IsAsciiDigit(name[0]) && name.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');

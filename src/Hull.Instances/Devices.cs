@@ -28,6 +28,27 @@ public sealed class DeviceRunConfig
     public required string Device { get; init; }
     public List<MountSpec> Mounts { get; } = [];
     public List<DiskSpec> Disks { get; } = [];
+    /// <summary>A network interface (nic devices; hulld fills it in from the network).</summary>
+    public NicSpec? Nic { get; set; }
+}
+
+/// <summary>
+/// A NIC as the engine makes it: for a container, a veth pair whose end <see cref="Name"/> is made directly in the
+/// container's network namespace before the container's process starts (with its MAC, addresses and default routes)
+/// and whose host end <see cref="HostName"/> joins the bridge, up.
+/// </summary>
+public sealed class NicSpec
+{
+    public string Name { get; set; } = "eth0";
+    public string HostName { get; set; } = "";
+    public string Bridge { get; set; } = "";
+    public string HwAddr { get; set; } = "";
+    public int Mtu { get; set; }
+    /// <summary>The instance's IPv4 address with the subnet's prefix ("10.0.3.17/24"); null: none.</summary>
+    public string? Ipv4 { get; set; }
+    public string? Gateway4 { get; set; }
+    public string? Ipv6 { get; set; }
+    public string? Gateway6 { get; set; }
 }
 
 /// <summary>A host path to bind into the instance (containers: a bind mount; VMs: a shared directory).</summary>
@@ -39,7 +60,7 @@ public sealed record DiskSpec(string? Source, string Target, long? SizeBytes, bo
 /// <summary>Makes device objects from config and validates their keys.</summary>
 public static class DeviceFactory
 {
-    public static readonly string[] Types = ["disk", "bind"];
+    public static readonly string[] Types = ["disk", "bind", "nic", "proxy"];
 
     /// <summary>Makes a device; with <paramref name="validate"/> (the default) checks its config, including host paths.
     /// Without it (an existing instance being stopped or deleted) only the type must be known.</summary>
@@ -55,6 +76,8 @@ public static class DeviceFactory
         {
             "disk" => new DiskDevice(name, config),
             "bind" => new BindDevice(name, config),
+            "nic" => new NicDevice(name, config),
+            "proxy" => new ProxyDevice(name, config),
             _ => throw new InstanceException($"device '{name}': type '{type}' is unknown: valid types are " +
                 $"{string.Join(", ", Types)}"),
         };
@@ -71,6 +94,14 @@ public static class DeviceFactory
         if (validate) CheckLimits(devices);
         var list = devices.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d =>
             Create(d.Key, d.Value, validate)).ToList();
+        var nicNames = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var n in list.OfType<NicDevice>())
+        {
+            if (nicNames.TryGetValue(n.InterfaceName, out var other))
+                throw new InstanceException($"nic devices '{other}' and '{n.Name}' both name their interface " +
+                    $"{n.InterfaceName}: give each its own 'name'");
+            nicNames[n.InterfaceName] = n.Name;
+        }
         var targets = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var d in list)
         {
@@ -211,6 +242,130 @@ public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> 
         return rc;
     }
 
+    public void Stop(string instanceDir) { }
+    public void Remove(string instanceDir) { }
+}
+
+/// <summary>
+/// A network interface on a managed network (Incus's nic device, nictype=bridged): keys network, name (default
+/// eth0), hwaddr (default: made once and kept as volatile.DEVICE.hwaddr), ipv4.address (static; default: allocated by
+/// hulld and kept as volatile.DEVICE.ipv4.address), mtu. hulld resolves the network and fills in the engine's
+/// <see cref="NicSpec"/>.
+/// </summary>
+public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
+{
+    static readonly string[] Keys = ["type", "nictype", "network", "name", "hwaddr", "ipv4.address", "mtu"];
+    public string Name { get; } = name;
+    public string Type => "nic";
+    public IReadOnlyDictionary<string, string> Config { get; } = config;
+    public string InterfaceName => Config.TryGetValue("name", out var n) && n.Length > 0 ? n : "eth0";
+    public string Network => Config.GetValueOrDefault("network") ?? "";
+
+    /// <summary>The instance config keys hulld keeps for a NIC (a copy gets new ones).</summary>
+    public static string HwAddrKey(string device) => $"volatile.{device}.hwaddr";
+    public static string Ipv4Key(string device) => $"volatile.{device}.ipv4.address";
+
+    public void Validate()
+    {
+        DeviceFactory.CheckKeys(Name, Config, Keys);
+        if (Config.TryGetValue("nictype", out var t) && t.Length > 0 && t != "bridged")
+            throw new InstanceException($"device '{Name}': nictype='{t}' is not supported: use bridged (the default)");
+        if (Network.Length == 0)
+            throw new InstanceException($"device '{Name}': the key 'network' is missing: name a managed network " +
+                "('hull network list' shows them)");
+        var ifname = InterfaceName;
+        if (ifname.Length > 15 || ifname is "lo" or "." or ".." || !ifname.All(c => char.IsAsciiLetterOrDigit(c)
+            || c is '-' or '_' or '.'))
+            throw new InstanceException($"device '{Name}': name='{ifname}' is invalid: an interface name has 1-15 " +
+                "letters, digits, '-', '_' or '.' (and is not lo)");
+        if (Config.TryGetValue("hwaddr", out var mac) && mac.Length > 0 && !IsUnicastMac(mac))
+            throw new InstanceException($"device '{Name}': hwaddr='{mac}' is invalid: use a unicast MAC address " +
+                "such as 02:48:00:12:34:56 (six hex pairs, the first byte even)");
+        if (Config.TryGetValue("ipv4.address", out var ip) && ip.Length > 0
+            && (!System.Net.IPAddress.TryParse(ip, out var a) || a.AddressFamily !=
+                System.Net.Sockets.AddressFamily.InterNetwork || ip.Count(c => c == '.') != 3))
+            throw new InstanceException($"device '{Name}': ipv4.address='{ip}' is invalid: use an IPv4 address " +
+                "inside the network's subnet, such as 10.0.3.50");
+        if (Config.TryGetValue("mtu", out var mtu) && mtu.Length > 0
+            && (!int.TryParse(mtu, System.Globalization.NumberStyles.None,
+                System.Globalization.CultureInfo.InvariantCulture, out var m) || m is < 1280 or > 65535))
+            throw new InstanceException($"device '{Name}': mtu='{mtu}' is invalid: use a whole number from 1280 to " +
+                "65535");
+    }
+
+    public static bool IsUnicastMac(string text)
+    {
+        var parts = text.Split(':');
+        if (parts.Length != 6 || parts.Any(p => p.Length != 2 || !p.All(char.IsAsciiHexDigit))) return false;
+        var first = Convert.ToByte(parts[0], 16);
+        return (first & 1) == 0 && text != "00:00:00:00:00:00";
+    }
+
+    public void Add(string instanceDir) { }
+    public DeviceRunConfig Start(string instanceDir) => new() { Device = Name };
+    public void Stop(string instanceDir) { }
+    public void Remove(string instanceDir) { }
+}
+
+/// <summary>
+/// A published port (Incus's proxy device in NAT mode): listen=tcp:ADDR:PORT on the host is forwarded to
+/// connect=tcp:ADDR:PORT of the instance (ADDR 0.0.0.0 or 127.0.0.1: the instance's address on its first NIC), by
+/// nftables DNAT in the network's table, for outside traffic and the host's own (127.0.0.1 too).
+/// </summary>
+public sealed class ProxyDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
+{
+    static readonly string[] Keys = ["type", "listen", "connect", "bind", "nat"];
+    public string Name { get; } = name;
+    public string Type => "proxy";
+    public IReadOnlyDictionary<string, string> Config { get; } = config;
+
+    /// <summary>A proxy endpoint: protocol (tcp or udp), IPv4 address, port.</summary>
+    public sealed record Endpoint(string Protocol, System.Net.IPAddress Address, int Port)
+    {
+        public override string ToString() => $"{Protocol}:{Address}:{Port}";
+    }
+
+    public Endpoint Listen => Parse("listen");
+    public Endpoint Connect => Parse("connect");
+
+    public void Validate()
+    {
+        DeviceFactory.CheckKeys(Name, Config, Keys);
+        var l = Parse("listen");
+        var c = Parse("connect");
+        if (l.Protocol != c.Protocol)
+            throw new InstanceException($"device '{Name}': listen is {l.Protocol} but connect is {c.Protocol}: use " +
+                "the same protocol on both sides");
+        if (!c.Address.Equals(System.Net.IPAddress.Any) && !System.Net.IPAddress.IsLoopback(c.Address))
+            throw new InstanceException($"device '{Name}': connect={Config["connect"]}: the address is the " +
+                $"instance's own: use {c.Protocol}:0.0.0.0:{c.Port}");
+        if (Config.TryGetValue("bind", out var b) && b.Length > 0 && b != "host")
+            throw new InstanceException($"device '{Name}': bind='{b}' is not supported: use host (the default)");
+        if (Config.TryGetValue("nat", out var n) && n.Length > 0 && !DeviceFactory.Bool(Name, Config, "nat"))
+            throw new InstanceException($"device '{Name}': nat=false (a proxy process) is not supported: published " +
+                "ports are forwarded by nftables; use nat=true (the default)");
+    }
+
+    Endpoint Parse(string key)
+    {
+        if (!Config.TryGetValue(key, out var v) || v.Length == 0)
+            throw new InstanceException($"device '{Name}': the key '{key}' is missing: set it to tcp:ADDR:PORT or " +
+                "udp:ADDR:PORT, such as tcp:0.0.0.0:8080");
+        var parts = v.Split(':');
+        if (parts.Length != 3 || parts[0] is not ("tcp" or "udp")
+            || !System.Net.IPAddress.TryParse(parts[1], out var addr)
+            || addr.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork
+            || parts[1].Count(c => c == '.') != 3)
+            throw new InstanceException($"device '{Name}': {key}='{v}' is invalid: use tcp:ADDR:PORT or " +
+                "udp:ADDR:PORT with an IPv4 address, such as tcp:0.0.0.0:8080");
+        if (!int.TryParse(parts[2], System.Globalization.NumberStyles.None,
+                System.Globalization.CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
+            throw new InstanceException($"device '{Name}': {key}='{v}': the port '{parts[2]}' is outside 1-65535");
+        return new Endpoint(parts[0], addr, port);
+    }
+
+    public void Add(string instanceDir) { }
+    public DeviceRunConfig Start(string instanceDir) => new() { Device = Name };
     public void Stop(string instanceDir) { }
     public void Remove(string instanceDir) { }
 }

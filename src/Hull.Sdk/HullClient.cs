@@ -389,6 +389,32 @@ public sealed class HullClient : IDisposable
     public Task DeleteProfileAsync(string name, CancellationToken ct = default) =>
         SendNoReplyAsync(HttpMethod.Delete, $"1.0/profiles/{E(name)}", null, ct);
 
+    // ---- networks ----
+
+    public Task<List<Network>> ListNetworksAsync(CancellationToken ct = default) =>
+        GetAsync("1.0/networks", J.ListNetwork, ct);
+    public Task<Network> GetNetworkAsync(string name, CancellationToken ct = default) =>
+        GetAsync($"1.0/networks/{E(name)}", J.Network, ct);
+
+    public Task<Network> CreateNetworkAsync(NetworkCreateRequest req, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Post, "1.0/networks", req, J.NetworkCreateRequest, J.Network, ct);
+
+    public Task<Network> UpdateNetworkAsync(string name, NetworkPut put, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Put, $"1.0/networks/{E(name)}", put, J.NetworkPut, J.Network, ct);
+
+    /// <summary>Sets the given keys (an empty value removes one); the description too if not empty.</summary>
+    public Task<Network> PatchNetworkAsync(string name, NetworkPut patch, CancellationToken ct = default) =>
+        SendJsonAsync(HttpMethod.Patch, $"1.0/networks/{E(name)}", patch, J.NetworkPut, J.Network, ct);
+
+    public Task DeleteNetworkAsync(string name, CancellationToken ct = default) =>
+        SendNoReplyAsync(HttpMethod.Delete, $"1.0/networks/{E(name)}", null, ct);
+
+    public Task<List<NetworkLease>> ListNetworkLeasesAsync(string name, CancellationToken ct = default) =>
+        GetAsync($"1.0/networks/{E(name)}/leases", J.ListNetworkLease, ct);
+
+    public Task<NetworkState> GetNetworkStateAsync(string name, CancellationToken ct = default) =>
+        GetAsync($"1.0/networks/{E(name)}/state", J.NetworkState, ct);
+
     // ---- images ----
 
     public Task<List<Image>> ListImagesAsync(CancellationToken ct = default) => GetAsync("1.0/images", J.ListImage, ct);

@@ -109,7 +109,7 @@ public sealed class CliTests
         // bad input: exit status != 0 and a message that says what to do
         Fails(d.Cli("info", "ghost"), "instance 'ghost' not found");
         Fails(d.Cli("launch", "nosuchimage", "x1"), "image 'nosuchimage' not found");
-        Fails(d.Cli("launch", "busybox", "x1", "-p", "nosuchprofile"), "profile 'nosuchprofile' not found");
+        Fails(d.Cli("launch", "busybox", "x1", "--profile", "nosuchprofile"), "profile 'nosuchprofile' not found");
         Fails(d.Cli("launch", "busybox", "x1", "-c", "limits.bogus=1"), "unknown config key 'limits.bogus'");
         Fails(d.Cli("launch", "busybox", "c1"), "already exists");
         Fails(d.Cli("start", "c1"), "already running");

@@ -28,8 +28,12 @@ public sealed class ContainerDaemon : HulldProcess
 
     /// <param name="stateOnOverlay">Puts the state dir on an overlayfs (as when hulld runs in a container), where the
     /// driver cannot stack its own overlays and must copy root filesystems.</param>
-    public ContainerDaemon(bool stateOnOverlay = false) : base(Checked(HostExe), "hull-ct-", TimeSpan.FromSeconds(20))
+    /// <param name="defaultNetwork">The network hulld makes at its first start (on the default profile's eth0); null:
+    /// none, as every other test daemon.</param>
+    public ContainerDaemon(bool stateOnOverlay = false, string? defaultNetwork = null)
+        : base(Checked(HostExe), "hull-ct-", TimeSpan.FromSeconds(20))
     {
+        DefaultNetwork = defaultNetwork;
         if (stateOnOverlay)
         {
             foreach (var x in new[] { "ovl/lower", "ovl/upper", "ovl/work", "state" }) Directory.CreateDirectory(

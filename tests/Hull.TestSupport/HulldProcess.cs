@@ -18,6 +18,8 @@ public abstract class HulldProcess : IDisposable
     public string StateDir { get; }
     public HullClient Client { get; }
     public string HostProgram { get; }
+    /// <summary>The network hulld makes at its first start (HULL_DEFAULT_NETWORK); null: none.</summary>
+    public string? DefaultNetwork { get; set; }
     Process? _proc;
     readonly StringBuilder _log = new();
     readonly TimeSpan _startTimeout;
@@ -40,6 +42,9 @@ public abstract class HulldProcess : IDisposable
         psi.Environment["HULL_DIR"] = StateDir;
         psi.Environment["HULL_HULLD"] = HostProgram;
         psi.Environment["HULL_CONFIG_DIR"] = Path.Combine(Dir, "config");
+        // Test daemons run side by side on one host, where a default network (one bridge name, hullbr0) would be
+        // shared: they make none unless a test asks for its own (network tests set a unique name).
+        psi.Environment["HULL_DEFAULT_NETWORK"] = DefaultNetwork ?? "none";
     }
 
     /// <summary>Starts the daemon; <paramref name="program"/> runs another build of the host (an upgrade).</summary>
@@ -140,8 +145,27 @@ public abstract class HulldProcess : IDisposable
                 foreach (var i in Client.ListInstancesAsync().GetAwaiter().GetResult())
                     try { Client.DeleteInstanceAsync(i.Name, force: true).GetAwaiter().GetResult(); } catch (
                         HullException) { }
+            DeleteNetworks();
         }
         catch (Exception) { }
+    }
+
+    /// <summary>Networks live on the host (bridge, nft table, dnsmasq): the profiles' nics go, then every
+    /// network.</summary>
+    void DeleteNetworks()
+    {
+        var nets = Client.ListNetworksAsync().GetAwaiter().GetResult();
+        if (nets.Count == 0) return;
+        foreach (var p in Client.ListProfilesAsync().GetAwaiter().GetResult())
+        {
+            var nics = p.Devices.Where(d => d.Value.GetValueOrDefault("type") == "nic").Select(d => d.Key).ToList();
+            if (nics.Count == 0) continue;
+            foreach (var n in nics) p.Devices.Remove(n);
+            Client.UpdateProfileAsync(p.Name, new Hull.Api.ProfilePut { Config = p.Config, Devices = p.Devices,
+                Description = p.Description }).GetAwaiter().GetResult();
+        }
+        foreach (var n in nets)
+            try { Client.DeleteNetworkAsync(n.Name).GetAwaiter().GetResult(); } catch (HullException) { }
     }
 
     /// <summary>After the processes are gone and before the dir is removed (cgroups a subclass knows of...).</summary>

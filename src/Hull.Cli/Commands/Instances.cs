@@ -78,9 +78,11 @@ public static partial class CliApp
             {
                 var list = await c.ListInstancesAsync(ct);
                 if (Output.Structured(Format(pr), list, Output.Pretty.ListInstance, Out)) return 0;
-                Output.Table(Out, ["NAME", "STATE", "TYPE", "IMAGE", "PID", "PROFILES", "CREATED"],
+                Output.Table(Out, ["NAME", "STATE", "TYPE", "IMAGE", "IPV4", "PORTS", "PID", "PROFILES", "CREATED"],
                     list.Select(i => new[] { i.Name, i.State.ToUpperInvariant(), i.Type, i.Image,
-                        i.Pid?.ToString() ?? "", string.Join(",", i.Profiles), Output.Time(i.CreatedAt) }));
+                        i.State == InstanceStates.Running ? NetSummary(i).Ipv4.Replace("\n", ", ") : "",
+                        NetSummary(i).Ports, i.Pid?.ToString() ?? "", string.Join(",", i.Profiles),
+                        Output.Time(i.CreatedAt) }));
                 return 0;
             });
             yield return cmd;
@@ -100,6 +102,9 @@ public static partial class CliApp
                 foreach (var (k, v) in st.Details ?? []) Out.WriteLine(
                     $"{char.ToUpperInvariant(k[0])}{k[1..].Replace('-', ' ')}: {v}");
                 if (i.LastExitCode is { } ec) Out.WriteLine($"Last exit code: {ec}");
+                if (st.Addresses is { Count: > 0 } addrs)
+                    Out.WriteLine($"Addresses:\n  {string.Join("\n  ", addrs)}");
+                if (NetSummary(i).Ports is { Length: > 0 } published) Out.WriteLine($"Published ports: {published}");
                 Out.WriteLine($"Profiles: {string.Join(", ", i.Profiles)}\nCreated: {Output.Time(i.CreatedAt)}\nLast " +
                     $"used: {Output.Time(i.LastUsedAt)}");
                 if (st.Stats is { } s)
@@ -182,6 +187,48 @@ public static partial class CliApp
 
     }
 
+    /// <summary>-p [IP:]HOSTPORT:PORT[/tcp|udp] as a proxy device (Incus's form, forwarded by nftables).</summary>
+    static (string Name, Dictionary<string, string> Device) PublishDevice(string spec)
+    {
+        var proto = "tcp";
+        var text = spec;
+        var slash = text.LastIndexOf('/');
+        if (slash >= 0) { proto = text[(slash + 1)..]; text = text[..slash]; }
+        var parts = text.Split(':');
+        var ip = parts.Length == 3 ? parts[0] : "0.0.0.0";
+        if (proto is not ("tcp" or "udp") || parts.Length is < 2 or > 3
+            || !int.TryParse(parts[^2], out var hostPort) || !int.TryParse(parts[^1], out var port)
+            || hostPort is < 1 or > 65535 || port is < 1 or > 65535)
+            throw new CliException($"-p {spec} is invalid: use [IP:]HOSTPORT:PORT[/tcp|udp] with ports from 1 to " +
+                "65535, e.g. -p 8080:80 or -p 127.0.0.1:5353:53/udp");
+        return ($"{proto}{hostPort}", new Dictionary<string, string>
+        {
+            ["type"] = "proxy", ["listen"] = $"{proto}:{ip}:{hostPort}", ["connect"] = $"{proto}:0.0.0.0:{port}",
+        });
+    }
+
+    /// <summary>An instance's IPv4 addresses (kept by hulld or static) and published ports, for list and
+    /// info.</summary>
+    static (string Ipv4, string Ports) NetSummary(Instance i)
+    {
+        var addrs = new List<string>();
+        foreach (var (dev, cfg) in i.ExpandedDevices.Where(d => d.Value.GetValueOrDefault("type") == "nic")
+            .OrderBy(d => d.Key, StringComparer.Ordinal))
+        {
+            var a = cfg.GetValueOrDefault("ipv4.address") is { Length: > 0 } st ? st
+                : i.Config.GetValueOrDefault($"volatile.{dev}.ipv4.address");
+            if (a is { Length: > 0 }) addrs.Add($"{a} ({cfg.GetValueOrDefault("name") ?? dev})");
+        }
+        var ports = i.ExpandedDevices.Values.Where(d => d.GetValueOrDefault("type") == "proxy").Select(d =>
+        {
+            var l = (d.GetValueOrDefault("listen") ?? "").Split(':');
+            var c = (d.GetValueOrDefault("connect") ?? "").Split(':');
+            return l.Length == 3 && c.Length == 3
+                ? $"{(l[1] == "0.0.0.0" ? "" : l[1] + ":")}{l[2]}->{c[2]}/{l[0]}" : "";
+        }).Where(x => x.Length > 0);
+        return (string.Join("\n", addrs), string.Join(",", ports));
+    }
+
     static Command CreateCommand(string verb, string help, bool start)
     {
         var image = new Argument<string>("image") { Description =
@@ -191,10 +238,12 @@ public static partial class CliApp
         var vm = new Option<bool>("--vm") { Description = "Make a virtual machine instead of a container" };
         var cfg = new Option<string[]>("--config",
             "-c") { Description = "Config key=value (repeatable), e.g. -c limits.memory=256MiB" };
-        var profiles = new Option<string[]>("--profile",
-            "-p") { Description = "Profiles to apply, in order (repeatable; default: default)" };
+        var profiles = new Option<string[]>("--profile")
+            { Description = "Profiles to apply, in order (repeatable; default: default)" };
         var noProfiles = new Option<bool>("--no-profiles") { Description = "Apply no profile" };
-        var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles };
+        var publish = new Option<string[]>("--publish", "-p") { Description =
+            "Publish a port: [IP:]HOSTPORT:PORT[/tcp|udp] (repeatable), e.g. -p 8080:80; a proxy device" };
+        var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles, publish };
         var app = AddAppOptions(cmd);
         Act(cmd, async (pr, c, ct) =>
         {
@@ -208,6 +257,12 @@ public static partial class CliApp
                 Config = KeyValues(pr.GetValue(cfg), "config"), Profiles = p, Start = start,
             };
             ApplyAppOptions(pr, app, req);
+            foreach (var spec in pr.GetValue(publish) ?? [])
+            {
+                var (devName, dev) = PublishDevice(spec);
+                if (!req.Devices.TryAdd(devName, dev))
+                    throw new CliException($"-p {spec}: that host port is published twice");
+            }
             await Err.WriteLineAsync($"{(start ? "Launching" : "Creating")} {req.Name}");
             await WaitOp(c, await c.CreateInstanceOperationAsync(req, ct), ct);
             // A VM that could not have KVM runs under emulation (TCG), many times slower: say so, and why.

@@ -372,6 +372,7 @@ sealed class MonitorServer(string stateDir)
                     console = new MonitorConsole(m.Id, UnixSockets.ReceiveFd(consoleMine).Fd, Dup(fds[1]));
                     lock (_gate) _consoles[m.Id] = console;
                 }
+                if (m.Nics is { Count: > 0 } nics) ContainerNics.Configure(pid, nics);
                 _engine.Start(m.Id);
             }
             catch

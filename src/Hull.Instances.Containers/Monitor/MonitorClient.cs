@@ -43,10 +43,11 @@ public sealed class MonitorClient : IDisposable
     public bool IsConnected { get { lock (_gate) return _hold is not null; } }
 
     /// <summary>Creates and starts a container through the monitor; returns the init's pid.</summary>
-    public int CreateAndStart(string id, string bundle, Spec spec, string exitFile, IReadOnlyList<SafeFd> stdio) =>
+    public int CreateAndStart(string id, string bundle, Spec spec, string exitFile, IReadOnlyList<SafeFd> stdio,
+        List<NicSpec>? nics = null) =>
         Request(new MonitorMessage
         {
-            Op = MonitorOp.Create, Id = id, Bundle = bundle, ExitFile = exitFile,
+            Op = MonitorOp.Create, Id = id, Bundle = bundle, ExitFile = exitFile, Nics = nics,
             Spec = JsonSerializer.Serialize(spec, OciJson.Default.Spec),
         }, $"starting container '{id}'", stdio).Pid;
 

@@ -65,6 +65,9 @@ public sealed class MonitorMessage
     /// <summary>create: where the monitor records the init's exit code (atomically: a temp file renamed into place)
     /// before it reaps the init and pushes the exit event.</summary>
     public string? ExitFile { get; set; }
+    /// <summary>create: the NICs whose peers the monitor moves into the container's network namespace and configures
+    /// there, after the engine made the container and before its process starts.</summary>
+    public List<NicSpec>? Nics { get; set; }
     /// <summary>state reply: the container's status (absent: no such container).</summary>
     public ContainerStatus? Status { get; set; }
     /// <summary>state reply: the init's start time (/proc/PID/stat field 22).</summary>

@@ -121,6 +121,8 @@ public static unsafe partial class Libc
     [LibraryImport(L, SetLastError = true)]
     public static partial int connect(int fd, byte* addr, int len);
     [LibraryImport(L, SetLastError = true)]
+    public static partial int setsockopt(int fd, int level, int name, void* value, int len);
+    [LibraryImport(L, SetLastError = true)]
     public static partial nint sendmsg(int fd, MsgHdr* msg, int flags);
     [LibraryImport(L, SetLastError = true)]
     public static partial nint recvmsg(int fd, MsgHdr* msg, int flags);
