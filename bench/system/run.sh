@@ -11,7 +11,8 @@
 # memory.stat rss+mapped_file / v2 anon) 5 s after boot, averaged over N containers at once (N default 10).
 #
 # Side by side with LXD (the Debian package lxd, 5.0.2) on the same rootfs, when `lxc info` answers (LXD=0 skips it):
-# set LXD up by hand first (`lxd --group root &`, `lxd init --preseed` with a dir pool and no network; see
+# set LXD up by hand first (`lxd --group root &`, `lxd init --preseed` with a dir pool, no network and
+# images.auto_update_interval "0", so that LXD reaches nothing outside this host; see
 # docs/benchmarks.md) and stop it afterwards. The rootfs is imported into LXD with a metadata.yaml (alias hull-bench,
 # deleted at the end); LXD's containers are unprivileged (its default), measured the same way (polled through
 # `lxc exec`), and the ratios Hull/LXD are printed last (below 1: Hull is faster or smaller).
