@@ -48,6 +48,9 @@ public sealed partial class InstanceManager
                 foreach (var d in spec.Devices) d.Add(spec.Dir);
                 var runs = new List<DeviceRunConfig>();
                 foreach (var d in spec.Devices) { runs.Add(d.Start(spec.Dir)); started.Add(d); }
+                // The guest's NICs come along (same MAC; its address where this host's network of that name has it
+                // free): the target's QEMU must have the same devices as the source's.
+                StartNics(r, spec, runs);
                 var uri = await driver.PrepareIncomingAsync(spec, runs, req.ListenAddress, ct);
                 r.State = InstanceState.Starting;
                 _store.UpdateInstance(r);
@@ -57,6 +60,7 @@ public sealed partial class InstanceManager
             catch
             {
                 foreach (var d in started) TryDo(() => d.Stop(spec.Dir), name);
+                StopNics(name, spec);
                 await RollbackCreateAsync(r, driver);
                 throw;
             }
@@ -114,6 +118,7 @@ public sealed partial class InstanceManager
             if (!succeeded)
             {
                 foreach (var d in spec.Devices) TryDo(() => d.Stop(spec.Dir), name);
+                StopNics(name, spec);
                 await RollbackCreateAsync(r, driver);
                 return null;
             }

@@ -27,8 +27,9 @@ public sealed partial class VmDriver
         try
         {
             var vm = await VmAsync(spec, ct);
-            vm = await RedefineAsync(spec, vm, devices.SelectMany(d => d.Disks), ct);
+            vm = await RedefineAsync(spec, vm, devices, ct);
             await DropAgentAsync(spec.Name);
+            MakeTaps(devices);
             // A free port now; QEMU binds it a moment later (another process taking it in between fails the start
             // clearly).
             int port;

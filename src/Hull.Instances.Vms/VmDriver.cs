@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using Hull.Api;
 using Hull.Linux;
+using Hull.Linux.Net;
 using Hull.Vm;
 
 namespace Hull.Instances.Vms;
@@ -148,7 +149,7 @@ public sealed partial class VmDriver : IInstanceDriver
 
     /// <summary>The engine config this spec asks for, given the current one (disk0 and the boot parts are
     /// kept).</summary>
-    VmConfig Desired(InstanceSpec spec, VmConfig current, IEnumerable<DiskSpec> disks)
+    VmConfig Desired(InstanceSpec spec, VmConfig current, IEnumerable<DiskSpec> disks, IEnumerable<NicSpec> nics)
     {
         var root = current.Disks[0];
         return new VmConfig
@@ -166,6 +167,7 @@ public sealed partial class VmDriver : IInstanceDriver
                     Format = root.Format, Base = root.Base, Owned = true },
                 .. DeviceDisks(disks),
             ],
+            Nics = nics.Select((n, i) => new NicConfig { Tap = n.HostName, Mac = n.HwAddr, Id = $"net{i}" }).ToList(),
         };
     }
 
@@ -173,7 +175,9 @@ public sealed partial class VmDriver : IInstanceDriver
         a.MemoryMiB == b.MemoryMiB && a.Cpus == b.Cpus && a.Hostname == b.Hostname && a.OnPanic == b.OnPanic &&
         a.Disks.Count == b.Disks.Count &&
         a.Disks.Zip(b.Disks).All(p => p.First.Path == p.Second.Path && p.First.Format == p.Second.Format
-            && p.First.ReadOnly == p.Second.ReadOnly);
+            && p.First.ReadOnly == p.Second.ReadOnly) &&
+        a.Nics.Count == b.Nics.Count && a.Nics.Zip(b.Nics).All(p => p.First.Tap == p.Second.Tap
+            && p.First.Mac == p.Second.Mac);
 
     /// <summary>
     /// Re-defines a stopped VM when the spec changed (limits, devices, a renamed instance dir): the engine validates
@@ -181,9 +185,11 @@ public sealed partial class VmDriver : IInstanceDriver
     /// new definition (memory against the host, disks that open) and keeps the root overlay; on failure the old one
     /// stays.
     /// </summary>
-    async Task<IVm> RedefineAsync(InstanceSpec spec, IVm vm, IEnumerable<DiskSpec> disks, CancellationToken ct)
+    async Task<IVm> RedefineAsync(InstanceSpec spec, IVm vm, IReadOnlyList<DeviceRunConfig> devices,
+        CancellationToken ct)
     {
-        var want = Desired(spec, vm.Config, disks);
+        var want = Desired(spec, vm.Config, devices.SelectMany(d => d.Disks),
+            devices.Select(d => d.Nic).OfType<NicSpec>());
         if (Same(want, vm.Config)) return vm;
         var dir = VmDir(spec);
         var cfg = Path.Combine(dir, StateFiles.Config);
@@ -358,8 +364,9 @@ public sealed partial class VmDriver : IInstanceDriver
             var vm = await VmAsync(spec, ct);
             if (vm.Pid is int running) throw new InstanceException(
                 $"VM '{spec.Name}' is already running (QEMU pid {running})", 409);
-            vm = await RedefineAsync(spec, vm, devices.SelectMany(d => d.Disks), ct);
+            vm = await RedefineAsync(spec, vm, devices, ct);
             await DropAgentAsync(spec.Name);
+            MakeTaps(devices);
             var marker = Path.Combine(VmDir(spec), ResumeMarker);
             try
             {
@@ -388,6 +395,29 @@ public sealed partial class VmDriver : IInstanceDriver
             });
         }
         finally { Lock(spec).Release(); }
+    }
+
+    /// <summary>A persistent tap per NIC, in its network's bridge, for QEMU to open by name (hulld removes it with
+    /// the NIC when the VM stops).</summary>
+    static void MakeTaps(IReadOnlyList<DeviceRunConfig> devices)
+    {
+        foreach (var n in devices.Select(d => d.Nic).OfType<NicSpec>())
+        {
+            try
+            {
+                using var links = Rtnl.Open();
+                if (links.Link(n.HostName) is not null) links.DeleteLink(n.HostName); // left by a crash
+                Tun.CreatePersistentTap(n.HostName);
+                if (n.Mtu > 0) links.SetMtu(n.HostName, n.Mtu);
+                links.SetMaster(n.HostName, n.Bridge);
+                links.SetUp(n.HostName, true);
+            }
+            catch (LinuxException e)
+            {
+                throw new InstanceException($"making the tap device {n.HostName} on network '{n.Bridge}' failed: " +
+                    $"{e.Message}", 500);
+            }
+        }
     }
 
     public async Task<int?> StopAsync(InstanceSpec spec, bool force, TimeSpan timeout, CancellationToken ct)

@@ -39,7 +39,13 @@ public sealed class VmDaemon : HulldProcess
             "a guest kernel in /boot (linux-image-amd64)");
     }
 
-    public VmDaemon() : base(Checked(HostExe), "hull-vmd-", TimeSpan.FromSeconds(30)) => Start();
+    /// <param name="defaultNetwork">The network hulld makes at its first start (on the default profile's eth0); null:
+    /// none.</param>
+    public VmDaemon(string? defaultNetwork = null) : base(Checked(HostExe), "hull-vmd-", TimeSpan.FromSeconds(30))
+    {
+        DefaultNetwork = defaultNetwork;
+        Start();
+    }
 
     static string Checked(string exe)
     {

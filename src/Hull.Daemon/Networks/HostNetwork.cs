@@ -28,6 +28,9 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
     public string Name { get; } = name;
     public string RunDir { get; } = runDir;
     string HostsDir => Path.Combine(RunDir, "hosts");
+    /// <summary>One file per instance of dnsmasq dhcp-host lines ("MAC,ADDRESS,NAME"): a VM's DHCP gets the address
+    /// hulld keeps for its NIC.</summary>
+    string DhcpHostsDir => Path.Combine(RunDir, "dhcp-hosts");
     string PidFile => Path.Combine(RunDir, "dnsmasq.pid");
     public string LeasesFile => Path.Combine(RunDir, "dnsmasq.leases");
     string LogFile => Path.Combine(RunDir, "dnsmasq.log");
@@ -185,6 +188,7 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         {
             "--keep-in-foreground", "--conf-file=/dev/null", "--no-hosts", "--strict-order", "--bind-interfaces",
             $"--interface={Name}", "--except-interface=lo", $"--pid-file={PidFile}", $"--hostsdir={HostsDir}",
+            $"--dhcp-hostsdir={DhcpHostsDir}",
             $"--dhcp-leasefile={LeasesFile}", $"--log-facility={LogFile}", $"--domain={s.Domain}",
             $"--local=/{s.Domain}/", "--domain-needed", "--expand-hosts", "--user=nobody", "--group=nogroup",
             "--quiet-dhcp", "--quiet-dhcp6", "--quiet-ra",
@@ -233,6 +237,7 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         }
         Directory.CreateDirectory(RunDir);
         Directory.CreateDirectory(HostsDir);
+        Directory.CreateDirectory(DhcpHostsDir);
         File.Delete(PidFile);
         SpawnedChild child;
         using (var devnull = Sys.Open("/dev/null", O.RDWR))
@@ -290,29 +295,44 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         File.Delete(PidFile);
     }
 
-    /// <summary>One hosts file per instance ("ADDRESS NAME.DOMAIN NAME"); dnsmasq re-reads on SIGHUP.</summary>
+    /// <summary>One hosts file per instance ("ADDRESS NAME.DOMAIN NAME") and one dhcp-host file ("MAC,ADDRESS,NAME"
+    /// per IPv4 NIC); dnsmasq re-reads on SIGHUP.</summary>
     public void WriteHosts(NetworkSettings s, IReadOnlyList<NicLease> leases, bool signal = true)
     {
-        Directory.CreateDirectory(HostsDir);
+        Directory.CreateDirectory(RunDir);
         Libc.chmod(RunDir, 0b111_101_101);
-        Libc.chmod(HostsDir, 0b111_101_101);
-        var want = new Dictionary<string, string>(StringComparer.Ordinal);
+        var hosts = new Dictionary<string, string>(StringComparer.Ordinal);
+        var dhcp = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var g in leases.GroupBy(l => l.Instance))
         {
             var sb = new StringBuilder();
+            var db = new StringBuilder();
             foreach (var l in g)
             {
                 if (l.Ipv4 is { } a4) sb.Append(CultureInfo.InvariantCulture, $"{a4} {g.Key}.{s.Domain} {g.Key}\n");
                 if (l.Ipv6 is { } a6) sb.Append(CultureInfo.InvariantCulture, $"{a6} {g.Key}.{s.Domain} {g.Key}\n");
+                if (l.Ipv4 is { } d4 && l.HwAddr.Length > 0)
+                    db.Append(CultureInfo.InvariantCulture, $"{l.HwAddr},{d4},{g.Key}\n");
             }
-            want[g.Key] = sb.ToString();
+            hosts[g.Key] = sb.ToString();
+            if (db.Length > 0) dhcp[g.Key] = db.ToString();
         }
+        var changed = Sync(HostsDir, hosts) | Sync(DhcpHostsDir, dhcp);
+        if (signal && changed && DnsmasqPid() is { } pid) Libc.kill(pid, Signals.SIGHUP);
+    }
+
+    /// <summary>Makes <paramref name="dir"/> hold exactly these files (name → text), each written whole by a rename;
+    /// true if anything changed.</summary>
+    static bool Sync(string dir, Dictionary<string, string> want)
+    {
+        Directory.CreateDirectory(dir);
+        Libc.chmod(dir, 0b111_101_101);
         var changed = false;
-        foreach (var f in Directory.GetFiles(HostsDir))
+        foreach (var f in Directory.GetFiles(dir))
             if (!want.ContainsKey(Path.GetFileName(f))) { File.Delete(f); changed = true; }
         foreach (var (inst, text) in want)
         {
-            var path = Path.Combine(HostsDir, inst);
+            var path = Path.Combine(dir, inst);
             if (File.Exists(path) && File.ReadAllText(path) == text) continue;
             var tmp = path + ".tmp";
             File.WriteAllText(tmp, text);
@@ -320,7 +340,7 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
             File.Move(tmp, path, overwrite: true);
             changed = true;
         }
-        if (signal && changed && DnsmasqPid() is { } pid) Libc.kill(pid, Signals.SIGHUP);
+        return changed;
     }
 
     /// <summary>dnsmasq's DHCP leases: (expiry, MAC, address, hostname).</summary>

@@ -332,7 +332,7 @@ public static class MacAddress
 /// <summary>TUN/TAP devices (/dev/net/tun, TUNSETIFF), for VM NICs.</summary>
 public static unsafe class Tun
 {
-    const ulong TUNSETIFF = 0x400454ca;
+    const ulong TUNSETIFF = 0x400454ca, TUNSETPERSIST = 0x400454cb;
     const short IFF_TAP = 0x0002, IFF_NO_PI = 0x1000, IFF_VNET_HDR = 0x4000;
 
     /// <summary>Opens (creating if needed) the tap device <paramref name="name"/>; the device lives as long as the
@@ -352,5 +352,13 @@ public static unsafe class Tun
             throw e;
         }
         return fd;
+    }
+
+    /// <summary>Makes a persistent tap device <paramref name="name"/> (TUNSETPERSIST): it outlives this call, so a
+    /// VMM opens it by name (QEMU's -netdev tap,ifname=); delete it as a link when done.</summary>
+    public static void CreatePersistentTap(string name)
+    {
+        using var fd = OpenTap(name);
+        if (Libc.ioctl(fd.Fd, TUNSETPERSIST, 1) < 0) throw LinuxException.FromLastError($"TUNSETPERSIST {name}");
     }
 }
