@@ -26,7 +26,7 @@ public sealed partial class ContainerDriver
         // A full-OS image (its /sbin/init is an init system) boots as a system container (SystemContainers).
         init = custom is null && !app ? SystemContainers.Detect(root) : null;
         if (custom is not null || app) args = custom ?? ["/"];
-        else if (init is not null) args = ["/sbin/init"];
+        else if (init is not null) { args = ["/sbin/init"]; SystemContainers.RaiseHostLimits(); }
         else if (Exists(root, "bin/sh")) args = ["/bin/sh", "-c", KeepAlive];
         else throw new InstanceException($"the image of '{spec.Name}' has neither /sbin/init (with /etc/inittab) nor " +
             "/bin/sh: nothing to run as the container's init");

@@ -93,4 +93,38 @@ public static class SystemContainers
         oci.Mounts.Add(new Mount { Destination = "/run/lock", Type = "tmpfs", Source = "tmpfs",
             Options = ["nosuid", "nodev", "noexec", "mode=1777", "size=5m"] });
     }
+
+    /// <summary>
+    /// The host's inotify limits are per host user, and every unprivileged container of the shared id range is the
+    /// same host user: the kernel's default of 128 inotify instances runs out at about 15 systemd containers (their
+    /// path units then fail and the system is "degraded"). Before a system container starts, the limits are raised
+    /// to what Incus's production setup recommends, never lowered.
+    /// </summary>
+    public static void RaiseHostLimits()
+    {
+        if (Interlocked.Exchange(ref s_raised, 1) != 0) return;
+        foreach (var (name, floor) in HostLimits)
+        {
+            var path = "/proc/sys/fs/inotify/" + name;
+            try
+            {
+                var now = long.Parse(File.ReadAllText(path).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+                if (now < floor)
+                {
+                    File.WriteAllText(path, floor.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                    DriverLog.Info($"raised fs.inotify.{name} to {floor} for system containers");
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+            {
+                DriverLog.Warning($"fs.inotify.{name} could not be raised ({e.Message}): many system containers " +
+                    "may run out of inotify instances");
+            }
+        }
+    }
+
+    static int s_raised;
+
+    static readonly (string Name, long Floor)[] HostLimits =
+        [("max_user_instances", 1048576), ("max_user_watches", 1048576), ("max_queued_events", 1048576)];
 }
