@@ -145,9 +145,9 @@ public static class AppConfig
     {
         var add = new Dictionary<string, string>(StringComparer.Ordinal);
         var ownEntrypoint = given.ContainsKey(EntrypointKey);
-        if (!ownEntrypoint && run.Entrypoint is { Count: > 0 } ep) add[EntrypointKey] = JsonArray(ep);
+        if (!ownEntrypoint && run.Entrypoint is { Count: > 0 } ep) add[EntrypointKey] = ConfigValues.JsonArray(ep);
         if (!ownEntrypoint && !given.ContainsKey(CommandKey) && run.Cmd is { Count: > 0 } cmd)
-            add[CommandKey] = JsonArray(cmd);
+            add[CommandKey] = ConfigValues.JsonArray(cmd);
         if (run.WorkingDir is { } wd && !given.ContainsKey(CwdKey)) add[CwdKey] = wd;
         if (run.User is { } user && !given.ContainsKey(UserKey)) add[UserKey] = user;
         if (run.StopSignal is { } sig && !given.ContainsKey(StopSignalKey)) add[StopSignalKey] = sig;
@@ -161,18 +161,6 @@ public static class AppConfig
             if (!given.ContainsKey(key)) add[key] = eq < 0 ? "" : kv[(eq + 1)..];
         }
         return add;
-    }
-
-    public static string JsonArray(IEnumerable<string> items)
-    {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms))
-        {
-            w.WriteStartArray();
-            foreach (var a in items) w.WriteStringValue(a);
-            w.WriteEndArray();
-        }
-        return Encoding.UTF8.GetString(ms.ToArray());
     }
 
     public static List<string> Shares(IReadOnlyDictionary<string, string> config) =>

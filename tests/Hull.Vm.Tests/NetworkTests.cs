@@ -13,20 +13,7 @@ namespace Hull.Vm.Tests;
 /// </summary>
 public sealed class NetworkTests
 {
-    static string Ip(params string[] args) => Run("ip", args);
-
-    static string Run(string program, params string[] args)
-    {
-        var psi = new ProcessStartInfo(Requires.Program(program)) { RedirectStandardOutput = true,
-            RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"{program} {string.Join(' ', args)}: {err.Result}");
-        return output;
-    }
+    static string Ip(params string[] args) => RegistryTestUtil.Run("ip", args);
 
     /// <summary>A 10.251.N.0/24 that no address or route of the host uses.</summary>
     static string FreeSubnet()

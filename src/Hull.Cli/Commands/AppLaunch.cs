@@ -71,10 +71,10 @@ public static partial class CliApp
 
     static void ApplyAppOptions(ParseResult pr, AppLaunchOptions o, InstanceCreateRequest req)
     {
-        if (pr.GetValue(o.Command) is { Length: > 0 } command) req.Config["app.command"] = JsonArray(command);
+        if (pr.GetValue(o.Command) is { Length: > 0 } command) req.Config["app.command"] = ConfigValues.JsonArray(command);
         if (pr.GetValue(o.Entrypoint) is { } entrypoint)
             req.Config["oci.entrypoint"] = entrypoint.TrimStart().StartsWith('[') ? entrypoint
-                : JsonArray(entrypoint.Length == 0 ? [] : [entrypoint]);
+                : ConfigValues.JsonArray(entrypoint.Length == 0 ? [] : [entrypoint]);
         foreach (var (k, v) in KeyValues(pr.GetValue(o.Env), "environment variable"))
             req.Config["environment." + k] = v;
         if (pr.GetValue(o.Workdir) is { } workdir) req.Config["oci.cwd"] = workdir;
@@ -87,17 +87,5 @@ public static partial class CliApp
         if (req.Image == "host" && !req.Config.ContainsKey("app.command"))
             throw new CliException("the host image runs a host program: name it after --, e.g. hull launch host web " +
                 "-- /usr/bin/python3 -m http.server");
-    }
-
-    static string JsonArray(IEnumerable<string> items)
-    {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms))
-        {
-            w.WriteStartArray();
-            foreach (var a in items) w.WriteStringValue(a);
-            w.WriteEndArray();
-        }
-        return Encoding.UTF8.GetString(ms.ToArray());
     }
 }
