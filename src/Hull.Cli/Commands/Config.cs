@@ -69,19 +69,13 @@ public static partial class CliApp
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 var put = new InstancePut { Config = i.Config, Devices = i.Devices, Profiles = i.Profiles };
-                var edited = await EditAsync(Encoding.UTF8.GetBytes(
-                    JsonSerializer.Serialize(put, Output.Pretty.InstancePut)), i.Name + ".json", ct);
-                InstancePut next;
-                try { next = JsonSerializer.Deserialize(edited, Output.Pretty.InstancePut)
-                    ?? throw new CliException("the edited config is empty"); }
-                catch (JsonException e) { throw new CliException(
-                    $"the edited config is not valid JSON ({e.Message}): nothing was changed"); }
+                var next = await EditJsonAsync(put, Output.Pretty.InstancePut, i.Name + ".json", ct);
                 await c.UpdateInstanceAsync(i.Name, next, ct);
                 return 0;
             });
             config.Subcommands.Add(edit);
         }
-        var device = new Command("device", "Add or remove devices (disk, bind)");
+        var device = new Command("device", "Add or remove devices (disk, bind, nic, proxy)");
         {
             var name = NameArg();
             var dev = new Argument<string>("device") { Description = "Device name" };

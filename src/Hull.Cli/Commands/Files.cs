@@ -125,4 +125,21 @@ public static partial class CliApp
         }
         finally { File.Delete(tmp); }
     }
+
+    /// <summary>Lets the user edit <paramref name="value"/> as indented JSON in $EDITOR; a result that is empty or not
+    /// valid JSON changes nothing.</summary>
+    static async Task<T> EditJsonAsync<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type,
+        string name, CancellationToken ct) where T : class
+    {
+        var edited = await EditAsync(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(value, type), name, ct);
+        try
+        {
+            return System.Text.Json.JsonSerializer.Deserialize(edited, type)
+                ?? throw new CliException("the edited config is empty");
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new CliException($"the edited config is not valid JSON ({e.Message}): nothing was changed");
+        }
+    }
 }

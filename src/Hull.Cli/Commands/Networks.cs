@@ -118,13 +118,7 @@ public static partial class CliApp
             {
                 var n = await c.GetNetworkAsync(pr.GetValue(name)!, ct);
                 var put = new NetworkPut { Config = n.Config, Description = n.Description };
-                var edited = await EditAsync(Encoding.UTF8.GetBytes(
-                    JsonSerializer.Serialize(put, Output.Pretty.NetworkPut)), n.Name + ".json", ct);
-                NetworkPut next;
-                try { next = JsonSerializer.Deserialize(edited, Output.Pretty.NetworkPut)
-                    ?? throw new CliException("the edited config is empty"); }
-                catch (JsonException e) { throw new CliException(
-                    $"the edited config is not valid JSON ({e.Message}): nothing was changed"); }
+                var next = await EditJsonAsync(put, Output.Pretty.NetworkPut, n.Name + ".json", ct);
                 await c.UpdateNetworkAsync(n.Name, next, ct);
                 return 0;
             });
