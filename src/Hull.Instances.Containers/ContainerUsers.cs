@@ -20,14 +20,12 @@ public static class ContainerUsers
     public static Resolved Resolve(SafeFd root, string value)
     {
         var (user, group) = AppConfig.ParseUser(value);
-        var passwd = Read(root, "etc/passwd");
-        var groups = Read(root, "etc/group");
+        var groups = Entries(Read(root, "etc/group"), 4).ToList();
         string? name = null;
         uint uid, gid = 0;
         var home = "/";
-        var entry = Entries(passwd, 7).FirstOrDefault(f => f[0] == user
-            || (uint.TryParse(user, NumberStyles.None, CultureInfo.InvariantCulture, out var u) && f[2] == user
-                && u.ToString(CultureInfo.InvariantCulture) == f[2]));
+        var numeric = uint.TryParse(user, NumberStyles.None, CultureInfo.InvariantCulture, out _);
+        var entry = Entries(Read(root, "etc/passwd"), 7).FirstOrDefault(f => f[0] == user || (numeric && f[2] == user));
         if (entry is not null && uint.TryParse(entry[2], NumberStyles.None, CultureInfo.InvariantCulture, out uid)
             && uint.TryParse(entry[3], NumberStyles.None, CultureInfo.InvariantCulture, out gid))
         {
@@ -39,13 +37,13 @@ public static class ContainerUsers
                 "or a numeric UID[:GID]");
         if (group is not null)
         {
-            if (Entries(groups, 4).FirstOrDefault(f => f[0] == group) is { } g
+            if (groups.FirstOrDefault(f => f[0] == group) is { } g
                 && uint.TryParse(g[2], NumberStyles.None, CultureInfo.InvariantCulture, out var named)) gid = named;
             else if (!uint.TryParse(group, NumberStyles.None, CultureInfo.InvariantCulture, out gid))
                 throw new InstanceException($"group '{group}' is not in the container's /etc/group: give a group " +
                     "it has, or a numeric GID");
         }
-        var supplementary = name is null ? [] : Entries(groups, 4)
+        var supplementary = name is null ? [] : groups
             .Where(f => f[3].Split(',').Contains(name, StringComparer.Ordinal))
             .Select(f => uint.TryParse(f[2], NumberStyles.None, CultureInfo.InvariantCulture, out var id) ? id
                 : uint.MaxValue)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using Hull.Api;
+using Hull.Linux;
 
 namespace Hull.Cli;
 
@@ -47,7 +48,7 @@ public static partial class CliApp
                         ct), ct);
                     // A stop that had to kill says so: the instance did not end when asked.
                     if (verb == "stop" && !pr.GetValue(force)
-                        && (await c.GetInstanceAsync(n, ct)).LastExitCode == 128 + 9)
+                        && (await c.GetInstanceAsync(n, ct)).LastExitCode == 128 + Signals.SIGKILL)
                         await Err.WriteLineAsync($"hull: {n} did not stop within {pr.GetValue(timeout)} s of being " +
                             "asked (SIGTERM, its stop signal, or the ACPI power button): it was killed");
                 }
