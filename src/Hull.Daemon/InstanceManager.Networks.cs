@@ -314,10 +314,11 @@ public sealed partial class InstanceManager
     void ApplyLocked(NetworkRecord n)
     {
         var s = NetworkConfig.Parse(n.Config);
-        var ports = Ports(n.Name);
         var h = Host(n.Name);
-        h.Ensure(s, Leases(n.Name, runningOnly: true), ports);
-        _loadedRules[n.Name] = h.RenderRules(s, ports);
+        var leases = Leases(n.Name, runningOnly: true);
+        var rules = Rules(h, s, leases);
+        h.Ensure(s, leases, rules);
+        _loadedRules[n.Name] = rules;
         _netErrors.Remove(n.Name);
     }
 
@@ -424,8 +425,10 @@ public sealed partial class InstanceManager
                 var v4 = stat ?? kept;
                 var mac = cfg.GetValueOrDefault("hwaddr") is { Length: > 0 } m ? m
                     : r.Config.GetValueOrDefault(NicDevice.HwAddrKey(dev)) ?? "";
+                var ipv4Filter = cfg.GetValueOrDefault(NicDevice.Ipv4FilteringKey) == "true";
                 list.Add(new NicLease(r.Name, dev, mac, v4, v4 is null || s?.Ipv6 is null ? null : Ipv6For(s.Ipv6.Value,
-                    v4), stat is not null));
+                    v4), stat is not null, ipv4Filter || cfg.GetValueOrDefault(NicDevice.MacFilteringKey) == "true",
+                    ipv4Filter));
             }
         }
         return list;
@@ -460,11 +463,10 @@ public sealed partial class InstanceManager
 
     /// <summary>The published ports (proxy devices) of the running instances whose first NIC is on this network,
     /// forwarded to the address of that NIC.</summary>
-    List<PortForward> Ports(string network)
+    List<PortForward> Ports(string network, List<NicLease> leases)
     {
         var list = new List<PortForward>();
         var profiles = ProfilesByName();
-        var leases = Leases(network, runningOnly: true);
         foreach (var r in _store.ListInstances())
         {
             if (!r.State.IsLive() && r.State != InstanceState.Starting) continue;
@@ -487,6 +489,11 @@ public sealed partial class InstanceManager
 
     readonly Dictionary<string, string> _loadedRules = [];
 
+    /// <summary>The network's nft tables for the running instances' published ports and filtered NICs.</summary>
+    string Rules(HostNetwork h, NetworkSettings s, List<NicLease> running) => h.RenderRules(s, Ports(h.Name, running),
+        running.Where(l => l.MacFiltering && l.HwAddr.Length > 0)
+            .Select(l => new NicFilter(VethName(l.Instance, l.Device), l.HwAddr, l.Ipv4, l.Ipv4Filtering)).ToList());
+
     /// <summary>After instances started or stopped: DNS holds the running ones, and the network's table their
     /// published ports (loaded again only if it changed).</summary>
     void RefreshDns(string network)
@@ -496,10 +503,11 @@ public sealed partial class InstanceManager
             if (_store.GetNetwork(network) is not { } n) return;
             var s = NetworkConfig.Parse(n.Config);
             var h = Host(network);
-            TryDo(() => h.WriteHosts(s, Leases(network, runningOnly: true)), network);
-            var rules = h.RenderRules(s, Ports(network));
+            var leases = Leases(network, runningOnly: true);
+            TryDo(() => h.WriteHosts(s, leases), network);
+            var rules = Rules(h, s, leases);
             if (_loadedRules.GetValueOrDefault(network) == rules) return;
-            TryDo(() => { h.LoadRules(s, Ports(network)); _loadedRules[network] = rules; }, network);
+            TryDo(() => { h.LoadRules(rules); _loadedRules[network] = rules; }, network);
         }
     }
 

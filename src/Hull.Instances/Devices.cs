@@ -254,7 +254,9 @@ public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> 
 /// </summary>
 public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
 {
-    static readonly string[] Keys = ["type", "nictype", "network", "name", "hwaddr", "ipv4.address", "mtu"];
+    public const string MacFilteringKey = "security.mac_filtering", Ipv4FilteringKey = "security.ipv4_filtering";
+    static readonly string[] Keys = ["type", "nictype", "network", "name", "hwaddr", "ipv4.address", "mtu",
+        MacFilteringKey, Ipv4FilteringKey];
     public string Name { get; } = name;
     public string Type => "nic";
     public IReadOnlyDictionary<string, string> Config { get; } = config;
@@ -291,6 +293,9 @@ public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> c
                 System.Globalization.CultureInfo.InvariantCulture, out var m) || m is < 1280 or > 65535))
             throw new InstanceException($"device '{Name}': mtu='{mtu}' is invalid: use a whole number from 1280 to " +
                 "65535");
+        foreach (var key in new[] { MacFilteringKey, Ipv4FilteringKey })
+            if (Config.TryGetValue(key, out var b) && b is not ("" or "true" or "false"))
+                throw new InstanceException($"device '{Name}': {key}='{b}' is invalid: use true or false");
     }
 
     public static bool IsUnicastMac(string text)

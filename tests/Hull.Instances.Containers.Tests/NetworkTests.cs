@@ -416,6 +416,65 @@ public sealed class NetworkTests
         Assert.Equal(before, HostState(net));
     }
 
+    /// <summary>
+    /// security.mac_filtering / security.ipv4_filtering: a container that takes the MAC or the IPv4 address of another
+    /// (stopped) instance reaches nobody with it, while the same change in a container without filtering works (the
+    /// control, so that the test can fail). Its own address and MAC keep working under the filter.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_filtered_nic_cannot_reach_anyone_with_another_instances_mac_or_address()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        var gw = Subnet(await d.Client.GetNetworkAsync(net)).Address;
+        // busybox init with an inittab makes each a system container: root with CAP_NET_ADMIN in its own user
+        // namespace, what an attacker needs to change its own MAC and address (application containers lack it).
+        void Boot(string name, string respawn, params string[] nicKeys)
+        {
+            Ok(d.Cli("init", "busybox", name), $"init {name}");
+            var tab = Path.GetTempFileName();
+            File.WriteAllText(tab, $"::respawn:{respawn}\n");
+            try { Ok(d.Cli("file", "push", tab, $"{name}/etc/inittab"), "push inittab"); }
+            finally { File.Delete(tab); }
+            if (nicKeys.Length > 0) Ok(d.Cli(["config", "device", "override", name, "eth0", .. nicKeys]), "override");
+            Ok(d.Cli("start", name), $"start {name}");
+        }
+        Boot("web", $"/bin/sh -c '{Httpd}'");
+        Boot("victim", "/bin/sleep 1000");
+        var victim = await d.Client.GetInstanceAsync("victim");
+        var victimIp = victim.Config["volatile.eth0.ipv4.address"];
+        var victimMac = victim.Config["volatile.eth0.hwaddr"];
+        Ok(d.Cli("stop", "victim", "--force"), "stop victim");
+        var web = await AddressOf(d, "web", net);
+        Boot("free", "/bin/sleep 1000");
+        Boot("boxed", "/bin/sleep 1000", "security.mac_filtering=true", "security.ipv4_filtering=true");
+        Assert.Equal("true", (await d.Client.GetInstanceAsync("boxed")).Devices["eth0"]["security.ipv4_filtering"]);
+
+        (int Code, string Out, string Err) Fetch(string who, string change)
+        {
+            Ok(Exec(d, "web", "ip neigh flush dev eth0 >/dev/null"), "flush web's neighbours");
+            return Exec(d, who, $"{change} ip neigh flush dev eth0 >/dev/null; timeout 4 wget -q -O - http://{web}/");
+        }
+        // Their own MAC and address work, filtered or not.
+        foreach (var n in new[] { "free", "boxed" })
+            Assert.Equal("hello-from-web\n", Fetch(n, "").Out);
+        // Another's MAC: the filtered one reaches nothing (its frames are dropped as they enter the bridge).
+        var takeMac = $"ip link set eth0 address {victimMac};";
+        Assert.Equal("hello-from-web\n", Fetch("free", takeMac).Out);
+        Assert.NotEqual(0, Fetch("boxed", takeMac).Code);
+        // Another's IPv4 address (with their own MAC back): the same.
+        foreach (var n in new[] { "free", "boxed" })
+        {
+            var mac = (await d.Client.GetInstanceAsync(n)).Config["volatile.eth0.hwaddr"];
+            Ok(Exec(d, n, $"ip link set eth0 address {mac}"), $"{n}: its MAC back");
+        }
+        var takeIp = $"ip addr flush dev eth0; ip addr add {victimIp}/24 dev eth0; ip route add default via {gw};";
+        Assert.Equal("hello-from-web\n", Fetch("free", takeIp).Out);
+        Assert.NotEqual(0, Fetch("boxed", takeIp).Code);
+        // The gateway (the host's DNS) is not reached with it either.
+        Assert.NotEqual(0, Exec(d, "boxed", $"timeout 3 nslookup web.hull {gw}").Code);
+    }
+
     /// <summary>What networks leave on the host: veths of instances ("hv…"/"hp…"), Hull's nft tables, dnsmasq
     /// processes of this network.</summary>
     static string HostState(string net)

@@ -75,7 +75,7 @@ public static partial class CliApp
             });
             config.Subcommands.Add(edit);
         }
-        var device = new Command("device", "Add or remove devices (disk, bind, nic, proxy)");
+        var device = new Command("device", "Add, change or remove devices (disk, bind, nic, proxy)");
         {
             var name = NameArg();
             var dev = new Argument<string>("device") { Description = "Device name" };
@@ -94,6 +94,40 @@ public static partial class CliApp
                 return 0;
             });
             device.Subcommands.Add(add);
+        }
+        foreach (var verb in new[] { "set", "override" })
+        {
+            var name = NameArg();
+            var dev = new Argument<string>("device") { Description = "Device name" };
+            var kv = new Argument<string[]>("key=value")
+            {
+                Arity = verb == "set" ? ArgumentArity.OneOrMore : ArgumentArity.ZeroOrMore,
+                Description = "Keys to set (an empty value removes the key)",
+            };
+            var cmd = new Command(verb, verb == "set" ? "Set keys of an instance's own device"
+                : "Copy a device of a profile into the instance, with these keys changed") { name, dev, kv };
+            Act(cmd, async (pr, c, ct) =>
+            {
+                var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
+                var dn = pr.GetValue(dev)!;
+                var fromProfile = !i.Devices.ContainsKey(dn) && i.ExpandedDevices.ContainsKey(dn);
+                if (verb == "set" && fromProfile) throw new CliException($"device '{dn}' of '{i.Name}' comes from a " +
+                    $"profile: 'hull config device override {i.Name} {dn} KEY=VALUE' gives the instance its own copy");
+                if (verb == "override" && !fromProfile) throw new CliException(i.Devices.ContainsKey(dn)
+                    ? $"device '{dn}' is already the instance's own: use 'hull config device set'"
+                    : $"device '{dn}' not found in the profiles of '{i.Name}': 'hull config show {i.Name} --expanded' " +
+                      "lists them");
+                if (!i.Devices.ContainsKey(dn) && !fromProfile) throw new CliException(
+                    $"device '{dn}' not found on '{i.Name}': 'hull config show {i.Name}' lists its devices");
+                var d = new Dictionary<string, string>(fromProfile ? i.ExpandedDevices[dn] : i.Devices[dn]);
+                foreach (var (k, v) in KeyValues(pr.GetValue(kv), "device key"))
+                    if (v.Length == 0) d.Remove(k); else d[k] = v;
+                i.Devices[dn] = d;
+                await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
+                    Profiles = i.Profiles }, ct);
+                return 0;
+            });
+            device.Subcommands.Add(cmd);
         }
         {
             var name = NameArg();

@@ -8,13 +8,19 @@ using Hull.Linux.Net;
 
 namespace Hull.Daemon.Networks;
 
-/// <summary>An address an instance holds on a network, for DNS (hosts files) and the leases list.</summary>
+/// <summary>An address an instance holds on a network, for DNS (hosts files), the leases list and the NIC's
+/// filtering (its security.* keys).</summary>
 public sealed record NicLease(string Instance, string Device, string HwAddr, IPAddress? Ipv4, IPAddress? Ipv6,
-    bool Static);
+    bool Static, bool MacFiltering = false, bool Ipv4Filtering = false);
 
 /// <summary>A published port: host address/port/protocol forwarded to an instance's address and port.</summary>
 public sealed record PortForward(string Instance, string Device, string Protocol, IPAddress? ListenAddress,
     int ListenPort, IPAddress Target, int TargetPort);
+
+/// <summary>Anti-spoofing on one instance NIC (Incus's security.mac_filtering / security.ipv4_filtering): frames
+/// entering the bridge from its host end must carry its MAC, and with <paramref name="Ipv4Filtering"/> its IPv4
+/// address (or none, for DHCP); no VLAN-tagged frames.</summary>
+public sealed record NicFilter(string HostInterface, string HwAddr, IPAddress? Ipv4, bool Ipv4Filtering);
 
 /// <summary>
 /// The host side of one managed network: the bridge with its gateway addresses (rtnetlink), Hull's own nftables
@@ -37,10 +43,10 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
     public string Table => $"hull.{Name}";
 
     /// <summary>Makes (or repairs) the bridge, its addresses, the nft table and dnsmasq.</summary>
-    public void Ensure(NetworkSettings s, IReadOnlyList<NicLease> leases, IReadOnlyList<PortForward> ports)
+    public void Ensure(NetworkSettings s, IReadOnlyList<NicLease> leases, string rules)
     {
         EnsureBridge(s);
-        LoadRules(s, ports);
+        LoadRules(rules);
         WriteHosts(s, leases, signal: false);
         EnsureDnsmasq(s);
     }
@@ -81,16 +87,22 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
             Sys.TryWriteFile("/proc/sys/net/ipv6/conf/all/forwarding", "1", out _);
     }
 
-    /// <summary>The network's nft table, replaced atomically (delete and recreate in one transaction).</summary>
-    public void LoadRules(NetworkSettings s, IReadOnlyList<PortForward> ports) =>
-        Nft(RenderRules(s, ports), $"loading the firewall rules of network '{Name}'");
+    /// <summary>Loads the network's nft tables (from <see cref="RenderRules"/>): the old ones are replaced in the same
+    /// transaction.</summary>
+    public void LoadRules(string rules) => Nft(rules, $"loading the firewall rules of network '{Name}'");
 
-    public string RenderRules(NetworkSettings s, IReadOnlyList<PortForward> ports)
+    /// <summary>"add" first so that the delete cannot fail on a missing table: the whole text is one
+    /// transaction.</summary>
+    string DropTables => $"add table inet {Table}\ndelete table inet {Table}\n" +
+        $"add table bridge {Table}\ndelete table bridge {Table}\n";
+
+    /// <summary>The network's tables: inet hull.NAME (NAT, published ports, the loopback guard) and, when a NIC asks
+    /// for filtering, bridge hull.NAME (frames checked as they enter the bridge, before anything routes them).
+    /// </summary>
+    public string RenderRules(NetworkSettings s, IReadOnlyList<PortForward> ports, IReadOnlyList<NicFilter> filters)
     {
         var br = Name;
-        var sb = new StringBuilder();
-        // "add" first so that the delete cannot fail on a missing table: the file is one transaction.
-        sb.Append(CultureInfo.InvariantCulture, $"add table inet {Table}\ndelete table inet {Table}\n");
+        var sb = new StringBuilder(DropTables);
         sb.Append(CultureInfo.InvariantCulture, $"table inet {Table} {{\n");
         sb.Append("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
         if (s.Ipv4 is { } v4 && s.Ipv4Nat)
@@ -149,6 +161,31 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
             }
 
             """);
+        if (filters.Count > 0)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"table bridge {Table} {{\n  chain prerouting {{\n");
+            sb.Append("    type filter hook prerouting priority filter; policy accept;\n");
+            foreach (var f in filters)
+            {
+                var i = $"iifname \"{f.HostInterface}\"";
+                sb.Append(CultureInfo.InvariantCulture, $"    {i} ether saddr != {f.HwAddr} drop\n");
+                sb.Append(CultureInfo.InvariantCulture, $"    {i} arp saddr ether != {f.HwAddr} drop\n");
+                sb.Append(CultureInfo.InvariantCulture, $"    {i} ether type 8021q drop\n");
+                if (!f.Ipv4Filtering) continue;
+                // DHCP's discover and request come from 0.0.0.0; nothing else may claim an address not its own.
+                sb.Append(CultureInfo.InvariantCulture, $"    {i} ip saddr 0.0.0.0 udp dport 67 accept\n");
+                if (f.Ipv4 is { } a)
+                {
+                    sb.Append(CultureInfo.InvariantCulture, $"    {i} arp saddr ip != {a} drop\n");
+                    sb.Append(CultureInfo.InvariantCulture, $"    {i} ip saddr != {a} drop\n");
+                }
+                else
+                {
+                    sb.Append(CultureInfo.InvariantCulture, $"    {i} ether type {{ arp, ip }} drop\n");
+                }
+            }
+            sb.Append("  }\n}\n");
+        }
         return sb.ToString();
     }
 
@@ -166,8 +203,7 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         catch (HostProgramException e) when (e.ExitCode is not null) { return false; }
     }
 
-    public void DeleteRules() =>
-        Nft($"add table inet {Table}\ndelete table inet {Table}\n", $"removing the firewall rules of network '{Name}'");
+    public void DeleteRules() => Nft(DropTables, $"removing the firewall rules of network '{Name}'");
 
     static void Nft(string rules, string what)
     {
