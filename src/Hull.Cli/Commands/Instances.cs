@@ -244,7 +244,9 @@ public static partial class CliApp
         var noProfiles = new Option<bool>("--no-profiles") { Description = "Apply no profile" };
         var publish = new Option<string[]>("--publish", "-p") { Description =
             "Publish a port: [IP:]HOSTPORT:PORT[/tcp|udp] (repeatable), e.g. -p 8080:80; a proxy device" };
-        var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles, publish };
+        var network = new Option<string>("--network", "-n") { Description =
+            "Attach eth0 to this managed network, instead of the profiles' eth0" };
+        var cmd = new Command(verb, help) { image, name, vm, cfg, profiles, noProfiles, network, publish };
         var app = AddAppOptions(cmd);
         Act(cmd, async (pr, c, ct) =>
         {
@@ -258,6 +260,8 @@ public static partial class CliApp
                 Config = KeyValues(pr.GetValue(cfg), "config"), Profiles = p, Start = start,
             };
             ApplyAppOptions(pr, app, req);
+            if (pr.GetValue(network) is { Length: > 0 } net)
+                req.Devices["eth0"] = new() { ["type"] = "nic", ["network"] = net, ["name"] = "eth0" };
             foreach (var spec in pr.GetValue(publish) ?? [])
             {
                 var (devName, dev) = PublishDevice(spec);
