@@ -12,7 +12,7 @@ PKGS=(
   linux-image-amd64 e2fsprogs cpio xz-utils            # the default VM image (guest kernel, root disk, initramfs)
   grub-pc-bin grub-common xorriso mtools               # tests: bootable GRUB install media (grub-mkrescue)
   skopeo umoci docker-registry apache2-utils           # OCI images, a local registry for tests (htpasswd for its Basic auth)
-  sqlite3 jq util-linux procps psmisc hyperfine time
+  sqlite3 jq util-linux procps psmisc hyperfine time iperf3 curl
 )
 missing=()
 for p in "${PKGS[@]}"; do

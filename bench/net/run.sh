@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Networking cost: launch + first exec of a busybox container with the default network (a veth on a managed bridge,
-# NAT, DNS) and without one (--no-profiles), interleaved with `podman run --rm` on Podman's default bridge network.
-#   bench/net/run.sh            (as root, after `make build`; docs/networking.md)
+# Networking, Hull side by side with Podman's default bridge network (runc), as root after `make build`
+# (docs/networking.md):
+#   bench/net/run.sh [latency]  launch + first exec of a busybox container with the default network (a veth on a
+#                               managed bridge, NAT, DNS) and without one (--no-profiles), interleaved with
+#                               `podman run --rm`
+#   bench/net/run.sh throughput iperf3 TCP throughput host->container and container->container, and the host's ping
+#                               round trip to a container; the same iperf3 binary in both (Hull's host image, a
+#                               Podman rootfs of /usr/bin/iperf3 and its libraries), rounds interleaved, medians
+#   bench/net/run.sh all        both
 # Environment:
-#   ITER=30        iterations of each
+#   ITER=30        iterations of each (latency)
+#   ROUNDS=5       rounds of each (throughput), SECONDS_PER=5 seconds of iperf3 per round
 #   OUT=DIR        where the bin dir is (default out/bin)
 # It starts its own hulld (own socket and state dir in a temporary directory) whose default network has a name of its
 # own, and on exit deletes every instance, the network (bridge, nft table, dnsmasq) and the temporary directory.
 set -euo pipefail
 
+MODE=${1:-latency}
+case "$MODE" in latency|throughput|all) ;; *) echo "usage: bench/net/run.sh [latency|throughput|all]" >&2; exit 2;; esac
 ITER=${ITER:-30}
+ROUNDS=${ROUNDS:-5}
+SECONDS_PER=${SECONDS_PER:-5}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$(cd "${OUT:-$REPO/out/bin}" && pwd)
 RESULTS=$REPO/artifacts/bench
@@ -20,6 +31,9 @@ for b in hull hulld hull-oci; do
 done
 command -v podman >/dev/null || { echo "bench/net/run.sh: podman is missing: apt-get install podman" >&2; exit 1; }
 command -v curl >/dev/null || { echo "bench/net/run.sh: curl is missing: apt-get install curl" >&2; exit 1; }
+for t in iperf3 jq; do
+  command -v $t >/dev/null || { echo "bench/net/run.sh: $t is missing: apt-get install $t" >&2; exit 1; }
+done
 
 TMP=$(mktemp -d /tmp/hull-nbench.XXXXXX)
 chmod 711 "$TMP"
@@ -78,29 +92,82 @@ PR=(run --rm --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --rootfs "$TMP/p
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2}'; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b - a) * 1000}'; }
-: > "$TMP/lat"
-echo "net: $ITER iterations of hull launch+exec with the default network, without, and podman run --rm (bridge)" >&2
-for ((i = 0; i < ITER; i++)); do
-  t0=$EPOCHREALTIME
-  "$BIN/hull" launch busybox "n$i" >/dev/null
-  "$BIN/hull" exec "n$i" -- true
-  t1=$EPOCHREALTIME
-  "$BIN/hull" launch busybox "x$i" --no-profiles >/dev/null
-  "$BIN/hull" exec "x$i" -- true
-  t2=$EPOCHREALTIME
-  "${P[@]}" "${PR[@]}"
-  t3=$EPOCHREALTIME
-  "$BIN/hull" delete --force "n$i" "x$i" >/dev/null
-  echo "$(ms "$t0" "$t1") $(ms "$t1" "$t2") $(ms "$t2" "$t3")" >> "$TMP/lat"
-done
-net=$(awk '{print $1}' "$TMP/lat" | median)
-nonet=$(awk '{print $2}' "$TMP/lat" | median)
-podman=$(awk '{print $3}' "$TMP/lat" | median)
-printf '\nlaunch + first exec, median of %d (ms):\n' "$ITER"
-printf '  hull, default network (veth, NAT, DNS) %8.1f\n  hull, no network                       %8.1f\n' "$net" "$nonet"
-printf '  podman run --rm (default bridge)       %8.1f\n' "$podman"
-printf '  networking adds %.1f ms; hull with network / podman: %.2f\n' \
-  "$(awk -v a="$net" -v b="$nonet" 'BEGIN {print a - b}')" "$(awk -v a="$net" -v b="$podman" 'BEGIN {print a / b}')"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-echo "{\"iter\": $ITER, \"hull_net_ms\": $net, \"hull_nonet_ms\": $nonet, \"podman_bridge_ms\": $podman, \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
-  > "$RESULTS/net-$STAMP.json"
+latency() {
+  : > "$TMP/lat"
+  echo "net: $ITER iterations of hull launch+exec with the default network, without, and podman run --rm (bridge)" >&2
+  for ((i = 0; i < ITER; i++)); do
+    t0=$EPOCHREALTIME
+    "$BIN/hull" launch busybox "n$i" >/dev/null
+    "$BIN/hull" exec "n$i" -- true
+    t1=$EPOCHREALTIME
+    "$BIN/hull" launch busybox "x$i" --no-profiles >/dev/null
+    "$BIN/hull" exec "x$i" -- true
+    t2=$EPOCHREALTIME
+    "${P[@]}" "${PR[@]}"
+    t3=$EPOCHREALTIME
+    "$BIN/hull" delete --force "n$i" "x$i" >/dev/null
+    echo "$(ms "$t0" "$t1") $(ms "$t1" "$t2") $(ms "$t2" "$t3")" >> "$TMP/lat"
+  done
+  net=$(awk '{print $1}' "$TMP/lat" | median)
+  nonet=$(awk '{print $2}' "$TMP/lat" | median)
+  podman=$(awk '{print $3}' "$TMP/lat" | median)
+  printf '\nlaunch + first exec, median of %d (ms):\n' "$ITER"
+  printf '  hull, default network (veth, NAT, DNS) %8.1f\n  hull, no network                       %8.1f\n' "$net" "$nonet"
+  printf '  podman run --rm (default bridge)       %8.1f\n' "$podman"
+  printf '  networking adds %.1f ms; hull with network / podman: %.2f\n' \
+    "$(awk -v a="$net" -v b="$nonet" 'BEGIN {print a - b}')" "$(awk -v a="$net" -v b="$podman" 'BEGIN {print a / b}')"
+  STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+  echo "{\"iter\": $ITER, \"hull_net_ms\": $net, \"hull_nonet_ms\": $nonet, \"podman_bridge_ms\": $podman, \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
+    > "$RESULTS/net-$STAMP.json"
+}
+
+# iperf3's received throughput in Gbit/s from its JSON report.
+gbits() { jq -r '.end.sum_received.bits_per_second / 1e9' | awk '{printf "%.2f", $1}'; }
+# The average round trip in ms of 50 pings (busybox's ping: no other is needed on the host).
+rtt() { busybox ping -q -c 50 -i 0.02 "$1" | sed -n 's|.*min/avg/max = [0-9.]*/\([0-9.]*\)/.*|\1|p'; }
+
+throughput() {
+  local libs ips pips r a b c d e f
+  # The same iperf3 for Podman: its binary and libraries in a rootfs of their own.
+  mkdir -p "$TMP/iperf-rootfs/usr/bin" "$TMP/iperf-rootfs/tmp"
+  cp /usr/bin/iperf3 "$TMP/iperf-rootfs/usr/bin/"
+  libs=$(ldd /usr/bin/iperf3 | grep -o '/[^ ]*')
+  for l in $libs; do mkdir -p "$TMP/iperf-rootfs$(dirname "$l")"; cp -L "$l" "$TMP/iperf-rootfs$l"; done
+  "$BIN/hull" launch host ips -- iperf3 -s >/dev/null
+  "$BIN/hull" launch host ipc -- sleep 100000 >/dev/null
+  ips=$("$BIN/hull" list -f json | jq -r '.[] | select(.name == "ips") | .config["volatile.eth0.ipv4.address"]')
+  "${P[@]}" run -d --name ips --rootfs "$TMP/iperf-rootfs" /usr/bin/iperf3 -s >/dev/null
+  pips=$("${P[@]}" inspect -f '{{.NetworkSettings.IPAddress}}' ips)
+  echo "throughput: hull server $ips, podman server $pips; $ROUNDS rounds of ${SECONDS_PER}s" >&2
+  sleep 1
+  : > "$TMP/tp"
+  for ((r = 0; r < ROUNDS; r++)); do
+    a=$(iperf3 -J -t "$SECONDS_PER" -c "$ips" | gbits)
+    b=$(iperf3 -J -t "$SECONDS_PER" -c "$pips" | gbits)
+    c=$("$BIN/hull" exec ipc -- iperf3 -J -t "$SECONDS_PER" -c "$ips" | gbits)
+    d=$("${P[@]}" run --rm --rootfs "$TMP/iperf-rootfs" /usr/bin/iperf3 -J -t "$SECONDS_PER" -c "$pips" | gbits)
+    e=$(rtt "$ips")
+    f=$(rtt "$pips")
+    echo "$a $b $c $d $e $f" >> "$TMP/tp"
+    echo "  round $r: host->c $a / $b Gbit/s, c->c $c / $d Gbit/s, ping $e / $f ms (hull / podman)" >&2
+  done
+  col() { awk -v k="$1" '{print $k}' "$TMP/tp" | median; }
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+  printf '\nthroughput and latency, median of %d rounds:            hull     podman   hull/podman\n' "$ROUNDS"
+  printf '  host -> container TCP (iperf3, Gbit/s)          %8.2f   %8.2f   %8s\n' "$(col 1)" "$(col 2)" \
+    "$(ratio "$(col 1)" "$(col 2)")"
+  printf '  container -> container TCP (iperf3, Gbit/s)     %8.2f   %8.2f   %8s\n' "$(col 3)" "$(col 4)" \
+    "$(ratio "$(col 3)" "$(col 4)")"
+  printf '  host -> container ping round trip (ms)          %8.3f   %8.3f   %8s\n' "$(col 5)" "$(col 6)" \
+    "$(ratio "$(col 5)" "$(col 6)")"
+  echo "{\"rounds\": $ROUNDS, \"seconds\": $SECONDS_PER, \"host_to_c_gbit\": [$(col 1), $(col 2)], \"c_to_c_gbit\": [$(col 3), $(col 4)], \"rtt_ms\": [$(col 5), $(col 6)], \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
+    > "$RESULTS/net-throughput-$(date -u +%Y%m%dT%H%M%SZ).json"
+  "${P[@]}" rm -f ips >/dev/null
+  "$BIN/hull" delete --force ips ipc >/dev/null
+}
+
+case "$MODE" in
+  latency) latency ;;
+  throughput) throughput ;;
+  all) latency; throughput ;;
+esac
