@@ -79,16 +79,18 @@ public static partial class CliApp
         {
             var name = NameArg();
             var dev = new Argument<string>("device") { Description = "Device name" };
-            var kv = new Argument<string[]>("key=value") { Arity = ArgumentArity.OneOrMore,
-                Description = "type=bind source=/host/dir path=/in/instance readonly=true" };
-            var add = new Command("add", "Add a device") { name, dev, kv };
+            var kv = new Argument<string[]>("[type] key=value") { Arity = ArgumentArity.OneOrMore,
+                Description = "The type first as Incus writes it, or as type=: "
+                    + "bind source=/host/dir path=/in/instance readonly=true" };
+            var add = new Command("add", "Add a device: hull config device add NAME DEVICE TYPE KEY=VALUE...")
+                { name, dev, kv };
             Act(add, async (pr, c, ct) =>
             {
                 var i = await c.GetInstanceAsync(pr.GetValue(name)!, ct);
                 var dn = pr.GetValue(dev)!;
                 if (i.Devices.ContainsKey(dn)) throw new CliException(
                     $"device '{dn}' already exists on '{i.Name}': remove it first or choose another name");
-                i.Devices[dn] = KeyValues(pr.GetValue(kv), "device key");
+                i.Devices[dn] = DeviceKeys(pr.GetValue(kv)!);
                 await c.UpdateInstanceAsync(i.Name, new InstancePut { Config = i.Config, Devices = i.Devices,
                     Profiles = i.Profiles }, ct);
                 return 0;
@@ -147,5 +149,16 @@ public static partial class CliApp
         }
         config.Subcommands.Add(device);
         return config;
+    }
+
+    /// <summary>A new device's keys: Incus's "TYPE key=value..." or "type=TYPE key=value...".</summary>
+    static Dictionary<string, string> DeviceKeys(string[] items)
+    {
+        if (items.Length == 0 || items[0].Contains('=')) return KeyValues(items, "device key");
+        var keys = KeyValues(items[1..], "device key");
+        if (keys.TryGetValue("type", out var t) && t != items[0]) throw new CliException(
+            $"device type given twice ('{items[0]}' and type={t}): give it once");
+        keys["type"] = items[0];
+        return keys;
     }
 }
