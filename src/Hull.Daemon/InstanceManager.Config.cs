@@ -35,6 +35,8 @@ public sealed partial class InstanceManager
                 _store.UpdateInstance(r);
                 throw;
             }
+            // Published ports and NIC filters apply at once, as Incus applies a proxy device to a running instance.
+            foreach (var net in NicNetworks(r).Union(NicNetworks(next))) RefreshDns(net);
         }
         _events.Lifecycle("instance-updated", name);
         return ToApi(next);
