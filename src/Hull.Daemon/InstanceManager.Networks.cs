@@ -399,7 +399,7 @@ public sealed partial class InstanceManager
         foreach (var r in _store.ListInstances().Where(r => r.State.IsLive()))
             foreach (var (dev, cfg) in Expand(r).Devices)
                 if (cfg.GetValueOrDefault("type") == "nic" && cfg.GetValueOrDefault("network") == network
-                    && Links.Link(VethName(r.Name, dev)) is not null)
+                    && cfg.GetValueOrDefault("nictype") != "routed" && Links.Link(VethName(r.Name, dev)) is not null)
                 {
                     TryDo(() => Links.SetMaster(VethName(r.Name, dev), network), r.Name);
                     TryDo(() => Links.SetUp(VethName(r.Name, dev), true), r.Name);
@@ -426,9 +426,10 @@ public sealed partial class InstanceManager
                 var mac = cfg.GetValueOrDefault("hwaddr") is { Length: > 0 } m ? m
                     : r.Config.GetValueOrDefault(NicDevice.HwAddrKey(dev)) ?? "";
                 var ipv4Filter = cfg.GetValueOrDefault(NicDevice.Ipv4FilteringKey) == "true";
-                list.Add(new NicLease(r.Name, dev, mac, v4, v4 is null || s?.Ipv6 is null ? null : Ipv6For(s.Ipv6.Value,
-                    v4), stat is not null, ipv4Filter || cfg.GetValueOrDefault(NicDevice.MacFilteringKey) == "true",
-                    ipv4Filter));
+                var macFilter = ipv4Filter || cfg.GetValueOrDefault(NicDevice.MacFilteringKey) == "true";
+                var routed = cfg.GetValueOrDefault("nictype") == "routed"; // IPv4 only
+                var v6 = v4 is null || s?.Ipv6 is null || routed ? (IPAddress?)null : Ipv6For(s.Ipv6.Value, v4);
+                list.Add(new NicLease(r.Name, dev, mac, v4, v6, stat is not null, macFilter, ipv4Filter));
             }
         }
         return list;
@@ -447,7 +448,8 @@ public sealed partial class InstanceManager
             var s = NetworkConfig.Parse(n.Config);
             var ifname = cfg.GetValueOrDefault("name") is { Length: > 0 } nm ? nm : "eth0";
             if (Leases(net).FirstOrDefault(l => l.Instance == r.Name && l.Device == dev) is not { } l) continue;
-            if (l.Ipv4 is { } a4) list.Add($"{ifname} inet {a4}/{s.Ipv4!.Value.Prefix} ({net})");
+            var prefix = cfg.GetValueOrDefault("nictype") == "routed" ? 32 : s.Ipv4!.Value.Prefix;
+            if (l.Ipv4 is { } a4) list.Add($"{ifname} inet {a4}/{prefix} ({net})");
             if (l.Ipv6 is { } a6) list.Add($"{ifname} inet6 {a6}/{s.Ipv6!.Value.Prefix} ({net})");
         }
         return list.Count > 0 ? list : null;
@@ -569,6 +571,9 @@ public sealed partial class InstanceManager
     {
         var nics = spec.Devices.OfType<NicDevice>().ToList();
         if (nics.Count == 0) return;
+        if (r.Type != InstanceTypes.Container && nics.FirstOrDefault(n => n.Routed) is { } vmRouted)
+            throw new InstanceException($"device '{vmRouted.Name}': nictype=routed is for containers; a VM's NIC " +
+                "joins the network's bridge: remove the nictype key");
         var kept = new Dictionary<string, string>(r.Config);
         NicSpec? first = null;
         string? domain = null;
@@ -591,7 +596,12 @@ public sealed partial class InstanceManager
             if (Links.Link(hostName) is not null) Links.DeleteLink(hostName); // left by a crash
             var mtu = nic.Config.TryGetValue("mtu", out var m) && m.Length > 0
                 ? int.Parse(m, CultureInfo.InvariantCulture) : s.Mtu;
-            rc.Nic = new NicSpec
+            // A routed NIC holds its address alone (a /32, routed to it by the host) and is IPv4 only.
+            rc.Nic = nic.Routed ? new NicSpec
+            {
+                Name = nic.InterfaceName, HostName = hostName, Routed = true, HwAddr = mac, Mtu = mtu,
+                Ipv4 = v4 is null ? null : $"{v4}/32", Gateway4 = s.Ipv4?.Address.ToString(),
+            } : new NicSpec
             {
                 Name = nic.InterfaceName, HostName = hostName, Bridge = nic.Network, HwAddr = mac,
                 Mtu = mtu, Ipv4 = v4 is null ? null : $"{v4}/{s.Ipv4!.Value.Prefix}",
@@ -697,6 +707,11 @@ public sealed partial class InstanceManager
         }
         foreach (var n in nets) RefreshDns(n);
     }
+
+    /// <summary>The networks an instance's NICs (its own and its profiles') are on.</summary>
+    IEnumerable<string> NicNetworks(InstanceRecord r) => Expand(r).Devices.Values
+        .Where(d => d.GetValueOrDefault("type") == "nic" && d.GetValueOrDefault("network") is { Length: > 0 })
+        .Select(d => d["network"]).Distinct(StringComparer.Ordinal);
 
     /// <summary>The NIC keys hulld keeps in an instance's config (a copy must not take them).</summary>
     static Dictionary<string, string> WithoutNicVolatile(Dictionary<string, string> config) =>

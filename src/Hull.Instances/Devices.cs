@@ -35,13 +35,17 @@ public sealed class DeviceRunConfig
 /// <summary>
 /// A NIC as the engine makes it: for a container, a veth pair whose end <see cref="Name"/> is made directly in the
 /// container's network namespace before the container's process starts (with its MAC, addresses and default routes)
-/// and whose host end <see cref="HostName"/> joins the bridge, up.
+/// and whose host end <see cref="HostName"/> joins the bridge, up. A <see cref="Routed"/> NIC joins no bridge: the
+/// host routes the instance's address (a /32) to the host end, and the instance reaches the gateway on-link through
+/// it (the host answers ARP for its own addresses on any interface).
 /// </summary>
 public sealed class NicSpec
 {
     public string Name { get; set; } = "eth0";
     public string HostName { get; set; } = "";
+    /// <summary>The bridge the host end joins; empty for a routed NIC.</summary>
     public string Bridge { get; set; } = "";
+    public bool Routed { get; set; }
     public string HwAddr { get; set; } = "";
     public int Mtu { get; set; }
     /// <summary>The instance's IPv4 address with the subnet's prefix ("10.0.3.17/24"); null: none.</summary>
@@ -247,10 +251,11 @@ public sealed class BindDevice(string name, IReadOnlyDictionary<string, string> 
 }
 
 /// <summary>
-/// A network interface on a managed network (Incus's nic device, nictype=bridged): keys network, name (default
-/// eth0), hwaddr (default: made once and kept as volatile.DEVICE.hwaddr), ipv4.address (static; default: allocated by
-/// hulld and kept as volatile.DEVICE.ipv4.address), mtu. hulld resolves the network and fills in the engine's
-/// <see cref="NicSpec"/>.
+/// A network interface on a managed network (Incus's nic device): keys nictype (bridged, the default, or routed),
+/// network, name (default eth0), hwaddr (default: made once and kept as volatile.DEVICE.hwaddr), ipv4.address
+/// (static; default: allocated by hulld from the network's subnet and kept as volatile.DEVICE.ipv4.address), mtu.
+/// A routed NIC (containers only) is a veth that joins no bridge: the host routes its address to it, so a host is not
+/// bound by a bridge's 1024 ports. hulld resolves the network and fills in the engine's <see cref="NicSpec"/>.
 /// </summary>
 public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> config) : IDevice
 {
@@ -262,6 +267,7 @@ public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> c
     public IReadOnlyDictionary<string, string> Config { get; } = config;
     public string InterfaceName => Config.TryGetValue("name", out var n) && n.Length > 0 ? n : "eth0";
     public string Network => Config.GetValueOrDefault("network") ?? "";
+    public bool Routed => Config.GetValueOrDefault("nictype") == "routed";
 
     /// <summary>The instance config keys hulld keeps for a NIC (a copy gets new ones).</summary>
     public static string HwAddrKey(string device) => $"volatile.{device}.hwaddr";
@@ -270,8 +276,9 @@ public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> c
     public void Validate()
     {
         DeviceFactory.CheckKeys(Name, Config, Keys);
-        if (Config.TryGetValue("nictype", out var t) && t.Length > 0 && t != "bridged")
-            throw new InstanceException($"device '{Name}': nictype='{t}' is not supported: use bridged (the default)");
+        if (Config.TryGetValue("nictype", out var t) && t is not ("" or "bridged" or "routed"))
+            throw new InstanceException($"device '{Name}': nictype='{t}' is not supported: use bridged (the default) " +
+                "or routed");
         if (Network.Length == 0)
             throw new InstanceException($"device '{Name}': the key 'network' is missing: name a managed network " +
                 "('hull network list' shows them)");
@@ -294,8 +301,13 @@ public sealed class NicDevice(string name, IReadOnlyDictionary<string, string> c
             throw new InstanceException($"device '{Name}': mtu='{mtu}' is invalid: use a whole number from 1280 to " +
                 "65535");
         foreach (var key in new[] { MacFilteringKey, Ipv4FilteringKey })
+        {
             if (Config.TryGetValue(key, out var b) && b is not ("" or "true" or "false"))
                 throw new InstanceException($"device '{Name}': {key}='{b}' is invalid: use true or false");
+            if (Routed && b is { Length: > 0 })
+                throw new InstanceException($"device '{Name}': {key} is for bridged NICs; a routed NIC needs no " +
+                    "filter (the host drops what it sends from an address not its own): remove the key");
+        }
     }
 
     public static bool IsUnicastMac(string text)

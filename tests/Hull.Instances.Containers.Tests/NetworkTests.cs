@@ -427,18 +427,7 @@ public sealed class NetworkTests
         var net = NetName();
         using var d = new ContainerDaemon(defaultNetwork: net);
         var gw = Subnet(await d.Client.GetNetworkAsync(net)).Address;
-        // busybox init with an inittab makes each a system container: root with CAP_NET_ADMIN in its own user
-        // namespace, what an attacker needs to change its own MAC and address (application containers lack it).
-        void Boot(string name, string respawn, params string[] nicKeys)
-        {
-            Ok(d.Cli("init", "busybox", name), $"init {name}");
-            var tab = Path.GetTempFileName();
-            File.WriteAllText(tab, $"::respawn:{respawn}\n");
-            try { Ok(d.Cli("file", "push", tab, $"{name}/etc/inittab"), "push inittab"); }
-            finally { File.Delete(tab); }
-            if (nicKeys.Length > 0) Ok(d.Cli(["config", "device", "override", name, "eth0", .. nicKeys]), "override");
-            Ok(d.Cli("start", name), $"start {name}");
-        }
+        void Boot(string name, string respawn, params string[] nicKeys) => BootSystem(d, name, respawn, nicKeys);
         Boot("web", $"/bin/sh -c '{Httpd}'");
         Boot("victim", "/bin/sleep 1000");
         var victim = await d.Client.GetInstanceAsync("victim");
@@ -473,6 +462,118 @@ public sealed class NetworkTests
         Assert.NotEqual(0, Fetch("boxed", takeIp).Code);
         // The gateway (the host's DNS) is not reached with it either.
         Assert.NotEqual(0, Exec(d, "boxed", $"timeout 3 nslookup web.hull {gw}").Code);
+    }
+
+    /// <summary>busybox init with an inittab that respawns <paramref name="respawn"/> makes a system container: root
+    /// with CAP_NET_ADMIN in its own user namespace, what an attacker needs to change its own MAC and address
+    /// (application containers lack it). <paramref name="nicKeys"/> override keys of its eth0.</summary>
+    static void BootSystem(ContainerDaemon d, string name, string respawn, params string[] nicKeys)
+    {
+        Ok(d.Cli("init", "busybox", name), $"init {name}");
+        var tab = Path.GetTempFileName();
+        File.WriteAllText(tab, $"::respawn:{respawn}\n");
+        try { Ok(d.Cli("file", "push", tab, $"{name}/etc/inittab"), "push inittab"); }
+        finally { File.Delete(tab); }
+        if (nicKeys.Length > 0) Ok(d.Cli(["config", "device", "override", name, "eth0", .. nicKeys]), "override");
+        Ok(d.Cli("start", name), $"start {name}");
+    }
+
+    /// <summary>The host's count of packets dropped by reverse-path filtering (TcpExt IPReversePathFilter).</summary>
+    static long ReversePathDrops()
+    {
+        var lines = File.ReadAllLines("/proc/net/netstat").Where(l => l.StartsWith("TcpExt:", StringComparison.Ordinal))
+            .Select(l => l.Split(' ')).ToList();
+        var i = Array.IndexOf(lines[0], "IPReversePathFilter");
+        return long.Parse(lines[1][i], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>
+    /// nictype=routed: a veth that joins no bridge. The container holds its address alone (/32) with the gateway
+    /// on-link; the host routes the address to the veth. It reaches a bridged container by name, the host and the
+    /// bridged container reach it (proxy ARP on the bridge), a published port on 127.0.0.1 (added while it runs)
+    /// reaches it, and what it sends from an address not its own is dropped by the host's reverse-path filter before
+    /// it reaches anyone. Deleting it leaves no route and no veth.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_routed_nic_holds_its_address_alone_reaches_and_is_reached_and_cannot_spoof()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        var gw = Subnet(await d.Client.GetNetworkAsync(net)).Address;
+        Ok(d.Cli("launch", "busybox", "web", "--", "/bin/sh", "-c", Httpd), "launch web");
+        var web = await AddressOf(d, "web", net);
+        BootSystem(d, "rt", $"/bin/sh -c '{Httpd}'", "nictype=routed");
+        var rt = await AddressOf(d, "rt", net);
+        Assert.NotEqual(web, rt);
+
+        var inside = Exec(d, "rt", "ip -4 addr show eth0; ip -4 route");
+        Ok(inside, "ip addr");
+        Assert.Contains($"inet {rt}/32", inside.Out);
+        Assert.Contains($"default via {gw} dev eth0", inside.Out);
+        Assert.Contains($"eth0 inet {rt}/32 ({net})", d.Cli("info", "rt").Out);
+        var route = RunHost("ip", "-4", "route", "show", $"{rt}/32");
+        Assert.Matches(@"dev hv[0-9a-f]{10}", route);
+        var hostEnd = route.Split(' ')[2];
+        Assert.Null((await d.Client.GetNetworkStateAsync(net)).UpperDevices.FirstOrDefault(u => u == hostEnd));
+
+        // It reaches the bridged container by name, through the gateway's DNS.
+        var byName = Exec(d, "rt", "a=$(nslookup web.hull | sed -n 's/^Address: *\\([0-9.]*\\)$/\\1/p'); " +
+            "wget -q -O - http://$a/");
+        Ok(byName, "wget web by name");
+        Assert.Equal("hello-from-web\n", byName.Out);
+        // The host and the bridged container reach it.
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(20) };
+        Assert.Equal("hello-from-rt\n", await RetryGet(http, $"http://{rt}/"));
+        var fromWeb = Exec(d, "web", $"wget -q -O - http://{rt}/");
+        Ok(fromWeb, "wget rt from the bridged container");
+        Assert.Equal("hello-from-rt\n", fromWeb.Out);
+        // A published port on 127.0.0.1.
+        var port = FreePort();
+        Ok(d.Cli("config", "device", "add", "rt", "http", "proxy", $"listen=tcp:127.0.0.1:{port}",
+            "connect=tcp:127.0.0.1:80"), "add proxy");
+        Assert.Equal("hello-from-rt\n", await RetryGet(http, $"http://127.0.0.1:{port}/"));
+
+        // Its own address pings the bridged one; with another address of the subnet (the bridged one's, or a free
+        // one) its pings to the gateway are dropped on the host end by the reverse-path filter (the host's counter
+        // of such drops grows by each of them), so nothing it sends with a borrowed address is answered. The
+        // gateway's MAC is pinned first: the host does not answer ARP from a borrowed address either, and the pings
+        // must reach it to show the filter.
+        Ok(Exec(d, "rt", $"ping -c 1 -W 3 {web}"), "ping with its own address");
+        var hostMac = File.ReadAllText($"/sys/class/net/{hostEnd}/address").Trim();
+        foreach (var other in new[] { web.ToString(), Cidr.FromUInt(Cidr.ToUInt(rt) + 100).ToString() })
+        {
+            var drops0 = ReversePathDrops();
+            var spoof = Exec(d, "rt", $"ip addr flush dev eth0; ip addr add {other}/32 dev eth0; " +
+                $"ip route add {gw} dev eth0; ip route add default via {gw}; arp -s {gw} {hostMac}; " +
+                $"ping -c 10 -i 0.2 -W 1 {gw}; " +
+                $"ip addr flush dev eth0; ip addr add {rt}/32 dev eth0; ip route add {gw} dev eth0; " +
+                $"ip route add default via {gw}");
+            Assert.Contains("100% packet loss", spoof.Out);
+            var dropped = ReversePathDrops() - drops0;
+            Assert.True(dropped >= 10, $"the host's reverse-path filter dropped {dropped} of 10 pings from {other}");
+        }
+        Ok(Exec(d, "rt", $"ping -c 1 -W 3 {web}"), "ping with its own address again");
+
+        Ok(d.Cli("delete", "--force", "rt"), "delete rt");
+        Assert.Equal("", RunHost("ip", "-4", "route", "show", $"{rt}/32").Trim());
+        using var links = Rtnl.Open();
+        Assert.Null(links.Link(hostEnd));
+    }
+
+    /// <summary>A routed NIC takes no filtering keys (its host end filters by route); an unknown nictype is refused.
+    /// </summary>
+    [SkippableFact]
+    public void A_routed_nic_refuses_filter_keys()
+    {
+        var net = NetName();
+        using var d = new ContainerDaemon(defaultNetwork: net);
+        Ok(d.Cli("init", "busybox", "c1"), "init");
+        var r = d.Cli("config", "device", "override", "c1", "eth0", "nictype=routed", "security.mac_filtering=true");
+        Assert.NotEqual(0, r.Code);
+        Assert.Contains("security.mac_filtering is for bridged NICs", r.Err);
+        r = d.Cli("config", "device", "override", "c1", "eth0", "nictype=switched");
+        Assert.NotEqual(0, r.Code);
+        Assert.Contains("nictype='switched' is not supported: use bridged (the default) or routed", r.Err);
     }
 
     /// <summary>What networks leave on the host: veths of instances ("hv…"/"hp…"), Hull's nft tables, dnsmasq

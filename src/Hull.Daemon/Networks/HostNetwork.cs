@@ -82,6 +82,9 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
             // Published ports reach 127.0.0.1 too: the host's own packets to a loopback address may be routed out
             // of the bridge after DNAT (as Podman's netavark does).
             Sys.TryWriteFile($"/proc/sys/net/ipv4/conf/{Name}/route_localnet", "1", out _);
+            // Bridged instances reach routed ones (whose /32 routes lead out of other interfaces) by the host's ARP
+            // answers on the bridge.
+            Sys.TryWriteFile($"/proc/sys/net/ipv4/conf/{Name}/proxy_arp", "1", out _);
         }
         if (s.Ipv6 is not null)
             Sys.TryWriteFile("/proc/sys/net/ipv6/conf/all/forwarding", "1", out _);
@@ -105,21 +108,21 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         var sb = new StringBuilder(DropTables);
         sb.Append(CultureInfo.InvariantCulture, $"table inet {Table} {{\n");
         sb.Append("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+        // By destination, not by output interface: a routed NIC's traffic to the subnet leaves through its own veth.
         if (s.Ipv4 is { } v4 && s.Ipv4Nat)
             sb.Append(CultureInfo.InvariantCulture,
-                $"    ip saddr {v4.SubnetText} oifname != \"{br}\" masquerade\n");
+                $"    ip saddr {v4.SubnetText} ip daddr != {v4.SubnetText} masquerade\n");
         if (s.Ipv6 is { } v6 && s.Ipv6Nat)
             sb.Append(CultureInfo.InvariantCulture,
                 $"    ip6 saddr {v6.SubnetText} oifname != \"{br}\" masquerade\n");
-        if (ports.Count > 0)
+        if (ports.Count > 0 && s.Ipv4 is { } h4)
         {
             sb.Append(CultureInfo.InvariantCulture,
-                $"    oifname \"{br}\" ip saddr 127.0.0.0/8 masquerade\n");
-            // Hairpin: an instance reaching a published port of another on the same bridge gets the answer back
+                $"    ip daddr {h4.SubnetText} ip saddr 127.0.0.0/8 masquerade\n");
+            // Hairpin: an instance reaching a published port of another on the same network gets the answer back
             // through the host.
-            if (s.Ipv4 is { } h4)
-                sb.Append(CultureInfo.InvariantCulture,
-                    $"    oifname \"{br}\" ip saddr {h4.SubnetText} ct status dnat masquerade\n");
+            sb.Append(CultureInfo.InvariantCulture,
+                $"    ip daddr {h4.SubnetText} ip saddr {h4.SubnetText} ct status dnat masquerade\n");
         }
         sb.Append("  }\n");
         if (ports.Count > 0)
@@ -142,11 +145,12 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         // route_localnet (for published ports on 127.0.0.1) would also let an instance send packets to the host's
         // loopback services through the bridge (as CVE-2020-8558 did to Kubernetes): nothing from the bridge to
         // 127.0.0.0/8 is taken, before conntrack (replies to the host's own forwarded connections still carry the
-        // bridge's address at that point).
+        // bridge's address at that point). Routed NICs' veths ("hv…", route_localnet too) are guarded alike.
         sb.Append(CultureInfo.InvariantCulture, $$"""
               chain guard {
                 type filter hook prerouting priority raw; policy accept;
                 iifname "{{br}}" ip daddr 127.0.0.0/8 drop
+                iifname "hv*" ip daddr 127.0.0.0/8 drop
               }
               chain forward {
                 type filter hook forward priority filter; policy accept;

@@ -9,8 +9,10 @@ namespace Hull.Instances.Containers;
 /// directly in the container's network namespace (the init's, owned by the container's user namespace when
 /// unprivileged) under its name there (not moved there afterwards, which costs the kernel an RCU grace period) and
 /// its host end joins the bridge; inside, the peer gets its addresses and comes up, with default routes through the
-/// network's gateway. Netlink only: no program is run. On failure the host ends made are deleted (the peers go with
-/// them).
+/// network's gateway. A routed NIC's host end joins no bridge: the host routes the instance's /32 to it, drops what
+/// arrives on it from another source (rp_filter), and answers the instance's ARP for the gateway (an address of the
+/// host's). Netlink and /proc/sys only: no program is run. On failure the host ends made are deleted (the peers and
+/// routes go with them).
 /// </summary>
 static class ContainerNics
 {
@@ -35,6 +37,11 @@ static class ContainerNics
                     MacAddress.TryParse(n.HwAddr, out var mac);
                     _host.CreateVeth(n.HostName, n.Name, n.Mtu, ns, mac.Length == 6 ? mac : null);
                     made.Add(n.HostName);
+                    if (n.Routed)
+                    {
+                        RoutedHostEnd(n);
+                        continue;
+                    }
                     _host.SetMaster(n.HostName, n.Bridge);
                     _host.SetUp(n.HostName, true);
                 }
@@ -45,6 +52,8 @@ static class ContainerNics
                 if (n.Ipv4 is { } a4) AddAddress(inside, n.Name, a4);
                 if (n.Ipv6 is { } a6) AddAddress(inside, n.Name, a6);
                 inside.SetUp(n.Name, true);
+                // A routed NIC's address is alone in its /32: the gateway is reached on-link.
+                if (n.Routed && n.Gateway4 is { } gw) inside.AddRoute(IPAddress.Parse(gw), 32, null, n.Name);
             }
             // One default route per family: through the first NIC that has a gateway of it.
             if (nics.FirstOrDefault(n => n.Ipv4 is not null && n.Gateway4 is not null) is { } g4)
@@ -59,6 +68,20 @@ static class ContainerNics
                     try { _host!.DeleteLink(h); } catch (LinuxException) { }
             throw;
         }
+    }
+
+    static void RoutedHostEnd(NicSpec n)
+    {
+        var conf = $"/proc/sys/net/ipv4/conf/{n.HostName}/";
+        // Strict reverse-path filtering: the instance cannot send from an address the host does not route to it.
+        // route_localnet: published ports on 127.0.0.1 reach it (the table's guard drops its own packets to 127/8).
+        foreach (var (key, value) in new[] { ("rp_filter", "1"), ("route_localnet", "1") })
+            if (!Sys.TryWriteFile(conf + key, value, out var errno))
+                throw new InstanceException($"routed NIC {n.Name}: setting {conf}{key} failed: " +
+                    $"{Errors.Describe(errno)}");
+        _host!.SetUp(n.HostName, true);
+        if (n.Ipv4 is { } a4)
+            _host.AddRoute(IPAddress.Parse(a4[..a4.IndexOf('/')]), 32, null, n.HostName);
     }
 
     static void AddAddress(INetLinks links, string dev, string cidr)
