@@ -85,8 +85,8 @@ public sealed partial class InstanceManager
             foreach (var dev in p.Devices.Values)
                 if (dev.GetValueOrDefault("type") == "nic" && dev.GetValueOrDefault("network") is { } net)
                     Add(net, $"profile {p.Name}");
-        foreach (var r in _store.ListInstances())
-            foreach (var dev in Expand(r, profiles).Devices.Values)
+        foreach (var (r, devices) in AllExpanded())
+            foreach (var dev in devices.Values)
                 if (dev.GetValueOrDefault("type") == "nic" && dev.GetValueOrDefault("network") is { } net)
                     Add(net, $"instance {r.Name}");
         return d;
@@ -396,8 +396,8 @@ public sealed partial class InstanceManager
     /// <summary>After the bridge was made again: the host ends of running instances' NICs join it again.</summary>
     void ReattachVeths(string network)
     {
-        foreach (var r in _store.ListInstances().Where(r => r.State.IsLive()))
-            foreach (var (dev, cfg) in Expand(r).Devices)
+        foreach (var (r, devices) in AllExpanded().Where(e => e.Record.State.IsLive()))
+            foreach (var (dev, cfg) in devices)
                 if (cfg.GetValueOrDefault("type") == "nic" && cfg.GetValueOrDefault("network") == network
                     && cfg.GetValueOrDefault("nictype") != "routed" && Links.Link(VethName(r.Name, dev)) is not null)
                 {
@@ -412,11 +412,10 @@ public sealed partial class InstanceManager
     {
         var list = new List<NicLease>();
         var s = _store.GetNetwork(network) is { } n ? NetworkConfig.Parse(n.Config) : null;
-        var profiles = ProfilesByName();
-        foreach (var r in _store.ListInstances())
+        foreach (var (r, devices) in AllExpanded())
         {
             if (runningOnly && !r.State.IsLive() && r.State != InstanceState.Starting) continue;
-            foreach (var (dev, cfg) in Expand(r, profiles).Devices)
+            foreach (var (dev, cfg) in devices)
             {
                 if (cfg.GetValueOrDefault("type") != "nic" || cfg.GetValueOrDefault("network") != network) continue;
                 var stat = cfg.GetValueOrDefault("ipv4.address") is { Length: > 0 } sa ? IPAddress.Parse(sa) : null;
@@ -468,16 +467,16 @@ public sealed partial class InstanceManager
     List<PortForward> Ports(string network, List<NicLease> leases)
     {
         var list = new List<PortForward>();
-        var profiles = ProfilesByName();
-        foreach (var r in _store.ListInstances())
+        Dictionary<(string, string), NicLease>? byNic = null;
+        foreach (var (r, devs) in AllExpanded())
         {
             if (!r.State.IsLive() && r.State != InstanceState.Starting) continue;
-            var devs = Expand(r, profiles).Devices;
+            if (!devs.Values.Any(d => d.GetValueOrDefault("type") == "proxy")) continue;
             var nic = devs.Where(d => d.Value.GetValueOrDefault("type") == "nic").OrderBy(d => d.Key,
                 StringComparer.Ordinal).FirstOrDefault();
             if (nic.Value?.GetValueOrDefault("network") != network) continue;
-            if (leases.FirstOrDefault(l => l.Instance == r.Name && l.Device == nic.Key)?.Ipv4 is not { } target)
-                continue;
+            byNic ??= leases.ToDictionary(l => (l.Instance, l.Device));
+            if (byNic.GetValueOrDefault((r.Name, nic.Key))?.Ipv4 is not { } target) continue;
             foreach (var (dev, cfg) in devs.Where(d => d.Value.GetValueOrDefault("type") == "proxy"))
             {
                 ProxyDevice p;
@@ -533,9 +532,8 @@ public sealed partial class InstanceManager
         }
         var profiles = ProfilesByName();
         var ownBefore = _store.GetInstance(r.Name) is { } old ? Expand(old, profiles).Devices : [];
-        foreach (var o in _store.ListInstances().Where(o => o.Name != r.Name))
-            foreach (var (dev, cfg) in Expand(o, profiles).Devices.Where(d => d.Value.GetValueOrDefault("type") ==
-                "proxy"))
+        foreach (var (o, theirs) in AllExpanded().Where(e => e.Record.Name != r.Name))
+            foreach (var (dev, cfg) in theirs.Where(d => d.Value.GetValueOrDefault("type") == "proxy"))
             {
                 ProxyDevice op;
                 try { op = new ProxyDevice(dev, cfg); op.Validate(); } catch (InstanceException) { continue; }

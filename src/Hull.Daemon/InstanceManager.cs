@@ -24,6 +24,7 @@ public sealed partial class InstanceManager
     readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new();
     readonly ConcurrentDictionary<string, CancellationTokenSource> _watchers = new();
     readonly CancellationToken _shutdown;
+    readonly ExpandedInstances _expanded = new();
 
     public InstanceManager(string stateDir, Store store, ImageStore images, EventHub events,
         IEnumerable<IInstanceDriver> drivers, CancellationToken shutdown)
@@ -33,6 +34,7 @@ public sealed partial class InstanceManager
         _instancesDir = Path.Combine(stateDir, "instances");
         Directory.CreateDirectory(_instancesDir);
         _drivers = drivers.ToDictionary(d => d.Type);
+        store.InstanceChanged += _expanded.MarkStale;
     }
 
     public IReadOnlyCollection<string> Types => _drivers.Keys.ToList();
@@ -74,6 +76,15 @@ public sealed partial class InstanceManager
             if (profiles.TryGetValue(p, out var pr)) layers.Add((pr.Config, pr.Devices));
         layers.Add((r.Config, r.Devices));
         return ConfigSchema.Expand(layers);
+    }
+
+    /// <summary>Every instance with its expanded devices, from memory (see <see cref="ExpandedInstances"/>): for the
+    /// code that reads them all on each start and stop. Read-only.</summary>
+    List<ExpandedInstances.Entry> AllExpanded()
+    {
+        Dictionary<string, ProfileRecord>? profiles = null;
+        return _expanded.All(_store.ListInstances, _store.GetInstance, r => Expand(r, profiles ??= ProfilesByName())
+            .Devices);
     }
 
     public Instance ToApi(InstanceRecord r, Dictionary<string, ProfileRecord>? profiles = null)

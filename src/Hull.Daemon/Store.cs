@@ -92,6 +92,10 @@ public sealed class Store : IDisposable
     readonly SqliteConnection _db;
     readonly Lock _lock = new();
 
+    /// <summary>Raised after a write to an instance (its name) or to a profile (null: any instance's expanded view
+    /// may have changed), once the write has committed.</summary>
+    public event Action<string?>? InstanceChanged;
+
     /// <summary>The schema, one migration a step; never edit a shipped step, add a new one.</summary>
     static readonly string[] Migrations =
     [
@@ -352,6 +356,7 @@ public sealed class Store : IDisposable
     /// <summary>Inserts a new instance; false if the name is taken.</summary>
     public bool InsertInstance(InstanceRecord i)
     {
+        bool inserted;
         lock (_lock)
         {
             using var cmd = Cmd($"INSERT OR IGNORE INTO instances ({InstanceCols}) VALUES " +
@@ -361,8 +366,10 @@ public sealed class Store : IDisposable
                 ("$p", J(i.Profiles)), ("$s", i.State.ToWire()), ("$cr", T(i.Created)),
                 ("$lu", i.LastUsed is { } lu ? T(lu) : null),
                 ("$pe", i.Pending?.Word()), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
-            return Run(cmd) == 1;
+            inserted = Run(cmd) == 1;
         }
+        if (inserted) InstanceChanged?.Invoke(i.Name);
+        return inserted;
     }
 
     public void UpdateInstance(InstanceRecord i)
@@ -378,16 +385,21 @@ public sealed class Store : IDisposable
                 ("$pe", i.Pending?.Word()), ("$pid", i.Pid), ("$ec", i.LastExitCode), ("$sm", i.StatusMessage));
             if (Run(cmd) != 1) throw new InvalidOperationException($"instance {i.Name} vanished from the store");
         }
+        InstanceChanged?.Invoke(i.Name);
     }
 
     public bool RenameInstance(string from, string to)
     {
+        bool renamed;
         lock (_lock)
         {
             using var cmd = Cmd("UPDATE OR IGNORE instances SET name=$to WHERE name=$from", ("$from", from),
                 ("$to", to));
-            return Run(cmd) == 1;
+            renamed = Run(cmd) == 1;
         }
+        InstanceChanged?.Invoke(from);
+        InstanceChanged?.Invoke(to);
+        return renamed;
     }
 
     public void DeleteInstance(string name)
@@ -397,6 +409,7 @@ public sealed class Store : IDisposable
             using var cmd = Cmd("DELETE FROM instances WHERE name=$n", ("$n", name));
             Run(cmd);
         }
+        InstanceChanged?.Invoke(name);
     }
 
     // ---- snapshots ----
@@ -483,13 +496,16 @@ public sealed class Store : IDisposable
 
     public bool InsertProfile(ProfileRecord p)
     {
+        bool inserted;
         lock (_lock)
         {
             using var cmd = Cmd("INSERT OR IGNORE INTO profiles (name, description, config, devices) VALUES " +
                 "($n,$de,$c,$d)",
                 ("$n", p.Name), ("$de", p.Description), ("$c", J(p.Config)), ("$d", J(p.Devices)));
-            return Run(cmd) == 1;
+            inserted = Run(cmd) == 1;
         }
+        InstanceChanged?.Invoke(null);
+        return inserted;
     }
 
     public void UpdateProfile(ProfileRecord p)
@@ -500,6 +516,7 @@ public sealed class Store : IDisposable
                 ("$n", p.Name), ("$de", p.Description), ("$c", J(p.Config)), ("$d", J(p.Devices)));
             Run(cmd);
         }
+        InstanceChanged?.Invoke(null);
     }
 
     public void DeleteProfile(string name)
@@ -509,6 +526,7 @@ public sealed class Store : IDisposable
             using var cmd = Cmd("DELETE FROM profiles WHERE name=$n", ("$n", name));
             Run(cmd);
         }
+        InstanceChanged?.Invoke(null);
     }
 
     // ---- networks ----

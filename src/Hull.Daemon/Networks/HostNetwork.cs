@@ -361,26 +361,40 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         if (signal && changed && DnsmasqPid() is { } pid) Libc.kill(pid, Signals.SIGHUP);
     }
 
+    /// <summary>What <see cref="Sync"/> last wrote in each dir, with the dir's mtime after it: a dir not changed
+    /// since is not read again (a start among thousands of instances would otherwise read a file of each).</summary>
+    static readonly Dictionary<string, (DateTime Mtime, Dictionary<string, string> Files)> Written = [];
+    static readonly Lock WrittenLock = new();
+
     /// <summary>Makes <paramref name="dir"/> hold exactly these files (name → text), each written whole by a rename;
     /// true if anything changed.</summary>
     static bool Sync(string dir, Dictionary<string, string> want)
     {
         Directory.CreateDirectory(dir);
         Libc.chmod(dir, 0b111_101_101);
-        var changed = false;
-        foreach (var f in Directory.GetFiles(dir))
-            if (!want.ContainsKey(Path.GetFileName(f))) { File.Delete(f); changed = true; }
-        foreach (var (inst, text) in want)
+        lock (WrittenLock)
         {
-            var path = Path.Combine(dir, inst);
-            if (File.Exists(path) && File.ReadAllText(path) == text) continue;
-            var tmp = path + ".tmp";
-            File.WriteAllText(tmp, text);
-            Libc.chmod(tmp, 0b110_100_100);
-            File.Move(tmp, path, overwrite: true);
-            changed = true;
+            var had = Written.TryGetValue(dir, out var w) && w.Mtime == Directory.GetLastWriteTimeUtc(dir) ? w.Files
+                : Directory.GetFiles(dir).ToDictionary(f => Path.GetFileName(f), File.ReadAllText);
+            var changed = false;
+            foreach (var name in had.Keys.Where(n => !want.ContainsKey(n)))
+            {
+                File.Delete(Path.Combine(dir, name));
+                changed = true;
+            }
+            foreach (var (inst, text) in want)
+            {
+                if (had.TryGetValue(inst, out var old) && old == text) continue;
+                var path = Path.Combine(dir, inst);
+                var tmp = path + ".tmp";
+                File.WriteAllText(tmp, text);
+                Libc.chmod(tmp, 0b110_100_100);
+                File.Move(tmp, path, overwrite: true);
+                changed = true;
+            }
+            Written[dir] = (Directory.GetLastWriteTimeUtc(dir), want);
+            return changed;
         }
-        return changed;
     }
 
     /// <summary>dnsmasq's DHCP leases: (expiry, MAC, address, hostname).</summary>
