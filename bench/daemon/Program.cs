@@ -1,11 +1,13 @@
 // hulld scale benchmark (driven by bench/daemon/run.sh against a hulld it started):
 //   scale   --socket S --hull PATH --pid HULLD_PID --count N [--running K] [--rest stop|init] [--step S] [--list-runs
-//   R] [--json FILE]
+//   R] [--net none|bridge|routed] [--json FILE]
 //     launches N busybox containers one after another through the SDK (create + start, waiting for the operation),
 //     keeps the first K running (K defaults to N); each later one is stopped right after its launch (--rest stop) or
 //     only created, not started (--rest init: the time is then the create alone); reports the
 //     per-launch latency per step, growth (median of the last step / median of the first), `hull list` wall time
-//     (the NativeAOT CLI, process start included) and hulld's RSS when idle, at 1,000 and at N instances.
+//     (the NativeAOT CLI, process start included) and hulld's RSS when idle, at 1,000 and at N instances. With
+//     --net bridge or routed, each container gets eth0 on a network "hbench" (a free 10.X.0.0/16, IPv4 only) made
+//     for the run: a veth on its bridge (at most 1024 per bridge) or a routed veth (nictype=routed, no bridge).
 //   cleanup --socket S [--prefix P]
 //     force-deletes every instance (whose name starts with P) on that hulld, two at a time.
 using System.Diagnostics;
@@ -48,7 +50,38 @@ async Task<int> Cleanup()
     });
     Console.WriteLine($"cleanup: deleted {names.Count - failed} instances in {sw.Elapsed.TotalSeconds:0.0} s"
         + (failed > 0 ? $", {failed} failed" : ""));
+    if ((await client.ListNetworksAsync()).Any(n => n.Name == "hbench"))
+    {
+        var p = await client.GetProfileAsync("default");
+        p.Devices.Remove("eth0");
+        await client.UpdateProfileAsync("default", new ProfilePut { Description = p.Description, Config = p.Config,
+            Devices = p.Devices });
+        await client.DeleteNetworkAsync("hbench");
+    }
     return failed == 0 ? 0 : 1;
+}
+
+// A network of the run's own with room for 10,000 addresses, on the default profile's eth0.
+async Task MakeNetwork(string nictype)
+{
+    for (var attempt = 0; ; attempt++)
+    {
+        var subnet = $"10.{Random.Shared.Next(100, 250)}.0.1/16";
+        try
+        {
+            await client.CreateNetworkAsync(new NetworkCreateRequest { Name = "hbench", Config = new()
+                { ["ipv4.address"] = subnet, ["ipv6.address"] = "none" } });
+            Console.WriteLine($"network hbench: {subnet}, NICs {nictype}");
+            break;
+        }
+        catch (HullException e) when (e.StatusCode == 409 && attempt < 20) { } // the subnet clashes: another
+    }
+    var p = await client.GetProfileAsync("default");
+    var nic = new Dictionary<string, string> { ["type"] = "nic", ["network"] = "hbench", ["name"] = "eth0" };
+    if (nictype == "routed") nic["nictype"] = "routed";
+    p.Devices["eth0"] = nic;
+    await client.UpdateProfileAsync("default", new ProfilePut { Description = p.Description, Config = p.Config,
+        Devices = p.Devices });
 }
 
 async Task<int> Scale()
@@ -62,6 +95,8 @@ async Task<int> Scale()
     var rest = Opt("rest", "stop");
     if (rest is not ("stop" or "init")) throw new ArgumentException(
         "--rest is stop (launch, then stop) or init (create without starting)");
+    var net = Opt("net", "none");
+    if (net is not ("none" or "bridge" or "routed")) throw new ArgumentException("--net is none, bridge or routed");
     var json = new StringBuilder("{");
     void J(string key, string value) => json.Append(json.Length > 1 ? "," : "").Append('"').Append(key).Append(
         "\":").Append(value);
@@ -70,7 +105,8 @@ async Task<int> Scale()
     Console.WriteLine($"scale: {n} containers, the first {Math.Min(running, n)} launched and kept running" +
         (n > running ? (rest == "stop" ? ", later ones stopped right after their launch"
             : ", later ones created without starting (init)") : ""));
-    J("rest", $"\"{rest}\"");
+    J("rest", $"\"{rest}\""); J("net", $"\"{net}\"");
+    if (net != "none") await MakeNetwork(net);
     var idle = Rss(pid);
     Console.WriteLine($"hulld RSS idle: {idle / 1024.0:0.0} MiB");
     J("count", n.ToString(CultureInfo.InvariantCulture)); J("running",

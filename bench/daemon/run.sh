@@ -9,6 +9,7 @@
 #   REST=stop      scale: stop each later one right after its launch, or REST=init: only create it (not started)
 #   STEP=100       scale: report the per-launch latency every STEP launches (growth = last STEP vs first STEP)
 #   LIST_RUNS=5    scale: `hull list` runs per checkpoint (1000 and N instances)
+#   NET=none       scale: none, bridge (eth0 on a bridge network of the run's own) or routed (nictype=routed NICs)
 #   OUT=DIR        where the bin dir is (default out/bin)
 # It starts its own hulld (own socket and state dir in a temporary directory), raises kernel limits for the run and
 # restores them, and on exit, error or Ctrl-C deletes every instance, stops hulld, unmounts what is left under its
@@ -22,6 +23,7 @@ RUNNING=${RUNNING:-1000}
 REST=${REST:-stop}
 STEP=${STEP:-100}
 LIST_RUNS=${LIST_RUNS:-5}
+NET=${NET:-none}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$(cd "${OUT:-$REPO/out/bin}" && pwd)
 RESULTS=$REPO/artifacts/bench
@@ -171,7 +173,8 @@ latency() {
 scale() {
   local r=$RUNNING; [ "$r" -le "$N" ] || r=$N
   dotnet "$BENCH_BIN/Hull.Daemon.Bench.dll" scale --socket "$SOCK" --hull "$BIN/hull" --pid "$HULLD_PID" \
-    --count "$N" --running "$r" --rest "$REST" --step "$STEP" --list-runs "$LIST_RUNS" --json "$TMP/scale.json"
+    --count "$N" --running "$r" --rest "$REST" --step "$STEP" --list-runs "$LIST_RUNS" --net "$NET" \
+    --json "$TMP/scale.json"
   echo "  ,\"scale\": $(cat "$TMP/scale.json")" >> "$JSON"
   local t0; t0=$EPOCHREALTIME
   dotnet "$BENCH_BIN/Hull.Daemon.Bench.dll" cleanup --socket "$SOCK"
