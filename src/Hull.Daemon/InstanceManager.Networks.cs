@@ -428,7 +428,8 @@ public sealed partial class InstanceManager
                 var macFilter = ipv4Filter || cfg.GetValueOrDefault(NicDevice.MacFilteringKey) == "true";
                 var routed = cfg.GetValueOrDefault("nictype") == "routed"; // IPv4 only
                 var v6 = v4 is null || s?.Ipv6 is null || routed ? (IPAddress?)null : Ipv6For(s.Ipv6.Value, v4);
-                list.Add(new NicLease(r.Name, dev, mac, v4, v6, stat is not null, macFilter, ipv4Filter));
+                list.Add(new NicLease(r.Name, dev, mac, v4, v6, stat is not null, macFilter, ipv4Filter,
+                    Dhcp: r.Type != InstanceTypes.Container));
             }
         }
         return list;

@@ -10,8 +10,9 @@ namespace Hull.Daemon.Networks;
 
 /// <summary>An address an instance holds on a network, for DNS (hosts files), the leases list and the NIC's
 /// filtering (its security.* keys).</summary>
+/// <param name="Dhcp">the NIC asks for its address by DHCP (a VM's): dnsmasq gets a dhcp-host line for it</param>
 public sealed record NicLease(string Instance, string Device, string HwAddr, IPAddress? Ipv4, IPAddress? Ipv6,
-    bool Static, bool MacFiltering = false, bool Ipv4Filtering = false);
+    bool Static, bool MacFiltering = false, bool Ipv4Filtering = false, bool Dhcp = false);
 
 /// <summary>A published port: host address/port/protocol forwarded to an instance's address and port.</summary>
 public sealed record PortForward(string Instance, string Device, string Protocol, IPAddress? ListenAddress,
@@ -335,8 +336,11 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         File.Delete(PidFile);
     }
 
-    /// <summary>One hosts file per instance ("ADDRESS NAME.DOMAIN NAME") and one dhcp-host file ("MAC,ADDRESS,NAME"
-    /// per IPv4 NIC); dnsmasq re-reads on SIGHUP.</summary>
+    /// <summary>One hosts file per instance ("ADDRESS NAME.DOMAIN NAME") and one dhcp-host file per instance that
+    /// asks DHCP ("MAC,ADDRESS,NAME" per IPv4 NIC). dnsmasq watches both dirs (inotify) and reads new and changed
+    /// files itself; it forgets a dhcp-host only on SIGHUP, which re-reads every file, so that is sent only when a
+    /// dhcp-host file went or changed (a SIGHUP per launch made dnsmasq the bottleneck at thousands of instances).
+    /// </summary>
     public void WriteHosts(NetworkSettings s, IReadOnlyList<NicLease> leases, bool signal = true)
     {
         Directory.CreateDirectory(RunDir);
@@ -351,14 +355,15 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
             {
                 if (l.Ipv4 is { } a4) sb.Append(CultureInfo.InvariantCulture, $"{a4} {g.Key}.{s.Domain} {g.Key}\n");
                 if (l.Ipv6 is { } a6) sb.Append(CultureInfo.InvariantCulture, $"{a6} {g.Key}.{s.Domain} {g.Key}\n");
-                if (l.Ipv4 is { } d4 && l.HwAddr.Length > 0)
+                if (l.Dhcp && l.Ipv4 is { } d4 && l.HwAddr.Length > 0)
                     db.Append(CultureInfo.InvariantCulture, $"{l.HwAddr},{d4},{g.Key}\n");
             }
             hosts[g.Key] = sb.ToString();
             if (db.Length > 0) dhcp[g.Key] = db.ToString();
         }
-        var changed = Sync(HostsDir, hosts) | Sync(DhcpHostsDir, dhcp);
-        if (signal && changed && DnsmasqPid() is { } pid) Libc.kill(pid, Signals.SIGHUP);
+        Sync(HostsDir, hosts);
+        var replaced = Sync(DhcpHostsDir, dhcp);
+        if (signal && replaced && DnsmasqPid() is { } pid) Libc.kill(pid, Signals.SIGHUP);
     }
 
     /// <summary>What <see cref="Sync"/> last wrote in each dir, with the dir's mtime after it: a dir not changed
@@ -366,8 +371,9 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
     static readonly Dictionary<string, (DateTime Mtime, Dictionary<string, string> Files)> Written = [];
     static readonly Lock WrittenLock = new();
 
-    /// <summary>Makes <paramref name="dir"/> hold exactly these files (name → text), each written whole by a rename;
-    /// true if anything changed.</summary>
+    /// <summary>Makes <paramref name="dir"/> hold exactly these files (name → text), each written whole by a rename
+    /// from a dot file (dnsmasq's directory watch skips those); true if a file was deleted or rewritten (new files
+    /// alone give false).</summary>
     static bool Sync(string dir, Dictionary<string, string> want)
     {
         Directory.CreateDirectory(dir);
@@ -376,24 +382,24 @@ public sealed class HostNetwork(string name, string runDir, INetLinks links)
         {
             var had = Written.TryGetValue(dir, out var w) && w.Mtime == Directory.GetLastWriteTimeUtc(dir) ? w.Files
                 : Directory.GetFiles(dir).ToDictionary(f => Path.GetFileName(f), File.ReadAllText);
-            var changed = false;
+            var replaced = false;
             foreach (var name in had.Keys.Where(n => !want.ContainsKey(n)))
             {
                 File.Delete(Path.Combine(dir, name));
-                changed = true;
+                replaced = true;
             }
             foreach (var (inst, text) in want)
             {
-                if (had.TryGetValue(inst, out var old) && old == text) continue;
-                var path = Path.Combine(dir, inst);
-                var tmp = path + ".tmp";
+                var known = had.TryGetValue(inst, out var old);
+                if (known && old == text) continue;
+                var tmp = Path.Combine(dir, $".{inst}.tmp");
                 File.WriteAllText(tmp, text);
                 Libc.chmod(tmp, 0b110_100_100);
-                File.Move(tmp, path, overwrite: true);
-                changed = true;
+                File.Move(tmp, Path.Combine(dir, inst), overwrite: true);
+                replaced |= known;
             }
             Written[dir] = (Directory.GetLastWriteTimeUtc(dir), want);
-            return changed;
+            return replaced;
         }
     }
 
