@@ -37,6 +37,7 @@ static class ContainerNics
                     MacAddress.TryParse(n.HwAddr, out var mac);
                     _host.CreateVeth(n.HostName, n.Name, n.Mtu, ns, mac.Length == 6 ? mac : null);
                     made.Add(n.HostName);
+                    WithoutIpv6(n.HostName);
                     if (n.Routed)
                     {
                         RoutedHostEnd(n);
@@ -68,6 +69,19 @@ static class ContainerNics
                     try { _host!.DeleteLink(h); } catch (LinuxException) { }
             throw;
         }
+    }
+
+    /// <summary>
+    /// A host end needs no IPv6 of its own (a bridge port forwards IPv6 frames without it; a routed NIC is IPv4
+    /// only), and with it every host end adds a link-local address and fe80::/64 route to the host's table, whose
+    /// route lookups then walk one sibling per instance: launches slowed with the number running.
+    /// </summary>
+    static void WithoutIpv6(string hostName)
+    {
+        var path = $"/proc/sys/net/ipv6/conf/{hostName}/disable_ipv6";
+        if (!Directory.Exists("/proc/sys/net/ipv6")) return; // a kernel without IPv6
+        if (!Sys.TryWriteFile(path, "1", out var errno))
+            throw new InstanceException($"NIC host end {hostName}: setting {path} failed: {Errors.Describe(errno)}");
     }
 
     static void RoutedHostEnd(NicSpec n)
