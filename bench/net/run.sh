@@ -7,7 +7,10 @@
 #   bench/net/run.sh throughput iperf3 TCP throughput host->container and container->container, and the host's ping
 #                               round trip to a container; the same iperf3 binary in both (Hull's host image, a
 #                               Podman rootfs of /usr/bin/iperf3 and its libraries), rounds interleaved, medians
-#   bench/net/run.sh all        both
+#   bench/net/run.sh vm         a VM (QEMU; TCG where KVM cannot run a stock kernel) next to a container on the same
+#                               network: HTTP download of 32 MiB from busybox httpd in each by the host (curl) and
+#                               the host's ping round trip to each, rounds interleaved, medians
+#   bench/net/run.sh all        all three
 # Environment:
 #   ITER=30        iterations of each (latency)
 #   ROUNDS=5       rounds of each (throughput), SECONDS_PER=5 seconds of iperf3 per round
@@ -17,7 +20,7 @@
 set -euo pipefail
 
 MODE=${1:-latency}
-case "$MODE" in latency|throughput|all) ;; *) echo "usage: bench/net/run.sh [latency|throughput|all]" >&2; exit 2;; esac
+case "$MODE" in latency|throughput|vm|all) ;; *) echo "usage: bench/net/run.sh [latency|throughput|vm|all]" >&2; exit 2;; esac
 ITER=${ITER:-30}
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER=${SECONDS_PER:-5}
@@ -166,8 +169,45 @@ throughput() {
   "$BIN/hull" delete --force ips ipc >/dev/null
 }
 
+# The address hulld keeps for an instance's eth0.
+addr_of() { "$BIN/hull" list -f json | jq -r --arg n "$1" '.[] | select(.name == $n) | .config["volatile.eth0.ipv4.address"]'; }
+# curl's download speed of URL in Gbit/s.
+download() { curl -sf -o /dev/null -w '%{speed_download}' "$1" | awk '{printf "%.3f", $1 * 8 / 1e9}'; }
+
+vm() {
+  local vip cip r a b c d got=""
+  local serve='dd if=/dev/zero of=/tmp/big bs=1M count=32 2>/dev/null && httpd -p 8080 -h /tmp'
+  "$BIN/hull" launch busybox v1 --vm -c limits.memory=256MiB >/dev/null
+  "$BIN/hull" launch busybox c1 -- sh -c "$serve; sleep 100000" >/dev/null
+  vip=$(addr_of v1); cip=$(addr_of c1)
+  for _ in $(seq 300); do
+    got=$("$BIN/hull" exec v1 -- ip -4 addr show eth0 2>/dev/null || true)
+    [[ $got == *"inet $vip/"* ]] && break; sleep 0.2
+  done
+  [[ $got == *"inet $vip/"* ]] || { echo "the VM did not get $vip by DHCP: $got" >&2; exit 1; }
+  "$BIN/hull" exec v1 -- sh -c "$serve"
+  echo "vm: VM $vip, container $cip; $ROUNDS rounds" >&2
+  : > "$TMP/vm"
+  for ((r = 0; r < ROUNDS; r++)); do
+    a=$(download "http://$vip:8080/big"); b=$(download "http://$cip:8080/big")
+    c=$(rtt "$vip"); d=$(rtt "$cip")
+    echo "$a $b $c $d" >> "$TMP/vm"
+    echo "  round $r: VM->host $a / $b Gbit/s, ping $c / $d ms (vm / container)" >&2
+  done
+  col() { awk -v k="$1" '{print $k}' "$TMP/vm" | median; }
+  local accel=TCG
+  tr '\0' ' ' < "/proc/$(pgrep -f "qemu-system.*$TMP" | head -1)/cmdline" | grep -q -- '-accel kvm' && accel=KVM
+  printf '\nVM (%s) and container on one network, median of %d rounds:     vm     container\n' "$accel" "$ROUNDS"
+  printf '  HTTP download by the host, 32 MiB (Gbit/s)                %8.3f   %8.3f\n' "$(col 1)" "$(col 2)"
+  printf '  host ping round trip (ms)                                 %8.3f   %8.3f\n' "$(col 3)" "$(col 4)"
+  echo "{\"rounds\": $ROUNDS, \"download_gbit\": [$(col 1), $(col 2)], \"rtt_ms\": [$(col 3), $(col 4)], \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
+    > "$RESULTS/net-vm-$(date -u +%Y%m%dT%H%M%SZ).json"
+  "$BIN/hull" delete --force v1 c1 >/dev/null
+}
+
 case "$MODE" in
   latency) latency ;;
   throughput) throughput ;;
-  all) latency; throughput ;;
+  vm) vm ;;
+  all) latency; throughput; vm ;;
 esac
